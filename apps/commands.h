@@ -1,0 +1,16 @@
+// Subcommands of the ringattn executable. Each add_* function declares its options on `parent`
+// and stores in `run` what to do when that subcommand was chosen (returns the exit code).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace ringattn::apps {
+
+using Action = std::function<int()>;
+
+void add_attention_command(CLI::App& parent, Action& run);
+void add_bench_command(CLI::App& parent, Action& run);
+
+}  // namespace ringattn::apps

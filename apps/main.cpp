@@ -1,0 +1,72 @@
+// ringattn: one executable, launched by mpirun/srun with one rank per GPU (or on CPUs).
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <cstdio>
+
+#include "apps/commands.h"
+#include "comm/mpi_env.h"
+#include "core/backend.h"
+#include "core/error.h"
+#include "core/log.h"
+
+namespace {
+
+std::string version_text() {
+  using namespace ringattn;
+  return fmt::format(
+      "ringattn {}\nbuild type: {}\nCUDA backend: {}\nNCCL: {}\nCUDA devices visible: {}\n",
+      RINGATTN_VERSION, RINGATTN_BUILD_TYPE, cuda_compiled() ? "compiled in" : "not compiled",
+      nccl_compiled() ? "compiled in" : "not compiled", cuda_device_count());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace ringattn;
+  MpiEnv mpi(&argc, &argv);
+  CLI::App app{"ringattn: exact long-context attention and training with Ring Attention"};
+  app.require_subcommand(0, 1);
+  bool show_version = false;
+  std::string log_level = "info";
+  app.add_flag("--version", show_version, "Print version, build type and compiled-in backends");
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")->capture_default_str();
+
+  apps::Action run;
+  apps::add_attention_command(app, run);
+  apps::add_bench_command(app, run);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = 0;
+    if (MpiEnv::world_rank() == 0) code = app.exit(e);
+    else code = e.get_exit_code();
+    return code;
+  }
+
+  int code = 0;
+  try {
+    log::set_level(log_level);
+    if (show_version) {
+      if (MpiEnv::world_rank() == 0) std::fputs(version_text().c_str(), stdout);
+      return 0;
+    }
+    if (!run) {
+      if (MpiEnv::world_rank() == 0) std::fputs(app.help().c_str(), stdout);
+      return 0;
+    }
+    code = run();
+  } catch (const Error& e) {
+    log::rank_error("{}", e.describe());
+    // The same bad input fails on every rank; a failure of one rank alone must not leave the
+    // others waiting forever, so the job is ended as a whole.
+    if (MpiEnv::world_size() > 1) MpiEnv::abort(1);
+    return 1;
+  } catch (const std::exception& e) {
+    log::rank_error("{}", e.what());
+    if (MpiEnv::world_size() > 1) MpiEnv::abort(1);
+    return 1;
+  }
+  return code;
+}

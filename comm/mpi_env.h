@@ -1,0 +1,27 @@
+// MPI bootstrap: one MpiEnv object lives for the whole program (apps and the test main).
+#pragma once
+
+#include <mpi.h>
+
+namespace ringattn {
+
+class MpiEnv {
+ public:
+  // Initialises MPI (asking for MPI_THREAD_MULTIPLE so a progress thread may drive the ring),
+  // sets MPI_ERRORS_RETURN on the world, finds the rank's node-local index, and starts logging.
+  MpiEnv(int* argc, char*** argv);
+  ~MpiEnv();  // MPI_Finalize
+  MpiEnv(const MpiEnv&) = delete;
+  MpiEnv& operator=(const MpiEnv&) = delete;
+
+  static int world_rank();
+  static int world_size();
+  // Index of this rank among the ranks on its node (MPI_Comm_split_type SHARED); picks the GPU.
+  static int local_rank();
+  static int local_size();
+  static bool thread_multiple();  // true when MPI granted MPI_THREAD_MULTIPLE
+  // Ends every rank of the job with `code` (used when one rank fails alone).
+  [[noreturn]] static void abort(int code);
+};
+
+}  // namespace ringattn

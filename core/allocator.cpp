@@ -1,0 +1,107 @@
+#include "core/allocator.h"
+
+#include <fmt/format.h>
+
+#include <cstdlib>
+#include <new>
+
+#include "core/error.h"
+
+namespace ringattn {
+
+void* Allocator::allocate(size_t bytes, std::string_view what) {
+  if (bytes == 0) return nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (limit_ != 0 && live_ + bytes > limit_) {
+      RA_FAIL("memory limit exceeded on {}: request '{}' of {} with {} live, limit {}", name_, what,
+              format_bytes(bytes), format_bytes(live_), format_bytes(limit_));
+    }
+    live_ += bytes;
+    if (live_ > peak_) peak_ = live_;
+  }
+  void* p = raw_allocate(bytes);
+  if (!p) {
+    std::lock_guard<std::mutex> lock(mu_);
+    live_ -= bytes;
+    RA_FAIL("out of memory on {}: request '{}' of {} failed with {} live", name_, what,
+            format_bytes(bytes), format_bytes(live_));
+  }
+  return p;
+}
+
+void Allocator::deallocate(void* ptr, size_t bytes) {
+  if (!ptr) return;
+  raw_free(ptr);
+  std::lock_guard<std::mutex> lock(mu_);
+  live_ -= bytes;
+}
+
+size_t Allocator::live_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return live_;
+}
+size_t Allocator::peak_bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return peak_;
+}
+void Allocator::reset_peak() {
+  std::lock_guard<std::mutex> lock(mu_);
+  peak_ = live_;
+}
+void Allocator::set_limit(size_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  limit_ = bytes;
+}
+size_t Allocator::limit() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return limit_;
+}
+
+namespace {
+
+class CpuAllocator final : public Allocator {
+ public:
+  CpuAllocator() : Allocator(Device::CPU, "cpu") {}
+
+ protected:
+  void* raw_allocate(size_t bytes) override {
+    size_t rounded = (bytes + 63) / 64 * 64;
+    return std::aligned_alloc(64, rounded);
+  }
+  void raw_free(void* ptr) override { std::free(ptr); }
+};
+
+Allocator* g_cuda_allocator = nullptr;
+
+}  // namespace
+
+Allocator& allocator_for(Device device) {
+  if (device == Device::CPU) {
+    static CpuAllocator cpu;
+    return cpu;
+  }
+  RA_CHECK(g_cuda_allocator != nullptr,
+           "no CUDA allocator: the CUDA backend is not compiled in or no GPU is present");
+  return *g_cuda_allocator;
+}
+
+void register_allocator(Device device, Allocator* allocator) {
+  RA_CHECK(device == Device::CUDA, "only the CUDA allocator can be registered");
+  g_cuda_allocator = allocator;
+}
+
+std::string format_bytes(size_t bytes) {
+  const double b = double(bytes);
+  if (b >= 1024.0 * 1024 * 1024) return fmt::format("{:.2f} GiB", b / (1024.0 * 1024 * 1024));
+  if (b >= 1024.0 * 1024) return fmt::format("{:.1f} MiB", b / (1024.0 * 1024));
+  if (b >= 1024.0) return fmt::format("{:.1f} KiB", b / 1024.0);
+  return fmt::format("{} B", bytes);
+}
+
+size_t gib_to_bytes(double gib) {
+  if (!(gib > 0)) return 0;
+  return size_t(gib * 1024.0 * 1024.0 * 1024.0);
+}
+
+}  // namespace ringattn

@@ -1,0 +1,62 @@
+// Per-backend allocators that count live and peak bytes and enforce an optional limit.
+//
+// Peak bytes are the memory figure every benchmark reports: what the program asked for, not what
+// the OS or driver rounded it to. Every tensor and every buffer of the project allocates through
+// here, so the accounting is complete. Thread-safe (the ring's progress thread may free buffers).
+#pragma once
+
+#include <cstddef>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+#include "core/device.h"
+
+namespace ringattn {
+
+class Allocator {
+ public:
+  Allocator(Device device, std::string name) : device_(device), name_(std::move(name)) {}
+  virtual ~Allocator() = default;
+  Allocator(const Allocator&) = delete;
+  Allocator& operator=(const Allocator&) = delete;
+
+  // Allocates `bytes` (64-byte aligned). `what` names the request in the error raised when the
+  // limit would be exceeded: "memory limit exceeded on cpu: request 'attention scores' of 1.0 GiB
+  // with 3.2 GiB live, limit 4.0 GiB".
+  void* allocate(size_t bytes, std::string_view what);
+  void deallocate(void* ptr, size_t bytes);
+
+  size_t live_bytes() const;
+  size_t peak_bytes() const;
+  void reset_peak();  // peak := live
+  // 0 means no limit.
+  void set_limit(size_t bytes);
+  size_t limit() const;
+
+  Device device() const { return device_; }
+  const std::string& name() const { return name_; }
+
+ protected:
+  virtual void* raw_allocate(size_t bytes) = 0;
+  virtual void raw_free(void* ptr) = 0;
+
+ private:
+  Device device_;
+  std::string name_;
+  mutable std::mutex mu_;
+  size_t live_ = 0, peak_ = 0, limit_ = 0;
+};
+
+// The process-wide allocator of a device. The CPU one always exists; the CUDA one exists when the
+// CUDA backend is compiled in and a device is present (otherwise this raises an Error).
+Allocator& allocator_for(Device device);
+// Used by the CUDA backend to install its allocator.
+void register_allocator(Device device, Allocator* allocator);
+
+// "1.50 GiB", "12.0 MiB", "512 B".
+std::string format_bytes(size_t bytes);
+// memory_limit_gb (GiB, as in configs) to bytes; <= 0 means no limit.
+size_t gib_to_bytes(double gib);
+
+}  // namespace ringattn

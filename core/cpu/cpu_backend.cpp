@@ -1,0 +1,60 @@
+// CPU backend: OpenBLAS for GEMMs, plain loops elsewhere. Synchronous.
+#include <cblas.h>
+#include <fmt/format.h>
+
+#include <cstring>
+
+#include "core/backend.h"
+#include "core/error.h"
+
+namespace ringattn {
+
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  Device device() const override { return Device::CPU; }
+  std::string name() const override {
+    return fmt::format("cpu ({}, {} thread{})", openblas_get_config(), cpu_threads(),
+                       cpu_threads() == 1 ? "" : "s");
+  }
+
+  void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda,
+            const float* b, int ldb, float beta, float* c, int ldc) override {
+    if (m == 0 || n == 0) return;
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m,
+                n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+
+  void copy_to_host(void* dst, const void* src, size_t bytes) override {
+    if (bytes) std::memcpy(dst, src, bytes);
+  }
+  void copy_from_host(void* dst, const void* src, size_t bytes) override {
+    if (bytes) std::memcpy(dst, src, bytes);
+  }
+  void synchronize() override {}
+};
+
+}  // namespace
+
+Backend& cpu_backend() {
+  static CpuBackend backend;
+  return backend;
+}
+
+void set_cpu_threads(int threads) {
+  if (threads > 0) openblas_set_num_threads(threads);
+}
+
+int cpu_threads() { return openblas_get_num_threads(); }
+
+#ifndef RINGATTN_WITH_CUDA
+bool cuda_compiled() { return false; }
+bool nccl_compiled() { return false; }
+int cuda_device_count() { return 0; }
+Backend& cuda_backend(int) {
+  RA_FAIL("this build has no CUDA backend (configure with -DRINGATTN_CUDA=ON and nvcc on PATH)");
+}
+#endif
+
+}  // namespace ringattn

@@ -1,0 +1,197 @@
+#include "core/tensor.h"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+namespace ringattn {
+
+std::string shape_str(const Shape& s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
+
+int64_t shape_numel(const Shape& s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+
+namespace {
+Shape packed_strides(const Shape& shape) {
+  Shape st(shape.size());
+  int64_t s = 1;
+  for (int i = int(shape.size()) - 1; i >= 0; --i) {
+    st[i] = s;
+    s *= shape[i];
+  }
+  return st;
+}
+}  // namespace
+
+Storage::Storage(Allocator& alloc, size_t bytes, std::string_view what)
+    : alloc_(&alloc), data_(alloc.allocate(bytes, what)), bytes_(bytes) {}
+
+Storage::~Storage() { alloc_->deallocate(data_, bytes_); }
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device, std::string_view what) {
+  for (int64_t d : shape)
+    RA_CHECK(d >= 0, "tensor '{}': negative dimension in shape {}", what, shape_str(shape));
+  Tensor t;
+  t.shape_ = shape;
+  t.strides_ = packed_strides(shape);
+  t.dtype_ = dtype;
+  t.storage_ = std::make_shared<Storage>(allocator_for(device), size_t(shape_numel(shape)) * dtype_size(dtype), what);
+  return t;
+}
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device, std::string_view what) {
+  Tensor t = empty(shape, dtype, device, what);
+  t.fill_zero();
+  return t;
+}
+
+bool Tensor::is_contiguous() const { return strides_ == packed_strides(shape_); }
+
+void* Tensor::raw() const {
+  RA_CHECK(storage_, "use of an undefined tensor");
+  return static_cast<char*>(storage_->data()) + offset_ * int64_t(dtype_size(dtype_));
+}
+
+Tensor Tensor::view(Shape shape) const {
+  RA_CHECK(is_contiguous(), "view of a non-contiguous tensor {}", str());
+  int infer = -1;
+  int64_t known = 1;
+  for (int i = 0; i < int(shape.size()); ++i) {
+    if (shape[i] == -1) {
+      RA_CHECK(infer < 0, "view: more than one -1 in {}", shape_str(shape));
+      infer = i;
+    } else {
+      known *= shape[i];
+    }
+  }
+  if (infer >= 0) {
+    RA_CHECK(known > 0 && numel() % known == 0, "view: cannot infer {} from {}", shape_str(shape), str());
+    shape[infer] = numel() / known;
+  }
+  RA_CHECK(shape_numel(shape) == numel(), "view: {} has {} elements, {} needs {}", str(), numel(),
+           shape_str(shape), shape_numel(shape));
+  Tensor t = *this;
+  t.shape_ = std::move(shape);
+  t.strides_ = packed_strides(t.shape_);
+  return t;
+}
+
+Tensor Tensor::slice(int dim, int64_t start, int64_t length) const {
+  if (dim < 0) dim += ndim();
+  RA_CHECK(dim >= 0 && dim < ndim(), "slice: dimension {} out of range for {}", dim, str());
+  RA_CHECK(start >= 0 && length >= 0 && start + length <= shape_[dim],
+           "slice: [{}, {}) out of range for dimension {} of {}", start, start + length, dim, str());
+  Tensor t = *this;
+  t.shape_[dim] = length;
+  t.offset_ += start * strides_[dim];
+  return t;
+}
+
+Tensor Tensor::select(int dim, int64_t i) const {
+  if (dim < 0) dim += ndim();
+  Tensor t = slice(dim, i, 1);
+  t.shape_.erase(t.shape_.begin() + dim);
+  t.strides_.erase(t.strides_.begin() + dim);
+  return t;
+}
+
+namespace {
+// Copies a strided host view element by element (innermost dimension contiguous fast path).
+void copy_strided(const Tensor& src, void* dst_packed) {
+  const size_t es = dtype_size(src.dtype());
+  const int nd = src.ndim();
+  if (src.numel() == 0) return;
+  if (nd == 0) {
+    std::memcpy(dst_packed, src.raw(), es);
+    return;
+  }
+  const int64_t inner = src.dim(nd - 1);
+  const bool inner_contig = src.strides()[nd - 1] == 1;
+  std::vector<int64_t> idx(nd, 0);
+  char* out = static_cast<char*>(dst_packed);
+  const char* base = static_cast<const char*>(src.raw());
+  const int64_t rows = src.numel() / inner;
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t off = 0;
+    for (int d = 0; d < nd - 1; ++d) off += idx[d] * src.strides()[d];
+    if (inner_contig) {
+      std::memcpy(out, base + off * es, inner * es);
+      out += inner * es;
+    } else {
+      for (int64_t j = 0; j < inner; ++j, out += es)
+        std::memcpy(out, base + (off + j * src.strides()[nd - 1]) * es, es);
+    }
+    for (int d = nd - 2; d >= 0; --d) {
+      if (++idx[d] < src.dim(d)) break;
+      idx[d] = 0;
+    }
+  }
+}
+}  // namespace
+
+Tensor Tensor::contiguous() const {
+  if (is_contiguous()) return *this;
+  return clone();
+}
+
+Tensor Tensor::clone() const {
+  RA_CHECK(device() == Device::CPU, "clone: only host tensors are copied here ({})", str());
+  Tensor t = empty(shape_, dtype_, Device::CPU, "clone");
+  copy_strided(*this, t.raw());
+  return t;
+}
+
+Tensor Tensor::to(DType dtype) const {
+  if (dtype == dtype_) return clone();
+  Tensor src = contiguous();
+  Tensor t = empty(shape_, dtype, Device::CPU, "dtype conversion");
+  convert_floats(src.raw(), dtype_, t.raw(), dtype, size_t(numel()));
+  return t;
+}
+
+void Tensor::copy_from(const Tensor& src) {
+  RA_CHECK(src.shape() == shape_, "copy_from: shape {} into {}", shape_str(src.shape()), str());
+  RA_CHECK(device() == Device::CPU && src.device() == Device::CPU, "copy_from: host tensors only");
+  Tensor packed = src.dtype() == dtype_ ? src.contiguous() : src.to(dtype_);
+  if (is_contiguous()) {
+    std::memcpy(raw(), packed.raw(), nbytes());
+    return;
+  }
+  // Strided destination: walk rows of the innermost dimension.
+  const size_t es = dtype_size(dtype_);
+  const int nd = ndim();
+  const int64_t inner = shape_[nd - 1];
+  std::vector<int64_t> idx(nd, 0);
+  const char* in = static_cast<const char*>(packed.raw());
+  char* base = static_cast<char*>(raw());
+  for (int64_t r = 0, rows = numel() / inner; r < rows; ++r) {
+    int64_t off = 0;
+    for (int d = 0; d < nd - 1; ++d) off += idx[d] * strides_[d];
+    for (int64_t j = 0; j < inner; ++j, in += es)
+      std::memcpy(base + (off + j * strides_[nd - 1]) * es, in, es);
+    for (int d = nd - 2; d >= 0; --d) {
+      if (++idx[d] < shape_[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+void Tensor::fill_zero() {
+  RA_CHECK(device() == Device::CPU, "fill_zero: host tensors only here");
+  if (is_contiguous()) {
+    std::memset(raw(), 0, nbytes());
+  } else {
+    Tensor z = zeros(shape_, dtype_, Device::CPU, "zeros");
+    copy_from(z);
+  }
+}
+
+std::string Tensor::str() const {
+  if (!defined()) return "undefined tensor";
+  return fmt::format("{}{} {}", dtype_name(dtype_), shape_str(shape_), device_name(device()));
+}
+
+}  // namespace ringattn
