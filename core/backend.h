@@ -10,6 +10,7 @@
 #include <string>
 
 #include "core/allocator.h"
+#include "core/attention_tile.h"
 #include "core/device.h"
 
 namespace ringattn {
@@ -30,6 +31,24 @@ class Backend {
   virtual void copy_from_host(void* dst, const void* host_src, size_t bytes) = 0;
   // Waits for everything queued on this backend.
   virtual void synchronize() = 0;
+
+  // --- attention (see core/attention_tile.h) ---------------------------------------------------
+  // Sets m = kMaskedScore, l = 0, acc = 0 for a shard of `batch x sq` queries.
+  virtual void attention_forward_init(const AttentionForwardState& st, int64_t batch, int64_t sq,
+                                      int heads, int head_dim) = 0;
+  // Folds one key/value block into the running state. Workspace comes from the allocator, so a
+  // whole-shard tile (vanilla) shows its S x S scores in the peak bytes.
+  virtual void attention_forward_block(const AttentionTileProblem& p, const AttentionForwardState& st,
+                                       AttentionTileStats* stats = nullptr) = 0;
+  // o = acc / l, lse = m + log(l); a row that saw no unmasked key gets o = 0 and lse = -inf.
+  virtual void attention_forward_finish(const AttentionForwardState& st, float* o, float* lse,
+                                        int64_t batch, int64_t sq, int heads, int head_dim) = 0;
+  // delta[b,h,i] = sum_d dout[b,i,h,d] * o[b,i,h,d].
+  virtual void attention_backward_delta(const float* dout, const float* o, float* delta,
+                                        int64_t batch, int64_t sq, int heads, int head_dim) = 0;
+  // Accumulates this block's contributions to dq, dk, dv (P recomputed from q, k and lse).
+  virtual void attention_backward_block(const AttentionTileProblem& p, const AttentionBackwardArgs& a,
+                                        AttentionTileStats* stats = nullptr) = 0;
 };
 
 // The CPU backend. `threads` sets the OpenBLAS thread count (0 leaves it as it is).

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/backend.h"
+#include "core/cpu/cpu_attention.h"
 #include "core/error.h"
 
 namespace ringattn {
@@ -33,6 +34,27 @@ class CpuBackend final : public Backend {
     if (bytes) std::memcpy(dst, src, bytes);
   }
   void synchronize() override {}
+
+  void attention_forward_init(const AttentionForwardState& st, int64_t batch, int64_t sq, int heads,
+                              int head_dim) override {
+    cpu::attention_forward_init(st, batch, sq, heads, head_dim);
+  }
+  void attention_forward_block(const AttentionTileProblem& p, const AttentionForwardState& st,
+                               AttentionTileStats* stats) override {
+    cpu::attention_forward_block(p, st, stats);
+  }
+  void attention_forward_finish(const AttentionForwardState& st, float* o, float* lse,
+                                int64_t batch, int64_t sq, int heads, int head_dim) override {
+    cpu::attention_forward_finish(st, o, lse, batch, sq, heads, head_dim);
+  }
+  void attention_backward_delta(const float* dout, const float* o, float* delta, int64_t batch,
+                                int64_t sq, int heads, int head_dim) override {
+    cpu::attention_backward_delta(dout, o, delta, batch, sq, heads, head_dim);
+  }
+  void attention_backward_block(const AttentionTileProblem& p, const AttentionBackwardArgs& a,
+                                AttentionTileStats* stats) override {
+    cpu::attention_backward_block(p, a, stats);
+  }
 };
 
 }  // namespace

@@ -29,6 +29,10 @@ class CudaAllocator final : public Allocator {
   void raw_free(void* ptr) override { CUDA_CHECK(cudaFree(ptr)); }
 };
 
+[[noreturn]] void refuse_attention() {
+  RA_FAIL("attention on the CUDA backend needs its tile kernels (issue 5); use the CPU backend");
+}
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device) : device_(device), allocator_(device) {
@@ -67,6 +71,28 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  // The attention tile kernels on CUDA belong to the CUDA backend issue (#5); until they land the
+  // CUDA backend refuses attention with a clear message instead of computing something wrong.
+  void attention_forward_init(const AttentionForwardState&, int64_t, int64_t, int, int) override {
+    refuse_attention();
+  }
+  void attention_forward_block(const AttentionTileProblem&, const AttentionForwardState&,
+                               AttentionTileStats*) override {
+    refuse_attention();
+  }
+  void attention_forward_finish(const AttentionForwardState&, float*, float*, int64_t, int64_t,
+                                int, int) override {
+    refuse_attention();
+  }
+  void attention_backward_delta(const float*, const float*, float*, int64_t, int64_t, int,
+                                int) override {
+    refuse_attention();
+  }
+  void attention_backward_block(const AttentionTileProblem&, const AttentionBackwardArgs&,
+                                AttentionTileStats*) override {
+    refuse_attention();
+  }
 
  private:
   int device_;
