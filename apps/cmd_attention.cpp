@@ -1,10 +1,227 @@
+// `ringattn attention`: run one attention implementation on tensors from a safetensors file and
+// write the results, so any implementation (ours or another) can be checked against any other.
+//
+//   mpirun -np N ringattn attention --input IN --output OUT --impl ring --layout zigzag --causal
+//   ringattn attention --make-input IN --seq 4096 --heads 8 --kv-heads 2 --head-dim 64 --with-grad
+//   ringattn attention --compare A.safetensors B.safetensors --tolerance 1e-4
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
 #include "apps/commands.h"
+#include "comm/mesh.h"
+#include "comm/mpi_env.h"
+#include "core/log.h"
+#include "core/random.h"
+#include "core/safetensors.h"
+#include "model/attention/attention.h"
+#include "model/attention/sequence_shard.h"
 
 namespace ringattn::apps {
 
+namespace {
+
+struct AttentionArgs {
+  std::string input, output, impl = "ring", layout = "zigzag";
+  bool causal = false;
+  int64_t q_chunk = 256, k_chunk = 256;
+  // --make-input
+  std::string make_input;
+  int64_t batch = 1, seq = 1024, heads = 8, kv_heads = 8, head_dim = 64, segments = 1;
+  bool with_grad = false, bf16 = false;
+  uint64_t seed = 1;
+  // --compare
+  std::vector<std::string> compare;
+  double tolerance = 1e-4;
+};
+
+Tensor require(const SafetensorsFile& f, const std::string& name, const Shape& expect_prefix,
+               int ndim, bool floating) {
+  RA_CHECK(f.contains(name), "input '{}' has no tensor '{}' (it holds: {})", f.path(), name,
+           fmt::join(f.names(), ", "));
+  const TensorInfo& info = f.info(name);
+  RA_CHECK(int(info.shape.size()) == ndim, "input '{}': tensor '{}' must have {} dimensions, has {}",
+           f.path(), name, ndim, shape_str(info.shape));
+  for (size_t i = 0; i < expect_prefix.size(); ++i)
+    RA_CHECK(expect_prefix[i] < 0 || info.shape[i] == expect_prefix[i],
+             "input '{}': tensor '{}' has shape {}, expected dimension {} to be {}", f.path(), name,
+             shape_str(info.shape), i, expect_prefix[i]);
+  if (floating) {
+    RA_CHECK(is_floating(info.dtype), "input '{}': tensor '{}' is {}, expected F32, BF16 or F16",
+             f.path(), name, dtype_name(info.dtype));
+    return f.load(name);
+  }
+  RA_CHECK(info.dtype == DType::I32, "input '{}': tensor '{}' is {}, expected I32", f.path(), name,
+           dtype_name(info.dtype));
+  return f.load(name);
+}
+
+int run_check(const AttentionArgs& a) {
+  RA_CHECK(!a.input.empty() && !a.output.empty(), "attention: --input and --output are required");
+  AttentionOptions opt;
+  opt.impl = parse_impl(a.impl);
+  opt.layout = parse_layout(a.layout);
+  opt.causal = a.causal;
+  opt.q_chunk = a.q_chunk;
+  opt.k_chunk = a.k_chunk;
+  const int world = MpiEnv::world_size();
+  RA_CHECK(opt.impl == AttentionImpl::Ring || world == 1,
+           "--impl {} runs on one rank; launched on {} ranks (use --impl ring to split the "
+           "sequence)",
+           a.impl, world);
+
+  const SafetensorsFile f = SafetensorsFile::open(a.input);
+  Tensor q = require(f, "q", {}, 4, true);
+  const int64_t B = q.dim(0), S = q.dim(1), H = q.dim(2), D = q.dim(3);
+  Tensor k = require(f, "k", {B, S, -1, D}, 4, true);
+  Tensor v = require(f, "v", {B, S, k.dim(2), D}, 4, true);
+  RA_CHECK(H % k.dim(2) == 0, "input '{}': kv heads ({}) must divide heads ({})", a.input,
+           k.dim(2), H);
+  Tensor dout = f.contains("do") ? require(f, "do", {B, S, H, D}, 4, true) : Tensor();
+  Tensor seg = f.contains("segment_ids") ? require(f, "segment_ids", {B, S}, 2, false) : Tensor();
+  if (opt.impl == AttentionImpl::Ring) check_layout_split(opt.layout, S, world);
+
+  Mesh mesh(MeshShape{1, 1, world, 1});
+  Communicator& sp = mesh.axis(Axis::SP);
+  const std::vector<int64_t> pos = layout_positions(
+      opt.impl == AttentionImpl::Ring ? opt.layout : RingLayout::Contiguous, S, sp.size(), sp.rank());
+
+  AttentionInput in;
+  in.q = take_positions(q, 1, pos);
+  in.k = take_positions(k, 1, pos);
+  in.v = take_positions(v, 1, pos);
+  in.positions = pos;
+  if (seg.defined()) in.segment_ids = take_positions(seg, 1, pos);
+
+  Attention attn(opt, cpu_backend(), &sp);
+  AttentionOutput out = attn.forward(in);
+  const AttentionTimings fwd = attn.last_timings();
+  std::vector<std::pair<std::string, Tensor>> results;
+  results.emplace_back("o", gather_sequence(sp, out.o, 1, pos, S));
+  results.emplace_back("lse", gather_sequence(sp, out.lse, 2, pos, S));
+  AttentionTimings bwd;
+  if (dout.defined()) {
+    AttentionGrads g = attn.backward(in, out, take_positions(dout, 1, pos));
+    bwd = attn.last_timings();
+    results.emplace_back("dq", gather_sequence(sp, g.dq, 1, pos, S));
+    results.emplace_back("dk", gather_sequence(sp, g.dk, 1, pos, S));
+    results.emplace_back("dv", gather_sequence(sp, g.dv, 1, pos, S));
+  }
+  log::rank_info("{} attention, {} layout, rank {}/{}: forward {:.1f} ms (KV wait {:.1f} ms){}",
+                 a.impl, a.layout, sp.rank(), sp.size(), fwd.total_s * 1e3, fwd.kv_wait_s * 1e3,
+                 dout.defined() ? fmt::format(", backward {:.1f} ms (wait {:.1f} ms)",
+                                              bwd.total_s * 1e3, bwd.kv_wait_s * 1e3)
+                                : std::string());
+  if (MpiEnv::world_rank() == 0) {
+    save_safetensors(a.output, results,
+                     {{"impl", a.impl},
+                      {"layout", a.layout},
+                      {"ranks", std::to_string(world)},
+                      {"causal", a.causal ? "true" : "false"}});
+    log::info("wrote {} ({} tensors)", a.output, results.size());
+  }
+  return 0;
+}
+
+int run_make_input(const AttentionArgs& a) {
+  if (MpiEnv::world_rank() != 0) return 0;
+  const DType dt = a.bf16 ? DType::BF16 : DType::F32;
+  std::vector<std::pair<std::string, Tensor>> t;
+  auto make = [&](const std::string& name, Shape shape, uint64_t salt) {
+    Tensor x = Tensor::empty(shape, dt, Device::CPU, name);
+    fill_normal(x, a.seed * 1000003ull + salt);
+    t.emplace_back(name, x);
+  };
+  make("q", {a.batch, a.seq, a.heads, a.head_dim}, 1);
+  make("k", {a.batch, a.seq, a.kv_heads, a.head_dim}, 2);
+  make("v", {a.batch, a.seq, a.kv_heads, a.head_dim}, 3);
+  if (a.with_grad) make("do", {a.batch, a.seq, a.heads, a.head_dim}, 4);
+  if (a.segments > 1) {
+    // Packed documents: `segments` runs of equal length per sequence.
+    Tensor s = Tensor::empty({a.batch, a.seq}, DType::I32, Device::CPU, "segment_ids");
+    for (int64_t b = 0; b < a.batch; ++b)
+      for (int64_t i = 0; i < a.seq; ++i)
+        s.data<int32_t>()[b * a.seq + i] = int32_t(i * a.segments / a.seq);
+    t.emplace_back("segment_ids", s);
+  }
+  save_safetensors(a.make_input, t);
+  log::info("wrote {}: q [{}, {}, {}, {}], kv heads {}{}", a.make_input, a.batch, a.seq, a.heads,
+            a.head_dim, a.kv_heads, a.with_grad ? ", with do" : "");
+  return 0;
+}
+
+int run_compare(const AttentionArgs& a) {
+  if (MpiEnv::world_rank() != 0) return 0;
+  const SafetensorsFile x = SafetensorsFile::open(a.compare.at(0));
+  const SafetensorsFile y = SafetensorsFile::open(a.compare.at(1));
+  bool ok = true;
+  for (const std::string& name : x.names()) {
+    if (!y.contains(name)) {
+      log::warn("{}: only in {}", name, x.path());
+      ok = false;
+      continue;
+    }
+    Tensor tx = x.load_f32(name), ty = y.load_f32(name);
+    if (tx.shape() != ty.shape()) {
+      log::warn("{}: shapes {} and {} differ", name, shape_str(tx.shape()), shape_str(ty.shape()));
+      ok = false;
+      continue;
+    }
+    double max_abs = 0, max_ref = 0;
+    for (int64_t i = 0; i < tx.numel(); ++i) {
+      const double u = tx.data<float>()[i], w = ty.data<float>()[i];
+      if (std::isinf(u) && std::isinf(w) && (u > 0) == (w > 0)) continue;  // both -inf LSE
+      const double d = std::abs(u - w);
+      max_abs = std::isnan(d) ? INFINITY : std::max(max_abs, d);
+      max_ref = std::max(max_ref, std::abs(w));
+    }
+    const double rel = max_abs / std::max(max_ref, 1e-30);
+    const bool pass = max_abs <= a.tolerance * std::max(1.0, max_ref);
+    log::info("{:4}: max |diff| {:.3g}, relative to max |value| {:.3g}: {}", name, max_abs, rel,
+              pass ? "ok" : "MISMATCH");
+    ok = ok && pass;
+  }
+  if (ok) log::info("{} and {} agree within {}", x.path(), y.path(), a.tolerance);
+  return ok ? 0 : 1;
+}
+
+}  // namespace
+
 void add_attention_command(CLI::App& parent, Action& run) {
-  auto* cmd = parent.add_subcommand("attention", "Run one attention implementation on a safetensors input");
-  cmd->callback([&run] { run = [] { return 0; }; });
+  auto args = std::make_shared<AttentionArgs>();
+  auto* cmd = parent.add_subcommand(
+      "attention", "Run vanilla, blockwise or ring attention on a safetensors input (check tool)");
+  cmd->add_option("--input", args->input, "q [B,S,H,D], k, v [B,S,Hkv,D], optional do, segment_ids");
+  cmd->add_option("--output", args->output, "Writes o, lse (and dq, dk, dv) in global order");
+  cmd->add_option("--impl", args->impl, "vanilla | blockwise | ring")->capture_default_str();
+  cmd->add_option("--layout", args->layout, "contiguous | zigzag | striped")->capture_default_str();
+  cmd->add_flag("--causal", args->causal, "Causal mask (global positions)");
+  cmd->add_option("--q-chunk", args->q_chunk, "Query tile size")->capture_default_str();
+  cmd->add_option("--k-chunk", args->k_chunk, "Key tile size")->capture_default_str();
+  cmd->add_option("--make-input", args->make_input, "Write a random input file instead");
+  cmd->add_option("--batch", args->batch, "(--make-input) batch")->capture_default_str();
+  cmd->add_option("--seq", args->seq, "(--make-input) sequence length")->capture_default_str();
+  cmd->add_option("--heads", args->heads, "(--make-input) query heads")->capture_default_str();
+  cmd->add_option("--kv-heads", args->kv_heads, "(--make-input) key/value heads")->capture_default_str();
+  cmd->add_option("--head-dim", args->head_dim, "(--make-input) head dimension")->capture_default_str();
+  cmd->add_option("--segments", args->segments, "(--make-input) packed documents per sequence")
+      ->capture_default_str();
+  cmd->add_flag("--with-grad", args->with_grad, "(--make-input) also write do");
+  cmd->add_flag("--bf16", args->bf16, "(--make-input) store bf16");
+  cmd->add_option("--seed", args->seed, "(--make-input) random seed")->capture_default_str();
+  cmd->add_option("--compare", args->compare, "Compare two output files tensor by tensor")
+      ->expected(2);
+  cmd->add_option("--tolerance", args->tolerance, "(--compare) max |diff| / max(1, max |value|)")
+      ->capture_default_str();
+  cmd->callback([&run, args] {
+    run = [args] {
+      if (!args->make_input.empty()) return run_make_input(*args);
+      if (!args->compare.empty()) return run_compare(*args);
+      return run_check(*args);
+    };
+  });
 }
 
 }  // namespace ringattn::apps

@@ -1,10 +1,12 @@
+// `ringattn bench ...`: benchmarks. Performance is measured here, never by timed tests.
 #include "apps/commands.h"
 
 namespace ringattn::apps {
 
 void add_bench_command(CLI::App& parent, Action& run) {
-  auto* cmd = parent.add_subcommand("bench", "Benchmarks");
-  cmd->callback([&run] { run = [] { return 0; }; });
+  auto* bench = parent.add_subcommand("bench", "Benchmarks (results also as JSON with --json)");
+  bench->require_subcommand(1);
+  add_bench_attention_command(*bench, run);
 }
 
 }  // namespace ringattn::apps

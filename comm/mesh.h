@@ -10,6 +10,7 @@
 #include <array>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "comm/communicator.h"
 
@@ -26,7 +27,7 @@ struct MeshShape {
 };
 
 // Resolves -1 and validates against `world_size`; raises an Error that names both the mesh and
-// the world size when they do not match.
+// the world size when they do not match. A pure function (no MPI).
 MeshShape resolve_mesh(MeshShape requested, int world_size);
 
 enum class Transport { MPI, NCCL };
@@ -34,8 +35,13 @@ enum class Transport { MPI, NCCL };
 class Mesh {
  public:
   // Collective over `world`: builds a communicator per axis and one for the fsdp x sp group.
+  // Axis communicators rank their members by the coordinate on that axis; the fsdp x sp one by
+  // fsdp * sp_size + sp. Transport::NCCL raises an Error when NCCL is not compiled in or no GPU
+  // can be used (on every rank alike, so the job does not hang).
   Mesh(MeshShape requested, MPI_Comm world = MPI_COMM_WORLD, Transport transport = Transport::MPI);
   ~Mesh();
+  Mesh(const Mesh&) = delete;
+  Mesh& operator=(const Mesh&) = delete;
 
   const MeshShape& shape() const { return shape_; }
   int size(Axis a) const { return shape_[a]; }
@@ -46,7 +52,8 @@ class Mesh {
   Communicator& world();
   Communicator& axis(Axis a);
   Communicator& fsdp_sp();  // the group FSDP shards parameters over
-  std::string describe() const;  // "dp=1 fsdp=2 sp=2 tp=1 (4 ranks); this rank: dp 0 fsdp 1 sp 0 tp 0"
+  std::string describe()
+      const;  // "dp=1 fsdp=2 sp=2 tp=1 (4 ranks); this rank: dp 0 fsdp 1 sp 0 tp 0"
 
  private:
   MeshShape shape_;
@@ -55,10 +62,23 @@ class Mesh {
   std::unique_ptr<Communicator> world_comm_, fsdp_sp_comm_;
   std::array<std::unique_ptr<Communicator>, 4> axis_comm_;
   std::array<MPI_Comm, 6> raw_{};  // communicators this mesh created and frees
+
+  void release() noexcept;  // frees the wrappers, then raw_ (shared by the destructor and ctor)
 };
 
-// An MPI communicator over host memory. Takes ownership of nothing; `comm` must outlive it.
-std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm);
+struct MpiCommOptions {
+  // MPI counts are ints, so no single MPI call moves more than this; larger buffers go in pieces.
+  // Tests pass a small value to exercise that path.
+  size_t max_chunk_bytes = size_t(1) << 30;
+  // Drive ring exchanges from a progress thread (one per ring) when MPI granted
+  // MPI_THREAD_MULTIPLE. Without it (or when false), a transfer moves only while the caller is
+  // inside test() or wait().
+  bool progress_thread = true;
+};
+
+// An MPI communicator over host memory. Takes ownership of nothing; `comm` must outlive it (rings
+// made from it duplicate `comm` and do not need it afterwards).
+std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm, MpiCommOptions options = {});
 #ifdef RINGATTN_WITH_CUDA
 // An NCCL communicator over the ranks of `comm` (unique id broadcast over MPI), on device memory.
 std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm comm);

@@ -51,7 +51,7 @@ class Backend {
                                         AttentionTileStats* stats = nullptr) = 0;
 };
 
-// The CPU backend. `threads` sets the OpenBLAS thread count (0 leaves it as it is).
+// The CPU backend. set_cpu_threads sets the OpenBLAS and OpenMP thread counts (0 leaves them).
 Backend& cpu_backend();
 void set_cpu_threads(int threads);
 int cpu_threads();

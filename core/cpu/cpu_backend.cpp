@@ -4,6 +4,10 @@
 
 #include <cstring>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "core/backend.h"
 #include "core/cpu/cpu_attention.h"
 #include "core/error.h"
@@ -64,8 +68,14 @@ Backend& cpu_backend() {
   return backend;
 }
 
+// The attention kernels parallelise over tiles with OpenMP and call single-threaded sgemm inside;
+// plain GEMMs use OpenBLAS's own threads. Both follow this one setting.
 void set_cpu_threads(int threads) {
-  if (threads > 0) openblas_set_num_threads(threads);
+  if (threads <= 0) return;
+  openblas_set_num_threads(threads);
+#ifdef _OPENMP
+  omp_set_num_threads(threads);
+#endif
 }
 
 int cpu_threads() { return openblas_get_num_threads(); }

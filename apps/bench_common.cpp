@@ -1,0 +1,73 @@
+#include "apps/bench_common.h"
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+#include "comm/mpi_env.h"
+#include "core/backend.h"
+#include "core/random.h"
+#include "core/tensor.h"
+
+namespace ringattn::apps {
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double max_over_ranks(double x) {
+  double m = x;
+  MPI_Allreduce(&x, &m, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return m;
+}
+
+std::vector<double> gather_doubles(Communicator& comm, double x) {
+  std::vector<double> all(size_t(comm.size()));
+  int64_t bits;
+  static_assert(sizeof(bits) == sizeof(x));
+  std::memcpy(&bits, &x, sizeof(x));
+  std::vector<int64_t> raw(all.size());
+  comm.all_gather(&bits, raw.data(), 1, DType::I64);
+  for (size_t i = 0; i < all.size(); ++i) std::memcpy(&all[i], &raw[i], sizeof(double));
+  return all;
+}
+
+int configure_bench_threads(int requested) {
+  int threads = requested;
+  if (threads <= 0) {
+    const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
+    threads = std::max(1, cores / std::max(1, MpiEnv::local_size()));
+  }
+  set_cpu_threads(threads);
+  return threads;
+}
+
+double measure_sgemm_gflops(Communicator& comm) {
+  const int n = 2048;
+  Tensor a = Tensor::empty({n, n}, DType::F32, Device::CPU, "sgemm A");
+  Tensor b = Tensor::empty({n, n}, DType::F32, Device::CPU, "sgemm B");
+  Tensor c = Tensor::zeros({n, n}, DType::F32, Device::CPU, "sgemm C");
+  fill_normal(a, 101);
+  fill_normal(b, 102);
+  Backend& be = cpu_backend();
+  be.gemm(false, false, n, n, n, 1.0f, a.data<float>(), n, b.data<float>(), n, 0.0f,
+          c.data<float>(), n);  // warm-up
+  std::vector<double> gf;
+  for (int i = 0; i < 3; ++i) {
+    comm.barrier();
+    const auto t0 = std::chrono::steady_clock::now();
+    be.gemm(false, false, n, n, n, 1.0f, a.data<float>(), n, b.data<float>(), n, 0.0f,
+            c.data<float>(), n);
+    gf.push_back(2.0 * n * n * double(n) / seconds_since(t0) * 1e-9);
+  }
+  double total = 0;
+  for (double g : gather_doubles(comm, median(gf))) total += g;
+  return total;
+}
+
+}  // namespace ringattn::apps

@@ -1,0 +1,26 @@
+// Shared pieces of the `ringattn bench` commands.
+#pragma once
+
+#include <chrono>
+#include <vector>
+
+#include "comm/communicator.h"
+
+namespace ringattn::apps {
+
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+double median(std::vector<double> v);
+double max_over_ranks(double x);  // over MPI_COMM_WORLD
+// Every rank's value, rank-ordered, on every rank of `comm`.
+std::vector<double> gather_doubles(Communicator& comm, double x);
+// Sets the CPU threads per rank: `requested`, or (when 0) the node's cores divided by the ranks
+// on this node, at least 1. Returns the count in use.
+int configure_bench_threads(int requested);
+// OpenBLAS sgemm (2048 x 2048 x 2048) run on every rank of `comm` at once, with the current
+// thread setting: the sum over ranks of GFLOP/s (median of 3), i.e. what these cores deliver.
+double measure_sgemm_gflops(Communicator& comm);
+
+}  // namespace ringattn::apps

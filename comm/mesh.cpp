@@ -1,0 +1,181 @@
+#include "comm/mesh.h"
+
+#include <fmt/format.h>
+
+#include <cstdint>
+#include <limits>
+
+#include "comm/mpi_check.h"
+#include "core/backend.h"
+#include "core/error.h"
+#include "core/log.h"
+
+namespace ringattn {
+
+namespace {
+
+constexpr std::array<Axis, 4> kAxes = {Axis::DP, Axis::FSDP, Axis::SP, Axis::TP};
+
+std::string shape_text(const MeshShape& s) {
+  return fmt::format("dp={} fsdp={} sp={} tp={}", s.dp, s.fsdp, s.sp, s.tp);
+}
+
+}  // namespace
+
+std::string_view axis_name(Axis a) {
+  switch (a) {
+    case Axis::DP:
+      return "dp";
+    case Axis::FSDP:
+      return "fsdp";
+    case Axis::SP:
+      return "sp";
+    case Axis::TP:
+      return "tp";
+  }
+  return "?";
+}
+
+int& MeshShape::operator[](Axis a) {
+  switch (a) {
+    case Axis::DP:
+      return dp;
+    case Axis::FSDP:
+      return fsdp;
+    case Axis::SP:
+      return sp;
+    case Axis::TP:
+      return tp;
+  }
+  RA_FAIL("unknown mesh axis {}", int(a));
+}
+
+int MeshShape::operator[](Axis a) const {
+  return const_cast<MeshShape&>(*this)[a];
+}
+
+MeshShape resolve_mesh(MeshShape requested, int world_size) {
+  RA_CHECK(world_size >= 1, "world size must be >= 1, got {}", world_size);
+  const std::string text = shape_text(requested);
+  int inferred = -1;  // index into kAxes of the -1 axis, if any
+  // 64-bit and saturating, so absurd sizes are reported as a mismatch instead of overflowing.
+  int64_t known = 1;
+  for (size_t i = 0; i < kAxes.size(); ++i) {
+    const int v = requested[kAxes[i]];
+    if (v == -1) {
+      RA_CHECK(inferred < 0,
+               "mesh {}: at most one of mesh.dp, mesh.fsdp, mesh.sp, mesh.tp may be -1 "
+               "(inferred from the world size)",
+               text);
+      inferred = int(i);
+      continue;
+    }
+    RA_CHECK(v >= 1,
+             "mesh {}: mesh.{} must be >= 1 (or -1 to infer it from the world size), got {}", text,
+             axis_name(kAxes[i]), v);
+    known = known > std::numeric_limits<int64_t>::max() / v ? std::numeric_limits<int64_t>::max()
+                                                            : known * v;
+  }
+  if (inferred >= 0) {
+    const Axis a = kAxes[size_t(inferred)];
+    RA_CHECK(known <= world_size && world_size % known == 0,
+             "mesh {}: mesh.{} = -1 cannot be inferred: the other axes multiply to {}, which does "
+             "not divide the job's {} ranks",
+             text, axis_name(a), known, world_size);
+    requested[a] = int(world_size / known);
+    return requested;
+  }
+  RA_CHECK(known == world_size,
+           "mesh {} needs {} ranks but the job has {} (mesh.* in the config must multiply to the "
+           "MPI world size)",
+           text, known, world_size);
+  return requested;
+}
+
+Mesh::Mesh(MeshShape requested, MPI_Comm world, Transport transport) {
+  raw_.fill(MPI_COMM_NULL);
+  MPI_CHECK(MPI_Comm_rank(world, &world_rank_));
+  MPI_CHECK(MPI_Comm_size(world, &world_size_));
+  shape_ = resolve_mesh(requested, world_size_);
+#ifndef RINGATTN_WITH_CUDA
+  RA_CHECK(transport != Transport::NCCL,
+           "the NCCL transport was requested but this build has no CUDA/NCCL (configure with "
+           "RINGATTN_CUDA=ON)");
+#endif
+
+  // Coordinates from the documented rank order: tp fastest, then sp, fsdp, dp.
+  int r = world_rank_;
+  for (int i = 3; i >= 0; --i) {
+    const int n = shape_[kAxes[size_t(i)]];
+    coord_[size_t(i)] = r % n;
+    r /= n;
+  }
+
+  try {
+    // A private duplicate of the world so traffic on the mesh never matches the caller's.
+    MPI_CHECK(MPI_Comm_dup(world, &raw_[0]));
+    for (size_t i = 0; i < kAxes.size(); ++i) {
+      // Ranks that agree on every other coordinate form this axis' group; the color is the
+      // mixed-radix index of those other coordinates, the key this rank's place on the axis.
+      int color = 0;
+      for (size_t j = 0; j < kAxes.size(); ++j) {
+        if (j == i) continue;
+        color = color * shape_[kAxes[j]] + coord_[j];
+      }
+      MPI_CHECK(MPI_Comm_split(raw_[0], color, coord_[i], &raw_[1 + i]));
+    }
+    // fsdp x sp: equal dp and tp, ordered by fsdp * sp_size + sp.
+    const int color = coord_[0] * shape_.tp + coord_[3];
+    const int key = coord_[1] * shape_.sp + coord_[2];
+    MPI_CHECK(MPI_Comm_split(raw_[0], color, key, &raw_[5]));
+    for (MPI_Comm c : raw_) MPI_CHECK(MPI_Comm_set_errhandler(c, MPI_ERRORS_RETURN));
+
+    auto wrap = [&](MPI_Comm c) -> std::unique_ptr<Communicator> {
+#ifdef RINGATTN_WITH_CUDA
+      if (transport == Transport::NCCL) return make_nccl_communicator(c);
+#endif
+      return make_mpi_communicator(c);
+    };
+    world_comm_ = wrap(raw_[0]);
+    for (size_t i = 0; i < kAxes.size(); ++i) axis_comm_[i] = wrap(raw_[1 + i]);
+    fsdp_sp_comm_ = wrap(raw_[5]);
+  } catch (...) {
+    release();  // the destructor does not run for a constructor that throws
+    throw;
+  }
+  log::debug("mesh: {}", describe());
+}
+
+Mesh::~Mesh() {
+  release();
+}
+
+void Mesh::release() noexcept {
+  // The wrappers first: an NCCL communicator or a ring may still reference the MPI ones.
+  world_comm_.reset();
+  fsdp_sp_comm_.reset();
+  for (auto& c : axis_comm_) c.reset();
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  for (MPI_Comm& c : raw_) {
+    if (c != MPI_COMM_NULL && !finalized) MPI_Comm_free(&c);
+    c = MPI_COMM_NULL;
+  }
+}
+
+Communicator& Mesh::world() {
+  return *world_comm_;
+}
+Communicator& Mesh::axis(Axis a) {
+  return *axis_comm_[size_t(a)];
+}
+Communicator& Mesh::fsdp_sp() {
+  return *fsdp_sp_comm_;
+}
+
+std::string Mesh::describe() const {
+  return fmt::format("{} ({} ranks); this rank: dp {} fsdp {} sp {} tp {}", shape_text(shape_),
+                     world_size_, coord_[0], coord_[1], coord_[2], coord_[3]);
+}
+
+}  // namespace ringattn

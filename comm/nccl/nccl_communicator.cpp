@@ -1,0 +1,291 @@
+// The NCCL communicator: device memory, one communication stream per communicator.
+//
+// Contract (see also comm/communicator.h):
+//  * Buffers are device pointers on this rank's GPU (MpiEnv::local_rank() % device count).
+//  * Inputs must be complete before a call: the comm stream is created cudaStreamNonBlocking, so
+//    it does not order against the compute stream or the legacy default stream. Synchronise the
+//    stream that wrote them (Backend::synchronize()) first.
+//  * Collectives are blocking for now: each is enqueued on the comm stream and the stream is
+//    synchronised before returning, so outputs are ready for any stream and for the host.
+//  * The ring exchange is asynchronous: start() enqueues ncclSend/ncclRecv (one NCCL group) and
+//    records an event; test() queries it, wait() synchronises on it. A ring uses its
+//    communicator's NCCL communicator and stream, so it must not outlive the communicator, and
+//    a collective called while an exchange is in flight runs after that exchange.
+//  * As with every NCCL communicator, all ranks must issue operations in the same order.
+#include <mpi.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "comm/mesh.h"
+#include "comm/mpi_check.h"
+#include "comm/mpi_env.h"
+#include "comm/nccl/nccl_check.h"
+#include "core/backend.h"
+#include "core/cuda/cuda_check.h"
+#include "core/error.h"
+#include "core/log.h"
+
+namespace ringattn {
+
+namespace {
+
+ncclDataType_t nccl_type(DType t) {
+  switch (t) {
+    case DType::F32:
+      return ncclFloat32;
+    case DType::BF16:
+      return ncclBfloat16;
+    case DType::F16:
+      return ncclFloat16;
+    case DType::I32:
+      return ncclInt32;
+    case DType::I64:
+      return ncclInt64;
+    case DType::U8:
+      return ncclUint8;
+  }
+  RA_FAIL("unknown dtype {}", int(t));
+}
+
+ncclRedOp_t nccl_op(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::Sum:
+      return ncclSum;
+    case ReduceOp::Max:
+      return ncclMax;
+    case ReduceOp::Min:
+      return ncclMin;
+  }
+  RA_FAIL("unknown reduce op {}", int(op));
+}
+
+// Makes `device` current for the calling thread for the duration of a call, restoring the
+// previous one: callers may drive several devices (tests, tools) from one thread.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    CUDA_CHECK(cudaGetDevice(&previous_));
+    if (previous_ != device) CUDA_CHECK(cudaSetDevice(device));
+  }
+  ~DeviceGuard() { (void)cudaSetDevice(previous_); }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
+class NcclRing final : public RingExchange {
+ public:
+  NcclRing(ncclComm_t comm, cudaStream_t stream, int device, int rank, int size)
+      : comm_(comm), stream_(stream), device_(device), size_(size) {
+    next_ = (rank + 1) % size;
+    prev_ = (rank + size - 1) % size;
+    DeviceGuard g(device_);
+    CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+  }
+
+  ~NcclRing() override {
+    if (in_flight_) {
+      try {
+        wait();
+      } catch (const std::exception& e) {
+        log::rank_error("NCCL ring exchange failed while its owner was being destroyed: {}",
+                        e.what());
+      }
+    }
+    if (done_) (void)cudaEventDestroy(done_);
+  }
+
+  void start(const void* send, void* recv, size_t bytes) override {
+    RA_CHECK(!in_flight_, "RingExchange::start: the previous exchange was not waited for");
+    RA_CHECK(bytes == 0 || (send && recv), "RingExchange::start: null buffer for {} bytes", bytes);
+    DeviceGuard g(device_);
+    if (size_ == 1) {
+      if (bytes && send != recv)
+        CUDA_CHECK(cudaMemcpyAsync(recv, send, bytes, cudaMemcpyDeviceToDevice, stream_));
+    } else if (bytes) {
+      // Send and receive in one group so NCCL schedules them together (no ordering deadlock
+      // around the ring). The group is always closed, even when an enqueue fails.
+      NCCL_CHECK(ncclGroupStart());
+      ncclResult_t st = ncclSend(send, bytes, ncclUint8, next_, comm_, stream_);
+      if (st == ncclSuccess) st = ncclRecv(recv, bytes, ncclUint8, prev_, comm_, stream_);
+      const ncclResult_t end = ncclGroupEnd();
+      NCCL_CHECK(st);
+      NCCL_CHECK(end);
+      bytes_moved_ += bytes;
+    }
+    CUDA_CHECK(cudaEventRecord(done_, stream_));
+    in_flight_ = true;
+  }
+
+  bool test() override {
+    if (!in_flight_) return true;
+    const cudaError_t st = cudaEventQuery(done_);
+    if (st == cudaErrorNotReady) return false;
+    CUDA_CHECK(st);
+    return true;
+  }
+
+  void wait() override {
+    if (!in_flight_) return;
+    in_flight_ = false;
+    const auto t0 = std::chrono::steady_clock::now();
+    CUDA_CHECK(cudaEventSynchronize(done_));
+    wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+ private:
+  ncclComm_t comm_;
+  cudaStream_t stream_;
+  int device_;
+  int size_;
+  cudaEvent_t done_ = nullptr;
+  bool in_flight_ = false;
+};
+
+class NcclCommunicator final : public Communicator {
+ public:
+  explicit NcclCommunicator(MPI_Comm comm) {
+    MPI_CHECK(MPI_Comm_rank(comm, &rank_));
+    MPI_CHECK(MPI_Comm_size(comm, &size_));
+
+    // Every rank learns whether every rank can run NCCL before anyone blocks in a collective
+    // call, so a missing GPU raises the same Error everywhere instead of hanging the others.
+    const int devices = cuda_device_count();
+    int min_devices = 0;
+    MPI_CHECK(MPI_Allreduce(&devices, &min_devices, 1, MPI_INT, MPI_MIN, comm));
+    RA_CHECK(min_devices > 0,
+             "the NCCL transport needs a usable CUDA device on every rank, but {} (no GPU, or "
+             "the driver is missing or too old); use the MPI transport on CPUs",
+             devices == 0 ? "this rank has none" : "another rank has none");
+    device_ = MpiEnv::local_rank() % devices;
+    if (MpiEnv::local_size() > devices)
+      log::rank_warn(
+          "{} ranks on this node share {} GPUs; NCCL rejects two ranks of one "
+          "communicator on the same GPU",
+          MpiEnv::local_size(), devices);
+
+    // Rank 0 makes the unique id; the broadcast carries a success flag with it so that a
+    // failure on rank 0 also ends the other ranks with an Error.
+    struct {
+      int ok = 0;
+      ncclUniqueId id;
+    } boot;
+    std::memset(&boot.id, 0, sizeof(boot.id));
+    std::string boot_error;
+    if (rank_ == 0) {
+      const ncclResult_t st = ncclGetUniqueId(&boot.id);
+      boot.ok = st == ncclSuccess;
+      if (!boot.ok)
+        boot_error = fmt::format("{}: {}", ncclGetErrorString(st), ncclGetLastError(nullptr));
+    }
+    MPI_CHECK(MPI_Bcast(&boot, int(sizeof(boot)), MPI_BYTE, 0, comm));
+    RA_CHECK(boot.ok, "ncclGetUniqueId failed on rank 0 of the group{}",
+             boot_error.empty() ? "" : ": " + boot_error);
+
+    DeviceGuard g(device_);
+    try {
+      NCCL_CHECK(ncclCommInitRank(&comm_, size_, boot.id, rank_));
+      CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+      CUDA_CHECK(cudaMalloc(&scratch_, sizeof(float)));
+      CUDA_CHECK(cudaMemsetAsync(scratch_, 0, sizeof(float), stream_));
+      CUDA_CHECK(cudaStreamSynchronize(stream_));
+    } catch (...) {
+      release(/*graceful=*/false);
+      throw;
+    }
+  }
+
+  ~NcclCommunicator() override {
+    int previous = -1;
+    (void)cudaGetDevice(&previous);
+    (void)cudaSetDevice(device_);
+    release(/*graceful=*/true);
+    if (previous >= 0 && previous != device_) (void)cudaSetDevice(previous);
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  Device device() const override { return Device::CUDA; }
+  std::string name() const override {
+    return fmt::format("nccl (cuda:{}, {} ranks)", device_, size_);
+  }
+
+  void all_reduce(void* buf, size_t count, DType dtype, ReduceOp op) override {
+    if (count == 0) return;
+    DeviceGuard g(device_);
+    NCCL_CHECK(ncclAllReduce(buf, buf, count, nccl_type(dtype), nccl_op(op), comm_, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  void all_gather(const void* send, void* recv, size_t count, DType dtype) override {
+    if (count == 0) return;
+    DeviceGuard g(device_);
+    // send == recv + rank * count is NCCL's in-place form and works as is.
+    NCCL_CHECK(ncclAllGather(send, recv, count, nccl_type(dtype), comm_, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  void reduce_scatter(const void* send, void* recv, size_t count, DType dtype,
+                      ReduceOp op) override {
+    if (count == 0) return;
+    DeviceGuard g(device_);
+    NCCL_CHECK(ncclReduceScatter(send, recv, count, nccl_type(dtype), nccl_op(op), comm_, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  void broadcast(void* buf, size_t count, DType dtype, int root) override {
+    RA_CHECK(root >= 0 && root < size_, "broadcast: root {} is not a rank of this {}-rank group",
+             root, size_);
+    if (count == 0) return;
+    DeviceGuard g(device_);
+    NCCL_CHECK(ncclBroadcast(buf, buf, count, nccl_type(dtype), root, comm_, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  // NCCL has no barrier: a one-element all-reduce completes only when every rank has joined.
+  void barrier() override {
+    DeviceGuard g(device_);
+    NCCL_CHECK(ncclAllReduce(scratch_, scratch_, 1, ncclFloat32, ncclSum, comm_, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  std::unique_ptr<RingExchange> make_ring() override {
+    return std::make_unique<NcclRing>(comm_, stream_, device_, rank_, size_);
+  }
+
+ private:
+  // Frees in reverse order of creation; never throws. Graceful (the destructor, reached on every
+  // rank alike): finalize, which waits until the communicator is quiet on all ranks, so destroy
+  // cuts nothing off. A constructor failing on this rank alone must not wait for the others, so
+  // it aborts.
+  void release(bool graceful) noexcept {
+    if (stream_) (void)cudaStreamSynchronize(stream_);
+    if (comm_) {
+      if (graceful && ncclCommFinalize(comm_) == ncclSuccess)
+        (void)ncclCommDestroy(comm_);
+      else
+        (void)ncclCommAbort(comm_);
+      comm_ = nullptr;
+    }
+    if (scratch_) (void)cudaFree(scratch_);
+    scratch_ = nullptr;
+    if (stream_) (void)cudaStreamDestroy(stream_);
+    stream_ = nullptr;
+  }
+
+  int rank_ = 0, size_ = 1, device_ = 0;
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  float* scratch_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm comm) {
+  return std::make_unique<NcclCommunicator>(comm);
+}
+
+}  // namespace ringattn

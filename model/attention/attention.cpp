@@ -1,0 +1,335 @@
+#include "model/attention/attention.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <utility>
+
+#include "core/error.h"
+
+namespace ringattn {
+
+std::string_view impl_name(AttentionImpl impl) {
+  switch (impl) {
+    case AttentionImpl::Vanilla: return "vanilla";
+    case AttentionImpl::Blockwise: return "blockwise";
+    case AttentionImpl::Ring: return "ring";
+  }
+  return "?";
+}
+
+AttentionImpl parse_impl(std::string_view name) {
+  for (AttentionImpl i : {AttentionImpl::Vanilla, AttentionImpl::Blockwise, AttentionImpl::Ring})
+    if (impl_name(i) == name) return i;
+  RA_FAIL("unknown attention implementation '{}': expected vanilla, blockwise or ring", name);
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+Tensor as_f32(const Tensor& t) {
+  if (t.dtype() == DType::F32) return t.contiguous();
+  return t.to(DType::F32);
+}
+
+// A KV block as it travels around the ring: K, V, their global positions and segment ids in one
+// contiguous buffer, so each step is a single message. Backward appends float32 dK, dV in a
+// second buffer of its own (see backward_ring).
+struct KvBlockLayout {
+  size_t kv_elems = 0;  // B * Sl * Hkv * D
+  size_t k_off = 0, v_off = 0, pos_off = 0, seg_off = 0, bytes = 0;
+  bool has_seg = false;
+
+  KvBlockLayout(int64_t batch, int64_t sl, int kv_heads, int head_dim, bool seg) : has_seg(seg) {
+    kv_elems = size_t(batch * sl * kv_heads * head_dim);
+    k_off = 0;
+    v_off = k_off + kv_elems * sizeof(float);
+    pos_off = v_off + kv_elems * sizeof(float);
+    seg_off = pos_off + size_t(sl) * sizeof(int64_t);
+    bytes = seg_off + (seg ? size_t(batch * sl) * sizeof(int32_t) : 0);
+  }
+  float* k(const Tensor& buf) const { return reinterpret_cast<float*>(buf.data<char>() + k_off); }
+  float* v(const Tensor& buf) const { return reinterpret_cast<float*>(buf.data<char>() + v_off); }
+  int64_t* pos(const Tensor& buf) const {
+    return reinterpret_cast<int64_t*>(buf.data<char>() + pos_off);
+  }
+  int32_t* seg(const Tensor& buf) const {
+    return has_seg ? reinterpret_cast<int32_t*>(buf.data<char>() + seg_off) : nullptr;
+  }
+};
+
+}  // namespace
+
+struct Attention::Shapes {
+  int64_t batch = 0, sl = 0;
+  int heads = 0, kv_heads = 0, head_dim = 0;
+  float scale = 1;
+  Tensor q, k, v, seg;  // float32 (int32 for seg), contiguous
+};
+
+Attention::Attention(AttentionOptions options, Backend& backend, Communicator* sp)
+    : opt_(options), backend_(backend), sp_(sp) {
+  RA_CHECK(opt_.impl != AttentionImpl::Ring || sp_ != nullptr,
+           "ring attention needs the sequence-parallel communicator");
+  if (opt_.impl != AttentionImpl::Ring && sp_ != nullptr && sp_->size() > 1)
+    RA_FAIL("attention.impl = {} needs the whole sequence on each rank (sp = 1), but sp = {}; use "
+            "ring to split the sequence over ranks",
+            impl_name(opt_.impl), sp_->size());
+  if (opt_.impl != AttentionImpl::Vanilla)
+    RA_CHECK(opt_.q_chunk > 0 && opt_.k_chunk > 0,
+             "attention chunk sizes must be positive (q_chunk = {}, k_chunk = {})", opt_.q_chunk,
+             opt_.k_chunk);
+}
+
+Attention::~Attention() = default;
+
+Attention::Shapes Attention::check_input(const AttentionInput& in) const {
+  RA_CHECK(in.q.defined() && in.k.defined() && in.v.defined(), "attention: q, k and v are required");
+  RA_CHECK(in.q.ndim() == 4, "attention: q must be [B, S, H, D], got {}", in.q.str());
+  RA_CHECK(in.k.ndim() == 4, "attention: k must be [B, S, Hkv, D], got {}", in.k.str());
+  RA_CHECK(in.k.shape() == in.v.shape(), "attention: k {} and v {} differ", in.k.str(), in.v.str());
+  Shapes s;
+  s.batch = in.q.dim(0);
+  s.sl = in.q.dim(1);
+  s.heads = int(in.q.dim(2));
+  s.head_dim = int(in.q.dim(3));
+  s.kv_heads = int(in.k.dim(2));
+  RA_CHECK(in.k.dim(0) == s.batch && in.k.dim(1) == s.sl && in.k.dim(3) == s.head_dim,
+           "attention: k {} does not match q {}", in.k.str(), in.q.str());
+  RA_CHECK(s.kv_heads >= 1 && s.heads % s.kv_heads == 0,
+           "attention: num_kv_heads ({}) must divide num_heads ({})", s.kv_heads, s.heads);
+  RA_CHECK(int64_t(in.positions.size()) == s.sl, "attention: {} positions for {} local tokens",
+           in.positions.size(), s.sl);
+  for (size_t i = 1; i < in.positions.size(); ++i)
+    RA_CHECK(in.positions[i] > in.positions[i - 1], "attention: positions must ascend");
+  for (const Tensor* t : {&in.q, &in.k, &in.v})
+    RA_CHECK(is_floating(t->dtype()), "attention: inputs must be F32, BF16 or F16, got {}",
+             t->str());
+  if (in.segment_ids.defined()) {
+    RA_CHECK(in.segment_ids.dtype() == DType::I32 &&
+                 in.segment_ids.shape() == Shape({s.batch, s.sl}),
+             "attention: segment_ids must be I32 [{}, {}], got {}", s.batch, s.sl,
+             in.segment_ids.str());
+    s.seg = in.segment_ids.contiguous();
+  }
+  s.scale = opt_.scale > 0 ? opt_.scale : 1.0f / std::sqrt(float(s.head_dim));
+  s.q = as_f32(in.q);
+  s.k = as_f32(in.k);
+  s.v = as_f32(in.v);
+  return s;
+}
+
+AttentionTileProblem Attention::make_problem(const Shapes& s, const std::vector<int64_t>& q_pos,
+                                             const int64_t* k_pos, const int32_t* k_seg,
+                                             const float* k, const float* v) const {
+  AttentionTileProblem p;
+  p.batch = s.batch;
+  p.sq = s.sl;
+  p.sk = s.sl;
+  p.heads = s.heads;
+  p.kv_heads = s.kv_heads;
+  p.head_dim = s.head_dim;
+  p.scale = s.scale;
+  p.causal = opt_.causal;
+  // Vanilla is one whole-shard tile per batch and head: the full score matrix, materialised.
+  const bool whole = opt_.impl == AttentionImpl::Vanilla;
+  p.q_chunk = whole ? 0 : opt_.q_chunk;
+  p.k_chunk = whole ? 0 : opt_.k_chunk;
+  p.q_pos = q_pos.data();
+  p.k_pos = k_pos;
+  p.q_seg = s.seg.defined() ? s.seg.data<int32_t>() : nullptr;
+  p.k_seg = k_seg;
+  p.q = s.q.data<float>();
+  p.k = k;
+  p.v = v;
+  return p;
+}
+
+AttentionOutput Attention::forward(const AttentionInput& in) {
+  const auto t0 = Clock::now();
+  timings_ = {};
+  Shapes s = check_input(in);
+  AttentionOutput out =
+      opt_.impl == AttentionImpl::Ring ? forward_ring(in, s) : forward_local(in, s);
+  timings_.total_s = seconds_since(t0);
+  return out;
+}
+
+AttentionOutput Attention::forward_local(const AttentionInput& in, const Shapes& s) {
+  Tensor acc = Tensor::empty({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU,
+                             "attention accumulator");
+  Tensor m = Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention max");
+  Tensor l = Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention sum");
+  AttentionForwardState st{acc.data<float>(), m.data<float>(), l.data<float>()};
+  backend_.attention_forward_init(st, s.batch, s.sl, s.heads, s.head_dim);
+  AttentionTileProblem p =
+      make_problem(s, in.positions, in.positions.data(),
+                   s.seg.defined() ? s.seg.data<int32_t>() : nullptr, s.k.data<float>(),
+                   s.v.data<float>());
+  backend_.attention_forward_block(p, st, &timings_.tiles);
+  AttentionOutput out;
+  out.o = Tensor::empty({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU, "attention O");
+  out.lse = Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention LSE");
+  backend_.attention_forward_finish(st, out.o.data<float>(), out.lse.data<float>(), s.batch, s.sl,
+                                    s.heads, s.head_dim);
+  return out;
+}
+
+AttentionOutput Attention::forward_ring(const AttentionInput& in, const Shapes& s) {
+  const int n = sp_->size();
+  if (!kv_ring_) kv_ring_ = sp_->make_ring();
+  const double wait0 = kv_ring_->wait_seconds();
+  const KvBlockLayout lay(s.batch, s.sl, s.kv_heads, s.head_dim, s.seg.defined());
+
+  // Two buffers: the block being computed on (also the one being sent: both only read it) and
+  // the one the next block arrives in.
+  Tensor cur = Tensor::empty({int64_t(lay.bytes)}, DType::U8, Device::CPU, "ring KV block");
+  Tensor nxt = Tensor::empty({int64_t(lay.bytes)}, DType::U8, Device::CPU, "ring KV block");
+  std::memcpy(lay.k(cur), s.k.raw(), lay.kv_elems * sizeof(float));
+  std::memcpy(lay.v(cur), s.v.raw(), lay.kv_elems * sizeof(float));
+  std::memcpy(lay.pos(cur), in.positions.data(), size_t(s.sl) * sizeof(int64_t));
+  if (lay.has_seg) std::memcpy(lay.seg(cur), s.seg.raw(), size_t(s.batch * s.sl) * sizeof(int32_t));
+
+  Tensor acc = Tensor::empty({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU,
+                             "attention accumulator");
+  Tensor m = Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention max");
+  Tensor l = Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention sum");
+  AttentionForwardState st{acc.data<float>(), m.data<float>(), l.data<float>()};
+  backend_.attention_forward_init(st, s.batch, s.sl, s.heads, s.head_dim);
+
+  for (int step = 0; step < n; ++step) {
+    // After step t this rank holds the block of rank (r - t) mod N (spec section 4).
+    const bool more = step + 1 < n;
+    if (more) kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);
+    AttentionTileProblem p =
+        make_problem(s, in.positions, lay.pos(cur), lay.seg(cur), lay.k(cur), lay.v(cur));
+    backend_.attention_forward_block(p, st, &timings_.tiles);
+    if (more) {
+      kv_ring_->wait();
+      std::swap(cur, nxt);
+    }
+  }
+  timings_.kv_wait_s = kv_ring_->wait_seconds() - wait0;
+
+  AttentionOutput out;
+  out.o = Tensor::empty({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU, "attention O");
+  out.lse = Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention LSE");
+  backend_.attention_forward_finish(st, out.o.data<float>(), out.lse.data<float>(), s.batch, s.sl,
+                                    s.heads, s.head_dim);
+  return out;
+}
+
+AttentionGrads Attention::backward(const AttentionInput& in, const AttentionOutput& out,
+                                   const Tensor& dout_in) {
+  const auto t0 = Clock::now();
+  timings_ = {};
+  Shapes s = check_input(in);
+  RA_CHECK(dout_in.defined() && dout_in.shape() == in.q.shape(),
+           "attention backward: dO must have the shape of q {}, got {}", shape_str(in.q.shape()),
+           dout_in.str());
+  RA_CHECK(out.o.defined() && out.o.shape() == in.q.shape() && out.lse.defined() &&
+               out.lse.shape() == Shape({s.batch, s.heads, s.sl}),
+           "attention backward: O and LSE must come from the forward of the same input");
+  Tensor dout = as_f32(dout_in);
+  Tensor o = as_f32(out.o);
+  Tensor lse = out.lse.contiguous();
+  Tensor delta = Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention delta");
+  backend_.attention_backward_delta(dout.data<float>(), o.data<float>(), delta.data<float>(),
+                                    s.batch, s.sl, s.heads, s.head_dim);
+  AttentionOutput saved{o, lse};
+  AttentionGrads g = opt_.impl == AttentionImpl::Ring ? backward_ring(in, saved, dout, delta, s)
+                                                      : backward_local(in, saved, dout, delta, s);
+  timings_.total_s = seconds_since(t0);
+  return g;
+}
+
+AttentionGrads Attention::backward_local(const AttentionInput& in, const AttentionOutput& out,
+                                         const Tensor& dout, const Tensor& delta, const Shapes& s) {
+  AttentionGrads g;
+  g.dq = Tensor::zeros({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU, "attention dQ");
+  g.dk = Tensor::zeros({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, Device::CPU, "attention dK");
+  g.dv = Tensor::zeros({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, Device::CPU, "attention dV");
+  AttentionTileProblem p =
+      make_problem(s, in.positions, in.positions.data(),
+                   s.seg.defined() ? s.seg.data<int32_t>() : nullptr, s.k.data<float>(),
+                   s.v.data<float>());
+  AttentionBackwardArgs a{dout.data<float>(), out.lse.data<float>(), delta.data<float>(),
+                          g.dq.data<float>(), g.dk.data<float>(), g.dv.data<float>()};
+  backend_.attention_backward_block(p, a, &timings_.tiles);
+  return g;
+}
+
+// Backward around the ring. K, V (with positions and segment ids) travel as in the forward and are
+// prefetched one step ahead. The float32 dK, dV of a block travel with a lag: at step t this rank
+// computes its contribution to the block it holds into a fresh buffer, then adds the partial sum
+// that the previous rank computed on the same block at step t-1 (it arrived during this step's
+// compute), and sends the sum on. After N steps, one more hop brings each block's complete dK, dV
+// home. Every gradient exchange overlaps the next step's compute.
+AttentionGrads Attention::backward_ring(const AttentionInput& in, const AttentionOutput& out,
+                                        const Tensor& dout, const Tensor& delta, const Shapes& s) {
+  const int n = sp_->size();
+  if (!kv_ring_) kv_ring_ = sp_->make_ring();
+  if (!grad_ring_) grad_ring_ = sp_->make_ring();
+  const double wait0 = kv_ring_->wait_seconds() + grad_ring_->wait_seconds();
+  const KvBlockLayout lay(s.batch, s.sl, s.kv_heads, s.head_dim, s.seg.defined());
+  const size_t grad_elems = 2 * lay.kv_elems;  // dK then dV
+  const size_t grad_bytes = grad_elems * sizeof(float);
+
+  Tensor cur = Tensor::empty({int64_t(lay.bytes)}, DType::U8, Device::CPU, "ring KV block");
+  Tensor nxt = Tensor::empty({int64_t(lay.bytes)}, DType::U8, Device::CPU, "ring KV block");
+  std::memcpy(lay.k(cur), s.k.raw(), lay.kv_elems * sizeof(float));
+  std::memcpy(lay.v(cur), s.v.raw(), lay.kv_elems * sizeof(float));
+  std::memcpy(lay.pos(cur), in.positions.data(), size_t(s.sl) * sizeof(int64_t));
+  if (lay.has_seg) std::memcpy(lay.seg(cur), s.seg.raw(), size_t(s.batch * s.sl) * sizeof(int32_t));
+
+  // local[t%2]: this step's partial sum (being sent while the next step computes into the other);
+  // incoming[t%2]: the partial sum arriving from the previous rank.
+  Tensor local[2], incoming[2];
+  for (int i = 0; i < 2; ++i) {
+    local[i] = Tensor::empty({int64_t(grad_elems)}, DType::F32, Device::CPU, "ring dK/dV");
+    incoming[i] = Tensor::empty({int64_t(grad_elems)}, DType::F32, Device::CPU, "ring dK/dV");
+  }
+
+  AttentionGrads g;
+  g.dq = Tensor::zeros({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU, "attention dQ");
+  bool grad_in_flight = false;
+  for (int step = 0; step < n; ++step) {
+    const bool more = step + 1 < n;
+    if (more) kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);
+    Tensor& mine = local[step % 2];
+    mine.fill_zero();
+    AttentionTileProblem p =
+        make_problem(s, in.positions, lay.pos(cur), lay.seg(cur), lay.k(cur), lay.v(cur));
+    AttentionBackwardArgs a{dout.data<float>(), out.lse.data<float>(), delta.data<float>(),
+                            g.dq.data<float>(), mine.data<float>(),
+                            mine.data<float>() + lay.kv_elems};
+    backend_.attention_backward_block(p, a, &timings_.tiles);
+    if (grad_in_flight) {
+      grad_ring_->wait();  // brings incoming[(step - 1) % 2]: the earlier ranks' sum for this block
+      const float* add = incoming[(step + 1) % 2].data<float>();
+      float* dst = mine.data<float>();
+      for (size_t i = 0; i < grad_elems; ++i) dst[i] += add[i];
+    }
+    // Send this block's partial sum on; after the last step it goes to the block's owner.
+    grad_ring_->start(mine.raw(), incoming[step % 2].raw(), grad_bytes);
+    grad_in_flight = true;
+    if (more) {
+      kv_ring_->wait();
+      std::swap(cur, nxt);
+    }
+  }
+  grad_ring_->wait();
+  const float* home = incoming[(n - 1) % 2].data<float>();
+  g.dk = Tensor::empty({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, Device::CPU, "attention dK");
+  g.dv = Tensor::empty({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, Device::CPU, "attention dV");
+  std::memcpy(g.dk.raw(), home, lay.kv_elems * sizeof(float));
+  std::memcpy(g.dv.raw(), home + lay.kv_elems, lay.kv_elems * sizeof(float));
+  timings_.kv_wait_s = kv_ring_->wait_seconds() + grad_ring_->wait_seconds() - wait0;
+  return g;
+}
+
+}  // namespace ringattn

@@ -1,0 +1,93 @@
+// One attention API, three implementations (../shared/design/ring-attention.md, section 1):
+//   vanilla    materialises the full score matrix of the shard (one whole tile per batch x head)
+//   blockwise  q_chunk x k_chunk tiles with online softmax; never an S x S buffer (BPT)
+//   ring       the sequence is split over the sp ranks; each step folds the KV block held into
+//              the local queries' state while the next block travels (double buffered); backward
+//              recomputes from O and the float32 LSE and passes dK, dV (float32) around the ring.
+// All three compute the same function: O = softmax(scale Q K^T + mask) V, causal or not, with
+// grouped-query attention and segment ids. Positions are global token positions.
+#pragma once
+
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "core/backend.h"
+#include "core/tensor.h"
+#include "model/attention/layout.h"
+
+namespace ringattn {
+
+enum class AttentionImpl { Vanilla, Blockwise, Ring };
+std::string_view impl_name(AttentionImpl impl);
+AttentionImpl parse_impl(std::string_view name);  // Error naming the accepted values
+
+struct AttentionOptions {
+  AttentionImpl impl = AttentionImpl::Blockwise;
+  RingLayout layout = RingLayout::Zigzag;  // how the caller spread the sequence (ring)
+  bool causal = true;
+  int64_t q_chunk = 256, k_chunk = 256;  // tile sizes (blockwise and ring); ignored by vanilla
+  float scale = 0;                       // 0: 1/sqrt(head_dim)
+};
+
+// One rank's shard of a batch, in local token order.
+struct AttentionInput {
+  Tensor q;                        // [B, Sl, H, D]   F32 (or BF16/F16: converted once on entry)
+  Tensor k, v;                     // [B, Sl, Hkv, D]
+  std::vector<int64_t> positions;  // [Sl] global positions, ascending
+  Tensor segment_ids;              // [B, Sl] I32, or undefined (one segment)
+};
+
+struct AttentionOutput {
+  Tensor o;    // [B, Sl, H, D] F32
+  Tensor lse;  // [B, H, Sl]    F32 (-inf for a row that sees no key)
+};
+
+struct AttentionGrads {
+  Tensor dq;      // [B, Sl, H, D]   F32
+  Tensor dk, dv;  // [B, Sl, Hkv, D] F32
+};
+
+// Where the time of the last forward/backward went on this rank.
+struct AttentionTimings {
+  double total_s = 0;    // wall time of the call
+  double kv_wait_s = 0;  // blocked waiting for KV (and dK/dV) blocks to arrive
+  AttentionTileStats tiles;
+};
+
+class Attention {
+ public:
+  // `sp` is the sequence-parallel communicator (ring only; may be null for vanilla/blockwise,
+  // which need the whole sequence on this rank).
+  Attention(AttentionOptions options, Backend& backend, Communicator* sp = nullptr);
+  ~Attention();
+
+  AttentionOutput forward(const AttentionInput& in);
+  // dout [B, Sl, H, D]; `out` is what forward returned for the same input.
+  AttentionGrads backward(const AttentionInput& in, const AttentionOutput& out, const Tensor& dout);
+
+  const AttentionOptions& options() const { return opt_; }
+  const AttentionTimings& last_timings() const { return timings_; }
+
+ private:
+  struct Shapes;
+  Shapes check_input(const AttentionInput& in) const;
+  AttentionTileProblem make_problem(const Shapes& s, const std::vector<int64_t>& q_pos,
+                                    const int64_t* k_pos, const int32_t* k_seg, const float* k,
+                                    const float* v) const;
+  AttentionOutput forward_local(const AttentionInput& in, const Shapes& s);
+  AttentionOutput forward_ring(const AttentionInput& in, const Shapes& s);
+  AttentionGrads backward_local(const AttentionInput& in, const AttentionOutput& out,
+                                const Tensor& dout, const Tensor& delta, const Shapes& s);
+  AttentionGrads backward_ring(const AttentionInput& in, const AttentionOutput& out,
+                               const Tensor& dout, const Tensor& delta, const Shapes& s);
+
+  AttentionOptions opt_;
+  Backend& backend_;
+  Communicator* sp_;
+  std::unique_ptr<RingExchange> kv_ring_, grad_ring_;
+  AttentionTimings timings_;
+};
+
+}  // namespace ringattn
