@@ -94,7 +94,8 @@ int run_bench_attention(const BenchAttentionArgs& a) {
   const double my_total = my_compute + my_wait;
 
   const double causal_factor = a.causal ? 0.5 : 1.0;
-  const double flops_fwd = 4.0 * a.batch * a.heads * double(a.seq) * a.seq * a.head_dim * causal_factor;
+  const double flops_fwd =
+      4.0 * a.batch * a.heads * double(a.seq) * a.seq * a.head_dim * causal_factor;
   const double flops_fwdbwd = flops_fwd * 3.5;
   const double sgemm = measure_sgemm_gflops(sp);  // summed over ranks, run concurrently
 
@@ -140,8 +141,8 @@ int run_bench_attention(const BenchAttentionArgs& a) {
         "  KV wait fraction (max over ranks) {:.1f}%   rank compute ms: {}  (slowest/fastest "
         "{:.2f})\n"
         "  FLOPs: {}\n",
-        a.impl, a.layout, world, threads, a.batch, a.seq, a.heads, a.kv_heads, a.head_dim,
-        a.causal, a.q_chunk, a.k_chunk, fwd * 1e3, j["gflops_fwd"].get<double>(), fwdbwd * 1e3,
+        a.impl, a.layout, world, threads, a.batch, a.seq, a.heads, a.kv_heads, a.head_dim, a.causal,
+        a.q_chunk, a.k_chunk, fwd * 1e3, j["gflops_fwd"].get<double>(), fwdbwd * 1e3,
         j["gflops_fwdbwd"].get<double>(), 100 * j["fraction_of_sgemm"].get<double>(), sgemm,
         format_bytes(j["peak_bytes"].get<size_t>()), format_bytes(live_before),
         100 * j["kv_wait_fraction"].get<double>(), fmt::join(rank_ms, " "),

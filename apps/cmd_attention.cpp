@@ -42,8 +42,9 @@ Tensor require(const SafetensorsFile& f, const std::string& name, const Shape& e
   RA_CHECK(f.contains(name), "input '{}' has no tensor '{}' (it holds: {})", f.path(), name,
            fmt::join(f.names(), ", "));
   const TensorInfo& info = f.info(name);
-  RA_CHECK(int(info.shape.size()) == ndim, "input '{}': tensor '{}' must have {} dimensions, has {}",
-           f.path(), name, ndim, shape_str(info.shape));
+  RA_CHECK(int(info.shape.size()) == ndim,
+           "input '{}': tensor '{}' must have {} dimensions, has {}", f.path(), name, ndim,
+           shape_str(info.shape));
   for (size_t i = 0; i < expect_prefix.size(); ++i)
     RA_CHECK(expect_prefix[i] < 0 || info.shape[i] == expect_prefix[i],
              "input '{}': tensor '{}' has shape {}, expected dimension {} to be {}", f.path(), name,
@@ -77,16 +78,17 @@ int run_check(const AttentionArgs& a) {
   const int64_t B = q.dim(0), S = q.dim(1), H = q.dim(2), D = q.dim(3);
   Tensor k = require(f, "k", {B, S, -1, D}, 4, true);
   Tensor v = require(f, "v", {B, S, k.dim(2), D}, 4, true);
-  RA_CHECK(H % k.dim(2) == 0, "input '{}': kv heads ({}) must divide heads ({})", a.input,
-           k.dim(2), H);
+  RA_CHECK(H % k.dim(2) == 0, "input '{}': kv heads ({}) must divide heads ({})", a.input, k.dim(2),
+           H);
   Tensor dout = f.contains("do") ? require(f, "do", {B, S, H, D}, 4, true) : Tensor();
   Tensor seg = f.contains("segment_ids") ? require(f, "segment_ids", {B, S}, 2, false) : Tensor();
   if (opt.impl == AttentionImpl::Ring) check_layout_split(opt.layout, S, world);
 
   Mesh mesh(MeshShape{1, 1, world, 1});
   Communicator& sp = mesh.axis(Axis::SP);
-  const std::vector<int64_t> pos = layout_positions(
-      opt.impl == AttentionImpl::Ring ? opt.layout : RingLayout::Contiguous, S, sp.size(), sp.rank());
+  const std::vector<int64_t> pos =
+      layout_positions(opt.impl == AttentionImpl::Ring ? opt.layout : RingLayout::Contiguous, S,
+                       sp.size(), sp.rank());
 
   AttentionInput in;
   in.q = take_positions(q, 1, pos);
@@ -193,7 +195,8 @@ void add_attention_command(CLI::App& parent, Action& run) {
   auto args = std::make_shared<AttentionArgs>();
   auto* cmd = parent.add_subcommand(
       "attention", "Run vanilla, blockwise or ring attention on a safetensors input (check tool)");
-  cmd->add_option("--input", args->input, "q [B,S,H,D], k, v [B,S,Hkv,D], optional do, segment_ids");
+  cmd->add_option("--input", args->input,
+                  "q [B,S,H,D], k, v [B,S,Hkv,D], optional do, segment_ids");
   cmd->add_option("--output", args->output, "Writes o, lse (and dq, dk, dv) in global order");
   cmd->add_option("--impl", args->impl, "vanilla | blockwise | ring")->capture_default_str();
   cmd->add_option("--layout", args->layout, "contiguous | zigzag | striped")->capture_default_str();
@@ -204,8 +207,10 @@ void add_attention_command(CLI::App& parent, Action& run) {
   cmd->add_option("--batch", args->batch, "(--make-input) batch")->capture_default_str();
   cmd->add_option("--seq", args->seq, "(--make-input) sequence length")->capture_default_str();
   cmd->add_option("--heads", args->heads, "(--make-input) query heads")->capture_default_str();
-  cmd->add_option("--kv-heads", args->kv_heads, "(--make-input) key/value heads")->capture_default_str();
-  cmd->add_option("--head-dim", args->head_dim, "(--make-input) head dimension")->capture_default_str();
+  cmd->add_option("--kv-heads", args->kv_heads, "(--make-input) key/value heads")
+      ->capture_default_str();
+  cmd->add_option("--head-dim", args->head_dim, "(--make-input) head dimension")
+      ->capture_default_str();
   cmd->add_option("--segments", args->segments, "(--make-input) packed documents per sequence")
       ->capture_default_str();
   cmd->add_flag("--with-grad", args->with_grad, "(--make-input) also write do");

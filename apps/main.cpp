@@ -1,6 +1,6 @@
 // ringattn: one executable, launched by mpirun/srun with one rank per GPU (or on CPUs).
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 
@@ -30,7 +30,8 @@ int main(int argc, char** argv) {
   bool show_version = false;
   std::string log_level = "info";
   app.add_flag("--version", show_version, "Print version, build type and compiled-in backends");
-  app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")->capture_default_str();
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
+      ->capture_default_str();
 
   apps::Action run;
   apps::add_attention_command(app, run);
@@ -40,8 +41,10 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     int code = 0;
-    if (MpiEnv::world_rank() == 0) code = app.exit(e);
-    else code = e.get_exit_code();
+    if (MpiEnv::world_rank() == 0)
+      code = app.exit(e);
+    else
+      code = e.get_exit_code();
     return code;
   }
 

@@ -1,9 +1,16 @@
 // Collectives and the ring exchange behind one interface, with an MPI implementation (host
 // memory) and an NCCL one (device memory, communication stream; compiled with CUDA).
 //
-// Async contract: collectives are blocking for the caller on MPI. On NCCL they are enqueued on
-// the communicator's stream in call order; callers must issue them in the same order on every
-// rank. The ring exchange is asynchronous on both: see RingExchange.
+// Async contract:
+//  * Collectives are blocking on both transports: when one returns, its output is complete (on
+//    NCCL it was enqueued on the communicator's own stream, which was then synchronised). Every
+//    rank of the group must call the same collectives in the same order with the same counts.
+//  * The ring exchange is asynchronous on both: see RingExchange.
+//  * Buffers live on device(): host memory for MPI, this rank's GPU for NCCL. On NCCL the inputs
+//    must be complete before a call (the communication stream does not wait for the compute
+//    stream: synchronise the backend first).
+//  * Buffers of one call must not overlap, except all_gather's in-place form
+//    (send == recv + rank() * count elements).
 #pragma once
 
 #include <cstddef>
@@ -25,17 +32,25 @@ class RingExchange {
 
   // Posts "send `bytes` from `send` to rank (r+1) mod N" and "receive `bytes` from rank
   // (r-1) mod N into `recv`", and returns at once. Neither buffer may be touched until wait()
-  // returns. One exchange in flight per object. With N == 1 the receive is a copy of the send.
+  // returns (reading `send` is fine). One exchange in flight per object: every start() is paired
+  // with a wait() before the next start() (a second start() raises an Error). All ranks pass the
+  // same `bytes`. With N == 1 the receive is a copy of the send (send == recv is allowed then).
+  // MPI: with MPI_THREAD_MULTIPLE a progress thread moves the data while the caller computes;
+  // without it the data moves only inside test() and wait(). NCCL: enqueued on the
+  // communicator's stream.
   virtual void start(const void* send, void* recv, size_t bytes) = 0;
-  // Lets the transfer progress (cheap; call between compute tiles). True once it is complete.
+  // Lets the transfer progress (cheap; call between compute tiles). True once it is complete;
+  // wait() must still be called. True when nothing is in flight.
   virtual bool test() = 0;
-  // Blocks until the posted exchange is complete. The time spent blocked is accumulated.
+  // Blocks until the posted exchange is complete. The time spent blocked is accumulated. Returns
+  // at once when nothing is in flight. Errors of the transfer are raised here.
   virtual void wait() = 0;
 
   int next() const { return next_; }
   int prev() const { return prev_; }
   // Seconds spent blocked in wait() since construction or the last reset_stats().
   double wait_seconds() const { return wait_seconds_; }
+  // Bytes sent to next() by start() (0 for N == 1, where nothing crosses a link).
   size_t bytes_moved() const { return bytes_moved_; }
   void reset_stats() {
     wait_seconds_ = 0;
@@ -66,7 +81,10 @@ class Communicator {
   virtual void broadcast(void* buf, size_t count, DType dtype, int root) = 0;
   virtual void barrier() = 0;
 
-  // A ring over this communicator's ranks in rank order.
+  // A ring over this communicator's ranks in rank order. Collective: every rank of the group
+  // calls it, in the same order relative to other rings and collectives. The ring must not
+  // outlive this communicator (NCCL rings share its stream; MPI rings own a duplicate of it).
+  // Destroying a ring with an exchange in flight waits for it first.
   virtual std::unique_ptr<RingExchange> make_ring() = 0;
 };
 

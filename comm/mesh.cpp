@@ -6,7 +6,6 @@
 #include <limits>
 
 #include "comm/mpi_check.h"
-#include "core/backend.h"
 #include "core/error.h"
 #include "core/log.h"
 

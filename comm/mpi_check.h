@@ -10,10 +10,11 @@ namespace ringattn {
 std::string mpi_error_string(int code);
 }
 
-#define MPI_CHECK(call)                                                                   \
-  do {                                                                                    \
-    int rc_ = (call);                                                                     \
-    if (rc_ != MPI_SUCCESS)                                                               \
-      ::ringattn::throw_error(__FILE__, __LINE__, fmt::format("MPI error in {}: {}", #call, \
-                                                              ::ringattn::mpi_error_string(rc_))); \
+#define MPI_CHECK(call)                                                                  \
+  do {                                                                                   \
+    int rc_ = (call);                                                                    \
+    if (rc_ != MPI_SUCCESS)                                                              \
+      ::ringattn::throw_error(                                                           \
+          __FILE__, __LINE__,                                                            \
+          fmt::format("MPI error in {}: {}", #call, ::ringattn::mpi_error_string(rc_))); \
   } while (0)

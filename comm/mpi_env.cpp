@@ -28,7 +28,8 @@ MpiEnv::MpiEnv(int* argc, char*** argv) {
   MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &g_rank));
   MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &g_size));
   MPI_Comm node;
-  MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, g_rank, MPI_INFO_NULL, &node));
+  MPI_CHECK(
+      MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, g_rank, MPI_INFO_NULL, &node));
   MPI_CHECK(MPI_Comm_rank(node, &g_local_rank));
   MPI_CHECK(MPI_Comm_size(node, &g_local_size));
   MPI_Comm_free(&node);
@@ -41,11 +42,21 @@ MpiEnv::~MpiEnv() {
   if (!finalized) MPI_Finalize();
 }
 
-int MpiEnv::world_rank() { return g_rank; }
-int MpiEnv::world_size() { return g_size; }
-int MpiEnv::local_rank() { return g_local_rank; }
-int MpiEnv::local_size() { return g_local_size; }
-bool MpiEnv::thread_multiple() { return g_thread_multiple; }
+int MpiEnv::world_rank() {
+  return g_rank;
+}
+int MpiEnv::world_size() {
+  return g_size;
+}
+int MpiEnv::local_rank() {
+  return g_local_rank;
+}
+int MpiEnv::local_size() {
+  return g_local_size;
+}
+bool MpiEnv::thread_multiple() {
+  return g_thread_multiple;
+}
 
 void MpiEnv::abort(int code) {
   spdlog::default_logger()->flush();

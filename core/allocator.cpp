@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cstdlib>
+#include <limits>
 #include <new>
 
 #include "core/error.h"
@@ -13,7 +14,12 @@ void* Allocator::allocate(size_t bytes, std::string_view what) {
   if (bytes == 0) return nullptr;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (limit_ != 0 && live_ + bytes > limit_) {
+    // Written so that sizes near SIZE_MAX (from overflowed arithmetic upstream) cannot wrap.
+    if (bytes > std::numeric_limits<size_t>::max() - live_) {
+      RA_FAIL("out of memory on {}: request '{}' of {} cannot be satisfied with {} live", name_,
+              what, format_bytes(bytes), format_bytes(live_));
+    }
+    if (limit_ != 0 && (live_ > limit_ || bytes > limit_ - live_)) {
       RA_FAIL("memory limit exceeded on {}: request '{}' of {} with {} live, limit {}", name_, what,
               format_bytes(bytes), format_bytes(live_), format_bytes(limit_));
     }
@@ -66,6 +72,8 @@ class CpuAllocator final : public Allocator {
 
  protected:
   void* raw_allocate(size_t bytes) override {
+    // Rounding up would wrap to a tiny size and "succeed".
+    if (bytes > std::numeric_limits<size_t>::max() - 63) return nullptr;
     size_t rounded = (bytes + 63) / 64 * 64;
     return std::aligned_alloc(64, rounded);
   }

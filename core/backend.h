@@ -38,7 +38,8 @@ class Backend {
                                       int heads, int head_dim) = 0;
   // Folds one key/value block into the running state. Workspace comes from the allocator, so a
   // whole-shard tile (vanilla) shows its S x S scores in the peak bytes.
-  virtual void attention_forward_block(const AttentionTileProblem& p, const AttentionForwardState& st,
+  virtual void attention_forward_block(const AttentionTileProblem& p,
+                                       const AttentionForwardState& st,
                                        AttentionTileStats* stats = nullptr) = 0;
   // o = acc / l, lse = m + log(l); a row that saw no unmasked key gets o = 0 and lse = -inf.
   virtual void attention_forward_finish(const AttentionForwardState& st, float* o, float* lse,
@@ -47,7 +48,8 @@ class Backend {
   virtual void attention_backward_delta(const float* dout, const float* o, float* delta,
                                         int64_t batch, int64_t sq, int heads, int head_dim) = 0;
   // Accumulates this block's contributions to dq, dk, dv (P recomputed from q, k and lse).
-  virtual void attention_backward_block(const AttentionTileProblem& p, const AttentionBackwardArgs& a,
+  virtual void attention_backward_block(const AttentionTileProblem& p,
+                                        const AttentionBackwardArgs& a,
                                         AttentionTileStats* stats = nullptr) = 0;
 };
 

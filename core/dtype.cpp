@@ -6,24 +6,36 @@ namespace ringattn {
 
 size_t dtype_size(DType t) {
   switch (t) {
-    case DType::F32: return 4;
-    case DType::BF16: return 2;
-    case DType::F16: return 2;
-    case DType::I32: return 4;
-    case DType::I64: return 8;
-    case DType::U8: return 1;
+    case DType::F32:
+      return 4;
+    case DType::BF16:
+      return 2;
+    case DType::F16:
+      return 2;
+    case DType::I32:
+      return 4;
+    case DType::I64:
+      return 8;
+    case DType::U8:
+      return 1;
   }
   RA_FAIL("unknown dtype {}", int(t));
 }
 
 std::string_view dtype_name(DType t) {
   switch (t) {
-    case DType::F32: return "F32";
-    case DType::BF16: return "BF16";
-    case DType::F16: return "F16";
-    case DType::I32: return "I32";
-    case DType::I64: return "I64";
-    case DType::U8: return "U8";
+    case DType::F32:
+      return "F32";
+    case DType::BF16:
+      return "BF16";
+    case DType::F16:
+      return "F16";
+    case DType::I32:
+      return "I32";
+    case DType::I64:
+      return "I64";
+    case DType::U8:
+      return "U8";
   }
   return "?";
 }
@@ -88,17 +100,26 @@ void convert_floats(const void* src, DType st, void* dst, DType dt, size_t n) {
            dtype_name(st), dtype_name(dt));
   auto load = [&](size_t i) -> float {
     switch (st) {
-      case DType::F32: return static_cast<const float*>(src)[i];
-      case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(src)[i]);
-      default: return f16_to_f32(static_cast<const uint16_t*>(src)[i]);
+      case DType::F32:
+        return static_cast<const float*>(src)[i];
+      case DType::BF16:
+        return bf16_to_f32(static_cast<const uint16_t*>(src)[i]);
+      default:
+        return f16_to_f32(static_cast<const uint16_t*>(src)[i]);
     }
   };
   for (size_t i = 0; i < n; ++i) {
     float x = load(i);
     switch (dt) {
-      case DType::F32: static_cast<float*>(dst)[i] = x; break;
-      case DType::BF16: static_cast<uint16_t*>(dst)[i] = f32_to_bf16(x); break;
-      default: static_cast<uint16_t*>(dst)[i] = f32_to_f16(x); break;
+      case DType::F32:
+        static_cast<float*>(dst)[i] = x;
+        break;
+      case DType::BF16:
+        static_cast<uint16_t*>(dst)[i] = f32_to_bf16(x);
+        break;
+      default:
+        static_cast<uint16_t*>(dst)[i] = f32_to_f16(x);
+        break;
     }
   }
 }

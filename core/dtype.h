@@ -14,9 +14,12 @@ size_t dtype_size(DType t);
 // Names as safetensors spells them: "F32", "BF16", "F16", "I32", "I64", "U8".
 std::string_view dtype_name(DType t);
 std::optional<DType> dtype_from_name(std::string_view name);
-inline bool is_floating(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
+inline bool is_floating(DType t) {
+  return t == DType::F32 || t == DType::BF16 || t == DType::F16;
+}
 
-// bfloat16: the top 16 bits of a float32. Conversion rounds to nearest, ties to even; NaN stays NaN.
+// bfloat16: the top 16 bits of a float32. Conversion rounds to nearest, ties to even; NaN stays
+// NaN.
 inline float bf16_to_f32(uint16_t h) {
   uint32_t u = uint32_t(h) << 16;
   float f;

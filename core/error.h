@@ -29,8 +29,8 @@ class Error : public std::runtime_error {
 }  // namespace ringattn
 
 // RA_CHECK(cond, "format {}", args...): throws ringattn::Error with file and line when !cond.
-#define RA_CHECK(cond, ...)                                                         \
-  do {                                                                              \
+#define RA_CHECK(cond, ...)                                                             \
+  do {                                                                                  \
     if (!(cond)) ::ringattn::throw_error(__FILE__, __LINE__, fmt::format(__VA_ARGS__)); \
   } while (0)
 

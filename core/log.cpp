@@ -21,7 +21,9 @@ void init(int rank, int world_size) {
   spdlog::set_default_logger(logger);
 }
 
-int rank() { return g_rank; }
+int rank() {
+  return g_rank;
+}
 
 void set_level(const std::string& level) {
   auto lv = spdlog::level::from_str(level);

@@ -41,7 +41,9 @@ std::string brief(const ojson& v) {
   return s;
 }
 
-std::string errno_str(int e) { return std::strerror(e); }
+std::string errno_str(int e) {
+  return std::strerror(e);
+}
 
 // Writes all of [p, p+n); write() may stop early (signals, pipes, >2 GiB requests).
 void write_all(int fd, const void* p, size_t n, const std::string& tmp) {
@@ -107,8 +109,9 @@ void save_safetensors(const std::string& path,
   try {
     text = header.dump();
   } catch (const nlohmann::json::exception& e) {
-    RA_FAIL("safetensors file '{}': cannot encode the header (names and metadata must be UTF-8): {}",
-            path, e.what());
+    RA_FAIL(
+        "safetensors file '{}': cannot encode the header (names and metadata must be UTF-8): {}",
+        path, e.what());
   }
   // Padding keeps the data section 8-byte aligned for readers that map the file.
   text.append((8 - text.size() % 8) % 8, ' ');
@@ -177,7 +180,9 @@ ojson parse_header(const std::string& path, const std::string& text) {
   bool duplicate_is_tensor = false;
   ojson::parser_callback_t cb = [&](int, ojson::parse_event_t ev, ojson& parsed) {
     switch (ev) {
-      case ojson::parse_event_t::object_start: keys.emplace_back(); break;
+      case ojson::parse_event_t::object_start:
+        keys.emplace_back();
+        break;
       case ojson::parse_event_t::object_end:
         if (!keys.empty()) keys.pop_back();
         break;
@@ -188,7 +193,8 @@ ojson parse_header(const std::string& path, const std::string& text) {
           duplicate_is_tensor = keys.size() == 1;
         }
         break;
-      default: break;
+      default:
+        break;
     }
     return true;
   };
@@ -251,8 +257,10 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     ST_FAIL(path, "header length {} bytes is absurd (limit {}); not a safetensors file?", n,
             kMaxHeaderBytes);
   if (n > file_size - 8)
-    ST_FAIL(path, "header length {} bytes is larger than the {} bytes after the length field "
-            "(truncated file?)", n, file_size - 8);
+    ST_FAIL(path,
+            "header length {} bytes is larger than the {} bytes after the length field "
+            "(truncated file?)",
+            n, file_size - 8);
   std::string text(size_t(n), '\0');
   f.read_exact(8, text.data(), n, "the header");
   f.data_start_ = 8 + n;
@@ -287,8 +295,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     TensorInfo ti;
     const std::string dname = field(path, name, entry, "dtype", false).get<std::string>();
     const auto dt = dtype_from_name(dname);
-    if (!dt) ST_FAIL(path, "tensor '{}' has unknown dtype '{}' (supported: {})", name, dname,
-                     kSupported);
+    if (!dt)
+      ST_FAIL(path, "tensor '{}' has unknown dtype '{}' (supported: {})", name, dname, kSupported);
     ti.dtype = *dt;
 
     // numel stays in int64 (Shape's type) even when a zero dimension makes the product 0, so
@@ -315,8 +323,7 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     ti.begin = unsigned_value(path, name, offs[0], "data_offsets", "offset");
     ti.end = unsigned_value(path, name, offs[1], "data_offsets", "offset");
     if (ti.begin > ti.end)
-      ST_FAIL(path, "tensor '{}': data_offsets [{}, {}] have begin > end", name, ti.begin,
-              ti.end);
+      ST_FAIL(path, "tensor '{}': data_offsets [{}, {}] have begin > end", name, ti.begin, ti.end);
     uint64_t want = 0;
     if (__builtin_mul_overflow(numel, uint64_t(dtype_size(ti.dtype)), &want) ||
         want != ti.end - ti.begin)
@@ -324,8 +331,10 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
               name, ti.begin, ti.end, ti.end - ti.begin, dname, shape_str(ti.shape), numel,
               dtype_size(ti.dtype));
     if (ti.end > data_size)
-      ST_FAIL(path, "tensor '{}': data_offsets [{}, {}] go beyond the data section of {} bytes "
-              "(truncated file?)", name, ti.begin, ti.end, data_size);
+      ST_FAIL(path,
+              "tensor '{}': data_offsets [{}, {}] go beyond the data section of {} bytes "
+              "(truncated file?)",
+              name, ti.begin, ti.end, data_size);
 
     f.names_.push_back(name);
     auto [pos, inserted] = f.infos_.emplace(name, std::move(ti));

@@ -3,10 +3,13 @@
 #include <fmt/format.h>
 
 #include <cstring>
+#include <limits>
 
 namespace ringattn {
 
-std::string shape_str(const Shape& s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
+std::string shape_str(const Shape& s) {
+  return fmt::format("[{}]", fmt::join(s, ", "));
+}
 
 int64_t shape_numel(const Shape& s) {
   int64_t n = 1;
@@ -29,16 +32,30 @@ Shape packed_strides(const Shape& shape) {
 Storage::Storage(Allocator& alloc, size_t bytes, std::string_view what)
     : alloc_(&alloc), data_(alloc.allocate(bytes, what)), bytes_(bytes) {}
 
-Storage::~Storage() { alloc_->deallocate(data_, bytes_); }
+Storage::~Storage() {
+  alloc_->deallocate(data_, bytes_);
+}
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device, std::string_view what) {
-  for (int64_t d : shape)
+  // The byte count must be exact: an overflowed product would allocate a tiny buffer for a huge
+  // tensor. Dimensions after a zero cannot overflow shape_numel(), but they are checked too so
+  // that every later product over the shape stays in range.
+  uint64_t nonzero = 1;
+  for (int64_t d : shape) {
     RA_CHECK(d >= 0, "tensor '{}': negative dimension in shape {}", what, shape_str(shape));
+    if (d > 0)
+      RA_CHECK(!__builtin_mul_overflow(nonzero, uint64_t(d), &nonzero) &&
+                   nonzero <= uint64_t(std::numeric_limits<int64_t>::max()),
+               "tensor '{}': shape {} has too many elements", what, shape_str(shape));
+  }
+  size_t bytes = 0;
+  RA_CHECK(!__builtin_mul_overflow(size_t(shape_numel(shape)), dtype_size(dtype), &bytes),
+           "tensor '{}': {} {} does not fit in memory", what, dtype_name(dtype), shape_str(shape));
   Tensor t;
   t.shape_ = shape;
   t.strides_ = packed_strides(shape);
   t.dtype_ = dtype;
-  t.storage_ = std::make_shared<Storage>(allocator_for(device), size_t(shape_numel(shape)) * dtype_size(dtype), what);
+  t.storage_ = std::make_shared<Storage>(allocator_for(device), bytes, what);
   return t;
 }
 
@@ -48,7 +65,9 @@ Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device, std::string
   return t;
 }
 
-bool Tensor::is_contiguous() const { return strides_ == packed_strides(shape_); }
+bool Tensor::is_contiguous() const {
+  return strides_ == packed_strides(shape_);
+}
 
 void* Tensor::raw() const {
   RA_CHECK(storage_, "use of an undefined tensor");
@@ -64,11 +83,14 @@ Tensor Tensor::view(Shape shape) const {
       RA_CHECK(infer < 0, "view: more than one -1 in {}", shape_str(shape));
       infer = i;
     } else {
+      // Two negative sizes would multiply to a positive count and pass the check below.
+      RA_CHECK(shape[i] >= 0, "view: negative dimension in {}", shape_str(shape));
       known *= shape[i];
     }
   }
   if (infer >= 0) {
-    RA_CHECK(known > 0 && numel() % known == 0, "view: cannot infer {} from {}", shape_str(shape), str());
+    RA_CHECK(known > 0 && numel() % known == 0, "view: cannot infer {} from {}", shape_str(shape),
+             str());
     shape[infer] = numel() / known;
   }
   RA_CHECK(shape_numel(shape) == numel(), "view: {} has {} elements, {} needs {}", str(), numel(),
@@ -83,7 +105,8 @@ Tensor Tensor::slice(int dim, int64_t start, int64_t length) const {
   if (dim < 0) dim += ndim();
   RA_CHECK(dim >= 0 && dim < ndim(), "slice: dimension {} out of range for {}", dim, str());
   RA_CHECK(start >= 0 && length >= 0 && start + length <= shape_[dim],
-           "slice: [{}, {}) out of range for dimension {} of {}", start, start + length, dim, str());
+           "slice: [{}, {}) out of range for dimension {} of {}", start, start + length, dim,
+           str());
   Tensor t = *this;
   t.shape_[dim] = length;
   t.offset_ += start * strides_[dim];
@@ -156,6 +179,8 @@ void Tensor::copy_from(const Tensor& src) {
   RA_CHECK(src.shape() == shape_, "copy_from: shape {} into {}", shape_str(src.shape()), str());
   RA_CHECK(device() == Device::CPU && src.device() == Device::CPU, "copy_from: host tensors only");
   Tensor packed = src.dtype() == dtype_ ? src.contiguous() : src.to(dtype_);
+  // Empty views may have a zero-length innermost dimension (the row walk below divides by it).
+  if (numel() == 0) return;
   if (is_contiguous()) {
     std::memcpy(raw(), packed.raw(), nbytes());
     return;
@@ -181,6 +206,7 @@ void Tensor::copy_from(const Tensor& src) {
 
 void Tensor::fill_zero() {
   RA_CHECK(device() == Device::CPU, "fill_zero: host tensors only here");
+  if (numel() == 0) return;  // zero-byte storage has a null pointer, even for memset
   if (is_contiguous()) {
     std::memset(raw(), 0, nbytes());
   } else {

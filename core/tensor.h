@@ -73,10 +73,10 @@ class Tensor {
   // Same storage, index `i` of `dim`, that dimension removed.
   Tensor select(int dim, int64_t i) const;
 
-  Tensor contiguous() const;               // this if already contiguous, else a packed copy
-  Tensor clone() const;                    // always a packed copy (CPU)
-  Tensor to(DType dtype) const;            // float conversion on the host (copy)
-  void copy_from(const Tensor& src);       // same shape; converts float dtypes on the host
+  Tensor contiguous() const;          // this if already contiguous, else a packed copy
+  Tensor clone() const;               // always a packed copy (CPU)
+  Tensor to(DType dtype) const;       // float conversion on the host (copy)
+  void copy_from(const Tensor& src);  // same shape; converts float dtypes on the host
   void fill_zero();
 
   std::string str() const;  // "F32[2, 3] cpu"

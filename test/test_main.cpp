@@ -2,8 +2,8 @@
 // passed (the failure count is all-reduced), so a failure on any rank fails ctest. Reports from
 // ranks other than 0 go to stderr only when they failed.
 #define CATCH_CONFIG_RUNNER
-#include <catch2/catch.hpp>
 #include <mpi.h>
+#include <catch2/catch.hpp>
 
 #include "comm/mpi_env.h"
 

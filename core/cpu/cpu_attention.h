@@ -9,8 +9,8 @@ void attention_forward_init(const AttentionForwardState& st, int64_t batch, int6
                             int head_dim);
 void attention_forward_block(const AttentionTileProblem& p, const AttentionForwardState& st,
                              AttentionTileStats* stats);
-void attention_forward_finish(const AttentionForwardState& st, float* o, float* lse,
-                              int64_t batch, int64_t sq, int heads, int head_dim);
+void attention_forward_finish(const AttentionForwardState& st, float* o, float* lse, int64_t batch,
+                              int64_t sq, int heads, int head_dim);
 void attention_backward_delta(const float* dout, const float* o, float* delta, int64_t batch,
                               int64_t sq, int heads, int head_dim);
 void attention_backward_block(const AttentionTileProblem& p, const AttentionBackwardArgs& a,

@@ -27,8 +27,8 @@ class CpuBackend final : public Backend {
   void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda,
             const float* b, int ldb, float beta, float* c, int ldc) override {
     if (m == 0 || n == 0) return;
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m,
-                n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n,
+                k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
 
   void copy_to_host(void* dst, const void* src, size_t bytes) override {
@@ -78,12 +78,20 @@ void set_cpu_threads(int threads) {
 #endif
 }
 
-int cpu_threads() { return openblas_get_num_threads(); }
+int cpu_threads() {
+  return openblas_get_num_threads();
+}
 
 #ifndef RINGATTN_WITH_CUDA
-bool cuda_compiled() { return false; }
-bool nccl_compiled() { return false; }
-int cuda_device_count() { return 0; }
+bool cuda_compiled() {
+  return false;
+}
+bool nccl_compiled() {
+  return false;
+}
+int cuda_device_count() {
+  return 0;
+}
 Backend& cuda_backend(int) {
   RA_FAIL("this build has no CUDA backend (configure with -DRINGATTN_CUDA=ON and nvcc on PATH)");
 }

@@ -50,7 +50,8 @@ class CudaBackend final : public Backend {
   Device device() const override { return Device::CUDA; }
   std::string name() const override {
     cudaDeviceProp prop{};
-    if (cudaGetDeviceProperties(&prop, device_) != cudaSuccess) return fmt::format("cuda:{}", device_);
+    if (cudaGetDeviceProperties(&prop, device_) != cudaSuccess)
+      return fmt::format("cuda:{}", device_);
     return fmt::format("cuda:{} ({})", device_, prop.name);
   }
 
@@ -58,8 +59,9 @@ class CudaBackend final : public Backend {
   void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda,
             const float* b, int ldb, float beta, float* c, int ldc) override {
     if (m == 0 || n == 0) return;
-    CUBLAS_CHECK(cublasSgemm(cublas_, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
-                             n, m, k, &alpha, b, ldb, a, lda, &beta, c, ldc));
+    CUBLAS_CHECK(cublasSgemm(cublas_, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                             ta ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha, b, ldb, a, lda, &beta,
+                             c, ldc));
   }
 
   void copy_to_host(void* dst, const void* src, size_t bytes) override {
@@ -81,8 +83,8 @@ class CudaBackend final : public Backend {
                                AttentionTileStats*) override {
     refuse_attention();
   }
-  void attention_forward_finish(const AttentionForwardState&, float*, float*, int64_t, int64_t,
-                                int, int) override {
+  void attention_forward_finish(const AttentionForwardState&, float*, float*, int64_t, int64_t, int,
+                                int) override {
     refuse_attention();
   }
   void attention_backward_delta(const float*, const float*, float*, int64_t, int64_t, int,
@@ -103,8 +105,12 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
-bool cuda_compiled() { return true; }
-bool nccl_compiled() { return true; }
+bool cuda_compiled() {
+  return true;
+}
+bool nccl_compiled() {
+  return true;
+}
 
 int cuda_device_count() {
   int n = 0;

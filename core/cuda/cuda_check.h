@@ -6,18 +6,20 @@
 
 #include "core/error.h"
 
-#define CUDA_CHECK(call)                                                                    \
-  do {                                                                                      \
-    cudaError_t err_ = (call);                                                              \
-    if (err_ != cudaSuccess)                                                                \
-      ::ringattn::throw_error(__FILE__, __LINE__, fmt::format("CUDA error in {}: {} ({})", \
-                                                              #call, cudaGetErrorString(err_), int(err_))); \
+#define CUDA_CHECK(call)                                                                         \
+  do {                                                                                           \
+    cudaError_t err_ = (call);                                                                   \
+    if (err_ != cudaSuccess)                                                                     \
+      ::ringattn::throw_error(                                                                   \
+          __FILE__, __LINE__,                                                                    \
+          fmt::format("CUDA error in {}: {} ({})", #call, cudaGetErrorString(err_), int(err_))); \
   } while (0)
 
-#define CUBLAS_CHECK(call)                                                                     \
-  do {                                                                                         \
-    cublasStatus_t st_ = (call);                                                               \
-    if (st_ != CUBLAS_STATUS_SUCCESS)                                                          \
-      ::ringattn::throw_error(__FILE__, __LINE__, fmt::format("cuBLAS error in {}: {} ({})", \
-                                                              #call, cublasGetStatusString(st_), int(st_))); \
+#define CUBLAS_CHECK(call)                                                        \
+  do {                                                                            \
+    cublasStatus_t st_ = (call);                                                  \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                             \
+      ::ringattn::throw_error(__FILE__, __LINE__,                                 \
+                              fmt::format("cuBLAS error in {}: {} ({})", #call,   \
+                                          cublasGetStatusString(st_), int(st_))); \
   } while (0)

@@ -11,9 +11,12 @@ namespace ringattn {
 
 std::string_view impl_name(AttentionImpl impl) {
   switch (impl) {
-    case AttentionImpl::Vanilla: return "vanilla";
-    case AttentionImpl::Blockwise: return "blockwise";
-    case AttentionImpl::Ring: return "ring";
+    case AttentionImpl::Vanilla:
+      return "vanilla";
+    case AttentionImpl::Blockwise:
+      return "blockwise";
+    case AttentionImpl::Ring:
+      return "ring";
   }
   return "?";
 }
@@ -76,9 +79,10 @@ Attention::Attention(AttentionOptions options, Backend& backend, Communicator* s
   RA_CHECK(opt_.impl != AttentionImpl::Ring || sp_ != nullptr,
            "ring attention needs the sequence-parallel communicator");
   if (opt_.impl != AttentionImpl::Ring && sp_ != nullptr && sp_->size() > 1)
-    RA_FAIL("attention.impl = {} needs the whole sequence on each rank (sp = 1), but sp = {}; use "
-            "ring to split the sequence over ranks",
-            impl_name(opt_.impl), sp_->size());
+    RA_FAIL(
+        "attention.impl = {} needs the whole sequence on each rank (sp = 1), but sp = {}; use "
+        "ring to split the sequence over ranks",
+        impl_name(opt_.impl), sp_->size());
   if (opt_.impl != AttentionImpl::Vanilla)
     RA_CHECK(opt_.q_chunk > 0 && opt_.k_chunk > 0,
              "attention chunk sizes must be positive (q_chunk = {}, k_chunk = {})", opt_.q_chunk,
@@ -88,7 +92,8 @@ Attention::Attention(AttentionOptions options, Backend& backend, Communicator* s
 Attention::~Attention() = default;
 
 Attention::Shapes Attention::check_input(const AttentionInput& in) const {
-  RA_CHECK(in.q.defined() && in.k.defined() && in.v.defined(), "attention: q, k and v are required");
+  RA_CHECK(in.q.defined() && in.k.defined() && in.v.defined(),
+           "attention: q, k and v are required");
   RA_CHECK(in.q.ndim() == 4, "attention: q must be [B, S, H, D], got {}", in.q.str());
   RA_CHECK(in.k.ndim() == 4, "attention: k must be [B, S, Hkv, D], got {}", in.k.str());
   RA_CHECK(in.k.shape() == in.v.shape(), "attention: k {} and v {} differ", in.k.str(), in.v.str());
@@ -110,10 +115,9 @@ Attention::Shapes Attention::check_input(const AttentionInput& in) const {
     RA_CHECK(is_floating(t->dtype()), "attention: inputs must be F32, BF16 or F16, got {}",
              t->str());
   if (in.segment_ids.defined()) {
-    RA_CHECK(in.segment_ids.dtype() == DType::I32 &&
-                 in.segment_ids.shape() == Shape({s.batch, s.sl}),
-             "attention: segment_ids must be I32 [{}, {}], got {}", s.batch, s.sl,
-             in.segment_ids.str());
+    RA_CHECK(
+        in.segment_ids.dtype() == DType::I32 && in.segment_ids.shape() == Shape({s.batch, s.sl}),
+        "attention: segment_ids must be I32 [{}, {}], got {}", s.batch, s.sl, in.segment_ids.str());
     s.seg = in.segment_ids.contiguous();
   }
   s.scale = opt_.scale > 0 ? opt_.scale : 1.0f / std::sqrt(float(s.head_dim));
@@ -166,13 +170,13 @@ AttentionOutput Attention::forward_local(const AttentionInput& in, const Shapes&
   Tensor l = Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention sum");
   AttentionForwardState st{acc.data<float>(), m.data<float>(), l.data<float>()};
   backend_.attention_forward_init(st, s.batch, s.sl, s.heads, s.head_dim);
-  AttentionTileProblem p =
-      make_problem(s, in.positions, in.positions.data(),
-                   s.seg.defined() ? s.seg.data<int32_t>() : nullptr, s.k.data<float>(),
-                   s.v.data<float>());
+  AttentionTileProblem p = make_problem(s, in.positions, in.positions.data(),
+                                        s.seg.defined() ? s.seg.data<int32_t>() : nullptr,
+                                        s.k.data<float>(), s.v.data<float>());
   backend_.attention_forward_block(p, st, &timings_.tiles);
   AttentionOutput out;
-  out.o = Tensor::empty({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU, "attention O");
+  out.o =
+      Tensor::empty({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU, "attention O");
   out.lse = Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention LSE");
   backend_.attention_forward_finish(st, out.o.data<float>(), out.lse.data<float>(), s.batch, s.sl,
                                     s.heads, s.head_dim);
@@ -216,7 +220,8 @@ AttentionOutput Attention::forward_ring(const AttentionInput& in, const Shapes& 
   timings_.kv_wait_s = kv_ring_->wait_seconds() - wait0;
 
   AttentionOutput out;
-  out.o = Tensor::empty({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU, "attention O");
+  out.o =
+      Tensor::empty({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU, "attention O");
   out.lse = Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention LSE");
   backend_.attention_forward_finish(st, out.o.data<float>(), out.lse.data<float>(), s.batch, s.sl,
                                     s.heads, s.head_dim);
@@ -237,7 +242,8 @@ AttentionGrads Attention::backward(const AttentionInput& in, const AttentionOutp
   Tensor dout = as_f32(dout_in);
   Tensor o = as_f32(out.o);
   Tensor lse = out.lse.contiguous();
-  Tensor delta = Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention delta");
+  Tensor delta =
+      Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention delta");
   backend_.attention_backward_delta(dout.data<float>(), o.data<float>(), delta.data<float>(),
                                     s.batch, s.sl, s.heads, s.head_dim);
   AttentionOutput saved{o, lse};
@@ -250,15 +256,17 @@ AttentionGrads Attention::backward(const AttentionInput& in, const AttentionOutp
 AttentionGrads Attention::backward_local(const AttentionInput& in, const AttentionOutput& out,
                                          const Tensor& dout, const Tensor& delta, const Shapes& s) {
   AttentionGrads g;
-  g.dq = Tensor::zeros({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU, "attention dQ");
-  g.dk = Tensor::zeros({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, Device::CPU, "attention dK");
-  g.dv = Tensor::zeros({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, Device::CPU, "attention dV");
-  AttentionTileProblem p =
-      make_problem(s, in.positions, in.positions.data(),
-                   s.seg.defined() ? s.seg.data<int32_t>() : nullptr, s.k.data<float>(),
-                   s.v.data<float>());
+  g.dq =
+      Tensor::zeros({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU, "attention dQ");
+  g.dk = Tensor::zeros({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, Device::CPU,
+                       "attention dK");
+  g.dv = Tensor::zeros({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, Device::CPU,
+                       "attention dV");
+  AttentionTileProblem p = make_problem(s, in.positions, in.positions.data(),
+                                        s.seg.defined() ? s.seg.data<int32_t>() : nullptr,
+                                        s.k.data<float>(), s.v.data<float>());
   AttentionBackwardArgs a{dout.data<float>(), out.lse.data<float>(), delta.data<float>(),
-                          g.dq.data<float>(), g.dk.data<float>(), g.dv.data<float>()};
+                          g.dq.data<float>(), g.dk.data<float>(),    g.dv.data<float>()};
   backend_.attention_backward_block(p, a, &timings_.tiles);
   return g;
 }
@@ -295,7 +303,8 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
   }
 
   AttentionGrads g;
-  g.dq = Tensor::zeros({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU, "attention dQ");
+  g.dq =
+      Tensor::zeros({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU, "attention dQ");
   bool grad_in_flight = false;
   for (int step = 0; step < n; ++step) {
     const bool more = step + 1 < n;
@@ -304,9 +313,9 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
     mine.fill_zero();
     AttentionTileProblem p =
         make_problem(s, in.positions, lay.pos(cur), lay.seg(cur), lay.k(cur), lay.v(cur));
-    AttentionBackwardArgs a{dout.data<float>(), out.lse.data<float>(), delta.data<float>(),
-                            g.dq.data<float>(), mine.data<float>(),
-                            mine.data<float>() + lay.kv_elems};
+    AttentionBackwardArgs a{dout.data<float>(),  out.lse.data<float>(),
+                            delta.data<float>(), g.dq.data<float>(),
+                            mine.data<float>(),  mine.data<float>() + lay.kv_elems};
     backend_.attention_backward_block(p, a, &timings_.tiles);
     if (grad_in_flight) {
       grad_ring_->wait();  // brings incoming[(step - 1) % 2]: the earlier ranks' sum for this block
@@ -324,8 +333,10 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
   }
   grad_ring_->wait();
   const float* home = incoming[(n - 1) % 2].data<float>();
-  g.dk = Tensor::empty({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, Device::CPU, "attention dK");
-  g.dv = Tensor::empty({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, Device::CPU, "attention dV");
+  g.dk = Tensor::empty({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, Device::CPU,
+                       "attention dK");
+  g.dv = Tensor::empty({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, Device::CPU,
+                       "attention dV");
   std::memcpy(g.dk.raw(), home, lay.kv_elems * sizeof(float));
   std::memcpy(g.dv.raw(), home + lay.kv_elems, lay.kv_elems * sizeof(float));
   timings_.kv_wait_s = kv_ring_->wait_seconds() + grad_ring_->wait_seconds() - wait0;

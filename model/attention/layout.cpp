@@ -6,9 +6,12 @@ namespace ringattn {
 
 std::string_view layout_name(RingLayout layout) {
   switch (layout) {
-    case RingLayout::Contiguous: return "contiguous";
-    case RingLayout::Zigzag: return "zigzag";
-    case RingLayout::Striped: return "striped";
+    case RingLayout::Contiguous:
+      return "contiguous";
+    case RingLayout::Zigzag:
+      return "zigzag";
+    case RingLayout::Striped:
+      return "striped";
   }
   return "?";
 }

@@ -51,8 +51,8 @@ Tensor gather_sequence(Communicator& comm, const Tensor& local_in, int dim,
   // Everyone's positions and shards, rank-ordered.
   std::vector<int64_t> all_pos(size_t(sl) * n);
   comm.all_gather(local_positions.data(), all_pos.data(), size_t(sl), DType::I64);
-  Tensor all = Tensor::empty({int64_t(n) * local.numel()}, local.dtype(), Device::CPU,
-                             "gathered sequence");
+  Tensor all =
+      Tensor::empty({int64_t(n) * local.numel()}, local.dtype(), Device::CPU, "gathered sequence");
   comm.all_gather(local.raw(), all.raw(), size_t(local.numel()), local.dtype());
 
   const Around a = around(local.shape(), dim);

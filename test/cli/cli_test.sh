@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# End-to-end checks of the ringattn executable: the attention check tool on 1, 2 and 4 ranks
+# against one another, and bad input that must end with one clear message and a non-zero exit.
+# Usage: cli_test.sh path/to/ringattn
+set -uo pipefail
+bin=${1:?usage: cli_test.sh RINGATTN_BINARY}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+failures=0
+
+pass() { echo "ok   $1"; }
+fail() { echo "FAIL $1"; failures=$((failures + 1)); }
+
+# expect_error NAME PATTERN CMD...: the command must exit non-zero and print PATTERN.
+expect_error() {
+  local name=$1 pattern=$2
+  shift 2
+  local out rc
+  out=$("$@" 2>&1)
+  rc=$?
+  if [ $rc -ne 0 ] && grep -q -- "$pattern" <<<"$out"; then
+    pass "$name"
+  else
+    fail "$name (exit $rc, expected /$pattern/): $(tail -3 <<<"$out")"
+  fi
+}
+
+expect_ok() {
+  local name=$1
+  shift
+  local out
+  if out=$("$@" 2>&1); then pass "$name"; else fail "$name: $(tail -5 <<<"$out")"; fi
+}
+
+"$bin" --version | grep -q "CUDA backend" && pass "--version" || fail "--version"
+
+expect_ok "make input" "$bin" attention --make-input "$tmp/in.safetensors" --batch 2 --seq 64 \
+  --heads 4 --kv-heads 2 --head-dim 16 --with-grad --segments 3
+expect_ok "blockwise on 1 rank" "$bin" attention --input "$tmp/in.safetensors" \
+  --output "$tmp/bw.safetensors" --impl blockwise --causal --q-chunk 16 --k-chunk 8
+expect_ok "vanilla on 1 rank" "$bin" attention --input "$tmp/in.safetensors" \
+  --output "$tmp/van.safetensors" --impl vanilla --causal
+expect_ok "vanilla == blockwise" "$bin" attention --compare "$tmp/van.safetensors" "$tmp/bw.safetensors" --tolerance 1e-5
+for np in 1 2 4; do
+  for layout in contiguous zigzag striped; do
+    expect_ok "ring np=$np $layout" mpirun -np $np "$bin" attention --input "$tmp/in.safetensors" \
+      --output "$tmp/ring.safetensors" --impl ring --layout $layout --causal --q-chunk 16 --k-chunk 8
+    expect_ok "ring np=$np $layout == blockwise" "$bin" attention --compare "$tmp/ring.safetensors" \
+      "$tmp/bw.safetensors" --tolerance 1e-5
+  done
+done
+
+expect_error "missing input file" "nothere.safetensors" "$bin" attention --input "$tmp/nothere.safetensors" --output "$tmp/o.safetensors"
+printf 'garbage' >"$tmp/bad.safetensors"
+expect_error "malformed input file" "bad.safetensors" "$bin" attention --input "$tmp/bad.safetensors" --output "$tmp/o.safetensors"
+head -c 500 "$tmp/in.safetensors" >"$tmp/trunc.safetensors"
+expect_error "truncated input file" "trunc.safetensors" "$bin" attention --input "$tmp/trunc.safetensors" --output "$tmp/o.safetensors"
+expect_error "unknown impl" "expected vanilla, blockwise or ring" "$bin" attention --input "$tmp/in.safetensors" --output "$tmp/o.safetensors" --impl fast
+expect_error "unknown layout" "expected contiguous, zigzag or striped" "$bin" attention --input "$tmp/in.safetensors" --output "$tmp/o.safetensors" --layout diagonal
+expect_error "length the layout cannot split" "must be a multiple of 6" mpirun -np 3 "$bin" attention --input "$tmp/in.safetensors" --output "$tmp/o.safetensors" --impl ring --layout zigzag
+expect_error "blockwise on several ranks" "runs on one rank" mpirun -np 2 "$bin" attention --input "$tmp/in.safetensors" --output "$tmp/o.safetensors" --impl blockwise
+expect_error "missing tensor" "has no tensor 'q'" "$bin" attention --input "$tmp/bw.safetensors" --output "$tmp/o.safetensors"
+expect_error "zero chunk" "chunk sizes must be positive" "$bin" attention --input "$tmp/in.safetensors" --output "$tmp/o.safetensors" --impl blockwise --q-chunk 0
+expect_error "bench: bad kv heads" "must divide" "$bin" bench attention --heads 8 --kv-heads 3 --seq 64
+
+echo "$failures failure(s)"
+[ "$failures" -eq 0 ]
