@@ -123,6 +123,9 @@ int run_bench_attention(const BenchAttentionArgs& a) {
   j["fraction_of_sgemm"] = flops_fwdbwd / fwdbwd * 1e-9 / sgemm;
   j["peak_bytes"] = size_t(*std::max_element(peaks.begin(), peaks.end()));
   j["input_bytes"] = live_before;
+  // What attention itself allocated (outputs, gradients, buffers, tiles): the peak minus the
+  // inputs that were live before the first call. This is what scales as S^2 for vanilla.
+  j["workspace_peak_bytes"] = j["peak_bytes"].get<size_t>() - live_before;
   j["kv_wait_fraction"] = *std::max_element(rank_wait.begin(), rank_wait.end());
   j["rank_ms"] = rank_ms;
   j["flop_convention"] =
@@ -137,14 +140,16 @@ int run_bench_attention(const BenchAttentionArgs& a) {
         "  forward          {:9.2f} ms  {:7.1f} GFLOP/s\n"
         "  forward+backward {:9.2f} ms  {:7.1f} GFLOP/s  ({:.0f}% of sgemm)\n"
         "  sgemm (same cores, same run)   {:7.1f} GFLOP/s\n"
-        "  peak bytes per rank (max)  {}   (inputs {})\n"
+        "  peak bytes per rank (max)  {}   (inputs {}, attention's own {})\n"
         "  KV wait fraction (max over ranks) {:.1f}%   rank compute ms: {}  (slowest/fastest "
         "{:.2f})\n"
         "  FLOPs: {}\n",
-        a.impl, a.layout, world, threads, a.batch, a.seq, a.heads, a.kv_heads, a.head_dim, a.causal,
-        a.q_chunk, a.k_chunk, fwd * 1e3, j["gflops_fwd"].get<double>(), fwdbwd * 1e3,
-        j["gflops_fwdbwd"].get<double>(), 100 * j["fraction_of_sgemm"].get<double>(), sgemm,
+        a.impl, opt.impl == AttentionImpl::Ring ? a.layout : "whole sequence", world, threads,
+        a.batch, a.seq, a.heads, a.kv_heads, a.head_dim, a.causal, a.q_chunk, a.k_chunk, fwd * 1e3,
+        j["gflops_fwd"].get<double>(), fwdbwd * 1e3, j["gflops_fwdbwd"].get<double>(),
+        100 * j["fraction_of_sgemm"].get<double>(), sgemm,
         format_bytes(j["peak_bytes"].get<size_t>()), format_bytes(live_before),
+        format_bytes(j["workspace_peak_bytes"].get<size_t>()),
         100 * j["kv_wait_fraction"].get<double>(), fmt::join(rank_ms, " "),
         fast > 0 ? slow / fast : 0.0, j["flop_convention"].get<std::string>());
     if (!a.json.empty()) {

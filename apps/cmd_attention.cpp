@@ -111,8 +111,9 @@ int run_check(const AttentionArgs& a) {
     results.emplace_back("dk", gather_sequence(sp, g.dk, 1, pos, S));
     results.emplace_back("dv", gather_sequence(sp, g.dv, 1, pos, S));
   }
-  log::rank_info("{} attention, {} layout, rank {}/{}: forward {:.1f} ms (KV wait {:.1f} ms){}",
-                 a.impl, a.layout, sp.rank(), sp.size(), fwd.total_s * 1e3, fwd.kv_wait_s * 1e3,
+  log::rank_info("{} attention ({}), rank {}/{}: forward {:.1f} ms (KV wait {:.1f} ms){}", a.impl,
+                 opt.impl == AttentionImpl::Ring ? a.layout + " layout" : "whole sequence",
+                 sp.rank(), sp.size(), fwd.total_s * 1e3, fwd.kv_wait_s * 1e3,
                  dout.defined() ? fmt::format(", backward {:.1f} ms (wait {:.1f} ms)",
                                               bwd.total_s * 1e3, bwd.kv_wait_s * 1e3)
                                 : std::string());

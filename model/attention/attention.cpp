@@ -157,8 +157,7 @@ AttentionOutput Attention::forward(const AttentionInput& in) {
   const auto t0 = Clock::now();
   timings_ = {};
   Shapes s = check_input(in);
-  AttentionOutput out =
-      opt_.impl == AttentionImpl::Ring ? forward_ring(in, s) : forward_local(in, s);
+  AttentionOutput out = uses_ring() ? forward_ring(in, s) : forward_local(in, s);
   timings_.total_s = seconds_since(t0);
   return out;
 }
@@ -247,8 +246,8 @@ AttentionGrads Attention::backward(const AttentionInput& in, const AttentionOutp
   backend_.attention_backward_delta(dout.data<float>(), o.data<float>(), delta.data<float>(),
                                     s.batch, s.sl, s.heads, s.head_dim);
   AttentionOutput saved{o, lse};
-  AttentionGrads g = opt_.impl == AttentionImpl::Ring ? backward_ring(in, saved, dout, delta, s)
-                                                      : backward_local(in, saved, dout, delta, s);
+  AttentionGrads g = uses_ring() ? backward_ring(in, saved, dout, delta, s)
+                                 : backward_local(in, saved, dout, delta, s);
   timings_.total_s = seconds_since(t0);
   return g;
 }
@@ -295,12 +294,14 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
   if (lay.has_seg) std::memcpy(lay.seg(cur), s.seg.raw(), size_t(s.batch * s.sl) * sizeof(int32_t));
 
   // local[t%2]: this step's partial sum (being sent while the next step computes into the other);
-  // incoming[t%2]: the partial sum arriving from the previous rank.
-  Tensor local[2], incoming[2];
-  for (int i = 0; i < 2; ++i) {
-    local[i] = Tensor::empty({int64_t(grad_elems)}, DType::F32, Device::CPU, "ring dK/dV");
-    incoming[i] = Tensor::empty({int64_t(grad_elems)}, DType::F32, Device::CPU, "ring dK/dV");
-  }
+  // incoming: the partial sum arriving from the previous rank. One incoming buffer is enough: it
+  // is consumed right after its wait() and before the next start() reuses it. At the end it holds
+  // this rank's own complete dK, dV, which are returned as views of it (no copy).
+  Tensor local[2];
+  for (Tensor& t : local)
+    t = Tensor::empty({int64_t(grad_elems)}, DType::F32, Device::CPU, "ring dK/dV");
+  Tensor incoming = Tensor::empty({2, s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32,
+                                  Device::CPU, "ring dK/dV");
 
   AttentionGrads g;
   g.dq =
@@ -318,13 +319,13 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
                             mine.data<float>(),  mine.data<float>() + lay.kv_elems};
     backend_.attention_backward_block(p, a, &timings_.tiles);
     if (grad_in_flight) {
-      grad_ring_->wait();  // brings incoming[(step - 1) % 2]: the earlier ranks' sum for this block
-      const float* add = incoming[(step + 1) % 2].data<float>();
+      grad_ring_->wait();  // the earlier ranks' partial sum for the block this rank holds
+      const float* add = incoming.data<float>();
       float* dst = mine.data<float>();
       for (size_t i = 0; i < grad_elems; ++i) dst[i] += add[i];
     }
     // Send this block's partial sum on; after the last step it goes to the block's owner.
-    grad_ring_->start(mine.raw(), incoming[step % 2].raw(), grad_bytes);
+    grad_ring_->start(mine.raw(), incoming.raw(), grad_bytes);
     grad_in_flight = true;
     if (more) {
       kv_ring_->wait();
@@ -332,13 +333,8 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
     }
   }
   grad_ring_->wait();
-  const float* home = incoming[(n - 1) % 2].data<float>();
-  g.dk = Tensor::empty({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, Device::CPU,
-                       "attention dK");
-  g.dv = Tensor::empty({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, Device::CPU,
-                       "attention dV");
-  std::memcpy(g.dk.raw(), home, lay.kv_elems * sizeof(float));
-  std::memcpy(g.dv.raw(), home + lay.kv_elems, lay.kv_elems * sizeof(float));
+  g.dk = incoming.select(0, 0);
+  g.dv = incoming.select(0, 1);
   timings_.kv_wait_s = kv_ring_->wait_seconds() + grad_ring_->wait_seconds() - wait0;
   return g;
 }

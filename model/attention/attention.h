@@ -72,6 +72,8 @@ class Attention {
 
  private:
   struct Shapes;
+  // A ring of one rank is blockwise attention: no buffers, no copies.
+  bool uses_ring() const { return opt_.impl == AttentionImpl::Ring && sp_->size() > 1; }
   Shapes check_input(const AttentionInput& in) const;
   AttentionTileProblem make_problem(const Shapes& s, const std::vector<int64_t>& q_pos,
                                     const int64_t* k_pos, const int32_t* k_seg, const float* k,
