@@ -5,6 +5,8 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=1
 # Quiet OpenMPI's "no high-performance network found" notices on single machines.
 export OMPI_MCA_btl_base_warn_component_unused=0
+# Do not pin ranks to cores: the bench and tests size their thread pools themselves.
+export OMPI_MCA_hwloc_base_binding_policy=none
 RINGATTN_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export RINGATTN_ROOT
 RINGATTN_BUILD=${RINGATTN_BUILD:-$RINGATTN_ROOT/build}
