@@ -11,6 +11,7 @@
 #include "core/random.h"
 #include "model/attention/attention.h"
 #include "model/attention/sequence_shard.h"
+#include "reference_attention.h"
 
 using namespace ringattn;
 
@@ -66,7 +67,91 @@ double max_abs_diff(const Tensor& a, const Tensor& b) {
   return m;
 }
 
+std::vector<float> as_vector(const Tensor& t) {
+  return std::vector<float>(t.data<float>(), t.data<float>() + t.numel());
+}
+
+// max |got - want| / (1 + |want|) against the float64 reference; -inf must match -inf.
+double max_rel_error(const Tensor& got, const std::vector<double>& want) {
+  REQUIRE(size_t(got.numel()) == want.size());
+  double m = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double x = got.data<float>()[i], y = want[i];
+    if (std::isinf(y)) {
+      if (x != y) m = INFINITY;
+      continue;
+    }
+    const double e = std::abs(x - y) / (1 + std::abs(y));
+    m = std::isnan(e) ? INFINITY : std::max(m, e);
+  }
+  return m;
+}
+
+test::RefResult reference_for(const FullInput& f, bool causal) {
+  test::RefProblem p;
+  p.batch = f.q.dim(0);
+  p.sq = p.sk = f.q.dim(1);
+  p.heads = int(f.q.dim(2));
+  p.kv_heads = int(f.k.dim(2));
+  p.head_dim = int(f.q.dim(3));
+  p.scale = 1.0 / std::sqrt(double(p.head_dim));
+  p.causal = causal;
+  for (int64_t i = 0; i < p.sq; ++i) p.q_pos.push_back(i);
+  p.k_pos = p.q_pos;
+  if (f.seg.defined()) {
+    p.q_seg.assign(f.seg.data<int32_t>(), f.seg.data<int32_t>() + f.seg.numel());
+    p.k_seg = p.q_seg;
+  }
+  return test::reference_attention(p, as_vector(f.q), as_vector(f.k), as_vector(f.v),
+                                   as_vector(f.dout));
+}
+
 }  // namespace
+
+TEST_CASE("every implementation against the float64 reference, on every rank count",
+          "[attention]") {
+  Mesh mesh(MeshShape{1, 1, -1, 1});
+  Communicator& sp = mesh.axis(Axis::SP);
+  const int n = sp.size();
+  const int64_t S = 48;
+  for (bool causal : {false, true}) {
+    const FullInput f = make_full(2, S, 4, 1, 8, true, 300 + causal);
+    const test::RefResult ref = reference_for(f, causal);
+    for (AttentionImpl impl :
+         {AttentionImpl::Vanilla, AttentionImpl::Blockwise, AttentionImpl::Ring})
+      for (RingLayout layout : {RingLayout::Contiguous, RingLayout::Zigzag, RingLayout::Striped}) {
+        if (impl != AttentionImpl::Ring && layout != RingLayout::Contiguous) continue;
+        CAPTURE(causal, impl_name(impl), layout_name(layout), n);
+        AttentionOptions opt;
+        opt.impl = impl;
+        opt.layout = layout;
+        opt.causal = causal;
+        opt.q_chunk = 5;  // ragged on purpose
+        opt.k_chunk = 7;
+        const bool ring = impl == AttentionImpl::Ring;
+        Attention attn(opt, cpu_backend(), ring ? &sp : nullptr);
+        const int parts = ring ? n : 1, me = ring ? sp.rank() : 0;
+        const std::vector<int64_t> pos = layout_positions(layout, S, parts, me);
+        AttentionInput in;
+        in.q = take_positions(f.q, 1, pos);
+        in.k = take_positions(f.k, 1, pos);
+        in.v = take_positions(f.v, 1, pos);
+        in.segment_ids = take_positions(f.seg, 1, pos);
+        in.positions = pos;
+        const AttentionOutput out = attn.forward(in);
+        const AttentionGrads g = attn.backward(in, out, take_positions(f.dout, 1, pos));
+        auto whole = [&](const Tensor& t, int dim) {
+          return ring ? gather_sequence(sp, t, dim, pos, S) : t;
+        };
+        // Float32 against float64: a few float32 ulps of accumulated rounding.
+        CHECK(max_rel_error(whole(out.o, 1), ref.o) < 2e-5);
+        CHECK(max_rel_error(whole(out.lse, 2), ref.lse) < 2e-5);
+        CHECK(max_rel_error(whole(g.dq, 1), ref.dq) < 5e-5);
+        CHECK(max_rel_error(whole(g.dk, 1), ref.dk) < 5e-5);
+        CHECK(max_rel_error(whole(g.dv, 1), ref.dv) < 5e-5);
+      }
+  }
+}
 
 TEST_CASE("ring attention on all ranks equals blockwise on one rank", "[attention]") {
   Mesh mesh(MeshShape{1, 1, -1, 1});
@@ -160,7 +245,8 @@ TEST_CASE("peak memory: vanilla grows with S^2, blockwise with S, ring splits it
   CHECK(b2 < v2 / 4);
 }
 
-TEST_CASE("bf16 inputs: exact on their rounded values, close to the float32 result", "[attention]") {
+TEST_CASE("bf16 inputs: exact on their rounded values, close to the float32 result",
+          "[attention]") {
   Mesh mesh(MeshShape{1, 1, -1, 1});
   Communicator& sp = mesh.axis(Axis::SP);
   const int n = sp.size();
