@@ -1,6 +1,6 @@
 // MPI-aware Catch2 main: every rank runs the same tests; the job passes only if every rank
-// passed (the failure count is all-reduced), so a failure on any rank fails ctest. Reports from
-// ranks other than 0 go to stderr only when they failed.
+// passed (the failure count is all-reduced), so a failure on any rank fails ctest. Every rank
+// prints its own report, so a failure names the rank it happened on.
 #define CATCH_CONFIG_RUNNER
 #include <mpi.h>
 #include <catch2/catch.hpp>
