@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   apps::Action run;
   apps::add_attention_command(app, run);
   apps::add_bench_command(app, run);
+  apps::add_config_command(app, run);
 
   try {
     app.parse(argc, argv);

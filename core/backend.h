@@ -6,6 +6,7 @@
 // backend's device; every call is ordered on the backend's compute stream (CPU: synchronous).
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -51,6 +52,56 @@ class Backend {
   virtual void attention_backward_block(const AttentionTileProblem& p,
                                         const AttentionBackwardArgs& a,
                                         AttentionTileStats* stats = nullptr) = 0;
+
+  // --- transformer layers (float32; CPU versions in core/cpu/cpu_layers.h) ---------------------
+  // Layouts: a token row is `dim` contiguous floats; tokens are the B*S rows of a shard in local
+  // order. Every "+=" output accumulates into what the caller holds (gradients accumulate over
+  // layers, chunks and micro-batches); every other output is overwritten.
+  //
+  // out[n, dim] = table[tokens[n], :]; table [vocab, dim]; tokens int32 in [0, vocab).
+  virtual void embedding_forward(const int32_t* tokens, int64_t n, const float* table,
+                                 int64_t vocab, int64_t dim, float* out) = 0;
+  // dtable[tokens[n], :] += dout[n, :] (a token seen twice gets both rows).
+  virtual void embedding_backward(const int32_t* tokens, int64_t n, const float* dout,
+                                  int64_t vocab, int64_t dim, float* dtable) = 0;
+  // RMSNorm over rows of x [rows, dim]: inv_rms[r] = 1 / sqrt(mean(x[r]^2) + eps) (float32,
+  // saved for backward), y[r, :] = (x[r, :] * inv_rms[r]) * w. y may alias x.
+  virtual void rmsnorm_forward(const float* x, const float* w, int64_t rows, int64_t dim, float eps,
+                               float* y, float* inv_rms) = 0;
+  // With g = dy * w: dx[r, :] += inv_rms[r] * (g - x[r, :] * inv_rms[r]^2 * mean(g * x[r, :]));
+  // dw[:] += sum_r dy[r, :] * x[r, :] * inv_rms[r]. dx must not alias x or dy.
+  virtual void rmsnorm_backward(const float* x, const float* w, const float* inv_rms,
+                                const float* dy, int64_t rows, int64_t dim, float* dx,
+                                float* dw) = 0;
+  // Rotary embedding in place on x [B, S, H, D] (D even), Hugging Face LLaMA "rotate half":
+  // for i < D/2 the pair (x[i], x[i + D/2]) turns by angle positions[s] * theta^(-2i/D);
+  // positions [S] are GLOBAL token positions, in host memory like the attention API's. Angles are
+  // computed in double (positions reach millions in long contexts). Backward turns the gradient by
+  // -angle (the rotation's transpose).
+  virtual void rope_forward(float* x, int64_t batch, int64_t seq, int heads, int head_dim,
+                            const int64_t* positions, float theta) = 0;
+  virtual void rope_backward(float* dx, int64_t batch, int64_t seq, int heads, int head_dim,
+                             const int64_t* positions, float theta) = 0;
+  // SwiGLU, elementwise over n values: out = silu(gate) * up, silu(g) = g / (1 + exp(-g)).
+  // out may alias gate or up.
+  virtual void swiglu_forward(const float* gate, const float* up, int64_t n, float* out) = 0;
+  // dgate = dout * up * silu'(gate), dup = dout * silu(gate); dgate may alias gate, dup up.
+  virtual void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n,
+                               float* dgate, float* dup) = 0;
+  // Softmax cross-entropy over logits [rows, vocab] with targets [rows] (int32; -1 = ignored) and
+  // per-row loss weights [rows] (null: every row weighs 1). Returns sum_r weight[r] *
+  // (logsumexp(logits[r]) - logits[r, target[r]]) over rows that are not ignored (a
+  // synchronising result on asynchronous backends). When dlogits is not null it receives
+  // (softmax(logits[r]) - onehot(target[r])) * weight[r] * grad_scale (0 for ignored rows); it may
+  // alias logits. When correct is not null, correct[r] = 1 if the row is not ignored and its first
+  // maximal logit is the target, else 0.
+  virtual double cross_entropy(const float* logits, const int32_t* targets, const float* weights,
+                               int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
+                               uint8_t* correct) = 0;
+  // Elementwise helpers over n floats: y += alpha * x; x *= alpha; x = value.
+  virtual void axpy(int64_t n, float alpha, const float* x, float* y) = 0;
+  virtual void scale(float* x, int64_t n, float alpha) = 0;
+  virtual void fill(float* x, int64_t n, float value) = 0;
 };
 
 // The CPU backend. set_cpu_threads sets the OpenBLAS and OpenMP thread counts (0 leaves them).

@@ -10,6 +10,7 @@
 
 #include "core/backend.h"
 #include "core/cpu/cpu_attention.h"
+#include "core/cpu/cpu_layers.h"
 #include "core/error.h"
 
 namespace ringattn {
@@ -59,6 +60,48 @@ class CpuBackend final : public Backend {
                                 AttentionTileStats* stats) override {
     cpu::attention_backward_block(p, a, stats);
   }
+
+  void embedding_forward(const int32_t* tokens, int64_t n, const float* table, int64_t vocab,
+                         int64_t dim, float* out) override {
+    cpu::embedding_forward(tokens, n, table, vocab, dim, out);
+  }
+  void embedding_backward(const int32_t* tokens, int64_t n, const float* dout, int64_t vocab,
+                          int64_t dim, float* dtable) override {
+    cpu::embedding_backward(tokens, n, dout, vocab, dim, dtable);
+  }
+  void rmsnorm_forward(const float* x, const float* w, int64_t rows, int64_t dim, float eps,
+                       float* y, float* inv_rms) override {
+    cpu::rmsnorm_forward(x, w, rows, dim, eps, y, inv_rms);
+  }
+  void rmsnorm_backward(const float* x, const float* w, const float* inv_rms, const float* dy,
+                        int64_t rows, int64_t dim, float* dx, float* dw) override {
+    cpu::rmsnorm_backward(x, w, inv_rms, dy, rows, dim, dx, dw);
+  }
+  void rope_forward(float* x, int64_t batch, int64_t seq, int heads, int head_dim,
+                    const int64_t* positions, float theta) override {
+    cpu::rope_forward(x, batch, seq, heads, head_dim, positions, theta);
+  }
+  void rope_backward(float* dx, int64_t batch, int64_t seq, int heads, int head_dim,
+                     const int64_t* positions, float theta) override {
+    cpu::rope_backward(dx, batch, seq, heads, head_dim, positions, theta);
+  }
+  void swiglu_forward(const float* gate, const float* up, int64_t n, float* out) override {
+    cpu::swiglu_forward(gate, up, n, out);
+  }
+  void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n,
+                       float* dgate, float* dup) override {
+    cpu::swiglu_backward(gate, up, dout, n, dgate, dup);
+  }
+  double cross_entropy(const float* logits, const int32_t* targets, const float* weights,
+                       int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
+                       uint8_t* correct) override {
+    return cpu::cross_entropy(logits, targets, weights, rows, vocab, grad_scale, dlogits, correct);
+  }
+  void axpy(int64_t n, float alpha, const float* x, float* y) override {
+    cpu::axpy(n, alpha, x, y);
+  }
+  void scale(float* x, int64_t n, float alpha) override { cpu::scale(x, n, alpha); }
+  void fill(float* x, int64_t n, float value) override { cpu::fill(x, n, value); }
 };
 
 }  // namespace

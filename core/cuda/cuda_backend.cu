@@ -33,6 +33,10 @@ class CudaAllocator final : public Allocator {
   RA_FAIL("attention on the CUDA backend needs its tile kernels (issue 5); use the CPU backend");
 }
 
+[[noreturn]] void refuse_layers(const char* op) {
+  RA_FAIL("{} on the CUDA backend needs its layer kernels (issue 5); use the CPU backend", op);
+}
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device) : device_(device), allocator_(device) {
@@ -95,6 +99,43 @@ class CudaBackend final : public Backend {
                                 AttentionTileStats*) override {
     refuse_attention();
   }
+
+  // The layer kernels (embedding, RMSNorm, RoPE, SwiGLU, cross-entropy, elementwise) are also
+  // part of issue 5; refusing keeps a model on this backend from running half on the wrong device.
+  void embedding_forward(const int32_t*, int64_t, const float*, int64_t, int64_t, float*) override {
+    refuse_layers("embedding_forward");
+  }
+  void embedding_backward(const int32_t*, int64_t, const float*, int64_t, int64_t,
+                          float*) override {
+    refuse_layers("embedding_backward");
+  }
+  void rmsnorm_forward(const float*, const float*, int64_t, int64_t, float, float*,
+                       float*) override {
+    refuse_layers("rmsnorm_forward");
+  }
+  void rmsnorm_backward(const float*, const float*, const float*, const float*, int64_t, int64_t,
+                        float*, float*) override {
+    refuse_layers("rmsnorm_backward");
+  }
+  void rope_forward(float*, int64_t, int64_t, int, int, const int64_t*, float) override {
+    refuse_layers("rope_forward");
+  }
+  void rope_backward(float*, int64_t, int64_t, int, int, const int64_t*, float) override {
+    refuse_layers("rope_backward");
+  }
+  void swiglu_forward(const float*, const float*, int64_t, float*) override {
+    refuse_layers("swiglu_forward");
+  }
+  void swiglu_backward(const float*, const float*, const float*, int64_t, float*, float*) override {
+    refuse_layers("swiglu_backward");
+  }
+  double cross_entropy(const float*, const int32_t*, const float*, int64_t, int64_t, float, float*,
+                       uint8_t*) override {
+    refuse_layers("cross_entropy");
+  }
+  void axpy(int64_t, float, const float*, float*) override { refuse_layers("axpy"); }
+  void scale(float*, int64_t, float) override { refuse_layers("scale"); }
+  void fill(float*, int64_t, float) override { refuse_layers("fill"); }
 
  private:
   int device_;

@@ -1,0 +1,66 @@
+// `ringattn config`: resolve a config (defaults, file, --set overrides), validate it for a world
+// size and print it as JSON: the same resolution `ringattn train` does, without training, so a
+// config can be checked before a job is queued.
+//
+//   ringattn config --config configs/demo.json --set train.steps=50
+//   ringattn config --config configs/7b.json --world-size 16
+//   ringattn config --markdown      (hidden: the key table embedded in docs/config.md)
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "apps/commands.h"
+#include "comm/mpi_env.h"
+#include "core/error.h"
+#include "model/train_config.h"
+
+namespace ringattn::apps {
+
+namespace {
+
+struct ConfigArgs {
+  std::string file;
+  std::vector<std::string> sets;
+  int world_size = 0;  // 0: the MPI world's size
+  bool markdown = false;
+};
+
+int run_config(const ConfigArgs& a) {
+  const bool printer = MpiEnv::world_rank() == 0;
+  if (a.markdown) {
+    if (printer) std::fputs(train_schema().markdown().c_str(), stdout);
+    return 0;
+  }
+  const JsonConfig json = load_train_json(a.file, a.sets);
+  const int world = a.world_size > 0 ? a.world_size : MpiEnv::world_size();
+  try {
+    validate(to_train_config(json), world);
+  } catch (const Error& e) {
+    // Presets name their mesh, so checking one from a single process needs the job's size.
+    if (a.world_size > 0) throw;
+    RA_FAIL("{} (checked for the {} rank{} of this launch; pass --world-size N to check for N)",
+            e.what(), world, world == 1 ? "" : "s");
+  }
+  if (printer) std::printf("%s\n", json.dump().c_str());
+  return 0;
+}
+
+}  // namespace
+
+void add_config_command(CLI::App& parent, Action& run) {
+  auto args = std::make_shared<ConfigArgs>();
+  CLI::App* cmd = parent.add_subcommand(
+      "config", "Print the resolved training config as JSON after checking it for a world size");
+  cmd->add_option("--config", args->file, "JSON config file (default: built-in defaults)");
+  cmd->add_option("--set", args->sets, "Override one key: --set train.seq_len=4096 (repeatable)")
+      ->allow_extra_args(false);
+  cmd->add_option("--world-size", args->world_size,
+                  "Validate the mesh for this many ranks (default: the MPI world size)")
+      ->check(CLI::PositiveNumber);
+  // Hidden (empty group): a maintainer's tool for regenerating docs/config.md.
+  cmd->add_flag("--markdown", args->markdown, "Print the key table of docs/config.md")->group("");
+  cmd->callback([args, &run] { run = [args] { return run_config(*args); }; });
+}
+
+}  // namespace ringattn::apps

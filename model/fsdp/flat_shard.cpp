@@ -1,0 +1,238 @@
+#include "model/fsdp/flat_shard.h"
+
+#include <algorithm>
+#include <cstring>
+#include <exception>
+
+#include "core/error.h"
+
+namespace ringattn {
+
+ShardLayout ShardLayout::make(int64_t numel, int group_size, int rank) {
+  RA_CHECK(numel >= 0, "shard layout: negative element count {}", numel);
+  RA_CHECK(group_size >= 1, "shard layout: group size must be >= 1, got {}", group_size);
+  RA_CHECK(rank >= 0 && rank < group_size, "shard layout: rank {} is not in a group of {}", rank,
+           group_size);
+  ShardLayout l;
+  l.numel = numel;
+  l.group_size = group_size;
+  l.rank = rank;
+  l.shard_numel = (numel + group_size - 1) / group_size;
+  l.padded_numel = l.shard_numel * group_size;
+  return l;
+}
+
+int64_t ShardLayout::shard_valid() const {
+  return std::clamp<int64_t>(numel - shard_begin(), 0, shard_numel);
+}
+
+FlatShard::FlatShard(FsdpGroup& group, int64_t numel, std::string name)
+    : group_(group),
+      layout_(ShardLayout::make(numel, group.size(), group.rank())),
+      name_(std::move(name)) {
+  params_ = Tensor::zeros({layout_.shard_numel}, DType::F32, Device::CPU, name_ + " params shard");
+  grads_ = Tensor::zeros({layout_.shard_numel}, DType::F32, Device::CPU, name_ + " grads shard");
+}
+
+FlatShard::~FlatShard() {
+  // The helper thread may still be writing into our buffers (the jobs hold their own references
+  // to the storage, but grads_ is written through a raw pointer): wait, and swallow errors, as a
+  // destructor cannot report them.
+  try {
+    if (full_job_.valid()) full_job_.wait();
+    for (std::future<void>& f : grad_jobs_)
+      if (f.valid()) f.wait();
+  } catch (...) {
+  }
+}
+
+std::span<float> FlatShard::param_span() {
+  return {params_.data<float>(), size_t(layout_.shard_valid())};
+}
+
+std::span<float> FlatShard::grad_span() {
+  return {grads_.data<float>(), size_t(layout_.shard_valid())};
+}
+
+void FlatShard::load_full(const float* full, int64_t n) {
+  RA_CHECK(n == layout_.numel, "FSDP '{}': load_full got {} elements, the layer has {}", name_, n,
+           layout_.numel);
+  wait_full();  // a gather in flight reads params_
+  float* p = params_.data<float>();
+  const int64_t valid = layout_.shard_valid();
+  if (valid > 0) std::memcpy(p, full + layout_.shard_begin(), size_t(valid) * sizeof(float));
+  std::fill(p + valid, p + layout_.shard_numel, 0.0f);
+}
+
+void FlatShard::prefetch_full() {
+  if (full_state_ != FullState::Absent) return;
+  // Allocated here, on the caller's thread, so that a memory-limit error surfaces at the call
+  // and the bytes count from the moment the prefetch is issued.
+  full_ = Tensor::empty({layout_.padded_numel}, DType::F32, Device::CPU, name_ + " full params");
+  Communicator& comm = group_.comm();
+  const float* shard = params_.data<float>();
+  const size_t count = size_t(layout_.shard_numel);
+  // Raw pointers, no Tensor copies: full_ is only dropped after this job is waited for
+  // (release_full, the destructor), and a copy held by the job would free the buffer whenever
+  // the helper thread gets round to destroying the job, not at release_full().
+  float* full = full_.data<float>();
+  full_job_ = group_.submit(
+      [&comm, shard, count, full] { comm.all_gather(shard, full, count, DType::F32); });
+  full_state_ = FullState::Pending;
+}
+
+void FlatShard::wait_full() {
+  if (full_state_ != FullState::Pending) return;
+  std::future<void> job = std::move(full_job_);
+  try {
+    job.get();
+  } catch (...) {
+    full_ = Tensor();
+    full_state_ = FullState::Absent;
+    throw;
+  }
+  full_state_ = FullState::Ready;
+}
+
+Tensor FlatShard::gather_full() {
+  prefetch_full();
+  wait_full();
+  return full_.slice(0, 0, layout_.numel);
+}
+
+void FlatShard::release_full() {
+  wait_full();
+  full_ = Tensor();
+  full_state_ = FullState::Absent;
+}
+
+Tensor FlatShard::full_grad() {
+  if (!full_grad_.defined())
+    full_grad_ =
+        Tensor::zeros({layout_.padded_numel}, DType::F32, Device::CPU, name_ + " full grads");
+  return full_grad_.slice(0, 0, layout_.numel);
+}
+
+void FlatShard::start_rs(Tensor padded_full, float scale) {
+  Communicator& comm = group_.comm();
+  const size_t count = size_t(layout_.shard_numel);
+  Tensor reduced =
+      Tensor::empty({layout_.shard_numel}, DType::F32, Device::CPU, name_ + " reduced grads");
+  float* out = grads_.data<float>();
+  // The job owns the full gradients (the caller may drop its reference at once) and frees them
+  // itself before it completes, so the memory is back in the allocator's accounting by the time
+  // wait_grads() returns.
+  grad_jobs_.push_back(group_.submit([&comm, count, padded_full, reduced, out, scale]() mutable {
+    float* r = reduced.data<float>();
+    comm.reduce_scatter(padded_full.data<float>(), r, count, DType::F32, ReduceOp::Sum);
+    for (size_t i = 0; i < count; ++i) out[i] += scale * r[i];
+    padded_full = Tensor();
+    reduced = Tensor();
+  }));
+}
+
+void FlatShard::start_reduce_scatter_grads(float scale) {
+  // A layer that produced no gradient this micro-batch still has to take part in the collective.
+  Tensor full = full_grad_.defined() ? std::move(full_grad_)
+                                     : Tensor::zeros({layout_.padded_numel}, DType::F32,
+                                                     Device::CPU, name_ + " full grads");
+  full_grad_ = Tensor();
+  start_rs(std::move(full), scale);
+}
+
+void FlatShard::start_reduce_scatter_grads(const Tensor& full, float scale) {
+  RA_CHECK(full.defined() && full.dtype() == DType::F32 && full.device() == Device::CPU &&
+               full.is_contiguous() && full.ndim() == 1,
+           "FSDP '{}': full gradients must be a contiguous 1-D F32 host tensor, got {}", name_,
+           full.defined() ? full.str() : std::string("an undefined tensor"));
+  RA_CHECK(full.numel() == layout_.numel || full.numel() == layout_.padded_numel,
+           "FSDP '{}': full gradients have {} elements, expected {} (or {} padded)", name_,
+           full.numel(), layout_.numel, layout_.padded_numel);
+  if (full.numel() == layout_.padded_numel) {
+    start_rs(full, scale);
+    return;
+  }
+  Tensor padded =
+      Tensor::zeros({layout_.padded_numel}, DType::F32, Device::CPU, name_ + " padded grads");
+  if (layout_.numel > 0)
+    std::memcpy(padded.data<float>(), full.data<float>(), size_t(layout_.numel) * sizeof(float));
+  start_rs(std::move(padded), scale);
+}
+
+void FlatShard::reduce_scatter_grads(float scale) {
+  start_reduce_scatter_grads(scale);
+  wait_grads();
+}
+
+void FlatShard::reduce_scatter_grads(const Tensor& full, float scale) {
+  start_reduce_scatter_grads(full, scale);
+  wait_grads();
+}
+
+void FlatShard::wait_grads() {
+  // Wait for all of them even when one failed: each is still using our buffers.
+  std::vector<std::future<void>> jobs = std::move(grad_jobs_);
+  grad_jobs_.clear();
+  std::exception_ptr first;
+  for (std::future<void>& f : jobs) {
+    try {
+      f.get();
+    } catch (...) {
+      if (!first) first = std::current_exception();
+    }
+  }
+  if (first) std::rethrow_exception(first);
+}
+
+void FlatShard::zero_grads() {
+  wait_grads();
+  grads_.fill_zero();
+}
+
+void FlatShard::all_reduce_grads(Communicator& dp, bool mean) {
+  RA_CHECK(&dp != &group_.comm(),
+           "FSDP '{}': the dp all-reduce needs the dp communicator, not the FSDP group's", name_);
+  wait_grads();
+  float* g = grads_.data<float>();
+  const int64_t n = layout_.shard_numel;
+  dp.all_reduce(g, size_t(n), DType::F32, ReduceOp::Sum);
+  if (mean && dp.size() > 1) {
+    const float inv = float(1.0 / double(dp.size()));
+    for (int64_t i = 0; i < n; ++i) g[i] *= inv;
+  }
+}
+
+void FlatShard::set_no_decay(std::span<const IndexRange> full_ranges) {
+  for (const IndexRange& r : full_ranges)
+    RA_CHECK(r.end <= layout_.numel, "FSDP '{}': no-decay range [{}, {}) exceeds {} elements",
+             name_, r.begin, r.end, layout_.numel);
+  no_decay_local_ = localize_ranges(full_ranges, layout_.shard_begin(), layout_.shard_numel);
+}
+
+AdamWState& FlatShard::optimizer_state() {
+  if (!opt_.m.defined()) opt_ = AdamWState::zeros(layout_.shard_numel);
+  return opt_;
+}
+
+void FlatShard::adamw_step(const AdamWConfig& cfg, int64_t step, double lr) {
+  wait_full();
+  wait_grads();
+  ringattn::adamw_step(cfg, params_, grads_, optimizer_state(), step, lr, no_decay_local_);
+}
+
+GradNormResult clip_grad_norm(std::span<FlatShard* const> shards, double max_norm) {
+  RA_CHECK(!shards.empty(), "clip_grad_norm: no FSDP shards");
+  FsdpGroup& group = shards.front()->group();
+  std::vector<std::span<float>> grads;
+  grads.reserve(shards.size());
+  for (FlatShard* s : shards) {
+    RA_CHECK(&s->group() == &group, "clip_grad_norm: shard '{}' belongs to another FSDP group",
+             s->name());
+    s->wait_grads();
+    grads.push_back(s->grad_span());
+  }
+  group.synchronize();
+  return clip_grad_norm(grads, max_norm, &group.comm());
+}
+
+}  // namespace ringattn

@@ -1,0 +1,77 @@
+#include "model/fsdp/fsdp_group.h"
+
+#include "comm/mpi_env.h"
+#include "core/error.h"
+
+namespace ringattn {
+
+FsdpGroup::FsdpGroup(Communicator& comm, Mode mode) : comm_(comm) {
+  RA_CHECK(comm_.device() == Device::CPU,
+           "FSDP group over '{}': only host-memory (MPI) communicators are supported so far",
+           comm_.name());
+  const bool threads_ok = MpiEnv::thread_multiple();
+  switch (mode) {
+    case Mode::Async:
+      RA_CHECK(threads_ok,
+               "FSDP group: asynchronous prefetch needs MPI_THREAD_MULTIPLE, which this MPI did "
+               "not grant (use the synchronous mode)");
+      async_ = true;
+      break;
+    case Mode::Sync:
+      async_ = false;
+      break;
+    case Mode::Auto:
+      // With one rank every collective is a local copy: a thread would only add latency.
+      async_ = threads_ok && comm_.size() > 1;
+      break;
+  }
+  if (async_) worker_ = std::thread([this] { worker_loop(); });
+}
+
+FsdpGroup::~FsdpGroup() {
+  if (!async_) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_one();
+  worker_.join();
+}
+
+std::future<void> FsdpGroup::submit(std::function<void()> job) {
+  std::packaged_task<void()> task(std::move(job));
+  std::future<void> done = task.get_future();
+  if (!async_) {
+    task();  // packaged_task stores the exception in the future instead of throwing
+    return done;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back(std::move(task));
+  }
+  cv_.notify_one();
+  return done;
+}
+
+void FsdpGroup::synchronize() {
+  if (!async_) return;
+  // Jobs run in order, so an empty job's completion means everything before it has run.
+  submit([] {}).wait();
+}
+
+void FsdpGroup::worker_loop() {
+  for (;;) {
+    std::packaged_task<void()> task;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+      // Drain before stopping: the other ranks may already be inside these collectives.
+      if (queue_.empty()) return;
+      task = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    task();
+  }
+}
+
+}  // namespace ringattn

@@ -1,0 +1,80 @@
+// FsdpGroup: the fsdp x sp communicator plus one helper thread that runs its collectives, so
+// that the all-gather of the next layer's parameters (and the reduce-scatter of the previous
+// layer's gradients) overlaps the current layer's compute.
+//
+// Why a thread: Communicator only has blocking collectives. A collective started on the helper
+// thread moves data while the caller computes; MPI_THREAD_MULTIPLE (which MpiEnv asks for) makes
+// that legal.
+//
+// Ordering contract (what keeps every rank's collectives matched):
+//  * Work submitted to a group runs on its one helper thread, one job at a time, in submission
+//    order. Every rank of the group must submit the same collectives in the same order, exactly
+//    as for blocking collectives; prefetching on one rank only is a hang.
+//  * While work is queued or running, nobody else may call collectives on comm() (another
+//    thread's collective could interleave with the helper's in a different order on different
+//    ranks). Call synchronize() first, or submit() the collective. Other communicators (the dp
+//    and sp axes, ring exchanges, which own duplicates of their communicator) are unaffected and
+//    may be used concurrently.
+//  * Buffers a job reads or writes must stay alive and untouched until its future is ready.
+//    FlatShard (model/fsdp/flat_shard.h) does this bookkeeping for the parameter and gradient
+//    buffers; most callers never use submit() directly.
+//
+// Modes: Async runs jobs on the helper thread (requires MPI_THREAD_MULTIPLE; an Error without
+// it); Sync runs each job inside submit() on the calling thread, so every prefetch becomes a
+// blocking collective (same results, no overlap); Auto picks Async when MPI granted
+// MPI_THREAD_MULTIPLE and the group has more than one rank, else Sync.
+//
+// Host memory only for now: the communicator must be an MPI one (device() == CPU), which is
+// checked; the CPU trainer is what the issue asks for. (An NCCL group would additionally need the
+// helper thread bound to the rank's GPU and device-side zeroing of padding.)
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include "comm/communicator.h"
+
+namespace ringattn {
+
+class FsdpGroup {
+ public:
+  enum class Mode { Auto, Async, Sync };
+
+  // `comm` (normally mesh.fsdp_sp()) must outlive the group. Not collective.
+  explicit FsdpGroup(Communicator& comm, Mode mode = Mode::Auto);
+  // Runs every job still queued (other ranks are waiting in those collectives), then stops the
+  // helper thread. Errors of jobs whose futures were dropped are lost.
+  ~FsdpGroup();
+  FsdpGroup(const FsdpGroup&) = delete;
+  FsdpGroup& operator=(const FsdpGroup&) = delete;
+
+  Communicator& comm() const { return comm_; }
+  int size() const { return comm_.size(); }
+  int rank() const { return comm_.rank(); }
+  bool async() const { return async_; }
+
+  // Queues `job` after everything submitted before. The future becomes ready when the job has
+  // run; get() rethrows what it threw. In Sync mode the job has already run when submit()
+  // returns (its exception, if any, is still delivered through the future).
+  std::future<void> submit(std::function<void()> job);
+  // Blocks until every job submitted so far has run. Rethrows nothing: errors belong to the
+  // futures of the jobs that raised them.
+  void synchronize();
+
+ private:
+  void worker_loop();
+
+  Communicator& comm_;
+  bool async_ = false;
+  std::thread worker_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::packaged_task<void()>> queue_;  // guarded by mu_
+  bool stop_ = false;                             // guarded by mu_
+};
+
+}  // namespace ringattn

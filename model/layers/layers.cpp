@@ -1,0 +1,309 @@
+#include "model/layers/layers.h"
+
+#include <algorithm>
+#include <climits>
+
+#include "core/error.h"
+
+namespace ringattn {
+
+namespace {
+
+Tensor activation(Backend& be, const Shape& shape, std::string_view what) {
+  return Tensor::empty(shape, DType::F32, be.device(), what);
+}
+
+void check_gemm_size(int64_t a, int64_t b, int64_t c, const char* what) {
+  RA_CHECK(a <= INT_MAX && b <= INT_MAX && c <= INT_MAX,
+           "{}: sizes {} x {} x {} exceed the BLAS int range", what, a, b, c);
+}
+
+void check_rows(const Tensor& x, int64_t rows, int64_t hidden, const char* what) {
+  RA_CHECK(
+      x.defined() && x.dtype() == DType::F32 && x.is_contiguous() && x.numel() == rows * hidden,
+      "{}: expected contiguous F32 activations of {} x {} floats, got {}", what, rows, hidden,
+      x.defined() ? x.str() : "undefined");
+}
+
+}  // namespace
+
+// ---- Linear, RmsNorm, Embedding -----------------------------------------------------------------
+
+void Linear::forward(Backend& be, const float* w, const float* x, int64_t n, float* y,
+                     bool accumulate) const {
+  check_gemm_size(n, out, in, "linear");
+  be.gemm(false, true, int(n), int(out), int(in), 1.0f, x, int(in), w, int(in),
+          accumulate ? 1.0f : 0.0f, y, int(out));
+}
+
+void Linear::backward(Backend& be, const float* w, const float* x, const float* dy, int64_t n,
+                      float* dx, float* dw, bool accumulate_dx) const {
+  check_gemm_size(n, out, in, "linear backward");
+  // dw first: x is then no longer needed, so dx may overwrite it (the FFN's h becomes dh).
+  if (dw && n > 0)
+    be.gemm(true, false, int(out), int(in), int(n), 1.0f, dy, int(out), x, int(in), 1.0f, dw,
+            int(in));
+  if (dx)
+    be.gemm(false, false, int(n), int(in), int(out), 1.0f, dy, int(out), w, int(in),
+            accumulate_dx ? 1.0f : 0.0f, dx, int(in));
+}
+
+void RmsNorm::forward(Backend& be, const float* w, const float* x, int64_t n, float* y,
+                      float* inv_rms) const {
+  be.rmsnorm_forward(x, w, n, dim, eps, y, inv_rms);
+}
+
+void RmsNorm::backward(Backend& be, const float* w, const float* x, const float* inv_rms,
+                       const float* dy, int64_t n, float* dx, float* dw) const {
+  be.rmsnorm_backward(x, w, inv_rms, dy, n, dim, dx, dw);
+}
+
+void Embedding::forward(Backend& be, const float* table, const int32_t* tokens, int64_t n,
+                        float* out) const {
+  be.embedding_forward(tokens, n, table, vocab, dim, out);
+}
+
+void Embedding::backward(Backend& be, const int32_t* tokens, const float* dout, int64_t n,
+                         float* dtable) const {
+  be.embedding_backward(tokens, n, dout, vocab, dim, dtable);
+}
+
+// ---- FeedForward --------------------------------------------------------------------------------
+
+FeedForward::FeedForward(Backend& be, int64_t hidden, int64_t intermediate, int64_t ffn_chunk)
+    : be_(be), hidden_(hidden), intermediate_(intermediate), ffn_chunk_(ffn_chunk) {}
+
+void FeedForward::forward(const Weights& w, const float* x, int64_t n, float* y) const {
+  if (n == 0) return;
+  const int64_t c = chunk_rows(n), I = intermediate_, Hd = hidden_;
+  const Linear gate{Hd, I}, up{Hd, I}, down{I, Hd};
+  Tensor g = activation(be_, {c, I}, "ffn gate chunk");
+  Tensor u = activation(be_, {c, I}, "ffn up chunk");
+  float* gp = g.data<float>();
+  float* up_ = u.data<float>();
+  for (int64_t r0 = 0; r0 < n; r0 += c) {
+    const int64_t rows = std::min(c, n - r0);
+    const float* xc = x + r0 * Hd;
+    gate.forward(be_, w.gate, xc, rows, gp);
+    up.forward(be_, w.up, xc, rows, up_);
+    be_.swiglu_forward(gp, up_, rows * I, gp);  // h = silu(g) * u, over g
+    down.forward(be_, w.down, gp, rows, y + r0 * Hd);
+  }
+}
+
+void FeedForward::backward(const Weights& w, const float* x, const float* dy, int64_t n, float* dx,
+                           const Grads& gr) const {
+  if (n == 0) return;
+  const int64_t c = chunk_rows(n), I = intermediate_, Hd = hidden_;
+  const Linear gate{Hd, I}, up{Hd, I}, down{I, Hd};
+  Tensor g = activation(be_, {c, I}, "ffn gate chunk");
+  Tensor u = activation(be_, {c, I}, "ffn up chunk");
+  Tensor h = activation(be_, {c, I}, "ffn hidden chunk");
+  float* gp = g.data<float>();
+  float* up_ = u.data<float>();
+  float* hp = h.data<float>();
+  for (int64_t r0 = 0; r0 < n; r0 += c) {
+    const int64_t rows = std::min(c, n - r0);
+    const float* xc = x + r0 * Hd;
+    const float* dyc = dy + r0 * Hd;
+    // Recompute this chunk's gate, up and h (see the memory note in the header).
+    gate.forward(be_, w.gate, xc, rows, gp);
+    up.forward(be_, w.up, xc, rows, up_);
+    be_.swiglu_forward(gp, up_, rows * I, hp);
+    // dWdown += dy^T h, then dh = dy Wdown over h (h is no longer needed).
+    down.backward(be_, w.down, hp, dyc, rows, hp, gr.down);
+    be_.swiglu_backward(gp, up_, hp, rows * I, gp, up_);  // dgate over g, dup over u
+    gate.backward(be_, w.gate, xc, gp, rows, dx + r0 * Hd, gr.gate, false);
+    up.backward(be_, w.up, xc, up_, rows, dx + r0 * Hd, gr.up, true);
+  }
+}
+
+// ---- AttentionBlock -----------------------------------------------------------------------------
+
+AttentionBlock::AttentionBlock(const ModelDims& d, Backend& be, Attention& attention)
+    : d_(d),
+      be_(be),
+      attention_(attention),
+      norm_{d.hidden, d.norm_eps},
+      q_{d.hidden, int64_t(d.heads) * d.head_dim},
+      k_{d.hidden, int64_t(d.kv_heads) * d.head_dim},
+      v_{d.hidden, int64_t(d.kv_heads) * d.head_dim},
+      o_{int64_t(d.heads) * d.head_dim, d.hidden} {}
+
+Tensor AttentionBlock::forward(const Weights& w, const Tensor& x, const ShardTokens& t,
+                               AttentionBlockCache& c) {
+  const int64_t B = t.batch, S = t.seq, n = t.rows(), Hd = d_.hidden;
+  check_rows(x, n, Hd, "attention block");
+  RA_CHECK(int64_t(t.positions.size()) == S, "attention block: {} positions for {} tokens",
+           t.positions.size(), S);
+  c.inv_rms = activation(be_, {n}, "attention norm inv_rms");
+  c.xn = activation(be_, {B, S, Hd}, "attention norm output");
+  norm_.forward(be_, w.norm, x.data<float>(), n, c.xn.data<float>(), c.inv_rms.data<float>());
+  c.in.q = activation(be_, {B, S, d_.heads, d_.head_dim}, "q");
+  c.in.k = activation(be_, {B, S, d_.kv_heads, d_.head_dim}, "k");
+  c.in.v = activation(be_, {B, S, d_.kv_heads, d_.head_dim}, "v");
+  const float* xn = c.xn.data<float>();
+  q_.forward(be_, w.q, xn, n, c.in.q.data<float>());
+  k_.forward(be_, w.k, xn, n, c.in.k.data<float>());
+  v_.forward(be_, w.v, xn, n, c.in.v.data<float>());
+  be_.rope_forward(c.in.q.data<float>(), B, S, d_.heads, d_.head_dim, t.positions.data(),
+                   d_.rope_theta);
+  be_.rope_forward(c.in.k.data<float>(), B, S, d_.kv_heads, d_.head_dim, t.positions.data(),
+                   d_.rope_theta);
+  c.in.positions = t.positions;
+  c.in.segment_ids = t.segment_ids;
+  c.out = attention_.forward(c.in);
+  Tensor out = activation(be_, {B, S, Hd}, "attention block output");
+  o_.forward(be_, w.o, c.out.o.data<float>(), n, out.data<float>());
+  be_.axpy(n * Hd, 1.0f, x.data<float>(), out.data<float>());  // residual
+  return out;
+}
+
+void AttentionBlock::backward(const Weights& w, const Grads& g, const Tensor& x,
+                              AttentionBlockCache& c, Tensor& grad) {
+  const int64_t B = c.in.q.dim(0), S = c.in.q.dim(1), n = B * S, Hd = d_.hidden;
+  check_rows(grad, n, Hd, "attention block backward");
+  // The residual passes grad through unchanged; the branch's contributions are added below.
+  Tensor dout = activation(be_, {B, S, d_.heads, d_.head_dim}, "attention output grad");
+  o_.backward(be_, w.o, c.out.o.data<float>(), grad.data<float>(), n, dout.data<float>(), g.o);
+  AttentionGrads ag = attention_.backward(c.in, c.out, dout);
+  dout = Tensor();
+  c.out = AttentionOutput();
+  be_.rope_backward(ag.dq.data<float>(), B, S, d_.heads, d_.head_dim, c.in.positions.data(),
+                    d_.rope_theta);
+  be_.rope_backward(ag.dk.data<float>(), B, S, d_.kv_heads, d_.head_dim, c.in.positions.data(),
+                    d_.rope_theta);
+  Tensor dxn = activation(be_, {B, S, Hd}, "attention norm output grad");
+  const float* xn = c.xn.data<float>();
+  q_.backward(be_, w.q, xn, ag.dq.data<float>(), n, dxn.data<float>(), g.q, false);
+  k_.backward(be_, w.k, xn, ag.dk.data<float>(), n, dxn.data<float>(), g.k, true);
+  v_.backward(be_, w.v, xn, ag.dv.data<float>(), n, dxn.data<float>(), g.v, true);
+  norm_.backward(be_, w.norm, x.data<float>(), c.inv_rms.data<float>(), dxn.data<float>(), n,
+                 grad.data<float>(), g.norm);
+  c = AttentionBlockCache();
+}
+
+// ---- DecoderLayer -------------------------------------------------------------------------------
+
+DecoderLayer::DecoderLayer(const ModelDims& d, int index, Backend& be, Attention& attention,
+                           DecoderOptions options)
+    : d_(d),
+      be_(be),
+      opt_(options),
+      layout_(decoder_layout(d, index)),
+      off_(layout_),
+      attn_(d, be, attention),
+      norm_{d.hidden, d.norm_eps},
+      ffn_(be, d.hidden, d.intermediate, options.ffn_chunk) {
+  d.validate();
+}
+
+Tensor DecoderLayer::run_forward(const float* p, const Tensor& x, const ShardTokens& t,
+                                 DecoderCache& c, bool output) {
+  const int64_t n = t.rows(), Hd = d_.hidden;
+  const AttentionBlock::Weights aw{p + off_.input_norm, p + off_.q, p + off_.k, p + off_.v,
+                                   p + off_.o};
+  c.h1 = attn_.forward(aw, x, t, c.attn);
+  c.inv_rms = activation(be_, {n}, "ffn norm inv_rms");
+  c.xn = activation(be_, {t.batch, t.seq, Hd}, "ffn norm output");
+  norm_.forward(be_, p + off_.post_norm, c.h1.data<float>(), n, c.xn.data<float>(),
+                c.inv_rms.data<float>());
+  c.filled = true;
+  if (!output) return Tensor();
+  Tensor out = activation(be_, {t.batch, t.seq, Hd}, "decoder output");
+  ffn_.forward({p + off_.gate, p + off_.up, p + off_.down}, c.xn.data<float>(), n,
+               out.data<float>());
+  be_.axpy(n * Hd, 1.0f, c.h1.data<float>(), out.data<float>());  // residual
+  return out;
+}
+
+Tensor DecoderLayer::forward(const float* params, const Tensor& x, const ShardTokens& t,
+                             DecoderCache& cache) {
+  Tensor out = run_forward(params, x, t, cache, true);
+  if (opt_.checkpointing == Checkpointing::Layer) cache = DecoderCache();
+  return out;
+}
+
+void DecoderLayer::backward(const float* p, float* grads, const Tensor& x, const ShardTokens& t,
+                            DecoderCache& cache, Tensor& grad) {
+  // Under layer checkpointing the cache is empty: the same forward runs again to refill it, up to
+  // the FFN's input (the FFN's output is not needed, and its backward recomputes its own
+  // intermediates anyway). Same operations on the same inputs: the same bits as a kept cache.
+  if (!cache.filled) run_forward(p, x, t, cache, false);
+  const int64_t n = t.rows(), Hd = d_.hidden;
+  check_rows(grad, n, Hd, "decoder backward");
+  float* g = grads;
+  Tensor dxn = activation(be_, {t.batch, t.seq, Hd}, "ffn input grad");
+  ffn_.backward({p + off_.gate, p + off_.up, p + off_.down}, cache.xn.data<float>(),
+                grad.data<float>(), n, dxn.data<float>(),
+                {g + off_.gate, g + off_.up, g + off_.down});
+  norm_.backward(be_, p + off_.post_norm, cache.h1.data<float>(), cache.inv_rms.data<float>(),
+                 dxn.data<float>(), n, grad.data<float>(), g + off_.post_norm);
+  dxn = Tensor();
+  cache.h1 = cache.xn = cache.inv_rms = Tensor();
+  const AttentionBlock::Weights aw{p + off_.input_norm, p + off_.q, p + off_.k, p + off_.v,
+                                   p + off_.o};
+  const AttentionBlock::Grads ag{g + off_.input_norm, g + off_.q, g + off_.k, g + off_.v,
+                                 g + off_.o};
+  attn_.backward(aw, ag, x, cache.attn, grad);
+  cache = DecoderCache();
+}
+
+// ---- LmHead -------------------------------------------------------------------------------------
+
+LmHead::LmHead(const ModelDims& d, Backend& be, int64_t loss_chunk)
+    : d_(d),
+      be_(be),
+      loss_chunk_(loss_chunk),
+      norm_{d.hidden, d.norm_eps},
+      head_{d.hidden, d.vocab} {}
+
+LossStats LmHead::forward(const Weights& w, const float* x, const int32_t* targets,
+                          const float* weights, int64_t n, uint8_t* correct_rows) {
+  return run(w, nullptr, x, targets, weights, n, 0.0f, nullptr, correct_rows);
+}
+
+LossStats LmHead::forward_backward(const Weights& w, const Grads& g, const float* x,
+                                   const int32_t* targets, const float* weights, int64_t n,
+                                   float grad_scale, float* dx, uint8_t* correct_rows) {
+  RA_CHECK(dx, "lm head: forward_backward needs dx");
+  return run(w, &g, x, targets, weights, n, grad_scale, dx, correct_rows);
+}
+
+LossStats LmHead::run(const Weights& w, const Grads* g, const float* x, const int32_t* targets,
+                      const float* weights, int64_t n, float grad_scale, float* dx,
+                      uint8_t* correct_rows) {
+  LossStats st;
+  if (n == 0) return st;
+  const int64_t c = loss_chunk_ > 0 ? std::min(loss_chunk_, n) : n, Hd = d_.hidden;
+  Tensor inv = activation(be_, {n}, "final norm inv_rms");
+  // xn holds the normalised rows; in backward each chunk's rows are overwritten by their gradient
+  // once the head's weight gradient has used them, so one [n, hidden] buffer serves both.
+  Tensor xn = activation(be_, {n, Hd}, "final norm output");
+  Tensor logits = activation(be_, {c, d_.vocab}, "logits chunk");
+  Tensor correct = Tensor::empty({c}, DType::U8, be_.device(), "correct rows chunk");
+  std::vector<uint8_t> host_correct(static_cast<size_t>(c));
+  norm_.forward(be_, w.norm, x, n, xn.data<float>(), inv.data<float>());
+  for (int64_t r0 = 0; r0 < n; r0 += c) {
+    const int64_t rows = std::min(c, n - r0);
+    float* xc = xn.data<float>() + r0 * Hd;
+    float* lg = logits.data<float>();
+    uint8_t* ok = correct_rows ? correct_rows + r0 : correct.data<uint8_t>();
+    head_.forward(be_, w.head, xc, rows, lg);
+    st.loss_sum += be_.cross_entropy(lg, targets + r0, weights ? weights + r0 : nullptr, rows,
+                                     d_.vocab, grad_scale, g ? lg : nullptr, ok);
+    be_.copy_to_host(host_correct.data(), ok, size_t(rows));
+    for (int64_t i = 0; i < rows; ++i) st.correct += host_correct[size_t(i)];
+    if (!g) continue;
+    // dW_head += dlogits^T xn_c first; then xn_c is free to receive dxn_c = dlogits W_head.
+    head_.backward(be_, w.head, xc, lg, rows, nullptr, g->head);
+    head_.backward(be_, w.head, nullptr, lg, rows, xc, nullptr);
+  }
+  if (g) {
+    be_.fill(dx, n * Hd, 0.0f);
+    norm_.backward(be_, w.norm, x, inv.data<float>(), xn.data<float>(), n, dx, g->norm);
+  }
+  return st;
+}
+
+}  // namespace ringattn

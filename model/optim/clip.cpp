@@ -1,0 +1,48 @@
+#include "model/optim/clip.h"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+
+namespace ringattn {
+
+double local_sq_norm(std::span<const std::span<float>> buffers) {
+  double sum = 0;
+  for (const std::span<float>& b : buffers)
+    for (float x : b) sum += double(x) * double(x);
+  return sum;
+}
+
+double global_norm_from_sq(double local_sq, Communicator* group) {
+  if (!group || group->size() == 1) return std::sqrt(local_sq);
+  RA_CHECK(group->device() == Device::CPU,
+           "gradient norm: the group communicator '{}' works on {} memory; the norm is "
+           "reduced through host memory (an MPI communicator)",
+           group->name(), device_name(group->device()));
+  // There is no float64 dtype on the wire, so the partial sums travel as bytes. Gathering them
+  // and adding in rank order (instead of an all-reduce) makes the result bitwise identical on
+  // every rank.
+  std::vector<double> parts(size_t(group->size()));
+  group->all_gather(&local_sq, parts.data(), sizeof(double), DType::U8);
+  double sum = 0;
+  for (double p : parts) sum += p;
+  return std::sqrt(sum);
+}
+
+GradNormResult clip_grad_norm(std::span<const std::span<float>> grads, double max_norm,
+                              Communicator* group) {
+  GradNormResult r;
+  r.norm = global_norm_from_sq(local_sq_norm(grads), group);
+  r.finite = std::isfinite(r.norm);
+  if (!r.finite || max_norm <= 0) return r;
+  const double scale = max_norm / (r.norm + 1e-6);
+  if (scale >= 1) return r;
+  r.scale = scale;
+  for (const std::span<float>& b : grads)
+    for (float& x : b) x = float(double(x) * scale);
+  return r;
+}
+
+}  // namespace ringattn
