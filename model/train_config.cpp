@@ -437,8 +437,10 @@ MeshShape validate(const TrainConfig& cfg, int world_size) {
   const DataConfig& d = cfg.data;
   if (d.source == DataSource::Text) {
     RA_CHECK(!d.text_files.empty(), "data.source = text needs data.text_files (a list of files)");
-    RA_CHECK(m.vocab_size >= 256,
-             "data.source = text reads bytes, so model.vocab_size must be >= 256, got {}",
+    // 256 byte values plus the separator token placed between files (model/data/file_source.h).
+    RA_CHECK(m.vocab_size >= 257,
+             "data.source = text reads bytes (and a file separator), so model.vocab_size must be "
+             ">= 257, got {}",
              m.vocab_size);
   }
   if (d.source == DataSource::Tokens)

@@ -466,7 +466,7 @@ TEST_CASE("validate: batch, schedule and data", "[config]") {
                c.data.text_files = {"a.txt"};
                c.model.vocab_size = 64;
              }),
-             Contains("model.vocab_size must be >= 256, got 64"));
+             Contains("model.vocab_size must be >= 257, got 64"));
   CHECK_THAT(validate_error([](TrainConfig& c) { c.data.source = DataSource::Tokens; }),
              Contains("data.source = tokens needs data.token_file"));
   CHECK_THAT(validate_error([](TrainConfig& c) {

@@ -65,5 +65,15 @@ expect_error "missing tensor" "has no tensor 'q'" "$bin" attention --input "$tmp
 expect_error "zero chunk" "chunk sizes must be positive" "$bin" attention --input "$tmp/in.safetensors" --output "$tmp/o.safetensors" --impl blockwise --q-chunk 0
 expect_error "bench: bad kv heads" "must divide" "$bin" bench attention --heads 8 --kv-heads 3 --seq 64
 
+# Configs: each bad input ends with one clear message naming the key or file.
+cfgdir=$(cd "$(dirname "$0")/../../configs" && pwd)
+expect_ok "demo config validates on 4 ranks" "$bin" config --config "$cfgdir/demo.json" --world-size 4
+printf '{"train": {"steps": 3,}}' >"$tmp/bad.json"
+expect_error "malformed config" "bad.json" "$bin" config --config "$tmp/bad.json"
+printf '{"train": {"seq_length": 1024}}' >"$tmp/unknown.json"
+expect_error "unknown key suggests" "did you mean 'train.seq_len'" "$bin" config --config "$tmp/unknown.json"
+expect_error "wrong type" "train.steps" "$bin" config --set train.steps=many
+expect_error "mesh vs world size" "world" "$bin" config --config "$cfgdir/demo.json" --world-size 3
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
