@@ -65,6 +65,17 @@ struct KvBlockLayout {
   }
 };
 
+// This rank's own K, V, positions and segment ids packed as the first block it sends.
+Tensor pack_kv_block(const KvBlockLayout& lay, const Tensor& k, const Tensor& v, const Tensor& seg,
+                     const std::vector<int64_t>& positions) {
+  Tensor buf = Tensor::empty({int64_t(lay.bytes)}, DType::U8, Device::CPU, "ring KV block");
+  std::memcpy(lay.k(buf), k.raw(), lay.kv_elems * sizeof(float));
+  std::memcpy(lay.v(buf), v.raw(), lay.kv_elems * sizeof(float));
+  std::memcpy(lay.pos(buf), positions.data(), positions.size() * sizeof(int64_t));
+  if (lay.has_seg) std::memcpy(lay.seg(buf), seg.raw(), seg.nbytes());
+  return buf;
+}
+
 }  // namespace
 
 struct Attention::Shapes {
@@ -157,46 +168,14 @@ AttentionOutput Attention::forward(const AttentionInput& in) {
   const auto t0 = Clock::now();
   timings_ = {};
   Shapes s = check_input(in);
-  AttentionOutput out = uses_ring() ? forward_ring(in, s) : forward_local(in, s);
+  AttentionOutput out = forward_blocks(in, s);
   timings_.total_s = seconds_since(t0);
   return out;
 }
 
-AttentionOutput Attention::forward_local(const AttentionInput& in, const Shapes& s) {
-  Tensor acc = Tensor::empty({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU,
-                             "attention accumulator");
-  Tensor m = Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention max");
-  Tensor l = Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention sum");
-  AttentionForwardState st{acc.data<float>(), m.data<float>(), l.data<float>()};
-  backend_.attention_forward_init(st, s.batch, s.sl, s.heads, s.head_dim);
-  AttentionTileProblem p = make_problem(s, in.positions, in.positions.data(),
-                                        s.seg.defined() ? s.seg.data<int32_t>() : nullptr,
-                                        s.k.data<float>(), s.v.data<float>());
-  backend_.attention_forward_block(p, st, &timings_.tiles);
-  AttentionOutput out;
-  out.o =
-      Tensor::empty({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU, "attention O");
-  out.lse = Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention LSE");
-  backend_.attention_forward_finish(st, out.o.data<float>(), out.lse.data<float>(), s.batch, s.sl,
-                                    s.heads, s.head_dim);
-  return out;
-}
-
-AttentionOutput Attention::forward_ring(const AttentionInput& in, const Shapes& s) {
-  const int n = sp_->size();
-  if (!kv_ring_) kv_ring_ = sp_->make_ring();
-  const double wait0 = kv_ring_->wait_seconds();
-  const KvBlockLayout lay(s.batch, s.sl, s.kv_heads, s.head_dim, s.seg.defined());
-
-  // Two buffers: the block being computed on (also the one being sent: both only read it) and
-  // the one the next block arrives in.
-  Tensor cur = Tensor::empty({int64_t(lay.bytes)}, DType::U8, Device::CPU, "ring KV block");
-  Tensor nxt = Tensor::empty({int64_t(lay.bytes)}, DType::U8, Device::CPU, "ring KV block");
-  std::memcpy(lay.k(cur), s.k.raw(), lay.kv_elems * sizeof(float));
-  std::memcpy(lay.v(cur), s.v.raw(), lay.kv_elems * sizeof(float));
-  std::memcpy(lay.pos(cur), in.positions.data(), size_t(s.sl) * sizeof(int64_t));
-  if (lay.has_seg) std::memcpy(lay.seg(cur), s.seg.raw(), size_t(s.batch * s.sl) * sizeof(int32_t));
-
+// The local queries' running (m, l, acc) state folds in one KV block per call: the whole local
+// sequence for vanilla and blockwise, or each block as it comes around the ring.
+AttentionOutput Attention::forward_blocks(const AttentionInput& in, const Shapes& s) {
   Tensor acc = Tensor::empty({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU,
                              "attention accumulator");
   Tensor m = Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention max");
@@ -204,19 +183,34 @@ AttentionOutput Attention::forward_ring(const AttentionInput& in, const Shapes& 
   AttentionForwardState st{acc.data<float>(), m.data<float>(), l.data<float>()};
   backend_.attention_forward_init(st, s.batch, s.sl, s.heads, s.head_dim);
 
-  for (int step = 0; step < n; ++step) {
-    // After step t this rank holds the block of rank (r - t) mod N (spec section 4).
-    const bool more = step + 1 < n;
-    if (more) kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);
-    AttentionTileProblem p =
-        make_problem(s, in.positions, lay.pos(cur), lay.seg(cur), lay.k(cur), lay.v(cur));
+  if (!uses_ring()) {
+    AttentionTileProblem p = make_problem(s, in.positions, in.positions.data(),
+                                          s.seg.defined() ? s.seg.data<int32_t>() : nullptr,
+                                          s.k.data<float>(), s.v.data<float>());
     backend_.attention_forward_block(p, st, &timings_.tiles);
-    if (more) {
-      kv_ring_->wait();
-      std::swap(cur, nxt);
+  } else {
+    const int n = sp_->size();
+    if (!kv_ring_) kv_ring_ = sp_->make_ring();
+    const double wait0 = kv_ring_->wait_seconds();
+    const KvBlockLayout lay(s.batch, s.sl, s.kv_heads, s.head_dim, s.seg.defined());
+    // Two buffers: the block being computed on (also the one being sent: both only read it) and
+    // the one the next block arrives in.
+    Tensor cur = pack_kv_block(lay, s.k, s.v, s.seg, in.positions);
+    Tensor nxt = Tensor::empty({int64_t(lay.bytes)}, DType::U8, Device::CPU, "ring KV block");
+    for (int step = 0; step < n; ++step) {
+      // After step t this rank holds the block of rank (r - t) mod N (spec section 4).
+      const bool more = step + 1 < n;
+      if (more) kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);
+      AttentionTileProblem p =
+          make_problem(s, in.positions, lay.pos(cur), lay.seg(cur), lay.k(cur), lay.v(cur));
+      backend_.attention_forward_block(p, st, &timings_.tiles);
+      if (more) {
+        kv_ring_->wait();
+        std::swap(cur, nxt);
+      }
     }
+    timings_.kv_wait_s = kv_ring_->wait_seconds() - wait0;
   }
-  timings_.kv_wait_s = kv_ring_->wait_seconds() - wait0;
 
   AttentionOutput out;
   out.o =
@@ -286,12 +280,8 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
   const size_t grad_elems = 2 * lay.kv_elems;  // dK then dV
   const size_t grad_bytes = grad_elems * sizeof(float);
 
-  Tensor cur = Tensor::empty({int64_t(lay.bytes)}, DType::U8, Device::CPU, "ring KV block");
+  Tensor cur = pack_kv_block(lay, s.k, s.v, s.seg, in.positions);
   Tensor nxt = Tensor::empty({int64_t(lay.bytes)}, DType::U8, Device::CPU, "ring KV block");
-  std::memcpy(lay.k(cur), s.k.raw(), lay.kv_elems * sizeof(float));
-  std::memcpy(lay.v(cur), s.v.raw(), lay.kv_elems * sizeof(float));
-  std::memcpy(lay.pos(cur), in.positions.data(), size_t(s.sl) * sizeof(int64_t));
-  if (lay.has_seg) std::memcpy(lay.seg(cur), s.seg.raw(), size_t(s.batch * s.sl) * sizeof(int32_t));
 
   // local[t%2]: this step's partial sum (being sent while the next step computes into the other);
   // incoming: the partial sum arriving from the previous rank. One incoming buffer is enough: it

@@ -78,8 +78,7 @@ class Attention {
   AttentionTileProblem make_problem(const Shapes& s, const std::vector<int64_t>& q_pos,
                                     const int64_t* k_pos, const int32_t* k_seg, const float* k,
                                     const float* v) const;
-  AttentionOutput forward_local(const AttentionInput& in, const Shapes& s);
-  AttentionOutput forward_ring(const AttentionInput& in, const Shapes& s);
+  AttentionOutput forward_blocks(const AttentionInput& in, const Shapes& s);
   AttentionGrads backward_local(const AttentionInput& in, const AttentionOutput& out,
                                 const Tensor& dout, const Tensor& delta, const Shapes& s);
   AttentionGrads backward_ring(const AttentionInput& in, const AttentionOutput& out,
