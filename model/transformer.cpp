@@ -43,10 +43,7 @@ void StepStats::all_reduce(Communicator& world) {
 
 Transformer::Transformer(const TrainConfig& cfg, Mesh& mesh, Backend& backend,
                          FsdpGroup::Mode fsdp_mode)
-    : cfg_(cfg),
-      mesh_(mesh),
-      be_(backend),
-      dims_(ModelDims::from_config(cfg.model)) {
+    : cfg_(cfg), mesh_(mesh), be_(backend), dims_(ModelDims::from_config(cfg.model)) {
   dims_.validate();
   RA_CHECK(cfg.model.dtype == DType::F32,
            "model.dtype = {}: the CPU model computes and stores parameters in f32 only",
@@ -126,8 +123,8 @@ void Transformer::check_batch(const Batch& batch) const {
                batch.tokens.dtype() == DType::I32 && batch.tokens.is_contiguous(),
            "model: batch tokens must be a contiguous [B, Sl] I32 tensor");
   const int64_t B = batch.tokens.dim(0), Sl = batch.tokens.dim(1);
-  RA_CHECK(Sl == batch.local_len() && Sl > 0,
-           "model: batch has {} positions for {} tokens per row", batch.local_len(), Sl);
+  RA_CHECK(Sl == batch.local_len() && Sl > 0, "model: batch has {} positions for {} tokens per row",
+           batch.local_len(), Sl);
   RA_CHECK(batch.targets.defined() && batch.targets.dtype() == DType::I32 &&
                batch.targets.numel() == B * Sl && batch.targets.is_contiguous(),
            "model: batch targets must be a contiguous [B, Sl] I32 tensor");
@@ -210,20 +207,23 @@ Tensor Transformer::run_forward(const Batch& batch, const ShardTokens& t,
 }
 
 StepStats Transformer::forward_backward(const Batch& batch, float grad_scale) {
+  RA_CHECK(!grads_reduced_,
+           "model: forward_backward after reduce_grads(): call zero_grads() (or "
+           "optimizer_step()) first");
   check_batch(batch);
   const ShardTokens t = shard_tokens(batch);
   const int64_t n = t.rows(), L = dims_.layers;
-  std::vector<Tensor> inputs(size_t(L));
-  std::vector<DecoderCache> caches(size_t(L));
+  std::vector<Tensor> inputs(static_cast<size_t>(L));
+  std::vector<DecoderCache> caches(static_cast<size_t>(L));
   Tensor x = run_forward(batch, t, &inputs, &caches);
 
   // Head: loss and its gradient in one pass (LmHead fuses them chunk by chunk).
   ModelUnit& hu = units_[head_unit()];
   FlatShard& emb = *units_[0].shard;
   const bool tied = dims_.tie_embeddings;
-  Tensor grad = Tensor::empty({t.batch, t.seq, dims_.hidden}, DType::F32, Device::CPU,
-                              "residual grad");
-  std::vector<uint8_t> correct(size_t(n), 0);
+  Tensor grad =
+      Tensor::empty({t.batch, t.seq, dims_.hidden}, DType::F32, Device::CPU, "residual grad");
+  std::vector<uint8_t> correct(static_cast<size_t>(n), 0);
   LossStats ls;
   {
     Tensor hp = hu.shard->gather_full();
@@ -282,7 +282,7 @@ StepStats Transformer::forward_only(const Batch& batch, AnswerTally* tally) {
   ModelUnit& hu = units_[head_unit()];
   FlatShard& emb = *units_[0].shard;
   const bool tied = dims_.tie_embeddings;
-  std::vector<uint8_t> correct(size_t(n), 0);
+  std::vector<uint8_t> correct(static_cast<size_t>(n), 0);
   LossStats ls;
   {
     Tensor hp = hu.shard->gather_full();
@@ -304,12 +304,9 @@ StepStats Transformer::forward_only(const Batch& batch, AnswerTally* tally) {
 // ---- optimizer ----------------------------------------------------------------------------------
 
 OptimizerResult Transformer::optimizer_step(int64_t step) {
+  reduce_grads();
   std::vector<FlatShard*> shards;
   for (ModelUnit& u : units_) shards.push_back(u.shard.get());
-  // Sum, not mean: each replica's gradient is already divided by the global token weight (see
-  // the header), so the replicas' gradients are parts of one sum, like the fsdp ranks' are.
-  if (mesh_.size(Axis::DP) > 1)
-    for (FlatShard* s : shards) s->all_reduce_grads(mesh_.axis(Axis::DP), /*mean=*/false);
   const GradNormResult norm = clip_grad_norm(shards, cfg_.train.grad_clip);
   OptimizerResult r;
   r.grad_norm = norm.norm;
@@ -323,8 +320,22 @@ OptimizerResult Transformer::optimizer_step(int64_t step) {
   return r;
 }
 
+void Transformer::reduce_grads() {
+  if (grads_reduced_) return;
+  // Sum, not mean: each replica's gradient is already divided by the global token weight (see
+  // the header), so the replicas' gradients are parts of one sum, like the fsdp ranks' are.
+  for (ModelUnit& u : units_) {
+    if (mesh_.size(Axis::DP) > 1)
+      u.shard->all_reduce_grads(mesh_.axis(Axis::DP), /*mean=*/false);
+    else
+      u.shard->wait_grads();
+  }
+  grads_reduced_ = true;
+}
+
 void Transformer::zero_grads() {
   for (ModelUnit& u : units_) u.shard->zero_grads();
+  grads_reduced_ = false;
 }
 
 // ---- units --------------------------------------------------------------------------------------

@@ -69,10 +69,10 @@ struct StepStats {
 };
 
 struct OptimizerResult {
-  double lr = 0;          // the scheduled learning rate used (0 when the update was skipped)
-  double grad_norm = 0;   // global gradient norm before clipping
-  bool finite = true;     // false: the update was skipped (grads are zeroed either way)
-  bool clipped = false;   // the gradients were scaled down to train.grad_clip
+  double lr = 0;         // the scheduled learning rate used (0 when the update was skipped)
+  double grad_norm = 0;  // global gradient norm before clipping
+  bool finite = true;    // false: the update was skipped (grads are zeroed either way)
+  bool clipped = false;  // the gradients were scaled down to train.grad_clip
 };
 
 // One FSDP unit: its tensors (Hugging Face names, shapes, offsets in the flat buffer) and its
@@ -116,6 +116,12 @@ class Transformer {
   // clipping to train.grad_clip, AdamW with lr_at(step) of the configured schedule when the norm
   // is finite (skipped otherwise), then zero the gradients. `step` is the 1-based update index.
   OptimizerResult optimizer_step(int64_t step);
+  // The first part of optimizer_step on its own: waits for the reduce-scatters and sums the
+  // shard gradients over dp, so that every rank holds its shard of the step's final gradient
+  // (what tests and gradient dumps look at). Idempotent until zero_grads(); optimizer_step
+  // does not reduce again. forward_backward after it (before zero_grads) raises an Error, as
+  // new micro-batch gradients would be added to an already reduced sum.
+  void reduce_grads();
   void zero_grads();
 
   // --- units, for checkpoints and tests ------------------------------------------------------
@@ -155,6 +161,7 @@ class Transformer {
   std::vector<ModelUnit> units_;
   AdamWConfig adamw_;
   LrSchedule schedule_;
+  bool grads_reduced_ = false;  // reduce_grads() ran since the last zero_grads()
 };
 
 }  // namespace ringattn
