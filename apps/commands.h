@@ -13,6 +13,8 @@ using Action = std::function<int()>;
 void add_attention_command(CLI::App& parent, Action& run);
 void add_bench_command(CLI::App& parent, Action& run);
 void add_config_command(CLI::App& parent, Action& run);
+void add_train_command(CLI::App& parent, Action& run);
+void add_eval_command(CLI::App& parent, Action& run);
 // Subcommands of `bench`.
 void add_bench_attention_command(CLI::App& bench, Action& run);
 

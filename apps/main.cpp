@@ -37,6 +37,8 @@ int main(int argc, char** argv) {
   apps::add_attention_command(app, run);
   apps::add_bench_command(app, run);
   apps::add_config_command(app, run);
+  apps::add_train_command(app, run);
+  apps::add_eval_command(app, run);
 
   try {
     app.parse(argc, argv);

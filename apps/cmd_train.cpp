@@ -1,0 +1,157 @@
+// `ringattn train` and `ringattn eval`: the trainer (model/trainer.h) behind the command line.
+//
+//   mpirun -np 4 ringattn train --config configs/demo.json [--set train.steps=50] [--resume]
+//   mpirun -np 4 ringattn eval --config configs/demo.json [--checkpoint DIR] [--seq-lens 2048,4096]
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "apps/bench_common.h"
+#include "apps/commands.h"
+#include "comm/mesh.h"
+#include "comm/mpi_env.h"
+#include "core/allocator.h"
+#include "core/backend.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "model/checkpoint.h"
+#include "model/train_config.h"
+#include "model/trainer.h"
+
+namespace ringattn::apps {
+
+namespace {
+
+struct TrainArgs {
+  std::string file;
+  std::vector<std::string> sets;
+  bool resume = false;
+};
+
+struct EvalArgs {
+  std::string file;
+  std::vector<std::string> sets;
+  std::string checkpoint;
+  std::vector<int64_t> seq_lens;
+};
+
+// The resolved config, validated for this launch, and the mesh it asks for.
+struct Setup {
+  JsonConfig json;
+  TrainConfig cfg;
+  MeshShape shape;
+};
+
+Setup resolve(const std::string& file, const std::vector<std::string>& sets) {
+  JsonConfig json = load_train_json(file, sets);
+  TrainConfig cfg = to_train_config(json);
+  const MeshShape shape = validate(cfg, MpiEnv::world_size());
+  log::set_level(cfg.log_level);
+  allocator_for(Device::CPU).set_limit(cfg.memory_limit_bytes());
+  // An explicit OPENBLAS_NUM_THREADS wins (the tests pin it to 1); otherwise the node's cores
+  // are shared evenly by its ranks, as oversubscribed BLAS threads slow every rank down.
+  if (std::getenv("OPENBLAS_NUM_THREADS") == nullptr) configure_bench_threads(0);
+  return {std::move(json), std::move(cfg), shape};
+}
+
+int run_train(const TrainArgs& a) {
+  Setup s = resolve(a.file, a.sets);
+  Mesh mesh(s.shape, MPI_COMM_WORLD, s.cfg.comm.transport);
+  double peak = s.cfg.peak_tflops * 1e12;
+  bool measured = false;
+  if (peak <= 0) {
+    peak = measure_sgemm_gflops(mesh.world()) * 1e9;
+    measured = true;
+  }
+  TrainerOptions opt;
+  opt.config_json = s.json.dump();
+  opt.peak_flops = peak;
+  Trainer trainer(s.cfg, mesh, opt);
+
+  log::info("config:\n{}", s.json.dump());
+  log::info("mesh: {}", mesh.describe());
+  log::info("data: {}", trainer.source().describe());
+  log::info("parameters: {} ({:.2f} M)", trainer.model().parameter_count(),
+            double(trainer.model().parameter_count()) / 1e6);
+  log::info("tokens per step: {} ({} sequences x {} tokens, {} micro-batch(es))",
+            trainer.tokens_per_step(), s.cfg.train.batch_size, s.cfg.train.seq_len,
+            s.cfg.train.micro_batches);
+  log::info("FLOPs per token: {:.3e} (6N + 6 L H d S, causal); peak {:.1f} GFLOP/s ({})",
+            trainer.flops_per_token(), peak / 1e9,
+            measured ? "sgemm measured on these cores" : "peak_tflops from the config");
+  log::info("threads per rank: {}", cpu_threads());
+  log::info("{}", trainer.memory_plan());
+
+  if (a.resume) {
+    if (!trainer.resume_latest())
+      log::warn("--resume: no complete checkpoint in {}; starting from step 0",
+                trainer.checkpoints_dir());
+  }
+  if (trainer.step() >= s.cfg.train.steps) {
+    log::info("already at step {} of train.steps = {}; nothing to do", trainer.step(),
+              s.cfg.train.steps);
+    return 0;
+  }
+  trainer.run();
+  log::info("done: {} steps ({} skipped as non-finite); metrics in {}/metrics.jsonl",
+            trainer.step(), trainer.skipped(), s.cfg.run_dir);
+  return 0;
+}
+
+int run_eval(const EvalArgs& a) {
+  Setup s = resolve(a.file, a.sets);
+  if (!a.seq_lens.empty()) s.cfg.eval.seq_lens = a.seq_lens;
+  Mesh mesh(s.shape, MPI_COMM_WORLD, s.cfg.comm.transport);
+  TrainerOptions opt;
+  opt.write_metrics = false;
+  Trainer trainer(s.cfg, mesh, opt);
+  std::string dir = a.checkpoint;
+  if (dir.empty()) {
+    const auto latest = find_latest_checkpoint(trainer.checkpoints_dir());
+    RA_CHECK(latest.has_value(),
+             "eval: no complete checkpoint in '{}' (train first, or pass --checkpoint DIR)",
+             trainer.checkpoints_dir());
+    dir = *latest;
+  }
+  trainer.load_weights(dir);
+  log::info("eval of {} (step {}) on {}; {} batches of {} sequences per length", dir,
+            trainer.step(), mesh.describe(), s.cfg.eval.batches, s.cfg.train.batch_size);
+  for (int64_t len : s.cfg.eval_seq_lens()) {
+    const EvalResult e = trainer.evaluate(len, s.cfg.eval.batches);
+    log::info(
+        "seq_len {}: val_loss {:.4f}  answer token accuracy {:.4f} ({} tokens)  exact answer "
+        "accuracy {:.4f} ({} samples)",
+        e.seq_len, e.loss, e.token_accuracy, e.answer_tokens, e.exact_accuracy, e.answer_samples);
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_train_command(CLI::App& parent, Action& run) {
+  auto args = std::make_shared<TrainArgs>();
+  CLI::App* cmd = parent.add_subcommand("train", "Train the model described by a config");
+  cmd->add_option("--config", args->file, "JSON config file (default: built-in defaults)");
+  cmd->add_option("--set", args->sets, "Override one key: --set train.steps=50 (repeatable)")
+      ->allow_extra_args(false);
+  cmd->add_flag("--resume", args->resume,
+                "Continue from the newest complete checkpoint in <run_dir>/checkpoints");
+  cmd->callback([args, &run] { run = [args] { return run_train(*args); }; });
+}
+
+void add_eval_command(CLI::App& parent, Action& run) {
+  auto args = std::make_shared<EvalArgs>();
+  CLI::App* cmd = parent.add_subcommand(
+      "eval", "Validation loss and answer accuracy of a checkpoint at given context lengths");
+  cmd->add_option("--config", args->file, "JSON config file (default: built-in defaults)");
+  cmd->add_option("--set", args->sets, "Override one key (repeatable)")->allow_extra_args(false);
+  cmd->add_option("--checkpoint", args->checkpoint,
+                  "Checkpoint directory (default: the newest complete one in run_dir)");
+  cmd->add_option("--seq-lens", args->seq_lens, "Context lengths, e.g. 2048,4096")->delimiter(',');
+  cmd->callback([args, &run] { run = [args] { return run_eval(*args); }; });
+}
+
+}  // namespace ringattn::apps

@@ -1,0 +1,275 @@
+#include "model/checkpoint.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <utility>
+#include <vector>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "core/safetensors.h"
+
+namespace ringattn {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kModelFile = "model.safetensors";
+constexpr const char* kStateFile = "state.json";
+constexpr const char* kCompleteFile = "COMPLETE";
+
+std::string optim_file(int rank) {
+  return fmt::format("optim_rank{}.safetensors", rank);
+}
+
+// step_<N> -> N; -1 for anything else (step_<N>.tmp included).
+int64_t step_of(const fs::path& p) {
+  const std::string name = p.filename().string();
+  if (name.rfind("step_", 0) != 0 || name.size() == 5) return -1;
+  int64_t n = 0;
+  for (size_t i = 5; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return -1;
+    n = n * 10 + (name[i] - '0');
+  }
+  return n;
+}
+
+// Complete checkpoints of `dir`, oldest first.
+std::vector<std::pair<int64_t, fs::path>> complete_checkpoints(const std::string& dir) {
+  std::vector<std::pair<int64_t, fs::path>> out;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return out;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const int64_t n = step_of(e.path());
+    if (n >= 0 && e.is_directory() && fs::exists(e.path() / kCompleteFile))
+      out.emplace_back(n, e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void write_text(const fs::path& path, const std::string& text) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  RA_CHECK(f.good(), "cannot write '{}'", path.string());
+  f << text;
+  f.flush();
+  RA_CHECK(f.good(), "error writing '{}'", path.string());
+}
+
+nlohmann::json read_state(const std::string& dir) {
+  const fs::path p = fs::path(dir) / kStateFile;
+  std::ifstream f(p);
+  RA_CHECK(f.good(), "checkpoint '{}': cannot read {}", dir, p.string());
+  try {
+    return nlohmann::json::parse(f);
+  } catch (const std::exception& e) {
+    RA_FAIL("checkpoint file '{}' is not valid JSON: {}", p.string(), e.what());
+  }
+}
+
+CheckpointState state_from_json(const nlohmann::json& j) {
+  CheckpointState s;
+  s.step = j.at("step").get<int64_t>();
+  s.updates = j.at("updates").get<int64_t>();
+  s.skipped = j.at("skipped").get<int64_t>();
+  s.seed = j.at("seed").get<uint64_t>();
+  s.train_steps = j.value("train_steps", int64_t(0));
+  s.warmup_steps = j.value("warmup_steps", int64_t(0));
+  return s;
+}
+
+// The checksum recorded for `file` must match the file on disk: a truncated or altered file is
+// reported by name before its contents are trusted.
+void verify_file(const std::string& dir, const nlohmann::json& state, const std::string& file) {
+  const std::string path = (fs::path(dir) / file).string();
+  const auto& files = state.at("files");
+  RA_CHECK(files.contains(file), "checkpoint '{}': state.json lists no file '{}'", dir, file);
+  const std::string want = files.at(file).at("fnv1a64").get<std::string>();
+  const std::string got = file_checksum(path);
+  RA_CHECK(
+      got == want,
+      "checkpoint file '{}' is corrupted: checksum {} does not match {} recorded in state.json",
+      path, got, want);
+}
+
+std::string mesh_text(int dp, int fsdp, int sp, int tp) {
+  return fmt::format("dp={} fsdp={} sp={} tp={}", dp, fsdp, sp, tp);
+}
+
+}  // namespace
+
+std::string file_checksum(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  RA_CHECK(f != nullptr, "checkpoint file '{}' cannot be opened", path);
+  uint64_t h = 0xcbf29ce484222325ull;
+  std::vector<unsigned char> buf(1 << 20);
+  size_t n = 0;
+  while ((n = std::fread(buf.data(), 1, buf.size(), f)) > 0)
+    for (size_t i = 0; i < n; ++i) h = (h ^ buf[i]) * 0x100000001b3ull;
+  const bool err = std::ferror(f) != 0;
+  std::fclose(f);
+  RA_CHECK(!err, "checkpoint file '{}': read error", path);
+  return fmt::format("{:016x}", h);
+}
+
+std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& model, Mesh& mesh,
+                            const CheckpointState& state, const std::string& config_json,
+                            int64_t keep_last) {
+  Communicator& world = mesh.world();
+  const bool root = mesh.world_rank() == 0;
+  const fs::path final_dir = fs::path(checkpoints_dir) / fmt::format("step_{}", state.step);
+  const fs::path tmp = fs::path(checkpoints_dir) / fmt::format("step_{}.tmp", state.step);
+  if (root) {
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+  }
+  world.barrier();
+
+  // Full weights, gathered one unit at a time (collective over fsdp x sp); only rank 0 keeps
+  // them, so the other ranks hold at most one unit's full copy at a time.
+  {
+    std::vector<std::pair<std::string, Tensor>> named;
+    for (size_t u = 0; u < model.units().size(); ++u) {
+      auto part = model.gather_named(u);
+      if (root)
+        for (auto& p : part) named.push_back(std::move(p));
+    }
+    if (root) save_safetensors((tmp / kModelFile).string(), named, {{"format", "pt"}});
+  }
+
+  // This rank's shards, padding included, so loading is a plain copy back.
+  {
+    std::vector<std::pair<std::string, Tensor>> mine;
+    for (ModelUnit& unit : model.units()) {
+      FlatShard& s = *unit.shard;
+      AdamWState& opt = s.optimizer_state();
+      mine.emplace_back(unit.name + ".param", s.params());
+      mine.emplace_back(unit.name + ".m", opt.m);
+      mine.emplace_back(unit.name + ".v", opt.v);
+    }
+    save_safetensors((tmp / optim_file(mesh.world_rank())).string(), mine);
+  }
+  world.barrier();
+
+  if (root) {
+    nlohmann::ordered_json j;
+    j["step"] = state.step;
+    j["updates"] = state.updates;
+    j["skipped"] = state.skipped;
+    j["data_position"] = state.step;  // batches are a pure function of the step
+    j["seed"] = state.seed;
+    j["train_steps"] = state.train_steps;
+    j["warmup_steps"] = state.warmup_steps;
+    const MeshShape& m = mesh.shape();
+    j["mesh"] = {{"dp", m.dp}, {"fsdp", m.fsdp}, {"sp", m.sp}, {"tp", m.tp}};
+    j["world_size"] = mesh.world_size();
+    j["config"] =
+        config_json.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json::parse(config_json);
+    std::vector<std::string> files{kModelFile};
+    for (int r = 0; r < mesh.world_size(); ++r) files.push_back(optim_file(r));
+    nlohmann::ordered_json fj = nlohmann::ordered_json::object();
+    for (const std::string& f : files) {
+      const fs::path p = tmp / f;
+      fj[f] = {{"bytes", fs::file_size(p)}, {"fnv1a64", file_checksum(p.string())}};
+    }
+    j["files"] = fj;
+    write_text(tmp / kStateFile, j.dump(2) + "\n");
+    write_text(tmp / kCompleteFile, "");
+    fs::remove_all(final_dir);  // a checkpoint of the same step from an earlier attempt
+    fs::rename(tmp, final_dir);
+    if (keep_last > 0) {
+      auto all = complete_checkpoints(checkpoints_dir);
+      for (size_t i = 0; i + size_t(keep_last) < all.size(); ++i) fs::remove_all(all[i].second);
+    }
+  }
+  world.barrier();
+  return final_dir.string();
+}
+
+std::optional<std::string> find_latest_checkpoint(const std::string& checkpoints_dir) {
+  auto all = complete_checkpoints(checkpoints_dir);
+  if (all.empty()) return std::nullopt;
+  return all.back().second.string();
+}
+
+CheckpointState load_checkpoint(const std::string& dir, Transformer& model, Mesh& mesh) {
+  const nlohmann::json j = read_state(dir);
+  const int world = j.at("world_size").get<int>();
+  const auto& jm = j.at("mesh");
+  const std::string saved = mesh_text(jm.at("dp"), jm.at("fsdp"), jm.at("sp"), jm.at("tp"));
+  const MeshShape& m = mesh.shape();
+  const std::string now = mesh_text(m.dp, m.fsdp, m.sp, m.tp);
+  RA_CHECK(world == mesh.world_size() && saved == now,
+           "checkpoint '{}' was written by {} ranks with mesh {}, but this run has {} ranks with "
+           "mesh {}; resume with the same mesh (optimizer state is sharded per rank)",
+           dir, world, saved, mesh.world_size(), now);
+
+  // Every rank loads its own file; failures are agreed on so that no rank is left waiting in a
+  // collective while another has thrown.
+  const int rank = mesh.world_rank();
+  const std::string file = optim_file(rank);
+  std::string error;
+  try {
+    verify_file(dir, j, file);
+    const std::string path = (fs::path(dir) / file).string();
+    SafetensorsFile st = SafetensorsFile::open(path);
+    for (ModelUnit& unit : model.units()) {
+      FlatShard& s = *unit.shard;
+      AdamWState& opt = s.optimizer_state();
+      for (auto [suffix, dst] : {std::pair<const char*, Tensor*>{".param", &s.params()},
+                                 {".m", &opt.m},
+                                 {".v", &opt.v}}) {
+        const std::string name = unit.name + suffix;
+        RA_CHECK(st.contains(name), "checkpoint file '{}' has no tensor '{}'", path, name);
+        Tensor t = st.load_f32(name);
+        RA_CHECK(t.numel() == dst->numel(),
+                 "checkpoint file '{}': tensor '{}' has {} elements, this model's shard {} (was "
+                 "the model configured differently?)",
+                 path, name, t.numel(), dst->numel());
+        std::memcpy(dst->data<float>(), t.data<float>(), size_t(t.numel()) * sizeof(float));
+      }
+    }
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  const int n = mesh.world_size();
+  std::vector<int32_t> failed(size_t(n), 0);
+  const int32_t mine = error.empty() ? 0 : 1;
+  mesh.world().all_gather(&mine, failed.data(), 1, DType::I32);
+  if (!error.empty()) RA_FAIL("{}", error);
+  for (int r = 0; r < n; ++r)
+    RA_CHECK(!failed[size_t(r)], "checkpoint file '{}' could not be loaded (rank {} says why)",
+             (fs::path(dir) / optim_file(r)).string(), r);
+  return state_from_json(j);
+}
+
+CheckpointState load_checkpoint_weights(const std::string& dir, Transformer& model) {
+  const nlohmann::json j = read_state(dir);
+  verify_file(dir, j, kModelFile);
+  const std::string path = (fs::path(dir) / kModelFile).string();
+  SafetensorsFile st = SafetensorsFile::open(path);
+  for (size_t u = 0; u < model.units().size(); ++u) {
+    const ParamLayout& layout = model.units()[u].layout;
+    std::vector<float> full(size_t(layout.numel()));
+    for (const ParamEntry& e : layout.entries()) {
+      RA_CHECK(st.contains(e.name), "checkpoint file '{}' has no tensor '{}'", path, e.name);
+      Tensor t = st.load_f32(e.name);
+      RA_CHECK(t.numel() == e.numel(),
+               "checkpoint file '{}': tensor '{}' has {} elements, the model expects {}", path,
+               e.name, t.numel(), e.numel());
+      std::memcpy(full.data() + e.offset, t.data<float>(), size_t(e.numel()) * sizeof(float));
+    }
+    model.load_unit(u, full.data(), layout.numel());
+  }
+  return state_from_json(j);
+}
+
+}  // namespace ringattn

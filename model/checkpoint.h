@@ -1,0 +1,64 @@
+// Training checkpoints: what a run needs to continue bit-exactly, and the full weights under
+// Hugging Face LLaMA names for anything else (eval, export).
+//
+// Layout of <run_dir>/checkpoints/step_<N>/ (N = completed steps, the data position):
+//   model.safetensors        full weights, Hugging Face names and shapes (written by rank 0)
+//   optim_rank<r>.safetensors  rank r's FSDP shards, per unit u (units() order, padding kept):
+//                            "<unit>.param", "<unit>.m", "<unit>.v"  F32 [shard]
+//   state.json               step, updates (AdamW t of the last update), skipped steps, seed,
+//                            mesh, world size, the resolved config, and per file its size and
+//                            FNV-1a 64 checksum
+//   COMPLETE                 written last (after state.json), so its presence means every file
+//                            above is whole
+// Everything is written into step_<N>.tmp and the directory is renamed at the end, so a crash
+// leaves either no step_<N> or a complete one; a step_<N> without COMPLETE (e.g. copied by
+// hand) is ignored by find_latest_checkpoint.
+//
+// Resume reads each rank's own optim file (the master weights of its shard, not the gathered
+// model file), so resumed parameters are bitwise the ones saved.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "comm/mesh.h"
+#include "model/transformer.h"
+
+namespace ringattn {
+
+// The loop position a checkpoint restores.
+struct CheckpointState {
+  int64_t step = 0;     // completed steps: the next step reads the batches of step + 1
+  int64_t updates = 0;  // optimizer updates applied (AdamW's t of the last one)
+  int64_t skipped = 0;  // steps skipped for a non-finite gradient (on_nonfinite = skip)
+  uint64_t seed = 0;
+  // train.steps and train.warmup_steps of the run that wrote it: the learning-rate schedule
+  // depends on both, so a resume that changes them does not continue the same curve.
+  int64_t train_steps = 0, warmup_steps = 0;
+};
+
+// FNV-1a 64 of a whole file, as 16 hex digits (an Error naming the file when unreadable).
+std::string file_checksum(const std::string& path);
+
+// Writes <checkpoints_dir>/step_<state.step>/ (see above) and keeps only the newest `keep_last`
+// complete checkpoints (0: all). `config_json` is the resolved config, stored as is (may be
+// empty). Collective over the mesh's world. Returns the directory.
+std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& model, Mesh& mesh,
+                            const CheckpointState& state, const std::string& config_json,
+                            int64_t keep_last);
+
+// The newest step_<N> directory of `checkpoints_dir` that holds COMPLETE; none when the
+// directory is missing or holds no complete checkpoint.
+std::optional<std::string> find_latest_checkpoint(const std::string& checkpoints_dir);
+
+// Restores this rank's shards, optimizer state and the loop position from `dir`. Raises the
+// same Error on every rank when the checkpoint's world size or mesh differ from `mesh`, or when
+// any rank's file fails its checksum (the message names the file). Collective over the world.
+CheckpointState load_checkpoint(const std::string& dir, Transformer& model, Mesh& mesh);
+
+// Loads only the full weights (model.safetensors) into `model`, whatever mesh wrote them: what
+// eval uses. Checks the file's checksum against state.json. Not collective.
+CheckpointState load_checkpoint_weights(const std::string& dir, Transformer& model);
+
+}  // namespace ringattn

@@ -1,0 +1,314 @@
+#include "model/trainer.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <bit>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "core/allocator.h"
+#include "core/backend.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "model/data/make_source.h"
+
+namespace ringattn {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Sum of one double per rank, added in rank order on every rank: the same bits everywhere and
+// from run to run, which a float32 MPI reduction would not give (and communicators have no
+// float64 type).
+double sum_over(Communicator& comm, double x) {
+  std::vector<int64_t> all(size_t(comm.size()));
+  const int64_t mine = std::bit_cast<int64_t>(x);
+  comm.all_gather(&mine, all.data(), 1, DType::I64);
+  double s = 0;
+  for (int64_t v : all) s += std::bit_cast<double>(v);
+  return s;
+}
+
+int64_t max_over(Communicator& comm, int64_t x) {
+  comm.all_reduce(&x, 1, DType::I64, ReduceOp::Max);
+  return x;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+Trainer::Trainer(const TrainConfig& cfg, Mesh& mesh, TrainerOptions options)
+    : cfg_(cfg), mesh_(mesh), opt_(std::move(options)) {
+  source_ = make_batch_source(cfg_);
+  source_->check_seq_len(cfg_.train.seq_len);
+  for (int64_t s : cfg_.eval_seq_lens()) source_->check_seq_len(s);
+  model_ = std::make_unique<Transformer>(cfg_, mesh_, cpu_backend());
+  state_.seed = cfg_.seed;
+  state_.train_steps = cfg_.train.steps;
+  state_.warmup_steps = cfg_.train.warmup_steps;
+  if (opt_.peak_flops <= 0) opt_.peak_flops = cfg_.peak_tflops * 1e12;
+}
+
+Trainer::~Trainer() = default;
+
+std::string Trainer::checkpoints_dir() const {
+  return (fs::path(cfg_.run_dir) / "checkpoints").string();
+}
+
+double Trainer::flops_per_token() const {
+  const ModelDims& d = model_->dims();
+  return 6.0 * double(model_->parameter_count()) +
+         6.0 * d.layers * double(d.heads) * d.head_dim * double(cfg_.train.seq_len);
+}
+
+std::string Trainer::memory_plan() const {
+  int64_t full = 0, shard = 0, largest = 0;
+  for (const ModelUnit& u : model_->units()) {
+    full += u.layout.numel();
+    shard += u.shard->layout().shard_numel;
+    largest = std::max(largest, u.shard->layout().padded_numel);
+  }
+  const ModelDims& d = model_->dims();
+  const int64_t rows = cfg_.train.batch_size / (mesh_.size(Axis::DP) * mesh_.size(Axis::FSDP)) /
+                       cfg_.train.micro_batches * (cfg_.train.seq_len / mesh_.size(Axis::SP));
+  // Rough: per layer the backward keeps its input plus the caches (q, k, v, attention output
+  // and statistics, the norms, the FFN input and gate/up chunks), about 8 hidden-sized rows per
+  // token without checkpointing; with layer checkpointing only the inputs plus one layer's.
+  const double per_layer = cfg_.model.checkpointing == Checkpointing::Layer ? 1.0 : 8.0;
+  const double act =
+      double(rows) * double(d.hidden) * 4.0 *
+      (per_layer * d.layers + (cfg_.model.checkpointing == Checkpointing::Layer ? 8.0 : 0.0));
+  const size_t b = sizeof(float);
+  return fmt::format(
+      "memory plan per rank: parameters (full model) {}; parameter + gradient shards {}; AdamW "
+      "state {}; gathered units in flight (2 x largest) {}; activations (estimate) {}; total "
+      "about {}",
+      format_bytes(size_t(full) * b), format_bytes(2 * size_t(shard) * b),
+      format_bytes(2 * size_t(shard) * b), format_bytes(2 * size_t(largest) * b),
+      format_bytes(size_t(act)),
+      format_bytes(4 * size_t(shard) * b + 2 * size_t(largest) * b + size_t(act)));
+}
+
+StepMetrics Trainer::train_step() {
+  Allocator& alloc = allocator_for(Device::CPU);
+  alloc.reset_peak();
+  const auto t0 = std::chrono::steady_clock::now();
+  const int64_t data_step = state_.step;
+  const int micro = int(cfg_.train.micro_batches);
+
+  std::vector<Batch> batches;
+  batches.reserve(size_t(micro));
+  double w_local = 0;
+  for (int m = 0; m < micro; ++m) {
+    batches.push_back(
+        source_->get(make_batch_request(cfg_, mesh_, data_step, m, cfg_.train.seq_len)));
+    w_local += Transformer::loss_weight(batches.back());
+  }
+  const double w = sum_over(mesh_.world(), w_local);
+  RA_CHECK(w > 0, "step {}: the batch has no token that carries loss", data_step + 1);
+  const float scale = float(1.0 / w);
+
+  StepStats stats;
+  for (Batch& b : batches) {
+    stats += model_->forward_backward(b, scale);
+    b = Batch{};  // frees the micro-batch before the next one
+  }
+  stats.all_reduce(mesh_.world());
+
+  const int64_t t = state_.updates + 1;
+  const OptimizerResult r = model_->optimizer_step(t);
+  const double loss = stats.mean_loss();
+  const bool finite = r.finite && std::isfinite(loss);
+  if (!finite && cfg_.on_nonfinite == OnNonfinite::Abort)
+    RA_FAIL(
+        "step {}: non-finite {} (loss {}, gradient norm {}); stopping as on_nonfinite = abort. "
+        "Lower optim.lr, raise train.warmup_steps, or set on_nonfinite = skip",
+        data_step + 1, std::isfinite(loss) ? "gradient" : "loss", loss, r.grad_norm);
+  if (r.finite) ++state_.updates;  // the update was applied (even if the loss alone was odd)
+  if (!finite) ++state_.skipped;
+  state_.step = data_step + 1;
+
+  StepMetrics m;
+  m.step = state_.step;
+  m.loss = loss;
+  m.lr = r.lr;
+  m.grad_norm = r.grad_norm;
+  m.finite = finite;
+  m.seconds = seconds_since(t0);
+  m.tokens_per_s = double(tokens_per_step()) / std::max(m.seconds, 1e-9);
+  m.mfu = opt_.peak_flops > 0 ? flops_per_token() * m.tokens_per_s / opt_.peak_flops : 0;
+  m.peak_bytes = size_t(max_over(mesh_.world(), int64_t(alloc.peak_bytes())));
+  m.has_answers = stats.answer_tokens > 0;
+  m.answer_accuracy = stats.answer_accuracy();
+  history_.push_back(m);
+  return m;
+}
+
+EvalResult Trainer::evaluate(int64_t seq_len, int64_t batches) {
+  source_->check_seq_len(seq_len);
+  StepStats stats;
+  int64_t exact = 0, samples = 0;
+  Communicator& sp = mesh_.axis(Axis::SP);
+  for (int64_t step = 0; step < batches; ++step)
+    for (int m = 0; m < int(cfg_.train.micro_batches); ++m) {
+      const Batch b =
+          source_->get(make_batch_request(cfg_, mesh_, step, m, seq_len, Split::Validation));
+      AnswerTally tally;
+      stats += model_->forward_only(b, &tally);
+      // A sample's answer tokens may sit on several sp ranks: sum its counts over the ring
+      // before deciding whether the whole answer is right.
+      const size_t rows = tally.total.size();
+      if (rows > 0 && sp.size() > 1) {
+        sp.all_reduce(tally.correct.data(), rows, DType::I64, ReduceOp::Sum);
+        sp.all_reduce(tally.total.data(), rows, DType::I64, ReduceOp::Sum);
+      }
+      // Every sp rank now holds the same sums; count them once (sp rank 0).
+      if (sp.rank() == 0)
+        for (size_t i = 0; i < rows; ++i)
+          if (tally.total[i] > 0) {
+            ++samples;
+            exact += tally.correct[i] == tally.total[i] ? 1 : 0;
+          }
+    }
+  stats.all_reduce(mesh_.world());
+  int64_t counts[2] = {exact, samples};
+  mesh_.world().all_reduce(counts, 2, DType::I64, ReduceOp::Sum);
+  EvalResult e;
+  e.seq_len = seq_len;
+  e.loss = stats.mean_loss();
+  e.answer_tokens = stats.answer_tokens;
+  e.token_accuracy = stats.answer_accuracy();
+  e.answer_samples = counts[1];
+  e.exact_accuracy = counts[1] > 0 ? double(counts[0]) / double(counts[1]) : 0.0;
+  return e;
+}
+
+void Trainer::write_metrics(const StepMetrics& m, const std::vector<EvalResult>& evals) {
+  if (!opt_.write_metrics || mesh_.world_rank() != 0) return;
+  nlohmann::ordered_json j;
+  j["step"] = m.step;
+  j["loss"] = m.loss;
+  j["lr"] = m.lr;
+  j["grad_norm"] = m.grad_norm;
+  j["tokens_per_s"] = m.tokens_per_s;
+  j["mfu"] = m.mfu;
+  j["peak_bytes"] = m.peak_bytes;
+  j["seconds"] = m.seconds;
+  if (m.has_answers) j["answer_accuracy"] = m.answer_accuracy;
+  if (!m.finite) j["skipped"] = true;
+  if (!evals.empty()) {
+    // The first eval length is the headline; every length is listed too.
+    j["val_loss"] = evals[0].loss;
+    j["val_accuracy"] = evals[0].token_accuracy;
+    j["val_exact_accuracy"] = evals[0].exact_accuracy;
+    nlohmann::ordered_json all = nlohmann::ordered_json::array();
+    for (const EvalResult& e : evals)
+      all.push_back({{"seq_len", e.seq_len},
+                     {"val_loss", e.loss},
+                     {"val_accuracy", e.token_accuracy},
+                     {"val_exact_accuracy", e.exact_accuracy}});
+    j["eval"] = all;
+  }
+  fs::create_directories(cfg_.run_dir);
+  const fs::path p = fs::path(cfg_.run_dir) / "metrics.jsonl";
+  std::ofstream f(p, std::ios::app);
+  RA_CHECK(f.good(), "cannot write '{}'", p.string());
+  f << j.dump() << "\n";
+}
+
+void Trainer::run(int64_t last) {
+  if (last < 0) last = cfg_.train.steps;
+  // A fresh run starts a fresh metrics file; a resumed one appends after its own earlier lines.
+  // Lines of steps after the checkpoint (written before an interruption) are dropped, as those
+  // steps run again.
+  if (opt_.write_metrics && mesh_.world_rank() == 0) {
+    fs::create_directories(cfg_.run_dir);
+    const fs::path p = fs::path(cfg_.run_dir) / "metrics.jsonl";
+    std::vector<std::string> keep;
+    if (state_.step > 0) {
+      std::ifstream in(p);
+      std::string line;
+      while (std::getline(in, line)) {
+        const auto j = nlohmann::json::parse(line, nullptr, false);
+        if (!j.is_discarded() && j.is_object() && j.value("step", int64_t(0)) <= state_.step)
+          keep.push_back(line);
+      }
+    }
+    std::ofstream out(p, std::ios::trunc);
+    for (const std::string& line : keep) out << line << "\n";
+  }
+  while (state_.step < last) {
+    const StepMetrics m = train_step();
+    std::vector<EvalResult> evals;
+    if (cfg_.eval.every > 0 && (m.step % cfg_.eval.every == 0 || m.step == last))
+      for (int64_t s : cfg_.eval_seq_lens()) evals.push_back(evaluate(s, cfg_.eval.batches));
+    if (opt_.log_steps) {
+      std::string line = fmt::format(
+          "step {}/{} loss {:.4f} lr {:.3e} grad_norm {:.3f} tokens/s {:.0f} mfu {:.2f}% peak {}",
+          m.step, last, m.loss, m.lr, m.grad_norm, m.tokens_per_s, 100.0 * m.mfu,
+          format_bytes(m.peak_bytes));
+      if (m.has_answers) line += fmt::format(" answer_acc {:.3f}", m.answer_accuracy);
+      if (!m.finite) line += fmt::format(" SKIPPED (non-finite; {} so far)", state_.skipped);
+      log::info("{}", line);
+      for (const EvalResult& e : evals)
+        log::info("  eval S={}: val_loss {:.4f} answer token acc {:.3f} exact {:.3f} ({} samples)",
+                  e.seq_len, e.loss, e.token_accuracy, e.exact_accuracy, e.answer_samples);
+    }
+    write_metrics(m, evals);
+    if ((cfg_.checkpoint.every > 0 && m.step % cfg_.checkpoint.every == 0) || m.step == last)
+      save();
+  }
+}
+
+std::string Trainer::save() {
+  const std::string dir = save_checkpoint(checkpoints_dir(), *model_, mesh_, state_,
+                                          opt_.config_json, cfg_.checkpoint.keep_last);
+  last_saved_ = state_.step;
+  if (opt_.log_steps) log::info("checkpoint {}", dir);
+  return dir;
+}
+
+void Trainer::load(const std::string& dir) {
+  const CheckpointState s = load_checkpoint(dir, *model_, mesh_);
+  RA_CHECK(s.seed == cfg_.seed,
+           "checkpoint '{}' was trained with seed {}, this config has seed {}; the data would "
+           "not continue where it stopped",
+           dir, s.seed, cfg_.seed);
+  if (s.train_steps != cfg_.train.steps || s.warmup_steps != cfg_.train.warmup_steps)
+    log::warn(
+        "checkpoint '{}' was written by a run with train.steps = {}, warmup_steps = {}; this "
+        "run has {} and {}: the learning-rate schedule changes, so the result will differ from "
+        "an uninterrupted run",
+        dir, s.train_steps, s.warmup_steps, cfg_.train.steps, cfg_.train.warmup_steps);
+  state_.step = s.step;
+  state_.updates = s.updates;
+  state_.skipped = s.skipped;
+  last_saved_ = s.step;
+}
+
+bool Trainer::resume_latest() {
+  const auto dir = find_latest_checkpoint(checkpoints_dir());
+  if (!dir) return false;
+  load(*dir);
+  log::info("resumed from {} (step {}, {} updates)", *dir, state_.step, state_.updates);
+  return true;
+}
+
+void Trainer::load_weights(const std::string& dir) {
+  const CheckpointState s = load_checkpoint_weights(dir, *model_);
+  state_.step = s.step;
+  state_.updates = s.updates;
+  state_.skipped = s.skipped;
+}
+
+}  // namespace ringattn
