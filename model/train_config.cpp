@@ -114,7 +114,8 @@ ConfigSchema make_schema() {
             "fsdp x sp.")
       .at_least(-1)
       .at_most(kMaxAxis);
-  s.add_int("mesh.tp", mesh.tp, "Tensor parallelism: not implemented, must be 1.")
+  s.add_int("mesh.tp", mesh.tp,
+            "Tensor parallelism: must be 1 (the project has no tensor parallelism yet).")
       .at_least(-1)
       .at_most(kMaxAxis);
 
@@ -401,12 +402,13 @@ MeshShape validate(const TrainConfig& cfg, int world_size) {
 
   // Mesh.
   RA_CHECK(cfg.mesh.tp == 1 || cfg.mesh.tp == -1,
-           "mesh.tp = {}: tensor parallelism is not implemented; set mesh.tp = 1", cfg.mesh.tp);
+           "mesh.tp = {}: the project has no tensor parallelism yet; set mesh.tp = 1", cfg.mesh.tp);
   const MeshShape mesh = resolve_mesh(cfg.mesh.shape(), world_size);
-  RA_CHECK(mesh.tp == 1,
-           "mesh.tp = -1 resolves to {} on {} ranks: tensor parallelism is not implemented; set "
-           "mesh.tp = 1",
-           mesh.tp, world_size);
+  RA_CHECK(
+      mesh.tp == 1,
+      "mesh.tp = -1 resolves to {} on {} ranks: the project has no tensor parallelism yet; set "
+      "mesh.tp = 1",
+      mesh.tp, world_size);
   RA_CHECK(cfg.attention.impl == AttentionImpl::Ring || mesh.sp == 1,
            "attention.impl = {} keeps the whole sequence on every rank, so it needs mesh.sp = 1 "
            "(mesh.sp = {} here); use attention.impl = ring to split sequences over mesh.sp ranks",

@@ -353,14 +353,14 @@ TEST_CASE("validate: the model's shape", "[config]") {
 
 TEST_CASE("validate: the mesh against the world size and tensor parallelism", "[config]") {
   CHECK_THAT(validate_error([](TrainConfig& c) { c.mesh.tp = 2; }),
-             Contains("mesh.tp = 2: tensor parallelism is not implemented; set mesh.tp = 1"));
+             Contains("mesh.tp = 2: the project has no tensor parallelism yet; set mesh.tp = 1"));
   CHECK_THAT(validate_error(
                  [](TrainConfig& c) {
                    c.mesh.sp = 1;
                    c.mesh.tp = -1;
                  },
                  2),
-             Contains("tensor parallelism is not implemented"));
+             Contains("the project has no tensor parallelism yet"));
   CHECK_THAT(validate_error([](TrainConfig& c) { c.mesh.sp = 2; }, 4),
              Contains("needs 2 ranks but the job has 4"));
   CHECK_THAT(validate_error(
