@@ -13,6 +13,7 @@
 #include "core/backend.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "test_util.h"
 #ifdef RINGATTN_WITH_CUDA
 #include <cuda_runtime.h>
 #endif
@@ -288,20 +289,10 @@ TEST_CASE("barrier waits for the slowest rank", "[collectives]") {
 
 TEST_CASE("NCCL collectives (GPU only; a clear error without one)", "[collectives]") {
 #ifdef RINGATTN_WITH_CUDA
-  const int w = world_size();
-  const int devices = cuda_device_count();
-  if (devices == 0) {
-    CHECK_THROWS_WITH(make_nccl_communicator(MPI_COMM_WORLD),
-                      Catch::Contains("usable CUDA device"));
-    return;
-  }
-  if (devices < w) {
-    WARN("skipped: " << w << " ranks but " << devices << " GPUs (NCCL needs one GPU per rank)");
-    return;
-  }
-  auto c = make_nccl_communicator(MPI_COMM_WORLD);
+  auto c = test::nccl_world_or_skip(world_size());
+  if (!c) return;
   CHECK(c->device() == Device::CUDA);
-  CHECK(c->size() == w);
+  CHECK(c->size() == world_size());
   check_all_collectives(*c);
 #else
   SUCCEED("built without CUDA");

@@ -16,32 +16,17 @@
 #include "model/data/make_source.h"
 #include "model/data/retrieval.h"
 #include "model/data/token_file.h"
+#include "test_util.h"
 
 using namespace ringattn;
 using Catch::Contains;
 
 namespace {
 
-// ctest runs these under mpirun, so every process needs its own file names.
-struct TempFile {
-  std::string path;
-  explicit TempFile(const std::string& tag) {
-    static int counter = 0;
-    path = (std::filesystem::temp_directory_path() /
-            fmt::format("ringattn_data_{}_{}_{}", ::getpid(), tag, counter++))
-               .string();
-  }
-  ~TempFile() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
+struct TempFile : test::TempPath {
+  explicit TempFile(const std::string& tag) : TempPath("data", tag) {}
 };
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), std::streamsize(bytes.size()));
-  REQUIRE(out.good());
-}
+using test::write_bytes;
 
 std::string random_text(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);

@@ -13,6 +13,7 @@
 #include "comm/mesh.h"
 #include "core/backend.h"
 #include "core/error.h"
+#include "test_util.h"
 #ifdef RINGATTN_WITH_CUDA
 #include <cuda_runtime.h>
 #endif
@@ -257,18 +258,8 @@ TEST_CASE("ring transfer progresses while the caller computes", "[ring]") {
 
 TEST_CASE("NCCL ring rotation (GPU only; a clear error without one)", "[ring]") {
 #ifdef RINGATTN_WITH_CUDA
-  const int w = world_size();
-  const int devices = cuda_device_count();
-  if (devices == 0) {
-    CHECK_THROWS_WITH(make_nccl_communicator(MPI_COMM_WORLD),
-                      Catch::Contains("usable CUDA device"));
-    return;
-  }
-  if (devices < w) {
-    WARN("skipped: " << w << " ranks but " << devices << " GPUs (NCCL needs one GPU per rank)");
-    return;
-  }
-  auto c = make_nccl_communicator(MPI_COMM_WORLD);
+  auto c = test::nccl_world_or_skip(world_size());
+  if (!c) return;
   const int n = c->size(), r = c->rank();
   const size_t bytes = (size_t(16) << 20) + 3;
   void *cur = nullptr, *nxt = nullptr;

@@ -10,38 +10,18 @@
 #include <random>
 
 #include "core/safetensors.h"
+#include "test_util.h"
 
 using namespace ringattn;
 using Catch::Contains;
 
 namespace {
 
-// ctest runs these under mpirun, so every rank (process) needs its own file names.
-struct TempFile {
-  std::string path;
-  explicit TempFile(const std::string& tag) {
-    static int counter = 0;
-    path = (std::filesystem::temp_directory_path() /
-            fmt::format("ringattn_st_{}_{}_{}.safetensors", ::getpid(), tag, counter++))
-               .string();
-  }
-  ~TempFile() {
-    std::error_code ec;
-    std::filesystem::remove(path, ec);
-    std::filesystem::remove(path + ".tmp", ec);
-  }
+struct TempFile : test::TempPath {
+  explicit TempFile(const std::string& tag) : TempPath("st", tag, ".safetensors") {}
 };
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), std::streamsize(bytes.size()));
-  REQUIRE(out.good());
-}
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+using test::read_bytes;
+using test::write_bytes;
 
 std::string le64(uint64_t v) {
   std::string s(8, '\0');
