@@ -282,8 +282,13 @@ TEST_CASE("LR schedule: linear warm-up then cosine to min_lr (steps from 1)", "[
   bad.min_lr = 2e-3;
   CHECK_THROWS_WITH(bad.validate(), Catch::Contains("min_lr"));
   bad = s;
-  bad.warmup_steps = 111;
+  bad.warmup_steps = -1;
   CHECK_THROWS_WITH(bad.validate(), Catch::Contains("warmup_steps"));
+  // A warm-up longer than the run (a short run of a preset) is valid and stays in warm-up.
+  LrSchedule long_warmup = s;
+  long_warmup.warmup_steps = long_warmup.total_steps * 2;
+  long_warmup.validate();
+  CHECK(long_warmup.lr_at(long_warmup.total_steps) == Approx(0.5 * long_warmup.lr));
   bad = s;
   bad.total_steps = 0;
   CHECK_THROWS_WITH(bad.validate(), Catch::Contains("total_steps"));

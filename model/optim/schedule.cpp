@@ -12,9 +12,9 @@ void LrSchedule::validate() const {
   RA_CHECK(std::isfinite(min_lr) && min_lr >= 0 && min_lr <= lr,
            "lr schedule: min_lr must be in [0, lr = {}], got {}", lr, min_lr);
   RA_CHECK(total_steps >= 1, "lr schedule: total_steps must be >= 1, got {}", total_steps);
-  RA_CHECK(warmup_steps >= 0 && warmup_steps <= total_steps,
-           "lr schedule: warmup_steps must be in [0, total_steps = {}], got {}", total_steps,
-           warmup_steps);
+  // warmup_steps > total_steps is allowed (a short run of a preset): the run stays in warm-up, as
+  // docs/config.md promises for train.warmup_steps.
+  RA_CHECK(warmup_steps >= 0, "lr schedule: warmup_steps must be >= 0, got {}", warmup_steps);
 }
 
 double LrSchedule::lr_at(int64_t t) const {

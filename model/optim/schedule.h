@@ -13,7 +13,8 @@
 // So the warm-up is the straight line from 0 at t = 0 to lr at t = W (the first update already
 // moves: lr / W, not 0), lr_at(W) == lr exactly, the cosine starts at lr just after W and
 // reaches lr_at(T) == lr_min exactly (cos(pi) = -1). W = 0 means no warm-up (lr_at(1) is the
-// first cosine value). W == T means warm-up only: lr_at(T) == lr, then lr_min.
+// first cosine value). W == T means warm-up only: lr_at(T) == lr, then lr_min. W > T (a short
+// run of a longer schedule) stays in warm-up for the whole run.
 #pragma once
 
 #include <cstdint>
@@ -27,7 +28,7 @@ struct LrSchedule {
   int64_t total_steps = 1;
 
   // Raises an Error naming the bad field: lr > 0 and finite, 0 <= min_lr <= lr,
-  // warmup_steps >= 0, total_steps >= 1, warmup_steps <= total_steps.
+  // warmup_steps >= 0, total_steps >= 1 (warmup_steps may exceed total_steps).
   void validate() const;
   // The learning rate for the 1-based step t (see the formula above). Does not validate.
   double lr_at(int64_t t) const;

@@ -99,5 +99,9 @@ printf 'x' | dd of="$tmp/runA/checkpoints/step_6/optim_rank1.safetensors" bs=1 s
 expect_error "corrupted checkpoint names the file" "optim_rank1.safetensors" mpirun -np 2 "$bin" train "${train_cfg[@]}" --set run_dir="$tmp/runA" --set train.steps=8 --resume
 expect_error "eval without checkpoint" "no complete checkpoint" "$bin" eval "${train_cfg[@]}" --set run_dir="$tmp/empty"
 
+# A short run of a preset whose warm-up is longer than the run (allowed: it stays in warm-up).
+expect_ok "short demo run, warm-up longer than the run" mpirun -np 4 "$bin" train --config "$cfgdir/demo.json" \
+  --set train.steps=2 --set train.seq_len=512 --set run_dir="$tmp/short" --set eval.every=0 --set checkpoint.every=0
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
