@@ -4,10 +4,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "comm/mpi_env.h"
 #include "core/backend.h"
+#include "core/error.h"
+#include "core/log.h"
 #include "core/random.h"
 #include "core/tensor.h"
 
@@ -68,6 +72,22 @@ double measure_sgemm_gflops(Communicator& comm) {
   double total = 0;
   for (double g : gather_doubles(comm, median(gf))) total += g;
   return total;
+}
+
+BenchConfig load_bench_config(const std::string& file, const std::vector<std::string>& sets) {
+  JsonConfig json = load_train_json(file, sets);
+  TrainConfig cfg = to_train_config(json);
+  log::set_level(cfg.log_level);
+  return {std::move(json), std::move(cfg)};
+}
+
+void write_text_file(const std::string& path, const std::string& text) {
+  const std::filesystem::path p(path);
+  if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
+  std::ofstream f(p);
+  RA_CHECK(f.good(), "cannot write '{}'", path);
+  f << text;
+  RA_CHECK(f.good(), "error writing '{}'", path);
 }
 
 }  // namespace ringattn::apps

@@ -2,9 +2,12 @@
 #pragma once
 
 #include <chrono>
+#include <string>
 #include <vector>
 
 #include "comm/communicator.h"
+#include "core/json_config.h"
+#include "model/train_config.h"
 
 namespace ringattn::apps {
 
@@ -22,5 +25,15 @@ int configure_bench_threads(int requested);
 // OpenBLAS sgemm (2048 x 2048 x 2048) run on every rank of `comm` at once, with the current
 // thread setting: the sum over ranks of GFLOP/s (median of 3), i.e. what these cores deliver.
 double measure_sgemm_gflops(Communicator& comm);
+
+// A training config for the training benchmarks: defaults, then `file`, then the --set
+// overrides; the log level applied. Not validated (each benchmark changes the mesh and length).
+struct BenchConfig {
+  JsonConfig json;
+  TrainConfig cfg;
+};
+BenchConfig load_bench_config(const std::string& file, const std::vector<std::string>& sets);
+// Writes `text` to `path` (creating its directory); an Error naming the path when it cannot.
+void write_text_file(const std::string& path, const std::string& text);
 
 }  // namespace ringattn::apps

@@ -2,6 +2,7 @@
 //
 //   mpirun -np 4 ringattn train --config configs/demo.json [--set train.steps=50] [--resume]
 //   mpirun -np 4 ringattn eval --config configs/demo.json [--checkpoint DIR] [--seq-lens 2048,4096]
+//   mpirun -np 4 ringattn train --config configs/finetune_hf.json --init-from HF_DIR
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -13,11 +14,15 @@
 #include "apps/commands.h"
 #include "comm/mesh.h"
 #include "comm/mpi_env.h"
+#include "comm/watchdog.h"
 #include "core/allocator.h"
 #include "core/backend.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "model/checkpoint.h"
+#include "model/hf/hf_config.h"
+#include "model/hf/hf_import.h"
+#include "model/stop_signal.h"
 #include "model/train_config.h"
 #include "model/trainer.h"
 
@@ -29,6 +34,7 @@ struct TrainArgs {
   std::string file;
   std::vector<std::string> sets;
   bool resume = false;
+  std::string init_from;  // a Hugging Face model directory
 };
 
 struct EvalArgs {
@@ -36,6 +42,8 @@ struct EvalArgs {
   std::vector<std::string> sets;
   std::string checkpoint;
   std::vector<int64_t> seq_lens;
+  std::string init_from;     // a Hugging Face model directory
+  double min_accuracy = -1;  // < 0: no check
 };
 
 // The resolved config, validated for this launch, and the mesh it asks for.
@@ -45,8 +53,11 @@ struct Setup {
   MeshShape shape;
 };
 
-Setup resolve(const std::string& file, const std::vector<std::string>& sets) {
+Setup resolve(const std::string& file, const std::vector<std::string>& sets,
+              const std::string& init_from = "") {
   JsonConfig json = load_train_json(file, sets);
+  // The Hugging Face config sets the model shape (model/hf/hf_config.h), over file and --set.
+  if (!init_from.empty()) apply_hf_config(read_hf_config(init_from), json);
   TrainConfig cfg = to_train_config(json);
   const MeshShape shape = validate(cfg, MpiEnv::world_size());
   log::set_level(cfg.log_level);
@@ -58,7 +69,11 @@ Setup resolve(const std::string& file, const std::vector<std::string>& sets) {
 }
 
 int run_train(const TrainArgs& a) {
-  Setup s = resolve(a.file, a.sets);
+  // From here on SIGTERM / SIGUSR1 mean "checkpoint after this step and exit 0".
+  install_stop_signals();
+  Setup s = resolve(a.file, a.sets, a.init_from);
+  // A dead or stopped rank ends the job after comm.timeout_s instead of hanging it.
+  const WatchdogArm watchdog(s.cfg.comm.timeout_s);
   Mesh mesh(s.shape, MPI_COMM_WORLD, s.cfg.comm.transport);
   double peak = s.cfg.peak_tflops * 1e12;
   bool measured = false;
@@ -90,25 +105,35 @@ int run_train(const TrainArgs& a) {
       log::warn("--resume: no complete checkpoint in {}; starting from step 0",
                 trainer.checkpoints_dir());
   }
+  // A resumed run continues from its checkpoint; a fresh one starts from the imported weights.
+  if (!a.init_from.empty() && trainer.step() == 0) init_from_hf(a.init_from, trainer.model());
   if (trainer.step() >= s.cfg.train.steps) {
     log::info("already at step {} of train.steps = {}; nothing to do", trainer.step(),
               s.cfg.train.steps);
     return 0;
   }
   trainer.run();
+  if (trainer.stopped()) {
+    log::info("stopped by a signal at step {} of {}: checkpoint written; continue with --resume",
+              trainer.step(), s.cfg.train.steps);
+    return 0;
+  }
   log::info("done: {} steps ({} skipped as non-finite); metrics in {}/metrics.jsonl",
             trainer.step(), trainer.skipped(), s.cfg.run_dir);
   return 0;
 }
 
 int run_eval(const EvalArgs& a) {
-  Setup s = resolve(a.file, a.sets);
+  Setup s = resolve(a.file, a.sets, a.init_from);
+  const WatchdogArm watchdog(s.cfg.comm.timeout_s);
   if (!a.seq_lens.empty()) s.cfg.eval.seq_lens = a.seq_lens;
   Mesh mesh(s.shape, MPI_COMM_WORLD, s.cfg.comm.transport);
   TrainerOptions opt;
   opt.write_metrics = false;
   Trainer trainer(s.cfg, mesh, opt);
   std::string dir = a.checkpoint;
+  const bool hf = dir.empty() && !a.init_from.empty();  // evaluate the imported weights
+  if (hf) dir = a.init_from;
   if (dir.empty()) {
     const auto latest = find_latest_checkpoint(trainer.checkpoints_dir());
     RA_CHECK(latest.has_value(),
@@ -116,17 +141,28 @@ int run_eval(const EvalArgs& a) {
              trainer.checkpoints_dir());
     dir = *latest;
   }
-  trainer.load_weights(dir);
+  if (hf)
+    init_from_hf(dir, trainer.model());
+  else
+    trainer.load_weights(dir);
   log::info("eval of {} (step {}) on {}; {} batches of {} sequences per length", dir,
             trainer.step(), mesh.describe(), s.cfg.eval.batches, s.cfg.train.batch_size);
+  int below = 0;
   for (int64_t len : s.cfg.eval_seq_lens()) {
     const EvalResult e = trainer.evaluate(len, s.cfg.eval.batches);
     log::info(
         "seq_len {}: val_loss {:.4f}  answer token accuracy {:.4f} ({} tokens)  exact answer "
-        "accuracy {:.4f} ({} samples)",
-        e.seq_len, e.loss, e.token_accuracy, e.answer_tokens, e.exact_accuracy, e.answer_samples);
+        "accuracy {:.4f} ({} answers)",
+        e.seq_len, e.loss, e.token_accuracy, e.answer_tokens, e.exact_accuracy, e.answers);
+    if (a.min_accuracy >= 0 && !(e.answers > 0 && e.exact_accuracy >= a.min_accuracy)) {
+      log::warn("seq_len {}: exact answer accuracy {:.4f} over {} answers is below "
+                "--min-accuracy {}",
+                e.seq_len, e.exact_accuracy, e.answers, a.min_accuracy);
+      ++below;
+    }
   }
-  return 0;
+  // Every rank computed the same evaluation, so every rank exits with the same status.
+  return below > 0 ? 3 : 0;
 }
 
 }  // namespace
@@ -139,6 +175,9 @@ void add_train_command(CLI::App& parent, Action& run) {
       ->allow_extra_args(false);
   cmd->add_flag("--resume", args->resume,
                 "Continue from the newest complete checkpoint in <run_dir>/checkpoints");
+  cmd->add_option("--init-from", args->init_from,
+                  "Start from a Hugging Face LLaMA directory (config.json + safetensors); its "
+                  "config sets the model shape");
   cmd->callback([args, &run] { run = [args] { return run_train(*args); }; });
 }
 
@@ -151,6 +190,12 @@ void add_eval_command(CLI::App& parent, Action& run) {
   cmd->add_option("--checkpoint", args->checkpoint,
                   "Checkpoint directory (default: the newest complete one in run_dir)");
   cmd->add_option("--seq-lens", args->seq_lens, "Context lengths, e.g. 2048,4096")->delimiter(',');
+  cmd->add_option("--min-accuracy", args->min_accuracy,
+                  "Exit with status 3 if the exact answer accuracy at any length is below this "
+                  "(0 to 1): a pass/fail check for scripts")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--init-from", args->init_from,
+                  "Evaluate a Hugging Face LLaMA directory instead of a checkpoint");
   cmd->callback([args, &run] { run = [args] { return run_eval(*args); }; });
 }
 

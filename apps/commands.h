@@ -15,7 +15,12 @@ void add_bench_command(CLI::App& parent, Action& run);
 void add_config_command(CLI::App& parent, Action& run);
 void add_train_command(CLI::App& parent, Action& run);
 void add_eval_command(CLI::App& parent, Action& run);
+void add_forward_command(CLI::App& parent, Action& run);
+void add_export_command(CLI::App& parent, Action& run);
 // Subcommands of `bench`.
 void add_bench_attention_command(CLI::App& bench, Action& run);
+void add_bench_train_command(CLI::App& bench, Action& run);
+void add_bench_throughput_command(CLI::App& bench, Action& run);
+void add_bench_max_context_command(CLI::App& bench, Action& run);
 
 }  // namespace ringattn::apps

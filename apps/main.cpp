@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "apps/commands.h"
+#include "comm/launch_check.h"
 #include "comm/mpi_env.h"
 #include "core/backend.h"
 #include "core/error.h"
@@ -39,6 +40,8 @@ int main(int argc, char** argv) {
   apps::add_config_command(app, run);
   apps::add_train_command(app, run);
   apps::add_eval_command(app, run);
+  apps::add_forward_command(app, run);
+  apps::add_export_command(app, run);
 
   try {
     app.parse(argc, argv);
@@ -62,6 +65,8 @@ int main(int argc, char** argv) {
       if (MpiEnv::world_rank() == 0) std::fputs(app.help().c_str(), stdout);
       return 0;
     }
+    // Before any work: N singletons from a launcher/MPI mismatch must not each train alone.
+    check_launch_size(MpiEnv::world_size());
     code = run();
   } catch (const Error& e) {
     log::rank_error("{}", e.describe());

@@ -12,11 +12,13 @@
 #include <cstring>
 #include <exception>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "comm/mesh.h"
 #include "comm/mpi_check.h"
+#include "comm/watchdog.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -71,6 +73,31 @@ bool thread_multiple_granted() {
   return provided >= MPI_THREAD_MULTIPLE;
 }
 
+// World ranks of ranks `ranks` of `comm`, for the watchdog's messages (-1: not in the world).
+std::vector<int> world_ranks_of(MPI_Comm comm, std::vector<int> ranks) {
+  std::vector<int> out(ranks.size(), MPI_UNDEFINED);
+  MPI_Group g = MPI_GROUP_NULL, w = MPI_GROUP_NULL;
+  if (MPI_Comm_group(comm, &g) == MPI_SUCCESS && MPI_Comm_group(MPI_COMM_WORLD, &w) == MPI_SUCCESS)
+    MPI_Group_translate_ranks(g, int(ranks.size()), ranks.data(), w, out.data());
+  if (g != MPI_GROUP_NULL) MPI_Group_free(&g);
+  if (w != MPI_GROUP_NULL) MPI_Group_free(&w);
+  for (int& r : out) r = r == MPI_UNDEFINED ? -1 : r;
+  return out;
+}
+
+// "4-rank group, world ranks 0-3" or "... world ranks 0,2,4": which ranks a hung collective
+// waits for.
+std::string group_text(MPI_Comm comm, int size) {
+  std::vector<int> all(static_cast<size_t>(size));
+  for (int i = 0; i < size; ++i) all[size_t(i)] = i;
+  const std::vector<int> r = world_ranks_of(comm, all);
+  bool contiguous = true;
+  for (int i = 1; i < size; ++i) contiguous = contiguous && r[size_t(i)] == r[0] + i;
+  if (contiguous && size > 1)
+    return fmt::format("{}-rank group, world ranks {}-{}", size, r[0], r.back());
+  return fmt::format("{}-rank group, world ranks {}", size, fmt::join(r, ","));
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -90,6 +117,7 @@ class MpiRing final : public RingExchange {
     MPI_CHECK(MPI_Comm_size(comm_, &size_));
     next_ = (rank_ + 1) % size_;
     prev_ = (rank_ + size_ - 1) % size_;
+    prev_world_ = world_ranks_of(comm_, {prev_})[0];
     threaded_ = size_ > 1 && opt.progress_thread && thread_multiple_granted();
     if (threaded_) worker_ = std::thread([this] { worker_loop(); });
   }
@@ -154,6 +182,9 @@ class MpiRing final : public RingExchange {
     in_flight_ = false;
     if (trivial_) return;
     const auto t0 = std::chrono::steady_clock::now();
+    // The receive from prev() is what blocks when that rank is gone (sends are buffered).
+    const WatchdogScope watch("ring KV exchange wait (receive from the previous rank)",
+                              prev_world_);
     std::exception_ptr err;
     if (threaded_) {
       std::unique_lock<std::mutex> lock(mu_);
@@ -226,6 +257,7 @@ class MpiRing final : public RingExchange {
 
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1;
+  int prev_world_ = -1;  // world rank of prev(), for the watchdog
   size_t chunk_;
   bool threaded_ = false;
   bool in_flight_ = false;  // start() called, wait() not yet
@@ -254,6 +286,7 @@ class MpiCommunicator final : public Communicator {
     opt_.max_chunk_bytes = std::min<size_t>(opt_.max_chunk_bytes, INT_MAX);
     MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
     MPI_CHECK(MPI_Comm_size(comm_, &size_));
+    group_ = group_text(comm_, size_);
   }
 
   int rank() const override { return rank_; }
@@ -263,6 +296,7 @@ class MpiCommunicator final : public Communicator {
 
   void all_reduce(void* buf, size_t count, DType dtype, ReduceOp op) override {
     if (count == 0) return;
+    const WatchdogScope watch("all_reduce", -1, group_.c_str());
     const MPI_Op mop = mpi_op(op);
     char* p = static_cast<char*>(buf);
     const size_t es = dtype_size(dtype);
@@ -289,6 +323,7 @@ class MpiCommunicator final : public Communicator {
   void all_gather(const void* send, void* recv, size_t count, DType dtype) override {
     const size_t nb = count * dtype_size(dtype);
     if (nb == 0) return;
+    const WatchdogScope watch("all_gather", -1, group_.c_str());
     char* out = static_cast<char*>(recv);
     const char* in = static_cast<const char*>(send);
     const bool in_place = in == out + size_t(rank_) * nb;
@@ -314,6 +349,7 @@ class MpiCommunicator final : public Communicator {
   void reduce_scatter(const void* send, void* recv, size_t count, DType dtype,
                       ReduceOp op) override {
     if (count == 0) return;
+    const WatchdogScope watch("reduce_scatter", -1, group_.c_str());
     const MPI_Op mop = mpi_op(op);
     const MPI_Datatype t = reduce_type(dtype);
     const size_t es = dtype_size(dtype);
@@ -351,6 +387,7 @@ class MpiCommunicator final : public Communicator {
     RA_CHECK(root >= 0 && root < size_, "broadcast: root {} is not a rank of this {}-rank group",
              root, size_);
     const size_t nb = count * dtype_size(dtype);
+    const WatchdogScope watch("broadcast", -1, group_.c_str());
     char* p = static_cast<char*>(buf);
     for (size_t off = 0; off < nb; off += opt_.max_chunk_bytes) {
       const size_t n = std::min(opt_.max_chunk_bytes, nb - off);
@@ -358,7 +395,10 @@ class MpiCommunicator final : public Communicator {
     }
   }
 
-  void barrier() override { MPI_CHECK(MPI_Barrier(comm_)); }
+  void barrier() override {
+    const WatchdogScope watch("barrier", -1, group_.c_str());
+    MPI_CHECK(MPI_Barrier(comm_));
+  }
 
   std::unique_ptr<RingExchange> make_ring() override {
     return std::make_unique<MpiRing>(comm_, opt_);
@@ -372,6 +412,7 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm comm_;
   MpiCommOptions opt_;
   int rank_ = 0, size_ = 1;
+  std::string group_;  // names the ranks in the watchdog's messages
 };
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -12,6 +13,12 @@
 #include <utility>
 #include <vector>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <csignal>
+
+#include "core/debug_faults.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/safetensors.h"
@@ -56,16 +63,56 @@ std::vector<std::pair<int64_t, fs::path>> complete_checkpoints(const std::string
   return out;
 }
 
+// fsync of a file or directory: the rename that publishes a checkpoint must not reach the disk
+// before the files it publishes (a power loss would leave a "complete" checkpoint of holes).
+void sync_path(const fs::path& path, bool directory) {
+  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  RA_CHECK(fd >= 0, "cannot open '{}' to sync it: {}", path.string(), std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  RA_CHECK(rc == 0, "fsync of '{}' failed: {}", path.string(), std::strerror(err));
+}
+
 void write_text(const fs::path& path, const std::string& text) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  RA_CHECK(f.good(), "cannot write '{}'", path.string());
-  f << text;
-  f.flush();
-  RA_CHECK(f.good(), "error writing '{}'", path.string());
+  {
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    RA_CHECK(f.good(), "cannot write '{}'", path.string());
+    f << text;
+    f.flush();
+    RA_CHECK(f.good(), "error writing '{}'", path.string());
+  }
+  sync_path(path, false);
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// COMPLETE holds the checksum of state.json ("state.json fnv1a64 <hex>"), so that the one file
+// the others' checksums live in is covered too. An empty COMPLETE (older checkpoints) is
+// accepted without that check.
+std::string complete_text(const fs::path& state_path) {
+  return fmt::format("{} fnv1a64 {}\n", kStateFile, file_checksum(state_path.string()));
 }
 
 nlohmann::json read_state(const std::string& dir) {
+  RA_CHECK(fs::is_directory(dir), "checkpoint '{}' does not exist (or is not a directory)", dir);
+  const fs::path complete = fs::path(dir) / kCompleteFile;
+  RA_CHECK(fs::exists(complete),
+           "checkpoint '{}' is incomplete: it has no {} marker (its save was interrupted); use "
+           "an earlier checkpoint",
+           dir, kCompleteFile);
   const fs::path p = fs::path(dir) / kStateFile;
+  RA_CHECK(fs::exists(p), "checkpoint file '{}' is missing", p.string());
+  const std::string marker = read_text(complete);
+  if (!marker.empty())
+    RA_CHECK(marker == complete_text(p),
+             "checkpoint file '{}' is corrupted: its checksum does not match the one in {}",
+             p.string(), complete.string());
   std::ifstream f(p);
   RA_CHECK(f.good(), "checkpoint '{}': cannot read {}", dir, p.string());
   try {
@@ -75,29 +122,46 @@ nlohmann::json read_state(const std::string& dir) {
   }
 }
 
-CheckpointState state_from_json(const nlohmann::json& j) {
-  CheckpointState s;
-  s.step = j.at("step").get<int64_t>();
-  s.updates = j.at("updates").get<int64_t>();
-  s.skipped = j.at("skipped").get<int64_t>();
-  s.seed = j.at("seed").get<uint64_t>();
-  s.train_steps = j.value("train_steps", int64_t(0));
-  s.warmup_steps = j.value("warmup_steps", int64_t(0));
-  return s;
+CheckpointState state_from_json(const nlohmann::json& j, const std::string& dir) {
+  try {
+    CheckpointState s;
+    s.step = j.at("step").get<int64_t>();
+    s.updates = j.at("updates").get<int64_t>();
+    s.skipped = j.at("skipped").get<int64_t>();
+    s.seed = j.at("seed").get<uint64_t>();
+    s.train_steps = j.value("train_steps", int64_t(0));
+    s.warmup_steps = j.value("warmup_steps", int64_t(0));
+    return s;
+  } catch (const nlohmann::json::exception& e) {
+    RA_FAIL("checkpoint file '{}' lacks a field or has one of the wrong type: {}",
+            (fs::path(dir) / kStateFile).string(), e.what());
+  }
 }
 
 // The checksum recorded for `file` must match the file on disk: a truncated or altered file is
 // reported by name before its contents are trusted.
 void verify_file(const std::string& dir, const nlohmann::json& state, const std::string& file) {
   const std::string path = (fs::path(dir) / file).string();
-  const auto& files = state.at("files");
-  RA_CHECK(files.contains(file), "checkpoint '{}': state.json lists no file '{}'", dir, file);
-  const std::string want = files.at(file).at("fnv1a64").get<std::string>();
+  RA_CHECK(state.contains("files") && state.at("files").contains(file),
+           "checkpoint '{}': state.json lists no file '{}'", dir, file);
+  RA_CHECK(fs::exists(path), "checkpoint file '{}' is missing", path);
+  const auto& entry = state.at("files").at(file);
+  RA_CHECK(entry.contains("fnv1a64") && entry.at("fnv1a64").is_string(),
+           "checkpoint '{}': state.json has no checksum for '{}'", dir, file);
+  const std::string want = entry.at("fnv1a64").get<std::string>();
+  if (entry.contains("bytes") && entry.at("bytes").is_number_unsigned()) {
+    const uint64_t bytes = entry.at("bytes").get<uint64_t>();
+    const uint64_t size = fs::file_size(path);
+    RA_CHECK(size == bytes,
+             "checkpoint file '{}' is truncated or damaged: {} bytes, state.json says {} (remove "
+             "the checkpoint directory to resume from an earlier one)",
+             path, size, bytes);
+  }
   const std::string got = file_checksum(path);
-  RA_CHECK(
-      got == want,
-      "checkpoint file '{}' is corrupted: checksum {} does not match {} recorded in state.json",
-      path, got, want);
+  RA_CHECK(got == want,
+           "checkpoint file '{}' is corrupted: checksum {} does not match {} recorded in "
+           "state.json (remove the checkpoint directory to resume from an earlier one)",
+           path, got, want);
 }
 
 std::string mesh_text(int dp, int fsdp, int sp, int tp) {
@@ -128,7 +192,15 @@ std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& mod
   const fs::path final_dir = fs::path(checkpoints_dir) / fmt::format("step_{}", state.step);
   const fs::path tmp = fs::path(checkpoints_dir) / fmt::format("step_{}.tmp", state.step);
   if (root) {
-    fs::remove_all(tmp);
+    // Leftovers of saves that were interrupted (never loaded: they lack the step_<N> name).
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(checkpoints_dir, ec)) {
+      const std::string name = e.path().filename().string();
+      if (name.rfind("step_", 0) == 0 && e.path().extension() == ".tmp" && e.is_directory()) {
+        log::warn("removing '{}', left by an interrupted checkpoint save", e.path().string());
+        fs::remove_all(e.path());
+      }
+    }
     fs::create_directories(tmp);
   }
   world.barrier();
@@ -143,6 +215,13 @@ std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& mod
         for (auto& p : part) named.push_back(std::move(p));
     }
     if (root) save_safetensors((tmp / kModelFile).string(), named, {{"format", "pt"}});
+  }
+  // Test-only fault (core/debug_faults.h): the writer dies in the middle of the save.
+  if (root && state.step == debug_fault("checkpoint_crash_step")) {
+    log::rank_error("RINGATTN_DEBUG_FAULTS: killing rank 0 while it saves the checkpoint of "
+                    "step {}", state.step);
+    spdlog::default_logger()->flush();
+    std::raise(SIGKILL);
   }
 
   // This rank's shards, padding included, so loading is a plain copy back.
@@ -182,9 +261,12 @@ std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& mod
     }
     j["files"] = fj;
     write_text(tmp / kStateFile, j.dump(2) + "\n");
-    write_text(tmp / kCompleteFile, "");
+    // The marker last, and the directory synced, before the rename publishes it.
+    write_text(tmp / kCompleteFile, complete_text(tmp / kStateFile));
+    sync_path(tmp, true);
     fs::remove_all(final_dir);  // a checkpoint of the same step from an earlier attempt
     fs::rename(tmp, final_dir);
+    sync_path(checkpoints_dir, true);
     if (keep_last > 0) {
       auto all = complete_checkpoints(checkpoints_dir);
       for (size_t i = 0; i + size_t(keep_last) < all.size(); ++i) fs::remove_all(all[i].second);
@@ -202,9 +284,17 @@ std::optional<std::string> find_latest_checkpoint(const std::string& checkpoints
 
 CheckpointState load_checkpoint(const std::string& dir, Transformer& model, Mesh& mesh) {
   const nlohmann::json j = read_state(dir);
-  const int world = j.at("world_size").get<int>();
-  const auto& jm = j.at("mesh");
-  const std::string saved = mesh_text(jm.at("dp"), jm.at("fsdp"), jm.at("sp"), jm.at("tp"));
+  int world = 0;
+  std::string saved;
+  try {
+    world = j.at("world_size").get<int>();
+    const auto& jm = j.at("mesh");
+    saved = mesh_text(jm.at("dp").get<int>(), jm.at("fsdp").get<int>(), jm.at("sp").get<int>(),
+                      jm.at("tp").get<int>());
+  } catch (const nlohmann::json::exception& e) {
+    RA_FAIL("checkpoint file '{}' has no valid world_size and mesh: {}",
+            (fs::path(dir) / kStateFile).string(), e.what());
+  }
   const MeshShape& m = mesh.shape();
   const std::string now = mesh_text(m.dp, m.fsdp, m.sp, m.tp);
   RA_CHECK(world == mesh.world_size() && saved == now,
@@ -248,7 +338,7 @@ CheckpointState load_checkpoint(const std::string& dir, Transformer& model, Mesh
   for (int r = 0; r < n; ++r)
     RA_CHECK(!failed[size_t(r)], "checkpoint file '{}' could not be loaded (rank {} says why)",
              (fs::path(dir) / optim_file(r)).string(), r);
-  return state_from_json(j);
+  return state_from_json(j, dir);
 }
 
 CheckpointState load_checkpoint_weights(const std::string& dir, Transformer& model) {
@@ -269,7 +359,7 @@ CheckpointState load_checkpoint_weights(const std::string& dir, Transformer& mod
     }
     model.load_unit(u, full.data(), layout.numel());
   }
-  return state_from_json(j);
+  return state_from_json(j, dir);
 }
 
 }  // namespace ringattn

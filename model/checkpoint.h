@@ -9,10 +9,13 @@
 //                            mesh, world size, the resolved config, and per file its size and
 //                            FNV-1a 64 checksum
 //   COMPLETE                 written last (after state.json), so its presence means every file
-//                            above is whole
-// Everything is written into step_<N>.tmp and the directory is renamed at the end, so a crash
-// leaves either no step_<N> or a complete one; a step_<N> without COMPLETE (e.g. copied by
-// hand) is ignored by find_latest_checkpoint.
+//                            above is whole; holds "state.json fnv1a64 <hex>", the checksum of
+//                            state.json (an empty marker, from older versions, is accepted)
+// Everything is written into step_<N>.tmp, files and directory are fsynced, and the directory is
+// renamed at the end, so a crash leaves either no step_<N> or a complete one; a step_<N>
+// without COMPLETE (e.g. copied by hand) is ignored by find_latest_checkpoint, and loading it
+// says it is incomplete. Leftover step_<N>.tmp directories are removed by the next save. At load
+// every file is checked against its size and checksum before use; a mismatch names the file.
 //
 // Resume reads each rank's own optim file (the master weights of its shard, not the gathered
 // model file), so resumed parameters are bitwise the ones saved.

@@ -7,6 +7,7 @@
 
 #include "core/allocator.h"
 #include "core/error.h"
+#include "model/data/data_source.h"
 
 namespace ringattn {
 
@@ -131,6 +132,10 @@ ConfigSchema make_schema() {
   s.add_int("train.warmup_steps", t.warmup_steps,
             "Linear learning-rate warm-up, then cosine decay to `optim.min_lr`.")
       .at_least(0);
+  s.add_int("train.log_every", t.log_every,
+            "Log a progress line (percent done, loss, throughput, elapsed time and ETA) every N "
+            "steps; eval steps, skipped steps and the last step are always logged.")
+      .at_least(1);
   s.add_float("train.grad_clip", t.grad_clip, "Clip the global gradient norm to this; 0: off.")
       .at_least(0);
 
@@ -160,6 +165,29 @@ ConfigSchema make_schema() {
   s.add_int("data.retrieval.value_digits", data.retrieval.value_digits, "Digits of each value.")
       .at_least(1)
       .at_most(18);
+  s.add_int("data.retrieval.key_vocab", data.retrieval.key_vocab,
+            "0: keys are `key_digits` decimal digits; N > 0: each key is one token out of N key "
+            "tokens (needs model.vocab_size >= 17 + N and N >= records per sample). One-token "
+            "keys are much faster to learn.")
+      .at_least(0)
+      .at_most(int64_t(1) << 24);
+  s.add_int("data.retrieval.value_vocab", data.retrieval.value_vocab,
+            "0: values are `value_digits` decimal digits; N > 0: each value (so each answer) is one "
+            "token out of N value tokens (needs model.vocab_size >= 17 + key_vocab + N).")
+      .at_least(0)
+      .at_most(int64_t(1) << 24);
+  s.add_bool("data.retrieval.loss_on_all_tokens", data.retrieval.loss_on_all_tokens,
+             "false: the loss counts only the answer tokens (the task); true: every predictable "
+             "token too (record structure, keys after markers), which gives the model more signal "
+             "to learn the format. Accuracy is always measured on the answers.");
+  s.add_bool("data.retrieval.answer_marker", data.retrieval.answer_marker,
+             "true: a question reads `question <key> answer <value>`; false: `question <key> "
+             "<value>`, the value right after its key (one lookup step less to learn).");
+  s.add_int("data.retrieval.questions", data.retrieval.questions,
+            "Questions at the end of each sample, each about a different record (each answer is "
+            "scored whole by eval). More questions give more training signal per token.")
+      .at_least(1)
+      .at_most(kMaxAnswers);
 
   s.add_int("checkpoint.every", d.checkpoint.every, "Save a checkpoint every N steps; 0: never.")
       .at_least(0);
@@ -349,6 +377,7 @@ TrainConfig to_train_config(const JsonConfig& json) {
   c.train.micro_batches = r.i("train.micro_batches");
   c.train.warmup_steps = r.i("train.warmup_steps");
   c.train.grad_clip = r.f("train.grad_clip");
+  c.train.log_every = r.i("train.log_every");
 
   c.optim.lr = r.f("optim.lr");
   c.optim.min_lr = r.f("optim.min_lr");
@@ -363,6 +392,11 @@ TrainConfig to_train_config(const JsonConfig& json) {
   c.data.retrieval.num_records = r.i("data.retrieval.num_records");
   c.data.retrieval.key_digits = r.i("data.retrieval.key_digits");
   c.data.retrieval.value_digits = r.i("data.retrieval.value_digits");
+  c.data.retrieval.questions = r.i("data.retrieval.questions");
+  c.data.retrieval.key_vocab = r.i("data.retrieval.key_vocab");
+  c.data.retrieval.value_vocab = r.i("data.retrieval.value_vocab");
+  c.data.retrieval.loss_on_all_tokens = r.b("data.retrieval.loss_on_all_tokens");
+  c.data.retrieval.answer_marker = r.b("data.retrieval.answer_marker");
 
   c.checkpoint.every = r.i("checkpoint.every");
   c.checkpoint.keep_last = r.i("checkpoint.keep_last");
@@ -448,12 +482,20 @@ MeshShape validate(const TrainConfig& cfg, int world_size) {
   if (d.source == DataSource::Tokens)
     RA_CHECK(!d.token_file.empty(), "data.source = tokens needs data.token_file");
   if (d.source == DataSource::Retrieval && d.retrieval.num_records > 0) {
-    int64_t keys = 1;  // 10^key_digits, saturating (key_digits <= 18 keeps it in range)
+    int64_t keys = 1;  // 10^key_digits (key_digits <= 18 keeps it in range), or key_vocab
     for (int64_t i = 0; i < d.retrieval.key_digits; ++i) keys *= 10;
+    if (d.retrieval.key_vocab > 0) keys = d.retrieval.key_vocab;
     RA_CHECK(d.retrieval.num_records <= keys,
-             "data.retrieval.num_records = {} needs distinct keys, but "
-             "data.retrieval.key_digits = {} gives only {}",
-             d.retrieval.num_records, d.retrieval.key_digits, keys);
+             "data.retrieval.num_records = {} needs distinct keys, but {} gives only {}",
+             d.retrieval.num_records,
+             d.retrieval.key_vocab > 0
+                 ? fmt::format("data.retrieval.key_vocab = {}", d.retrieval.key_vocab)
+                 : fmt::format("data.retrieval.key_digits = {}", d.retrieval.key_digits),
+             keys);
+    RA_CHECK(d.retrieval.num_records >= d.retrieval.questions,
+             "data.retrieval.questions = {} ask different records, so data.retrieval.num_records "
+             "must be at least {}, got {}",
+             d.retrieval.questions, d.retrieval.questions, d.retrieval.num_records);
   }
   return mesh;
 }

@@ -70,6 +70,7 @@ struct TrainLoopConfig {
   int64_t micro_batches = 1;
   int64_t warmup_steps = 100;
   double grad_clip = 1.0;  // global gradient norm; 0: no clipping
+  int64_t log_every = 1;   // a progress line every N steps (and on eval, skipped and last steps)
   bool operator==(const TrainLoopConfig&) const = default;
 };
 
@@ -83,6 +84,11 @@ struct OptimConfig {
 struct RetrievalConfig {
   int64_t num_records = 0;  // 0: as many as fit in the sequence
   int64_t key_digits = 4, value_digits = 4;
+  int64_t key_vocab = 0;    // > 0: one-token keys out of this many key tokens
+  int64_t value_vocab = 0;  // > 0: one-token values out of this many value tokens
+  bool loss_on_all_tokens = false;  // false: the loss counts only the answers
+  bool answer_marker = true;        // false: questions are QUESTION key value
+  int64_t questions = 1;  // per sample, each about a different record
   bool operator==(const RetrievalConfig&) const = default;
 };
 

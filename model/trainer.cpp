@@ -9,14 +9,19 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/allocator.h"
 #include "core/backend.h"
+#include "core/debug_faults.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "model/data/make_source.h"
+#include "model/progress.h"
+#include "model/stop_signal.h"
 
 namespace ringattn {
 
@@ -52,7 +57,21 @@ Trainer::Trainer(const TrainConfig& cfg, Mesh& mesh, TrainerOptions options)
   source_ = make_batch_source(cfg_);
   source_->check_seq_len(cfg_.train.seq_len);
   for (int64_t s : cfg_.eval_seq_lens()) source_->check_seq_len(s);
-  model_ = std::make_unique<Transformer>(cfg_, mesh_, cpu_backend());
+  try {
+    model_ = std::make_unique<Transformer>(cfg_, mesh_,
+                                           opt_.backend ? *opt_.backend : cpu_backend());
+  } catch (const Error& e) {
+    if (cfg_.memory_limit_gb <= 0) throw;
+    RA_FAIL("the model does not fit memory_limit_gb = {} GiB per rank: building it failed: {}",
+            cfg_.memory_limit_gb, e.what());
+  }
+  // A model that cannot fit is said before the first step, with the estimate behind the verdict.
+  const size_t limit = cfg_.memory_limit_bytes();
+  RA_CHECK(limit == 0 || memory_estimate_bytes() <= limit,
+           "the model does not fit memory_limit_gb = {} GiB per rank: {}. Lower train.batch_size "
+           "or train.seq_len, set model.checkpointing = layer, use more ranks (mesh.fsdp, "
+           "mesh.sp), or raise memory_limit_gb",
+           cfg_.memory_limit_gb, memory_plan());
   state_.seed = cfg_.seed;
   state_.train_steps = cfg_.train.steps;
   state_.warmup_steps = cfg_.train.warmup_steps;
@@ -71,7 +90,7 @@ double Trainer::flops_per_token() const {
          6.0 * d.layers * double(d.heads) * d.head_dim * double(cfg_.train.seq_len);
 }
 
-std::string Trainer::memory_plan() const {
+size_t Trainer::memory_estimate_bytes(std::string* plan) const {
   int64_t full = 0, shard = 0, largest = 0;
   for (const ModelUnit& u : model_->units()) {
     full += u.layout.numel();
@@ -89,14 +108,22 @@ std::string Trainer::memory_plan() const {
       double(rows) * double(d.hidden) * 4.0 *
       (per_layer * d.layers + (cfg_.model.checkpointing == Checkpointing::Layer ? 8.0 : 0.0));
   const size_t b = sizeof(float);
-  return fmt::format(
+  const size_t total = 4 * size_t(shard) * b + 2 * size_t(largest) * b + size_t(act);
+  if (plan == nullptr) return total;
+  *plan = fmt::format(
       "memory plan per rank: parameters (full model) {}; parameter + gradient shards {}; AdamW "
       "state {}; gathered units in flight (2 x largest) {}; activations (estimate) {}; total "
       "about {}",
       format_bytes(size_t(full) * b), format_bytes(2 * size_t(shard) * b),
       format_bytes(2 * size_t(shard) * b), format_bytes(2 * size_t(largest) * b),
-      format_bytes(size_t(act)),
-      format_bytes(4 * size_t(shard) * b + 2 * size_t(largest) * b + size_t(act)));
+      format_bytes(size_t(act)), format_bytes(total));
+  return total;
+}
+
+std::string Trainer::memory_plan() const {
+  std::string plan;
+  memory_estimate_bytes(&plan);
+  return plan;
 }
 
 StepMetrics Trainer::train_step() {
@@ -105,6 +132,8 @@ StepMetrics Trainer::train_step() {
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t data_step = state_.step;
   const int micro = int(cfg_.train.micro_batches);
+  if (const int64_t ms = debug_fault("step_sleep_ms"); ms > 0)  // test-only: slow steps
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
 
   std::vector<Batch> batches;
   batches.reserve(size_t(micro));
@@ -116,7 +145,11 @@ StepMetrics Trainer::train_step() {
   }
   const double w = sum_over(mesh_.world(), w_local);
   RA_CHECK(w > 0, "step {}: the batch has no token that carries loss", data_step + 1);
-  const float scale = float(1.0 / w);
+  float scale = float(1.0 / w);
+  // Test-only fault (core/debug_faults.h): a NaN gradient on one rank at a chosen step.
+  if (data_step + 1 == debug_fault("nan_grad_step") &&
+      mesh_.world_rank() == debug_fault("nan_grad_rank", 0))
+    scale = std::numeric_limits<float>::quiet_NaN();
 
   StepStats stats;
   for (Batch& b : batches) {
@@ -157,7 +190,7 @@ StepMetrics Trainer::train_step() {
 EvalResult Trainer::evaluate(int64_t seq_len, int64_t batches) {
   source_->check_seq_len(seq_len);
   StepStats stats;
-  int64_t exact = 0, samples = 0;
+  int64_t exact = 0, answers = 0;
   Communicator& sp = mesh_.axis(Axis::SP);
   for (int64_t step = 0; step < batches; ++step)
     for (int m = 0; m < int(cfg_.train.micro_batches); ++m) {
@@ -165,30 +198,27 @@ EvalResult Trainer::evaluate(int64_t seq_len, int64_t batches) {
           source_->get(make_batch_request(cfg_, mesh_, step, m, seq_len, Split::Validation));
       AnswerTally tally;
       stats += model_->forward_only(b, &tally);
-      // A sample's answer tokens may sit on several sp ranks: sum its counts over the ring
-      // before deciding whether the whole answer is right.
-      const size_t rows = tally.total.size();
-      if (rows > 0 && sp.size() > 1) {
-        sp.all_reduce(tally.correct.data(), rows, DType::I64, ReduceOp::Sum);
-        sp.all_reduce(tally.total.data(), rows, DType::I64, ReduceOp::Sum);
+      // An answer's tokens may sit on several sp ranks: sum its counts over the ring before
+      // deciding whether the whole answer is right.
+      if (!tally.total.empty() && sp.size() > 1) {
+        sp.all_reduce(tally.correct.data(), tally.correct.size(), DType::I64, ReduceOp::Sum);
+        sp.all_reduce(tally.total.data(), tally.total.size(), DType::I64, ReduceOp::Sum);
       }
       // Every sp rank now holds the same sums; count them once (sp rank 0).
-      if (sp.rank() == 0)
-        for (size_t i = 0; i < rows; ++i)
-          if (tally.total[i] > 0) {
-            ++samples;
-            exact += tally.correct[i] == tally.total[i] ? 1 : 0;
-          }
+      if (sp.rank() == 0) {
+        answers += tally.answers();
+        exact += tally.exact();
+      }
     }
   stats.all_reduce(mesh_.world());
-  int64_t counts[2] = {exact, samples};
+  int64_t counts[2] = {exact, answers};
   mesh_.world().all_reduce(counts, 2, DType::I64, ReduceOp::Sum);
   EvalResult e;
   e.seq_len = seq_len;
   e.loss = stats.mean_loss();
   e.answer_tokens = stats.answer_tokens;
   e.token_accuracy = stats.answer_accuracy();
-  e.answer_samples = counts[1];
+  e.answers = counts[1];
   e.exact_accuracy = counts[1] > 0 ? double(counts[0]) / double(counts[1]) : 0.0;
   return e;
 }
@@ -206,6 +236,7 @@ void Trainer::write_metrics(const StepMetrics& m, const std::vector<EvalResult>&
   j["seconds"] = m.seconds;
   if (m.has_answers) j["answer_accuracy"] = m.answer_accuracy;
   if (!m.finite) j["skipped"] = true;
+  j["skipped_steps"] = state_.skipped;  // non-finite steps skipped so far (on_nonfinite = skip)
   if (!evals.empty()) {
     // The first eval length is the headline; every length is listed too.
     j["val_loss"] = evals[0].loss;
@@ -247,27 +278,47 @@ void Trainer::run(int64_t last) {
     std::ofstream out(p, std::ios::trunc);
     for (const std::string& line : keep) out << line << "\n";
   }
+  Progress progress(state_.step, last);
   while (state_.step < last) {
     const StepMetrics m = train_step();
     std::vector<EvalResult> evals;
     if (cfg_.eval.every > 0 && (m.step % cfg_.eval.every == 0 || m.step == last))
       for (int64_t s : cfg_.eval_seq_lens()) evals.push_back(evaluate(s, cfg_.eval.batches));
-    if (opt_.log_steps) {
+    progress.step_done(m.step);
+    const bool log_this = m.step % cfg_.train.log_every == 0 || m.step == last ||
+                          !evals.empty() || !m.finite || m.step == 1;
+    if (opt_.log_steps && log_this) {
       std::string line = fmt::format(
-          "step {}/{} loss {:.4f} lr {:.3e} grad_norm {:.3f} tokens/s {:.0f} mfu {:.2f}% peak {}",
-          m.step, last, m.loss, m.lr, m.grad_norm, m.tokens_per_s, 100.0 * m.mfu,
-          format_bytes(m.peak_bytes));
+          "{} step {}/{} loss {:.4f} lr {:.3e} grad_norm {:.3f} tokens/s {:.0f} mfu {:.2f}% peak "
+          "{}",
+          progress.percent(m.step), m.step, last, m.loss, m.lr, m.grad_norm, m.tokens_per_s,
+          100.0 * m.mfu, format_bytes(m.peak_bytes));
       if (m.has_answers) line += fmt::format(" answer_acc {:.3f}", m.answer_accuracy);
+      line += fmt::format(" {}", progress.timing(m.step));
       if (!m.finite) line += fmt::format(" SKIPPED (non-finite; {} so far)", state_.skipped);
       log::info("{}", line);
       for (const EvalResult& e : evals)
-        log::info("  eval S={}: val_loss {:.4f} answer token acc {:.3f} exact {:.3f} ({} samples)",
-                  e.seq_len, e.loss, e.token_accuracy, e.exact_accuracy, e.answer_samples);
+        log::info("  eval S={}: val_loss {:.4f} answer token acc {:.3f} exact {:.3f} ({} answers)",
+                  e.seq_len, e.loss, e.token_accuracy, e.exact_accuracy, e.answers);
     }
     write_metrics(m, evals);
     if ((cfg_.checkpoint.every > 0 && m.step % cfg_.checkpoint.every == 0) || m.step == last)
       save();
+    if (m.step < last && stop_agreed()) {
+      if (last_saved_ != state_.step) save();
+      stopped_ = true;
+      log::info("stopping after step {} as asked by a signal; resume with --resume", m.step);
+      break;
+    }
   }
+}
+
+bool Trainer::stop_agreed() {
+  // Test-only fault: a preemption signal that reaches one rank only.
+  if (state_.step == debug_fault("stop_step") && mesh_.world_rank() == debug_fault("stop_rank", 0))
+    request_stop();
+  // Every rank must stop after the same step, whichever ranks the signal reached.
+  return max_over(mesh_.world(), stop_requested() ? 1 : 0) != 0;
 }
 
 std::string Trainer::save() {

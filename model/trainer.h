@@ -47,8 +47,8 @@ struct EvalResult {
   double loss = 0;             // mean over the weighted tokens of every eval batch
   int64_t answer_tokens = 0;   // answer tokens scored
   double token_accuracy = 0;   // answer tokens whose argmax is right
-  int64_t answer_samples = 0;  // samples holding an answer
-  double exact_accuracy = 0;   // samples whose whole answer is right
+  int64_t answers = 0;         // answers scored (a sample may hold several)
+  double exact_accuracy = 0;   // answers whose every token is right
 };
 
 struct TrainerOptions {
@@ -56,6 +56,9 @@ struct TrainerOptions {
   double peak_flops = 0;      // FLOP/s of the whole job for MFU; 0: cfg.peak_tflops, else no MFU
   bool log_steps = true;      // rank 0 logs a line per step
   bool write_metrics = true;  // rank 0 appends to <run_dir>/metrics.jsonl
+  // The backend the model computes with; null: cpu_backend(). Must outlive the trainer (e.g. a
+  // ProfilingBackend wrapping cpu_backend() for `ringattn bench train`).
+  Backend* backend = nullptr;
 };
 
 class Trainer {
@@ -71,7 +74,9 @@ class Trainer {
   // non-finite gradient under on_nonfinite = abort. Collective.
   StepMetrics train_step();
   // Steps until step() == last (train.steps when < 0), evaluating every eval.every steps and
-  // checkpointing every checkpoint.every steps and at the end. Collective.
+  // checkpointing every checkpoint.every steps and at the end. After each step the ranks agree
+  // whether any got a stop signal (model/stop_signal.h); if so they all checkpoint that step
+  // and return early (stopped() is then true). Collective.
   void run(int64_t last = -1);
 
   // Validation loss and answer accuracy at `seq_len` over `batches` global batches of the
@@ -94,6 +99,12 @@ class Trainer {
   int64_t tokens_per_step() const { return cfg_.train.batch_size * cfg_.train.seq_len; }
   // A multi-line plan of bytes per rank: parameters, shards, optimizer state, activations.
   std::string memory_plan() const;
+  // The total of memory_plan() in bytes (its text into *plan when given). The constructor
+  // raises an Error with the plan when it exceeds memory_limit_gb.
+  size_t memory_estimate_bytes(std::string* plan = nullptr) const;
+  // True when run() returned early because a stop signal (SIGTERM, SIGUSR1; see
+  // model/stop_signal.h) reached some rank: the checkpoint of step() was written.
+  bool stopped() const { return stopped_; }
 
  private:
   void write_metrics(const StepMetrics& m, const std::vector<EvalResult>& evals);
@@ -105,6 +116,8 @@ class Trainer {
   std::unique_ptr<BatchSource> source_;
   CheckpointState state_;
   int64_t last_saved_ = -1;
+  bool stopped_ = false;
+  bool stop_agreed();  // collective: did any rank get a stop signal?
   std::vector<StepMetrics> history_;
 };
 

@@ -151,10 +151,7 @@ StepStats Transformer::count_answers(const Batch& batch, const std::vector<uint8
   StepStats s;
   s.token_weight = loss_weight(batch);
   const int64_t B = batch.tokens.dim(0), Sl = batch.tokens.dim(1);
-  if (tally) {
-    tally->correct.assign(size_t(B), 0);
-    tally->total.assign(size_t(B), 0);
-  }
+  if (tally) tally->reset(B);
   if (!batch.answer_mask.defined()) return s;
   const uint8_t* am = batch.answer_mask.data<uint8_t>();
   for (int64_t b = 0; b < B; ++b)
@@ -163,10 +160,7 @@ StepStats Transformer::count_answers(const Batch& batch, const std::vector<uint8
       if (!am[r]) continue;
       ++s.answer_tokens;
       s.answer_correct += correct_rows[r] ? 1 : 0;
-      if (tally) {
-        ++tally->total[size_t(b)];
-        tally->correct[size_t(b)] += correct_rows[r] ? 1 : 0;
-      }
+      if (tally) tally->add(b, int(am[r]), correct_rows[r] != 0);
     }
   return s;
 }
@@ -299,6 +293,32 @@ StepStats Transformer::forward_only(const Batch& batch, AnswerTally* tally) {
   StepStats s = count_answers(batch, correct, tally);
   s.loss_sum = ls.loss_sum;
   return s;
+}
+
+Tensor Transformer::forward_logits(const Batch& batch) {
+  check_batch(batch);
+  const ShardTokens t = shard_tokens(batch);
+  const int64_t n = t.rows();
+  Tensor x = run_forward(batch, t, nullptr, nullptr);
+  ModelUnit& hu = units_[head_unit()];
+  FlatShard& emb = *units_[0].shard;
+  const bool tied = dims_.tie_embeddings;
+  Tensor logits = Tensor::empty({t.batch, t.seq, dims_.vocab}, DType::F32, Device::CPU, "logits");
+  {
+    Tensor hp = hu.shard->gather_full();
+    Tensor ep = tied ? emb.gather_full() : Tensor();
+    const float* norm = hp.data<float>() + hu.layout.find("model.norm.weight").offset;
+    const float* head =
+        tied ? ep.data<float>() : hp.data<float>() + hu.layout.find("lm_head.weight").offset;
+    Tensor inv = Tensor::empty({n}, DType::F32, Device::CPU, "final norm inv_rms");
+    Tensor xn = Tensor::empty({n, dims_.hidden}, DType::F32, Device::CPU, "final norm output");
+    RmsNorm{dims_.hidden, dims_.norm_eps}.forward(be_, norm, x.data<float>(), n, xn.data<float>(),
+                                                  inv.data<float>());
+    Linear{dims_.hidden, dims_.vocab}.forward(be_, head, xn.data<float>(), n, logits.data<float>());
+  }
+  hu.shard->release_full();
+  if (tied) emb.release_full();
+  return logits;
 }
 
 // ---- optimizer ----------------------------------------------------------------------------------

@@ -100,6 +100,8 @@ class Transformer {
   const ModelDims& dims() const { return dims_; }
   int64_t parameter_count() const { return dims_.parameter_count(); }
   Attention& attention() { return *attention_; }
+  // The FSDP group of the units (its wait_times() are the model's communication waits).
+  FsdpGroup& fsdp_group() { return *group_; }
 
   // sum of batch.loss_mask: this rank's share of W (see the header comment).
   static double loss_weight(const Batch& batch);
@@ -111,6 +113,9 @@ class Transformer {
   // Loss and counts only (evaluation); no gradients, nothing kept. `tally`, when not null,
   // receives per-row answer counts (sum it over the sp ring before scoring whole answers).
   StepStats forward_only(const Batch& batch, AnswerTally* tally = nullptr);
+  // Logits [B, Sl, vocab] F32 of this rank's shard (final norm and head on every token, no
+  // loss): what `ringattn forward` writes to compare with other implementations. Nothing kept.
+  Tensor forward_logits(const Batch& batch);
 
   // dp all-reduce (sum, see above) of the shard gradients when dp > 1, global gradient-norm
   // clipping to train.grad_clip, AdamW with lr_at(step) of the configured schedule when the norm

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -135,7 +136,8 @@ void check_reassembly(const BatchSource& src, int64_t seq_len) {
 // A retrieval sample parsed back from its decoded text (independently of the generator).
 struct Parsed {
   std::vector<std::pair<std::string, std::string>> records;  // key, value
-  std::string question_key, answer;
+  std::string question_key, answer;                            // the first question
+  std::vector<std::pair<std::string, std::string>> questions;  // key, answer of each
   size_t padding = 0;
 };
 
@@ -153,10 +155,17 @@ Parsed parse_retrieval(const std::string& text) {
     i = nl + 1;
   }
   REQUIRE(text.compare(i, 9, "question ") == 0);
-  const size_t ans = text.find(" answer ", i);
-  REQUIRE(ans != std::string::npos);
-  p.question_key = text.substr(i + 9, ans - i - 9);
-  p.answer = text.substr(ans + 8);
+  while (i < text.size()) {
+    REQUIRE(text.compare(i, 9, "question ") == 0);
+    const size_t ans = text.find(" answer ", i);
+    REQUIRE(ans != std::string::npos);
+    size_t end = text.find("question ", ans);
+    if (end == std::string::npos) end = text.size();
+    p.questions.emplace_back(text.substr(i + 9, ans - i - 9), text.substr(ans + 8, end - ans - 8));
+    i = end;
+  }
+  p.question_key = p.questions.front().first;
+  p.answer = p.questions.front().second;
   return p;
 }
 
@@ -288,15 +297,24 @@ TEST_CASE("data: retrieval loss mask covers exactly the answer tokens", "[data]"
   // zero digits.
   Tensor pred = full.targets.clone();
   AnswerTally t = tally_answers(full, pred);
-  CHECK(t.total == std::vector<int64_t>{4, 4});
-  CHECK(t.correct == std::vector<int64_t>{4, 4});
+  REQUIRE(t.total.size() == size_t(2 * kMaxAnswers));
+  CHECK(t.total[0] == 4);  // row 0, answer 1
+  CHECK(t.total[kMaxAnswers] == 4);  // row 1, answer 1
+  CHECK(t.correct[0] == 4);
+  CHECK(t.correct[kMaxAnswers] == 4);
+  CHECK(t.answers() == 2);
+  CHECK(t.exact() == 2);
   pred.fill_zero();
   t = tally_answers(full, pred);
+  int64_t all_right = 0;
   for (int64_t b = 0; b < 2; ++b) {
     int64_t zeros = 0;
     for (int64_t p = S - 5; p <= S - 2; ++p) zeros += row(full.targets, b)[p] == 0;
-    CHECK(t.correct[b] == zeros);
+    CHECK(t.correct[size_t(b * kMaxAnswers)] == zeros);
+    all_right += zeros == 4 ? 1 : 0;
   }
+  CHECK(t.answers() == 2);
+  CHECK(t.exact() == all_right);
 
   // loss_on_all_tokens: every position with a real, non-padding target; answers still marked.
   o.loss_on_all_tokens = true;
@@ -313,6 +331,138 @@ TEST_CASE("data: retrieval loss mask covers exactly the answer tokens", "[data]"
     counted += loss[p] > 0;
   }
   CHECK(counted == S - 1 - all.layout(S).padding);
+}
+
+TEST_CASE("data: retrieval with several questions per sample", "[data]") {
+  using namespace retrieval_tokens;
+  RetrievalOptions o;
+  o.questions = 16;
+  RetrievalSource src(o, 11);
+  const int64_t S = 2048;
+  const RetrievalLayout l = src.layout(S);
+  CHECK(l.num_questions == 16);
+  CHECK(l.num_records == (S - 1 - 16 * 8) / 9);  // 213
+  CHECK(1 + l.padding + l.num_records * 9 + 16 * 8 == S);
+  const Batch full = whole(src, request(2, S, 3));
+  for (int64_t b = 0; b < 3; ++b) {
+    const Parsed parsed = parse_retrieval(sample_text(src, full, b));
+    REQUIRE(int64_t(parsed.records.size()) == l.num_records);
+    REQUIRE(parsed.questions.size() == 16);
+    std::set<std::string> asked;
+    for (const auto& [key, answer] : parsed.questions) {
+      asked.insert(key);
+      const auto it = std::find_if(parsed.records.begin(), parsed.records.end(),
+                                   [&](const auto& r) { return r.first == key; });
+      REQUIRE(it != parsed.records.end());
+      CHECK(answer == it->second);  // each answer is the value of the record asked
+    }
+    CHECK(asked.size() == 16);  // distinct records: no answer can be copied from another question
+    // Answer j + 1 marks the 3 slots whose targets are the digits of question j's answer; the loss
+    // counts exactly those.
+    const auto ans = row_u8(full.answer_mask, b);
+    const auto loss = row_f(full.loss_mask, b);
+    const auto tgt = row(full.targets, b);
+    for (int64_t j = 0; j < 16; ++j) {
+      std::string spelled;
+      for (int64_t p = l.first_answer_slot(j); p < l.first_answer_slot(j) + 3; ++p) {
+        CHECK(ans[p] == j + 1);
+        spelled += char('0' + tgt[p]);
+      }
+      CHECK(spelled == parsed.questions[size_t(j)].second);
+    }
+    int64_t marked = 0;
+    for (int64_t p = 0; p < S; ++p) {
+      marked += ans[p] != 0;
+      CHECK(loss[p] == (ans[p] != 0 ? 1.0f : 0.0f));
+    }
+    CHECK(marked == 16 * 3);
+  }
+  // A wrong digit in one answer fails that answer only.
+  Tensor pred = full.targets.clone();
+  pred.data<int32_t>()[l.first_answer_slot(5) + 1] = kPad;
+  const AnswerTally t = tally_answers(full, pred);
+  CHECK(t.answers() == 3 * 16);
+  CHECK(t.exact() == 3 * 16 - 1);
+
+  // More questions than records cannot be asked.
+  RetrievalOptions few = o;
+  few.num_records = 8;
+  CHECK_THROWS_WITH(RetrievalSource(few, 1).layout(S),
+                    Contains("16 questions per sample ask 16 different records"));
+  RetrievalOptions none = o;
+  none.questions = 0;
+  CHECK_THROWS_WITH(RetrievalSource(none, 1), Contains("questions must be in [1, 255]"));
+}
+
+TEST_CASE("data: retrieval with one-token keys and values", "[data]") {
+  using namespace retrieval_tokens;
+  RetrievalOptions o;
+  o.key_vocab = 300;
+  o.value_vocab = 50;
+  o.questions = 4;
+  RetrievalSource src(o, 5);
+  CHECK(src.vocab_size() == 17 + 300 + 50);
+  const int64_t S = 512;
+  const RetrievalLayout l = src.layout(S);
+  CHECK(l.record_len() == 5);    // LINE key COLON value NEWLINE
+  CHECK(l.question_len() == 4);  // QUESTION key ANSWER value
+  CHECK(l.num_records == (S - 1 - 4 * 4) / 5);
+  const Batch full = whole(src, request(0, S, 2));
+  for (int64_t b = 0; b < 2; ++b) {
+    const auto tok = row(full.tokens, b);
+    for (int32_t t : tok) CHECK((t >= 0 && t < src.vocab_size()));
+    const Parsed parsed = parse_retrieval(sample_text(src, full, b));
+    REQUIRE(int64_t(parsed.records.size()) == l.num_records);
+    std::set<std::string> keys;
+    for (const auto& [key, value] : parsed.records) {
+      keys.insert(key);
+      CHECK(key.front() == '#');
+      CHECK(value.front() == '$');
+    }
+    CHECK(int64_t(keys.size()) == l.num_records);  // distinct one-token keys
+    REQUIRE(parsed.questions.size() == 4);
+    for (const auto& [key, answer] : parsed.questions) {
+      const auto it = std::find_if(parsed.records.begin(), parsed.records.end(),
+                                   [&](const auto& r) { return r.first == key; });
+      REQUIRE(it != parsed.records.end());
+      CHECK(answer == it->second);
+    }
+    // One answer slot per question: the ANSWER marker, whose target is the value token.
+    const auto ans = row_u8(full.answer_mask, b);
+    const auto tgt = row(full.targets, b);
+    for (int64_t j = 0; j < 4; ++j) {
+      const int64_t p = l.first_answer_slot(j);
+      CHECK(tok[p] == kAnswer);
+      CHECK(ans[p] == j + 1);
+      CHECK(tgt[p] >= kKeyBase + 300);
+    }
+  }
+  // Without the answer marker a question is QUESTION key value: the key predicts the value.
+  RetrievalOptions bare = o;
+  bare.answer_marker = false;
+  RetrievalSource bsrc(bare, 5);
+  const RetrievalLayout bl = bsrc.layout(S);
+  CHECK(bl.question_len() == 3);
+  const Batch bfull = whole(bsrc, request(0, S, 1));
+  const auto btok = row(bfull.tokens, 0), btgt = row(bfull.targets, 0);
+  const auto bans = row_u8(bfull.answer_mask, 0);
+  for (int64_t j = 0; j < 4; ++j) {
+    const int64_t p = bl.first_answer_slot(j);
+    CHECK(btok[p - 1] == kQuestion);
+    CHECK((btok[p] >= kKeyBase && btok[p] < kKeyBase + 300));  // the key
+    CHECK(bans[p] == j + 1);
+    CHECK(btgt[p] >= kKeyBase + 300);  // its value
+    // The same key, then the same value, appear in a record earlier on.
+    bool found = false;
+    for (int64_t r = 0; r + 2 < bl.question_begin(); ++r)
+      found |= btok[r] == btok[p] && btok[r + 1] == kColon && btok[r + 2] == btgt[p];
+    CHECK(found);
+  }
+
+  // Keys must be distinct: more records than key tokens is an error naming key_vocab.
+  RetrievalOptions small = o;
+  small.key_vocab = 20;
+  CHECK_THROWS_WITH(RetrievalSource(small, 1).layout(S), Contains("raise key_vocab"));
 }
 
 TEST_CASE("data: retrieval num_records, lengths and errors", "[data]") {
@@ -619,7 +769,7 @@ TEST_CASE("data: make_batch_source and make_batch_request follow the trainer con
   cfg.data.retrieval.value_digits = 2;
   auto r = make_batch_source(cfg);
   CHECK(r->vocab_size() == 17);
-  CHECK_THAT(r->describe(), Contains("retrieval") && Contains("value 2 digits"));
+  CHECK_THAT(r->describe(), Contains("retrieval") && Contains("values 2 digits"));
   CHECK(dynamic_cast<RetrievalSource&>(*r).layout(2048).record_len() == 9);
   cfg.data.source = DataSource::Text;
   cfg.data.text_files = {t.path};

@@ -263,9 +263,9 @@ TEST_CASE("eval agrees across meshes and counts whole answers", "[train]") {
   // Striped spreads each answer over the ring: the exact count needs the ring's sums.
   const EvalResult ring = eval_on(tiny(tmp.dir, AttentionImpl::Ring, RingLayout::Striped),
                                   MeshShape{1, 1, n, 1}, MPI_COMM_WORLD);
-  CHECK(ref.answer_samples == 8);  // 2 batches x 4 sequences
+  CHECK(ref.answers == 8);  // 2 batches x 4 sequences x 1 question
   CHECK(ref.answer_tokens == 8 * 2);
-  CHECK(ring.answer_samples == ref.answer_samples);
+  CHECK(ring.answers == ref.answers);
   CHECK(ring.answer_tokens == ref.answer_tokens);
   CHECK(std::abs(ring.loss - ref.loss) <= 1e-5 * std::abs(ref.loss));
   CHECK(ring.token_accuracy == ref.token_accuracy);

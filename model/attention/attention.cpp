@@ -164,6 +164,11 @@ AttentionTileProblem Attention::make_problem(const Shapes& s, const std::vector<
   return p;
 }
 
+double Attention::ring_wait_seconds() const {
+  return (kv_ring_ ? kv_ring_->wait_seconds() : 0.0) +
+         (grad_ring_ ? grad_ring_->wait_seconds() : 0.0);
+}
+
 AttentionOutput Attention::forward(const AttentionInput& in) {
   const auto t0 = Clock::now();
   timings_ = {};

@@ -69,6 +69,9 @@ class Attention {
 
   const AttentionOptions& options() const { return opt_; }
   const AttentionTimings& last_timings() const { return timings_; }
+  // Seconds blocked waiting for ring transfers (KV blocks, and dK/dV in backward) over every
+  // call so far: the sum of the rings' RingExchange::wait_seconds(). 0 without a ring.
+  double ring_wait_seconds() const;
 
  private:
   struct Shapes;

@@ -61,8 +61,35 @@ std::vector<AnswerSlot> answer_slots(const Batch& batch) {
   const uint8_t* m = batch.answer_mask.data<uint8_t>();
   for (int64_t b = 0; b < batch.batch(); ++b)
     for (int64_t i = 0; i < Sl; ++i)
-      if (m[b * Sl + i]) out.push_back({b, i, batch.positions[size_t(i)]});
+      if (m[b * Sl + i]) out.push_back({b, i, batch.positions[size_t(i)], int(m[b * Sl + i])});
   return out;
+}
+
+void AnswerTally::reset(int64_t rows) {
+  correct.assign(size_t(rows * kMaxAnswers), 0);
+  total.assign(size_t(rows * kMaxAnswers), 0);
+}
+
+void AnswerTally::add(int64_t row, int answer, bool right) {
+  RA_CHECK(answer >= 1 && answer <= kMaxAnswers, "answer id {} outside [1, {}]", answer,
+           kMaxAnswers);
+  const size_t i = size_t(row * kMaxAnswers + answer - 1);
+  RA_CHECK(i < total.size(), "answer tally: row {} outside the {} rows reset", row,
+           total.size() / kMaxAnswers);
+  total[i] += 1;
+  correct[i] += right ? 1 : 0;
+}
+
+int64_t AnswerTally::answers() const {
+  int64_t n = 0;
+  for (int64_t t : total) n += t > 0 ? 1 : 0;
+  return n;
+}
+
+int64_t AnswerTally::exact() const {
+  int64_t n = 0;
+  for (size_t i = 0; i < total.size(); ++i) n += total[i] > 0 && correct[i] == total[i] ? 1 : 0;
+  return n;
 }
 
 AnswerTally tally_answers(const Batch& batch, const Tensor& predictions) {
@@ -71,15 +98,13 @@ AnswerTally tally_answers(const Batch& batch, const Tensor& predictions) {
            "tally_answers: predictions must be a contiguous I32 tensor of shape {}, got {}",
            shape_str(batch.tokens.shape()), predictions.str());
   AnswerTally t;
-  t.correct.assign(size_t(batch.batch()), 0);
-  t.total.assign(size_t(batch.batch()), 0);
+  t.reset(batch.batch());
   const int64_t Sl = batch.local_len();
   const int32_t* pred = predictions.data<int32_t>();
   const int32_t* tgt = batch.targets.data<int32_t>();
   for (const AnswerSlot& s : answer_slots(batch)) {
     const int64_t k = s.row * Sl + s.local;
-    t.total[size_t(s.row)] += 1;
-    t.correct[size_t(s.row)] += pred[k] == tgt[k] ? 1 : 0;
+    t.add(s.row, s.answer, pred[k] == tgt[k]);
   }
   return t;
 }

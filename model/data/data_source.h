@@ -26,6 +26,9 @@ namespace ringattn {
 // Target of a position whose loss never counts (the last token of a retrieval sequence).
 inline constexpr int32_t kIgnoreIndex = -1;
 
+// A sample holds at most this many separately scored answers (answer_mask is U8: 0 = none).
+inline constexpr int kMaxAnswers = 255;
+
 // Held-out data must differ from training data; each source documents how (retrieval: another
 // random stream; files: the tail of the stream when `val_fraction` > 0).
 enum class Split { Train, Validation };
@@ -63,7 +66,9 @@ struct Batch {
   // kIgnoreIndex where there is none (see each source).
   Tensor targets;
   Tensor loss_mask;    // [B, Sl] F32: 1 where the loss counts, 0 elsewhere (always 0 at ignore)
-  Tensor answer_mask;  // [B, Sl] U8: 1 where the target is an answer token (retrieval); else 0
+  // [B, Sl] U8: where the target is a token of an answer (retrieval), which one: 1..kMaxAnswers
+  // (a sample may hold several answers, each scored whole); 0 elsewhere.
+  Tensor answer_mask;
   Tensor segment_ids;  // [B, Sl] I32, or undefined (the whole sequence is one segment)
 
   int64_t batch() const { return tokens.dim(0); }
@@ -104,19 +109,27 @@ class BatchSource {
                            const std::vector<int64_t>& positions, const SampleSlots& out) const = 0;
 };
 
-// Answer positions of a batch, so eval can score them: row, local index and global position of
-// every slot whose answer_mask is 1 (the prediction made there should equal targets[row][local]).
+// Answer positions of a batch, so eval can score them: row, local index, global position and
+// answer id (1..kMaxAnswers) of every slot whose answer_mask is not 0 (the prediction made there
+// should equal targets[row][local]).
 struct AnswerSlot {
   int64_t row, local, position;
+  int answer;
 };
 std::vector<AnswerSlot> answer_slots(const Batch& batch);
 
-// Per row: answer tokens on this rank and how many of them `predictions` ([B, Sl] I32, e.g. the
-// argmax of the logits) got right. A sample's answer may be spread over the sp ranks (striped,
-// zigzag), so sum both over the ring before scoring whole answers: the answer is right when
-// correct == total.
+// Per row and answer: answer tokens on this rank and how many of them `predictions` ([B, Sl]
+// I32, e.g. the argmax of the logits) got right. An answer may be spread over the sp ranks
+// (striped, zigzag), so sum both over the ring before scoring whole answers: answer a of row b
+// is right when correct[i] == total[i] > 0, i = b * kMaxAnswers + (a - 1). Fixed size, so every
+// rank of a ring reduces arrays of the same length.
 struct AnswerTally {
-  std::vector<int64_t> correct, total;  // [B]
+  std::vector<int64_t> correct, total;  // [B * kMaxAnswers]
+  void reset(int64_t rows);
+  void add(int64_t row, int answer, bool right);
+  // Answers with at least one token counted, and those whose every token is right.
+  int64_t answers() const;
+  int64_t exact() const;
 };
 AnswerTally tally_answers(const Batch& batch, const Tensor& predictions);
 

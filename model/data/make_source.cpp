@@ -14,6 +14,11 @@ std::unique_ptr<BatchSource> make_batch_source(const TrainConfig& cfg) {
       o.key_digits = int(cfg.data.retrieval.key_digits);
       o.value_digits = int(cfg.data.retrieval.value_digits);
       o.num_records = cfg.data.retrieval.num_records;
+      o.questions = cfg.data.retrieval.questions;
+      o.key_vocab = cfg.data.retrieval.key_vocab;
+      o.value_vocab = cfg.data.retrieval.value_vocab;
+      o.loss_on_all_tokens = cfg.data.retrieval.loss_on_all_tokens;
+      o.answer_marker = cfg.data.retrieval.answer_marker;
       src = std::make_unique<RetrievalSource>(o, cfg.seed);
       break;
     }

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "core/error.h"
 #include "model/data/hash.h"
 
@@ -33,45 +35,67 @@ RetrievalSource::RetrievalSource(RetrievalOptions options, uint64_t seed)
     : opt_(options), seed_(seed) {
   // 18 digits: 10^18 < 2^60, so keys fit the Feistel network's two 30-bit halves and every
   // count stays far from overflow.
+  RA_CHECK(opt_.key_vocab >= 0 && opt_.key_vocab <= (int64_t(1) << 24),
+           "retrieval: key_vocab must be in [0, 2^24] (0: digit keys), got {}", opt_.key_vocab);
+  RA_CHECK(opt_.value_vocab >= 0 && opt_.value_vocab <= (int64_t(1) << 24),
+           "retrieval: value_vocab must be in [0, 2^24] (0: digit values), got {}",
+           opt_.value_vocab);
   RA_CHECK(opt_.key_digits >= 1 && opt_.key_digits <= 18,
            "retrieval: key_digits must be in [1, 18], got {}", opt_.key_digits);
   RA_CHECK(opt_.value_digits >= 1 && opt_.value_digits <= 18,
            "retrieval: value_digits must be in [1, 18], got {}", opt_.value_digits);
   RA_CHECK(opt_.num_records >= 0, "retrieval: num_records must be >= 0 (0: fill), got {}",
            opt_.num_records);
-  key_space_ = pow10(opt_.key_digits);
-  value_space_ = pow10(opt_.value_digits);
-  int bits = 1;
-  while ((uint64_t(1) << bits) < key_space_) ++bits;
-  half_bits_ = (bits + 1) / 2;
+  RA_CHECK(opt_.questions >= 1 && opt_.questions <= kMaxAnswers,
+           "retrieval: questions must be in [1, {}], got {}", kMaxAnswers, opt_.questions);
+  key_space_ = opt_.key_vocab > 0 ? uint64_t(opt_.key_vocab) : pow10(opt_.key_digits);
+  value_space_ = opt_.value_vocab > 0 ? uint64_t(opt_.value_vocab) : pow10(opt_.value_digits);
 }
 
 std::string RetrievalSource::describe() const {
+  const int key_len = opt_.key_vocab > 0 ? 1 : opt_.key_digits;
+  const int value_len = opt_.value_vocab > 0 ? 1 : opt_.value_digits;
   return fmt::format(
-      "retrieval (key {} digits, value {} digits, record {} tokens, {} records, loss on {})",
-      opt_.key_digits, opt_.value_digits, opt_.key_digits + opt_.value_digits + 3,
+      "retrieval (keys {}, values {}, record {} tokens, {} records, {} question{} "
+      "per sample, loss on {})",
+      opt_.key_vocab > 0 ? fmt::format("1 token of {}", opt_.key_vocab)
+                         : fmt::format("{} digits", opt_.key_digits),
+      opt_.value_vocab > 0 ? fmt::format("1 token of {}", opt_.value_vocab)
+                           : fmt::format("{} digits", opt_.value_digits),
+      key_len + value_len + 3,
       opt_.num_records == 0 ? std::string("as many as fit") : std::to_string(opt_.num_records),
+      opt_.questions, opt_.questions == 1 ? "" : "s",
       opt_.loss_on_all_tokens ? "all tokens" : "answer tokens");
 }
 
 RetrievalLayout RetrievalSource::layout(int64_t seq_len) const {
   RetrievalLayout l;
-  l.key_digits = opt_.key_digits;
-  l.value_digits = opt_.value_digits;
+  l.key_digits = opt_.key_vocab > 0 ? 1 : opt_.key_digits;
+  l.value_digits = opt_.value_vocab > 0 ? 1 : opt_.value_digits;
+  l.answer_marker = opt_.answer_marker;
   l.seq_len = seq_len;
-  const int64_t R = l.record_len(), Q = l.question_len();
-  const int64_t room = seq_len - 1 - Q;  // after BOS and the question
-  const int64_t want = opt_.num_records == 0 ? 1 : opt_.num_records;
+  l.num_questions = opt_.questions;
+  const int64_t R = l.record_len(), Q = l.question_len(), m = l.num_questions;
+  const int64_t room = seq_len - 1 - m * Q;  // after BOS and the questions
+  // Each question asks a different record, so there are at least as many records as questions.
+  const int64_t want = std::max<int64_t>(opt_.num_records, m);
+  RA_CHECK(opt_.num_records == 0 || opt_.num_records >= m,
+           "retrieval: {} questions per sample ask {} different records, but num_records is {}",
+           m, m, opt_.num_records);
   RA_CHECK(room >= want * R,
-           "retrieval: sequence length {} is too short for {} record{}: it needs at least {} "
-           "tokens (BOS, {} x {}-token records, a {}-token question)",
-           seq_len, want, want == 1 ? "" : "s", 1 + Q + want * R, want, R, Q);
+           "retrieval: sequence length {} is too short for {} record{} and {} question{}: it "
+           "needs at least {} tokens (BOS, {} x {}-token records, {} x {}-token questions)",
+           seq_len, want, want == 1 ? "" : "s", m, m == 1 ? "" : "s", 1 + m * Q + want * R, want,
+           R, m, Q);
   l.num_records = opt_.num_records == 0 ? room / R : opt_.num_records;
   l.padding = room - l.num_records * R;
   RA_CHECK(uint64_t(l.num_records) <= key_space_,
-           "retrieval: {} records at sequence length {} need distinct keys, but {} key digits "
-           "allow only {}; raise key_digits or set num_records",
-           l.num_records, seq_len, opt_.key_digits, key_space_);
+           "retrieval: {} records at sequence length {} need distinct keys, but {} allow only {}; "
+           "raise {} or set num_records",
+           l.num_records, seq_len,
+           opt_.key_vocab > 0 ? fmt::format("{} key tokens", opt_.key_vocab)
+                              : fmt::format("{} key digits", opt_.key_digits),
+           key_space_, opt_.key_vocab > 0 ? "key_vocab" : "key_digits");
   return l;
 }
 
@@ -84,24 +108,39 @@ uint64_t RetrievalSource::sample_hash(int64_t sample, Split split) const {
                           uint64_t(sample));
 }
 
-// A bijection of [0, 10^k): a 4-round Feistel network permutes [0, 2^(2h)), and re-applying it
-// until the result falls below 10^k ("cycle walking") restricts it to a permutation of the
-// smaller range. 2^(2h) < 4 * 10^k, so that takes fewer than 4 rounds on average.
-uint64_t RetrievalSource::key_of(uint64_t h, int64_t record) const {
-  const uint64_t mask = (uint64_t(1) << half_bits_) - 1;
-  const uint64_t kh = combine(h, kTagKey);
-  uint64_t x = uint64_t(record);
+namespace {
+
+// A pseudo-random bijection of [0, n) keyed by `key`: a 4-round Feistel network permutes
+// [0, 2^(2h)) with 2^(2h) >= n, and re-applying it until the result falls below n ("cycle
+// walking") restricts it to a permutation of the smaller range. 2^(2h) < 4n, so that takes fewer
+// than 4 rounds on average.
+uint64_t permute(uint64_t key, uint64_t x, uint64_t n) {
+  int bits = 1;
+  while ((uint64_t(1) << bits) < n) ++bits;
+  const int half = (bits + 1) / 2;
+  const uint64_t mask = (uint64_t(1) << half) - 1;
   do {
-    uint64_t left = x >> half_bits_, right = x & mask;
+    uint64_t left = x >> half, right = x & mask;
     for (uint64_t round = 0; round < 4; ++round) {
-      const uint64_t f = combine(kh, (round << 32) | right) & mask;
+      const uint64_t f = combine(key, (round << 32) | right) & mask;
       const uint64_t next = left ^ f;
       left = right;
       right = next;
     }
-    x = (left << half_bits_) | right;
-  } while (x >= key_space_);
+    x = (left << half) | right;
+  } while (x >= n);
   return x;
+}
+
+}  // namespace
+
+uint64_t RetrievalSource::key_of(uint64_t h, int64_t record) const {
+  return permute(combine(h, kTagKey), uint64_t(record), key_space_);
+}
+
+// Question j asks record perm(j) of a permutation of the n records: distinct for distinct j.
+int64_t RetrievalSource::asked_record(const RetrievalLayout& l, uint64_t h, int64_t j) const {
+  return int64_t(permute(combine(h, kTagQuestion), uint64_t(j), uint64_t(l.num_records)));
 }
 
 int32_t RetrievalSource::token_at(const RetrievalLayout& l, uint64_t h, int64_t p) const {
@@ -111,20 +150,25 @@ int32_t RetrievalSource::token_at(const RetrievalLayout& l, uint64_t h, int64_t 
   int64_t record, offset;  // which record the token belongs to, and where in its record
   bool question = p >= l.question_begin();
   if (question) {
-    offset = p - l.question_begin();
-    record = int64_t(data_hash::below(combine(h, kTagQuestion), uint64_t(l.num_records)));
+    offset = (p - l.question_begin()) % l.question_len();
+    record = asked_record(l, h, (p - l.question_begin()) / l.question_len());
   } else {
     record = (p - l.records_begin()) / l.record_len();
     offset = (p - l.records_begin()) % l.record_len();
   }
   // Record:   LINE key COLON value NEWLINE      Question: QUESTION key ANSWER value
   if (offset == 0) return question ? kQuestion : kLine;
-  if (offset <= k) return digit_of(key_of(h, record), k, int(offset - 1));
-  if (offset == k + 1) return question ? kAnswer : kColon;
-  if (offset <= k + 1 + v) {
+  if (offset <= k)
+    return opt_.key_vocab > 0 ? kKeyBase + int32_t(key_of(h, record))
+                              : digit_of(key_of(h, record), k, int(offset - 1));
+  // Offset of the first value token: after COLON in a record, after ANSWER (if any) in a question.
+  const int64_t vbeg = question && !l.answer_marker ? k + 1 : k + 2;
+  if (offset == k + 1 && vbeg == k + 2) return question ? kAnswer : kColon;
+  if (offset < vbeg + v) {
     const uint64_t value =
         data_hash::below(combine(combine(h, kTagValue), uint64_t(record)), value_space_);
-    return digit_of(value, v, int(offset - k - 2));
+    return opt_.value_vocab > 0 ? kKeyBase + int32_t(opt_.key_vocab + value)
+                                : digit_of(value, v, int(offset - vbeg));
   }
   return kNewline;
 }
@@ -134,22 +178,26 @@ void RetrievalSource::fill_sample(int64_t sample, Split split, int64_t seq_len,
                                   const SampleSlots& out) const {
   const RetrievalLayout l = layout(seq_len);
   const uint64_t h = sample_hash(sample, split);
-  const int64_t first_answer = l.first_answer_slot();
+  const int64_t qb = l.question_begin(), Q = l.question_len();
   for (size_t i = 0; i < positions.size(); ++i) {
     const int64_t p = positions[i];
     out.tokens[i] = token_at(l, h, p);
     // The target lives at p + 1, possibly on another rank: recomputed here, not communicated.
     const int32_t target = p + 1 < seq_len ? token_at(l, h, p + 1) : kIgnoreIndex;
     out.targets[i] = target;
-    const bool answer = p >= first_answer && p + 1 < seq_len;
-    out.answer_mask[i] = answer ? 1 : 0;
+    // Answer slots of question j: the v positions whose targets are its value tokens (ANSWER,
+    // a1..a(v-1); or the key's last token, a1..a(v-1) without the marker).
+    const int64_t offset = p >= qb ? (p - qb) % Q : -1;
+    const int64_t first = l.key_digits + (l.answer_marker ? 1 : 0);
+    const bool answer = offset >= first && offset < first + l.value_digits;
+    out.answer_mask[i] = answer ? uint8_t(1 + (p - qb) / Q) : 0;
     const bool counts =
         opt_.loss_on_all_tokens ? (target != kIgnoreIndex && target != kPad) : answer;
     out.loss_mask[i] = counts ? 1.0f : 0.0f;
   }
 }
 
-std::string retrieval_decode(std::span<const int32_t> tokens) {
+std::string retrieval_decode(std::span<const int32_t> tokens, int64_t key_vocab) {
   std::string s;
   for (int32_t t : tokens) {
     if (t >= 0 && t <= 9) {
@@ -179,14 +227,19 @@ std::string retrieval_decode(std::span<const int32_t> tokens) {
         s += " answer ";
         break;
       default:
-        s += fmt::format("<{}>", t);
+        if (t >= kKeyBase + key_vocab)
+          s += fmt::format("${:03}", t - kKeyBase - key_vocab);
+        else if (t >= kKeyBase)
+          s += fmt::format("#{:03}", t - kKeyBase);
+        else
+          s += fmt::format("<{}>", t);
     }
   }
   return s;
 }
 
 std::string RetrievalSource::decode(std::span<const int32_t> tokens) const {
-  return retrieval_decode(tokens);
+  return retrieval_decode(tokens, opt_.key_vocab);
 }
 
 }  // namespace ringattn

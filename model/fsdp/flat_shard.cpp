@@ -1,12 +1,33 @@
 #include "model/fsdp/flat_shard.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <exception>
 
+#include "comm/watchdog.h"
 #include "core/error.h"
 
 namespace ringattn {
+
+namespace {
+
+// Adds the seconds from construction to destruction to `sink` (FsdpGroup::WaitTimes).
+class WaitTimer {
+ public:
+  explicit WaitTimer(double& sink) : sink_(sink), t0_(std::chrono::steady_clock::now()) {}
+  ~WaitTimer() {
+    sink_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  }
+  WaitTimer(const WaitTimer&) = delete;
+  WaitTimer& operator=(const WaitTimer&) = delete;
+
+ private:
+  double& sink_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
+}  // namespace
 
 ShardLayout ShardLayout::make(int64_t numel, int group_size, int rank) {
   RA_CHECK(numel >= 0, "shard layout: negative element count {}", numel);
@@ -76,6 +97,7 @@ void FlatShard::prefetch_full() {
   // (release_full, the destructor), and a copy held by the job would free the buffer whenever
   // the helper thread gets round to destroying the job, not at release_full().
   float* full = full_.data<float>();
+  WaitTimer timer(group_.wait_times().gather_s);  // the whole gather in Sync mode
   full_job_ = group_.submit(
       [&comm, shard, count, full] { comm.all_gather(shard, full, count, DType::F32); });
   full_state_ = FullState::Pending;
@@ -84,7 +106,9 @@ void FlatShard::prefetch_full() {
 void FlatShard::wait_full() {
   if (full_state_ != FullState::Pending) return;
   std::future<void> job = std::move(full_job_);
+  WaitTimer timer(group_.wait_times().gather_s);
   try {
+    const WatchdogScope watch("FSDP all-gather wait of '" + name_ + "'", -1, "");
     job.get();
   } catch (...) {
     full_ = Tensor();
@@ -119,6 +143,7 @@ void FlatShard::start_rs(Tensor padded_full, float scale) {
   Tensor reduced =
       Tensor::empty({layout_.shard_numel}, DType::F32, Device::CPU, name_ + " reduced grads");
   float* out = grads_.data<float>();
+  WaitTimer timer(group_.wait_times().reduce_scatter_s);  // the whole job in Sync mode
   // The job owns the full gradients (the caller may drop its reference at once) and frees them
   // itself before it completes, so the memory is back in the allocator's accounting by the time
   // wait_grads() returns.
@@ -173,9 +198,11 @@ void FlatShard::wait_grads() {
   // Wait for all of them even when one failed: each is still using our buffers.
   std::vector<std::future<void>> jobs = std::move(grad_jobs_);
   grad_jobs_.clear();
+  WaitTimer timer(group_.wait_times().reduce_scatter_s);
   std::exception_ptr first;
   for (std::future<void>& f : jobs) {
     try {
+      const WatchdogScope watch("FSDP reduce-scatter wait of '" + name_ + "'", -1, "");
       f.get();
     } catch (...) {
       if (!first) first = std::current_exception();
@@ -195,7 +222,10 @@ void FlatShard::all_reduce_grads(Communicator& dp, bool mean) {
   wait_grads();
   float* g = grads_.data<float>();
   const int64_t n = layout_.shard_numel;
-  dp.all_reduce(g, size_t(n), DType::F32, ReduceOp::Sum);
+  {
+    WaitTimer timer(group_.wait_times().dp_all_reduce_s);
+    dp.all_reduce(g, size_t(n), DType::F32, ReduceOp::Sum);
+  }
   if (mean && dp.size() > 1) {
     const float inv = float(1.0 / double(dp.size()));
     for (int64_t i = 0; i < n; ++i) g[i] *= inv;

@@ -65,6 +65,17 @@ class FsdpGroup {
   // futures of the jobs that raised them.
   void synchronize();
 
+  // Seconds the CALLING thread spent blocked on this group's communication, accumulated by
+  // FlatShard (what `ringattn bench train` reports as communication): waiting for parameter
+  // gathers, for gradient reduce-scatters, and in the dp all-reduce of the shard gradients. In
+  // Sync mode a collective runs inside submit(), so its whole duration counts. Transfers that
+  // overlap compute on the helper thread cost nothing here, which is the point of prefetching.
+  // Only the thread that drives the model updates these.
+  struct WaitTimes {
+    double gather_s = 0, reduce_scatter_s = 0, dp_all_reduce_s = 0;
+  };
+  WaitTimes& wait_times() { return waits_; }
+
  private:
   void worker_loop();
 
@@ -75,6 +86,7 @@ class FsdpGroup {
   std::condition_variable cv_;
   std::deque<std::packaged_task<void()>> queue_;  // guarded by mu_
   bool stop_ = false;                             // guarded by mu_
+  WaitTimes waits_;
 };
 
 }  // namespace ringattn

@@ -99,6 +99,18 @@ printf 'x' | dd of="$tmp/runA/checkpoints/step_6/optim_rank1.safetensors" bs=1 s
 expect_error "corrupted checkpoint names the file" "optim_rank1.safetensors" mpirun -np 2 "$bin" train "${train_cfg[@]}" --set run_dir="$tmp/runA" --set train.steps=8 --resume
 expect_error "eval without checkpoint" "no complete checkpoint" "$bin" eval "${train_cfg[@]}" --set run_dir="$tmp/empty"
 
+# Launch check: MPI's world size must be what the launcher announced (a PMI mismatch between srun
+# and MPI silently starts N one-rank jobs). -x sets a variable for the ranks only, not for mpirun.
+expect_error "launch check: SLURM_NTASKS=3 in an srun step, 2 ranks" "SLURM_NTASKS=3 but MPI's world size is 2" \
+  mpirun -np 2 -x SLURM_JOB_ID=1 -x SLURM_STEP_ID=0 -x SLURM_NTASKS=3 "$bin" train "${train_cfg[@]}" --set run_dir="$tmp/launch"
+expect_error "launch check: a singleton in an srun step of 4" "SLURM_NTASKS=4 but MPI's world size is 1" \
+  env SLURM_JOB_ID=1 SLURM_STEP_ID=0 SLURM_NTASKS=4 "$bin" train "${train_cfg[@]}" --set run_dir="$tmp/launch"
+expect_error "launch check: RINGATTN_WORLD_SIZE" "RINGATTN_WORLD_SIZE=4 but MPI's world size is 2" \
+  mpirun -np 2 -x RINGATTN_WORLD_SIZE=4 "$bin" config --config "$cfgdir/tiny.json"
+expect_ok "launch check: SLURM_NTASKS of the batch script (no step) is not checked" \
+  env SLURM_JOB_ID=1 SLURM_NTASKS=4 "$bin" config --config "$cfgdir/tiny.json"
+[ ! -e "$tmp/launch" ] && pass "launch check: refused before writing anything" || fail "launch check: refused before writing anything"
+
 # A short run of a preset whose warm-up is longer than the run (allowed: it stays in warm-up).
 expect_ok "short demo run, warm-up longer than the run" mpirun -np 4 "$bin" train --config "$cfgdir/demo.json" \
   --set train.steps=2 --set train.seq_len=512 --set run_dir="$tmp/short" --set eval.every=0 --set checkpoint.every=0

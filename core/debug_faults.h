@@ -1,0 +1,31 @@
+// Fault injection for the reliability tests (test/cli/fault_test.sh), never for real runs.
+//
+// The environment variable RINGATTN_DEBUG_FAULTS holds comma-separated KEY=INTEGER pairs that
+// make the program misbehave at a chosen point, so that tests can check what a user would see
+// after a real fault without racing against timers:
+//
+//   nan_grad_step=S         step S (1-based) of rank nan_grad_rank (default 0) scales its
+//                           gradient by NaN: a non-finite gradient on every rank after the
+//                           reduction, as a diverging run would produce
+//   stop_step=S             after step S, rank stop_rank (default 0) behaves as if it had
+//                           received SIGTERM (a preemption signal that reached one rank only)
+//   checkpoint_crash_step=S while saving the checkpoint of step S, rank 0 kills itself
+//                           (SIGKILL) after writing model.safetensors into the temporary
+//                           directory: a writer that dies mid-save
+//   step_sleep_ms=N         every training step sleeps N ms first (slow steps, so that a test
+//                           can signal, kill or stop a rank while training is under way)
+//
+// Unset (the normal case) every query is one load of a cached, empty table.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+namespace ringattn {
+
+// The value of `key` in RINGATTN_DEBUG_FAULTS, or `fallback` when absent. A malformed variable
+// or an unknown key raises an Error naming the variable (a typo must not silently disable a
+// test's fault).
+int64_t debug_fault(std::string_view key, int64_t fallback = -1);
+
+}  // namespace ringattn

@@ -1,0 +1,102 @@
+// ProfilingBackend: a decorator over another Backend that forwards every operation unchanged and
+// adds its wall time to a category (GEMM, attention, elementwise layer ops, copies). It is how
+// `ringattn bench train` says where a training step's time goes, without touching the model.
+//
+// Exactness: CPU operations are synchronous, so the time between entering and leaving a call is
+// the operation's time, and categories never overlap (the wrapped backend calls its own kernels
+// directly, not back through the decorator). The attention category therefore includes the GEMMs
+// inside the attention tiles; the GEMM category is the model's projections, FFN and LM head.
+// On an asynchronous backend (CUDA) a call only enqueues work: timing it on the host would
+// measure launch overhead. A CUDA version would record a pair of events on the compute stream
+// around each call and read their elapsed times once per step; this class refuses nothing, but
+// its figures are only meaningful for synchronous backends (is_exact()).
+//
+// Thread-safe: counters are atomics, as several threads may compute at once.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "core/backend.h"
+
+namespace ringattn {
+
+enum class OpCategory { Gemm, Attention, Elementwise, Copy };
+inline constexpr int kOpCategories = 4;
+const char* op_category_name(OpCategory c);  // "gemm", "attention", "elementwise", "copy"
+
+// Accumulated time and calls per category since construction or the last reset().
+struct OpProfile {
+  double seconds[kOpCategories] = {};
+  int64_t calls[kOpCategories] = {};
+  double gemm_flops = 0;  // 2 m n k summed over gemm() calls
+
+  double at(OpCategory c) const { return seconds[int(c)]; }
+  double total_seconds() const;
+  OpProfile operator-(const OpProfile& o) const;
+};
+
+class ProfilingBackend final : public Backend {
+ public:
+  // `inner` must outlive this object.
+  explicit ProfilingBackend(Backend& inner) : inner_(inner) {}
+
+  OpProfile profile() const;
+  void reset();
+  // True when the figures are wall times of the operations themselves (synchronous backend).
+  bool is_exact() const { return inner_.device() == Device::CPU; }
+  Backend& inner() { return inner_; }
+
+  Device device() const override { return inner_.device(); }
+  std::string name() const override { return "profiling(" + inner_.name() + ")"; }
+
+  void gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a, int lda,
+            const float* b, int ldb, float beta, float* c, int ldc) override;
+  void copy_to_host(void* host_dst, const void* src, size_t bytes) override;
+  void copy_from_host(void* dst, const void* host_src, size_t bytes) override;
+  void synchronize() override;
+
+  void attention_forward_init(const AttentionForwardState& st, int64_t batch, int64_t sq, int heads,
+                              int head_dim) override;
+  void attention_forward_block(const AttentionTileProblem& p, const AttentionForwardState& st,
+                               AttentionTileStats* stats = nullptr) override;
+  void attention_forward_finish(const AttentionForwardState& st, float* o, float* lse,
+                                int64_t batch, int64_t sq, int heads, int head_dim) override;
+  void attention_backward_delta(const float* dout, const float* o, float* delta, int64_t batch,
+                                int64_t sq, int heads, int head_dim) override;
+  void attention_backward_block(const AttentionTileProblem& p, const AttentionBackwardArgs& a,
+                                AttentionTileStats* stats = nullptr) override;
+
+  void embedding_forward(const int32_t* tokens, int64_t n, const float* table, int64_t vocab,
+                         int64_t dim, float* out) override;
+  void embedding_backward(const int32_t* tokens, int64_t n, const float* dout, int64_t vocab,
+                          int64_t dim, float* dtable) override;
+  void rmsnorm_forward(const float* x, const float* w, int64_t rows, int64_t dim, float eps,
+                       float* y, float* inv_rms) override;
+  void rmsnorm_backward(const float* x, const float* w, const float* inv_rms, const float* dy,
+                        int64_t rows, int64_t dim, float* dx, float* dw) override;
+  void rope_forward(float* x, int64_t batch, int64_t seq, int heads, int head_dim,
+                    const int64_t* positions, float theta) override;
+  void rope_backward(float* dx, int64_t batch, int64_t seq, int heads, int head_dim,
+                     const int64_t* positions, float theta) override;
+  void swiglu_forward(const float* gate, const float* up, int64_t n, float* out) override;
+  void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n,
+                       float* dgate, float* dup) override;
+  double cross_entropy(const float* logits, const int32_t* targets, const float* weights,
+                       int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
+                       uint8_t* correct) override;
+  void axpy(int64_t n, float alpha, const float* x, float* y) override;
+  void scale(float* x, int64_t n, float alpha) override;
+  void fill(float* x, int64_t n, float value) override;
+
+ private:
+  class Scope;  // times one call into a category
+
+  Backend& inner_;
+  std::atomic<double> seconds_[kOpCategories] = {};
+  std::atomic<int64_t> calls_[kOpCategories] = {};
+  std::atomic<double> gemm_flops_{0};
+};
+
+}  // namespace ringattn

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Bad input to `ringattn train` and `ringattn eval`: each must end with one clear message (naming
+# the key or file and what was expected) and a non-zero exit, before any training step runs.
+# docs/reliability.md lists each case with the message. Usage: bad_input_test.sh path/to/ringattn
+set -uo pipefail
+bin=${1:?usage: bad_input_test.sh RINGATTN_BINARY}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OMPI_MCA_btl_base_warn_component_unused=0 OMPI_MCA_hwloc_base_binding_policy=none
+export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
+unset RINGATTN_DEBUG_FAULTS
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+failures=0
+pass() { echo "ok   $1"; }
+fail() {
+  echo "FAIL $1"
+  failures=$((failures + 1))
+}
+
+# expect_error NAME PATTERN CMD...: the command must exit non-zero, print PATTERN, and run no
+# training step (no progress line).
+expect_error() {
+  local name=$1 pattern=$2
+  shift 2
+  local out rc
+  out=$("$@" 2>&1)
+  rc=$?
+  if [ $rc -ne 0 ] && grep -q -- "$pattern" <<<"$out" && ! grep -q "step 1/" <<<"$out"; then
+    pass "$name"
+  else
+    fail "$name (exit $rc, expected /$pattern/): $(tail -3 <<<"$out")"
+  fi
+}
+
+cfgdir=$(cd "$(dirname "$0")/../../configs" && pwd)
+tiny=(--config "$cfgdir/tiny.json" --set train.seq_len=128 --set train.steps=2 --set eval.every=0
+  --set peak_tflops=1 --set comm.timeout_s=20)
+train1() { "$bin" train "${tiny[@]}" --set run_dir="$tmp/run" "$@"; }
+train2() { mpirun -np 2 "$bin" train "${tiny[@]}" --set run_dir="$tmp/run" "$@"; }
+
+# --- Config files and --set ----------------------------------------------------------------------
+printf '{"train": {"steps": 3,}}' >"$tmp/malformed.json"
+expect_error "malformed JSON" "malformed JSON in $tmp/malformed.json at line 1, column 23" \
+  "$bin" train --config "$tmp/malformed.json"
+printf '{"train": {"seq_length": 1024}}' >"$tmp/unknown.json"
+expect_error "unknown key, with a suggestion" "unknown key 'train.seq_length' in $tmp/unknown.json; did you mean 'train.seq_len'?" \
+  "$bin" train --config "$tmp/unknown.json"
+expect_error "unknown --set key" "unknown key 'optim.learning_rate' in --set" train1 --set optim.learning_rate=1
+printf '{"train": {"steps": "many"}}' >"$tmp/type.json"
+expect_error "wrong type in a file" 'train.steps in .*type.json must be an integer, found "many" (string)' \
+  "$bin" train --config "$tmp/type.json"
+expect_error "wrong type in --set" "train.steps in --set must be an integer, found 'ten'" train1 --set train.steps=ten
+expect_error "out of range (>= 1)" "train.steps = 0 in --set is out of range: expected value >= 1" train1 --set train.steps=0
+printf '{"optim": {"beta1": 1.5}}' >"$tmp/range.json"
+expect_error "out of range (< 1)" "optim.beta1 = 1.5 in .*range.json is out of range: expected 0 <= value < 1" \
+  "$bin" train --config "$tmp/range.json"
+expect_error "bad choice, with a suggestion" "attention.impl in --set must be one of vanilla, blockwise, ring, found \"rng\"; did you mean 'ring'?" \
+  train1 --set attention.impl=rng
+expect_error "--set without =" "expected KEY=VALUE" train1 --set train.steps
+expect_error "missing config file" "cannot open config file '$tmp/none.json'" "$bin" train --config "$tmp/none.json"
+expect_error "cross-key rule" "optim.min_lr = 0.1 must be <= optim.lr = 0.001" train1 --set optim.min_lr=0.1
+
+# --- Mesh, sequence split, memory ------------------------------------------------------------------
+expect_error "mesh does not match the world size" "mesh dp=1 fsdp=1 sp=2 tp=1 needs 2 ranks but the job has 3" \
+  mpirun -np 3 "$bin" train "${tiny[@]}" --set run_dir="$tmp/run" --set mesh.sp=2
+expect_error "sequence length the layout cannot split" "train.seq_len = 130: .*multiple of 4" \
+  train2 --set train.seq_len=130
+expect_error "chunk that does not tile a rank's runs" "attention.q_chunk = 24 does not tile train.seq_len = 128" \
+  train2 --set attention.q_chunk=24
+expect_error "model that does not fit memory_limit_gb (the estimate)" \
+  "the model does not fit memory_limit_gb = 0.002 GiB per rank: memory plan per rank: .* total about 3.4 MiB" \
+  train1 --set memory_limit_gb=0.002
+expect_error "model whose shards alone do not fit memory_limit_gb" \
+  "the model does not fit memory_limit_gb = 0.0001 GiB per rank: building it failed: memory limit exceeded" \
+  train1 --set memory_limit_gb=0.0001
+
+# --- Data files ----------------------------------------------------------------------------------
+# tokfile PATH COUNT [BYTE]: a 2-byte token file of COUNT tokens, every byte BYTE (default 0).
+tokfile() {
+  {
+    printf 'RATOKENS\x01\x00\x00\x00\x02\x00\x00\x00'
+    printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x' $(($2 & 255)) $((($2 >> 8) & 255)) $((($2 >> 16) & 255)) 0)"
+    printf '\x00\x00\x00\x00'
+    head -c $((2 * $2)) /dev/zero | tr '\0' "\\${3:-000}"
+  } >"$1"
+}
+tokfile "$tmp/good.ratokens" 4000
+tok=(--set data.source=tokens)
+expect_ok_tokens=$(train1 "${tok[@]}" --set data.token_file="$tmp/good.ratokens" 2>&1) &&
+  pass "a valid token file trains" || fail "a valid token file trains: $(tail -3 <<<"$expect_ok_tokens")"
+expect_error "missing token file" "token file '$tmp/none.ratokens': cannot open: No such file or directory" \
+  train1 "${tok[@]}" --set data.token_file="$tmp/none.ratokens"
+: >"$tmp/empty.ratokens"
+expect_error "empty token file" "token file '$tmp/empty.ratokens' is empty" \
+  train1 "${tok[@]}" --set data.token_file="$tmp/empty.ratokens"
+head -c 3000 "$tmp/good.ratokens" >"$tmp/trunc.ratokens"
+expect_error "truncated token file" "token file '$tmp/trunc.ratokens': header says 4000 tokens of 2 bytes (8024 bytes with the 24-byte header) but the file has 3000 bytes: truncated" \
+  train1 "${tok[@]}" --set data.token_file="$tmp/trunc.ratokens"
+printf 'not a token file at all, just text' >"$tmp/text.ratokens"
+expect_error "not a token file" "token file '$tmp/text.ratokens': bad magic 'not a to'" \
+  train1 "${tok[@]}" --set data.token_file="$tmp/text.ratokens"
+tokfile "$tmp/big.ratokens" 4000 377
+expect_error "token id above the vocabulary" "token file '$tmp/big.ratokens': token id 65535 at index .* is not below the vocabulary size 256" \
+  train2 "${tok[@]}" --set data.token_file="$tmp/big.ratokens"
+expect_error "token source without a file" "data.source = tokens needs data.token_file" train1 "${tok[@]}"
+: >"$tmp/empty.txt"
+expect_error "empty text file" "text file '$tmp/empty.txt' is empty" \
+  train1 --set data.source=text --set model.vocab_size=257 --set data.text_files="$tmp/empty.txt"
+expect_error "missing text file" "text file '$tmp/none.txt': cannot open" \
+  train1 --set data.source=text --set model.vocab_size=257 --set data.text_files="$tmp/none.txt"
+printf 'short' >"$tmp/short.txt"
+expect_error "text shorter than a sequence" "text files: the stream has 5 tokens, shorter than sequence length + 1 = 129" \
+  train1 --set data.source=text --set model.vocab_size=257 --set data.text_files="$tmp/short.txt"
+
+# --- Checkpoints ---------------------------------------------------------------------------------
+out=$(train2 --set checkpoint.every=1 2>&1) && pass "a 2-step run to have a checkpoint" || fail "2-step run: $(tail -3 <<<"$out")"
+expect_error "eval of a missing checkpoint" "checkpoint '$tmp/nothere' does not exist" \
+  "$bin" eval "${tiny[@]}" --checkpoint "$tmp/nothere"
+expect_error "eval with no checkpoint in run_dir" "eval: no complete checkpoint in '$tmp/empty/checkpoints'" \
+  "$bin" eval "${tiny[@]}" --set run_dir="$tmp/empty"
+expect_error "checkpoint of another model shape" "model.safetensors': tensor 'model.embed_tokens.weight' has 16384 elements, the model expects 8192" \
+  "$bin" eval "${tiny[@]}" --set run_dir="$tmp/run" --set model.hidden_size=32 --set model.head_dim=8
+expect_error "resume on another mesh" "was written by 2 ranks with mesh dp=1 fsdp=1 sp=2 tp=1, but this run has 1 ranks" \
+  train1 --set train.steps=4 --resume
+expect_error "resume with another seed" "was trained with seed 1, this config has seed 7" \
+  train2 --set train.steps=4 --set seed=7 --resume
+expect_error "resume with another model shape" "tensor '.*' has .* elements, this model's shard .* (was the model configured differently?)" \
+  train2 --set train.steps=4 --set model.intermediate_size=128 --resume
+
+echo "$failures failure(s)"
+[ "$failures" -eq 0 ]
