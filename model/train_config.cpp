@@ -136,6 +136,15 @@ ConfigSchema make_schema() {
             "Log a progress line (percent done, loss, throughput, elapsed time and ETA) every N "
             "steps; eval steps, skipped steps and the last step are always logged.")
       .at_least(1);
+  s.add_int_list("train.curriculum_seq_lens", t.curriculum_seq_lens,
+                 "Sequence-length curriculum: train first at these lengths (each for the matching "
+                 "`train.curriculum_steps`), then at `train.seq_len`; tokens per step stay "
+                 "`batch_size x seq_len`, so a shorter stage takes more sequences. Short contexts "
+                 "teach what long ones need (e.g. retrieval) in far fewer FLOPs.")
+      .at_least(1);
+  s.add_int_list("train.curriculum_steps", t.curriculum_steps,
+                 "Steps of each stage of `train.curriculum_seq_lens` (same length).")
+      .at_least(1);
   s.add_float("train.grad_clip", t.grad_clip, "Clip the global gradient norm to this; 0: off.")
       .at_least(0);
 
@@ -295,6 +304,18 @@ size_t TrainConfig::memory_limit_bytes() const {
   return gib_to_bytes(memory_limit_gb);
 }
 
+int64_t TrainLoopConfig::seq_len_at(int64_t step) const {
+  for (size_t i = 0; i < curriculum_seq_lens.size() && i < curriculum_steps.size(); ++i) {
+    if (step < curriculum_steps[i]) return curriculum_seq_lens[i];
+    step -= curriculum_steps[i];
+  }
+  return seq_len;
+}
+
+int64_t TrainLoopConfig::batch_size_at(int64_t step) const {
+  return batch_size * seq_len / seq_len_at(step);
+}
+
 std::vector<int64_t> TrainConfig::eval_seq_lens() const {
   return eval.seq_lens.empty() ? std::vector<int64_t>{train.seq_len} : eval.seq_lens;
 }
@@ -378,6 +399,8 @@ TrainConfig to_train_config(const JsonConfig& json) {
   c.train.warmup_steps = r.i("train.warmup_steps");
   c.train.grad_clip = r.f("train.grad_clip");
   c.train.log_every = r.i("train.log_every");
+  c.train.curriculum_seq_lens = r.ints("train.curriculum_seq_lens");
+  c.train.curriculum_steps = r.ints("train.curriculum_steps");
 
   c.optim.lr = r.f("optim.lr");
   c.optim.min_lr = r.f("optim.min_lr");
@@ -452,6 +475,26 @@ MeshShape validate(const TrainConfig& cfg, int world_size) {
   check_seq_split(cfg, mesh.sp, "train.seq_len", cfg.train.seq_len);
   for (size_t i = 0; i < cfg.eval.seq_lens.size(); ++i)
     check_seq_split(cfg, mesh.sp, fmt::format("eval.seq_lens[{}]", i), cfg.eval.seq_lens[i]);
+  const TrainLoopConfig& t = cfg.train;
+  RA_CHECK(t.curriculum_seq_lens.size() == t.curriculum_steps.size(),
+           "train.curriculum_seq_lens has {} stage(s) but train.curriculum_steps has {}: give "
+           "one step count per length",
+           t.curriculum_seq_lens.size(), t.curriculum_steps.size());
+  for (size_t i = 0; i < t.curriculum_seq_lens.size(); ++i) {
+    const int64_t s = t.curriculum_seq_lens[i];
+    const std::string key = fmt::format("train.curriculum_seq_lens[{}]", i);
+    check_seq_split(cfg, mesh.sp, key, s);
+    RA_CHECK(s <= t.seq_len && (t.batch_size * t.seq_len) % s == 0,
+             "{} = {} must be <= train.seq_len = {} and divide the {} tokens of a step "
+             "(train.batch_size x train.seq_len), so a stage keeps the tokens per step",
+             key, s, t.seq_len, t.batch_size * t.seq_len);
+    const int64_t stage_batch = t.batch_size * t.seq_len / s;
+    const int64_t stage_parts = int64_t(mesh.dp) * mesh.fsdp * t.micro_batches;
+    RA_CHECK(stage_batch % stage_parts == 0,
+             "{} = {} gives {} sequences per step, which must be a multiple of mesh.dp x "
+             "mesh.fsdp x train.micro_batches = {}",
+             key, s, stage_batch, stage_parts);
+  }
 
   // Batch: every data-parallel group (dp x fsdp of them) takes an equal share, in equal
   // micro-batches of whole sequences.

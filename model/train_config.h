@@ -71,6 +71,13 @@ struct TrainLoopConfig {
   int64_t warmup_steps = 100;
   double grad_clip = 1.0;  // global gradient norm; 0: no clipping
   int64_t log_every = 1;   // a progress line every N steps (and on eval, skipped and last steps)
+  // Sequence-length curriculum: stage i trains curriculum_steps[i] steps at
+  // curriculum_seq_lens[i] tokens, then the run goes on at seq_len. Tokens per step stay
+  // batch_size x seq_len (a stage of length s takes batch_size x seq_len / s sequences).
+  std::vector<int64_t> curriculum_seq_lens, curriculum_steps;
+  // Length and global batch (sequences) of the step that reads data step `step` (0-based).
+  int64_t seq_len_at(int64_t step) const;
+  int64_t batch_size_at(int64_t step) const;
   bool operator==(const TrainLoopConfig&) const = default;
 };
 

@@ -56,6 +56,7 @@ Trainer::Trainer(const TrainConfig& cfg, Mesh& mesh, TrainerOptions options)
     : cfg_(cfg), mesh_(mesh), opt_(std::move(options)) {
   source_ = make_batch_source(cfg_);
   source_->check_seq_len(cfg_.train.seq_len);
+  for (int64_t s : cfg_.train.curriculum_seq_lens) source_->check_seq_len(s);
   for (int64_t s : cfg_.eval_seq_lens()) source_->check_seq_len(s);
   try {
     model_ = std::make_unique<Transformer>(cfg_, mesh_,
@@ -85,9 +86,13 @@ std::string Trainer::checkpoints_dir() const {
 }
 
 double Trainer::flops_per_token() const {
+  return flops_per_token(cfg_.train.seq_len);
+}
+
+double Trainer::flops_per_token(int64_t seq_len) const {
   const ModelDims& d = model_->dims();
   return 6.0 * double(model_->parameter_count()) +
-         6.0 * d.layers * double(d.heads) * d.head_dim * double(cfg_.train.seq_len);
+         6.0 * d.layers * double(d.heads) * d.head_dim * double(seq_len);
 }
 
 size_t Trainer::memory_estimate_bytes(std::string* plan) const {
@@ -132,6 +137,7 @@ StepMetrics Trainer::train_step() {
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t data_step = state_.step;
   const int micro = int(cfg_.train.micro_batches);
+  const int64_t seq_len = cfg_.train.seq_len_at(data_step);  // a curriculum stage's, or seq_len
   if (const int64_t ms = debug_fault("step_sleep_ms"); ms > 0)  // test-only: slow steps
     std::this_thread::sleep_for(std::chrono::milliseconds(ms));
 
@@ -140,7 +146,8 @@ StepMetrics Trainer::train_step() {
   double w_local = 0;
   for (int m = 0; m < micro; ++m) {
     batches.push_back(
-        source_->get(make_batch_request(cfg_, mesh_, data_step, m, cfg_.train.seq_len)));
+        source_->get(make_batch_request(cfg_, mesh_, data_step, m, seq_len, Split::Train,
+                                        cfg_.train.batch_size_at(data_step))));
     w_local += Transformer::loss_weight(batches.back());
   }
   const double w = sum_over(mesh_.world(), w_local);
@@ -179,7 +186,8 @@ StepMetrics Trainer::train_step() {
   m.finite = finite;
   m.seconds = seconds_since(t0);
   m.tokens_per_s = double(tokens_per_step()) / std::max(m.seconds, 1e-9);
-  m.mfu = opt_.peak_flops > 0 ? flops_per_token() * m.tokens_per_s / opt_.peak_flops : 0;
+  m.mfu = opt_.peak_flops > 0 ? flops_per_token(seq_len) * m.tokens_per_s / opt_.peak_flops : 0;
+  m.seq_len = seq_len;
   m.peak_bytes = size_t(max_over(mesh_.world(), int64_t(alloc.peak_bytes())));
   m.has_answers = stats.answer_tokens > 0;
   m.answer_accuracy = stats.answer_accuracy();
@@ -234,6 +242,7 @@ void Trainer::write_metrics(const StepMetrics& m, const std::vector<EvalResult>&
   j["mfu"] = m.mfu;
   j["peak_bytes"] = m.peak_bytes;
   j["seconds"] = m.seconds;
+  j["seq_len"] = m.seq_len;
   if (m.has_answers) j["answer_accuracy"] = m.answer_accuracy;
   if (!m.finite) j["skipped"] = true;
   j["skipped_steps"] = state_.skipped;  // non-finite steps skipped so far (on_nonfinite = skip)
@@ -294,6 +303,7 @@ void Trainer::run(int64_t last) {
           progress.percent(m.step), m.step, last, m.loss, m.lr, m.grad_norm, m.tokens_per_s,
           100.0 * m.mfu, format_bytes(m.peak_bytes));
       if (m.has_answers) line += fmt::format(" answer_acc {:.3f}", m.answer_accuracy);
+      if (m.seq_len != cfg_.train.seq_len) line += fmt::format(" (curriculum S={})", m.seq_len);
       line += fmt::format(" {}", progress.timing(m.step));
       if (!m.finite) line += fmt::format(" SKIPPED (non-finite; {} so far)", state_.skipped);
       log::info("{}", line);

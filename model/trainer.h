@@ -40,6 +40,7 @@ struct StepMetrics {
   double answer_accuracy = 0;
   bool finite = true;  // false: skipped (on_nonfinite = skip)
   double seconds = 0;
+  int64_t seq_len = 0;  // train.seq_len, or the curriculum stage's length
 };
 
 struct EvalResult {
@@ -95,7 +96,8 @@ class Trainer {
   Transformer& model() { return *model_; }
   const BatchSource& source() const { return *source_; }
   const std::vector<StepMetrics>& history() const { return history_; }
-  double flops_per_token() const;
+  double flops_per_token() const;                 // at train.seq_len
+  double flops_per_token(int64_t seq_len) const;  // at a curriculum stage's length
   int64_t tokens_per_step() const { return cfg_.train.batch_size * cfg_.train.seq_len; }
   // A multi-line plan of bytes per rank: parameters, shards, optimizer state, activations.
   std::string memory_plan() const;

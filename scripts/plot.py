@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Plots of the training benchmarks (issue 6), from the JSON that `ringattn bench` writes.
 
     scripts/plot.py RUN_DIR [--out DIR]

@@ -5,6 +5,8 @@
 // meshes over MPI_COMM_WORLD split the same global batch over the ranks. Checkpoints go to a
 // directory under the system temp dir, named by rank 0 and shared by every rank (one node).
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <thread>
 
 #include <mpi.h>
 #include <unistd.h>
@@ -19,6 +21,7 @@
 #include "comm/mesh.h"
 #include "core/error.h"
 #include "model/checkpoint.h"
+#include "model/progress.h"
 #include "model/trainer.h"
 
 using namespace ringattn;
@@ -395,4 +398,23 @@ TEST_CASE("a non-finite step is skipped or aborts, as configured", "[train]") {
     t.train_step();
     CHECK_THROWS_WITH(t.train_step(), Catch::Contains("on_nonfinite = abort"));
   }
+}
+
+TEST_CASE("train: progress line arithmetic", "[train]") {
+  CHECK(format_duration(0) == "0s");
+  CHECK(format_duration(59.4) == "59s");
+  CHECK(format_duration(187) == "3m07s");
+  CHECK(format_duration(7500) == "2h05m");
+  // A run resumed at step 100 of 400: 25% done before any step of this process.
+  Progress p(100, 400);
+  CHECK(p.percent(100) == "[ 25%]");
+  CHECK(p.eta_seconds(100) < 0);  // unknown until a step finishes
+  CHECK_THAT(p.timing(100), Catch::Matchers::EndsWith("eta ?"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // so timer jitter is relatively tiny
+  p.step_done(101);
+  const double eta = p.eta_seconds(101);
+  // 299 steps left at the pace of the one just timed (elapsed / 1).
+  CHECK(eta == Approx(299 * p.elapsed_seconds()).epsilon(0.05));
+  CHECK(p.percent(400) == "[100%]");
+  CHECK(p.eta_seconds(400) == 0);
 }

@@ -38,7 +38,8 @@ std::unique_ptr<BatchSource> make_batch_source(const TrainConfig& cfg) {
 }
 
 BatchRequest make_batch_request(const TrainConfig& cfg, const Mesh& mesh, int64_t step, int micro,
-                                int64_t seq_len, Split split) {
+                                int64_t seq_len, Split split, int64_t batch_size) {
+  if (batch_size < 0) batch_size = cfg.train.batch_size;
   BatchRequest r;
   r.step = step;
   r.split = split;
@@ -47,11 +48,11 @@ BatchRequest make_batch_request(const TrainConfig& cfg, const Mesh& mesh, int64_
   r.micro = micro;
   r.micro_steps = int(cfg.train.micro_batches);
   const int64_t parts = int64_t(r.data_ranks) * r.micro_steps;
-  RA_CHECK(parts >= 1 && cfg.train.batch_size % parts == 0,
+  RA_CHECK(parts >= 1 && batch_size % parts == 0,
            "train.batch_size = {} must be a multiple of mesh.dp x mesh.fsdp x "
            "train.micro_batches = {}",
-           cfg.train.batch_size, parts);
-  r.batch_per_rank = cfg.train.batch_size / parts;
+           batch_size, parts);
+  r.batch_per_rank = batch_size / parts;
   r.sp_rank = mesh.coord(Axis::SP);
   r.sp_size = mesh.size(Axis::SP);
   r.layout = cfg.attention.layout;

@@ -20,7 +20,10 @@ std::unique_ptr<BatchSource> make_batch_source(const TrainConfig& cfg);
 // for training, an eval length for eval): the data-parallel index is dp x fsdp (FSDP ranks see
 // different samples), the sp coordinate picks the shard, and the global batch train.batch_size
 // is split evenly over data ranks and train.micro_batches.
+// batch_size: global sequences of the step (-1: train.batch_size; a curriculum stage passes its
+// own).
 BatchRequest make_batch_request(const TrainConfig& cfg, const Mesh& mesh, int64_t step, int micro,
-                                int64_t seq_len, Split split = Split::Train);
+                                int64_t seq_len, Split split = Split::Train,
+                                int64_t batch_size = -1);
 
 }  // namespace ringattn

@@ -75,7 +75,12 @@ RetrievalLayout RetrievalSource::layout(int64_t seq_len) const {
   l.answer_marker = opt_.answer_marker;
   l.seq_len = seq_len;
   l.num_questions = opt_.questions;
-  const int64_t R = l.record_len(), Q = l.question_len(), m = l.num_questions;
+  const int64_t R = l.record_len(), Q = l.question_len();
+  // Filling the sequence, a length too short for every question asks as many as it holds
+  // records (each record asked once), so one config serves a curriculum of lengths.
+  if (opt_.num_records == 0)
+    l.num_questions = std::max<int64_t>(1, std::min(l.num_questions, (seq_len - 1) / (R + Q)));
+  const int64_t m = l.num_questions;
   const int64_t room = seq_len - 1 - m * Q;  // after BOS and the questions
   // Each question asks a different record, so there are at least as many records as questions.
   const int64_t want = std::max<int64_t>(opt_.num_records, m);

@@ -66,7 +66,9 @@ struct RetrievalOptions {
   // 0: as many records as fit the sequence length; else exactly this many (the rest is padding
   // after BOS), and a sequence too short for them is an error.
   int64_t num_records = 0;
-  // Questions at the end of each sample, each about a different record: 1 to kMaxAnswers (data_source.h).
+  // Questions at the end of each sample, each about a different record: 1 to kMaxAnswers
+  // (data_source.h). With num_records = 0, a sequence too short for them all holds as many
+  // questions as records.
   int64_t questions = 1;
   // false: the loss counts only the answer tokens (the task); true: every predictable token.
   bool loss_on_all_tokens = false;
