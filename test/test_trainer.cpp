@@ -418,3 +418,45 @@ TEST_CASE("train: progress line arithmetic", "[train]") {
   CHECK(p.percent(400) == "[100%]");
   CHECK(p.eta_seconds(400) == 0);
 }
+
+TEST_CASE("train: a sequence-length curriculum keeps tokens per step and equals its stages run alone",
+          "[train]") {
+  TempRun tmp;
+  const int n = world_size();
+  TrainConfig c = tiny(tmp.dir, AttentionImpl::Ring, RingLayout::Zigzag);
+  c.train.seq_len = 64;
+  c.train.curriculum_seq_lens = {32};
+  c.train.curriculum_steps = {3};
+  CHECK(c.train.seq_len_at(0) == 32);
+  CHECK(c.train.seq_len_at(2) == 32);
+  CHECK(c.train.seq_len_at(3) == 64);
+  CHECK(c.train.batch_size_at(0) == 8);  // 4 x 64 tokens = 8 x 32
+  CHECK(c.train.batch_size_at(3) == 4);
+  validate(c, n);
+
+  Mesh mesh(MeshShape{1, 1, n, 1});
+  Trainer t(c, mesh, quiet());
+  std::vector<double> curriculum;
+  for (int i = 0; i < 5; ++i) {
+    const StepMetrics m = t.train_step();
+    CHECK(m.seq_len == (i < 3 ? 32 : 64));
+    curriculum.push_back(m.loss);
+  }
+  // The first stage is exactly a run at S = 32 with 8 sequences per step.
+  TrainConfig short_only = c;
+  short_only.train.curriculum_seq_lens.clear();
+  short_only.train.curriculum_steps.clear();
+  short_only.train.seq_len = 32;
+  short_only.train.batch_size = 8;
+  Trainer s(short_only, mesh, quiet());
+  for (int i = 0; i < 3; ++i) CHECK(s.train_step().loss == curriculum[size_t(i)]);
+
+  // Stages that cannot keep the tokens per step, or lengths without steps, are errors.
+  TrainConfig bad = c;
+  bad.train.curriculum_steps = {3, 4};
+  CHECK_THROWS_WITH(validate(bad, n), Catch::Matchers::Contains("train.curriculum_steps has 2"));
+  bad = c;
+  bad.train.curriculum_seq_lens = {128};
+  CHECK_THROWS_WITH(validate(bad, n),
+                    Catch::Matchers::Contains("train.curriculum_seq_lens[0] = 128 must be <="));
+}
