@@ -155,9 +155,10 @@ int run_eval(const EvalArgs& a) {
         "accuracy {:.4f} ({} answers)",
         e.seq_len, e.loss, e.token_accuracy, e.answer_tokens, e.exact_accuracy, e.answers);
     if (a.min_accuracy >= 0 && !(e.answers > 0 && e.exact_accuracy >= a.min_accuracy)) {
-      log::warn("seq_len {}: exact answer accuracy {:.4f} over {} answers is below "
-                "--min-accuracy {}",
-                e.seq_len, e.exact_accuracy, e.answers, a.min_accuracy);
+      log::warn(
+          "seq_len {}: exact answer accuracy {:.4f} over {} answers is below "
+          "--min-accuracy {}",
+          e.seq_len, e.exact_accuracy, e.answers, a.min_accuracy);
       ++below;
     }
   }

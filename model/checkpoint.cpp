@@ -218,8 +218,10 @@ std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& mod
   }
   // Test-only fault (core/debug_faults.h): the writer dies in the middle of the save.
   if (root && state.step == debug_fault("checkpoint_crash_step")) {
-    log::rank_error("RINGATTN_DEBUG_FAULTS: killing rank 0 while it saves the checkpoint of "
-                    "step {}", state.step);
+    log::rank_error(
+        "RINGATTN_DEBUG_FAULTS: killing rank 0 while it saves the checkpoint of "
+        "step {}",
+        state.step);
     spdlog::default_logger()->flush();
     std::raise(SIGKILL);
   }

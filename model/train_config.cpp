@@ -180,9 +180,10 @@ ConfigSchema make_schema() {
             "keys are much faster to learn.")
       .at_least(0)
       .at_most(int64_t(1) << 24);
-  s.add_int("data.retrieval.value_vocab", data.retrieval.value_vocab,
-            "0: values are `value_digits` decimal digits; N > 0: each value (so each answer) is one "
-            "token out of N value tokens (needs model.vocab_size >= 17 + key_vocab + N).")
+  s.add_int(
+       "data.retrieval.value_vocab", data.retrieval.value_vocab,
+       "0: values are `value_digits` decimal digits; N > 0: each value (so each answer) is one "
+       "token out of N value tokens (needs model.vocab_size >= 17 + key_vocab + N).")
       .at_least(0)
       .at_most(int64_t(1) << 24);
   s.add_bool("data.retrieval.loss_on_all_tokens", data.retrieval.loss_on_all_tokens,

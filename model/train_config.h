@@ -91,11 +91,11 @@ struct OptimConfig {
 struct RetrievalConfig {
   int64_t num_records = 0;  // 0: as many as fit in the sequence
   int64_t key_digits = 4, value_digits = 4;
-  int64_t key_vocab = 0;    // > 0: one-token keys out of this many key tokens
-  int64_t value_vocab = 0;  // > 0: one-token values out of this many value tokens
+  int64_t key_vocab = 0;            // > 0: one-token keys out of this many key tokens
+  int64_t value_vocab = 0;          // > 0: one-token values out of this many value tokens
   bool loss_on_all_tokens = false;  // false: the loss counts only the answers
   bool answer_marker = true;        // false: questions are QUESTION key value
-  int64_t questions = 1;  // per sample, each about a different record
+  int64_t questions = 1;            // per sample, each about a different record
   bool operator==(const RetrievalConfig&) const = default;
 };
 

@@ -59,8 +59,8 @@ Trainer::Trainer(const TrainConfig& cfg, Mesh& mesh, TrainerOptions options)
   for (int64_t s : cfg_.train.curriculum_seq_lens) source_->check_seq_len(s);
   for (int64_t s : cfg_.eval_seq_lens()) source_->check_seq_len(s);
   try {
-    model_ = std::make_unique<Transformer>(cfg_, mesh_,
-                                           opt_.backend ? *opt_.backend : cpu_backend());
+    model_ =
+        std::make_unique<Transformer>(cfg_, mesh_, opt_.backend ? *opt_.backend : cpu_backend());
   } catch (const Error& e) {
     if (cfg_.memory_limit_gb <= 0) throw;
     RA_FAIL("the model does not fit memory_limit_gb = {} GiB per rank: building it failed: {}",
@@ -137,7 +137,7 @@ StepMetrics Trainer::train_step() {
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t data_step = state_.step;
   const int micro = int(cfg_.train.micro_batches);
-  const int64_t seq_len = cfg_.train.seq_len_at(data_step);  // a curriculum stage's, or seq_len
+  const int64_t seq_len = cfg_.train.seq_len_at(data_step);     // a curriculum stage's, or seq_len
   if (const int64_t ms = debug_fault("step_sleep_ms"); ms > 0)  // test-only: slow steps
     std::this_thread::sleep_for(std::chrono::milliseconds(ms));
 
@@ -145,9 +145,8 @@ StepMetrics Trainer::train_step() {
   batches.reserve(size_t(micro));
   double w_local = 0;
   for (int m = 0; m < micro; ++m) {
-    batches.push_back(
-        source_->get(make_batch_request(cfg_, mesh_, data_step, m, seq_len, Split::Train,
-                                        cfg_.train.batch_size_at(data_step))));
+    batches.push_back(source_->get(make_batch_request(
+        cfg_, mesh_, data_step, m, seq_len, Split::Train, cfg_.train.batch_size_at(data_step))));
     w_local += Transformer::loss_weight(batches.back());
   }
   const double w = sum_over(mesh_.world(), w_local);
@@ -294,8 +293,8 @@ void Trainer::run(int64_t last) {
     if (cfg_.eval.every > 0 && (m.step % cfg_.eval.every == 0 || m.step == last))
       for (int64_t s : cfg_.eval_seq_lens()) evals.push_back(evaluate(s, cfg_.eval.batches));
     progress.step_done(m.step);
-    const bool log_this = m.step % cfg_.train.log_every == 0 || m.step == last ||
-                          !evals.empty() || !m.finite || m.step == 1;
+    const bool log_this = m.step % cfg_.train.log_every == 0 || m.step == last || !evals.empty() ||
+                          !m.finite || m.step == 1;
     if (opt_.log_steps && log_this) {
       std::string line = fmt::format(
           "{} step {}/{} loss {:.4f} lr {:.3e} grad_norm {:.3f} tokens/s {:.0f} mfu {:.2f}% peak "

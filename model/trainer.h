@@ -45,11 +45,11 @@ struct StepMetrics {
 
 struct EvalResult {
   int64_t seq_len = 0;
-  double loss = 0;             // mean over the weighted tokens of every eval batch
-  int64_t answer_tokens = 0;   // answer tokens scored
-  double token_accuracy = 0;   // answer tokens whose argmax is right
-  int64_t answers = 0;         // answers scored (a sample may hold several)
-  double exact_accuracy = 0;   // answers whose every token is right
+  double loss = 0;            // mean over the weighted tokens of every eval batch
+  int64_t answer_tokens = 0;  // answer tokens scored
+  double token_accuracy = 0;  // answer tokens whose argmax is right
+  int64_t answers = 0;        // answers scored (a sample may hold several)
+  double exact_accuracy = 0;  // answers whose every token is right
 };
 
 struct TrainerOptions {

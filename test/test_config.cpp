@@ -281,7 +281,8 @@ TEST_CASE("--set parses the value by the key's type", "[config]") {
 }
 
 TEST_CASE("every preset in configs/ loads and validates on a matching world", "[config]") {
-  const std::vector<std::string> presets{"demo", "tiny", "125m", "1b", "7b", "finetune_hf", "slurm_test"};
+  const std::vector<std::string> presets{"demo", "tiny",        "125m",      "1b",
+                                         "7b",   "finetune_hf", "slurm_test"};
   // Every preset on disk is one of those tested here.
   for (const auto& entry : fs::directory_iterator(source_dir() / "configs")) {
     if (entry.path().extension() != ".json") continue;

@@ -4,8 +4,8 @@
 // request, so no MPI is needed (ctest still runs this group on 1, 2 and 4 processes).
 #include <unistd.h>
 
-#include <catch2/catch.hpp>
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -135,7 +135,7 @@ void check_reassembly(const BatchSource& src, int64_t seq_len) {
 
 // A retrieval sample parsed back from its decoded text (independently of the generator).
 struct Parsed {
-  std::vector<std::pair<std::string, std::string>> records;  // key, value
+  std::vector<std::pair<std::string, std::string>> records;    // key, value
   std::string question_key, answer;                            // the first question
   std::vector<std::pair<std::string, std::string>> questions;  // key, answer of each
   size_t padding = 0;
@@ -298,7 +298,7 @@ TEST_CASE("data: retrieval loss mask covers exactly the answer tokens", "[data]"
   Tensor pred = full.targets.clone();
   AnswerTally t = tally_answers(full, pred);
   REQUIRE(t.total.size() == size_t(2 * kMaxAnswers));
-  CHECK(t.total[0] == 4);  // row 0, answer 1
+  CHECK(t.total[0] == 4);            // row 0, answer 1
   CHECK(t.total[kMaxAnswers] == 4);  // row 1, answer 1
   CHECK(t.correct[0] == 4);
   CHECK(t.correct[kMaxAnswers] == 4);

@@ -419,8 +419,9 @@ TEST_CASE("train: progress line arithmetic", "[train]") {
   CHECK(p.eta_seconds(400) == 0);
 }
 
-TEST_CASE("train: a sequence-length curriculum keeps tokens per step and equals its stages run alone",
-          "[train]") {
+TEST_CASE(
+    "train: a sequence-length curriculum keeps tokens per step and equals its stages run alone",
+    "[train]") {
   TempRun tmp;
   const int n = world_size();
   TrainConfig c = tiny(tmp.dir, AttentionImpl::Ring, RingLayout::Zigzag);

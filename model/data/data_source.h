@@ -65,7 +65,7 @@ struct Batch {
   // [B, Sl] I32: the token at global position p+1 (wherever it lives in the ring), or
   // kIgnoreIndex where there is none (see each source).
   Tensor targets;
-  Tensor loss_mask;    // [B, Sl] F32: 1 where the loss counts, 0 elsewhere (always 0 at ignore)
+  Tensor loss_mask;  // [B, Sl] F32: 1 where the loss counts, 0 elsewhere (always 0 at ignore)
   // [B, Sl] U8: where the target is a token of an answer (retrieval), which one: 1..kMaxAnswers
   // (a sample may hold several answers, each scored whole); 0 elsewhere.
   Tensor answer_mask;

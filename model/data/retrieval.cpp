@@ -85,13 +85,13 @@ RetrievalLayout RetrievalSource::layout(int64_t seq_len) const {
   // Each question asks a different record, so there are at least as many records as questions.
   const int64_t want = std::max<int64_t>(opt_.num_records, m);
   RA_CHECK(opt_.num_records == 0 || opt_.num_records >= m,
-           "retrieval: {} questions per sample ask {} different records, but num_records is {}",
-           m, m, opt_.num_records);
+           "retrieval: {} questions per sample ask {} different records, but num_records is {}", m,
+           m, opt_.num_records);
   RA_CHECK(room >= want * R,
            "retrieval: sequence length {} is too short for {} record{} and {} question{}: it "
            "needs at least {} tokens (BOS, {} x {}-token records, {} x {}-token questions)",
-           seq_len, want, want == 1 ? "" : "s", m, m == 1 ? "" : "s", 1 + m * Q + want * R, want,
-           R, m, Q);
+           seq_len, want, want == 1 ? "" : "s", m, m == 1 ? "" : "s", 1 + m * Q + want * R, want, R,
+           m, Q);
   l.num_records = opt_.num_records == 0 ? room / R : opt_.num_records;
   l.padding = room - l.num_records * R;
   RA_CHECK(uint64_t(l.num_records) <= key_space_,

@@ -49,11 +49,11 @@ namespace retrieval_tokens {
 inline constexpr int32_t kPad = 10, kBos = 11, kLine = 12, kColon = 13, kNewline = 14,
                          kQuestion = 15, kAnswer = 16;
 inline constexpr int64_t kVocabSize = 17;  // without key tokens
-inline constexpr int32_t kKeyBase = 17;     // first key token (key_vocab > 0)
+inline constexpr int32_t kKeyBase = 17;    // first key token (key_vocab > 0)
 }  // namespace retrieval_tokens
 
 struct RetrievalOptions {
-  int key_digits = 3;    // keys are unique within a sample, so records <= 10^key_digits
+  int key_digits = 3;  // keys are unique within a sample, so records <= 10^key_digits
   // 0: keys in key_digits decimal digits; N > 0: each key is one of N key tokens (records <= N).
   int64_t key_vocab = 0;
   // 0: values in value_digits decimal digits; N > 0: each value is one of N value tokens (ids
