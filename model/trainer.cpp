@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "comm/ordered_sum.h"
 #include "core/allocator.h"
 #include "core/backend.h"
 #include "core/debug_faults.h"
@@ -28,18 +29,6 @@ namespace ringattn {
 namespace fs = std::filesystem;
 
 namespace {
-
-// Sum of one double per rank, added in rank order on every rank: the same bits everywhere and
-// from run to run, which a float32 MPI reduction would not give (and communicators have no
-// float64 type).
-double sum_over(Communicator& comm, double x) {
-  std::vector<int64_t> all(size_t(comm.size()));
-  const int64_t mine = std::bit_cast<int64_t>(x);
-  comm.all_gather(&mine, all.data(), 1, DType::I64);
-  double s = 0;
-  for (int64_t v : all) s += std::bit_cast<double>(v);
-  return s;
-}
 
 int64_t max_over(Communicator& comm, int64_t x) {
   comm.all_reduce(&x, 1, DType::I64, ReduceOp::Max);
@@ -149,7 +138,7 @@ StepMetrics Trainer::train_step() {
         cfg_, mesh_, data_step, m, seq_len, Split::Train, cfg_.train.batch_size_at(data_step))));
     w_local += Transformer::loss_weight(batches.back());
   }
-  const double w = sum_over(mesh_.world(), w_local);
+  const double w = ordered_sum(mesh_.world(), w_local);
   RA_CHECK(w > 0, "step {}: the batch has no token that carries loss", data_step + 1);
   float scale = float(1.0 / w);
   // Test-only fault (core/debug_faults.h): a NaN gradient on one rank at a chosen step.

@@ -8,6 +8,7 @@
 #include <limits>
 #include <vector>
 
+#include "comm/ordered_sum.h"
 #include "core/error.h"
 #include "core/safetensors.h"
 #include "model/attention/sequence_shard.h"
@@ -23,16 +24,6 @@ bool is_token_file(const std::string& path) {
   char magic[8] = {};
   f.read(magic, 8);
   return f.gcount() == 8 && std::memcmp(magic, kTokenFileMagic, 8) == 0;
-}
-
-// Sums one double over `comm` in rank order: the same bits on every rank.
-double sum_over(Communicator& comm, double x) {
-  std::vector<int64_t> all(size_t(comm.size()));
-  const int64_t mine = std::bit_cast<int64_t>(x);
-  comm.all_gather(&mine, all.data(), 1, DType::I64);
-  double s = 0;
-  for (int64_t v : all) s += std::bit_cast<double>(v);
-  return s;
 }
 
 }  // namespace
@@ -115,7 +106,7 @@ TokenForward forward_tokens(Transformer& model, Mesh& mesh, const Tensor& input_
   Communicator& sp = mesh.axis(Axis::SP);
   const Batch batch = make_token_batch(input_ids, layout, sp.rank(), sp.size());
   TokenForward out;
-  out.tokens = sum_over(sp, Transformer::loss_weight(batch));
+  out.tokens = ordered_sum(sp, Transformer::loss_weight(batch));
   if (!logits) {
     StepStats s = model.forward_only(batch);
     s.all_reduce(sp);
@@ -135,7 +126,7 @@ TokenForward forward_tokens(Transformer& model, Mesh& mesh, const Tensor& input_
     for (int64_t j = 0; j < V; ++j) sum += std::exp(double(x[j]) - m);
     loss += m + std::log(sum) - double(x[t]);
   }
-  out.loss_sum = sum_over(sp, loss);
+  out.loss_sum = ordered_sum(sp, loss);
   out.logits = gather_sequence(sp, local, 1, batch.positions, batch.seq_len);
   return out;
 }
