@@ -5,24 +5,10 @@
 # Usage: bench_test.sh path/to/ringattn
 set -uo pipefail
 bin=${1:?usage: bench_test.sh RINGATTN_BINARY}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failures=0
-pass() { echo "ok   $1"; }
-fail() { echo "FAIL $1"; failures=$((failures + 1)); }
+# shellcheck source=test/cli/lib.sh
+source "$(dirname "$0")/lib.sh"
 
-run() {  # run NAME CMD...: must succeed
-  local name=$1
-  shift
-  local out
-  if out=$("$@" 2>&1); then
-    pass "$name"
-  else
-    fail "$name: $(tail -5 <<<"$out")"
-  fi
-}
+run() { expect_ok "$@"; }  # run NAME CMD...: must succeed
 
 # check_json NAME FILE PYTHON-EXPR: the expression, over the parsed file `j`, must be true.
 check_json() {

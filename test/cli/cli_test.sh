@@ -4,35 +4,8 @@
 # Usage: cli_test.sh path/to/ringattn
 set -uo pipefail
 bin=${1:?usage: cli_test.sh RINGATTN_BINARY}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failures=0
-
-pass() { echo "ok   $1"; }
-fail() { echo "FAIL $1"; failures=$((failures + 1)); }
-
-# expect_error NAME PATTERN CMD...: the command must exit non-zero and print PATTERN.
-expect_error() {
-  local name=$1 pattern=$2
-  shift 2
-  local out rc
-  out=$("$@" 2>&1)
-  rc=$?
-  if [ $rc -ne 0 ] && grep -q -- "$pattern" <<<"$out"; then
-    pass "$name"
-  else
-    fail "$name (exit $rc, expected /$pattern/): $(tail -3 <<<"$out")"
-  fi
-}
-
-expect_ok() {
-  local name=$1
-  shift
-  local out
-  if out=$("$@" 2>&1); then pass "$name"; else fail "$name: $(tail -5 <<<"$out")"; fi
-}
+# shellcheck source=test/cli/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 "$bin" --version | grep -q "CUDA backend" && pass "--version" || fail "--version"
 
@@ -115,5 +88,4 @@ expect_ok "launch check: SLURM_NTASKS of the batch script (no step) is not check
 expect_ok "short demo run, warm-up longer than the run" mpirun -np 4 "$bin" train --config "$cfgdir/demo.json" \
   --set train.steps=2 --set train.seq_len=512 --set run_dir="$tmp/short" --set eval.every=0 --set checkpoint.every=0
 
-echo "$failures failure(s)"
-[ "$failures" -eq 0 ]
+cli_summary

@@ -10,36 +10,8 @@ set -uo pipefail
 bin=${1:?usage: hf_test.sh RINGATTN_BINARY FIXTURE_DIR}
 fix=${2:?usage: hf_test.sh RINGATTN_BINARY FIXTURE_DIR}
 root=$(cd "$(dirname "$0")/../.." && pwd)
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failures=0
-passes=0
-
-pass() { echo "ok   $1"; passes=$((passes + 1)); }
-fail() { echo "FAIL $1"; failures=$((failures + 1)); }
-
-expect_ok() {
-  local name=$1
-  shift
-  local out
-  if out=$("$@" 2>&1); then pass "$name"; else fail "$name: $(tail -5 <<<"$out")"; fi
-}
-
-# expect_error NAME PATTERN CMD...: the command must exit non-zero and print PATTERN.
-expect_error() {
-  local name=$1 pattern=$2
-  shift 2
-  local out rc
-  out=$("$@" 2>&1)
-  rc=$?
-  if [ $rc -ne 0 ] && grep -q -- "$pattern" <<<"$out"; then
-    pass "$name"
-  else
-    fail "$name (exit $rc, expected /$pattern/): $(tail -3 <<<"$out")"
-  fi
-}
+# shellcheck source=test/cli/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 ref=$fix/reference.safetensors
 compare() {  # compare NAME OUT TOLERANCE: OUT's tensors (logits, loss) against the reference
@@ -143,5 +115,4 @@ expect_error "export dtype" "expected f32, bf16 or f16" "$bin" export --checkpoi
 expect_error "export shard size" "is not a size" "$bin" export --checkpoint "$run0" --to "$tmp/x" \
   --shard-size lots
 
-echo "$passes passed, $failures failed"
-[ "$failures" -eq 0 ]
+cli_summary

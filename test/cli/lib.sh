@@ -1,0 +1,40 @@
+# shellcheck shell=bash
+# Sourced by the end-to-end CLI test scripts: the environment every mpirun needs here (root,
+# oversubscription, one BLAS thread per rank), a temporary directory removed on exit, and the
+# pass/fail bookkeeping. A script ends with `cli_summary`, which fails when any check failed.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+failures=0
+passes=0
+
+pass() { echo "ok   $1"; passes=$((passes + 1)); }
+fail() { echo "FAIL $1"; failures=$((failures + 1)); }
+
+# expect_ok NAME CMD...: the command must succeed.
+expect_ok() {
+  local name=$1
+  shift
+  local out
+  if out=$("$@" 2>&1); then pass "$name"; else fail "$name: $(tail -5 <<<"$out")"; fi
+}
+
+# expect_error NAME PATTERN CMD...: the command must exit non-zero and print PATTERN.
+expect_error() {
+  local name=$1 pattern=$2
+  shift 2
+  local out rc
+  out=$("$@" 2>&1)
+  rc=$?
+  if [ $rc -ne 0 ] && grep -q -- "$pattern" <<<"$out"; then
+    pass "$name"
+  else
+    fail "$name (exit $rc, expected /$pattern/): $(tail -3 <<<"$out")"
+  fi
+}
+
+cli_summary() {
+  echo "$passes passed, $failures failed"
+  [ "$failures" -eq 0 ]
+}
