@@ -149,6 +149,13 @@ TEST_CASE("malformed JSON names the file, line and column", "[config]") {
              Contains("cannot open config file '/nonexistent/ringattn.json'"));
 }
 
+TEST_CASE("a number beyond a double is malformed JSON, not a crash", "[config]") {
+  // Found by the config fuzzer: nlohmann's out_of_range escaped the parser.
+  CHECK_THAT(load_error(R"({"optim": {"lr": 3e2048}})"),
+             Contains("malformed JSON") && Contains("number overflow"));
+  CHECK_THAT(set_error("eval.seq_lens=[3e2048]"), Contains("eval.seq_lens"));
+}
+
 TEST_CASE("unknown keys name the key and suggest the nearest valid one", "[config]") {
   TempFile f(R"({"train": {"seq_length": 4096}})");
   CHECK(error_of([&] { load_train_json(f.path()); }) ==
