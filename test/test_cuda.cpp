@@ -1,11 +1,16 @@
 // The CUDA backend: without a GPU (or without CUDA compiled in) it must say so cleanly, never
-// crash; with a GPU its GEMM must match the CPU backend on random inputs.
+// crash; with a GPU its GEMM and every layer operation must match the CPU backend on random
+// inputs (the attention tiles: test/test_cuda_attention.cpp).
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <vector>
 
 #include "core/backend.h"
+#include "core/error.h"
 #include "core/random.h"
 #include "core/tensor.h"
 
@@ -52,4 +57,322 @@ TEST_CASE("CUDA gemm matches the CPU backend", "[cuda]") {
         worst = std::max(worst, double(std::abs(c_cpu.data<float>()[i] - c_back.data<float>()[i])));
       CHECK(worst < 1e-3);  // TF32 is off by default in cuBLAS sgemm: float32 rounding only
     }
+}
+
+namespace {
+
+Tensor randn(const Shape& shape, uint64_t seed, float stddev = 1.0f) {
+  Tensor t = Tensor::empty(shape, DType::F32);
+  fill_normal(t, seed, 0.0f, stddev);
+  return t;
+}
+
+Tensor to_device(Backend& gpu, const Tensor& host) {
+  Tensor d = Tensor::empty(host.shape(), host.dtype(), Device::CUDA, "test input");
+  gpu.copy_from_host(d.raw(), host.raw(), host.nbytes());
+  return d;
+}
+
+Tensor to_host(Backend& gpu, const Tensor& dev) {
+  Tensor h = Tensor::empty(dev.shape(), dev.dtype());
+  gpu.copy_to_host(h.raw(), dev.raw(), dev.nbytes());
+  return h;
+}
+
+// |got - want| <= atol + rtol * |want| everywhere (infinities must be equal, NaN never passes).
+void check_close(const Tensor& got, const Tensor& want, double rtol, double atol,
+                 const char* what) {
+  REQUIRE(got.numel() == want.numel());
+  const float* g = got.data<float>();
+  const float* w = want.data<float>();
+  double worst = 0;
+  int64_t worst_at = 0, bad = 0;
+  for (int64_t i = 0; i < got.numel(); ++i) {
+    if (std::isinf(w[i]) || std::isinf(g[i]) || std::isnan(g[i]) || std::isnan(w[i])) {
+      if (!(std::isinf(w[i]) && g[i] == w[i])) ++bad;
+      continue;
+    }
+    const double ratio = std::abs(double(g[i]) - double(w[i])) / (atol + rtol * std::abs(w[i]));
+    if (ratio > worst) worst = ratio, worst_at = i;
+  }
+  INFO(what << ": worst " << worst << " x tolerance (rtol " << rtol << ", atol " << atol << ") at "
+            << worst_at << ": cuda " << g[worst_at] << ", cpu " << w[worst_at] << "; " << bad
+            << " inf/NaN mismatches");
+  CHECK(bad == 0);
+  CHECK(worst <= 1.0);
+}
+
+// Tolerances, CUDA against the CPU backend (float32 both, inputs ~N(0, 1)):
+constexpr double kElemTol = 1e-5;    // elementwise: a few float roundings (FMA contraction, expf)
+constexpr double kReduceTol = 1e-4;  // reductions over rows or columns: summation order differs
+
+}  // namespace
+
+TEST_CASE("CUDA elementwise ops (axpy, scale, fill, swiglu) match the CPU backend", "[cuda]") {
+  if (cuda_device_count() == 0) {
+    std::printf("[cuda] skipped: no GPU\n");
+    return;
+  }
+  Backend& gpu = cuda_backend(0);
+  Backend& cpu = cpu_backend();
+  // Small, odd, and large enough that the grid-stride loops wrap (4096 blocks x 256 threads).
+  for (int64_t n : {int64_t(1), int64_t(1001), int64_t(4096) * 256 * 2 + 37}) {
+    INFO("n = " << n);
+    const Tensor x = randn({n}, 100 + uint64_t(n));
+    const Tensor y0 = randn({n}, 200 + uint64_t(n));
+    Tensor y_cpu = y0.clone();
+    Tensor dx = to_device(gpu, x), dy = to_device(gpu, y0);
+    cpu.axpy(n, -0.75f, x.data<float>(), y_cpu.data<float>());
+    gpu.axpy(n, -0.75f, dx.data<float>(), dy.data<float>());
+    check_close(to_host(gpu, dy), y_cpu, kElemTol, 1e-6, "axpy");
+
+    cpu.scale(y_cpu.data<float>(), n, 1.5f);
+    gpu.scale(dy.data<float>(), n, 1.5f);
+    check_close(to_host(gpu, dy), y_cpu, kElemTol, 1e-6, "scale");
+
+    cpu.fill(y_cpu.data<float>(), n, -2.25f);
+    gpu.fill(dy.data<float>(), n, -2.25f);
+    check_close(to_host(gpu, dy), y_cpu, 0, 0, "fill");
+
+    // SwiGLU forward, out of place and in place over gate.
+    const Tensor gate = randn({n}, 300 + uint64_t(n), 3.0f), up = randn({n}, 400 + uint64_t(n));
+    Tensor out_cpu = Tensor::empty({n}, DType::F32);
+    cpu.swiglu_forward(gate.data<float>(), up.data<float>(), n, out_cpu.data<float>());
+    Tensor dgate = to_device(gpu, gate), dup = to_device(gpu, up);
+    Tensor dout_dev = to_device(gpu, randn({n}, 500 + uint64_t(n)));  // garbage, overwritten
+    gpu.swiglu_forward(dgate.data<float>(), dup.data<float>(), n, dout_dev.data<float>());
+    check_close(to_host(gpu, dout_dev), out_cpu, kElemTol, 1e-6, "swiglu forward");
+    Tensor inplace = to_device(gpu, gate);
+    gpu.swiglu_forward(inplace.data<float>(), dup.data<float>(), n, inplace.data<float>());
+    check_close(to_host(gpu, inplace), out_cpu, kElemTol, 1e-6, "swiglu forward in place");
+
+    // SwiGLU backward, separate outputs and in place (dgate = gate, dup = up).
+    const Tensor grad = randn({n}, 600 + uint64_t(n));
+    Tensor dg_cpu = Tensor::empty({n}, DType::F32), du_cpu = Tensor::empty({n}, DType::F32);
+    cpu.swiglu_backward(gate.data<float>(), up.data<float>(), grad.data<float>(), n,
+                        dg_cpu.data<float>(), du_cpu.data<float>());
+    Tensor dgrad = to_device(gpu, grad);
+    Tensor dg = to_device(gpu, randn({n}, 700)), du = to_device(gpu, randn({n}, 701));
+    gpu.swiglu_backward(dgate.data<float>(), dup.data<float>(), dgrad.data<float>(), n,
+                        dg.data<float>(), du.data<float>());
+    check_close(to_host(gpu, dg), dg_cpu, kElemTol, 1e-6, "swiglu backward dgate");
+    check_close(to_host(gpu, du), du_cpu, kElemTol, 1e-6, "swiglu backward dup");
+    gpu.swiglu_backward(dgate.data<float>(), dup.data<float>(), dgrad.data<float>(), n,
+                        dgate.data<float>(), dup.data<float>());
+    check_close(to_host(gpu, dgate), dg_cpu, kElemTol, 1e-6, "swiglu backward dgate in place");
+    check_close(to_host(gpu, dup), du_cpu, kElemTol, 1e-6, "swiglu backward dup in place");
+  }
+}
+
+TEST_CASE("CUDA embedding forward and backward match the CPU backend", "[cuda]") {
+  if (cuda_device_count() == 0) {
+    std::printf("[cuda] skipped: no GPU\n");
+    return;
+  }
+  Backend& gpu = cuda_backend(0);
+  Backend& cpu = cpu_backend();
+  const int64_t vocab = 37, dim = 300, n = 64;  // dim > 256 threads; tokens repeat
+  Tensor tokens = Tensor::empty({n}, DType::I32);
+  fill_uniform_int(tokens, 11, 0, int32_t(vocab - 1));
+  tokens.data<int32_t>()[5] = tokens.data<int32_t>()[9];  // at least one repeat for sure
+  const Tensor table = randn({vocab, dim}, 12);
+  Tensor out_cpu = Tensor::empty({n, dim}, DType::F32);
+  cpu.embedding_forward(tokens.data<int32_t>(), n, table.data<float>(), vocab, dim,
+                        out_cpu.data<float>());
+  Tensor dtok = to_device(gpu, tokens), dtable = to_device(gpu, table);
+  Tensor dout = to_device(gpu, randn({n, dim}, 13));  // garbage, overwritten
+  gpu.embedding_forward(dtok.data<int32_t>(), n, dtable.data<float>(), vocab, dim,
+                        dout.data<float>());
+  check_close(to_host(gpu, dout), out_cpu, 0, 0, "embedding forward (a copy: exact)");
+
+  const Tensor grad = randn({n, dim}, 14);
+  Tensor dtab_cpu = randn({vocab, dim}, 15);  // "+=": starts from non-zero values
+  Tensor dtab = to_device(gpu, dtab_cpu);
+  cpu.embedding_backward(tokens.data<int32_t>(), n, grad.data<float>(), vocab, dim,
+                         dtab_cpu.data<float>());
+  Tensor dgrad = to_device(gpu, grad);
+  gpu.embedding_backward(dtok.data<int32_t>(), n, dgrad.data<float>(), vocab, dim,
+                         dtab.data<float>());
+  check_close(to_host(gpu, dtab), dtab_cpu, kElemTol, 1e-6, "embedding backward");
+
+  // An id outside the vocabulary is an Error naming it, as on the CPU.
+  Tensor bad = tokens.clone();
+  bad.data<int32_t>()[17] = int32_t(vocab);
+  Tensor dbad = to_device(gpu, bad);
+  CHECK_THROWS_WITH(gpu.embedding_forward(dbad.data<int32_t>(), n, dtable.data<float>(), vocab, dim,
+                                          dout.data<float>()),
+                    Catch::Contains("row 17") && Catch::Contains("outside the vocabulary"));
+  bad.data<int32_t>()[17] = -1;
+  dbad = to_device(gpu, bad);
+  CHECK_THROWS_AS(gpu.embedding_backward(dbad.data<int32_t>(), n, dgrad.data<float>(), vocab, dim,
+                                         dtab.data<float>()),
+                  Error);
+}
+
+TEST_CASE("CUDA RMSNorm forward and backward match the CPU backend", "[cuda]") {
+  if (cuda_device_count() == 0) {
+    std::printf("[cuda] skipped: no GPU\n");
+    return;
+  }
+  Backend& gpu = cuda_backend(0);
+  Backend& cpu = cpu_backend();
+  struct Size {
+    int64_t rows, dim;
+  };
+  // dim beyond one block's threads; rows beyond the 65535-block grid (the row loop wraps).
+  for (Size s : {Size{13, 300}, Size{3, 1}, Size{70000, 8}}) {
+    INFO("rows " << s.rows << " dim " << s.dim);
+    const float eps = 1e-5f;
+    const Tensor x = randn({s.rows, s.dim}, 20 + uint64_t(s.rows)),
+                 w = randn({s.dim}, 21 + uint64_t(s.dim));
+    Tensor y_cpu = Tensor::empty(x.shape(), DType::F32),
+           inv_cpu = Tensor::empty({s.rows}, DType::F32);
+    cpu.rmsnorm_forward(x.data<float>(), w.data<float>(), s.rows, s.dim, eps, y_cpu.data<float>(),
+                        inv_cpu.data<float>());
+    Tensor dx_in = to_device(gpu, x), dw_in = to_device(gpu, w);
+    Tensor y = to_device(gpu, randn(x.shape(), 22)), inv = to_device(gpu, randn({s.rows}, 23));
+    gpu.rmsnorm_forward(dx_in.data<float>(), dw_in.data<float>(), s.rows, s.dim, eps,
+                        y.data<float>(), inv.data<float>());
+    check_close(to_host(gpu, y), y_cpu, kElemTol, 1e-6, "rmsnorm y");
+    check_close(to_host(gpu, inv), inv_cpu, kElemTol, 0, "rmsnorm inv_rms");
+    // y may alias x.
+    Tensor inplace = to_device(gpu, x);
+    gpu.rmsnorm_forward(inplace.data<float>(), dw_in.data<float>(), s.rows, s.dim, eps,
+                        inplace.data<float>(), inv.data<float>());
+    check_close(to_host(gpu, inplace), y_cpu, kElemTol, 1e-6, "rmsnorm y in place");
+
+    // Backward: dx and dw accumulate into random non-zero values.
+    const Tensor dy = randn(x.shape(), 24);
+    Tensor gx_cpu = randn(x.shape(), 25), gw_cpu = randn({s.dim}, 26);
+    Tensor gx = to_device(gpu, gx_cpu), gw = to_device(gpu, gw_cpu);
+    cpu.rmsnorm_backward(x.data<float>(), w.data<float>(), inv_cpu.data<float>(), dy.data<float>(),
+                         s.rows, s.dim, gx_cpu.data<float>(), gw_cpu.data<float>());
+    Tensor ddy = to_device(gpu, dy), dinv = to_device(gpu, inv_cpu);
+    gpu.rmsnorm_backward(dx_in.data<float>(), dw_in.data<float>(), dinv.data<float>(),
+                         ddy.data<float>(), s.rows, s.dim, gx.data<float>(), gw.data<float>());
+    check_close(to_host(gpu, gx), gx_cpu, kReduceTol, 1e-5, "rmsnorm dx");
+    check_close(to_host(gpu, gw), gw_cpu, kReduceTol, 1e-4, "rmsnorm dw");
+  }
+}
+
+TEST_CASE("CUDA RoPE forward and backward match the CPU backend at large positions", "[cuda]") {
+  if (cuda_device_count() == 0) {
+    std::printf("[cuda] skipped: no GPU\n");
+    return;
+  }
+  Backend& gpu = cuda_backend(0);
+  Backend& cpu = cpu_backend();
+  const int64_t B = 2, S = 9;
+  const int H = 3;
+  for (int D : {2, 16, 128})
+    for (float theta : {10000.0f, 500000.0f}) {
+      INFO("head_dim " << D << " theta " << theta);
+      // Global positions in the millions, with a gap (a zigzag shard).
+      std::vector<int64_t> pos;
+      for (int64_t i = 0; i < S; ++i) pos.push_back(i < 5 ? 3000001 + i : 7000000 + 3 * i);
+      const Tensor x = randn({B, S, H, D}, 30 + uint64_t(D));
+      Tensor want = x.clone();
+      cpu.rope_forward(want.data<float>(), B, S, H, D, pos.data(), theta);
+      Tensor dx = to_device(gpu, x);
+      gpu.rope_forward(dx.data<float>(), B, S, H, D, pos.data(), theta);
+      check_close(to_host(gpu, dx), want, kElemTol, 1e-6, "rope forward");
+
+      Tensor back = want.clone();
+      cpu.rope_backward(back.data<float>(), B, S, H, D, pos.data(), theta);
+      gpu.rope_backward(dx.data<float>(), B, S, H, D, pos.data(), theta);
+      check_close(to_host(gpu, dx), back, kElemTol, 1e-6, "rope backward of the forward");
+      check_close(to_host(gpu, dx), x, 1e-5, 1e-5, "rope backward undoes the forward");
+
+      // Positions already on the device are accepted too.
+      Tensor hpos = Tensor::empty({S}, DType::I64);
+      std::memcpy(hpos.raw(), pos.data(), pos.size() * sizeof(int64_t));
+      Tensor dpos = to_device(gpu, hpos);
+      Tensor dx2 = to_device(gpu, x);
+      gpu.rope_forward(dx2.data<float>(), B, S, H, D, dpos.data<int64_t>(), theta);
+      check_close(to_host(gpu, dx2), want, kElemTol, 1e-6, "rope forward, device positions");
+    }
+  Tensor x = to_device(gpu, randn({1, 2, 1, 3}, 39));
+  const std::vector<int64_t> pos{0, 1};
+  CHECK_THROWS_AS(gpu.rope_forward(x.data<float>(), 1, 2, 1, 3, pos.data(), 10000.0f), Error);
+}
+
+TEST_CASE("CUDA cross-entropy matches the CPU backend (weights, ignored rows, ties, in place)",
+          "[cuda]") {
+  if (cuda_device_count() == 0) {
+    std::printf("[cuda] skipped: no GPU\n");
+    return;
+  }
+  Backend& gpu = cuda_backend(0);
+  Backend& cpu = cpu_backend();
+  struct Size {
+    int64_t rows, vocab;
+  };
+  // vocab beyond one block's threads; rows beyond the 65535-block grid.
+  for (Size s : {Size{9, 1000}, Size{5, 1}, Size{70000, 3}}) {
+    INFO("rows " << s.rows << " vocab " << s.vocab);
+    const int64_t rows = s.rows, vocab = s.vocab;
+    Tensor logits = randn({rows, vocab}, 40 + uint64_t(rows), 3.0f);
+    Tensor targets = Tensor::empty({rows}, DType::I32);
+    fill_uniform_int(targets, 41, -1, int32_t(vocab - 1));  // -1: ignored rows
+    targets.data<int32_t>()[0] = int32_t(vocab - 1);
+    targets.data<int32_t>()[1] = -1;
+    Tensor weights = randn({rows}, 42);
+    for (int64_t r = 0; r < rows; ++r)
+      weights.data<float>()[r] = std::abs(weights.data<float>()[r]);
+    if (vocab > 3) {
+      // Row 0: two equal maxima, the target at the later one: not "correct" (first maximum wins).
+      // Row 2: two equal maxima, the target at the first: correct.
+      float* r0 = logits.data<float>();
+      r0[3] = r0[vocab - 1] = 20.0f;
+      float* r2 = logits.data<float>() + 2 * vocab;
+      r2[7] = r2[vocab - 2] = 20.0f;
+      targets.data<int32_t>()[2] = 7;
+    }
+    const float grad_scale = 0.25f;
+    Tensor dl_cpu = Tensor::empty(logits.shape(), DType::F32);
+    Tensor ok_cpu = Tensor::empty({rows}, DType::U8);
+    const double loss_cpu =
+        cpu.cross_entropy(logits.data<float>(), targets.data<int32_t>(), weights.data<float>(),
+                          rows, vocab, grad_scale, dl_cpu.data<float>(), ok_cpu.data<uint8_t>());
+
+    Tensor dlog = to_device(gpu, logits), dtgt = to_device(gpu, targets),
+           dw = to_device(gpu, weights);
+    Tensor dl = to_device(gpu, randn(logits.shape(), 43));  // garbage, overwritten
+    Tensor ok = Tensor::empty({rows}, DType::U8, Device::CUDA);
+    const double loss =
+        gpu.cross_entropy(dlog.data<float>(), dtgt.data<int32_t>(), dw.data<float>(), rows, vocab,
+                          grad_scale, dl.data<float>(), ok.data<uint8_t>());
+    CHECK(loss == Approx(loss_cpu).epsilon(1e-6).margin(1e-9));
+    check_close(to_host(gpu, dl), dl_cpu, kElemTol, 1e-7, "dlogits");
+    const Tensor ok_back = to_host(gpu, ok);
+    CHECK(std::memcmp(ok_back.raw(), ok_cpu.raw(), size_t(rows)) == 0);
+    if (vocab > 3) {
+      CHECK(ok_cpu.data<uint8_t>()[0] == 0);
+      CHECK(ok_cpu.data<uint8_t>()[2] == 1);
+    }
+
+    // In place over the logits, no weights, no correctness output.
+    Tensor inplace_cpu = logits.clone();
+    const double l2_cpu =
+        cpu.cross_entropy(inplace_cpu.data<float>(), targets.data<int32_t>(), nullptr, rows, vocab,
+                          1.0f, inplace_cpu.data<float>(), nullptr);
+    Tensor inplace = to_device(gpu, logits);
+    const double l2 = gpu.cross_entropy(inplace.data<float>(), dtgt.data<int32_t>(), nullptr, rows,
+                                        vocab, 1.0f, inplace.data<float>(), nullptr);
+    CHECK(l2 == Approx(l2_cpu).epsilon(1e-6).margin(1e-9));
+    check_close(to_host(gpu, inplace), inplace_cpu, kElemTol, 1e-7, "dlogits in place");
+
+    // Loss only.
+    CHECK(gpu.cross_entropy(dlog.data<float>(), dtgt.data<int32_t>(), dw.data<float>(), rows, vocab,
+                            1.0f, nullptr, nullptr) == Approx(loss_cpu).epsilon(1e-6));
+  }
+  // A target outside [-1, vocab) is an Error, as on the CPU.
+  Tensor logits = to_device(gpu, randn({2, 5}, 44));
+  Tensor targets = Tensor::empty({2}, DType::I32);
+  targets.data<int32_t>()[0] = 1;
+  targets.data<int32_t>()[1] = 5;
+  Tensor dtgt = to_device(gpu, targets);
+  CHECK_THROWS_WITH(gpu.cross_entropy(logits.data<float>(), dtgt.data<int32_t>(), nullptr, 2, 5,
+                                      1.0f, nullptr, nullptr),
+                    Catch::Contains("row 1"));
 }

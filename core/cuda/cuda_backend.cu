@@ -1,4 +1,6 @@
-// CUDA backend: cuBLAS for GEMMs, a compute stream per process, and a counting device allocator.
+// CUDA backend: cuBLAS for GEMMs, a compute stream per process, and a counting device allocator;
+// the attention and layer operations dispatch to core/cuda/cuda_attention.cu and
+// core/cuda/cuda_layers.cu, which queue everything on this backend's stream.
 // Compiles and links without a GPU; cuda_device_count() returns 0 when no driver/device is usable.
 #include <fmt/format.h>
 
@@ -7,7 +9,9 @@
 #include <mutex>
 
 #include "core/backend.h"
+#include "core/cuda/cuda_attention.h"
 #include "core/cuda/cuda_check.h"
+#include "core/cuda/cuda_layers.h"
 
 namespace ringattn {
 
@@ -28,14 +32,6 @@ class CudaAllocator final : public Allocator {
   }
   void raw_free(void* ptr) override { CUDA_CHECK(cudaFree(ptr)); }
 };
-
-[[noreturn]] void refuse_attention() {
-  RA_FAIL("attention on the CUDA backend needs its tile kernels (issue 5); use the CPU backend");
-}
-
-[[noreturn]] void refuse_layers(const char* op) {
-  RA_FAIL("{} on the CUDA backend needs its layer kernels (issue 5); use the CPU backend", op);
-}
 
 class CudaBackend final : public Backend {
  public:
@@ -78,64 +74,71 @@ class CudaBackend final : public Backend {
   }
   void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
-  // The attention tile kernels on CUDA belong to the CUDA backend issue (#5); until they land the
-  // CUDA backend refuses attention with a clear message instead of computing something wrong.
-  void attention_forward_init(const AttentionForwardState&, int64_t, int64_t, int, int) override {
-    refuse_attention();
+  // Attention tiles: core/cuda/cuda_attention.cu (cuBLAS on this stream plus softmax kernels).
+  void attention_forward_init(const AttentionForwardState& st, int64_t batch, int64_t sq, int heads,
+                              int head_dim) override {
+    cuda::attention_forward_init(stream_, st, batch, sq, heads, head_dim);
   }
-  void attention_forward_block(const AttentionTileProblem&, const AttentionForwardState&,
-                               AttentionTileStats*) override {
-    refuse_attention();
+  void attention_forward_block(const AttentionTileProblem& p, const AttentionForwardState& st,
+                               AttentionTileStats* stats) override {
+    cuda::attention_forward_block(stream_, cublas_, p, st, stats);
   }
-  void attention_forward_finish(const AttentionForwardState&, float*, float*, int64_t, int64_t, int,
-                                int) override {
-    refuse_attention();
+  void attention_forward_finish(const AttentionForwardState& st, float* o, float* lse,
+                                int64_t batch, int64_t sq, int heads, int head_dim) override {
+    cuda::attention_forward_finish(stream_, st, o, lse, batch, sq, heads, head_dim);
   }
-  void attention_backward_delta(const float*, const float*, float*, int64_t, int64_t, int,
-                                int) override {
-    refuse_attention();
+  void attention_backward_delta(const float* dout, const float* o, float* delta, int64_t batch,
+                                int64_t sq, int heads, int head_dim) override {
+    cuda::attention_backward_delta(stream_, dout, o, delta, batch, sq, heads, head_dim);
   }
-  void attention_backward_block(const AttentionTileProblem&, const AttentionBackwardArgs&,
-                                AttentionTileStats*) override {
-    refuse_attention();
+  void attention_backward_block(const AttentionTileProblem& p, const AttentionBackwardArgs& a,
+                                AttentionTileStats* stats) override {
+    cuda::attention_backward_block(stream_, cublas_, p, a, stats);
   }
 
-  // The layer kernels (embedding, RMSNorm, RoPE, SwiGLU, cross-entropy, elementwise) are also
-  // part of issue 5; refusing keeps a model on this backend from running half on the wrong device.
-  void embedding_forward(const int32_t*, int64_t, const float*, int64_t, int64_t, float*) override {
-    refuse_layers("embedding_forward");
+  // Transformer-layer kernels: core/cuda/cuda_layers.cu.
+  void embedding_forward(const int32_t* tokens, int64_t n, const float* table, int64_t vocab,
+                         int64_t dim, float* out) override {
+    cuda::embedding_forward(stream_, tokens, n, table, vocab, dim, out);
   }
-  void embedding_backward(const int32_t*, int64_t, const float*, int64_t, int64_t,
-                          float*) override {
-    refuse_layers("embedding_backward");
+  void embedding_backward(const int32_t* tokens, int64_t n, const float* dout, int64_t vocab,
+                          int64_t dim, float* dtable) override {
+    cuda::embedding_backward(stream_, tokens, n, dout, vocab, dim, dtable);
   }
-  void rmsnorm_forward(const float*, const float*, int64_t, int64_t, float, float*,
-                       float*) override {
-    refuse_layers("rmsnorm_forward");
+  void rmsnorm_forward(const float* x, const float* w, int64_t rows, int64_t dim, float eps,
+                       float* y, float* inv_rms) override {
+    cuda::rmsnorm_forward(stream_, x, w, rows, dim, eps, y, inv_rms);
   }
-  void rmsnorm_backward(const float*, const float*, const float*, const float*, int64_t, int64_t,
-                        float*, float*) override {
-    refuse_layers("rmsnorm_backward");
+  void rmsnorm_backward(const float* x, const float* w, const float* inv_rms, const float* dy,
+                        int64_t rows, int64_t dim, float* dx, float* dw) override {
+    cuda::rmsnorm_backward(stream_, x, w, inv_rms, dy, rows, dim, dx, dw);
   }
-  void rope_forward(float*, int64_t, int64_t, int, int, const int64_t*, float) override {
-    refuse_layers("rope_forward");
+  void rope_forward(float* x, int64_t batch, int64_t seq, int heads, int head_dim,
+                    const int64_t* positions, float theta) override {
+    cuda::rope_forward(stream_, x, batch, seq, heads, head_dim, positions, theta);
   }
-  void rope_backward(float*, int64_t, int64_t, int, int, const int64_t*, float) override {
-    refuse_layers("rope_backward");
+  void rope_backward(float* dx, int64_t batch, int64_t seq, int heads, int head_dim,
+                     const int64_t* positions, float theta) override {
+    cuda::rope_backward(stream_, dx, batch, seq, heads, head_dim, positions, theta);
   }
-  void swiglu_forward(const float*, const float*, int64_t, float*) override {
-    refuse_layers("swiglu_forward");
+  void swiglu_forward(const float* gate, const float* up, int64_t n, float* out) override {
+    cuda::swiglu_forward(stream_, gate, up, n, out);
   }
-  void swiglu_backward(const float*, const float*, const float*, int64_t, float*, float*) override {
-    refuse_layers("swiglu_backward");
+  void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n,
+                       float* dgate, float* dup) override {
+    cuda::swiglu_backward(stream_, gate, up, dout, n, dgate, dup);
   }
-  double cross_entropy(const float*, const int32_t*, const float*, int64_t, int64_t, float, float*,
-                       uint8_t*) override {
-    refuse_layers("cross_entropy");
+  double cross_entropy(const float* logits, const int32_t* targets, const float* weights,
+                       int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
+                       uint8_t* correct) override {
+    return cuda::cross_entropy(stream_, logits, targets, weights, rows, vocab, grad_scale, dlogits,
+                               correct);
   }
-  void axpy(int64_t, float, const float*, float*) override { refuse_layers("axpy"); }
-  void scale(float*, int64_t, float) override { refuse_layers("scale"); }
-  void fill(float*, int64_t, float) override { refuse_layers("fill"); }
+  void axpy(int64_t n, float alpha, const float* x, float* y) override {
+    cuda::axpy(stream_, n, alpha, x, y);
+  }
+  void scale(float* x, int64_t n, float alpha) override { cuda::scale(stream_, x, n, alpha); }
+  void fill(float* x, int64_t n, float value) override { cuda::fill(stream_, x, n, value); }
 
  private:
   int device_;

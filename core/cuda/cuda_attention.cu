@@ -1,0 +1,643 @@
+// CUDA attention tiles. The host plans the tiles exactly as the CPU backend does (the same chunks,
+// the same skip / full / masked classification, the same statistics); the device runs, for each
+// (query chunk, key chunk) pair, the tiles of every (batch row, head) that is not skipped:
+//
+//   forward    S = scale Q K^T            cublasSgemmBatched, into workspace from the allocator
+//              mask, online softmax       forward_softmax_kernel: P = exp(S - m'), rescales acc
+//                                         and updates m, l
+//              acc += P V                 cublasSgemmBatched
+//   backward   P = exp(scale Q K^T - lse) batched GEMM, then backward_probs_kernel
+//              dV += P^T dO               batched GEMM
+//              dP = dO V^T                batched GEMM
+//              dS = P (dP - delta)        backward_dscores_kernel
+//              dQ += scale dS K           batched GEMM
+//              dK += scale dS^T Q         batched GEMM
+//
+// A batched GEMM must never have two of its problems write the same output: in the forward every
+// tile owns its (batch, query head) rows of acc; in the backward the query heads of one group
+// share dK and dV, so a backward launch holds only one query head per kv head (the group's heads
+// go in separate launches, one after the other on the stream).
+//
+// The element mask (causal by global positions, segment ids) is applied to every computed tile of
+// a problem that has one, so the result never depends on the classification; the classification
+// only decides what is skipped and what the statistics say (the CPU applies it to "masked" tiles
+// only, which computes the same values).
+#include "core/cuda/cuda_attention.h"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <vector>
+
+#include "core/cuda/cuda_common.cuh"
+#include "core/cuda/cuda_layers.h"
+#include "core/error.h"
+
+namespace ringattn::cuda {
+
+namespace {
+
+// Score workspace per buffer (forward: S; backward: P and dP): the tiles of one chunk pair run as
+// one batched GEMM when they fit, in several launches otherwise. Whole-shard tiles (vanilla) of
+// one head are never split: a single tile may exceed this.
+constexpr int64_t kMaxScoreFloats = int64_t(1) << 26;  // 256 MiB of floats
+// The grid's y dimension indexes the tiles of a launch.
+constexpr int64_t kMaxTilesPerLaunch = 65535;
+
+int64_t round_up(int64_t x, int64_t a) {
+  return (x + a - 1) / a * a;
+}
+
+// ---- host planning (the CPU backend's rules, core/cpu/cpu_attention.cpp) ------------------------
+
+// A contiguous run of one shard's tokens that becomes one side of a tile.
+struct Chunk {
+  int64_t begin = 0, end = 0;
+  int64_t pos_min = 0, pos_max = 0;  // positions are ascending: the first and the last
+  int64_t size() const { return end - begin; }
+};
+
+// Splits [0, n) into chunks of `chunk` tokens (<= 0: as large as possible) that never straddle a
+// break in the positions (a zigzag shard is two position ranges). A break is a gap unlike the
+// shard's first gap; more than 8 breaks: chunked as if there were none (still exact, masked).
+// Must cut exactly where the CPU backend cuts, so both report the same tile statistics.
+std::vector<Chunk> make_chunks(const int64_t* pos, int64_t n, int64_t chunk) {
+  constexpr size_t kMaxRuns = 8;
+  std::vector<int64_t> starts{0};
+  if (n > 2) {
+    const int64_t step = pos[1] - pos[0];
+    for (int64_t i = 1; i + 1 < n && starts.size() <= kMaxRuns; ++i)
+      if (pos[i + 1] - pos[i] != step) starts.push_back(i + 1);
+    if (starts.size() > kMaxRuns) starts.assign(1, 0);
+  }
+  starts.push_back(n);
+  std::vector<Chunk> chunks;
+  for (size_t r = 0; r + 1 < starts.size(); ++r) {
+    const int64_t len = chunk > 0 ? chunk : starts[r + 1] - starts[r];
+    for (int64_t b = starts[r]; b < starts[r + 1]; b += len) {
+      const int64_t e = std::min(b + len, starts[r + 1]);
+      chunks.push_back({b, e, pos[b], pos[e - 1]});
+    }
+  }
+  return chunks;
+}
+
+struct SegRange {
+  int32_t lo = 0, hi = 0;
+};
+
+// ranges[b * chunks.size() + c]: the segment ids seen by chunk c of batch row b.
+std::vector<SegRange> segment_ranges(const std::vector<int32_t>& seg, int64_t batch, int64_t len,
+                                     const std::vector<Chunk>& chunks) {
+  std::vector<SegRange> out;
+  out.reserve(size_t(batch) * chunks.size());
+  for (int64_t b = 0; b < batch; ++b)
+    for (const Chunk& c : chunks) {
+      const auto first = seg.begin() + b * len;
+      const auto [lo, hi] = std::minmax_element(first + c.begin, first + c.end);
+      out.push_back({*lo, *hi});
+    }
+  return out;
+}
+
+enum class TileKind { Skip, Full, Masked };
+
+struct Plan {
+  const AttentionTileProblem& p;
+  int64_t D = 0, G = 0, ldq = 0, ldk = 0;
+  std::vector<int64_t> q_pos, k_pos;  // host copies (0..n-1 when not given)
+  std::vector<int32_t> q_seg, k_seg;  // host copies, empty without segment ids
+  bool segmented = false;
+  std::vector<Chunk> qc, kc;
+  std::vector<SegRange> q_ranges, k_ranges;
+  int64_t max_q = 0, max_k = 0, ld_s = 0;
+
+  Plan(cudaStream_t stream, const AttentionTileProblem& prob) : p(prob) {
+    RA_CHECK(p.batch >= 0 && p.sq >= 0 && p.sk >= 0 && p.head_dim > 0,
+             "attention tile: bad sizes batch={} sq={} sk={} head_dim={}", p.batch, p.sq, p.sk,
+             p.head_dim);
+    RA_CHECK(p.heads > 0 && p.kv_heads > 0 && p.heads % p.kv_heads == 0,
+             "attention tile: {} query heads cannot share {} kv heads", p.heads, p.kv_heads);
+    RA_CHECK(p.q && p.k && p.v, "attention tile: q, k and v must be given");
+    RA_CHECK(!p.q_seg == !p.k_seg,
+             "attention tile: segment ids must be given for both queries and keys, or neither");
+    RA_CHECK(int64_t(p.heads) * p.head_dim <= INT_MAX && p.sq <= INT_MAX && p.sk <= INT_MAX &&
+                 p.batch <= INT_MAX,
+             "attention tile: sizes exceed the cuBLAS int range");
+    D = p.head_dim;
+    G = p.heads / p.kv_heads;
+    ldq = int64_t(p.heads) * D;
+    ldk = int64_t(p.kv_heads) * D;
+    q_pos = positions(stream, p.q_pos, p.sq);
+    k_pos = positions(stream, p.k_pos, p.sk);
+    if (p.causal) {
+      RA_CHECK(
+          std::is_sorted(q_pos.begin(), q_pos.end()) && std::is_sorted(k_pos.begin(), k_pos.end()),
+          "attention tile: causal positions must be ascending within a shard");
+    }
+    qc = make_chunks(q_pos.data(), p.sq, p.q_chunk);
+    kc = make_chunks(k_pos.data(), p.sk, p.k_chunk);
+    segmented = p.q_seg != nullptr;
+    if (segmented) {
+      q_seg = host_copy(stream, p.q_seg, p.batch * p.sq);
+      k_seg = host_copy(stream, p.k_seg, p.batch * p.sk);
+      q_ranges = segment_ranges(q_seg, p.batch, p.sq, qc);
+      k_ranges = segment_ranges(k_seg, p.batch, p.sk, kc);
+    }
+    for (const Chunk& c : qc) max_q = std::max(max_q, c.size());
+    for (const Chunk& c : kc) max_k = std::max(max_k, c.size());
+    ld_s = round_up(std::max<int64_t>(max_k, 1), 32);  // 128-byte rows: coalesced row access
+    RA_CHECK(ld_s <= INT_MAX, "attention tile: key block of {} exceeds the cuBLAS int range",
+             max_k);
+  }
+
+  // Missing positions mean 0..n-1 (a single unsharded sequence).
+  static std::vector<int64_t> positions(cudaStream_t stream, const int64_t* given, int64_t n) {
+    if (given) return host_copy(stream, given, n);
+    std::vector<int64_t> out(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) out[size_t(i)] = i;
+    return out;
+  }
+
+  TileKind classify(int64_t b, size_t qi, size_t ki) const {
+    const Chunk& q = qc[qi];
+    const Chunk& k = kc[ki];
+    bool mask = false;
+    if (p.causal) {
+      if (k.pos_min > q.pos_max) return TileKind::Skip;
+      mask = k.pos_max > q.pos_min;
+    }
+    if (segmented) {
+      const SegRange& a = q_ranges[size_t(b) * qc.size() + qi];
+      const SegRange& c = k_ranges[size_t(b) * kc.size() + ki];
+      if (a.hi < c.lo || c.hi < a.lo) return TileKind::Skip;
+      mask = mask || !(a.lo == a.hi && c.lo == c.hi && a.lo == c.lo);
+    }
+    return mask ? TileKind::Masked : TileKind::Full;
+  }
+
+  int64_t tile_floats() const { return max_q * ld_s; }
+};
+
+void count_tile(AttentionTileStats& st, TileKind kind, double flops) {
+  if (kind == TileKind::Skip) {
+    ++st.tiles_skipped;
+    return;
+  }
+  ++st.tiles_computed;
+  if (kind == TileKind::Masked) ++st.tiles_masked;
+  st.flops += flops;
+}
+
+void add_stats(AttentionTileStats* to, const AttentionTileStats& from) {
+  if (!to) return;
+  to->tiles_computed += from.tiles_computed;
+  to->tiles_masked += from.tiles_masked;
+  to->tiles_skipped += from.tiles_skipped;
+  to->flops += from.flops;
+}
+
+// The tiles of one (query chunk, key chunk) pair that run together: items[first, first + count).
+struct Launch {
+  size_t qi = 0, ki = 0;
+  size_t first = 0;
+  int count = 0;
+};
+
+// Appends launches for items[start, end) of chunk pair (qi, ki), at most max_tiles each.
+void split_launches(std::vector<Launch>& out, size_t qi, size_t ki, size_t start, size_t end,
+                    int64_t max_tiles) {
+  for (size_t at = start; at < end; at += size_t(max_tiles))
+    out.push_back({qi, ki, at, int(std::min<size_t>(end - at, size_t(max_tiles)))});
+}
+
+int64_t max_tiles_per_launch(const Plan& pl) {
+  return std::clamp<int64_t>(kMaxScoreFloats / std::max<int64_t>(pl.tile_floats(), 1), 1,
+                             kMaxTilesPerLaunch);
+}
+
+// Row-major batched C_i = alpha op(A_i) op(B_i) + beta C_i: cuBLAS is column-major, so it computes
+// C_i^T = op(B_i)^T op(A_i)^T with the operands swapped (as Backend::gemm does).
+void gemm_batched(cublasHandle_t h, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
+                  float* const* a, int64_t lda, float* const* b, int64_t ldb, float beta,
+                  float* const* c, int64_t ldc, int count) {
+  CUBLAS_CHECK(cublasSgemmBatched(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                  int(n), int(m), int(k), &alpha, b, int(ldb), a, int(lda), &beta,
+                                  c, int(ldc), count));
+}
+
+// Positions, segment ids, tile items and GEMM pointer arrays for one call: built on the host,
+// uploaded in one copy. Also the device addresses of each section.
+struct Staging {
+  Layout lay;
+  size_t q_pos_at = 0, k_pos_at = 0, q_seg_at = 0, k_seg_at = 0, items_at = 0, ptrs_at = 0;
+  std::vector<unsigned char> host;
+
+  Staging(const Plan& pl, size_t items, size_t ptrs) {
+    q_pos_at = lay.add(pl.q_pos.size() * sizeof(int64_t));
+    k_pos_at = lay.add(pl.k_pos.size() * sizeof(int64_t));
+    q_seg_at = lay.add(pl.q_seg.size() * sizeof(int32_t));
+    k_seg_at = lay.add(pl.k_seg.size() * sizeof(int32_t));
+    items_at = lay.add(items * sizeof(int2));
+    ptrs_at = lay.add(ptrs * sizeof(float*));
+    host.assign(lay.bytes(), 0);
+    copy_in(q_pos_at, pl.q_pos);
+    copy_in(k_pos_at, pl.k_pos);
+    copy_in(q_seg_at, pl.q_seg);
+    copy_in(k_seg_at, pl.k_seg);
+  }
+  template <typename T>
+  void copy_in(size_t at, const std::vector<T>& v) {
+    if (!v.empty()) std::memcpy(host.data() + at, v.data(), v.size() * sizeof(T));
+  }
+  template <typename T>
+  T* host_at(size_t at) {
+    return reinterpret_cast<T*>(host.data() + at);
+  }
+};
+
+// ---- kernels ------------------------------------------------------------------------------------
+
+// What the mask of one chunk pair needs, all in device memory.
+struct MaskArgs {
+  int64_t sq = 0, sk = 0;            // shard and block lengths (rows of positions and segment ids)
+  int64_t q_begin = 0, k_begin = 0;  // this chunk pair's first query and first key
+  int64_t nq = 0, nk = 0;
+  bool causal = false;
+  const int64_t* q_pos = nullptr;  // [sq]
+  const int64_t* k_pos = nullptr;  // [sk]
+  const int32_t* q_seg = nullptr;  // [B, sq] or null
+  const int32_t* k_seg = nullptr;  // [B, sk] or null
+};
+
+// Key j of the chunk (0-based) is visible to a query at qpos with segment qseg in batch row b.
+__device__ inline bool visible(const MaskArgs& a, int64_t b, int64_t qpos, int32_t qseg,
+                               int64_t j) {
+  if (a.causal && a.k_pos[a.k_begin + j] > qpos) return false;
+  if (a.q_seg && a.k_seg[b * a.sk + a.k_begin + j] != qseg) return false;
+  return true;
+}
+
+// Block (row r of tile blockIdx.y): masks the row's scores, folds them into (m, l, acc) and leaves
+// P = exp(S - m_new) in place for the P V product (0 where masked). Follows the CPU exactly:
+// a row with nothing visible so far (m_new still kMaskedScore) gets P = 0 and keeps its state.
+// Reads of m[row] by every thread happen before the sum's barriers; thread 0 writes after them.
+__global__ void forward_softmax_kernel(MaskArgs a, const int2* items, float* scores,
+                                       int64_t tile_stride, int64_t ld_s, int heads, int head_dim,
+                                       float* m, float* l, float* acc) {
+  __shared__ float red[kThreads];
+  const int2 item = items[blockIdx.y];
+  const int64_t b = item.x, h = item.y;
+  float* tile = scores + int64_t(blockIdx.y) * tile_stride;
+  for (int64_t r = blockIdx.x; r < a.nq; r += gridDim.x) {
+    const int64_t i = a.q_begin + r;
+    const int64_t qpos = a.q_pos[i];
+    const int32_t qseg = a.q_seg ? a.q_seg[b * a.sq + i] : 0;
+    float* row = tile + r * ld_s;
+    float mx = kMaskedScore;
+    for (int64_t j = threadIdx.x; j < a.nk; j += blockDim.x) {
+      const float s = visible(a, b, qpos, qseg, j) ? row[j] : kMaskedScore;
+      row[j] = s;
+      mx = fmaxf(mx, s);
+    }
+    mx = block_reduce(mx, red, MaxOp<float>());
+    const int64_t stat = (b * heads + h) * a.sq + i;
+    const float m_old = m[stat];
+    const float m_new = fmaxf(m_old, mx);
+    if (m_new <= kMaskedScore) {  // the same for every thread of the block
+      for (int64_t j = threadIdx.x; j < a.nk; j += blockDim.x) row[j] = 0.0f;
+      continue;
+    }
+    float sum = 0.0f;
+    for (int64_t j = threadIdx.x; j < a.nk; j += blockDim.x) {
+      const float e = row[j] <= kMaskedScore ? 0.0f : expf(row[j] - m_new);
+      row[j] = e;
+      sum += e;
+    }
+    sum = block_reduce(sum, red, SumOp<float>());
+    const bool grows = m_new > m_old;
+    const float alpha = grows ? expf(m_old - m_new) : 1.0f;
+    if (threadIdx.x == 0) {
+      l[stat] = grows ? l[stat] * alpha + sum : l[stat] + sum;
+      m[stat] = m_new;
+    }
+    if (grows) {
+      float* acc_row = acc + ((b * a.sq + i) * heads + h) * head_dim;
+      for (int64_t d = threadIdx.x; d < head_dim; d += blockDim.x) acc_row[d] *= alpha;
+    }
+  }
+}
+
+// One thread per (b, h, i) row: o = acc / l, lse = m + log(l); a row that saw no key: o = 0,
+// lse = -inf. o may be acc (each element is read before it is written, by the same thread).
+__global__ void forward_finish_kernel(const float* acc, const float* m, const float* l, float* o,
+                                      float* lse, int64_t batch, int64_t sq, int heads,
+                                      int head_dim) {
+  const int64_t rows = batch * heads * sq;
+  for (int64_t row = global_thread(); row < rows; row += grid_stride()) {
+    const int64_t i = row % sq, bh = row / sq;
+    const int64_t h = bh % heads, b = bh / heads;
+    const int64_t off = ((b * sq + i) * heads + h) * head_dim;
+    const float lv = l[row];
+    if (lv > 0.0f) {
+      lse[row] = m[row] + logf(lv);
+      const float inv = 1.0f / lv;
+      for (int64_t d = 0; d < head_dim; ++d) o[off + d] = acc[off + d] * inv;
+    } else {
+      lse[row] = -INFINITY;
+      for (int64_t d = 0; d < head_dim; ++d) o[off + d] = 0.0f;
+    }
+  }
+}
+
+// One thread per (b, i, h): delta[b, h, i] = sum_d dout * o, summed in d order as on the CPU.
+__global__ void backward_delta_kernel(const float* dout, const float* o, float* delta,
+                                      int64_t batch, int64_t sq, int heads, int head_dim) {
+  const int64_t rows = batch * sq * heads;
+  for (int64_t e = global_thread(); e < rows; e += grid_stride()) {
+    const int64_t h = e % heads, bi = e / heads;
+    const int64_t i = bi % sq, b = bi / sq;
+    const float* dr = dout + e * head_dim;
+    const float* orow = o + e * head_dim;
+    float sum = 0.0f;
+    for (int64_t d = 0; d < head_dim; ++d) sum += dr[d] * orow[d];
+    delta[(b * heads + h) * sq + i] = sum;
+  }
+}
+
+// P = exp(S - lse) in place, 0 where masked and on rows with lse = -inf (no key anywhere: never
+// exp(S + inf)).
+__global__ void backward_probs_kernel(MaskArgs a, const int2* items, float* probs,
+                                      int64_t tile_stride, int64_t ld_s, int heads,
+                                      const float* lse) {
+  const int2 item = items[blockIdx.y];
+  const int64_t b = item.x, h = item.y;
+  float* tile = probs + int64_t(blockIdx.y) * tile_stride;
+  for (int64_t r = blockIdx.x; r < a.nq; r += gridDim.x) {
+    const int64_t i = a.q_begin + r;
+    const int64_t qpos = a.q_pos[i];
+    const int32_t qseg = a.q_seg ? a.q_seg[b * a.sq + i] : 0;
+    const float lr = lse[(b * heads + h) * a.sq + i];
+    const bool sees_any = lr > kMaskedScore;
+    float* row = tile + r * ld_s;
+    for (int64_t j = threadIdx.x; j < a.nk; j += blockDim.x)
+      row[j] = sees_any && visible(a, b, qpos, qseg, j) ? expf(row[j] - lr) : 0.0f;
+  }
+}
+
+// dS = P (dP - delta) in place of dP; exactly 0 wherever P is 0 (masked keys, empty rows), even
+// if dP there were not finite.
+__global__ void backward_dscores_kernel(const int2* items, const float* probs, float* dprobs,
+                                        int64_t tile_stride, int64_t ld_s, int64_t nq, int64_t nk,
+                                        int heads, int64_t sq, int64_t q_begin,
+                                        const float* delta) {
+  const int2 item = items[blockIdx.y];
+  const int64_t b = item.x, h = item.y;
+  const float* ptile = probs + int64_t(blockIdx.y) * tile_stride;
+  float* dtile = dprobs + int64_t(blockIdx.y) * tile_stride;
+  for (int64_t r = blockIdx.x; r < nq; r += gridDim.x) {
+    const float dl = delta[(b * heads + h) * sq + q_begin + r];
+    const float* prow = ptile + r * ld_s;
+    float* drow = dtile + r * ld_s;
+    for (int64_t j = threadIdx.x; j < nk; j += blockDim.x) {
+      const float pj = prow[j];
+      drow[j] = pj == 0.0f ? 0.0f : pj * (drow[j] - dl);
+    }
+  }
+}
+
+MaskArgs mask_args(const Plan& pl, const Staging& sg, const DeviceScratch& dev, const Launch& L) {
+  MaskArgs a;
+  a.sq = pl.p.sq;
+  a.sk = pl.p.sk;
+  a.q_begin = pl.qc[L.qi].begin;
+  a.k_begin = pl.kc[L.ki].begin;
+  a.nq = pl.qc[L.qi].size();
+  a.nk = pl.kc[L.ki].size();
+  a.causal = pl.p.causal;
+  a.q_pos = dev.at<int64_t>(sg.q_pos_at);
+  a.k_pos = dev.at<int64_t>(sg.k_pos_at);
+  a.q_seg = pl.segmented ? dev.at<int32_t>(sg.q_seg_at) : nullptr;
+  a.k_seg = pl.segmented ? dev.at<int32_t>(sg.k_seg_at) : nullptr;
+  return a;
+}
+
+}  // namespace
+
+void attention_forward_init(cudaStream_t stream, const AttentionForwardState& st, int64_t batch,
+                            int64_t sq, int heads, int head_dim) {
+  const int64_t rows = batch * sq * heads;
+  if (rows <= 0) return;
+  fill(stream, st.m, rows, kMaskedScore);
+  CUDA_CHECK(cudaMemsetAsync(st.l, 0, size_t(rows) * sizeof(float), stream));
+  CUDA_CHECK(cudaMemsetAsync(st.acc, 0, size_t(rows * head_dim) * sizeof(float), stream));
+}
+
+void attention_forward_block(cudaStream_t stream, cublasHandle_t cublas,
+                             const AttentionTileProblem& p, const AttentionForwardState& st,
+                             AttentionTileStats* stats) {
+  if (p.batch == 0 || p.sq == 0 || p.sk == 0) return;
+  const Plan pl(stream, p);
+  CUBLAS_CHECK(cublasSetStream(cublas, stream));
+
+  // Tiles in (query chunk, key chunk) order, each pair's (batch, head) tiles together.
+  const int64_t max_tiles = max_tiles_per_launch(pl);
+  std::vector<int2> items;
+  std::vector<Launch> launches;
+  AttentionTileStats counted;
+  for (size_t qi = 0; qi < pl.qc.size(); ++qi)
+    for (size_t ki = 0; ki < pl.kc.size(); ++ki) {
+      const double flops = 4.0 * double(pl.qc[qi].size()) * double(pl.kc[ki].size()) * double(pl.D);
+      const size_t start = items.size();
+      for (int64_t b = 0; b < p.batch; ++b)
+        for (int h = 0; h < p.heads; ++h) {
+          const TileKind kind = pl.classify(b, qi, ki);
+          count_tile(counted, kind, flops);
+          if (kind != TileKind::Skip) items.push_back(make_int2(int(b), h));
+        }
+      split_launches(launches, qi, ki, start, items.size(), max_tiles);
+    }
+  add_stats(stats, counted);
+  if (launches.empty()) return;
+  int widest = 0;
+  for (const Launch& L : launches) widest = std::max(widest, L.count);
+
+  // Pointer arrays, per launch: Q, K, S, V, ACC, `count` entries each.
+  constexpr size_t kArrays = 5;
+  const int64_t tile_stride = pl.tile_floats();
+  DeviceScratch scores(stream, size_t(widest) * size_t(tile_stride) * sizeof(float),
+                       "attention scores");
+  Staging sg(pl, items.size(), items.size() * kArrays);
+  DeviceScratch dev(stream, sg.lay.bytes(), "attention tile plan");
+  std::memcpy(sg.host_at<int2>(sg.items_at), items.data(), items.size() * sizeof(int2));
+  float** ptrs = sg.host_at<float*>(sg.ptrs_at);
+  for (const Launch& L : launches) {
+    const Chunk& q = pl.qc[L.qi];
+    const Chunk& k = pl.kc[L.ki];
+    float** arr = ptrs + L.first * kArrays;
+    for (int t = 0; t < L.count; ++t) {
+      const int2 it = items[L.first + size_t(t)];
+      const int64_t b = it.x, h = it.y, hk = h / pl.G;
+      const int64_t q_off = (b * p.sq + q.begin) * pl.ldq + h * pl.D;
+      const int64_t k_off = (b * p.sk + k.begin) * pl.ldk + hk * pl.D;
+      arr[0 * L.count + t] = const_cast<float*>(p.q) + q_off;
+      arr[1 * L.count + t] = const_cast<float*>(p.k) + k_off;
+      arr[2 * L.count + t] = scores.at<float>() + int64_t(t) * tile_stride;
+      arr[3 * L.count + t] = const_cast<float*>(p.v) + k_off;
+      arr[4 * L.count + t] = st.acc + q_off;
+    }
+  }
+  CUDA_CHECK(cudaMemcpyAsync(dev.at<void>(), sg.host.data(), sg.host.size(), cudaMemcpyHostToDevice,
+                             stream));
+
+  float** dptrs = dev.at<float*>(sg.ptrs_at);
+  const int2* ditems = dev.at<int2>(sg.items_at);
+  for (const Launch& L : launches) {
+    const int64_t nq = pl.qc[L.qi].size(), nk = pl.kc[L.ki].size();
+    float** arr = dptrs + L.first * kArrays;
+    float** Q = arr;
+    float** K = arr + L.count;
+    float** S = arr + 2 * L.count;
+    float** V = arr + 3 * L.count;
+    float** ACC = arr + 4 * L.count;
+    gemm_batched(cublas, false, true, nq, nk, pl.D, p.scale, Q, pl.ldq, K, pl.ldk, 0.0f, S, pl.ld_s,
+                 L.count);
+    const dim3 grid(grid_for_rows(nq), unsigned(L.count));
+    forward_softmax_kernel<<<grid, kThreads, 0, stream>>>(
+        mask_args(pl, sg, dev, L), ditems + L.first, scores.at<float>(), tile_stride, pl.ld_s,
+        p.heads, p.head_dim, st.m, st.l, st.acc);
+    CUDA_CHECK(cudaGetLastError());
+    gemm_batched(cublas, false, false, nq, pl.D, nk, 1.0f, S, pl.ld_s, V, pl.ldk, 1.0f, ACC, pl.ldq,
+                 L.count);
+  }
+  // Leaving: dev's destructor waits for the stream (every kernel, GEMM and the upload) before
+  // freeing, then sg's host buffer goes, then scores (waits again, already idle).
+}
+
+void attention_forward_finish(cudaStream_t stream, const AttentionForwardState& st, float* o,
+                              float* lse, int64_t batch, int64_t sq, int heads, int head_dim) {
+  const int64_t rows = batch * sq * heads;
+  if (rows <= 0) return;
+  forward_finish_kernel<<<grid_for(rows), kThreads, 0, stream>>>(st.acc, st.m, st.l, o, lse, batch,
+                                                                 sq, heads, head_dim);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void attention_backward_delta(cudaStream_t stream, const float* dout, const float* o, float* delta,
+                              int64_t batch, int64_t sq, int heads, int head_dim) {
+  const int64_t rows = batch * sq * heads;
+  if (rows <= 0) return;
+  backward_delta_kernel<<<grid_for(rows), kThreads, 0, stream>>>(dout, o, delta, batch, sq, heads,
+                                                                 head_dim);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void attention_backward_block(cudaStream_t stream, cublasHandle_t cublas,
+                              const AttentionTileProblem& p, const AttentionBackwardArgs& a,
+                              AttentionTileStats* stats) {
+  if (p.batch == 0 || p.sq == 0 || p.sk == 0) return;
+  const Plan pl(stream, p);
+  RA_CHECK(a.dout && a.lse && a.delta && a.dq && a.dk && a.dv,
+           "attention backward: dout, lse, delta, dq, dk and dv must be given");
+  CUBLAS_CHECK(cublasSetStream(cublas, stream));
+
+  // Per chunk pair, one group of launches per query head index g within the kv groups: a launch
+  // then holds at most one query head per kv head, so no two of its tiles add into the same dK, dV.
+  const int64_t max_tiles = max_tiles_per_launch(pl);
+  std::vector<int2> items;
+  std::vector<Launch> launches;
+  AttentionTileStats counted;
+  for (size_t qi = 0; qi < pl.qc.size(); ++qi)
+    for (size_t ki = 0; ki < pl.kc.size(); ++ki) {
+      const double flops =
+          10.0 * double(pl.qc[qi].size()) * double(pl.kc[ki].size()) * double(pl.D);
+      for (int64_t g = 0; g < pl.G; ++g) {
+        const size_t start = items.size();
+        for (int64_t b = 0; b < p.batch; ++b)
+          for (int64_t hk = 0; hk < p.kv_heads; ++hk) {
+            const TileKind kind = pl.classify(b, qi, ki);
+            count_tile(counted, kind, flops);
+            if (kind != TileKind::Skip) items.push_back(make_int2(int(b), int(hk * pl.G + g)));
+          }
+        split_launches(launches, qi, ki, start, items.size(), max_tiles);
+      }
+    }
+  add_stats(stats, counted);
+  if (launches.empty()) return;
+  int widest = 0;
+  for (const Launch& L : launches) widest = std::max(widest, L.count);
+
+  // Pointer arrays, per launch: Q, K, V, dO, P, dP, dQ, dK, dV, `count` entries each.
+  constexpr size_t kArrays = 9;
+  const int64_t tile_stride = pl.tile_floats();
+  const size_t buffer_floats = size_t(widest) * size_t(tile_stride);
+  DeviceScratch work(stream, 2 * buffer_floats * sizeof(float), "attention backward scores");
+  float* probs = work.at<float>();
+  float* dprobs = probs + buffer_floats;
+  Staging sg(pl, items.size(), items.size() * kArrays);
+  DeviceScratch dev(stream, sg.lay.bytes(), "attention tile plan");
+  std::memcpy(sg.host_at<int2>(sg.items_at), items.data(), items.size() * sizeof(int2));
+  float** ptrs = sg.host_at<float*>(sg.ptrs_at);
+  for (const Launch& L : launches) {
+    const Chunk& q = pl.qc[L.qi];
+    const Chunk& k = pl.kc[L.ki];
+    float** arr = ptrs + L.first * kArrays;
+    for (int t = 0; t < L.count; ++t) {
+      const int2 it = items[L.first + size_t(t)];
+      const int64_t b = it.x, h = it.y, hk = h / pl.G;
+      const int64_t q_off = (b * p.sq + q.begin) * pl.ldq + h * pl.D;
+      const int64_t k_off = (b * p.sk + k.begin) * pl.ldk + hk * pl.D;
+      arr[0 * L.count + t] = const_cast<float*>(p.q) + q_off;
+      arr[1 * L.count + t] = const_cast<float*>(p.k) + k_off;
+      arr[2 * L.count + t] = const_cast<float*>(p.v) + k_off;
+      arr[3 * L.count + t] = const_cast<float*>(a.dout) + q_off;
+      arr[4 * L.count + t] = probs + int64_t(t) * tile_stride;
+      arr[5 * L.count + t] = dprobs + int64_t(t) * tile_stride;
+      arr[6 * L.count + t] = a.dq + q_off;
+      arr[7 * L.count + t] = a.dk + k_off;
+      arr[8 * L.count + t] = a.dv + k_off;
+    }
+  }
+  CUDA_CHECK(cudaMemcpyAsync(dev.at<void>(), sg.host.data(), sg.host.size(), cudaMemcpyHostToDevice,
+                             stream));
+
+  float** dptrs = dev.at<float*>(sg.ptrs_at);
+  const int2* ditems = dev.at<int2>(sg.items_at);
+  for (const Launch& L : launches) {
+    const int64_t nq = pl.qc[L.qi].size(), nk = pl.kc[L.ki].size();
+    float** arr = dptrs + L.first * kArrays;
+    float** Q = arr;
+    float** K = arr + L.count;
+    float** V = arr + 2 * L.count;
+    float** dO = arr + 3 * L.count;
+    float** P = arr + 4 * L.count;
+    float** dP = arr + 5 * L.count;
+    float** dQ = arr + 6 * L.count;
+    float** dK = arr + 7 * L.count;
+    float** dV = arr + 8 * L.count;
+    const dim3 grid(grid_for_rows(nq), unsigned(L.count));
+    // P = exp(scale Q K^T - lse), masked.
+    gemm_batched(cublas, false, true, nq, nk, pl.D, p.scale, Q, pl.ldq, K, pl.ldk, 0.0f, P, pl.ld_s,
+                 L.count);
+    backward_probs_kernel<<<grid, kThreads, 0, stream>>>(
+        mask_args(pl, sg, dev, L), ditems + L.first, probs, tile_stride, pl.ld_s, p.heads, a.lse);
+    CUDA_CHECK(cudaGetLastError());
+    // dV += P^T dO
+    gemm_batched(cublas, true, false, nk, pl.D, nq, 1.0f, P, pl.ld_s, dO, pl.ldq, 1.0f, dV, pl.ldk,
+                 L.count);
+    // dP = dO V^T, then dS = P (dP - delta) in its place.
+    gemm_batched(cublas, false, true, nq, nk, pl.D, 1.0f, dO, pl.ldq, V, pl.ldk, 0.0f, dP, pl.ld_s,
+                 L.count);
+    backward_dscores_kernel<<<grid, kThreads, 0, stream>>>(ditems + L.first, probs, dprobs,
+                                                           tile_stride, pl.ld_s, nq, nk, p.heads,
+                                                           p.sq, pl.qc[L.qi].begin, a.delta);
+    CUDA_CHECK(cudaGetLastError());
+    // dQ += scale dS K; dK += scale dS^T Q
+    gemm_batched(cublas, false, false, nq, pl.D, nk, p.scale, dP, pl.ld_s, K, pl.ldk, 1.0f, dQ,
+                 pl.ldq, L.count);
+    gemm_batched(cublas, true, false, nk, pl.D, nq, p.scale, dP, pl.ld_s, Q, pl.ldq, 1.0f, dK,
+                 pl.ldk, L.count);
+  }
+}
+
+}  // namespace ringattn::cuda

@@ -1,0 +1,39 @@
+// CUDA implementations of the backend's attention operations (core/attention_tile.h): one shard of
+// queries against one block of keys and values, the same tiles, skips, masks and statistics as
+// the CPU backend (core/cpu/cpu_attention.cpp).
+//
+// Where the arguments live: q, k, v, dout, dq, dk, dv, acc, m, l, lse, delta, o are device
+// memory. Positions (q_pos, k_pos) and segment ids (q_seg, k_seg) may be host or device memory:
+// tiles are planned on the host, so device ones are copied back (which synchronises), and host
+// ones are uploaded for the mask kernels.
+//
+// Each tile step is cuBLAS (batched over the tiles of one (query chunk, key chunk) pair, one per
+// batch row and head) for the products and one kernel for the elementwise softmax work in between.
+// forward_block and backward_block synchronise the stream before returning (their workspace goes
+// back to the allocator); init, finish and delta only queue kernels.
+// AttentionTileStats: the same counts as the CPU backend (tiles per batch row, query head, query
+// chunk and key chunk; flops of whole computed tiles: 4 nq nk D forward, 10 nq nk D backward).
+// The statistics are planned on the host, so they are exact without reading anything back.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "core/attention_tile.h"
+
+namespace ringattn::cuda {
+
+void attention_forward_init(cudaStream_t stream, const AttentionForwardState& st, int64_t batch,
+                            int64_t sq, int heads, int head_dim);
+void attention_forward_block(cudaStream_t stream, cublasHandle_t cublas,
+                             const AttentionTileProblem& p, const AttentionForwardState& st,
+                             AttentionTileStats* stats);
+void attention_forward_finish(cudaStream_t stream, const AttentionForwardState& st, float* o,
+                              float* lse, int64_t batch, int64_t sq, int heads, int head_dim);
+void attention_backward_delta(cudaStream_t stream, const float* dout, const float* o, float* delta,
+                              int64_t batch, int64_t sq, int heads, int head_dim);
+void attention_backward_block(cudaStream_t stream, cublasHandle_t cublas,
+                              const AttentionTileProblem& p, const AttentionBackwardArgs& a,
+                              AttentionTileStats* stats);
+
+}  // namespace ringattn::cuda

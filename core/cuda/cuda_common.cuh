@@ -1,0 +1,134 @@
+// Helpers shared by the CUDA kernel files (core/cuda/cuda_layers.cu, core/cuda/cuda_attention.cu):
+// device scratch memory from the counting allocator, launch sizes, host copies of arguments that
+// may live on either side, and block-wide reductions. Included only from .cu files.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "core/allocator.h"
+#include "core/cuda/cuda_check.h"
+
+namespace ringattn::cuda {
+
+// Threads per block for every kernel. A power of two: block_reduce halves it.
+inline constexpr int kThreads = 256;
+
+// Blocks for a grid-stride loop over n items: enough to fill an H100 several times over, never
+// more than the grid allows.
+inline unsigned grid_for(int64_t n) {
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  return unsigned(std::clamp<int64_t>(blocks, 1, 4096));
+}
+
+// Blocks for kernels that give each block one row (grid-stride over rows).
+inline unsigned grid_for_rows(int64_t rows) {
+  return unsigned(std::clamp<int64_t>(rows, 1, 65535));
+}
+
+// Device memory for one call, from the CUDA allocator (so it shows in the peak bytes). Before it
+// goes back, the stream is synchronised: kernels queued by the call may still be using it, and
+// cudaFree's implicit synchronisation is not something to rely on with a non-blocking stream.
+class DeviceScratch {
+ public:
+  DeviceScratch(cudaStream_t stream, size_t bytes, const char* what)
+      : stream_(stream), bytes_(bytes) {
+    data_ = allocator_for(Device::CUDA).allocate(bytes, what);  // null when bytes == 0
+  }
+  ~DeviceScratch() {
+    if (!data_) return;
+    (void)cudaStreamSynchronize(stream_);  // a destructor cannot throw; later calls report errors
+    allocator_for(Device::CUDA).deallocate(data_, bytes_);
+  }
+  DeviceScratch(const DeviceScratch&) = delete;
+  DeviceScratch& operator=(const DeviceScratch&) = delete;
+
+  template <typename T>
+  T* at(size_t byte_offset = 0) const {
+    return reinterpret_cast<T*>(static_cast<char*>(data_) + byte_offset);
+  }
+
+ private:
+  cudaStream_t stream_;
+  size_t bytes_;
+  void* data_ = nullptr;
+};
+
+// Byte offsets of the sections of one staging buffer, each 16-byte aligned.
+class Layout {
+ public:
+  size_t add(size_t bytes) {
+    const size_t at = size_;
+    size_ += (bytes + 15) / 16 * 16;
+    return at;
+  }
+  size_t bytes() const { return size_; }
+
+ private:
+  size_t size_ = 0;
+};
+
+// True when p is device (or managed) memory; false for ordinary host memory, pinned or not.
+inline bool is_device_memory(const void* p) {
+  cudaPointerAttributes attr{};
+  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+    (void)cudaGetLastError();  // older drivers report unregistered host memory as an error
+    return false;
+  }
+  return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
+}
+
+// A host copy of n elements that may be in host or device memory (device: synchronises).
+template <typename T>
+std::vector<T> host_copy(cudaStream_t stream, const T* src, int64_t n) {
+  std::vector<T> out(size_t(std::max<int64_t>(n, 0)));
+  if (out.empty()) return out;
+  if (is_device_memory(src)) {
+    CUDA_CHECK(
+        cudaMemcpyAsync(out.data(), src, out.size() * sizeof(T), cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+  } else {
+    std::memcpy(out.data(), src, out.size() * sizeof(T));
+  }
+  return out;
+}
+
+template <typename T>
+struct MaxOp {
+  __device__ T operator()(T a, T b) const { return a > b ? a : b; }
+};
+template <typename T>
+struct SumOp {
+  __device__ T operator()(T a, T b) const { return a + b; }
+};
+
+// Reduces v over the block (blockDim.x == kThreads) with op; every thread gets the result.
+// shared holds kThreads values. Ends with a barrier, so shared may be reused right away. Every
+// thread of the block must call it (it contains __syncthreads).
+template <typename T, typename Op>
+__device__ T block_reduce(T v, T* shared, Op op) {
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (int(threadIdx.x) < s)
+      shared[threadIdx.x] = op(shared[threadIdx.x], shared[threadIdx.x + s]);
+    __syncthreads();
+  }
+  const T r = shared[0];
+  __syncthreads();
+  return r;
+}
+
+// Index of this thread in a 1-D grid-stride loop, and the stride, as 64-bit values.
+__device__ inline int64_t global_thread() {
+  return int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ inline int64_t grid_stride() {
+  return int64_t(gridDim.x) * blockDim.x;
+}
+
+}  // namespace ringattn::cuda

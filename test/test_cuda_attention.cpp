@@ -1,0 +1,393 @@
+// The CUDA backend's attention tiles against the CPU backend's (which test/test_attention_tiles.cpp
+// checks against the float64 reference): the same blockwise sequence of calls on both backends
+// (init, several KV blocks, finish, delta, backward per block) on random inputs, with grouped-query
+// attention, causal masks by global positions, segment ids, rows that see no key, ring layouts,
+// and a whole-shard (vanilla) tile. Without a GPU every test prints its skip line and returns.
+//
+// Tolerances: |cuda - cpu| <= 1e-4 * (1 + |cpu|) for o, lse, dq, dk, dv (float32 on both sides,
+// different summation orders in the GEMMs and softmax sums; observed errors are expected ~1e-6).
+// -inf (rows that see no key) must match exactly. Tile statistics must be identical.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "core/allocator.h"
+#include "core/backend.h"
+#include "core/random.h"
+#include "core/tensor.h"
+#include "model/attention/layout.h"
+
+using namespace ringattn;
+
+namespace {
+
+constexpr double kAttnTol = 1e-4;
+
+std::vector<int64_t> iota(int64_t n, int64_t start = 0) {
+  std::vector<int64_t> v(static_cast<size_t>(n));
+  std::iota(v.begin(), v.end(), start);
+  return v;
+}
+
+// Packed documents: random document lengths per batch row, ids ascending.
+std::vector<int32_t> packed_segments(int64_t batch, int64_t len, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::uniform_int_distribution<int64_t> doc_len(1, std::max<int64_t>(1, len / 3));
+  std::vector<int32_t> seg;
+  for (int64_t b = 0; b < batch; ++b) {
+    int32_t id = 0;
+    for (int64_t i = 0; i < len;) {
+      const int64_t n = std::min(len - i, doc_len(gen));
+      for (int64_t e = 0; e < n; ++e, ++i) seg.push_back(id);
+      ++id;
+    }
+  }
+  return seg;
+}
+
+// One attention problem: queries at q_pos against all keys, fed as KV blocks (lists of key
+// indices, in the order they arrive, as the ring does).
+struct Case {
+  int64_t batch = 1, sq = 0, sk = 0;
+  int heads = 1, kv_heads = 1, head_dim = 16;
+  bool causal = false;
+  int64_t q_chunk = 0, k_chunk = 0;
+  std::vector<int64_t> q_pos, k_pos;  // [sq], [sk]
+  std::vector<int32_t> q_seg, k_seg;  // [B, sq], [B, sk], or both empty
+  std::vector<std::vector<int64_t>> blocks;
+  Tensor q, k, v, dout;  // host, [B, S, H(kv), D]
+  uint64_t seed = 0;
+};
+
+Case make_case(int64_t batch, int64_t sq, int64_t sk, int heads, int kv_heads, int head_dim,
+               bool causal, int64_t q_chunk, int64_t k_chunk, uint64_t seed) {
+  Case c;
+  c.batch = batch;
+  c.sq = sq;
+  c.sk = sk;
+  c.heads = heads;
+  c.kv_heads = kv_heads;
+  c.head_dim = head_dim;
+  c.causal = causal;
+  c.q_chunk = q_chunk;
+  c.k_chunk = k_chunk;
+  c.q_pos = iota(sq);
+  c.k_pos = iota(sk);
+  c.blocks = {iota(sk)};
+  c.seed = seed;
+  c.q = Tensor::empty({batch, sq, heads, head_dim}, DType::F32);
+  c.k = Tensor::empty({batch, sk, kv_heads, head_dim}, DType::F32);
+  c.v = Tensor::empty({batch, sk, kv_heads, head_dim}, DType::F32);
+  c.dout = Tensor::empty({batch, sq, heads, head_dim}, DType::F32);
+  fill_normal(c.q, seed);
+  fill_normal(c.k, seed + 1);
+  fill_normal(c.v, seed + 2);
+  fill_normal(c.dout, seed + 3);
+  return c;
+}
+
+struct Result {
+  Tensor o, lse, dq;           // host
+  std::vector<Tensor> dk, dv;  // host, one per block (its own rows)
+  AttentionTileStats fwd, bwd;
+};
+
+// Runs the blockwise sequence on `be`, every tensor in its memory (for the CPU backend that is the
+// host; copy_from_host / copy_to_host are plain copies there). Positions stay on the host (the
+// documented case); segment ids are host memory, or device memory when seg_on_device.
+// The "+=" outputs (dq, each block's dk and dv) start from the same random values on both
+// backends; the forward state starts as garbage, which init must overwrite.
+Result run(Backend& be, const Case& c, bool seg_on_device) {
+  const Device dev = be.device();
+  auto up = [&](const Tensor& host) {
+    Tensor t = Tensor::empty(host.shape(), host.dtype(), dev, "test tensor");
+    be.copy_from_host(t.raw(), host.raw(), host.nbytes());
+    return t;
+  };
+  auto down = [&](const Tensor& t) {
+    Tensor h = Tensor::empty(t.shape(), t.dtype());
+    be.copy_to_host(h.raw(), t.raw(), t.nbytes());
+    return h;
+  };
+  auto randn = [](const Shape& shape, uint64_t seed) {
+    Tensor t = Tensor::empty(shape, DType::F32);
+    fill_normal(t, seed);
+    return t;
+  };
+  const int64_t B = c.batch, Sq = c.sq, H = c.heads, Hkv = c.kv_heads, D = c.head_dim;
+  const bool seg = !c.q_seg.empty();
+
+  struct Block {
+    Tensor k, v, seg_dev, dk, dv;  // backend memory
+    std::vector<int64_t> pos;
+    std::vector<int32_t> seg;  // host copy
+    int64_t n = 0;
+  };
+  std::vector<Block> blocks;
+  for (size_t bi = 0; bi < c.blocks.size(); ++bi) {
+    const std::vector<int64_t>& idx = c.blocks[bi];
+    Block blk;
+    blk.n = int64_t(idx.size());
+    Tensor hk = Tensor::empty({B, blk.n, Hkv, D}, DType::F32);
+    Tensor hv = Tensor::empty({B, blk.n, Hkv, D}, DType::F32);
+    for (int64_t b = 0; b < B; ++b)
+      for (size_t jj = 0; jj < idx.size(); ++jj) {
+        const int64_t src = (b * c.sk + idx[jj]) * Hkv * D;
+        const int64_t dst = (b * blk.n + int64_t(jj)) * Hkv * D;
+        std::copy_n(c.k.data<float>() + src, Hkv * D, hk.data<float>() + dst);
+        std::copy_n(c.v.data<float>() + src, Hkv * D, hv.data<float>() + dst);
+        if (seg) blk.seg.push_back(c.k_seg[size_t(b * c.sk + idx[jj])]);
+      }
+    for (int64_t j : idx) blk.pos.push_back(c.k_pos[size_t(j)]);
+    blk.k = up(hk);
+    blk.v = up(hv);
+    if (seg && seg_on_device) {
+      Tensor hs = Tensor::empty({B, blk.n}, DType::I32);
+      std::copy(blk.seg.begin(), blk.seg.end(), hs.data<int32_t>());
+      blk.seg_dev = up(hs);
+    }
+    blk.dk = up(randn({B, blk.n, Hkv, D}, c.seed + 100 + bi));
+    blk.dv = up(randn({B, blk.n, Hkv, D}, c.seed + 200 + bi));
+    blocks.push_back(std::move(blk));
+  }
+  Tensor q_seg_dev;
+  if (seg && seg_on_device) {
+    Tensor hs = Tensor::empty({B, Sq}, DType::I32);
+    std::copy(c.q_seg.begin(), c.q_seg.end(), hs.data<int32_t>());
+    q_seg_dev = up(hs);
+  }
+  const Tensor q = up(c.q), dout = up(c.dout);
+
+  auto problem = [&](const Block& blk) {
+    AttentionTileProblem p;
+    p.batch = B;
+    p.sq = Sq;
+    p.sk = blk.n;
+    p.heads = int(H);
+    p.kv_heads = int(Hkv);
+    p.head_dim = int(D);
+    p.scale = 1.0f / std::sqrt(float(D));
+    p.causal = c.causal;
+    p.q_chunk = c.q_chunk;
+    p.k_chunk = c.k_chunk;
+    p.q_pos = c.q_pos.data();
+    p.k_pos = blk.pos.data();
+    if (seg) {
+      p.q_seg = seg_on_device ? q_seg_dev.data<int32_t>() : c.q_seg.data();
+      p.k_seg = seg_on_device ? blk.seg_dev.data<int32_t>() : blk.seg.data();
+    }
+    p.q = q.data<float>();
+    p.k = blk.k.data<float>();
+    p.v = blk.v.data<float>();
+    return p;
+  };
+
+  Result r;
+  Tensor acc = up(randn({B, Sq, H, D}, 7));
+  Tensor m = up(randn({B, H, Sq}, 8)), l = up(randn({B, H, Sq}, 9));
+  const AttentionForwardState st{acc.data<float>(), m.data<float>(), l.data<float>()};
+  be.attention_forward_init(st, B, Sq, int(H), int(D));
+  for (const Block& blk : blocks) be.attention_forward_block(problem(blk), st, &r.fwd);
+  Tensor o = Tensor::empty({B, Sq, H, D}, DType::F32, dev);
+  Tensor lse = Tensor::empty({B, H, Sq}, DType::F32, dev);
+  be.attention_forward_finish(st, o.data<float>(), lse.data<float>(), B, Sq, int(H), int(D));
+
+  Tensor delta = Tensor::empty({B, H, Sq}, DType::F32, dev);
+  be.attention_backward_delta(dout.data<float>(), o.data<float>(), delta.data<float>(), B, Sq,
+                              int(H), int(D));
+  Tensor dq = up(randn({B, Sq, H, D}, c.seed + 50));
+  for (Block& blk : blocks) {
+    const AttentionBackwardArgs a{dout.data<float>(), lse.data<float>(),    delta.data<float>(),
+                                  dq.data<float>(),   blk.dk.data<float>(), blk.dv.data<float>()};
+    be.attention_backward_block(problem(blk), a, &r.bwd);
+  }
+  r.o = down(o);
+  r.lse = down(lse);
+  r.dq = down(dq);
+  for (Block& blk : blocks) {
+    r.dk.push_back(down(blk.dk));
+    r.dv.push_back(down(blk.dv));
+  }
+  return r;
+}
+
+void check_close(const Tensor& got, const Tensor& want, const char* what) {
+  REQUIRE(got.numel() == want.numel());
+  const float* g = got.data<float>();
+  const float* w = want.data<float>();
+  double worst = 0;
+  int64_t worst_at = 0, bad = 0;
+  for (int64_t i = 0; i < got.numel(); ++i) {
+    if (std::isinf(w[i]) || std::isinf(g[i]) || std::isnan(g[i]) || std::isnan(w[i])) {
+      if (!(std::isinf(w[i]) && g[i] == w[i])) ++bad;
+      continue;
+    }
+    const double ratio = std::abs(double(g[i]) - double(w[i])) / (kAttnTol * (1 + std::abs(w[i])));
+    if (ratio > worst) worst = ratio, worst_at = i;
+  }
+  INFO(what << ": worst " << worst << " x tolerance " << kAttnTol << " at " << worst_at << ": cuda "
+            << g[worst_at] << ", cpu " << w[worst_at] << "; " << bad << " inf/NaN mismatches");
+  CHECK(bad == 0);
+  CHECK(worst <= 1.0);
+}
+
+void check_stats(const AttentionTileStats& g, const AttentionTileStats& w, const char* what) {
+  INFO(what);
+  CHECK(g.tiles_computed == w.tiles_computed);
+  CHECK(g.tiles_masked == w.tiles_masked);
+  CHECK(g.tiles_skipped == w.tiles_skipped);
+  CHECK(g.flops == Approx(w.flops));
+}
+
+// Both backends, then everything compared. Segment ids go to the GPU as host pointers, and (in
+// a second run) as device pointers.
+Result compare_backends(const Case& c) {
+  const Result want = run(cpu_backend(), c, false);
+  Result got;
+  for (bool seg_on_device : {false, true}) {
+    if (seg_on_device && c.q_seg.empty()) continue;
+    INFO("segment ids in " << (seg_on_device ? "device" : "host") << " memory");
+    got = run(cuda_backend(0), c, seg_on_device);
+    check_close(got.o, want.o, "o");
+    check_close(got.lse, want.lse, "lse");
+    check_close(got.dq, want.dq, "dq");
+    REQUIRE(got.dk.size() == want.dk.size());
+    for (size_t i = 0; i < got.dk.size(); ++i) {
+      INFO("block " << i);
+      check_close(got.dk[i], want.dk[i], "dk");
+      check_close(got.dv[i], want.dv[i], "dv");
+    }
+    check_stats(got.fwd, want.fwd, "forward stats");
+    check_stats(got.bwd, want.bwd, "backward stats");
+  }
+  return want;
+}
+
+}  // namespace
+
+TEST_CASE("CUDA attention: blockwise forward and backward match the CPU (GQA, causal, chunks)",
+          "[cuda]") {
+  if (cuda_device_count() == 0) {
+    std::printf("[cuda] skipped: no GPU\n");
+    return;
+  }
+  struct Shape {
+    int heads, kv_heads, head_dim;
+    int64_t sq, sk, q_chunk, k_chunk;
+  };
+  const Shape s =
+      GENERATE(Shape{4, 2, 16, 80, 80, 32, 16},   // GQA, chunks do not divide
+               Shape{4, 1, 64, 64, 96, 16, 32},   // all heads on one kv head
+               Shape{3, 3, 32, 50, 70, 0, 0},     // whole-shard tiles (vanilla)
+               Shape{2, 1, 128, 40, 900, 7, 300}  // rows of 300 keys: more than a block's threads
+      );
+  const bool causal = GENERATE(false, true);
+  INFO("H " << s.heads << " Hkv " << s.kv_heads << " D " << s.head_dim << " sq " << s.sq << " sk "
+            << s.sk << " chunks " << s.q_chunk << "x" << s.k_chunk << " causal " << causal);
+  Case c = make_case(2, s.sq, s.sk, s.heads, s.kv_heads, s.head_dim, causal, s.q_chunk, s.k_chunk,
+                     1000 + uint64_t(s.sq + s.sk));
+  // Queries at the end of the key range (a KV cache), keys in three blocks arriving in reverse.
+  c.q_pos = iota(s.sq, s.sk - s.sq > 0 ? s.sk - s.sq : 0);
+  const int64_t third = s.sk / 3;
+  c.blocks = {iota(s.sk - 2 * third, 2 * third), iota(third, third), iota(third)};
+  compare_backends(c);
+}
+
+TEST_CASE("CUDA attention: rows and blocks that see no key give o = 0, lse = -inf", "[cuda]") {
+  if (cuda_device_count() == 0) {
+    std::printf("[cuda] skipped: no GPU\n");
+    return;
+  }
+  // Keys at positions 10..41 in two blocks, plus a block entirely in the future: queries 0..9 see
+  // no key at all (lse = -inf, o = 0, dq unchanged), the first block's tiles mix fully masked and
+  // visible rows, and the future block is skipped whole (dk, dv unchanged).
+  Case c = make_case(2, 32, 48, 4, 2, 16, true, 16, 8, 2000);
+  c.k_pos = iota(48, 10);
+  c.k_pos.resize(32);
+  for (int64_t j = 0; j < 16; ++j) c.k_pos.push_back(1000 + j);
+  c.blocks = {iota(16), iota(16, 32), iota(16, 16)};
+  const Result want = compare_backends(c);
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t h = 0; h < 4; ++h)
+      for (int64_t i = 0; i < 10; ++i)
+        CHECK(std::isinf(want.lse.data<float>()[(b * 4 + h) * 32 + i]));
+  CHECK(want.fwd.tiles_skipped > 0);
+}
+
+TEST_CASE("CUDA attention: segment ids (packed documents) match the CPU", "[cuda]") {
+  if (cuda_device_count() == 0) {
+    std::printf("[cuda] skipped: no GPU\n");
+    return;
+  }
+  const bool causal = GENERATE(false, true);
+  const int parts = GENERATE(1, 3);
+  INFO("causal " << causal << ", " << parts << " blocks");
+  Case c = make_case(2, 96, 96, 4, 2, 16, causal, 32, 16, 3000);
+  c.q_seg = packed_segments(2, 96, 17);
+  c.k_seg = c.q_seg;
+  // A query segment id that no key has: those rows see nothing.
+  c.q_seg[5] = c.q_seg[40] = 999;
+  c.blocks.clear();
+  for (int i = parts - 1; i >= 0; --i) c.blocks.push_back(iota(96 / parts, i * (96 / parts)));
+  const Result want = compare_backends(c);
+  CHECK(want.fwd.tiles_skipped > 0);  // tiles between different documents
+}
+
+TEST_CASE("CUDA attention: ring layouts (local queries against every rank's block)", "[cuda]") {
+  if (cuda_device_count() == 0) {
+    std::printf("[cuda] skipped: no GPU\n");
+    return;
+  }
+  const RingLayout layout =
+      GENERATE(RingLayout::Contiguous, RingLayout::Zigzag, RingLayout::Striped);
+  const int ranks = 4, rank = 1;
+  const int64_t S = 128;
+  INFO(layout_name(layout) << ", rank " << rank << " of " << ranks);
+  // Queries of one rank (a zigzag shard has a jump in its positions), keys in ring order.
+  Case c = make_case(1, S / ranks, S, 4, 2, 32, true, 8, 8, 4000);
+  c.q_pos = layout_positions(layout, S, ranks, rank);
+  c.blocks.clear();
+  for (int t = 0; t < ranks; ++t)
+    c.blocks.push_back(layout_positions(layout, S, ranks, (rank - t + ranks) % ranks));
+  compare_backends(c);
+}
+
+TEST_CASE("CUDA attention: score workspace comes from the CUDA allocator", "[cuda]") {
+  if (cuda_device_count() == 0) {
+    std::printf("[cuda] skipped: no GPU\n");
+    return;
+  }
+  Case c = make_case(1, 256, 256, 1, 1, 16, false, 0, 0, 5000);
+  (void)cuda_backend(0);  // installs the CUDA allocator
+  Allocator& alloc = allocator_for(Device::CUDA);
+  alloc.reset_peak();
+  const size_t live = alloc.live_bytes();
+  run(cuda_backend(0), c, false);
+  const size_t peak = alloc.peak_bytes() - live;
+  INFO("peak " << peak << " B above " << live << " B live");
+  // Whole-shard tile: the 256 x 256 scores (x 2 in the backward: P and dS), plus the inputs.
+  CHECK(peak >= 2 * 256 * 256 * sizeof(float));
+  CHECK(alloc.live_bytes() == live);  // every workspace went back
+}
+
+TEST_CASE("CUDA attention: bad problems are errors with the CPU backend's messages", "[cuda]") {
+  if (cuda_device_count() == 0) {
+    std::printf("[cuda] skipped: no GPU\n");
+    return;
+  }
+  // Three query heads cannot share two kv heads.
+  const Case gqa = make_case(1, 8, 8, 3, 2, 16, false, 0, 0, 6000);
+  CHECK_THROWS_WITH(run(cpu_backend(), gqa, false), Catch::Contains("cannot share"));
+  CHECK_THROWS_WITH(run(cuda_backend(0), gqa, false), Catch::Contains("cannot share"));
+  // A causal mask needs ascending positions.
+  Case unsorted = make_case(1, 8, 8, 2, 1, 16, true, 4, 4, 6001);
+  std::swap(unsorted.k_pos[2], unsorted.k_pos[5]);
+  CHECK_THROWS_WITH(run(cpu_backend(), unsorted, false), Catch::Contains("ascending"));
+  CHECK_THROWS_WITH(run(cuda_backend(0), unsorted, false), Catch::Contains("ascending"));
+}
