@@ -29,10 +29,10 @@ struct AttentionTileProblem {
   int64_t q_chunk = 0, k_chunk = 0;  // tile sizes; <= 0 means the whole shard/block (vanilla)
   // Positions and segment ids may live in host or device memory (the CUDA backend copies them
   // to the device when needed); q, k, v and every output are on the backend's device.
-  const int64_t* q_pos = nullptr;    // [Sq] global positions of the queries
-  const int64_t* k_pos = nullptr;    // [Sk] global positions of the keys
-  const int32_t* q_seg = nullptr;    // [B, Sq] or null
-  const int32_t* k_seg = nullptr;    // [B, Sk] or null
+  const int64_t* q_pos = nullptr;  // [Sq] global positions of the queries
+  const int64_t* k_pos = nullptr;  // [Sk] global positions of the keys
+  const int32_t* q_seg = nullptr;  // [B, Sq] or null
+  const int32_t* k_seg = nullptr;  // [B, Sk] or null
   const float* q = nullptr;
   const float* k = nullptr;
   const float* v = nullptr;
