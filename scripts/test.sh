@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine and runs every test: installs dependencies, builds once, runs ctest
 # (single- and multi-rank tests under mpirun with 1, 2 and 4 ranks), then the stages that need
-# more than ctest: a real one-node Slurm cluster running the sbatch script, and the libFuzzer
-# targets (clang) for a bounded time on their seed corpus.
+# more than ctest: a real one-node Slurm cluster running the sbatch script, the libFuzzer
+# targets (clang) for a bounded time on their seed corpus, and the whole ctest suite again built
+# with AddressSanitizer + UndefinedBehaviorSanitizer (its own build directory).
 # Extra arguments go to ctest, e.g. scripts/test.sh -R attention
-# RINGATTN_SKIP_SLURM_TEST=1 / RINGATTN_SKIP_FUZZ=1 skip those stages (never in CI);
+# RINGATTN_SKIP_SLURM_TEST=1 / RINGATTN_SKIP_FUZZ=1 / RINGATTN_SKIP_SANITIZERS=1 skip those
+# stages (never in CI);
 # FUZZ_SECONDS sets each fuzz target's time (default here 30).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,4 +25,9 @@ fi
 if [ "${RINGATTN_SKIP_FUZZ:-0}" != 1 ]; then
   echo "== fuzz: safetensors reader, token file reader, config parser (scripts/fuzz.sh)"
   FUZZ_SECONDS=${FUZZ_SECONDS:-30} scripts/fuzz.sh
+fi
+
+if [ "${RINGATTN_SKIP_SANITIZERS:-0}" != 1 ]; then
+  echo "== sanitizers: every ctest built with ASan + UBSan (scripts/test-sanitizers.sh)"
+  scripts/test-sanitizers.sh --timeout 900
 fi
