@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "core/allocator.h"
+#include "core/attention_plan.h"
 #include "core/backend.h"
 #include "core/cpu/attention_kernels.h"
 #include "core/error.h"
@@ -55,141 +56,41 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const 
               int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
 }
 
-// A contiguous run of one shard's tokens that becomes one side of a tile.
-struct Chunk {
-  int64_t begin = 0, end = 0;
-  int64_t pos_min = 0, pos_max = 0;  // positions are ascending: the first and the last
-  int64_t size() const { return end - begin; }
-};
-
-// Splits [0, n) into chunks of `chunk` tokens (<= 0: as large as possible) that never straddle a
-// break in the positions: a zigzag shard is two separate position ranges, and a tile across the
-// jump would cover both sides of the diagonal and need the element mask everywhere. A break is a
-// gap unlike the shard's first gap (contiguous: 1, striped: N). Shards with many breaks are not a
-// layout this project produces; they are chunked as if they had none (still exact, just masked).
-std::vector<Chunk> make_chunks(const int64_t* pos, int64_t n, int64_t chunk) {
-  constexpr size_t kMaxRuns = 8;
-  std::vector<int64_t> starts{0};
-  if (n > 2) {
-    const int64_t step = pos[1] - pos[0];
-    for (int64_t i = 1; i + 1 < n && starts.size() <= kMaxRuns; ++i)
-      if (pos[i + 1] - pos[i] != step) starts.push_back(i + 1);
-    if (starts.size() > kMaxRuns) starts.assign(1, 0);
-  }
-  starts.push_back(n);
-  std::vector<Chunk> chunks;
-  for (size_t r = 0; r + 1 < starts.size(); ++r) {
-    const int64_t len = chunk > 0 ? chunk : starts[r + 1] - starts[r];
-    for (int64_t b = starts[r]; b < starts[r + 1]; b += len) {
-      const int64_t e = std::min(b + len, starts[r + 1]);
-      chunks.push_back({b, e, pos[b], pos[e - 1]});
-    }
-  }
-  return chunks;
-}
-
-struct SegRange {
-  int32_t lo = 0, hi = 0;
-};
-
-// seg_ranges[b * chunks.size() + c]: the segment ids seen by chunk c of batch b.
-std::vector<SegRange> segment_ranges(const int32_t* seg, int64_t batch, int64_t len,
-                                     const std::vector<Chunk>& chunks) {
-  std::vector<SegRange> out;
-  if (!seg) return out;
-  out.reserve(size_t(batch) * chunks.size());
-  for (int64_t b = 0; b < batch; ++b)
-    for (const Chunk& c : chunks) {
-      const auto [lo, hi] = std::minmax_element(seg + b * len + c.begin, seg + b * len + c.end);
-      out.push_back({*lo, *hi});
-    }
-  return out;
-}
-
-enum class TileKind { Skip, Full, Masked };
-
-// Everything a tile loop needs about one call, derived once.
-struct Plan {
+// Everything a tile loop needs about one call, derived once: the shared tile plan
+// (core/attention_plan.h) plus the CPU's strides. Host memory throughout.
+struct Plan : TilePlan {
   const AttentionTileProblem& p;
   int64_t D, G;  // head_dim, query heads per kv head
   int64_t ldq, ldk;
-  std::vector<int64_t> q_pos_store, k_pos_store;  // used when positions are not given
-  const int64_t* q_pos;
-  const int64_t* k_pos;
-  std::vector<Chunk> qc, kc;
-  std::vector<SegRange> q_seg, k_seg;
-  int64_t max_q = 0, max_k = 0, ld_s = 0;
+  int64_t ld_s = 0;
 
-  explicit Plan(const AttentionTileProblem& prob) : p(prob) {
-    RA_CHECK(p.batch >= 0 && p.sq >= 0 && p.sk >= 0 && p.head_dim > 0,
-             "attention tile: bad sizes batch={} sq={} sk={} head_dim={}", p.batch, p.sq, p.sk,
-             p.head_dim);
-    RA_CHECK(p.heads > 0 && p.kv_heads > 0 && p.heads % p.kv_heads == 0,
-             "attention tile: {} query heads cannot share {} kv heads", p.heads, p.kv_heads);
-    RA_CHECK(p.q && p.k && p.v, "attention tile: q, k and v must be given");
-    RA_CHECK(!p.q_seg == !p.k_seg,
-             "attention tile: segment ids must be given for both queries and keys, or neither");
+  explicit Plan(const AttentionTileProblem& prob)
+      : TilePlan(prob, host_values(prob.q_pos, prob.sq), host_values(prob.k_pos, prob.sk),
+                 host_values(prob.q_seg, prob.batch * prob.sq),
+                 host_values(prob.k_seg, prob.batch * prob.sk)),
+        p(prob) {
     RA_CHECK(int64_t(p.heads) * p.head_dim <= INT_MAX && p.sq <= INT_MAX && p.sk <= INT_MAX,
              "attention tile: sizes exceed the BLAS int range");
     D = p.head_dim;
     G = p.heads / p.kv_heads;
     ldq = int64_t(p.heads) * D;
     ldk = int64_t(p.kv_heads) * D;
-    // Missing positions mean 0..n-1 (a single unsharded sequence).
-    q_pos = positions(p.q_pos, p.sq, q_pos_store);
-    k_pos = positions(p.k_pos, p.sk, k_pos_store);
-    if (p.causal) {
-      RA_CHECK(std::is_sorted(q_pos, q_pos + p.sq) && std::is_sorted(k_pos, k_pos + p.sk),
-               "attention tile: causal positions must be ascending within a shard");
-    }
-    qc = make_chunks(q_pos, p.sq, p.q_chunk);
-    kc = make_chunks(k_pos, p.sk, p.k_chunk);
-    q_seg = segment_ranges(p.q_seg, p.batch, p.sq, qc);
-    k_seg = segment_ranges(p.k_seg, p.batch, p.sk, kc);
-    for (const Chunk& c : qc) max_q = std::max(max_q, c.size());
-    for (const Chunk& c : kc) max_k = std::max(max_k, c.size());
     ld_s = score_ld(max_k);
-  }
-
-  static const int64_t* positions(const int64_t* given, int64_t n, std::vector<int64_t>& store) {
-    if (given) return given;
-    store.resize(size_t(n));
-    for (int64_t i = 0; i < n; ++i) store[size_t(i)] = i;
-    return store.data();
-  }
-
-  bool segmented() const { return p.q_seg && p.k_seg; }
-
-  TileKind classify(int64_t b, size_t qi, size_t ki) const {
-    const Chunk& q = qc[qi];
-    const Chunk& k = kc[ki];
-    bool mask = false;
-    if (p.causal) {
-      if (k.pos_min > q.pos_max) return TileKind::Skip;
-      mask = k.pos_max > q.pos_min;
-    }
-    if (segmented()) {
-      const SegRange& a = q_seg[size_t(b) * qc.size() + qi];
-      const SegRange& c = k_seg[size_t(b) * kc.size() + ki];
-      if (a.hi < c.lo || c.hi < a.lo) return TileKind::Skip;
-      mask = mask || !(a.lo == a.hi && c.lo == c.hi && a.lo == c.lo);
-    }
-    return mask ? TileKind::Masked : TileKind::Full;
   }
 
   // For a masked tile: valid[r] = how many leading keys query row r may see by position (keys are
   // ascending, so the causally visible ones are a prefix); within that prefix, keys of another
   // segment get kMaskedScore. Unmasked tiles have valid[r] = the whole chunk.
-  void apply_mask(int64_t b, const Chunk& q, const Chunk& k, TileKind kind, float* s,
+  void apply_mask(int64_t b, const TileChunk& q, const TileChunk& k, TileKind kind, float* s,
                   int64_t* valid) const {
     const int64_t nq = q.size(), nk = k.size();
     if (kind != TileKind::Masked) {
       std::fill(valid, valid + nq, nk);
       return;
     }
-    const int64_t* kp = k_pos + k.begin;
-    const int32_t* qs = segmented() ? p.q_seg + b * p.sq + q.begin : nullptr;
-    const int32_t* ks = segmented() ? p.k_seg + b * p.sk + k.begin : nullptr;
+    const int64_t* kp = k_pos.data() + k.begin;
+    const int32_t* qs = segmented ? q_seg.data() + b * p.sq + q.begin : nullptr;
+    const int32_t* ks = segmented ? k_seg.data() + b * p.sk + k.begin : nullptr;
     for (int64_t r = 0; r < nq; ++r) {
       const int64_t qp = q_pos[q.begin + r];
       int64_t n = nk;
@@ -255,23 +156,6 @@ int thread_count(int64_t items) {
   return int(std::max<int64_t>(1, std::min<int64_t>(cpu_threads(), items)));
 }
 
-void add_stats(AttentionTileStats* to, const AttentionTileStats& from) {
-  to->tiles_computed += from.tiles_computed;
-  to->tiles_masked += from.tiles_masked;
-  to->tiles_skipped += from.tiles_skipped;
-  to->flops += from.flops;
-}
-
-void count_tile(AttentionTileStats& st, TileKind kind, double flops) {
-  if (kind == TileKind::Skip) {
-    ++st.tiles_skipped;
-    return;
-  }
-  ++st.tiles_computed;
-  if (kind == TileKind::Masked) ++st.tiles_masked;
-  st.flops += flops;
-}
-
 // ---- forward ------------------------------------------------------------------------------------
 
 // One (batch, query head, query chunk) against every key chunk of the block.
@@ -279,7 +163,7 @@ void forward_item(const Plan& pl, const AttentionForwardState& st, int64_t b, in
                   float* s, float* acc, int64_t* valid, AttentionTileStats& stats) {
   const AttentionTileProblem& p = pl.p;
   const RowKernels& rk = row_kernels();
-  const Chunk& q = pl.qc[qi];
+  const TileChunk& q = pl.qc[qi];
   const int64_t nq = q.size(), D = pl.D, hk = h / pl.G;
   const float* qt = p.q + (b * p.sq + q.begin) * pl.ldq + h * D;
   float* acc_g = st.acc + (b * p.sq + q.begin) * pl.ldq + h * D;
@@ -290,7 +174,7 @@ void forward_item(const Plan& pl, const AttentionForwardState& st, int64_t b, in
   for (int64_t r = 0; r < nq; ++r) std::memcpy(acc + r * D, acc_g + r * pl.ldq, D * sizeof(float));
   bool touched = false;
   for (size_t ki = 0; ki < pl.kc.size(); ++ki) {
-    const Chunk& k = pl.kc[ki];
+    const TileChunk& k = pl.kc[ki];
     const int64_t nk = k.size();
     const TileKind kind = pl.classify(b, qi, ki);
     count_tile(stats, kind, 4.0 * double(nq) * double(nk) * double(D));
@@ -348,7 +232,7 @@ void backward_item(const Plan& pl, const AttentionBackwardArgs& a, int64_t b, in
                    const BackwardScratch& w, std::mutex* dq_locks, AttentionTileStats& stats) {
   const AttentionTileProblem& p = pl.p;
   const RowKernels& rk = row_kernels();
-  const Chunk& k = pl.kc[ki];
+  const TileChunk& k = pl.kc[ki];
   const int64_t nk = k.size(), D = pl.D, ld = pl.ld_s;
   const float* kt = p.k + (b * p.sk + k.begin) * pl.ldk + hk * D;
   const float* vt = p.v + (b * p.sk + k.begin) * pl.ldk + hk * D;
@@ -357,7 +241,7 @@ void backward_item(const Plan& pl, const AttentionBackwardArgs& a, int64_t b, in
   bool touched = false;
   for (int64_t h = hk * pl.G; h < (hk + 1) * pl.G; ++h) {
     for (size_t qi = 0; qi < pl.qc.size(); ++qi) {
-      const Chunk& q = pl.qc[qi];
+      const TileChunk& q = pl.qc[qi];
       const int64_t nq = q.size();
       const TileKind kind = pl.classify(b, qi, ki);
       count_tile(stats, kind, 10.0 * double(nq) * double(nk) * double(D));
@@ -448,9 +332,9 @@ void attention_forward_block(const AttentionTileProblem& p, const AttentionForwa
       forward_item(pl, st, bh / p.heads, bh % p.heads, qi, s, acc, ws.ints(t), mine);
     }
 #pragma omp critical(ringattn_attention_stats)
-    add_stats(&total, mine);
+    add_tile_stats(&total, mine);
   }
-  if (stats) add_stats(stats, total);
+  add_tile_stats(stats, total);
 }
 
 void attention_forward_finish(const AttentionForwardState& st, float* o, float* lse, int64_t batch,
@@ -527,9 +411,9 @@ void attention_backward_block(const AttentionTileProblem& p, const AttentionBack
       }
     }
 #pragma omp critical(ringattn_attention_stats)
-    add_stats(&total, mine);
+    add_tile_stats(&total, mine);
   }
-  if (stats) add_stats(stats, total);
+  add_tile_stats(stats, total);
 }
 
 }  // namespace ringattn::cpu

@@ -29,6 +29,7 @@
 #include <cmath>
 #include <vector>
 
+#include "core/attention_plan.h"
 #include "core/cuda/cuda_common.cuh"
 #include "core/cuda/cuda_layers.h"
 #include "core/error.h"
@@ -48,79 +49,20 @@ int64_t round_up(int64_t x, int64_t a) {
   return (x + a - 1) / a * a;
 }
 
-// ---- host planning (the CPU backend's rules, core/cpu/cpu_attention.cpp) ------------------------
+// ---- host planning: the shared tile plan (core/attention_plan.h) plus the CUDA strides ----------
 
-// A contiguous run of one shard's tokens that becomes one side of a tile.
-struct Chunk {
-  int64_t begin = 0, end = 0;
-  int64_t pos_min = 0, pos_max = 0;  // positions are ascending: the first and the last
-  int64_t size() const { return end - begin; }
-};
-
-// Splits [0, n) into chunks of `chunk` tokens (<= 0: as large as possible) that never straddle a
-// break in the positions (a zigzag shard is two position ranges). A break is a gap unlike the
-// shard's first gap; more than 8 breaks: chunked as if there were none (still exact, masked).
-// Must cut exactly where the CPU backend cuts, so both report the same tile statistics.
-std::vector<Chunk> make_chunks(const int64_t* pos, int64_t n, int64_t chunk) {
-  constexpr size_t kMaxRuns = 8;
-  std::vector<int64_t> starts{0};
-  if (n > 2) {
-    const int64_t step = pos[1] - pos[0];
-    for (int64_t i = 1; i + 1 < n && starts.size() <= kMaxRuns; ++i)
-      if (pos[i + 1] - pos[i] != step) starts.push_back(i + 1);
-    if (starts.size() > kMaxRuns) starts.assign(1, 0);
-  }
-  starts.push_back(n);
-  std::vector<Chunk> chunks;
-  for (size_t r = 0; r + 1 < starts.size(); ++r) {
-    const int64_t len = chunk > 0 ? chunk : starts[r + 1] - starts[r];
-    for (int64_t b = starts[r]; b < starts[r + 1]; b += len) {
-      const int64_t e = std::min(b + len, starts[r + 1]);
-      chunks.push_back({b, e, pos[b], pos[e - 1]});
-    }
-  }
-  return chunks;
-}
-
-struct SegRange {
-  int32_t lo = 0, hi = 0;
-};
-
-// ranges[b * chunks.size() + c]: the segment ids seen by chunk c of batch row b.
-std::vector<SegRange> segment_ranges(const std::vector<int32_t>& seg, int64_t batch, int64_t len,
-                                     const std::vector<Chunk>& chunks) {
-  std::vector<SegRange> out;
-  out.reserve(size_t(batch) * chunks.size());
-  for (int64_t b = 0; b < batch; ++b)
-    for (const Chunk& c : chunks) {
-      const auto first = seg.begin() + b * len;
-      const auto [lo, hi] = std::minmax_element(first + c.begin, first + c.end);
-      out.push_back({*lo, *hi});
-    }
-  return out;
-}
-
-enum class TileKind { Skip, Full, Masked };
-
-struct Plan {
+struct Plan : TilePlan {
   const AttentionTileProblem& p;
   int64_t D = 0, G = 0, ldq = 0, ldk = 0;
-  std::vector<int64_t> q_pos, k_pos;  // host copies (0..n-1 when not given)
-  std::vector<int32_t> q_seg, k_seg;  // host copies, empty without segment ids
-  bool segmented = false;
-  std::vector<Chunk> qc, kc;
-  std::vector<SegRange> q_ranges, k_ranges;
-  int64_t max_q = 0, max_k = 0, ld_s = 0;
+  int64_t ld_s = 0;
 
-  Plan(cudaStream_t stream, const AttentionTileProblem& prob) : p(prob) {
-    RA_CHECK(p.batch >= 0 && p.sq >= 0 && p.sk >= 0 && p.head_dim > 0,
-             "attention tile: bad sizes batch={} sq={} sk={} head_dim={}", p.batch, p.sq, p.sk,
-             p.head_dim);
-    RA_CHECK(p.heads > 0 && p.kv_heads > 0 && p.heads % p.kv_heads == 0,
-             "attention tile: {} query heads cannot share {} kv heads", p.heads, p.kv_heads);
-    RA_CHECK(p.q && p.k && p.v, "attention tile: q, k and v must be given");
-    RA_CHECK(!p.q_seg == !p.k_seg,
-             "attention tile: segment ids must be given for both queries and keys, or neither");
+  // Positions and segment ids may be in host or device memory: host_copy reads either.
+  Plan(cudaStream_t stream, const AttentionTileProblem& prob)
+      : TilePlan(prob, maybe_copy(stream, prob.q_pos, prob.sq),
+                 maybe_copy(stream, prob.k_pos, prob.sk),
+                 maybe_copy(stream, prob.q_seg, prob.batch * prob.sq),
+                 maybe_copy(stream, prob.k_seg, prob.batch * prob.sk)),
+        p(prob) {
     RA_CHECK(int64_t(p.heads) * p.head_dim <= INT_MAX && p.sq <= INT_MAX && p.sk <= INT_MAX &&
                  p.batch <= INT_MAX,
              "attention tile: sizes exceed the cuBLAS int range");
@@ -128,74 +70,19 @@ struct Plan {
     G = p.heads / p.kv_heads;
     ldq = int64_t(p.heads) * D;
     ldk = int64_t(p.kv_heads) * D;
-    q_pos = positions(stream, p.q_pos, p.sq);
-    k_pos = positions(stream, p.k_pos, p.sk);
-    if (p.causal) {
-      RA_CHECK(
-          std::is_sorted(q_pos.begin(), q_pos.end()) && std::is_sorted(k_pos.begin(), k_pos.end()),
-          "attention tile: causal positions must be ascending within a shard");
-    }
-    qc = make_chunks(q_pos.data(), p.sq, p.q_chunk);
-    kc = make_chunks(k_pos.data(), p.sk, p.k_chunk);
-    segmented = p.q_seg != nullptr;
-    if (segmented) {
-      q_seg = host_copy(stream, p.q_seg, p.batch * p.sq);
-      k_seg = host_copy(stream, p.k_seg, p.batch * p.sk);
-      q_ranges = segment_ranges(q_seg, p.batch, p.sq, qc);
-      k_ranges = segment_ranges(k_seg, p.batch, p.sk, kc);
-    }
-    for (const Chunk& c : qc) max_q = std::max(max_q, c.size());
-    for (const Chunk& c : kc) max_k = std::max(max_k, c.size());
     ld_s = round_up(std::max<int64_t>(max_k, 1), 32);  // 128-byte rows: coalesced row access
     RA_CHECK(ld_s <= INT_MAX, "attention tile: key block of {} exceeds the cuBLAS int range",
              max_k);
   }
 
-  // Missing positions mean 0..n-1 (a single unsharded sequence).
-  static std::vector<int64_t> positions(cudaStream_t stream, const int64_t* given, int64_t n) {
-    if (given) return host_copy(stream, given, n);
-    std::vector<int64_t> out(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) out[size_t(i)] = i;
-    return out;
-  }
-
-  TileKind classify(int64_t b, size_t qi, size_t ki) const {
-    const Chunk& q = qc[qi];
-    const Chunk& k = kc[ki];
-    bool mask = false;
-    if (p.causal) {
-      if (k.pos_min > q.pos_max) return TileKind::Skip;
-      mask = k.pos_max > q.pos_min;
-    }
-    if (segmented) {
-      const SegRange& a = q_ranges[size_t(b) * qc.size() + qi];
-      const SegRange& c = k_ranges[size_t(b) * kc.size() + ki];
-      if (a.hi < c.lo || c.hi < a.lo) return TileKind::Skip;
-      mask = mask || !(a.lo == a.hi && c.lo == c.hi && a.lo == c.lo);
-    }
-    return mask ? TileKind::Masked : TileKind::Full;
+  // A host copy of what a problem pointer holds; empty when it is null (TilePlan's "not given").
+  template <typename T>
+  static std::vector<T> maybe_copy(cudaStream_t stream, const T* src, int64_t n) {
+    return src && n > 0 ? host_copy(stream, src, n) : std::vector<T>();
   }
 
   int64_t tile_floats() const { return max_q * ld_s; }
 };
-
-void count_tile(AttentionTileStats& st, TileKind kind, double flops) {
-  if (kind == TileKind::Skip) {
-    ++st.tiles_skipped;
-    return;
-  }
-  ++st.tiles_computed;
-  if (kind == TileKind::Masked) ++st.tiles_masked;
-  st.flops += flops;
-}
-
-void add_stats(AttentionTileStats* to, const AttentionTileStats& from) {
-  if (!to) return;
-  to->tiles_computed += from.tiles_computed;
-  to->tiles_masked += from.tiles_masked;
-  to->tiles_skipped += from.tiles_skipped;
-  to->flops += from.flops;
-}
 
 // The tiles of one (query chunk, key chunk) pair that run together: items[first, first + count).
 struct Launch {
@@ -457,7 +344,7 @@ void attention_forward_block(cudaStream_t stream, cublasHandle_t cublas,
         }
       split_launches(launches, qi, ki, start, items.size(), max_tiles);
     }
-  add_stats(stats, counted);
+  add_tile_stats(stats, counted);
   if (launches.empty()) return;
   int widest = 0;
   for (const Launch& L : launches) widest = std::max(widest, L.count);
@@ -472,8 +359,8 @@ void attention_forward_block(cudaStream_t stream, cublasHandle_t cublas,
   std::memcpy(sg.host_at<int2>(sg.items_at), items.data(), items.size() * sizeof(int2));
   float** ptrs = sg.host_at<float*>(sg.ptrs_at);
   for (const Launch& L : launches) {
-    const Chunk& q = pl.qc[L.qi];
-    const Chunk& k = pl.kc[L.ki];
+    const TileChunk& q = pl.qc[L.qi];
+    const TileChunk& k = pl.kc[L.ki];
     float** arr = ptrs + L.first * kArrays;
     for (int t = 0; t < L.count; ++t) {
       const int2 it = items[L.first + size_t(t)];
@@ -562,7 +449,7 @@ void attention_backward_block(cudaStream_t stream, cublasHandle_t cublas,
         split_launches(launches, qi, ki, start, items.size(), max_tiles);
       }
     }
-  add_stats(stats, counted);
+  add_tile_stats(stats, counted);
   if (launches.empty()) return;
   int widest = 0;
   for (const Launch& L : launches) widest = std::max(widest, L.count);
@@ -579,8 +466,8 @@ void attention_backward_block(cudaStream_t stream, cublasHandle_t cublas,
   std::memcpy(sg.host_at<int2>(sg.items_at), items.data(), items.size() * sizeof(int2));
   float** ptrs = sg.host_at<float*>(sg.ptrs_at);
   for (const Launch& L : launches) {
-    const Chunk& q = pl.qc[L.qi];
-    const Chunk& k = pl.kc[L.ki];
+    const TileChunk& q = pl.qc[L.qi];
+    const TileChunk& k = pl.kc[L.ki];
     float** arr = ptrs + L.first * kArrays;
     for (int t = 0; t < L.count; ++t) {
       const int2 it = items[L.first + size_t(t)];
