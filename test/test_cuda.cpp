@@ -13,8 +13,12 @@
 #include "core/error.h"
 #include "core/random.h"
 #include "core/tensor.h"
+#include "cuda_test_util.h"
 
 using namespace ringattn;
+using test::check_close;
+using test::to_device;
+using test::to_host;
 
 TEST_CASE("CUDA backend absent is reported, not a crash", "[cuda]") {
   const int n = cuda_device_count();
@@ -27,10 +31,7 @@ TEST_CASE("CUDA backend absent is reported, not a crash", "[cuda]") {
 }
 
 TEST_CASE("CUDA gemm matches the CPU backend", "[cuda]") {
-  if (cuda_device_count() == 0) {
-    std::printf("[cuda] skipped: no GPU\n");
-    return;
-  }
+  if (test::skip_without_gpu()) return;
   Backend& gpu = cuda_backend(0);
   Backend& cpu = cpu_backend();
   const int m = 67, n = 45, k = 129;
@@ -67,41 +68,6 @@ Tensor randn(const Shape& shape, uint64_t seed, float stddev = 1.0f) {
   return t;
 }
 
-Tensor to_device(Backend& gpu, const Tensor& host) {
-  Tensor d = Tensor::empty(host.shape(), host.dtype(), Device::CUDA, "test input");
-  gpu.copy_from_host(d.raw(), host.raw(), host.nbytes());
-  return d;
-}
-
-Tensor to_host(Backend& gpu, const Tensor& dev) {
-  Tensor h = Tensor::empty(dev.shape(), dev.dtype());
-  gpu.copy_to_host(h.raw(), dev.raw(), dev.nbytes());
-  return h;
-}
-
-// |got - want| <= atol + rtol * |want| everywhere (infinities must be equal, NaN never passes).
-void check_close(const Tensor& got, const Tensor& want, double rtol, double atol,
-                 const char* what) {
-  REQUIRE(got.numel() == want.numel());
-  const float* g = got.data<float>();
-  const float* w = want.data<float>();
-  double worst = 0;
-  int64_t worst_at = 0, bad = 0;
-  for (int64_t i = 0; i < got.numel(); ++i) {
-    if (std::isinf(w[i]) || std::isinf(g[i]) || std::isnan(g[i]) || std::isnan(w[i])) {
-      if (!(std::isinf(w[i]) && g[i] == w[i])) ++bad;
-      continue;
-    }
-    const double ratio = std::abs(double(g[i]) - double(w[i])) / (atol + rtol * std::abs(w[i]));
-    if (ratio > worst) worst = ratio, worst_at = i;
-  }
-  INFO(what << ": worst " << worst << " x tolerance (rtol " << rtol << ", atol " << atol << ") at "
-            << worst_at << ": cuda " << g[worst_at] << ", cpu " << w[worst_at] << "; " << bad
-            << " inf/NaN mismatches");
-  CHECK(bad == 0);
-  CHECK(worst <= 1.0);
-}
-
 // Tolerances, CUDA against the CPU backend (float32 both, inputs ~N(0, 1)):
 constexpr double kElemTol = 1e-5;    // elementwise: a few float roundings (FMA contraction, expf)
 constexpr double kReduceTol = 1e-4;  // reductions over rows or columns: summation order differs
@@ -109,10 +75,7 @@ constexpr double kReduceTol = 1e-4;  // reductions over rows or columns: summati
 }  // namespace
 
 TEST_CASE("CUDA elementwise ops (axpy, scale, fill, swiglu) match the CPU backend", "[cuda]") {
-  if (cuda_device_count() == 0) {
-    std::printf("[cuda] skipped: no GPU\n");
-    return;
-  }
+  if (test::skip_without_gpu()) return;
   Backend& gpu = cuda_backend(0);
   Backend& cpu = cpu_backend();
   // Small, odd, and large enough that the grid-stride loops wrap (4096 blocks x 256 threads).
@@ -165,10 +128,7 @@ TEST_CASE("CUDA elementwise ops (axpy, scale, fill, swiglu) match the CPU backen
 }
 
 TEST_CASE("CUDA embedding forward and backward match the CPU backend", "[cuda]") {
-  if (cuda_device_count() == 0) {
-    std::printf("[cuda] skipped: no GPU\n");
-    return;
-  }
+  if (test::skip_without_gpu()) return;
   Backend& gpu = cuda_backend(0);
   Backend& cpu = cpu_backend();
   const int64_t vocab = 37, dim = 300, n = 64;  // dim > 256 threads; tokens repeat
@@ -210,10 +170,7 @@ TEST_CASE("CUDA embedding forward and backward match the CPU backend", "[cuda]")
 }
 
 TEST_CASE("CUDA RMSNorm forward and backward match the CPU backend", "[cuda]") {
-  if (cuda_device_count() == 0) {
-    std::printf("[cuda] skipped: no GPU\n");
-    return;
-  }
+  if (test::skip_without_gpu()) return;
   Backend& gpu = cuda_backend(0);
   Backend& cpu = cpu_backend();
   struct Size {
@@ -256,10 +213,7 @@ TEST_CASE("CUDA RMSNorm forward and backward match the CPU backend", "[cuda]") {
 }
 
 TEST_CASE("CUDA RoPE forward and backward match the CPU backend at large positions", "[cuda]") {
-  if (cuda_device_count() == 0) {
-    std::printf("[cuda] skipped: no GPU\n");
-    return;
-  }
+  if (test::skip_without_gpu()) return;
   Backend& gpu = cuda_backend(0);
   Backend& cpu = cpu_backend();
   const int64_t B = 2, S = 9;
@@ -298,10 +252,7 @@ TEST_CASE("CUDA RoPE forward and backward match the CPU backend at large positio
 
 TEST_CASE("CUDA cross-entropy matches the CPU backend (weights, ignored rows, ties, in place)",
           "[cuda]") {
-  if (cuda_device_count() == 0) {
-    std::printf("[cuda] skipped: no GPU\n");
-    return;
-  }
+  if (test::skip_without_gpu()) return;
   Backend& gpu = cuda_backend(0);
   Backend& cpu = cpu_backend();
   struct Size {

@@ -21,6 +21,7 @@
 #include "core/backend.h"
 #include "core/random.h"
 #include "core/tensor.h"
+#include "cuda_test_util.h"
 #include "model/attention/layout.h"
 
 using namespace ringattn;
@@ -217,24 +218,9 @@ Result run(Backend& be, const Case& c, bool seg_on_device) {
   return r;
 }
 
+// |cuda - cpu| <= kAttnTol * (1 + |cpu|).
 void check_close(const Tensor& got, const Tensor& want, const char* what) {
-  REQUIRE(got.numel() == want.numel());
-  const float* g = got.data<float>();
-  const float* w = want.data<float>();
-  double worst = 0;
-  int64_t worst_at = 0, bad = 0;
-  for (int64_t i = 0; i < got.numel(); ++i) {
-    if (std::isinf(w[i]) || std::isinf(g[i]) || std::isnan(g[i]) || std::isnan(w[i])) {
-      if (!(std::isinf(w[i]) && g[i] == w[i])) ++bad;
-      continue;
-    }
-    const double ratio = std::abs(double(g[i]) - double(w[i])) / (kAttnTol * (1 + std::abs(w[i])));
-    if (ratio > worst) worst = ratio, worst_at = i;
-  }
-  INFO(what << ": worst " << worst << " x tolerance " << kAttnTol << " at " << worst_at << ": cuda "
-            << g[worst_at] << ", cpu " << w[worst_at] << "; " << bad << " inf/NaN mismatches");
-  CHECK(bad == 0);
-  CHECK(worst <= 1.0);
+  test::check_close(got, want, kAttnTol, kAttnTol, what);
 }
 
 void check_stats(const AttentionTileStats& g, const AttentionTileStats& w, const char* what) {
@@ -273,10 +259,7 @@ Result compare_backends(const Case& c) {
 
 TEST_CASE("CUDA attention: blockwise forward and backward match the CPU (GQA, causal, chunks)",
           "[cuda]") {
-  if (cuda_device_count() == 0) {
-    std::printf("[cuda] skipped: no GPU\n");
-    return;
-  }
+  if (test::skip_without_gpu()) return;
   struct Shape {
     int heads, kv_heads, head_dim;
     int64_t sq, sk, q_chunk, k_chunk;
@@ -300,10 +283,7 @@ TEST_CASE("CUDA attention: blockwise forward and backward match the CPU (GQA, ca
 }
 
 TEST_CASE("CUDA attention: rows and blocks that see no key give o = 0, lse = -inf", "[cuda]") {
-  if (cuda_device_count() == 0) {
-    std::printf("[cuda] skipped: no GPU\n");
-    return;
-  }
+  if (test::skip_without_gpu()) return;
   // Keys at positions 10..41 in two blocks, plus a block entirely in the future: queries 0..9 see
   // no key at all (lse = -inf, o = 0, dq unchanged), the first block's tiles mix fully masked and
   // visible rows, and the future block is skipped whole (dk, dv unchanged).
@@ -321,10 +301,7 @@ TEST_CASE("CUDA attention: rows and blocks that see no key give o = 0, lse = -in
 }
 
 TEST_CASE("CUDA attention: segment ids (packed documents) match the CPU", "[cuda]") {
-  if (cuda_device_count() == 0) {
-    std::printf("[cuda] skipped: no GPU\n");
-    return;
-  }
+  if (test::skip_without_gpu()) return;
   const bool causal = GENERATE(false, true);
   const int parts = GENERATE(1, 3);
   INFO("causal " << causal << ", " << parts << " blocks");
@@ -340,10 +317,7 @@ TEST_CASE("CUDA attention: segment ids (packed documents) match the CPU", "[cuda
 }
 
 TEST_CASE("CUDA attention: ring layouts (local queries against every rank's block)", "[cuda]") {
-  if (cuda_device_count() == 0) {
-    std::printf("[cuda] skipped: no GPU\n");
-    return;
-  }
+  if (test::skip_without_gpu()) return;
   const RingLayout layout =
       GENERATE(RingLayout::Contiguous, RingLayout::Zigzag, RingLayout::Striped);
   const int ranks = 4, rank = 1;
@@ -359,10 +333,7 @@ TEST_CASE("CUDA attention: ring layouts (local queries against every rank's bloc
 }
 
 TEST_CASE("CUDA attention: score workspace comes from the CUDA allocator", "[cuda]") {
-  if (cuda_device_count() == 0) {
-    std::printf("[cuda] skipped: no GPU\n");
-    return;
-  }
+  if (test::skip_without_gpu()) return;
   Case c = make_case(1, 256, 256, 1, 1, 16, false, 0, 0, 5000);
   (void)cuda_backend(0);  // installs the CUDA allocator
   Allocator& alloc = allocator_for(Device::CUDA);
@@ -377,10 +348,7 @@ TEST_CASE("CUDA attention: score workspace comes from the CUDA allocator", "[cud
 }
 
 TEST_CASE("CUDA attention: bad problems are errors with the CPU backend's messages", "[cuda]") {
-  if (cuda_device_count() == 0) {
-    std::printf("[cuda] skipped: no GPU\n");
-    return;
-  }
+  if (test::skip_without_gpu()) return;
   // Three query heads cannot share two kv heads.
   const Case gqa = make_case(1, 8, 8, 3, 2, 16, false, 0, 0, 6000);
   CHECK_THROWS_WITH(run(cpu_backend(), gqa, false), Catch::Contains("cannot share"));
