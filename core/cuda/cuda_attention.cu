@@ -91,16 +91,49 @@ struct Launch {
   int count = 0;
 };
 
-// Appends launches for items[start, end) of chunk pair (qi, ki), at most max_tiles each.
-void split_launches(std::vector<Launch>& out, size_t qi, size_t ki, size_t start, size_t end,
-                    int64_t max_tiles) {
-  for (size_t at = start; at < end; at += size_t(max_tiles))
-    out.push_back({qi, ki, at, int(std::min<size_t>(end - at, size_t(max_tiles)))});
-}
-
 int64_t max_tiles_per_launch(const Plan& pl) {
   return std::clamp<int64_t>(kMaxScoreFloats / std::max<int64_t>(pl.tile_floats(), 1), 1,
                              kMaxTilesPerLaunch);
+}
+
+// The computed tiles of one call, as (batch row, query head) items, cut into launches.
+struct TileWork {
+  std::vector<int2> items;
+  std::vector<Launch> launches;
+  int widest = 0;  // most tiles in one launch
+};
+
+// Tiles in (query chunk, key chunk) order. Per chunk pair, `groups` runs of launches, group g
+// holding the heads head_of(g, j) for j < heads_per_group of every batch row; a launch never mixes
+// groups or chunk pairs and holds at most max_tiles_per_launch tiles. Counts every tile (skipped
+// ones too) into `stats` with flops_per_elem * nq * nk * D flops.
+template <typename HeadOf>
+TileWork plan_launches(const Plan& pl, int64_t groups, int64_t heads_per_group, HeadOf head_of,
+                       double flops_per_elem, AttentionTileStats* stats) {
+  const size_t max_tiles = size_t(max_tiles_per_launch(pl));
+  TileWork w;
+  AttentionTileStats counted;
+  for (size_t qi = 0; qi < pl.qc.size(); ++qi)
+    for (size_t ki = 0; ki < pl.kc.size(); ++ki) {
+      const double flops =
+          flops_per_elem * double(pl.qc[qi].size()) * double(pl.kc[ki].size()) * double(pl.D);
+      for (int64_t g = 0; g < groups; ++g) {
+        const size_t start = w.items.size();
+        for (int64_t b = 0; b < pl.p.batch; ++b)
+          for (int64_t j = 0; j < heads_per_group; ++j) {
+            const TileKind kind = pl.classify(b, qi, ki);
+            count_tile(counted, kind, flops);
+            if (kind != TileKind::Skip) w.items.push_back(make_int2(int(b), int(head_of(g, j))));
+          }
+        for (size_t at = start; at < w.items.size(); at += max_tiles) {
+          const int count = int(std::min(w.items.size() - at, max_tiles));
+          w.launches.push_back({qi, ki, at, count});
+          w.widest = std::max(w.widest, count);
+        }
+      }
+    }
+  add_tile_stats(stats, counted);
+  return w;
 }
 
 // Row-major batched C_i = alpha op(A_i) op(B_i) + beta C_i: cuBLAS is column-major, so it computes
@@ -327,27 +360,13 @@ void attention_forward_block(cudaStream_t stream, cublasHandle_t cublas,
   const Plan pl(stream, p);
   CUBLAS_CHECK(cublasSetStream(cublas, stream));
 
-  // Tiles in (query chunk, key chunk) order, each pair's (batch, head) tiles together.
-  const int64_t max_tiles = max_tiles_per_launch(pl);
-  std::vector<int2> items;
-  std::vector<Launch> launches;
-  AttentionTileStats counted;
-  for (size_t qi = 0; qi < pl.qc.size(); ++qi)
-    for (size_t ki = 0; ki < pl.kc.size(); ++ki) {
-      const double flops = 4.0 * double(pl.qc[qi].size()) * double(pl.kc[ki].size()) * double(pl.D);
-      const size_t start = items.size();
-      for (int64_t b = 0; b < p.batch; ++b)
-        for (int h = 0; h < p.heads; ++h) {
-          const TileKind kind = pl.classify(b, qi, ki);
-          count_tile(counted, kind, flops);
-          if (kind != TileKind::Skip) items.push_back(make_int2(int(b), h));
-        }
-      split_launches(launches, qi, ki, start, items.size(), max_tiles);
-    }
-  add_tile_stats(stats, counted);
-  if (launches.empty()) return;
-  int widest = 0;
-  for (const Launch& L : launches) widest = std::max(widest, L.count);
+  // Every (batch, head) tile of a chunk pair in one run of launches.
+  const TileWork w = plan_launches(
+      pl, 1, p.heads, [](int64_t, int64_t h) { return h; }, 4.0, stats);
+  if (w.launches.empty()) return;
+  const std::vector<int2>& items = w.items;
+  const std::vector<Launch>& launches = w.launches;
+  const int widest = w.widest;
 
   // Pointer arrays, per launch: Q, K, S, V, ACC, `count` entries each.
   constexpr size_t kArrays = 5;
@@ -430,29 +449,13 @@ void attention_backward_block(cudaStream_t stream, cublasHandle_t cublas,
 
   // Per chunk pair, one group of launches per query head index g within the kv groups: a launch
   // then holds at most one query head per kv head, so no two of its tiles add into the same dK, dV.
-  const int64_t max_tiles = max_tiles_per_launch(pl);
-  std::vector<int2> items;
-  std::vector<Launch> launches;
-  AttentionTileStats counted;
-  for (size_t qi = 0; qi < pl.qc.size(); ++qi)
-    for (size_t ki = 0; ki < pl.kc.size(); ++ki) {
-      const double flops =
-          10.0 * double(pl.qc[qi].size()) * double(pl.kc[ki].size()) * double(pl.D);
-      for (int64_t g = 0; g < pl.G; ++g) {
-        const size_t start = items.size();
-        for (int64_t b = 0; b < p.batch; ++b)
-          for (int64_t hk = 0; hk < p.kv_heads; ++hk) {
-            const TileKind kind = pl.classify(b, qi, ki);
-            count_tile(counted, kind, flops);
-            if (kind != TileKind::Skip) items.push_back(make_int2(int(b), int(hk * pl.G + g)));
-          }
-        split_launches(launches, qi, ki, start, items.size(), max_tiles);
-      }
-    }
-  add_tile_stats(stats, counted);
-  if (launches.empty()) return;
-  int widest = 0;
-  for (const Launch& L : launches) widest = std::max(widest, L.count);
+  const int64_t G = pl.G;
+  const TileWork w = plan_launches(
+      pl, G, p.kv_heads, [G](int64_t g, int64_t hk) { return hk * G + g; }, 10.0, stats);
+  if (w.launches.empty()) return;
+  const std::vector<int2>& items = w.items;
+  const std::vector<Launch>& launches = w.launches;
+  const int widest = w.widest;
 
   // Pointer arrays, per launch: Q, K, V, dO, P, dP, dQ, dK, dV, `count` entries each.
   constexpr size_t kArrays = 9;
