@@ -11,9 +11,27 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <random>
 #include <vector>
 
 namespace ringattn::test {
+
+// Segment ids of packed documents for attention inputs: random document lengths (1 to len/3)
+// per batch row, ids ascending from 0.
+inline std::vector<int32_t> packed_segments(int64_t batch, int64_t len, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::uniform_int_distribution<int64_t> doc_len(1, std::max<int64_t>(1, len / 3));
+  std::vector<int32_t> seg;
+  for (int64_t b = 0; b < batch; ++b) {
+    int32_t id = 0;
+    for (int64_t i = 0; i < len;) {
+      const int64_t n = std::min(len - i, doc_len(gen));
+      for (int64_t e = 0; e < n; ++e, ++i) seg.push_back(id);
+      ++id;
+    }
+  }
+  return seg;
+}
 
 struct RefProblem {
   int64_t batch = 1, sq = 0, sk = 0;

@@ -26,6 +26,7 @@
 #include "test/reference_attention.h"
 
 using namespace ringattn;
+using ringattn::test::packed_segments;
 using ringattn::test::reference_attention;
 using ringattn::test::RefProblem;
 using ringattn::test::RefResult;
@@ -211,22 +212,6 @@ struct ThreadsFor {
   explicit ThreadsFor(int n) { set_cpu_threads(n); }
   ~ThreadsFor() { set_cpu_threads(saved); }
 };
-
-// Packed documents: random document lengths per batch row, ids ascending.
-std::vector<int32_t> packed_segments(int64_t batch, int64_t len, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::uniform_int_distribution<int64_t> doc_len(1, len / 3);
-  std::vector<int32_t> seg;
-  for (int64_t b = 0; b < batch; ++b) {
-    int32_t id = 0;
-    for (int64_t i = 0; i < len;) {
-      const int64_t n = std::min(len - i, doc_len(gen));
-      for (int64_t e = 0; e < n; ++e, ++i) seg.push_back(id);
-      ++id;
-    }
-  }
-  return seg;
-}
 
 }  // namespace
 

@@ -23,6 +23,7 @@
 #include "core/tensor.h"
 #include "cuda_test_util.h"
 #include "model/attention/layout.h"
+#include "test/reference_attention.h"
 
 using namespace ringattn;
 
@@ -34,22 +35,6 @@ std::vector<int64_t> iota(int64_t n, int64_t start = 0) {
   std::vector<int64_t> v(static_cast<size_t>(n));
   std::iota(v.begin(), v.end(), start);
   return v;
-}
-
-// Packed documents: random document lengths per batch row, ids ascending.
-std::vector<int32_t> packed_segments(int64_t batch, int64_t len, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::uniform_int_distribution<int64_t> doc_len(1, std::max<int64_t>(1, len / 3));
-  std::vector<int32_t> seg;
-  for (int64_t b = 0; b < batch; ++b) {
-    int32_t id = 0;
-    for (int64_t i = 0; i < len;) {
-      const int64_t n = std::min(len - i, doc_len(gen));
-      for (int64_t e = 0; e < n; ++e, ++i) seg.push_back(id);
-      ++id;
-    }
-  }
-  return seg;
 }
 
 // One attention problem: queries at q_pos against all keys, fed as KV blocks (lists of key
@@ -306,7 +291,7 @@ TEST_CASE("CUDA attention: segment ids (packed documents) match the CPU", "[cuda
   const int parts = GENERATE(1, 3);
   INFO("causal " << causal << ", " << parts << " blocks");
   Case c = make_case(2, 96, 96, 4, 2, 16, causal, 32, 16, 3000);
-  c.q_seg = packed_segments(2, 96, 17);
+  c.q_seg = test::packed_segments(2, 96, 17);
   c.k_seg = c.q_seg;
   // A query segment id that no key has: those rows see nothing.
   c.q_seg[5] = c.q_seg[40] = 999;
