@@ -9,6 +9,49 @@
 
 namespace ringattn {
 
+namespace {
+
+// The final norm and LM head weights of the head unit, gathered for one use (with tied embeddings
+// the head is the embedding table, which FSDP shards with the embedding unit), and the matching
+// full gradients when asked. The views are dropped before the units are released (release_full
+// frees the buffer only when nobody holds a view), at the end of the scope.
+class GatheredHead {
+ public:
+  GatheredHead(ModelUnit& head, FlatShard& embedding, bool tied)
+      : head_(head),
+        emb_(embedding),
+        tied_(tied),
+        norm_(head.layout.find("model.norm.weight").offset),
+        lm_(tied ? 0 : head.layout.find("lm_head.weight").offset),
+        hp_(head.shard->gather_full()),
+        ep_(tied ? embedding.gather_full() : Tensor()) {}
+  ~GatheredHead() {
+    hp_ = ep_ = hg_ = eg_ = Tensor();
+    head_.shard->release_full();
+    if (tied_) emb_.release_full();
+  }
+  GatheredHead(const GatheredHead&) = delete;
+  GatheredHead& operator=(const GatheredHead&) = delete;
+
+  LmHead::Weights weights() {
+    return {hp_.data<float>() + norm_, tied_ ? ep_.data<float>() : hp_.data<float>() + lm_};
+  }
+  LmHead::Grads grads() {
+    hg_ = head_.shard->full_grad();
+    if (tied_) eg_ = emb_.full_grad();
+    return {hg_.data<float>() + norm_, tied_ ? eg_.data<float>() : hg_.data<float>() + lm_};
+  }
+
+ private:
+  ModelUnit& head_;
+  FlatShard& emb_;
+  bool tied_;
+  int64_t norm_, lm_;  // offsets in the head unit
+  Tensor hp_, ep_, hg_, eg_;
+};
+
+}  // namespace
+
 // ---- StepStats ----------------------------------------------------------------------------------
 
 StepStats& StepStats::operator+=(const StepStats& o) {
@@ -220,23 +263,12 @@ StepStats Transformer::forward_backward(const Batch& batch, float grad_scale) {
   std::vector<uint8_t> correct(static_cast<size_t>(n), 0);
   LossStats ls;
   {
-    Tensor hp = hu.shard->gather_full();
-    Tensor ep = tied ? emb.gather_full() : Tensor();
-    Tensor hg = hu.shard->full_grad();
-    Tensor eg = tied ? emb.full_grad() : Tensor();
-    const int64_t norm = hu.layout.find("model.norm.weight").offset;
-    const int64_t head = tied ? 0 : hu.layout.find("lm_head.weight").offset;
-    const LmHead::Weights w{hp.data<float>() + norm,
-                            tied ? ep.data<float>() : hp.data<float>() + head};
-    const LmHead::Grads g{hg.data<float>() + norm,
-                          tied ? eg.data<float>() : hg.data<float>() + head};
-    ls = head_->forward_backward(w, g, x.data<float>(), batch.targets.data<int32_t>(),
-                                 batch.loss_mask.data<float>(), n, grad_scale, grad.data<float>(),
-                                 correct.data());
+    GatheredHead h(hu, emb, tied);
+    ls = head_->forward_backward(h.weights(), h.grads(), x.data<float>(),
+                                 batch.targets.data<int32_t>(), batch.loss_mask.data<float>(), n,
+                                 grad_scale, grad.data<float>(), correct.data());
   }
   x = Tensor();
-  hu.shard->release_full();
-  if (tied) emb.release_full();
   hu.shard->start_reduce_scatter_grads();
 
   // Layers in reverse: gather (the last one is still there), prefetch the one below, accumulate
@@ -279,17 +311,10 @@ StepStats Transformer::forward_only(const Batch& batch, AnswerTally* tally) {
   std::vector<uint8_t> correct(static_cast<size_t>(n), 0);
   LossStats ls;
   {
-    Tensor hp = hu.shard->gather_full();
-    Tensor ep = tied ? emb.gather_full() : Tensor();
-    const int64_t norm = hu.layout.find("model.norm.weight").offset;
-    const int64_t head = tied ? 0 : hu.layout.find("lm_head.weight").offset;
-    const LmHead::Weights w{hp.data<float>() + norm,
-                            tied ? ep.data<float>() : hp.data<float>() + head};
-    ls = head_->forward(w, x.data<float>(), batch.targets.data<int32_t>(),
+    GatheredHead h(hu, emb, tied);
+    ls = head_->forward(h.weights(), x.data<float>(), batch.targets.data<int32_t>(),
                         batch.loss_mask.data<float>(), n, correct.data());
   }
-  hu.shard->release_full();
-  if (tied) emb.release_full();
   StepStats s = count_answers(batch, correct, tally);
   s.loss_sum = ls.loss_sum;
   return s;
@@ -305,19 +330,15 @@ Tensor Transformer::forward_logits(const Batch& batch) {
   const bool tied = dims_.tie_embeddings;
   Tensor logits = Tensor::empty({t.batch, t.seq, dims_.vocab}, DType::F32, Device::CPU, "logits");
   {
-    Tensor hp = hu.shard->gather_full();
-    Tensor ep = tied ? emb.gather_full() : Tensor();
-    const float* norm = hp.data<float>() + hu.layout.find("model.norm.weight").offset;
-    const float* head =
-        tied ? ep.data<float>() : hp.data<float>() + hu.layout.find("lm_head.weight").offset;
+    GatheredHead h(hu, emb, tied);
+    const LmHead::Weights w = h.weights();
     Tensor inv = Tensor::empty({n}, DType::F32, Device::CPU, "final norm inv_rms");
     Tensor xn = Tensor::empty({n, dims_.hidden}, DType::F32, Device::CPU, "final norm output");
-    RmsNorm{dims_.hidden, dims_.norm_eps}.forward(be_, norm, x.data<float>(), n, xn.data<float>(),
+    RmsNorm{dims_.hidden, dims_.norm_eps}.forward(be_, w.norm, x.data<float>(), n, xn.data<float>(),
                                                   inv.data<float>());
-    Linear{dims_.hidden, dims_.vocab}.forward(be_, head, xn.data<float>(), n, logits.data<float>());
+    Linear{dims_.hidden, dims_.vocab}.forward(be_, w.head, xn.data<float>(), n,
+                                              logits.data<float>());
   }
-  hu.shard->release_full();
-  if (tied) emb.release_full();
   return logits;
 }
 
