@@ -98,6 +98,13 @@ ConfigSchema make_schema() {
   s.add_int("attention.q_chunk", a.q_chunk, "Query tile length (blockwise and ring).").at_least(1);
   s.add_int("attention.k_chunk", a.k_chunk, "Key/value tile length (blockwise and ring).")
       .at_least(1);
+  s.add_int("attention.ring_pieces", a.ring_pieces,
+            "Ring: each rank's key/value shard travels the ring in this many pieces, one ring "
+            "pass each; the ring's buffers (two K/V blocks in flight, three float32 dK/dV blocks "
+            "in backward) shrink by this factor, for as many times more, smaller messages. Best "
+            "when each piece is a multiple of `attention.k_chunk`.")
+      .at_least(1)
+      .at_most(1 << 20);
 
   // Mesh axes: -1 infers one axis from the world size; 0 is rejected by validate().
   const MeshConfig& mesh = d.mesh;
@@ -387,6 +394,7 @@ TrainConfig to_train_config(const JsonConfig& json) {
   c.attention.layout = from_name(kLayouts, layout_name, r.s("attention.layout"));
   c.attention.q_chunk = r.i("attention.q_chunk");
   c.attention.k_chunk = r.i("attention.k_chunk");
+  c.attention.ring_pieces = r.i("attention.ring_pieces");
 
   c.mesh.dp = int(r.i("mesh.dp"));  // the schema bounds axes to int range
   c.mesh.fsdp = int(r.i("mesh.fsdp"));
@@ -551,6 +559,7 @@ AttentionOptions attention_options(const TrainConfig& cfg) {
   o.causal = true;
   o.q_chunk = cfg.attention.q_chunk;
   o.k_chunk = cfg.attention.k_chunk;
+  o.ring_pieces = cfg.attention.ring_pieces;
   return o;
 }
 

@@ -53,6 +53,7 @@ struct AttentionConfig {
   AttentionImpl impl = AttentionImpl::Ring;
   RingLayout layout = RingLayout::Zigzag;
   int64_t q_chunk = 256, k_chunk = 256;
+  int64_t ring_pieces = 1;  // AttentionOptions::ring_pieces
   bool operator==(const AttentionConfig&) const = default;
 };
 

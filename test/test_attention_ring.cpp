@@ -119,37 +119,40 @@ TEST_CASE("every implementation against the float64 reference, on every rank cou
     const test::RefResult ref = reference_for(f, causal);
     for (AttentionImpl impl :
          {AttentionImpl::Vanilla, AttentionImpl::Blockwise, AttentionImpl::Ring})
-      for (RingLayout layout : {RingLayout::Contiguous, RingLayout::Zigzag, RingLayout::Striped}) {
-        if (impl != AttentionImpl::Ring && layout != RingLayout::Contiguous) continue;
-        CAPTURE(causal, impl_name(impl), layout_name(layout), n);
-        AttentionOptions opt;
-        opt.impl = impl;
-        opt.layout = layout;
-        opt.causal = causal;
-        opt.q_chunk = 5;  // ragged on purpose
-        opt.k_chunk = 7;
-        const bool ring = impl == AttentionImpl::Ring;
-        Attention attn(opt, cpu_backend(), ring ? &sp : nullptr);
-        const int parts = ring ? n : 1, me = ring ? sp.rank() : 0;
-        const std::vector<int64_t> pos = layout_positions(layout, S, parts, me);
-        AttentionInput in;
-        in.q = take_positions(f.q, 1, pos);
-        in.k = take_positions(f.k, 1, pos);
-        in.v = take_positions(f.v, 1, pos);
-        in.segment_ids = take_positions(f.seg, 1, pos);
-        in.positions = pos;
-        const AttentionOutput out = attn.forward(in);
-        const AttentionGrads g = attn.backward(in, out, take_positions(f.dout, 1, pos));
-        auto whole = [&](const Tensor& t, int dim) {
-          return ring ? gather_sequence(sp, t, dim, pos, S) : t;
-        };
-        // Float32 against float64: a few float32 ulps of accumulated rounding.
-        CHECK(max_rel_error(whole(out.o, 1), ref.o) < 2e-5);
-        CHECK(max_rel_error(whole(out.lse, 2), ref.lse) < 2e-5);
-        CHECK(max_rel_error(whole(g.dq, 1), ref.dq) < 5e-5);
-        CHECK(max_rel_error(whole(g.dk, 1), ref.dk) < 5e-5);
-        CHECK(max_rel_error(whole(g.dv, 1), ref.dv) < 5e-5);
-      }
+      for (RingLayout layout : {RingLayout::Contiguous, RingLayout::Zigzag, RingLayout::Striped})
+        for (int64_t pieces : {1, 5}) {
+          if (impl != AttentionImpl::Ring && (layout != RingLayout::Contiguous || pieces > 1))
+            continue;
+          CAPTURE(causal, impl_name(impl), layout_name(layout), n, pieces);
+          AttentionOptions opt;
+          opt.impl = impl;
+          opt.layout = layout;
+          opt.causal = causal;
+          opt.q_chunk = 5;  // ragged on purpose
+          opt.k_chunk = 7;
+          opt.ring_pieces = pieces;  // 5 pieces of a 12- or 24-token shard: unequal
+          const bool ring = impl == AttentionImpl::Ring;
+          Attention attn(opt, cpu_backend(), ring ? &sp : nullptr);
+          const int parts = ring ? n : 1, me = ring ? sp.rank() : 0;
+          const std::vector<int64_t> pos = layout_positions(layout, S, parts, me);
+          AttentionInput in;
+          in.q = take_positions(f.q, 1, pos);
+          in.k = take_positions(f.k, 1, pos);
+          in.v = take_positions(f.v, 1, pos);
+          in.segment_ids = take_positions(f.seg, 1, pos);
+          in.positions = pos;
+          const AttentionOutput out = attn.forward(in);
+          const AttentionGrads g = attn.backward(in, out, take_positions(f.dout, 1, pos));
+          auto whole = [&](const Tensor& t, int dim) {
+            return ring ? gather_sequence(sp, t, dim, pos, S) : t;
+          };
+          // Float32 against float64: a few float32 ulps of accumulated rounding.
+          CHECK(max_rel_error(whole(out.o, 1), ref.o) < 2e-5);
+          CHECK(max_rel_error(whole(out.lse, 2), ref.lse) < 2e-5);
+          CHECK(max_rel_error(whole(g.dq, 1), ref.dq) < 5e-5);
+          CHECK(max_rel_error(whole(g.dk, 1), ref.dk) < 5e-5);
+          CHECK(max_rel_error(whole(g.dv, 1), ref.dv) < 5e-5);
+        }
   }
 }
 
@@ -161,40 +164,42 @@ TEST_CASE("ring attention on all ranks equals blockwise on one rank", "[attentio
 
   for (bool causal : {false, true})
     for (bool segments : {false, true})
-      for (RingLayout layout : {RingLayout::Contiguous, RingLayout::Zigzag, RingLayout::Striped}) {
-        CAPTURE(causal, segments, layout_name(layout), n);
-        const FullInput f = make_full(B, S, H, Hkv, D, segments, 1000 + 10 * causal + segments);
-        AttentionOptions opt;
-        opt.causal = causal;
-        opt.layout = layout;
-        opt.q_chunk = 16;  // does not divide the 24-token shards of 4 ranks: ragged tiles
-        opt.k_chunk = 8;
+      for (RingLayout layout : {RingLayout::Contiguous, RingLayout::Zigzag, RingLayout::Striped})
+        for (int64_t pieces : {1, 3, 1000}) {  // 1000: capped at one piece per token
+          CAPTURE(causal, segments, layout_name(layout), n, pieces);
+          const FullInput f = make_full(B, S, H, Hkv, D, segments, 1000 + 10 * causal + segments);
+          AttentionOptions opt;
+          opt.causal = causal;
+          opt.layout = layout;
+          opt.q_chunk = 16;  // does not divide the 24-token shards of 4 ranks: ragged tiles
+          opt.k_chunk = 8;
 
-        opt.impl = AttentionImpl::Blockwise;
-        Attention whole(opt, cpu_backend());
-        const AttentionInput win = whole_input(f);
-        const AttentionOutput wout = whole.forward(win);
-        const AttentionGrads wg = whole.backward(win, wout, f.dout);
+          opt.impl = AttentionImpl::Blockwise;
+          Attention whole(opt, cpu_backend());
+          const AttentionInput win = whole_input(f);
+          const AttentionOutput wout = whole.forward(win);
+          const AttentionGrads wg = whole.backward(win, wout, f.dout);
 
-        opt.impl = AttentionImpl::Ring;
-        Attention ring(opt, cpu_backend(), &sp);
-        const std::vector<int64_t> pos = layout_positions(layout, S, n, sp.rank());
-        AttentionInput in;
-        in.q = take_positions(f.q, 1, pos);
-        in.k = take_positions(f.k, 1, pos);
-        in.v = take_positions(f.v, 1, pos);
-        in.positions = pos;
-        if (segments) in.segment_ids = take_positions(f.seg, 1, pos);
-        const AttentionOutput out = ring.forward(in);
-        const AttentionGrads g = ring.backward(in, out, take_positions(f.dout, 1, pos));
+          opt.impl = AttentionImpl::Ring;
+          opt.ring_pieces = pieces;
+          Attention ring(opt, cpu_backend(), &sp);
+          const std::vector<int64_t> pos = layout_positions(layout, S, n, sp.rank());
+          AttentionInput in;
+          in.q = take_positions(f.q, 1, pos);
+          in.k = take_positions(f.k, 1, pos);
+          in.v = take_positions(f.v, 1, pos);
+          in.positions = pos;
+          if (segments) in.segment_ids = take_positions(f.seg, 1, pos);
+          const AttentionOutput out = ring.forward(in);
+          const AttentionGrads g = ring.backward(in, out, take_positions(f.dout, 1, pos));
 
-        // Float32 sums in a different order: agreement to a few ulps of the values (~1..10).
-        CHECK(max_abs_diff(gather_sequence(sp, out.o, 1, pos, S), wout.o) < 2e-5);
-        CHECK(max_abs_diff(gather_sequence(sp, out.lse, 2, pos, S), wout.lse) < 2e-5);
-        CHECK(max_abs_diff(gather_sequence(sp, g.dq, 1, pos, S), wg.dq) < 1e-4);
-        CHECK(max_abs_diff(gather_sequence(sp, g.dk, 1, pos, S), wg.dk) < 1e-4);
-        CHECK(max_abs_diff(gather_sequence(sp, g.dv, 1, pos, S), wg.dv) < 1e-4);
-      }
+          // Float32 sums in a different order: agreement to a few ulps of the values (~1..10).
+          CHECK(max_abs_diff(gather_sequence(sp, out.o, 1, pos, S), wout.o) < 2e-5);
+          CHECK(max_abs_diff(gather_sequence(sp, out.lse, 2, pos, S), wout.lse) < 2e-5);
+          CHECK(max_abs_diff(gather_sequence(sp, g.dq, 1, pos, S), wg.dq) < 1e-4);
+          CHECK(max_abs_diff(gather_sequence(sp, g.dk, 1, pos, S), wg.dk) < 1e-4);
+          CHECK(max_abs_diff(gather_sequence(sp, g.dv, 1, pos, S), wg.dv) < 1e-4);
+        }
 }
 
 TEST_CASE("vanilla equals blockwise on the whole sequence", "[attention]") {
@@ -243,6 +248,48 @@ TEST_CASE("peak memory: vanilla grows with S^2, blockwise with S, ring splits it
   CHECK(v2 / v1 > 3.0);   // S x S scores dominate
   CHECK(b2 / b1 <= 2.1);  // only O(S) buffers (plus constant tile workspace)
   CHECK(b2 < v2 / 4);
+}
+
+TEST_CASE("ring_pieces shrinks the ring's own buffers by the piece count", "[attention]") {
+  Mesh mesh(MeshShape{1, 1, -1, 1});
+  Communicator& sp = mesh.axis(Axis::SP);
+  const int n = sp.size();
+  if (n == 1) return;  // a ring of one rank has no buffers (blockwise)
+  const int64_t S = 512 * n, H = 2, D = 16;
+  Allocator& alloc = allocator_for(Device::CPU);
+  const FullInput f = make_full(1, S, H, H, D, false, 5);
+  const std::vector<int64_t> pos = layout_positions(RingLayout::Zigzag, S, n, sp.rank());
+  AttentionInput in;
+  in.q = take_positions(f.q, 1, pos);
+  in.k = take_positions(f.k, 1, pos);
+  in.v = take_positions(f.v, 1, pos);
+  in.positions = pos;
+  const Tensor dout = take_positions(f.dout, 1, pos);
+  auto peak = [&](int64_t pieces, AttentionGrads* grads) {
+    AttentionOptions opt;
+    opt.impl = AttentionImpl::Ring;
+    opt.q_chunk = opt.k_chunk = 64;
+    opt.ring_pieces = pieces;
+    Attention attn(opt, cpu_backend(), &sp);
+    const size_t live = alloc.live_bytes();
+    alloc.reset_peak();
+    const AttentionOutput out = attn.forward(in);
+    *grads = attn.backward(in, out, dout);
+    return double(alloc.peak_bytes() - live);
+  };
+  AttentionGrads g1, g4;
+  const double p1 = peak(1, &g1), p4 = peak(4, &g4);
+  // u = one float32 [Sl, Hkv, D] tensor. Backward holds two K/V blocks (4u) and three dK/dV
+  // blocks (6u, one of them returned); with 4 pieces, a quarter of those (2.5u) plus the returned
+  // dK, dV (2u): 5.5u less.
+  const double u = double(S / n * H * D * 4);
+  CAPTURE(n, p1, p4, u);
+  CHECK(p1 - p4 > 5.0 * u);
+  CHECK(p1 - p4 < 6.0 * u);
+  // Same function: only the order of the float32 sums differs.
+  CHECK(max_abs_diff(g1.dq, g4.dq) < 1e-4);
+  CHECK(max_abs_diff(g1.dk, g4.dk) < 1e-4);
+  CHECK(max_abs_diff(g1.dv, g4.dv) < 1e-4);
 }
 
 TEST_CASE("bf16 inputs: exact on their rounded values, close to the float32 result",

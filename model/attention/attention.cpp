@@ -1,5 +1,6 @@
 #include "model/attention/attention.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -65,15 +66,41 @@ struct KvBlockLayout {
   }
 };
 
-// This rank's own K, V, positions and segment ids packed as the first block it sends.
-Tensor pack_kv_block(const KvBlockLayout& lay, const Tensor& k, const Tensor& v, const Tensor& seg,
-                     const std::vector<int64_t>& positions) {
-  Tensor buf = Tensor::empty({int64_t(lay.bytes)}, DType::U8, Device::CPU, "ring KV block");
-  std::memcpy(lay.k(buf), k.raw(), lay.kv_elems * sizeof(float));
-  std::memcpy(lay.v(buf), v.raw(), lay.kv_elems * sizeof(float));
-  std::memcpy(lay.pos(buf), positions.data(), positions.size() * sizeof(int64_t));
-  if (lay.has_seg) std::memcpy(lay.seg(buf), seg.raw(), seg.nbytes());
-  return buf;
+// Tokens [begin, begin + len) of this rank's shard: one piece of its K/V block (ring_pieces).
+struct Piece {
+  int64_t begin = 0, len = 0;
+};
+
+// Piece c of P over a shard of sl tokens; the first sl % P pieces are one token longer.
+Piece piece_of(int64_t c, int64_t pieces, int64_t sl) {
+  const int64_t base = sl / pieces, extra = sl % pieces;
+  return {c * base + std::min(c, extra), base + (c < extra ? 1 : 0)};
+}
+
+// Packs piece `pc` of this rank's own K, V ([B, Sl, Hkv, D]), positions and segment ids
+// ([B, Sl]) into `buf` (at least lay.bytes) as the first block it sends.
+void pack_kv_piece(const KvBlockLayout& lay, const Tensor& buf, const Tensor& k, const Tensor& v,
+                   const Tensor& seg, const std::vector<int64_t>& positions, Piece pc) {
+  const int64_t batch = k.dim(0), sl = k.dim(1), row = k.dim(2) * k.dim(3);
+  for (int64_t b = 0; b < batch; ++b) {
+    const size_t src = size_t((b * sl + pc.begin) * row), dst = size_t(b * pc.len * row);
+    const size_t n = size_t(pc.len * row) * sizeof(float);
+    std::memcpy(lay.k(buf) + dst, k.data<float>() + src, n);
+    std::memcpy(lay.v(buf) + dst, v.data<float>() + src, n);
+    if (lay.has_seg)
+      std::memcpy(lay.seg(buf) + b * pc.len, seg.data<int32_t>() + b * sl + pc.begin,
+                  size_t(pc.len) * sizeof(int32_t));
+  }
+  std::memcpy(lay.pos(buf), positions.data() + pc.begin, size_t(pc.len) * sizeof(int64_t));
+}
+
+// Copies a piece's complete dK (or dV), [B, len, Hkv, D], into rows
+// [begin, begin + len) of the shard's [B, Sl, Hkv, D].
+void unpack_piece(const float* from, const Tensor& to, Piece pc) {
+  const int64_t batch = to.dim(0), sl = to.dim(1), row = to.dim(2) * to.dim(3);
+  for (int64_t b = 0; b < batch; ++b)
+    std::memcpy(to.data<float>() + (b * sl + pc.begin) * row, from + b * pc.len * row,
+                size_t(pc.len * row) * sizeof(float));
 }
 
 }  // namespace
@@ -98,6 +125,8 @@ Attention::Attention(AttentionOptions options, Backend& backend, Communicator* s
     RA_CHECK(opt_.q_chunk > 0 && opt_.k_chunk > 0,
              "attention chunk sizes must be positive (q_chunk = {}, k_chunk = {})", opt_.q_chunk,
              opt_.k_chunk);
+  RA_CHECK(opt_.ring_pieces >= 1, "attention: ring_pieces must be at least 1, got {}",
+           opt_.ring_pieces);
 }
 
 Attention::~Attention() = default;
@@ -139,12 +168,12 @@ Attention::Shapes Attention::check_input(const AttentionInput& in) const {
 }
 
 AttentionTileProblem Attention::make_problem(const Shapes& s, const std::vector<int64_t>& q_pos,
-                                             const int64_t* k_pos, const int32_t* k_seg,
+                                             int64_t sk, const int64_t* k_pos, const int32_t* k_seg,
                                              const float* k, const float* v) const {
   AttentionTileProblem p;
   p.batch = s.batch;
   p.sq = s.sl;
-  p.sk = s.sl;
+  p.sk = sk;
   p.heads = s.heads;
   p.kv_heads = s.kv_heads;
   p.head_dim = s.head_dim;
@@ -189,7 +218,7 @@ AttentionOutput Attention::forward_blocks(const AttentionInput& in, const Shapes
   backend_.attention_forward_init(st, s.batch, s.sl, s.heads, s.head_dim);
 
   if (!uses_ring()) {
-    AttentionTileProblem p = make_problem(s, in.positions, in.positions.data(),
+    AttentionTileProblem p = make_problem(s, in.positions, s.sl, in.positions.data(),
                                           s.seg.defined() ? s.seg.data<int32_t>() : nullptr,
                                           s.k.data<float>(), s.v.data<float>());
     backend_.attention_forward_block(p, st, &timings_.tiles);
@@ -197,21 +226,29 @@ AttentionOutput Attention::forward_blocks(const AttentionInput& in, const Shapes
     const int n = sp_->size();
     if (!kv_ring_) kv_ring_ = sp_->make_ring();
     const double wait0 = kv_ring_->wait_seconds();
-    const KvBlockLayout lay(s.batch, s.sl, s.kv_heads, s.head_dim, s.seg.defined());
+    const int64_t pieces = ring_pieces(s);
+    const size_t bytes = KvBlockLayout(s.batch, piece_of(0, pieces, s.sl).len, s.kv_heads,
+                                       s.head_dim, s.seg.defined())
+                             .bytes;  // the first piece is the longest
     // Two buffers: the block being computed on (also the one being sent: both only read it) and
     // the one the next block arrives in.
-    Tensor cur = pack_kv_block(lay, s.k, s.v, s.seg, in.positions);
-    Tensor nxt = Tensor::empty({int64_t(lay.bytes)}, DType::U8, Device::CPU, "ring KV block");
-    for (int step = 0; step < n; ++step) {
-      // After step t this rank holds the block of rank (r - t) mod N (spec section 4).
-      const bool more = step + 1 < n;
-      if (more) kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);
-      AttentionTileProblem p =
-          make_problem(s, in.positions, lay.pos(cur), lay.seg(cur), lay.k(cur), lay.v(cur));
-      backend_.attention_forward_block(p, st, &timings_.tiles);
-      if (more) {
-        kv_ring_->wait();
-        std::swap(cur, nxt);
+    Tensor cur = Tensor::empty({int64_t(bytes)}, DType::U8, Device::CPU, "ring KV block");
+    Tensor nxt = Tensor::empty({int64_t(bytes)}, DType::U8, Device::CPU, "ring KV block");
+    for (int64_t c = 0; c < pieces; ++c) {
+      const Piece pc = piece_of(c, pieces, s.sl);
+      const KvBlockLayout lay(s.batch, pc.len, s.kv_heads, s.head_dim, s.seg.defined());
+      pack_kv_piece(lay, cur, s.k, s.v, s.seg, in.positions, pc);
+      for (int step = 0; step < n; ++step) {
+        // After step t this rank holds piece c of rank (r - t) mod N (spec section 4).
+        const bool more = step + 1 < n;
+        if (more) kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);
+        AttentionTileProblem p = make_problem(s, in.positions, pc.len, lay.pos(cur), lay.seg(cur),
+                                              lay.k(cur), lay.v(cur));
+        backend_.attention_forward_block(p, st, &timings_.tiles);
+        if (more) {
+          kv_ring_->wait();
+          std::swap(cur, nxt);
+        }
       }
     }
     timings_.kv_wait_s = kv_ring_->wait_seconds() - wait0;
@@ -260,7 +297,7 @@ AttentionGrads Attention::backward_local(const AttentionInput& in, const Attenti
                        "attention dK");
   g.dv = Tensor::zeros({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, Device::CPU,
                        "attention dV");
-  AttentionTileProblem p = make_problem(s, in.positions, in.positions.data(),
+  AttentionTileProblem p = make_problem(s, in.positions, s.sl, in.positions.data(),
                                         s.seg.defined() ? s.seg.data<int32_t>() : nullptr,
                                         s.k.data<float>(), s.v.data<float>());
   AttentionBackwardArgs a{dout.data<float>(), out.lse.data<float>(), delta.data<float>(),
@@ -274,64 +311,86 @@ AttentionGrads Attention::backward_local(const AttentionInput& in, const Attenti
 // computes its contribution to the block it holds into a fresh buffer, then adds the partial sum
 // that the previous rank computed on the same block at step t-1 (it arrived during this step's
 // compute), and sends the sum on. After N steps, one more hop brings each block's complete dK, dV
-// home. Every gradient exchange overlaps the next step's compute.
+// home. Every gradient exchange overlaps the next step's compute. With several pieces, this runs
+// once per piece and each piece's dK, dV are copied into place when they come home.
 AttentionGrads Attention::backward_ring(const AttentionInput& in, const AttentionOutput& out,
                                         const Tensor& dout, const Tensor& delta, const Shapes& s) {
   const int n = sp_->size();
   if (!kv_ring_) kv_ring_ = sp_->make_ring();
   if (!grad_ring_) grad_ring_ = sp_->make_ring();
   const double wait0 = kv_ring_->wait_seconds() + grad_ring_->wait_seconds();
-  const KvBlockLayout lay(s.batch, s.sl, s.kv_heads, s.head_dim, s.seg.defined());
-  const size_t grad_elems = 2 * lay.kv_elems;  // dK then dV
-  const size_t grad_bytes = grad_elems * sizeof(float);
-
-  Tensor cur = pack_kv_block(lay, s.k, s.v, s.seg, in.positions);
-  Tensor nxt = Tensor::empty({int64_t(lay.bytes)}, DType::U8, Device::CPU, "ring KV block");
+  const int64_t pieces = ring_pieces(s);
+  const int64_t longest = piece_of(0, pieces, s.sl).len;
+  const size_t bytes =
+      KvBlockLayout(s.batch, longest, s.kv_heads, s.head_dim, s.seg.defined()).bytes;
+  Tensor cur = Tensor::empty({int64_t(bytes)}, DType::U8, Device::CPU, "ring KV block");
+  Tensor nxt = Tensor::empty({int64_t(bytes)}, DType::U8, Device::CPU, "ring KV block");
 
   // local[t%2]: this step's partial sum (being sent while the next step computes into the other);
   // incoming: the partial sum arriving from the previous rank. One incoming buffer is enough: it
-  // is consumed right after its wait() and before the next start() reuses it. At the end it holds
-  // this rank's own complete dK, dV, which are returned as views of it (no copy).
+  // is consumed right after its wait() and before the next start() reuses it. At the end of a
+  // piece it holds this rank's own complete dK, dV of that piece: with one piece they are
+  // returned as views of it (no copy).
+  const Shape piece_grads{2, s.batch, longest, s.kv_heads, s.head_dim};  // dK then dV
   Tensor local[2];
-  for (Tensor& t : local)
-    t = Tensor::empty({int64_t(grad_elems)}, DType::F32, Device::CPU, "ring dK/dV");
-  Tensor incoming = Tensor::empty({2, s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32,
-                                  Device::CPU, "ring dK/dV");
+  for (Tensor& t : local) t = Tensor::empty(piece_grads, DType::F32, Device::CPU, "ring dK/dV");
+  Tensor incoming = Tensor::empty(piece_grads, DType::F32, Device::CPU, "ring dK/dV");
 
   AttentionGrads g;
   g.dq =
       Tensor::zeros({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU, "attention dQ");
-  bool grad_in_flight = false;
-  for (int step = 0; step < n; ++step) {
-    const bool more = step + 1 < n;
-    if (more) kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);
-    Tensor& mine = local[step % 2];
-    mine.fill_zero();
-    AttentionTileProblem p =
-        make_problem(s, in.positions, lay.pos(cur), lay.seg(cur), lay.k(cur), lay.v(cur));
-    AttentionBackwardArgs a{dout.data<float>(),  out.lse.data<float>(),
-                            delta.data<float>(), g.dq.data<float>(),
-                            mine.data<float>(),  mine.data<float>() + lay.kv_elems};
-    backend_.attention_backward_block(p, a, &timings_.tiles);
-    if (grad_in_flight) {
-      grad_ring_->wait();  // the earlier ranks' partial sum for the block this rank holds
-      const float* add = incoming.data<float>();
-      float* dst = mine.data<float>();
-      for (size_t i = 0; i < grad_elems; ++i) dst[i] += add[i];
+  if (pieces > 1) {
+    for (Tensor* t : {&g.dk, &g.dv})
+      *t = Tensor::empty({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, Device::CPU,
+                         t == &g.dk ? "attention dK" : "attention dV");
+  }
+  for (int64_t c = 0; c < pieces; ++c) {
+    const Piece pc = piece_of(c, pieces, s.sl);
+    const KvBlockLayout lay(s.batch, pc.len, s.kv_heads, s.head_dim, s.seg.defined());
+    const size_t grad_elems = 2 * lay.kv_elems;  // dK then dV, packed for this piece's length
+    const size_t grad_bytes = grad_elems * sizeof(float);
+    pack_kv_piece(lay, cur, s.k, s.v, s.seg, in.positions, pc);
+    bool grad_in_flight = false;
+    for (int step = 0; step < n; ++step) {
+      const bool more = step + 1 < n;
+      if (more) kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);
+      float* mine = local[step % 2].data<float>();
+      std::fill(mine, mine + grad_elems, 0.0f);
+      AttentionTileProblem p =
+          make_problem(s, in.positions, pc.len, lay.pos(cur), lay.seg(cur), lay.k(cur), lay.v(cur));
+      AttentionBackwardArgs a{
+          dout.data<float>(), out.lse.data<float>(), delta.data<float>(), g.dq.data<float>(), mine,
+          mine + lay.kv_elems};
+      backend_.attention_backward_block(p, a, &timings_.tiles);
+      if (grad_in_flight) {
+        grad_ring_->wait();  // the earlier ranks' partial sum for the block this rank holds
+        const float* add = incoming.data<float>();
+        for (size_t i = 0; i < grad_elems; ++i) mine[i] += add[i];
+      }
+      // Send this block's partial sum on; after the last step it goes to the block's owner.
+      grad_ring_->start(mine, incoming.raw(), grad_bytes);
+      grad_in_flight = true;
+      if (more) {
+        kv_ring_->wait();
+        std::swap(cur, nxt);
+      }
     }
-    // Send this block's partial sum on; after the last step it goes to the block's owner.
-    grad_ring_->start(mine.raw(), incoming.raw(), grad_bytes);
-    grad_in_flight = true;
-    if (more) {
-      kv_ring_->wait();
-      std::swap(cur, nxt);
+    grad_ring_->wait();
+    if (pieces > 1) {
+      unpack_piece(incoming.data<float>(), g.dk, pc);
+      unpack_piece(incoming.data<float>() + lay.kv_elems, g.dv, pc);
     }
   }
-  grad_ring_->wait();
-  g.dk = incoming.select(0, 0);
-  g.dv = incoming.select(0, 1);
+  if (pieces == 1) {
+    g.dk = incoming.select(0, 0);
+    g.dv = incoming.select(0, 1);
+  }
   timings_.kv_wait_s = kv_ring_->wait_seconds() + grad_ring_->wait_seconds() - wait0;
   return g;
+}
+
+int64_t Attention::ring_pieces(const Shapes& s) const {
+  return std::clamp<int64_t>(opt_.ring_pieces, 1, std::max<int64_t>(s.sl, 1));
 }
 
 }  // namespace ringattn

@@ -4,6 +4,7 @@
 //   ring       the sequence is split over the sp ranks; each step folds the KV block held into
 //              the local queries' state while the next block travels (double buffered); backward
 //              recomputes from O and the float32 LSE and passes dK, dV (float32) around the ring.
+//              With ring_pieces = P > 1 a block is 1/P of a shard and the ring turns P times.
 // All three compute the same function: O = softmax(scale Q K^T + mask) V, causal or not, with
 // grouped-query attention and segment ids. Positions are global token positions.
 #pragma once
@@ -28,7 +29,12 @@ struct AttentionOptions {
   RingLayout layout = RingLayout::Zigzag;  // how the caller spread the sequence (ring)
   bool causal = true;
   int64_t q_chunk = 256, k_chunk = 256;  // tile sizes (blockwise and ring); ignored by vanilla
-  float scale = 0;                       // 0: 1/sqrt(head_dim)
+  // Ring: each rank's K/V shard goes around the ring in this many pieces (as equal as possible,
+  // at most one per token), one full ring pass per piece. The ring's own buffers (two K/V pieces
+  // in flight; in backward also three float32 dK/dV pieces) shrink by this factor, for this
+  // many times more (smaller) messages. 1: the whole shard at once.
+  int64_t ring_pieces = 1;
+  float scale = 0;  // 0: 1/sqrt(head_dim)
 };
 
 // One rank's shard of a batch, in local token order.
@@ -77,8 +83,10 @@ class Attention {
   struct Shapes;
   // A ring of one rank is blockwise attention: no buffers, no copies.
   bool uses_ring() const { return opt_.impl == AttentionImpl::Ring && sp_->size() > 1; }
+  int64_t ring_pieces(const Shapes& s) const;  // opt_.ring_pieces, at most one per token
   Shapes check_input(const AttentionInput& in) const;
-  AttentionTileProblem make_problem(const Shapes& s, const std::vector<int64_t>& q_pos,
+  // Keys: `sk` tokens at k_pos (their segment ids k_seg, null without), layout [B, sk, Hkv, D].
+  AttentionTileProblem make_problem(const Shapes& s, const std::vector<int64_t>& q_pos, int64_t sk,
                                     const int64_t* k_pos, const int32_t* k_seg, const float* k,
                                     const float* v) const;
   AttentionOutput forward_blocks(const AttentionInput& in, const Shapes& s);
