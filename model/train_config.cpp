@@ -15,6 +15,7 @@ namespace {
 
 constexpr std::array kImpls{AttentionImpl::Vanilla, AttentionImpl::Blockwise, AttentionImpl::Ring};
 constexpr std::array kLayouts{RingLayout::Contiguous, RingLayout::Zigzag, RingLayout::Striped};
+constexpr std::array kRecordFormats{RecordFormat::Line, RecordFormat::ValueKey};
 constexpr std::array kCheckpointing{Checkpointing::None, Checkpointing::Layer};
 constexpr std::array kSources{DataSource::Retrieval, DataSource::Text, DataSource::Tokens};
 constexpr std::array kNonfinite{OnNonfinite::Skip, OnNonfinite::Abort};
@@ -197,6 +198,12 @@ ConfigSchema make_schema() {
              "false: the loss counts only the answer tokens (the task); true: every predictable "
              "token too (record structure, keys after markers), which gives the model more signal "
              "to learn the format. Accuracy is always measured on the answers.");
+  s.add_enum("data.retrieval.record_format",
+             std::string(record_format_name(data.retrieval.record_format)),
+             names(kRecordFormats, record_format_name),
+             "`line`: records read `line <key>: <value>` and a newline; `value_key`: just the "
+             "value then the key, no delimiters, which a small model learns to look up in "
+             "hundreds of steps where `line` records stall (docs/demo-learnability.md).");
   s.add_bool("data.retrieval.answer_marker", data.retrieval.answer_marker,
              "true: a question reads `question <key> answer <value>`; false: `question <key> "
              "<value>`, the value right after its key (one lookup step less to learn).");
@@ -429,6 +436,8 @@ TrainConfig to_train_config(const JsonConfig& json) {
   c.data.retrieval.value_vocab = r.i("data.retrieval.value_vocab");
   c.data.retrieval.loss_on_all_tokens = r.b("data.retrieval.loss_on_all_tokens");
   c.data.retrieval.answer_marker = r.b("data.retrieval.answer_marker");
+  c.data.retrieval.record_format =
+      from_name(kRecordFormats, record_format_name, r.s("data.retrieval.record_format"));
 
   c.checkpoint.every = r.i("checkpoint.every");
   c.checkpoint.keep_last = r.i("checkpoint.keep_last");

@@ -21,6 +21,7 @@
 #include "core/json_config.h"
 #include "model/attention/attention.h"
 #include "model/attention/layout.h"
+#include "model/data/retrieval.h"
 
 namespace ringattn {
 
@@ -90,6 +91,7 @@ struct OptimConfig {
 };
 
 struct RetrievalConfig {
+  RecordFormat record_format = RecordFormat::Line;
   int64_t num_records = 0;  // 0: as many as fit in the sequence
   int64_t key_digits = 4, value_digits = 4;
   int64_t key_vocab = 0;            // > 0: one-token keys out of this many key tokens

@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/json_config.h"
+#include "model/data/make_source.h"
 #include "model/train_config.h"
 
 using namespace ringattn;
@@ -322,6 +323,13 @@ TEST_CASE("every preset in configs/ loads and validates on a matching world", "[
   CHECK(demo.train.seq_len >= 2048);
   CHECK(demo.data.source == DataSource::Retrieval);
   CHECK(validate(demo, 4).sp == 4);
+  // What issue 4 promises: at least 64 records at >= 2048 tokens, and every curriculum length
+  // (each must hold the questions and records) accepted by the data source.
+  const auto demo_data = make_batch_source(demo);
+  for (int64_t len : demo.train.curriculum_seq_lens) CHECK_NOTHROW(demo_data->check_seq_len(len));
+  const RetrievalLayout at_eval =
+      dynamic_cast<const RetrievalSource&>(*demo_data).layout(demo.train.seq_len);
+  CHECK(at_eval.num_records >= 64);
 
   const TrainConfig big =
       to_train_config(load_train_json((source_dir() / "configs" / "7b.json").string()));

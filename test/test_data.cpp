@@ -465,6 +465,70 @@ TEST_CASE("data: retrieval with one-token keys and values", "[data]") {
   CHECK_THROWS_WITH(RetrievalSource(small, 1).layout(S), Contains("raise key_vocab"));
 }
 
+TEST_CASE("data: retrieval value_key records (value then key, no delimiters)", "[data]") {
+  using namespace retrieval_tokens;
+  for (bool one_token : {true, false}) {
+    CAPTURE(one_token);
+    RetrievalOptions o;
+    o.record_format = RecordFormat::ValueKey;
+    o.answer_marker = false;
+    o.questions = 6;
+    if (one_token) {
+      o.key_vocab = 200;
+      o.value_vocab = 40;
+    } else {
+      o.key_digits = 2;
+      o.value_digits = 3;
+    }
+    RetrievalSource src(o, 9);
+    const int64_t S = 256;
+    const RetrievalLayout l = src.layout(S);
+    const int k = l.key_digits, v = l.value_digits;
+    CHECK(l.record_len() == k + v);
+    CHECK(l.question_len() == k + v + 1);  // QUESTION key value
+    CHECK(l.num_records == (S - 1 - 6 * (k + v + 1)) / (k + v));
+    CHECK_THAT(src.describe(), Contains("value_key records of " + std::to_string(k + v)));
+    const Batch full = whole(src, request(2, S, 2));
+    for (int64_t b = 0; b < 2; ++b) {
+      const auto tok = row(full.tokens, b), tgt = row(full.targets, b);
+      const auto ans = row_u8(full.answer_mask, b);
+      auto span_of = [&](int64_t at, int len) {
+        return std::vector<int32_t>(tok.begin() + at, tok.begin() + at + len);
+      };
+      std::vector<std::vector<int32_t>> keys, values;
+      for (int64_t r = 0; r < l.num_records; ++r) {
+        const int64_t at = l.records_begin() + r * l.record_len();
+        values.push_back(span_of(at, v));
+        keys.push_back(span_of(at + v, k));
+        for (int32_t t : values.back())  // value tokens, never a delimiter
+          CHECK((one_token ? t >= kKeyBase + 200 : (t >= 0 && t <= 9)));
+        for (int32_t t : keys.back())
+          CHECK((one_token ? (t >= kKeyBase && t < kKeyBase + 200) : (t >= 0 && t <= 9)));
+      }
+      CHECK(std::set<std::vector<int32_t>>(keys.begin(), keys.end()).size() == keys.size());
+      std::set<int64_t> asked;
+      for (int64_t j = 0; j < 6; ++j) {
+        const int64_t q = l.question_begin() + j * l.question_len();
+        CHECK(tok[q] == kQuestion);
+        const auto key = span_of(q + 1, k);
+        const auto it = std::find(keys.begin(), keys.end(), key);
+        REQUIRE(it != keys.end());
+        asked.insert(it - keys.begin());
+        // The answer slots predict the asked record's value, digit by digit.
+        const int64_t first = l.first_answer_slot(j);
+        CHECK(first == q + k);
+        for (int i = 0; i < v; ++i) {
+          CHECK(ans[first + i] == j + 1);
+          CHECK(tgt[first + i] == values[size_t(it - keys.begin())][size_t(i)]);
+        }
+        CHECK(ans[first + v] == 0);
+      }
+      CHECK(asked.size() == 6);  // six different records
+    }
+    check_reassembly(src, S);
+  }
+}
+
 TEST_CASE("data: retrieval num_records, lengths and errors", "[data]") {
   RetrievalOptions o;
   o.num_records = 64;

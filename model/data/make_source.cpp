@@ -19,6 +19,7 @@ std::unique_ptr<BatchSource> make_batch_source(const TrainConfig& cfg) {
       o.value_vocab = cfg.data.retrieval.value_vocab;
       o.loss_on_all_tokens = cfg.data.retrieval.loss_on_all_tokens;
       o.answer_marker = cfg.data.retrieval.answer_marker;
+      o.record_format = cfg.data.retrieval.record_format;
       src = std::make_unique<RetrievalSource>(o, cfg.seed);
       break;
     }

@@ -31,6 +31,10 @@ int32_t digit_of(uint64_t x, int digits, int i) {
 
 }  // namespace
 
+std::string_view record_format_name(RecordFormat f) {
+  return f == RecordFormat::Line ? "line" : "value_key";
+}
+
 RetrievalSource::RetrievalSource(RetrievalOptions options, uint64_t seed)
     : opt_(options), seed_(seed) {
   // 18 digits: 10^18 < 2^60, so keys fit the Feistel network's two 30-bit halves and every
@@ -55,14 +59,15 @@ RetrievalSource::RetrievalSource(RetrievalOptions options, uint64_t seed)
 std::string RetrievalSource::describe() const {
   const int key_len = opt_.key_vocab > 0 ? 1 : opt_.key_digits;
   const int value_len = opt_.value_vocab > 0 ? 1 : opt_.value_digits;
+  const int delimiters = opt_.record_format == RecordFormat::Line ? 3 : 0;
   return fmt::format(
-      "retrieval (keys {}, values {}, record {} tokens, {} records, {} question{} "
+      "retrieval (keys {}, values {}, {} records of {} tokens, {} records, {} question{} "
       "per sample, loss on {})",
       opt_.key_vocab > 0 ? fmt::format("1 token of {}", opt_.key_vocab)
                          : fmt::format("{} digits", opt_.key_digits),
       opt_.value_vocab > 0 ? fmt::format("1 token of {}", opt_.value_vocab)
                            : fmt::format("{} digits", opt_.value_digits),
-      key_len + value_len + 3,
+      record_format_name(opt_.record_format), key_len + value_len + delimiters,
       opt_.num_records == 0 ? std::string("as many as fit") : std::to_string(opt_.num_records),
       opt_.questions, opt_.questions == 1 ? "" : "s",
       opt_.loss_on_all_tokens ? "all tokens" : "answer tokens");
@@ -73,6 +78,7 @@ RetrievalLayout RetrievalSource::layout(int64_t seq_len) const {
   l.key_digits = opt_.key_vocab > 0 ? 1 : opt_.key_digits;
   l.value_digits = opt_.value_vocab > 0 ? 1 : opt_.value_digits;
   l.answer_marker = opt_.answer_marker;
+  l.record_format = opt_.record_format;
   l.seq_len = seq_len;
   l.num_questions = opt_.questions;
   const int64_t R = l.record_len(), Q = l.question_len();
@@ -148,34 +154,41 @@ int64_t RetrievalSource::asked_record(const RetrievalLayout& l, uint64_t h, int6
   return int64_t(permute(combine(h, kTagQuestion), uint64_t(j), uint64_t(l.num_records)));
 }
 
+int32_t RetrievalSource::key_token(uint64_t h, int64_t record, int i) const {
+  const uint64_t key = key_of(h, record);
+  return opt_.key_vocab > 0 ? kKeyBase + int32_t(key) : digit_of(key, opt_.key_digits, i);
+}
+
+int32_t RetrievalSource::value_token(uint64_t h, int64_t record, int i) const {
+  const uint64_t value =
+      data_hash::below(combine(combine(h, kTagValue), uint64_t(record)), value_space_);
+  return opt_.value_vocab > 0 ? kKeyBase + int32_t(opt_.key_vocab + value)
+                              : digit_of(value, opt_.value_digits, i);
+}
+
 int32_t RetrievalSource::token_at(const RetrievalLayout& l, uint64_t h, int64_t p) const {
   if (p == 0) return kBos;
   if (p < l.records_begin()) return kPad;
   const int k = l.key_digits, v = l.value_digits;
-  int64_t record, offset;  // which record the token belongs to, and where in its record
-  bool question = p >= l.question_begin();
-  if (question) {
-    offset = (p - l.question_begin()) % l.question_len();
-    record = asked_record(l, h, (p - l.question_begin()) / l.question_len());
-  } else {
-    record = (p - l.records_begin()) / l.record_len();
-    offset = (p - l.records_begin()) % l.record_len();
+  if (p < l.question_begin()) {
+    const int64_t record = (p - l.records_begin()) / l.record_len();
+    const int offset = int((p - l.records_begin()) % l.record_len());
+    if (l.record_format == RecordFormat::ValueKey)  // value key
+      return offset < v ? value_token(h, record, offset) : key_token(h, record, offset - v);
+    // LINE key COLON value NEWLINE
+    if (offset == 0) return kLine;
+    if (offset <= k) return key_token(h, record, offset - 1);
+    if (offset == k + 1) return kColon;
+    if (offset < k + 2 + v) return value_token(h, record, offset - k - 2);
+    return kNewline;
   }
-  // Record:   LINE key COLON value NEWLINE      Question: QUESTION key ANSWER value
-  if (offset == 0) return question ? kQuestion : kLine;
-  if (offset <= k)
-    return opt_.key_vocab > 0 ? kKeyBase + int32_t(key_of(h, record))
-                              : digit_of(key_of(h, record), k, int(offset - 1));
-  // Offset of the first value token: after COLON in a record, after ANSWER (if any) in a question.
-  const int64_t vbeg = question && !l.answer_marker ? k + 1 : k + 2;
-  if (offset == k + 1 && vbeg == k + 2) return question ? kAnswer : kColon;
-  if (offset < vbeg + v) {
-    const uint64_t value =
-        data_hash::below(combine(combine(h, kTagValue), uint64_t(record)), value_space_);
-    return opt_.value_vocab > 0 ? kKeyBase + int32_t(opt_.key_vocab + value)
-                                : digit_of(value, v, int(offset - vbeg));
-  }
-  return kNewline;
+  // QUESTION key [ANSWER] value
+  const int64_t record = asked_record(l, h, (p - l.question_begin()) / l.question_len());
+  const int offset = int((p - l.question_begin()) % l.question_len());
+  if (offset == 0) return kQuestion;
+  if (offset <= k) return key_token(h, record, offset - 1);
+  if (l.answer_marker && offset == k + 1) return kAnswer;
+  return value_token(h, record, offset - k - (l.answer_marker ? 2 : 1));
 }
 
 void RetrievalSource::fill_sample(int64_t sample, Split split, int64_t seq_len,

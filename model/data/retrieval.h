@@ -5,11 +5,17 @@
 //
 //   BOS PAD*P  { LINE k1..kk COLON v1..vv NEWLINE } x n  { QUESTION q1..qk ANSWER a1..av } x m
 //
+// or, with record_format = value_key, records of just the value then the key, { v1..vv k1..kk }:
+// the compact format a small model learns the lookup in (docs/demo-learnability.md). A key's
+// last token then sits right after its value, so the position a question's key matches by token
+// identity is the one whose previous token is the answer; with `line` records the delimiters
+// become attention sinks and the lookup does not form within thousands of steps.
+//
 // decoded: "<bos>___line 042: 917\nline 630: 005\n ... question 630 answer 005". Keys are
 // distinct within a sample; each question asks for one record's key and the answer is its value.
 // The m questions ask m distinct records (m <= n), so no answer can be copied from an earlier
 // question: every one must be retrieved from the records.
-//   record length  R = k + v + 3 tokens        question length Q = k + v + 2 tokens
+//   record length  R = k + v + 3 tokens (k + v: value_key)   question length Q = k + v + 2 tokens
 //   (Q = k + v + 1 with answer_marker = false: QUESTION q1..qk a1..av)
 //   S = 1 + P + n*R + m*Q; with num_records = 0, n = floor((S - 1 - m*Q) / R) and
 //   P = (S - 1 - m*Q) mod R. Defaults k = v = 3, m = 1: R = 9, Q = 8, and S = 2048 holds
@@ -52,7 +58,14 @@ inline constexpr int64_t kVocabSize = 17;  // without key tokens
 inline constexpr int32_t kKeyBase = 17;    // first key token (key_vocab > 0)
 }  // namespace retrieval_tokens
 
+enum class RecordFormat {
+  Line,      // LINE key COLON value NEWLINE
+  ValueKey,  // value key
+};
+std::string_view record_format_name(RecordFormat f);  // "line", "value_key"
+
 struct RetrievalOptions {
+  RecordFormat record_format = RecordFormat::Line;
   int key_digits = 3;  // keys are unique within a sample, so records <= 10^key_digits
   // 0: keys in key_digits decimal digits; N > 0: each key is one of N key tokens (records <= N).
   int64_t key_vocab = 0;
@@ -81,7 +94,10 @@ struct RetrievalLayout {
   int key_digits = 0, value_digits = 0;
   int64_t seq_len = 0, num_records = 0, num_questions = 1, padding = 0;
   bool answer_marker = true;
-  int64_t record_len() const { return key_digits + value_digits + 3; }
+  RecordFormat record_format = RecordFormat::Line;
+  int64_t record_len() const {
+    return key_digits + value_digits + (record_format == RecordFormat::Line ? 3 : 0);
+  }
   int64_t question_len() const { return key_digits + value_digits + 1 + (answer_marker ? 1 : 0); }
   int64_t records_begin() const { return 1 + padding; }
   int64_t question_begin() const { return records_begin() + num_records * record_len(); }
@@ -117,6 +133,9 @@ class RetrievalSource : public BatchSource {
 
  private:
   uint64_t key_of(uint64_t sample_hash, int64_t record) const;
+  // Token i of record's key (or value): a digit, or the one key (value) token.
+  int32_t key_token(uint64_t sample_hash, int64_t record, int i) const;
+  int32_t value_token(uint64_t sample_hash, int64_t record, int i) const;
   // Record asked by question j: distinct for distinct j < num_records.
   int64_t asked_record(const RetrievalLayout& l, uint64_t sample_hash, int64_t j) const;
   RetrievalOptions opt_;
