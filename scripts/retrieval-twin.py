@@ -6,6 +6,9 @@
 # of the build or the tests; needs torch. Findings so far: docs/demo-learnability.md. Options:
 #   --sched "S:steps[:B],..."  curriculum (overrides --S/--steps/--B); warm-up + cosine over all
 #   --line 0 --colon 0 --nl 0  drop the record delimiters (records become "K V")
+#   --vfirst 1                 value before key in records (with the above: "V K", what the
+#                              trainer's data.retrieval.record_format = value_key writes)
+#   --win0 W                   layer 0 attends only to the last W positions (itself included)
 #   --clamp N                  force head 0 of layer 0 to attend exactly N positions back
 #   --chk N                    end each record with a checksum token (key mod N; -1: the key)
 #   --ffn 0                    attention-only blocks        --ffdim N   FFN width (384)
@@ -20,7 +23,7 @@ import argparse, math, time, numpy as np, torch, torch.nn as nn, torch.nn.functi
 p = argparse.ArgumentParser()
 for k, v in dict(S=32, B=128, questions=128, keys=512, values=128, steps=600, warmup=50, layers=2,
                  heads=4, hidden=128, colon=1, chk=0, seed=0, every=25, clamp=0, ffn=1, qknorm=0,
-                 untied=0, hd=0, ffdim=384, line=1, nl=1).items():
+                 untied=0, hd=0, ffdim=384, line=1, nl=1, win0=0, vfirst=0).items():
     p.add_argument('--' + k, type=int, default=v)
 for k, v in dict(lr=3e-3, init=0.02, theta=10000.0, b1=0.9, b2=0.95, eps=1e-8, wd=0.0, lrmin=0.1,
                  qkscale=1.0, attn_lr=1.0).items():
@@ -36,8 +39,8 @@ def batch(S, B, r=rng):
     m = max(1, min(a.questions, (S - 1) // (R + Qn))); n = (S - 1 - m * Qn) // R; m = min(m, n)
     pad = S - 1 - m * Qn - n * R
     keys = r.random((B, a.keys)).argsort(1)[:, :n]; vals = r.integers(0, a.values, (B, n))
-    cols = ([np.full((B, n), LINE)] if a.line else []) + [KB + keys] + ([np.full((B, n), COLON)] if a.colon else []) + \
-           [KB + a.keys + vals] + ([(KB + keys if a.chk < 0 else KB + a.keys + a.values + keys % a.chk) if a.chk else np.full((B, n), NL)] if a.nl else [])
+    kv = [KB + a.keys + vals, KB + keys] if a.vfirst else [KB + keys] + ([np.full((B, n), COLON)] if a.colon else []) + [KB + a.keys + vals]
+    cols = ([np.full((B, n), LINE)] if a.line else []) + kv + ([(KB + keys if a.chk < 0 else KB + a.keys + a.values + keys % a.chk) if a.chk else np.full((B, n), NL)] if a.nl else [])
     rec = np.stack(cols, 2).reshape(B, -1)
     ask = r.random((B, n)).argsort(1)[:, :m]
     qk = np.take_along_axis(keys, ask, 1); qv = np.take_along_axis(vals, ask, 1)
@@ -70,6 +73,7 @@ class Layer(nn.Module):
         pos = torch.arange(S); q, k = rope(q, pos), rope(k, pos)
         sc = q @ k.transpose(-1, -2) * (a.qkscale / math.sqrt(hd))
         sc = sc.masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1), float('-inf'))
+        if a.win0 and s.i == 0: sc = sc.masked_fill(torch.ones(S, S, dtype=torch.bool).tril(-a.win0), float('-inf'))
         att = sc.softmax(-1)
         if PROBE is not None: PROBE[s.i] = att.detach()
         if a.clamp and s.i == 0:
