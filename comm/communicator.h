@@ -69,6 +69,9 @@ class Communicator {
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual Device device() const = 0;  // where buffers passed to this communicator live
+  // True when host buffers may be passed as well (MPI; device communicators staged through host
+  // memory). Code that reduces host scalars (gradient norms, loss sums) checks it.
+  virtual bool accepts_host_buffers() const { return device() == Device::CPU; }
   virtual std::string name() const = 0;
 
   // In place over `count` elements.

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <new>
 
@@ -41,6 +42,19 @@ void Allocator::deallocate(void* ptr, size_t bytes) {
   raw_free(ptr);
   std::lock_guard<std::mutex> lock(mu_);
   live_ -= bytes;
+}
+
+void Allocator::copy_to_host(void* host_dst, const void* src, size_t bytes) {
+  if (bytes) std::memcpy(host_dst, src, bytes);
+}
+void Allocator::copy_from_host(void* dst, const void* host_src, size_t bytes) {
+  if (bytes) std::memcpy(dst, host_src, bytes);
+}
+void Allocator::copy_within(void* dst, const void* src, size_t bytes) {
+  if (bytes) std::memmove(dst, src, bytes);
+}
+void Allocator::zero(void* dst, size_t bytes) {
+  if (bytes) std::memset(dst, 0, bytes);
 }
 
 size_t Allocator::live_bytes() const {

@@ -37,6 +37,16 @@ class Allocator {
   Device device() const { return device_; }
   const std::string& name() const { return name_; }
 
+  // Moving bytes in and out of this allocator's memory, for code that does not know the device
+  // (tensors, checkpoints, host-staged communication). Synchronous: each waits for the work
+  // already queued on the device before it copies, and returns when the copy is complete. Safe
+  // to call from any thread (the FSDP helper thread stages through them). The base versions
+  // are for host memory (memcpy, memset).
+  virtual void copy_to_host(void* host_dst, const void* src, size_t bytes);
+  virtual void copy_from_host(void* dst, const void* host_src, size_t bytes);
+  virtual void copy_within(void* dst, const void* src, size_t bytes);
+  virtual void zero(void* dst, size_t bytes);
+
  protected:
   virtual void* raw_allocate(size_t bytes) = 0;
   virtual void raw_free(void* ptr) = 0;
@@ -51,7 +61,8 @@ class Allocator {
 // The process-wide allocator of a device. The CPU one always exists; the CUDA one exists when the
 // CUDA backend is compiled in and a device is present (otherwise this raises an Error).
 Allocator& allocator_for(Device device);
-// Used by the CUDA backend to install its allocator.
+// Used by the CUDA backend to install its allocator (and by the tests' emulated device, see
+// test/support/emulated_device.h, when no GPU is present). nullptr uninstalls.
 void register_allocator(Device device, Allocator* allocator);
 
 // "1.50 GiB", "12.0 MiB", "512 B".

@@ -16,6 +16,15 @@
 
 namespace ringattn {
 
+// The per-call constants of one AdamW update, in float64 (model/optim/adamw.h has the formulas):
+// m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
+// p <- p * decay - lr * (m / bc1) / (sqrt(v / bc2) + eps),  decay = 1 - lr * wd (or 1).
+struct AdamWConstants {
+  double b1 = 0.9, b2 = 0.95, one_minus_b1 = 0.1, one_minus_b2 = 0.05;
+  double bc1 = 1, bc2 = 1;  // bias corrections 1 - beta^t
+  double eps = 1e-8, lr = 0, decay = 1;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -102,6 +111,22 @@ class Backend {
   virtual void axpy(int64_t n, float alpha, const float* x, float* y) = 0;
   virtual void scale(float* x, int64_t n, float alpha) = 0;
   virtual void fill(float* x, int64_t n, float value) = 0;
+
+  // --- memory and optimizer --------------------------------------------------------------------
+  // dst = src: `bytes` within this backend's device memory, ordered with the other operations
+  // (on CUDA: queued on the compute stream, unlike the allocator's synchronous copies). The two
+  // ranges must not overlap.
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;
+  // sum_i x[i]^2 in float64 (a synchronising result). CPU: sequential in index order; CUDA: a
+  // tree of float64 partial sums (same value up to float64 rounding).
+  virtual double sum_squares(const float* x, int64_t n) = 0;
+  // x[i] = float32(double(x[i]) * s): gradient clipping's scaling, exact in float64.
+  virtual void scale_f64(float* x, int64_t n, double s) = 0;
+  // One AdamW update of n elements in place (params, m, v written; grads read), per element in
+  // float64 with one rounding to float32 per stored value, without fused multiply-adds, so the
+  // CPU and CUDA results are bitwise equal.
+  virtual void adamw_update(const AdamWConstants& k, float* params, const float* grads, float* m,
+                            float* v, int64_t n) = 0;
 };
 
 // The CPU backend. set_cpu_threads sets the OpenBLAS and OpenMP thread counts (0 leaves them).

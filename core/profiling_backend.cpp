@@ -198,4 +198,25 @@ void ProfilingBackend::fill(float* x, int64_t n, float value) {
   inner_.fill(x, n, value);
 }
 
+void ProfilingBackend::copy(void* dst, const void* src, size_t bytes) {
+  Scope s(*this, OpCategory::Copy);
+  inner_.copy(dst, src, bytes);
+}
+
+double ProfilingBackend::sum_squares(const float* x, int64_t n) {
+  Scope s(*this, OpCategory::Elementwise);
+  return inner_.sum_squares(x, n);
+}
+
+void ProfilingBackend::scale_f64(float* x, int64_t n, double f) {
+  Scope s(*this, OpCategory::Elementwise);
+  inner_.scale_f64(x, n, f);
+}
+
+void ProfilingBackend::adamw_update(const AdamWConstants& k, float* params, const float* grads,
+                                    float* m, float* v, int64_t n) {
+  Scope s(*this, OpCategory::Elementwise);
+  inner_.adamw_update(k, params, grads, m, v, n);
+}
+
 }  // namespace ringattn

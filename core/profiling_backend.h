@@ -89,6 +89,11 @@ class ProfilingBackend final : public Backend {
   void axpy(int64_t n, float alpha, const float* x, float* y) override;
   void scale(float* x, int64_t n, float alpha) override;
   void fill(float* x, int64_t n, float value) override;
+  void copy(void* dst, const void* src, size_t bytes) override;
+  double sum_squares(const float* x, int64_t n) override;
+  void scale_f64(float* x, int64_t n, double s) override;
+  void adamw_update(const AdamWConstants& k, float* params, const float* grads, float* m, float* v,
+                    int64_t n) override;
 
  private:
   class Scope;  // times one call into a category

@@ -161,14 +161,39 @@ Tensor Tensor::contiguous() const {
 }
 
 Tensor Tensor::clone() const {
-  RA_CHECK(device() == Device::CPU, "clone: only host tensors are copied here ({})", str());
+  if (device() != Device::CPU) {
+    // Device memory cannot be walked element by element from here: only packed views copy.
+    RA_CHECK(is_contiguous(), "clone: {} is a strided view of device memory", str());
+    Tensor t = empty(shape_, dtype_, device(), "clone");
+    allocator().copy_within(t.raw(), raw(), nbytes());
+    return t;
+  }
   Tensor t = empty(shape_, dtype_, Device::CPU, "clone");
   copy_strided(*this, t.raw());
   return t;
 }
 
+Tensor Tensor::to_device(Device target, std::string_view what) const {
+  if (target == device()) return contiguous();
+  const Tensor src = device() == Device::CPU ? contiguous() : *this;
+  RA_CHECK(src.is_contiguous(), "to_device: {} is a strided view of device memory", str());
+  Tensor t = empty(shape_, dtype_, target, what);
+  if (target == Device::CPU)
+    src.allocator().copy_to_host(t.raw(), src.raw(), nbytes());
+  else
+    t.allocator().copy_from_host(t.raw(), src.raw(), nbytes());
+  return t;
+}
+
+Allocator& Tensor::allocator() const {
+  RA_CHECK(storage_, "use of an undefined tensor");
+  return storage_->allocator();
+}
+
 Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_) return clone();
+  RA_CHECK(device() == Device::CPU, "to({}): dtype conversion of {} runs on the host only",
+           dtype_name(dtype), str());
   Tensor src = contiguous();
   Tensor t = empty(shape_, dtype, Device::CPU, "dtype conversion");
   convert_floats(src.raw(), dtype_, t.raw(), dtype, size_t(numel()));
@@ -177,7 +202,20 @@ Tensor Tensor::to(DType dtype) const {
 
 void Tensor::copy_from(const Tensor& src) {
   RA_CHECK(src.shape() == shape_, "copy_from: shape {} into {}", shape_str(src.shape()), str());
-  RA_CHECK(device() == Device::CPU && src.device() == Device::CPU, "copy_from: host tensors only");
+  if (device() != Device::CPU || src.device() != Device::CPU) {
+    // Across devices (or within one): packed views of the same dtype, moved as bytes.
+    RA_CHECK(src.dtype() == dtype_ && is_contiguous() && src.is_contiguous(),
+             "copy_from: {} into {} needs packed tensors of one dtype when a device is involved",
+             src.str(), str());
+    if (numel() == 0) return;
+    if (src.device() == Device::CPU)
+      allocator().copy_from_host(raw(), src.raw(), nbytes());
+    else if (device() == Device::CPU)
+      src.allocator().copy_to_host(raw(), src.raw(), nbytes());
+    else
+      allocator().copy_within(raw(), src.raw(), nbytes());
+    return;
+  }
   Tensor packed = src.dtype() == dtype_ ? src.contiguous() : src.to(dtype_);
   // Empty views may have a zero-length innermost dimension (the row walk below divides by it).
   if (numel() == 0) return;
@@ -205,11 +243,11 @@ void Tensor::copy_from(const Tensor& src) {
 }
 
 void Tensor::fill_zero() {
-  RA_CHECK(device() == Device::CPU, "fill_zero: host tensors only here");
   if (numel() == 0) return;  // zero-byte storage has a null pointer, even for memset
   if (is_contiguous()) {
-    std::memset(raw(), 0, nbytes());
+    allocator().zero(raw(), nbytes());
   } else {
+    RA_CHECK(device() == Device::CPU, "fill_zero: {} is a strided view of device memory", str());
     Tensor z = zeros(shape_, dtype_, Device::CPU, "zeros");
     copy_from(z);
   }

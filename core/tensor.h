@@ -32,6 +32,7 @@ class Storage {
   void* data() const { return data_; }
   size_t bytes() const { return bytes_; }
   Device device() const { return alloc_->device(); }
+  Allocator& allocator() const { return *alloc_; }
 
  private:
   Allocator* alloc_;
@@ -61,6 +62,8 @@ class Tensor {
   bool is_contiguous() const;
 
   void* raw() const;  // pointer to the first element of this view
+  // The allocator of the storage: its copies move this tensor's bytes whatever the device.
+  Allocator& allocator() const;
   template <typename T>
   T* data() const {
     return static_cast<T*>(raw());
@@ -73,11 +76,18 @@ class Tensor {
   // Same storage, index `i` of `dim`, that dimension removed.
   Tensor select(int dim, int64_t i) const;
 
-  Tensor contiguous() const;          // this if already contiguous, else a packed copy
-  Tensor clone() const;               // always a packed copy (CPU)
-  Tensor to(DType dtype) const;       // float conversion on the host (copy)
-  void copy_from(const Tensor& src);  // same shape; converts float dtypes on the host
-  void fill_zero();
+  // Copies. Device tensors (not CPU) are copied through their allocator's synchronous byte
+  // copies, so only packed (contiguous) device views can be copied; strided views and dtype
+  // conversions are host-only.
+  Tensor contiguous() const;     // this if already contiguous, else a packed copy
+  Tensor clone() const;          // always a packed copy, on the same device
+  Tensor to(DType dtype) const;  // float conversion on the host (copy)
+  // A packed copy on `device` (this, packed, when already there): uploads and downloads.
+  Tensor to_device(Device device, std::string_view what = "device copy") const;
+  // Same shape. Host to host: converts float dtypes, any strides. With a device on either side:
+  // same dtype, both packed.
+  void copy_from(const Tensor& src);
+  void fill_zero();  // any device; strided views on the host only
 
   std::string str() const;  // "F32[2, 3] cpu"
 

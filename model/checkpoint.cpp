@@ -232,9 +232,10 @@ std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& mod
     for (ModelUnit& unit : model.units()) {
       FlatShard& s = *unit.shard;
       AdamWState& opt = s.optimizer_state();
-      mine.emplace_back(unit.name + ".param", s.params());
-      mine.emplace_back(unit.name + ".m", opt.m);
-      mine.emplace_back(unit.name + ".v", opt.v);
+      // Downloads when the shards live on a device (no copy on the CPU).
+      mine.emplace_back(unit.name + ".param", s.params().to_device(Device::CPU, "checkpoint"));
+      mine.emplace_back(unit.name + ".m", opt.m.to_device(Device::CPU, "checkpoint"));
+      mine.emplace_back(unit.name + ".v", opt.v.to_device(Device::CPU, "checkpoint"));
     }
     save_safetensors((tmp / optim_file(mesh.world_rank())).string(), mine);
   }
@@ -326,7 +327,7 @@ CheckpointState load_checkpoint(const std::string& dir, Transformer& model, Mesh
                  "checkpoint file '{}': tensor '{}' has {} elements, this model's shard {} (was "
                  "the model configured differently?)",
                  path, name, t.numel(), dst->numel());
-        std::memcpy(dst->data<float>(), t.data<float>(), size_t(t.numel()) * sizeof(float));
+        dst->copy_from(t.view(dst->shape()));  // an upload when the shards live on a device
       }
     }
   } catch (const std::exception& e) {

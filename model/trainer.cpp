@@ -121,7 +121,8 @@ std::string Trainer::memory_plan() const {
 }
 
 StepMetrics Trainer::train_step() {
-  Allocator& alloc = allocator_for(Device::CPU);
+  // The peak of the memory the model computes in: host memory on the CPU, the GPU's on CUDA.
+  Allocator& alloc = (opt_.backend ? *opt_.backend : cpu_backend()).allocator();
   alloc.reset_peak();
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t data_step = state_.step;

@@ -5,6 +5,7 @@
 #include <bit>
 #include <cstring>
 
+#include "comm/host_staged_communicator.h"
 #include "core/error.h"
 
 namespace ringattn {
@@ -91,9 +92,6 @@ Transformer::Transformer(const TrainConfig& cfg, Mesh& mesh, Backend& backend,
   RA_CHECK(cfg.model.dtype == DType::F32,
            "model.dtype = {}: the CPU model computes and stores parameters in f32 only",
            model_dtype_name(cfg.model.dtype));
-  RA_CHECK(be_.device() == Device::CPU,
-           "the model's FSDP units live in host memory; backend {} is not supported yet",
-           be_.name());
   adamw_.beta1 = cfg.optim.beta1;
   adamw_.beta2 = cfg.optim.beta2;
   adamw_.eps = cfg.optim.eps;
@@ -105,8 +103,10 @@ Transformer::Transformer(const TrainConfig& cfg, Mesh& mesh, Backend& backend,
   schedule_.total_steps = cfg.train.steps;
   schedule_.validate();
 
-  group_ = std::make_unique<FsdpGroup>(mesh.fsdp_sp(), fsdp_mode);
-  attention_ = std::make_unique<Attention>(attention_options(cfg), be_, &mesh.axis(Axis::SP));
+  group_ = std::make_unique<FsdpGroup>(on_device(mesh.fsdp_sp()), be_, fsdp_mode);
+  dp_ = &on_device(mesh.axis(Axis::DP));
+  attention_ =
+      std::make_unique<Attention>(attention_options(cfg), be_, &on_device(mesh.axis(Axis::SP)));
   embedding_ = Embedding{dims_.vocab, dims_.hidden};
   const DecoderOptions dopt{cfg.model.ffn_chunk, cfg.model.checkpointing};
   for (int l = 0; l < dims_.layers; ++l)
@@ -129,6 +129,13 @@ Transformer::Transformer(const TrainConfig& cfg, Mesh& mesh, Backend& backend,
   for (int l = 0; l < dims_.layers; ++l)
     add_unit(fmt::format("layer.{}", l), layers_[size_t(l)]->layout());
   add_unit("head", head_layout(dims_));
+}
+
+Communicator& Transformer::on_device(Communicator& host) {
+  if (host.device() == be_.device()) return host;
+  // A host (MPI) communicator for a device backend: stage through host memory.
+  staged_.push_back(make_host_staged_communicator(host, be_.allocator()));
+  return *staged_.back();
 }
 
 Transformer::~Transformer() {
@@ -185,8 +192,16 @@ ShardTokens Transformer::shard_tokens(const Batch& batch) const {
   t.batch = batch.tokens.dim(0);
   t.seq = batch.tokens.dim(1);
   t.positions = batch.positions;
-  t.segment_ids = batch.segment_ids;
+  if (batch.segment_ids.defined())
+    t.segment_ids = batch.segment_ids.to_device(be_.device(), "segment ids");
   return t;
+}
+
+Transformer::DeviceBatch Transformer::upload(const Batch& batch) const {
+  // The data pipeline makes host tensors; on the CPU these are the same tensors (no copy).
+  const Device d = be_.device();
+  return {batch.tokens.to_device(d, "tokens"), batch.targets.to_device(d, "targets"),
+          batch.loss_mask.to_device(d, "loss mask")};
 }
 
 StepStats Transformer::count_answers(const Batch& batch, const std::vector<uint8_t>& correct_rows,
@@ -210,7 +225,7 @@ StepStats Transformer::count_answers(const Batch& batch, const std::vector<uint8
 
 // ---- forward and backward -----------------------------------------------------------------------
 
-Tensor Transformer::run_forward(const Batch& batch, const ShardTokens& t,
+Tensor Transformer::run_forward(const DeviceBatch& batch, const ShardTokens& t,
                                 std::vector<Tensor>* inputs, std::vector<DecoderCache>* caches) {
   const int64_t n = t.rows(), L = dims_.layers;
   const bool training = inputs != nullptr;
@@ -218,7 +233,7 @@ Tensor Transformer::run_forward(const Batch& batch, const ShardTokens& t,
   // gathered (or its prefetch waited for), then unit i + 1's gather is queued so that it moves
   // while unit i computes.
   FlatShard& emb = *units_[0].shard;
-  Tensor x = Tensor::empty({t.batch, t.seq, dims_.hidden}, DType::F32, Device::CPU, "embeddings");
+  Tensor x = Tensor::empty({t.batch, t.seq, dims_.hidden}, DType::F32, be_.device(), "embeddings");
   {
     Tensor e = emb.gather_full();
     units_[1].shard->prefetch_full();
@@ -249,23 +264,24 @@ StepStats Transformer::forward_backward(const Batch& batch, float grad_scale) {
            "optimizer_step()) first");
   check_batch(batch);
   const ShardTokens t = shard_tokens(batch);
+  const DeviceBatch db = upload(batch);
   const int64_t n = t.rows(), L = dims_.layers;
   std::vector<Tensor> inputs(static_cast<size_t>(L));
   std::vector<DecoderCache> caches(static_cast<size_t>(L));
-  Tensor x = run_forward(batch, t, &inputs, &caches);
+  Tensor x = run_forward(db, t, &inputs, &caches);
 
   // Head: loss and its gradient in one pass (LmHead fuses them chunk by chunk).
   ModelUnit& hu = units_[head_unit()];
   FlatShard& emb = *units_[0].shard;
   const bool tied = dims_.tie_embeddings;
   Tensor grad =
-      Tensor::empty({t.batch, t.seq, dims_.hidden}, DType::F32, Device::CPU, "residual grad");
+      Tensor::empty({t.batch, t.seq, dims_.hidden}, DType::F32, be_.device(), "residual grad");
   std::vector<uint8_t> correct(static_cast<size_t>(n), 0);
   LossStats ls;
   {
     GatheredHead h(hu, emb, tied);
     ls = head_->forward_backward(h.weights(), h.grads(), x.data<float>(),
-                                 batch.targets.data<int32_t>(), batch.loss_mask.data<float>(), n,
+                                 db.targets.data<int32_t>(), db.loss_mask.data<float>(), n,
                                  grad_scale, grad.data<float>(), correct.data());
   }
   x = Tensor();
@@ -291,7 +307,7 @@ StepStats Transformer::forward_backward(const Batch& batch, float grad_scale) {
   // not the table, so nothing is gathered.
   {
     Tensor g = emb.full_grad();
-    embedding_.backward(be_, batch.tokens.data<int32_t>(), grad.data<float>(), n, g.data<float>());
+    embedding_.backward(be_, db.tokens.data<int32_t>(), grad.data<float>(), n, g.data<float>());
   }
   emb.start_reduce_scatter_grads();
 
@@ -303,8 +319,9 @@ StepStats Transformer::forward_backward(const Batch& batch, float grad_scale) {
 StepStats Transformer::forward_only(const Batch& batch, AnswerTally* tally) {
   check_batch(batch);
   const ShardTokens t = shard_tokens(batch);
+  const DeviceBatch db = upload(batch);
   const int64_t n = t.rows();
-  Tensor x = run_forward(batch, t, nullptr, nullptr);
+  Tensor x = run_forward(db, t, nullptr, nullptr);
   ModelUnit& hu = units_[head_unit()];
   FlatShard& emb = *units_[0].shard;
   const bool tied = dims_.tie_embeddings;
@@ -312,8 +329,8 @@ StepStats Transformer::forward_only(const Batch& batch, AnswerTally* tally) {
   LossStats ls;
   {
     GatheredHead h(hu, emb, tied);
-    ls = head_->forward(h.weights(), x.data<float>(), batch.targets.data<int32_t>(),
-                        batch.loss_mask.data<float>(), n, correct.data());
+    ls = head_->forward(h.weights(), x.data<float>(), db.targets.data<int32_t>(),
+                        db.loss_mask.data<float>(), n, correct.data());
   }
   StepStats s = count_answers(batch, correct, tally);
   s.loss_sum = ls.loss_sum;
@@ -324,22 +341,22 @@ Tensor Transformer::forward_logits(const Batch& batch) {
   check_batch(batch);
   const ShardTokens t = shard_tokens(batch);
   const int64_t n = t.rows();
-  Tensor x = run_forward(batch, t, nullptr, nullptr);
+  Tensor x = run_forward(upload(batch), t, nullptr, nullptr);
   ModelUnit& hu = units_[head_unit()];
   FlatShard& emb = *units_[0].shard;
   const bool tied = dims_.tie_embeddings;
-  Tensor logits = Tensor::empty({t.batch, t.seq, dims_.vocab}, DType::F32, Device::CPU, "logits");
+  Tensor logits = Tensor::empty({t.batch, t.seq, dims_.vocab}, DType::F32, be_.device(), "logits");
   {
     GatheredHead h(hu, emb, tied);
     const LmHead::Weights w = h.weights();
-    Tensor inv = Tensor::empty({n}, DType::F32, Device::CPU, "final norm inv_rms");
-    Tensor xn = Tensor::empty({n, dims_.hidden}, DType::F32, Device::CPU, "final norm output");
+    Tensor inv = Tensor::empty({n}, DType::F32, be_.device(), "final norm inv_rms");
+    Tensor xn = Tensor::empty({n, dims_.hidden}, DType::F32, be_.device(), "final norm output");
     RmsNorm{dims_.hidden, dims_.norm_eps}.forward(be_, w.norm, x.data<float>(), n, xn.data<float>(),
                                                   inv.data<float>());
     Linear{dims_.hidden, dims_.vocab}.forward(be_, w.head, xn.data<float>(), n,
                                               logits.data<float>());
   }
-  return logits;
+  return logits.to_device(Device::CPU, "logits");
 }
 
 // ---- optimizer ----------------------------------------------------------------------------------
@@ -367,7 +384,7 @@ void Transformer::reduce_grads() {
   // the header), so the replicas' gradients are parts of one sum, like the fsdp ranks' are.
   for (ModelUnit& u : units_) {
     if (mesh_.size(Axis::DP) > 1)
-      u.shard->all_reduce_grads(mesh_.axis(Axis::DP), /*mean=*/false);
+      u.shard->all_reduce_grads(*dp_, /*mean=*/false);
     else
       u.shard->wait_grads();
   }
@@ -388,12 +405,14 @@ Tensor Transformer::gather_unit(size_t unit, bool grads) {
   // The group's communicator is free only once its helper thread is idle.
   group_->synchronize();
   const ShardLayout& l = s.layout();
-  Tensor full = Tensor::empty({l.padded_numel}, DType::F32, Device::CPU,
+  Tensor full = Tensor::empty({l.padded_numel}, DType::F32, be_.device(),
                               units_[unit].name + (grads ? " gathered grads" : " gathered params"));
   const Tensor& src = grads ? s.grads() : s.params();
+  be_.synchronize();  // the shard may have been written by queued operations (AdamW)
   group_->comm().all_gather(src.data<float>(), full.data<float>(), size_t(l.shard_numel),
                             DType::F32);
-  return full.slice(0, 0, l.numel).clone();
+  const Tensor real = full.slice(0, 0, l.numel);
+  return real.device() == Device::CPU ? real.clone() : real.to_device(Device::CPU, "gathered");
 }
 
 std::vector<std::pair<std::string, Tensor>> Transformer::gather_named(size_t unit) {

@@ -89,8 +89,10 @@ class Transformer {
   // every rank (init_parameters keys every tensor by (seed, name)), and each rank keeps its slice,
   // so the model is the same whatever the mesh. Not collective (no communication), but the
   // units' FSDP group and the attention's ring are made from `mesh`'s communicators, which must
-  // outlive the model. Raises an Error for a configuration the CPU model cannot run
-  // (model.dtype other than f32).
+  // outlive the model. The units, activations and gradients live on `backend`'s device; where
+  // the mesh's communicators move host memory and the backend is a device, the model talks
+  // through host-staged wrappers of them (comm/host_staged_communicator.h). Raises an Error for
+  // a configuration the model cannot run (model.dtype other than f32).
   Transformer(const TrainConfig& cfg, Mesh& mesh, Backend& backend,
               FsdpGroup::Mode fsdp_mode = FsdpGroup::Mode::Auto);
   ~Transformer();
@@ -113,8 +115,9 @@ class Transformer {
   // Loss and counts only (evaluation); no gradients, nothing kept. `tally`, when not null,
   // receives per-row answer counts (sum it over the sp ring before scoring whole answers).
   StepStats forward_only(const Batch& batch, AnswerTally* tally = nullptr);
-  // Logits [B, Sl, vocab] F32 of this rank's shard (final norm and head on every token, no
-  // loss): what `ringattn forward` writes to compare with other implementations. Nothing kept.
+  // Logits [B, Sl, vocab] F32 of this rank's shard, in host memory (final norm and head on every
+  // token, no loss): what `ringattn forward` writes to compare with other implementations.
+  // Nothing kept.
   Tensor forward_logits(const Batch& batch);
 
   // dp all-reduce (sum, see above) of the shard gradients when dp > 1, global gradient-norm
@@ -132,7 +135,7 @@ class Transformer {
   // --- units, for checkpoints and tests ------------------------------------------------------
   std::vector<ModelUnit>& units() { return units_; }
   const std::vector<ModelUnit>& units() const { return units_; }
-  // The unit's full parameters (or reduced gradients) as F32 [N], the same on every rank.
+  // The unit's full parameters (or reduced gradients) as host F32 [N], the same on every rank.
   // Collective over fsdp x sp (waits for the group's jobs first).
   Tensor gather_unit(size_t unit, bool grads = false);
   // The unit's full parameters split into its tensors, under their Hugging Face names, shaped as
@@ -143,14 +146,21 @@ class Transformer {
   void load_unit(size_t unit, const float* full, int64_t n);
 
  private:
+  // A batch's tensors on the backend's device (the same tensors on the CPU).
+  struct DeviceBatch {
+    Tensor tokens, targets, loss_mask;
+  };
   size_t head_unit() const { return units_.size() - 1; }
+  // `host` itself when it moves the backend's memory, else a host-staged wrapper owned here.
+  Communicator& on_device(Communicator& host);
+  DeviceBatch upload(const Batch& batch) const;
   ShardTokens shard_tokens(const Batch& batch) const;
   void check_batch(const Batch& batch) const;
   StepStats count_answers(const Batch& batch, const std::vector<uint8_t>& correct_rows,
                           AnswerTally* tally) const;
   // Runs embedding and layers; `inputs[l]` receives layer l's input and `caches[l]` its cache
   // when not null (training), else both are dropped as soon as possible (eval).
-  Tensor run_forward(const Batch& batch, const ShardTokens& t, std::vector<Tensor>* inputs,
+  Tensor run_forward(const DeviceBatch& batch, const ShardTokens& t, std::vector<Tensor>* inputs,
                      std::vector<DecoderCache>* caches);
   void set_no_decay(ModelUnit& unit);
 
@@ -158,6 +168,8 @@ class Transformer {
   Mesh& mesh_;
   Backend& be_;
   ModelDims dims_;
+  std::vector<std::unique_ptr<Communicator>> staged_;  // device views of the mesh's axes
+  Communicator* dp_ = nullptr;                         // the dp axis on the backend's device
   std::unique_ptr<FsdpGroup> group_;
   std::unique_ptr<Attention> attention_;
   std::vector<std::unique_ptr<DecoderLayer>> layers_;

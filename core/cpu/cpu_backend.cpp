@@ -11,6 +11,7 @@
 #include "core/backend.h"
 #include "core/cpu/cpu_attention.h"
 #include "core/cpu/cpu_layers.h"
+#include "core/cpu/cpu_optim.h"
 #include "core/error.h"
 
 namespace ringattn {
@@ -102,6 +103,14 @@ class CpuBackend final : public Backend {
   }
   void scale(float* x, int64_t n, float alpha) override { cpu::scale(x, n, alpha); }
   void fill(float* x, int64_t n, float value) override { cpu::fill(x, n, value); }
+
+  void copy(void* dst, const void* src, size_t bytes) override { cpu::copy(dst, src, bytes); }
+  double sum_squares(const float* x, int64_t n) override { return cpu::sum_squares(x, n); }
+  void scale_f64(float* x, int64_t n, double s) override { cpu::scale_f64(x, n, s); }
+  void adamw_update(const AdamWConstants& k, float* params, const float* grads, float* m, float* v,
+                    int64_t n) override {
+    cpu::adamw_update(k, params, grads, m, v, n);
+  }
 };
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include "core/cuda/cuda_attention.h"
 #include "core/cuda/cuda_check.h"
 #include "core/cuda/cuda_layers.h"
+#include "core/cuda/cuda_optim.h"
 
 namespace ringattn {
 
@@ -19,7 +20,26 @@ namespace {
 
 class CudaAllocator final : public Allocator {
  public:
-  explicit CudaAllocator(int device) : Allocator(Device::CUDA, fmt::format("cuda:{}", device)) {}
+  explicit CudaAllocator(int device)
+      : Allocator(Device::CUDA, fmt::format("cuda:{}", device)), device_(device) {}
+
+  // Synchronous byte copies for device-agnostic code. They may come from any thread (the FSDP
+  // helper thread stages collectives through them), so each selects the device first, and each
+  // waits for the whole device (every stream) so that it sees what queued kernels wrote.
+  void copy_to_host(void* host_dst, const void* src, size_t bytes) override {
+    copy(host_dst, src, bytes);
+  }
+  void copy_from_host(void* dst, const void* host_src, size_t bytes) override {
+    copy(dst, host_src, bytes);
+  }
+  void copy_within(void* dst, const void* src, size_t bytes) override { copy(dst, src, bytes); }
+  void zero(void* dst, size_t bytes) override {
+    if (!bytes) return;
+    CUDA_CHECK(cudaSetDevice(device_));
+    CUDA_CHECK(cudaDeviceSynchronize());
+    CUDA_CHECK(cudaMemset(dst, 0, bytes));
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
 
  protected:
   void* raw_allocate(size_t bytes) override {
@@ -31,6 +51,17 @@ class CudaAllocator final : public Allocator {
     return p;
   }
   void raw_free(void* ptr) override { CUDA_CHECK(cudaFree(ptr)); }
+
+ private:
+  void copy(void* dst, const void* src, size_t bytes) {
+    if (!bytes) return;
+    CUDA_CHECK(cudaSetDevice(device_));
+    CUDA_CHECK(cudaDeviceSynchronize());
+    CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
+    CUDA_CHECK(cudaDeviceSynchronize());  // device-to-device copies return before they finish
+  }
+
+  int device_;
 };
 
 class CudaBackend final : public Backend {
@@ -139,6 +170,19 @@ class CudaBackend final : public Backend {
   }
   void scale(float* x, int64_t n, float alpha) override { cuda::scale(stream_, x, n, alpha); }
   void fill(float* x, int64_t n, float value) override { cuda::fill(stream_, x, n, value); }
+
+  // Memory and optimizer: core/cuda/cuda_optim.cu.
+  void copy(void* dst, const void* src, size_t bytes) override {
+    cuda::copy(stream_, dst, src, bytes);
+  }
+  double sum_squares(const float* x, int64_t n) override {
+    return cuda::sum_squares(stream_, x, n);
+  }
+  void scale_f64(float* x, int64_t n, double s) override { cuda::scale_f64(stream_, x, n, s); }
+  void adamw_update(const AdamWConstants& k, float* params, const float* grads, float* m, float* v,
+                    int64_t n) override {
+    cuda::adamw_update(stream_, k, params, grads, m, v, n);
+  }
 
  private:
   int device_;

@@ -77,30 +77,31 @@ Piece piece_of(int64_t c, int64_t pieces, int64_t sl) {
   return {c * base + std::min(c, extra), base + (c < extra ? 1 : 0)};
 }
 
-// Packs piece `pc` of this rank's own K, V ([B, Sl, Hkv, D]), positions and segment ids
-// ([B, Sl]) into `buf` (at least lay.bytes) as the first block it sends.
-void pack_kv_piece(const KvBlockLayout& lay, const Tensor& buf, const Tensor& k, const Tensor& v,
-                   const Tensor& seg, const std::vector<int64_t>& positions, Piece pc) {
+// Packs piece `pc` of this rank's own K, V ([B, Sl, Hkv, D]), positions (host) and segment ids
+// ([B, Sl]) into `buf` (at least lay.bytes, on the backend's device) as the first block it sends.
+void pack_kv_piece(Backend& be, const KvBlockLayout& lay, const Tensor& buf, const Tensor& k,
+                   const Tensor& v, const Tensor& seg, const std::vector<int64_t>& positions,
+                   Piece pc) {
   const int64_t batch = k.dim(0), sl = k.dim(1), row = k.dim(2) * k.dim(3);
   for (int64_t b = 0; b < batch; ++b) {
     const size_t src = size_t((b * sl + pc.begin) * row), dst = size_t(b * pc.len * row);
     const size_t n = size_t(pc.len * row) * sizeof(float);
-    std::memcpy(lay.k(buf) + dst, k.data<float>() + src, n);
-    std::memcpy(lay.v(buf) + dst, v.data<float>() + src, n);
+    be.copy(lay.k(buf) + dst, k.data<float>() + src, n);
+    be.copy(lay.v(buf) + dst, v.data<float>() + src, n);
     if (lay.has_seg)
-      std::memcpy(lay.seg(buf) + b * pc.len, seg.data<int32_t>() + b * sl + pc.begin,
-                  size_t(pc.len) * sizeof(int32_t));
+      be.copy(lay.seg(buf) + b * pc.len, seg.data<int32_t>() + b * sl + pc.begin,
+              size_t(pc.len) * sizeof(int32_t));
   }
-  std::memcpy(lay.pos(buf), positions.data() + pc.begin, size_t(pc.len) * sizeof(int64_t));
+  be.copy_from_host(lay.pos(buf), positions.data() + pc.begin, size_t(pc.len) * sizeof(int64_t));
 }
 
 // Copies a piece's complete dK (or dV), [B, len, Hkv, D], into rows
 // [begin, begin + len) of the shard's [B, Sl, Hkv, D].
-void unpack_piece(const float* from, const Tensor& to, Piece pc) {
+void unpack_piece(Backend& be, const float* from, const Tensor& to, Piece pc) {
   const int64_t batch = to.dim(0), sl = to.dim(1), row = to.dim(2) * to.dim(3);
   for (int64_t b = 0; b < batch; ++b)
-    std::memcpy(to.data<float>() + (b * sl + pc.begin) * row, from + b * pc.len * row,
-                size_t(pc.len * row) * sizeof(float));
+    be.copy(to.data<float>() + (b * sl + pc.begin) * row, from + b * pc.len * row,
+            size_t(pc.len * row) * sizeof(float));
 }
 
 }  // namespace
@@ -151,9 +152,15 @@ Attention::Shapes Attention::check_input(const AttentionInput& in) const {
            in.positions.size(), s.sl);
   for (size_t i = 1; i < in.positions.size(); ++i)
     RA_CHECK(in.positions[i] > in.positions[i - 1], "attention: positions must ascend");
-  for (const Tensor* t : {&in.q, &in.k, &in.v})
-    RA_CHECK(is_floating(t->dtype()), "attention: inputs must be F32, BF16 or F16, got {}",
-             t->str());
+  for (const Tensor* t : {&in.q, &in.k, &in.v, &in.segment_ids}) {
+    if (t == &in.segment_ids && !t->defined()) continue;
+    RA_CHECK(t->device() == backend_.device(),
+             "attention: inputs must live on the backend's device ({}), got {}",
+             device_name(backend_.device()), t->str());
+    if (t != &in.segment_ids)
+      RA_CHECK(is_floating(t->dtype()), "attention: inputs must be F32, BF16 or F16, got {}",
+               t->str());
+  }
   if (in.segment_ids.defined()) {
     RA_CHECK(
         in.segment_ids.dtype() == DType::I32 && in.segment_ids.shape() == Shape({s.batch, s.sl}),
@@ -210,10 +217,12 @@ AttentionOutput Attention::forward(const AttentionInput& in) {
 // The local queries' running (m, l, acc) state folds in one KV block per call: the whole local
 // sequence for vanilla and blockwise, or each block as it comes around the ring.
 AttentionOutput Attention::forward_blocks(const AttentionInput& in, const Shapes& s) {
-  Tensor acc = Tensor::empty({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU,
+  Tensor acc = Tensor::empty({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, backend_.device(),
                              "attention accumulator");
-  Tensor m = Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention max");
-  Tensor l = Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention sum");
+  Tensor m =
+      Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, backend_.device(), "attention max");
+  Tensor l =
+      Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, backend_.device(), "attention sum");
   AttentionForwardState st{acc.data<float>(), m.data<float>(), l.data<float>()};
   backend_.attention_forward_init(st, s.batch, s.sl, s.heads, s.head_dim);
 
@@ -232,12 +241,12 @@ AttentionOutput Attention::forward_blocks(const AttentionInput& in, const Shapes
                              .bytes;  // the first piece is the longest
     // Two buffers: the block being computed on (also the one being sent: both only read it) and
     // the one the next block arrives in.
-    Tensor cur = Tensor::empty({int64_t(bytes)}, DType::U8, Device::CPU, "ring KV block");
-    Tensor nxt = Tensor::empty({int64_t(bytes)}, DType::U8, Device::CPU, "ring KV block");
+    Tensor cur = Tensor::empty({int64_t(bytes)}, DType::U8, backend_.device(), "ring KV block");
+    Tensor nxt = Tensor::empty({int64_t(bytes)}, DType::U8, backend_.device(), "ring KV block");
     for (int64_t c = 0; c < pieces; ++c) {
       const Piece pc = piece_of(c, pieces, s.sl);
       const KvBlockLayout lay(s.batch, pc.len, s.kv_heads, s.head_dim, s.seg.defined());
-      pack_kv_piece(lay, cur, s.k, s.v, s.seg, in.positions, pc);
+      pack_kv_piece(backend_, lay, cur, s.k, s.v, s.seg, in.positions, pc);
       for (int step = 0; step < n; ++step) {
         // After step t this rank holds piece c of rank (r - t) mod N (spec section 4).
         const bool more = step + 1 < n;
@@ -255,9 +264,9 @@ AttentionOutput Attention::forward_blocks(const AttentionInput& in, const Shapes
   }
 
   AttentionOutput out;
-  out.o =
-      Tensor::empty({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU, "attention O");
-  out.lse = Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention LSE");
+  out.o = Tensor::empty({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, backend_.device(),
+                        "attention O");
+  out.lse = Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, backend_.device(), "attention LSE");
   backend_.attention_forward_finish(st, out.o.data<float>(), out.lse.data<float>(), s.batch, s.sl,
                                     s.heads, s.head_dim);
   return out;
@@ -278,7 +287,7 @@ AttentionGrads Attention::backward(const AttentionInput& in, const AttentionOutp
   Tensor o = as_f32(out.o);
   Tensor lse = out.lse.contiguous();
   Tensor delta =
-      Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, Device::CPU, "attention delta");
+      Tensor::empty({s.batch, s.heads, s.sl}, DType::F32, backend_.device(), "attention delta");
   backend_.attention_backward_delta(dout.data<float>(), o.data<float>(), delta.data<float>(),
                                     s.batch, s.sl, s.heads, s.head_dim);
   AttentionOutput saved{o, lse};
@@ -291,11 +300,11 @@ AttentionGrads Attention::backward(const AttentionInput& in, const AttentionOutp
 AttentionGrads Attention::backward_local(const AttentionInput& in, const AttentionOutput& out,
                                          const Tensor& dout, const Tensor& delta, const Shapes& s) {
   AttentionGrads g;
-  g.dq =
-      Tensor::zeros({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU, "attention dQ");
-  g.dk = Tensor::zeros({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, Device::CPU,
+  g.dq = Tensor::zeros({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, backend_.device(),
+                       "attention dQ");
+  g.dk = Tensor::zeros({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, backend_.device(),
                        "attention dK");
-  g.dv = Tensor::zeros({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, Device::CPU,
+  g.dv = Tensor::zeros({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, backend_.device(),
                        "attention dV");
   AttentionTileProblem p = make_problem(s, in.positions, s.sl, in.positions.data(),
                                         s.seg.defined() ? s.seg.data<int32_t>() : nullptr,
@@ -323,8 +332,8 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
   const int64_t longest = piece_of(0, pieces, s.sl).len;
   const size_t bytes =
       KvBlockLayout(s.batch, longest, s.kv_heads, s.head_dim, s.seg.defined()).bytes;
-  Tensor cur = Tensor::empty({int64_t(bytes)}, DType::U8, Device::CPU, "ring KV block");
-  Tensor nxt = Tensor::empty({int64_t(bytes)}, DType::U8, Device::CPU, "ring KV block");
+  Tensor cur = Tensor::empty({int64_t(bytes)}, DType::U8, backend_.device(), "ring KV block");
+  Tensor nxt = Tensor::empty({int64_t(bytes)}, DType::U8, backend_.device(), "ring KV block");
 
   // local[t%2]: this step's partial sum (being sent while the next step computes into the other);
   // incoming: the partial sum arriving from the previous rank. One incoming buffer is enough: it
@@ -333,15 +342,16 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
   // returned as views of it (no copy).
   const Shape piece_grads{2, s.batch, longest, s.kv_heads, s.head_dim};  // dK then dV
   Tensor local[2];
-  for (Tensor& t : local) t = Tensor::empty(piece_grads, DType::F32, Device::CPU, "ring dK/dV");
-  Tensor incoming = Tensor::empty(piece_grads, DType::F32, Device::CPU, "ring dK/dV");
+  for (Tensor& t : local)
+    t = Tensor::empty(piece_grads, DType::F32, backend_.device(), "ring dK/dV");
+  Tensor incoming = Tensor::empty(piece_grads, DType::F32, backend_.device(), "ring dK/dV");
 
   AttentionGrads g;
-  g.dq =
-      Tensor::zeros({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, Device::CPU, "attention dQ");
+  g.dq = Tensor::zeros({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, backend_.device(),
+                       "attention dQ");
   if (pieces > 1) {
     for (Tensor* t : {&g.dk, &g.dv})
-      *t = Tensor::empty({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, Device::CPU,
+      *t = Tensor::empty({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, backend_.device(),
                          t == &g.dk ? "attention dK" : "attention dV");
   }
   for (int64_t c = 0; c < pieces; ++c) {
@@ -349,13 +359,13 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
     const KvBlockLayout lay(s.batch, pc.len, s.kv_heads, s.head_dim, s.seg.defined());
     const size_t grad_elems = 2 * lay.kv_elems;  // dK then dV, packed for this piece's length
     const size_t grad_bytes = grad_elems * sizeof(float);
-    pack_kv_piece(lay, cur, s.k, s.v, s.seg, in.positions, pc);
+    pack_kv_piece(backend_, lay, cur, s.k, s.v, s.seg, in.positions, pc);
     bool grad_in_flight = false;
     for (int step = 0; step < n; ++step) {
       const bool more = step + 1 < n;
       if (more) kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);
       float* mine = local[step % 2].data<float>();
-      std::fill(mine, mine + grad_elems, 0.0f);
+      backend_.fill(mine, int64_t(grad_elems), 0.0f);
       AttentionTileProblem p =
           make_problem(s, in.positions, pc.len, lay.pos(cur), lay.seg(cur), lay.k(cur), lay.v(cur));
       AttentionBackwardArgs a{
@@ -364,8 +374,7 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
       backend_.attention_backward_block(p, a, &timings_.tiles);
       if (grad_in_flight) {
         grad_ring_->wait();  // the earlier ranks' partial sum for the block this rank holds
-        const float* add = incoming.data<float>();
-        for (size_t i = 0; i < grad_elems; ++i) mine[i] += add[i];
+        backend_.axpy(int64_t(grad_elems), 1.0f, incoming.data<float>(), mine);
       }
       // Send this block's partial sum on; after the last step it goes to the block's owner.
       grad_ring_->start(mine, incoming.raw(), grad_bytes);
@@ -377,8 +386,8 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
     }
     grad_ring_->wait();
     if (pieces > 1) {
-      unpack_piece(incoming.data<float>(), g.dk, pc);
-      unpack_piece(incoming.data<float>() + lay.kv_elems, g.dv, pc);
+      unpack_piece(backend_, incoming.data<float>(), g.dk, pc);
+      unpack_piece(backend_, incoming.data<float>() + lay.kv_elems, g.dv, pc);
     }
   }
   if (pieces == 1) {

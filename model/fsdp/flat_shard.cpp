@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <exception>
 
@@ -51,27 +52,33 @@ FlatShard::FlatShard(FsdpGroup& group, int64_t numel, std::string name)
     : group_(group),
       layout_(ShardLayout::make(numel, group.size(), group.rank())),
       name_(std::move(name)) {
-  params_ = Tensor::zeros({layout_.shard_numel}, DType::F32, Device::CPU, name_ + " params shard");
-  grads_ = Tensor::zeros({layout_.shard_numel}, DType::F32, Device::CPU, name_ + " grads shard");
+  params_ = Tensor::zeros({layout_.shard_numel}, DType::F32, device(), name_ + " params shard");
+  grads_ = Tensor::zeros({layout_.shard_numel}, DType::F32, device(), name_ + " grads shard");
+}
+
+Device FlatShard::device() const {
+  return group_.backend().device();
 }
 
 FlatShard::~FlatShard() {
-  // The helper thread may still be writing into our buffers (the jobs hold their own references
-  // to the storage, but grads_ is written through a raw pointer): wait, and swallow errors, as a
-  // destructor cannot report them.
+  // The helper thread may still be using our buffers (the jobs hold their own references to the
+  // full buffers, but write the gathered parameters and reduced gradients through raw pointers):
+  // wait, and swallow errors, as a destructor cannot report them.
   try {
     if (full_job_.valid()) full_job_.wait();
-    for (std::future<void>& f : grad_jobs_)
-      if (f.valid()) f.wait();
+    for (GradJob& j : grad_jobs_)
+      if (j.done.valid()) j.done.wait();
   } catch (...) {
   }
 }
 
 std::span<float> FlatShard::param_span() {
+  RA_CHECK(device() == Device::CPU, "FSDP '{}': param_span() of a device shard", name_);
   return {params_.data<float>(), size_t(layout_.shard_valid())};
 }
 
 std::span<float> FlatShard::grad_span() {
+  RA_CHECK(device() == Device::CPU, "FSDP '{}': grad_span() of a device shard", name_);
   return {grads_.data<float>(), size_t(layout_.shard_valid())};
 }
 
@@ -79,17 +86,20 @@ void FlatShard::load_full(const float* full, int64_t n) {
   RA_CHECK(n == layout_.numel, "FSDP '{}': load_full got {} elements, the layer has {}", name_, n,
            layout_.numel);
   wait_full();  // a gather in flight reads params_
-  float* p = params_.data<float>();
   const int64_t valid = layout_.shard_valid();
-  if (valid > 0) std::memcpy(p, full + layout_.shard_begin(), size_t(valid) * sizeof(float));
-  std::fill(p + valid, p + layout_.shard_numel, 0.0f);
+  params_.fill_zero();  // the padding
+  if (valid > 0)
+    params_.allocator().copy_from_host(params_.data<float>(), full + layout_.shard_begin(),
+                                       size_t(valid) * sizeof(float));
 }
 
 void FlatShard::prefetch_full() {
   if (full_state_ != FullState::Absent) return;
   // Allocated here, on the caller's thread, so that a memory-limit error surfaces at the call
   // and the bytes count from the moment the prefetch is issued.
-  full_ = Tensor::empty({layout_.padded_numel}, DType::F32, Device::CPU, name_ + " full params");
+  full_ = Tensor::empty({layout_.padded_numel}, DType::F32, device(), name_ + " full params");
+  // The job reads params_ off the compute stream: what AdamW queued must be done.
+  group_.backend().synchronize();
   Communicator& comm = group_.comm();
   const float* shard = params_.data<float>();
   const size_t count = size_t(layout_.shard_numel);
@@ -132,44 +142,46 @@ void FlatShard::release_full() {
 
 Tensor FlatShard::full_grad() {
   if (!full_grad_.defined())
-    full_grad_ =
-        Tensor::zeros({layout_.padded_numel}, DType::F32, Device::CPU, name_ + " full grads");
+    full_grad_ = Tensor::zeros({layout_.padded_numel}, DType::F32, device(), name_ + " full grads");
   return full_grad_.slice(0, 0, layout_.numel);
 }
 
 void FlatShard::start_rs(Tensor padded_full, float scale) {
   Communicator& comm = group_.comm();
   const size_t count = size_t(layout_.shard_numel);
-  Tensor reduced =
-      Tensor::empty({layout_.shard_numel}, DType::F32, Device::CPU, name_ + " reduced grads");
-  float* out = grads_.data<float>();
+  GradJob job;
+  job.reduced =
+      Tensor::empty({layout_.shard_numel}, DType::F32, device(), name_ + " reduced grads");
+  job.scale = scale;
+  // The job reads the full gradients off the compute stream: the backward must be done.
+  group_.backend().synchronize();
   WaitTimer timer(group_.wait_times().reduce_scatter_s);  // the whole job in Sync mode
   // The job owns the full gradients (the caller may drop its reference at once) and frees them
   // itself before it completes, so the memory is back in the allocator's accounting by the time
-  // wait_grads() returns.
-  grad_jobs_.push_back(group_.submit([&comm, count, padded_full, reduced, out, scale]() mutable {
-    float* r = reduced.data<float>();
-    comm.reduce_scatter(padded_full.data<float>(), r, count, DType::F32, ReduceOp::Sum);
-    for (size_t i = 0; i < count; ++i) out[i] += scale * r[i];
+  // wait_grads() returns. It only communicates: wait_grads() adds the result into grads_ on the
+  // calling thread, through the backend.
+  float* reduced = job.reduced.data<float>();
+  job.done = group_.submit([&comm, count, padded_full, reduced]() mutable {
+    comm.reduce_scatter(padded_full.data<float>(), reduced, count, DType::F32, ReduceOp::Sum);
     padded_full = Tensor();
-    reduced = Tensor();
-  }));
+  });
+  grad_jobs_.push_back(std::move(job));
 }
 
 void FlatShard::start_reduce_scatter_grads(float scale) {
   // A layer that produced no gradient this micro-batch still has to take part in the collective.
   Tensor full = full_grad_.defined() ? std::move(full_grad_)
-                                     : Tensor::zeros({layout_.padded_numel}, DType::F32,
-                                                     Device::CPU, name_ + " full grads");
+                                     : Tensor::zeros({layout_.padded_numel}, DType::F32, device(),
+                                                     name_ + " full grads");
   full_grad_ = Tensor();
   start_rs(std::move(full), scale);
 }
 
 void FlatShard::start_reduce_scatter_grads(const Tensor& full, float scale) {
-  RA_CHECK(full.defined() && full.dtype() == DType::F32 && full.device() == Device::CPU &&
+  RA_CHECK(full.defined() && full.dtype() == DType::F32 && full.device() == device() &&
                full.is_contiguous() && full.ndim() == 1,
-           "FSDP '{}': full gradients must be a contiguous 1-D F32 host tensor, got {}", name_,
-           full.defined() ? full.str() : std::string("an undefined tensor"));
+           "FSDP '{}': full gradients must be a contiguous 1-D F32 {} tensor, got {}", name_,
+           device_name(device()), full.defined() ? full.str() : std::string("an undefined tensor"));
   RA_CHECK(full.numel() == layout_.numel || full.numel() == layout_.padded_numel,
            "FSDP '{}': full gradients have {} elements, expected {} (or {} padded)", name_,
            full.numel(), layout_.numel, layout_.padded_numel);
@@ -178,9 +190,10 @@ void FlatShard::start_reduce_scatter_grads(const Tensor& full, float scale) {
     return;
   }
   Tensor padded =
-      Tensor::zeros({layout_.padded_numel}, DType::F32, Device::CPU, name_ + " padded grads");
+      Tensor::zeros({layout_.padded_numel}, DType::F32, device(), name_ + " padded grads");
   if (layout_.numel > 0)
-    std::memcpy(padded.data<float>(), full.data<float>(), size_t(layout_.numel) * sizeof(float));
+    group_.backend().copy(padded.data<float>(), full.data<float>(),
+                          size_t(layout_.numel) * sizeof(float));
   start_rs(std::move(padded), scale);
 }
 
@@ -196,19 +209,23 @@ void FlatShard::reduce_scatter_grads(const Tensor& full, float scale) {
 
 void FlatShard::wait_grads() {
   // Wait for all of them even when one failed: each is still using our buffers.
-  std::vector<std::future<void>> jobs = std::move(grad_jobs_);
+  std::vector<GradJob> jobs = std::move(grad_jobs_);
   grad_jobs_.clear();
   WaitTimer timer(group_.wait_times().reduce_scatter_s);
   std::exception_ptr first;
-  for (std::future<void>& f : jobs) {
+  for (GradJob& j : jobs) {
     try {
       const WatchdogScope watch("FSDP reduce-scatter wait of '" + name_ + "'", -1, "");
-      f.get();
+      j.done.get();
     } catch (...) {
       if (!first) first = std::current_exception();
     }
   }
   if (first) std::rethrow_exception(first);
+  // grads += scale * reduced, in submission order (float32, as the formula in the header says).
+  for (GradJob& j : jobs)
+    group_.backend().axpy(layout_.shard_numel, j.scale, j.reduced.data<float>(),
+                          grads_.data<float>());
 }
 
 void FlatShard::zero_grads() {
@@ -219,17 +236,17 @@ void FlatShard::zero_grads() {
 void FlatShard::all_reduce_grads(Communicator& dp, bool mean) {
   RA_CHECK(&dp != &group_.comm(),
            "FSDP '{}': the dp all-reduce needs the dp communicator, not the FSDP group's", name_);
+  RA_CHECK(dp.device() == device(), "FSDP '{}': the dp communicator '{}' moves {} memory", name_,
+           dp.name(), device_name(dp.device()));
   wait_grads();
   float* g = grads_.data<float>();
   const int64_t n = layout_.shard_numel;
   {
+    group_.backend().synchronize();
     WaitTimer timer(group_.wait_times().dp_all_reduce_s);
     dp.all_reduce(g, size_t(n), DType::F32, ReduceOp::Sum);
   }
-  if (mean && dp.size() > 1) {
-    const float inv = float(1.0 / double(dp.size()));
-    for (int64_t i = 0; i < n; ++i) g[i] *= inv;
-  }
+  if (mean && dp.size() > 1) group_.backend().scale(g, n, float(1.0 / double(dp.size())));
 }
 
 void FlatShard::set_no_decay(std::span<const IndexRange> full_ranges) {
@@ -240,29 +257,42 @@ void FlatShard::set_no_decay(std::span<const IndexRange> full_ranges) {
 }
 
 AdamWState& FlatShard::optimizer_state() {
-  if (!opt_.m.defined()) opt_ = AdamWState::zeros(layout_.shard_numel);
+  if (!opt_.m.defined()) opt_ = AdamWState::zeros(layout_.shard_numel, device());
   return opt_;
 }
 
 void FlatShard::adamw_step(const AdamWConfig& cfg, int64_t step, double lr) {
   wait_full();
   wait_grads();
-  ringattn::adamw_step(cfg, params_, grads_, optimizer_state(), step, lr, no_decay_local_);
+  ringattn::adamw_step(group_.backend(), cfg, params_, grads_, optimizer_state(), step, lr,
+                       no_decay_local_);
 }
 
 GradNormResult clip_grad_norm(std::span<FlatShard* const> shards, double max_norm) {
   RA_CHECK(!shards.empty(), "clip_grad_norm: no FSDP shards");
   FsdpGroup& group = shards.front()->group();
-  std::vector<std::span<float>> grads;
-  grads.reserve(shards.size());
+  Backend& be = group.backend();
   for (FlatShard* s : shards) {
     RA_CHECK(&s->group() == &group, "clip_grad_norm: shard '{}' belongs to another FSDP group",
              s->name());
     s->wait_grads();
-    grads.push_back(s->grad_span());
   }
   group.synchronize();
-  return clip_grad_norm(grads, max_norm, &group.comm());
+  // The formulas of model/optim/clip.h, with the sums and the scaling on the backend: shards in
+  // order, the real elements of each (the padding is zero and stays so).
+  double local_sq = 0;
+  for (FlatShard* s : shards)
+    local_sq += be.sum_squares(s->grads().data<float>(), s->layout().shard_valid());
+  GradNormResult r;
+  r.norm = global_norm_from_sq(local_sq, &group.comm());
+  r.finite = std::isfinite(r.norm);
+  if (!r.finite || max_norm <= 0) return r;
+  const double scale = max_norm / (r.norm + 1e-6);
+  if (scale >= 1) return r;
+  r.scale = scale;
+  for (FlatShard* s : shards)
+    be.scale_f64(s->grads().data<float>(), s->layout().shard_valid(), scale);
+  return r;
 }
 
 }  // namespace ringattn

@@ -18,7 +18,7 @@
 //              clip_grad_norm(layers, max_norm) (below; skip or abort when not finite);
 //              adamw_step(cfg, t, lr); zero_grads()
 //
-// Memory: every buffer comes from the CPU allocator, so it counts in live and peak bytes. The
+// Memory: every buffer comes from the device's allocator, so it counts in live and peak bytes. The
 // full parameter buffer (N_pad floats) exists from prefetch_full()/gather_full() until
 // release_full(); the full gradient buffer from full_grad() until its reduce-scatter has run.
 // Tensors returned by gather_full() and full_grad() are views sharing that storage: a view the
@@ -67,6 +67,7 @@ class FlatShard {
   const ShardLayout& layout() const { return layout_; }
   const std::string& name() const { return name_; }
   FsdpGroup& group() const { return group_; }
+  Device device() const;  // where the shards live: the group's backend's device
 
   // --- the persistent shards: F32 [S], padding included (and zero) ---------------------------
   // Master weights and gradient of this rank's shard. Not to be touched while a gather of this
@@ -75,7 +76,8 @@ class FlatShard {
   const Tensor& params() const { return params_; }
   Tensor& grads() { return grads_; }
   const Tensor& grads() const { return grads_; }
-  // The real elements only (the first shard_valid() of each): what norms and checkpoints use.
+  // The real elements only (the first shard_valid() of each), for host shards (an Error on a
+  // device: use the backend).
   std::span<float> param_span();
   std::span<float> grad_span();
 
@@ -150,8 +152,15 @@ class FlatShard {
   Tensor full_;  // F32 [N_pad] while present
   FullState full_state_ = FullState::Absent;
   std::future<void> full_job_;
-  Tensor full_grad_;                          // F32 [N_pad] while allocated
-  std::vector<std::future<void>> grad_jobs_;  // reduce-scatters in flight, oldest first
+  Tensor full_grad_;  // F32 [N_pad] while allocated
+  // A reduce-scatter in flight: the helper thread fills `reduced`; wait_grads() then adds
+  // scale * reduced into grads_ on the calling thread.
+  struct GradJob {
+    std::future<void> done;
+    Tensor reduced;
+    float scale = 1;
+  };
+  std::vector<GradJob> grad_jobs_;  // reduce-scatters in flight, oldest first
   std::vector<IndexRange> no_decay_local_;
   AdamWState opt_;
 };

@@ -5,10 +5,14 @@
 
 namespace ringattn {
 
-FsdpGroup::FsdpGroup(Communicator& comm, Mode mode) : comm_(comm) {
-  RA_CHECK(comm_.device() == Device::CPU,
-           "FSDP group over '{}': only host-memory (MPI) communicators are supported so far",
-           comm_.name());
+FsdpGroup::FsdpGroup(Communicator& comm, Mode mode) : FsdpGroup(comm, cpu_backend(), mode) {}
+
+FsdpGroup::FsdpGroup(Communicator& comm, Backend& backend, Mode mode)
+    : comm_(comm), backend_(backend) {
+  RA_CHECK(comm_.device() == backend_.device(),
+           "FSDP group: communicator '{}' moves {} memory but the backend {} computes on {}",
+           comm_.name(), device_name(comm_.device()), backend_.name(),
+           device_name(backend_.device()));
   const bool threads_ok = MpiEnv::thread_multiple();
   switch (mode) {
     case Mode::Async:

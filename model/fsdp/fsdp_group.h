@@ -24,9 +24,12 @@
 // blocking collective (same results, no overlap); Auto picks Async when MPI granted
 // MPI_THREAD_MULTIPLE and the group has more than one rank, else Sync.
 //
-// Host memory only for now: the communicator must be an MPI one (device() == CPU), which is
-// checked; the CPU trainer is what the issue asks for. (An NCCL group would additionally need the
-// helper thread bound to the rank's GPU and device-side zeroing of padding.)
+// Devices: the shards live on the backend's device, and the communicator must move that
+// device's memory (checked): MPI for the CPU backend; a host-staged MPI communicator
+// (comm/host_staged_communicator.h) or NCCL for CUDA. The helper thread only communicates; the
+// arithmetic on the shards (gradient accumulation, AdamW) runs on the calling thread, through the
+// backend. Before a job reads a buffer that backend operations wrote, the caller synchronizes the
+// backend (FlatShard does), as the communication may not be ordered with the compute stream.
 #pragma once
 
 #include <condition_variable>
@@ -37,6 +40,7 @@
 #include <thread>
 
 #include "comm/communicator.h"
+#include "core/backend.h"
 
 namespace ringattn {
 
@@ -45,7 +49,10 @@ class FsdpGroup {
   enum class Mode { Auto, Async, Sync };
 
   // `comm` (normally mesh.fsdp_sp()) must outlive the group. Not collective.
+  // The CPU backend's group (`comm` must be a host communicator).
   explicit FsdpGroup(Communicator& comm, Mode mode = Mode::Auto);
+  // Shards on `backend`'s device; `comm` must move that device's memory. Both must outlive it.
+  FsdpGroup(Communicator& comm, Backend& backend, Mode mode = Mode::Auto);
   // Runs every job still queued (other ranks are waiting in those collectives), then stops the
   // helper thread. Errors of jobs whose futures were dropped are lost.
   ~FsdpGroup();
@@ -53,6 +60,7 @@ class FsdpGroup {
   FsdpGroup& operator=(const FsdpGroup&) = delete;
 
   Communicator& comm() const { return comm_; }
+  Backend& backend() const { return backend_; }
   int size() const { return comm_.size(); }
   int rank() const { return comm_.rank(); }
   bool async() const { return async_; }
@@ -80,6 +88,7 @@ class FsdpGroup {
   void worker_loop();
 
   Communicator& comm_;
+  Backend& backend_;
   bool async_ = false;
   std::thread worker_;
   std::mutex mu_;

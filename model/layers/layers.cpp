@@ -288,12 +288,13 @@ LossStats LmHead::run(const Weights& w, const Grads* g, const float* x, const in
     const int64_t rows = std::min(c, n - r0);
     float* xc = xn.data<float>() + r0 * Hd;
     float* lg = logits.data<float>();
-    uint8_t* ok = correct_rows ? correct_rows + r0 : correct.data<uint8_t>();
+    uint8_t* ok = correct.data<uint8_t>();
     head_.forward(be_, w.head, xc, rows, lg);
     st.loss_sum += be_.cross_entropy(lg, targets + r0, weights ? weights + r0 : nullptr, rows,
                                      d_.vocab, grad_scale, g ? lg : nullptr, ok);
     be_.copy_to_host(host_correct.data(), ok, size_t(rows));
     for (int64_t i = 0; i < rows; ++i) st.correct += host_correct[size_t(i)];
+    if (correct_rows) std::copy_n(host_correct.data(), rows, correct_rows + r0);
     if (!g) continue;
     // dW_head += dlogits^T xn_c first; then xn_c is free to receive dxn_c = dlogits W_head.
     head_.backward(be_, w.head, xc, lg, rows, nullptr, g->head);

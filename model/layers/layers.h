@@ -202,7 +202,8 @@ class LmHead {
   };
   // loss_chunk <= 0: all rows in one chunk.
   LmHead(const ModelDims& d, Backend& be, int64_t loss_chunk);
-  // Loss only (evaluation). correct_rows [n] (device, may be null) receives per-row correctness.
+  // Loss only (evaluation). correct_rows [n] (HOST memory, may be null) receives per-row
+  // correctness (1 when the row's argmax is its target).
   LossStats forward(const Weights& w, const float* x, const int32_t* targets, const float* weights,
                     int64_t n, uint8_t* correct_rows = nullptr);
   // Loss and gradients of loss_sum * grad_scale: dx [n, hidden] overwritten, weights' gradients

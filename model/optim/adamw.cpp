@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/backend.h"
 #include "core/error.h"
 
 namespace ringattn {
@@ -45,38 +46,17 @@ void AdamWConfig::validate() const {
 
 namespace {
 
-// The per-call constants, computed once in float64.
-struct StepConstants {
-  double b1, b2, one_minus_b1, one_minus_b2, bc1, bc2, eps, lr;
-};
-
-// Elements [begin, end) with one decay factor. Every element goes through exactly the same
-// operations whatever range it falls in or where the range starts, which is what makes a sharded
-// step bitwise equal to an unsharded one.
-void update_range(const StepConstants& k, double decay, float* p, const float* g, float* m,
-                  float* v, int64_t begin, int64_t end) {
-  for (int64_t i = begin; i < end; ++i) {
-    const double gi = g[i];
-    const double mi = k.b1 * double(m[i]) + k.one_minus_b1 * gi;
-    const double vi = k.b2 * double(v[i]) + k.one_minus_b2 * (gi * gi);
-    m[i] = float(mi);
-    v[i] = float(vi);
-    const double m_hat = mi / k.bc1, v_hat = vi / k.bc2;
-    p[i] = float(double(p[i]) * decay - k.lr * m_hat / (std::sqrt(v_hat) + k.eps));
-  }
-}
-
-void check_host_f32(const Tensor& t, int64_t n, const char* what) {
+void check_f32(const Tensor& t, Device device, int64_t n, const char* what) {
   RA_CHECK(t.defined(), "adamw_step: {} is undefined", what);
-  RA_CHECK(t.dtype() == DType::F32 && t.device() == Device::CPU && t.is_contiguous(),
-           "adamw_step: {} must be a contiguous F32 host tensor, got {}", what, t.str());
+  RA_CHECK(t.dtype() == DType::F32 && t.device() == device && t.is_contiguous(),
+           "adamw_step: {} must be a contiguous F32 {} tensor, got {}", what, device_name(device),
+           t.str());
   RA_CHECK(t.numel() == n, "adamw_step: {} has {} elements, params have {}", what, t.numel(), n);
 }
 
-}  // namespace
-
-void adamw_step(const AdamWConfig& cfg, float* params, const float* grads, float* m, float* v,
-                int64_t n, int64_t step, double lr, std::span<const IndexRange> no_decay) {
+// The update on `be` (whose memory the buffers are in).
+void adamw_on(Backend& be, const AdamWConfig& cfg, float* params, const float* grads, float* m,
+              float* v, int64_t n, int64_t step, double lr, std::span<const IndexRange> no_decay) {
   cfg.validate();
   RA_CHECK(step >= 1, "adamw_step: the step index counts from 1, got {}", step);
   RA_CHECK(n >= 0, "adamw_step: negative length {}", n);
@@ -84,8 +64,8 @@ void adamw_step(const AdamWConfig& cfg, float* params, const float* grads, float
            "adamw_step: learning rate must be finite and >= 0, got {}", lr);
   if (n == 0) return;
   RA_CHECK(params && grads && m && v, "adamw_step: null buffer");
-
-  StepConstants k;
+  // The per-call constants, once, in float64.
+  AdamWConstants k;
   k.b1 = cfg.beta1;
   k.b2 = cfg.beta2;
   k.one_minus_b1 = 1.0 - cfg.beta1;
@@ -94,20 +74,34 @@ void adamw_step(const AdamWConfig& cfg, float* params, const float* grads, float
   k.bc2 = 1.0 - std::pow(cfg.beta2, double(step));
   k.eps = cfg.eps;
   k.lr = lr;
-  const double decay = 1.0 - lr * cfg.weight_decay;
-
+  AdamWConstants no_wd = k;
+  k.decay = 1.0 - lr * cfg.weight_decay;
+  no_wd.decay = 1.0;
   // Walk the buffer in order: decayed gaps between the (normalized, clipped) no-decay ranges.
+  // Every element goes through the same operations whichever range it falls in, so a sharded
+  // step is bitwise an unsharded one.
+  auto update = [&](const AdamWConstants& c, int64_t begin, int64_t end) {
+    if (end > begin)
+      be.adamw_update(c, params + begin, grads + begin, m + begin, v + begin, end - begin);
+  };
   const std::vector<IndexRange> skip =
       normalize_ranges(std::vector<IndexRange>(no_decay.begin(), no_decay.end()));
   int64_t pos = 0;
   for (const IndexRange& r : skip) {
     if (r.begin >= n) break;
     const int64_t e = std::min(r.end, n);
-    update_range(k, decay, params, grads, m, v, pos, r.begin);
-    update_range(k, 1.0, params, grads, m, v, r.begin, e);
+    update(k, pos, r.begin);
+    update(no_wd, r.begin, e);
     pos = e;
   }
-  update_range(k, decay, params, grads, m, v, pos, n);
+  update(k, pos, n);
+}
+
+}  // namespace
+
+void adamw_step(const AdamWConfig& cfg, float* params, const float* grads, float* m, float* v,
+                int64_t n, int64_t step, double lr, std::span<const IndexRange> no_decay) {
+  adamw_on(cpu_backend(), cfg, params, grads, m, v, n, step, lr, no_decay);
 }
 
 AdamWState AdamWState::zeros(int64_t n, Device device) {
@@ -118,15 +112,20 @@ AdamWState AdamWState::zeros(int64_t n, Device device) {
   return s;
 }
 
+void adamw_step(Backend& be, const AdamWConfig& cfg, Tensor& params, const Tensor& grads,
+                AdamWState& state, int64_t step, double lr, std::span<const IndexRange> no_decay) {
+  const int64_t n = params.numel();
+  check_f32(params, be.device(), n, "params");
+  check_f32(grads, be.device(), n, "grads");
+  check_f32(state.m, be.device(), n, "state.m");
+  check_f32(state.v, be.device(), n, "state.v");
+  adamw_on(be, cfg, params.data<float>(), grads.data<float>(), state.m.data<float>(),
+           state.v.data<float>(), n, step, lr, no_decay);
+}
+
 void adamw_step(const AdamWConfig& cfg, Tensor& params, const Tensor& grads, AdamWState& state,
                 int64_t step, double lr, std::span<const IndexRange> no_decay) {
-  const int64_t n = params.numel();
-  check_host_f32(params, n, "params");
-  check_host_f32(grads, n, "grads");
-  check_host_f32(state.m, n, "state.m");
-  check_host_f32(state.v, n, "state.v");
-  adamw_step(cfg, params.data<float>(), grads.data<float>(), state.m.data<float>(),
-             state.v.data<float>(), n, step, lr, no_decay);
+  adamw_step(cpu_backend(), cfg, params, grads, state, step, lr, no_decay);
 }
 
 }  // namespace ringattn

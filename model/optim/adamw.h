@@ -70,7 +70,8 @@ struct AdamWConfig {
 // read. No buffer may overlap another. Elements inside `no_decay` (ranges in the buffer's own
 // coordinates, i.e. already localized to the shard; any order, may overlap, clipped to [0, n))
 // get no weight decay; everything else gets cfg.weight_decay. `step` is the 1-based t above;
-// `lr` the learning rate for this step (from the schedule). Host memory only. Non-finite
+// `lr` the learning rate for this step (from the schedule). Host memory (the CPU backend's
+// update, core/cpu/cpu_optim.cpp). Non-finite
 // gradients are not checked here: the trainer checks the global gradient norm first
 // (model/optim/clip.h) and skips the step when it is not finite.
 void adamw_step(const AdamWConfig& cfg, float* params, const float* grads, float* m, float* v,
@@ -86,7 +87,13 @@ struct AdamWState {
   int64_t numel() const { return m.defined() ? m.numel() : 0; }
 };
 
-// adamw_step over tensors: params and grads are contiguous F32 [n] host tensors, state sized n.
+// adamw_step over tensors on `be`'s device (the update runs there): params, grads and the state
+// are contiguous F32 [n] tensors of that device.
+class Backend;
+void adamw_step(Backend& be, const AdamWConfig& cfg, Tensor& params, const Tensor& grads,
+                AdamWState& state, int64_t step, double lr,
+                std::span<const IndexRange> no_decay = {});
+// The same on the CPU backend (host tensors).
 void adamw_step(const AdamWConfig& cfg, Tensor& params, const Tensor& grads, AdamWState& state,
                 int64_t step, double lr, std::span<const IndexRange> no_decay = {});
 

@@ -17,9 +17,9 @@ double local_sq_norm(std::span<const std::span<float>> buffers) {
 
 double global_norm_from_sq(double local_sq, Communicator* group) {
   if (!group || group->size() == 1) return std::sqrt(local_sq);
-  RA_CHECK(group->device() == Device::CPU,
-           "gradient norm: the group communicator '{}' works on {} memory; the norm is "
-           "reduced through host memory (an MPI communicator)",
+  RA_CHECK(group->accepts_host_buffers(),
+           "gradient norm: the group communicator '{}' works on {} memory only; the norm is "
+           "reduced through host memory (an MPI or host-staged communicator)",
            group->name(), device_name(group->device()));
   // There is no float64 dtype on the wire, so the partial sums travel as bytes. Gathering them
   // and adding in rank order (instead of an all-reduce) makes the result bitwise identical on

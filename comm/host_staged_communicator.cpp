@@ -1,0 +1,125 @@
+#include "comm/host_staged_communicator.h"
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "core/tensor.h"
+
+namespace ringattn {
+
+namespace {
+
+// A host buffer of at least `bytes`, from the counting host allocator.
+Tensor host_buffer(size_t bytes, std::string_view what) {
+  return Tensor::empty({int64_t(bytes)}, DType::U8, Device::CPU, what);
+}
+
+class StagedRing final : public RingExchange {
+ public:
+  StagedRing(std::unique_ptr<RingExchange> inner, Allocator& device)
+      : inner_(std::move(inner)), device_(device) {
+    next_ = inner_->next();
+    prev_ = inner_->prev();
+  }
+
+  void start(const void* send, void* recv, size_t bytes) override {
+    RA_CHECK(recv_ == nullptr, "ring exchange: start() while an exchange is in flight");
+    if (size_t(send_host_.numel()) < bytes) {
+      send_host_ = host_buffer(bytes, "ring staging (send)");
+      recv_host_ = host_buffer(bytes, "ring staging (receive)");
+    }
+    device_.copy_to_host(send_host_.raw(), send, bytes);
+    inner_->start(send_host_.raw(), recv_host_.raw(), bytes);
+    recv_ = recv;
+    bytes_ = bytes;
+    sync_stats();
+  }
+  bool test() override { return inner_->test(); }
+  void wait() override {
+    inner_->wait();
+    sync_stats();
+    if (!recv_) return;
+    void* recv = recv_;
+    recv_ = nullptr;
+    device_.copy_from_host(recv, recv_host_.raw(), bytes_);
+  }
+
+ private:
+  void sync_stats() {
+    wait_seconds_ = inner_->wait_seconds();
+    bytes_moved_ = inner_->bytes_moved();
+  }
+
+  std::unique_ptr<RingExchange> inner_;
+  Allocator& device_;
+  Tensor send_host_, recv_host_;
+  void* recv_ = nullptr;  // the caller's receive buffer while an exchange is in flight
+  size_t bytes_ = 0;
+};
+
+class HostStagedCommunicator final : public Communicator {
+ public:
+  HostStagedCommunicator(Communicator& host, Allocator& device) : host_(host), device_(device) {
+    RA_CHECK(host.device() == Device::CPU,
+             "host staging needs a host-memory communicator, got '{}' on {}", host.name(),
+             device_name(host.device()));
+  }
+
+  int rank() const override { return host_.rank(); }
+  int size() const override { return host_.size(); }
+  Device device() const override { return device_.device(); }
+  bool accepts_host_buffers() const override { return true; }
+  std::string name() const override {
+    return fmt::format("{} staged through host memory for {}", host_.name(), device_.name());
+  }
+
+  void all_reduce(void* buf, size_t count, DType dtype, ReduceOp op) override {
+    const size_t bytes = count * dtype_size(dtype);
+    Tensor h = host_buffer(bytes, "all-reduce staging");
+    device_.copy_to_host(h.raw(), buf, bytes);
+    host_.all_reduce(h.raw(), count, dtype, op);
+    device_.copy_from_host(buf, h.raw(), bytes);
+  }
+  void all_gather(const void* send, void* recv, size_t count, DType dtype) override {
+    const size_t bytes = count * dtype_size(dtype);
+    Tensor h = host_buffer(bytes * size_t(size()), "all-gather staging");
+    // In place (send == recv + rank * count) is fine: send is staged before recv is written.
+    char* mine = h.data<char>() + bytes * size_t(rank());
+    device_.copy_to_host(mine, send, bytes);
+    host_.all_gather(mine, h.raw(), count, dtype);
+    device_.copy_from_host(recv, h.raw(), bytes * size_t(size()));
+  }
+  void reduce_scatter(const void* send, void* recv, size_t count, DType dtype,
+                      ReduceOp op) override {
+    const size_t bytes = count * dtype_size(dtype);
+    Tensor hs = host_buffer(bytes * size_t(size()), "reduce-scatter staging (send)");
+    Tensor hr = host_buffer(bytes, "reduce-scatter staging (receive)");
+    device_.copy_to_host(hs.raw(), send, bytes * size_t(size()));
+    host_.reduce_scatter(hs.raw(), hr.raw(), count, dtype, op);
+    device_.copy_from_host(recv, hr.raw(), bytes);
+  }
+  void broadcast(void* buf, size_t count, DType dtype, int root) override {
+    const size_t bytes = count * dtype_size(dtype);
+    Tensor h = host_buffer(bytes, "broadcast staging");
+    if (rank() == root) device_.copy_to_host(h.raw(), buf, bytes);
+    host_.broadcast(h.raw(), count, dtype, root);
+    if (rank() != root) device_.copy_from_host(buf, h.raw(), bytes);
+  }
+  void barrier() override { host_.barrier(); }
+
+  std::unique_ptr<RingExchange> make_ring() override {
+    return std::make_unique<StagedRing>(host_.make_ring(), device_);
+  }
+
+ private:
+  Communicator& host_;
+  Allocator& device_;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_host_staged_communicator(Communicator& host, Allocator& device) {
+  return std::make_unique<HostStagedCommunicator>(host, device);
+}
+
+}  // namespace ringattn

@@ -1,0 +1,480 @@
+// Device-generic code on a device: the emulated one here (test/emulated_device.h), the real GPU
+// where one is usable. The model, the ring, FSDP, the optimizer and checkpoints are written once
+// for every backend; these tests run them with their memory on the device and compare with the
+// CPU backend. On the emulated device every host access to device memory faults, and results
+// must equal the CPU's bit for bit; on a GPU they must agree within the stated tolerances.
+#include <mpi.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "comm/host_staged_communicator.h"
+#include "comm/mesh.h"
+#include "core/backend.h"
+#include "core/tensor.h"
+#include "model/attention/attention.h"
+#include "model/trainer.h"
+#include "test/emulated_device.h"
+
+using namespace ringattn;
+using ringattn::test::device_under_test;
+namespace fs = std::filesystem;
+
+namespace {
+
+int world_size() {
+  int n = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  return n;
+}
+
+int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+
+// Fresh random values each run (never zeros), the same on every rank when `seed` is.
+std::vector<float> random_floats(size_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::mt19937_64 g(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) {
+    x = d(g);
+    if (x == 0.0f) x = 0.5f;
+  }
+  return v;
+}
+
+uint64_t run_seed() {
+  uint64_t s = uint64_t(std::random_device{}());
+  MPI_Bcast(&s, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+  return s;
+}
+
+Tensor host_tensor(const std::vector<float>& v, const Shape& shape) {
+  Tensor t = Tensor::empty(shape, DType::F32);
+  std::memcpy(t.data<float>(), v.data(), v.size() * sizeof(float));
+  return t;
+}
+
+std::vector<float> to_vector(const Tensor& t) {
+  const Tensor h = t.to_device(Device::CPU);
+  return {h.data<float>(), h.data<float>() + h.numel()};
+}
+
+// Largest |a - b| / (|b| + 1e-6) over the elements; a 0 means bitwise equal for finite values.
+double max_rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double m = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    m = std::max(m, std::abs(double(a[i]) - double(b[i])) / (std::abs(double(b[i])) + 1e-6));
+  return m;
+}
+
+bool bitwise(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("tensors live on the device and move through their allocator", "[device]") {
+  const auto dut = device_under_test();
+  INFO(dut.backend->name());
+  const uint64_t seed = run_seed();
+  const std::vector<float> v = random_floats(1000, seed);
+  const Tensor h = host_tensor(v, {10, 100});
+  const Tensor d = h.to_device(Device::CUDA);
+  CHECK(d.device() == Device::CUDA);
+  CHECK(d.shape() == h.shape());
+  if (dut.emulated) CHECK(ringattn::test::is_tagged(d.raw()));  // a host access would fault
+  CHECK(bitwise(to_vector(d), v));
+  // clone, slice + copy_from, zeros and fill_zero stay on the device.
+  const Tensor c = d.clone();
+  CHECK(c.device() == Device::CUDA);
+  CHECK(c.raw() != d.raw());
+  CHECK(bitwise(to_vector(c), v));
+  Tensor rows = Tensor::zeros({3, 100}, DType::F32, Device::CUDA);
+  CHECK(to_vector(rows) == std::vector<float>(300, 0.0f));
+  rows.copy_from(d.slice(0, 4, 3));
+  CHECK(bitwise(to_vector(rows), std::vector<float>(v.begin() + 400, v.begin() + 700)));
+  rows.fill_zero();
+  CHECK(to_vector(rows) == std::vector<float>(300, 0.0f));
+  // Strided device views and dtype conversions are refused with a message, not walked.
+  CHECK_THROWS_WITH(d.slice(1, 0, 10).contiguous(), Catch::Contains("strided view of device"));
+  CHECK_THROWS_WITH(d.to(DType::BF16), Catch::Contains("on the host only"));
+  // The device allocator counts what lives there.
+  Allocator& a = allocator_for(Device::CUDA);
+  const size_t live = a.live_bytes();
+  {
+    const Tensor big = Tensor::empty({1 << 16}, DType::F32, Device::CUDA);
+    CHECK(a.live_bytes() == live + (size_t(1) << 18));
+  }
+  CHECK(a.live_bytes() == live);
+}
+
+TEST_CASE("memory and optimizer operations on the device equal the CPU's", "[device]") {
+  const auto dut = device_under_test();
+  Backend& dev = *dut.backend;
+  Backend& cpu = cpu_backend();
+  INFO(dev.name());
+  const uint64_t seed = run_seed();
+  const int64_t n = 10007;  // not a multiple of any block size
+  const std::vector<float> g = random_floats(size_t(n), seed);
+  const std::vector<float> p0 = random_floats(size_t(n), seed + 1);
+  const std::vector<float> m0 = random_floats(size_t(n), seed + 2, -0.1f, 0.1f);
+  const std::vector<float> v0 = random_floats(size_t(n), seed + 3, 1e-6f, 1e-2f);
+  const Tensor dg = host_tensor(g, {n}).to_device(Device::CUDA);
+
+  SECTION("sum of squares, float64") {
+    const double ref = cpu.sum_squares(g.data(), n);
+    const double got = dev.sum_squares(dg.data<float>(), n);
+    if (dut.emulated)
+      CHECK(got == ref);
+    else
+      CHECK(std::abs(got - ref) <= 1e-12 * ref);  // a different summation order in float64
+  }
+  SECTION("scaling in float64 and the device copy") {
+    Tensor d = dg.clone();
+    dev.scale_f64(d.data<float>(), n, 0.37);
+    std::vector<float> ref = g;
+    cpu.scale_f64(ref.data(), n, 0.37);
+    CHECK(bitwise(to_vector(d), ref));
+    Tensor e = Tensor::empty({n}, DType::F32, Device::CUDA);
+    dev.copy(e.data<float>(), d.data<float>(), size_t(n) * sizeof(float));
+    CHECK(bitwise(to_vector(e), ref));
+  }
+  SECTION("AdamW update: bitwise the CPU's (float64 without fused multiply-adds)") {
+    AdamWConstants k;
+    k.b1 = 0.9;
+    k.b2 = 0.95;
+    k.one_minus_b1 = 0.1;
+    k.one_minus_b2 = 0.05;
+    k.bc1 = 1 - std::pow(0.9, 3.0);
+    k.bc2 = 1 - std::pow(0.95, 3.0);
+    k.eps = 1e-8;
+    k.lr = 3e-3;
+    k.decay = 1 - 3e-3 * 0.1;
+    std::vector<float> p = p0, m = m0, v = v0;
+    cpu.adamw_update(k, p.data(), g.data(), m.data(), v.data(), n);
+    Tensor dp = host_tensor(p0, {n}).to_device(Device::CUDA);
+    Tensor dm = host_tensor(m0, {n}).to_device(Device::CUDA);
+    Tensor dv = host_tensor(v0, {n}).to_device(Device::CUDA);
+    dev.adamw_update(k, dp.data<float>(), dg.data<float>(), dm.data<float>(), dv.data<float>(), n);
+    CHECK(bitwise(to_vector(dp), p));
+    CHECK(bitwise(to_vector(dm), m));
+    CHECK(bitwise(to_vector(dv), v));
+  }
+}
+
+TEST_CASE("host-staged collectives and ring move device buffers", "[device]") {
+  const auto dut = device_under_test();
+  INFO(dut.backend->name());
+  const int n = world_size(), r = world_rank();
+  Mesh mesh(MeshShape{1, n, 1, 1});
+  std::unique_ptr<Communicator> comm =
+      make_host_staged_communicator(mesh.world(), allocator_for(Device::CUDA));
+  CHECK(comm->device() == Device::CUDA);
+  CHECK(comm->accepts_host_buffers());
+  const int64_t c = 37;
+  // Rank q's contribution: c values q * 1000 + i.
+  auto contribution = [&](int q) {
+    std::vector<float> v(static_cast<size_t>(c));
+    for (int64_t i = 0; i < c; ++i) v[size_t(i)] = float(q * 1000 + i);
+    return v;
+  };
+  const Tensor mine = host_tensor(contribution(r), {c}).to_device(Device::CUDA);
+
+  // all_reduce (sum)
+  Tensor sum = mine.clone();
+  comm->all_reduce(sum.raw(), size_t(c), DType::F32, ReduceOp::Sum);
+  std::vector<float> expect(size_t(c), 0.0f);
+  for (int q = 0; q < n; ++q)
+    for (int64_t i = 0; i < c; ++i) expect[size_t(i)] += contribution(q)[size_t(i)];
+  CHECK(to_vector(sum) == expect);
+
+  // all_gather, also in place
+  std::vector<float> gathered;
+  for (int q = 0; q < n; ++q) {
+    const std::vector<float> v = contribution(q);
+    gathered.insert(gathered.end(), v.begin(), v.end());
+  }
+  Tensor all = Tensor::empty({n * c}, DType::F32, Device::CUDA);
+  comm->all_gather(mine.raw(), all.raw(), size_t(c), DType::F32);
+  CHECK(to_vector(all) == gathered);
+  Tensor in_place = Tensor::zeros({n * c}, DType::F32, Device::CUDA);
+  in_place.slice(0, r * c, c).copy_from(mine);
+  comm->all_gather(in_place.data<float>() + r * c, in_place.raw(), size_t(c), DType::F32);
+  CHECK(to_vector(in_place) == gathered);
+
+  // reduce_scatter: every rank sends all n blocks; block q summed over ranks lands on rank q.
+  std::vector<float> send(size_t(n * c));
+  for (int64_t i = 0; i < n * c; ++i) send[size_t(i)] = float(r + 1) * float(i);
+  Tensor part = Tensor::empty({c}, DType::F32, Device::CUDA);
+  comm->reduce_scatter(host_tensor(send, {n * c}).to_device(Device::CUDA).raw(), part.raw(),
+                       size_t(c), DType::F32, ReduceOp::Sum);
+  std::vector<float> expect_part(static_cast<size_t>(c));
+  const float ranks_sum = float(n * (n + 1) / 2);
+  for (int64_t i = 0; i < c; ++i) expect_part[size_t(i)] = ranks_sum * float(r * c + i);
+  CHECK(to_vector(part) == expect_part);
+
+  // broadcast from the last rank
+  Tensor b = mine.clone();
+  comm->broadcast(b.raw(), size_t(c), DType::F32, n - 1);
+  CHECK(to_vector(b) == contribution(n - 1));
+
+  // A host scalar through the same communicator (what the gradient norm does).
+  double x = double(r + 1), parts[4] = {};
+  comm->all_gather(&x, parts, sizeof(double), DType::U8);
+  for (int q = 0; q < n; ++q) CHECK(parts[q] == double(q + 1));
+
+  // Ring: two steps around, receiving from the previous rank each time.
+  auto ring = comm->make_ring();
+  Tensor cur = mine.clone(), nxt = Tensor::empty({c}, DType::F32, Device::CUDA);
+  for (int step = 1; step <= 2; ++step) {
+    ring->start(cur.raw(), nxt.raw(), size_t(c) * sizeof(float));
+    ring->wait();
+    std::swap(cur, nxt);
+    CHECK(to_vector(cur) == contribution(((r - step) % n + n) % n));
+  }
+  CHECK(ring->bytes_moved() == (n > 1 ? 2 * size_t(c) * sizeof(float) : 0));
+}
+
+TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
+  const auto dut = device_under_test();
+  INFO(dut.backend->name());
+  const int n = world_size(), r = world_rank();
+  Mesh mesh(MeshShape{1, 1, n, 1});
+  std::unique_ptr<Communicator> sp_dev =
+      make_host_staged_communicator(mesh.axis(Axis::SP), allocator_for(Device::CUDA));
+  const uint64_t seed = run_seed();
+  const int64_t B = 2, S = 48, Sl = S / n;
+  const int H = 4, Hkv = 2, D = 8;
+  // This rank's contiguous shard of random q, k, v, dO (the same global tensors on every rank).
+  auto shard = [&](uint64_t s, int heads) {
+    const std::vector<float> full = random_floats(size_t(B * S * heads * D), s);
+    std::vector<float> mine;
+    for (int64_t b = 0; b < B; ++b) {
+      const auto at = full.begin() + (b * S + r * Sl) * heads * D;
+      mine.insert(mine.end(), at, at + Sl * heads * D);
+    }
+    return host_tensor(mine, {B, Sl, heads, D});
+  };
+  const Tensor q = shard(seed, H), k = shard(seed + 1, Hkv), v = shard(seed + 2, Hkv),
+               dout = shard(seed + 3, H);
+  std::vector<int64_t> pos(static_cast<size_t>(Sl));
+  for (int64_t i = 0; i < Sl; ++i) pos[size_t(i)] = r * Sl + i;
+
+  for (int pieces : {1, 3}) {
+    INFO("ring_pieces = " << pieces);
+    AttentionOptions opt;
+    opt.impl = AttentionImpl::Ring;
+    opt.causal = true;
+    opt.q_chunk = 4;
+    opt.k_chunk = 4;
+    opt.ring_pieces = pieces;
+    Attention cpu_attn(opt, cpu_backend(), &mesh.axis(Axis::SP));
+    Attention dev_attn(opt, *dut.backend, sp_dev.get());
+    const AttentionInput hin{q, k, v, pos, Tensor()};
+    const AttentionInput din{q.to_device(Device::CUDA), k.to_device(Device::CUDA),
+                             v.to_device(Device::CUDA), pos, Tensor()};
+    const AttentionOutput ho = cpu_attn.forward(hin);
+    const AttentionOutput dn = dev_attn.forward(din);
+    const AttentionGrads hg = cpu_attn.backward(hin, ho, dout);
+    const AttentionGrads dg = dev_attn.backward(din, dn, dout.to_device(Device::CUDA));
+    const std::pair<const Tensor*, const Tensor*> pairs[] = {
+        {&dn.o, &ho.o}, {&dn.lse, &ho.lse}, {&dg.dq, &hg.dq}, {&dg.dk, &hg.dk}, {&dg.dv, &hg.dv}};
+    for (auto [d, h] : pairs) {
+      CHECK(d->device() == Device::CUDA);
+      if (dut.emulated)
+        CHECK(bitwise(to_vector(*d), to_vector(*h)));
+      else
+        CHECK(max_rel_diff(to_vector(*d), to_vector(*h)) < 1e-4);
+    }
+  }
+  // A host tensor given to a device attention is refused with a message.
+  AttentionOptions opt;
+  opt.impl = AttentionImpl::Ring;
+  opt.q_chunk = opt.k_chunk = 4;
+  Attention dev_attn(opt, *dut.backend, sp_dev.get());
+  const AttentionInput host_in{q, k, v, pos, Tensor()};
+  CHECK_THROWS_WITH(dev_attn.forward(host_in), Catch::Contains("backend's device"));
+}
+
+namespace {
+
+TrainConfig tiny_config(const std::string& run_dir, AttentionImpl impl) {
+  TrainConfig c;
+  c.run_dir = run_dir;
+  c.seed = 11;
+  c.model.vocab_size = 17;
+  c.model.hidden_size = 16;
+  c.model.intermediate_size = 24;
+  c.model.num_layers = 2;
+  c.model.num_heads = 4;
+  c.model.num_kv_heads = 2;
+  c.model.ffn_chunk = 24;
+  c.model.loss_chunk = 20;
+  c.attention.impl = impl;
+  c.attention.q_chunk = 8;
+  c.attention.k_chunk = 8;
+  c.attention.ring_pieces = 2;
+  c.train.seq_len = 64;
+  c.train.batch_size = 4;
+  c.train.steps = 10;
+  c.train.warmup_steps = 2;
+  c.train.grad_clip = 0.5;  // small enough that clipping happens
+  c.optim.lr = 1e-2;
+  c.data.retrieval.key_digits = 2;
+  c.data.retrieval.value_digits = 2;
+  c.checkpoint.every = 0;
+  c.checkpoint.keep_last = 0;
+  c.eval.every = 0;
+  c.eval.batches = 1;
+  return c;
+}
+
+struct Run {
+  std::vector<double> loss, grad_norm;
+  std::vector<std::vector<float>> params;
+};
+
+// `steps` steps on `backend` (null: the CPU), optionally resuming first and saving at the end.
+Run train(const TrainConfig& c, MeshShape shape, Backend* backend, int steps, bool resume = false,
+          bool save = false) {
+  Mesh mesh(shape);
+  TrainerOptions o;
+  o.log_steps = false;
+  o.write_metrics = false;
+  o.backend = backend;
+  Trainer t(c, mesh, o);
+  if (resume) REQUIRE(t.resume_latest());
+  Run run;
+  for (int i = 0; i < steps; ++i) {
+    const StepMetrics m = t.train_step();
+    run.loss.push_back(m.loss);
+    run.grad_norm.push_back(m.grad_norm);
+  }
+  if (save) t.save();
+  for (size_t u = 0; u < t.model().units().size(); ++u) {
+    const Tensor p = t.model().gather_unit(u);
+    CHECK(p.device() == Device::CPU);
+    run.params.emplace_back(p.data<float>(), p.data<float>() + p.numel());
+  }
+  return run;
+}
+
+// Bitwise on the emulated device; on a GPU (float32 cuBLAS and kernels, other summation orders)
+// losses and norms within 1e-4 relative and parameters within 1e-3 relative after a few steps.
+void compare(const Run& dev, const Run& cpu, bool exact) {
+  REQUIRE(dev.loss.size() == cpu.loss.size());
+  for (size_t i = 0; i < cpu.loss.size(); ++i) {
+    INFO("step " << i + 1);
+    if (exact) {
+      CHECK(dev.loss[i] == cpu.loss[i]);
+      CHECK(dev.grad_norm[i] == cpu.grad_norm[i]);
+    } else {
+      CHECK(dev.loss[i] == Approx(cpu.loss[i]).epsilon(1e-4));
+      CHECK(dev.grad_norm[i] == Approx(cpu.grad_norm[i]).epsilon(1e-4));
+    }
+  }
+  REQUIRE(dev.params.size() == cpu.params.size());
+  for (size_t u = 0; u < cpu.params.size(); ++u) {
+    INFO("unit " << u);
+    if (exact)
+      CHECK(bitwise(dev.params[u], cpu.params[u]));
+    else
+      CHECK(max_rel_diff(dev.params[u], cpu.params[u]) < 1e-3);
+  }
+}
+
+struct TempRunDir {
+  std::string dir;
+  TempRunDir() {
+    char buf[512] = {};
+    if (world_rank() == 0) {
+      static int counter = 0;
+      const fs::path p =
+          fs::temp_directory_path() /
+          ("ringattn_device_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+      fs::remove_all(p);
+      fs::create_directories(p);
+      std::strncpy(buf, p.string().c_str(), sizeof(buf) - 1);
+    }
+    MPI_Bcast(buf, sizeof(buf), MPI_CHAR, 0, MPI_COMM_WORLD);
+    dir = buf;
+  }
+  ~TempRunDir() {
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (world_rank() == 0) fs::remove_all(dir);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("training on the device equals training on the CPU", "[device]") {
+  const auto dut = device_under_test();
+  INFO(dut.backend->name());
+  const int n = world_size();
+  TempRunDir tmp;
+  struct Case {
+    const char* name;
+    AttentionImpl impl;
+    MeshShape shape;
+  };
+  std::vector<Case> cases = {
+      {"ring over every rank, FSDP over them", AttentionImpl::Ring, {1, 1, n, 1}},
+      {"blockwise, FSDP over every rank", AttentionImpl::Blockwise, {1, n, 1, 1}}};
+  if (n >= 2) cases.push_back({"data parallel x FSDP", AttentionImpl::Blockwise, {2, n / 2, 1, 1}});
+  for (const Case& k : cases) {
+    INFO(k.name);
+    TrainConfig c = tiny_config(tmp.dir, k.impl);
+    c.train.micro_batches = 2;  // gradient accumulation across micro-batches too
+    c.train.batch_size = 8;     // a multiple of dp x fsdp x micro_batches at 4 ranks
+    const Run cpu = train(c, k.shape, nullptr, 4);
+    const Run dev = train(c, k.shape, dut.backend, 4);
+    compare(dev, cpu, dut.emulated);
+    // Clipping happened, so the device path's norm and scaling were exercised.
+    CHECK(cpu.grad_norm.front() > c.train.grad_clip);
+  }
+}
+
+TEST_CASE("a checkpoint saved from the device resumes on the CPU", "[device]") {
+  const auto dut = device_under_test();
+  INFO(dut.backend->name());
+  const int n = world_size();
+  TempRunDir tmp;
+  const TrainConfig c = tiny_config(tmp.dir, AttentionImpl::Ring);
+  const MeshShape shape{1, 1, n, 1};
+  const Run straight = train(c, shape, nullptr, 5);
+  train(c, shape, dut.backend, 3, /*resume=*/false, /*save=*/true);
+  Run resumed = train(c, shape, nullptr, 2, /*resume=*/true);
+  // And back: the CPU's checkpoint of step 5 resumes on the device.
+  {
+    Mesh mesh(shape);
+    TrainerOptions o;
+    o.log_steps = false;
+    o.write_metrics = false;
+    Trainer t(c, mesh, o);
+    REQUIRE(t.resume_latest());
+    for (int i = 0; i < 2; ++i) t.train_step();
+    t.save();
+  }
+  const Run dev_resumed = train(c, shape, dut.backend, 1, /*resume=*/true);
+  const Run cpu_resumed = train(c, shape, nullptr, 1, /*resume=*/true);
+  if (dut.emulated) {
+    CHECK(resumed.loss[1] == straight.loss[4]);
+    for (size_t u = 0; u < straight.params.size(); ++u)
+      CHECK(bitwise(resumed.params[u], straight.params[u]));
+    CHECK(dev_resumed.loss == cpu_resumed.loss);
+  } else {
+    CHECK(resumed.loss[1] == Approx(straight.loss[4]).epsilon(1e-4));
+    CHECK(dev_resumed.loss[0] == Approx(cpu_resumed.loss[0]).epsilon(1e-4));
+  }
+}
