@@ -91,14 +91,14 @@ TrainMeasurement measure_training(const TrainConfig& cfg, Mesh& mesh, int steps,
                                   double peak_gflops) {
   RA_CHECK(steps >= 2, "--steps = {}: need at least 2 (the first is an untimed warm-up)", steps);
   Communicator& world = mesh.world();
-  ProfilingBackend prof(cpu_backend());
+  ProfilingBackend prof(backend_for(cfg));
   TrainerOptions opt;
   opt.log_steps = false;
   opt.write_metrics = false;
   opt.peak_flops = peak_gflops * 1e9;
   opt.backend = &prof;
   Trainer trainer(cfg, mesh, opt);
-  Allocator& alloc = allocator_for(Device::CPU);
+  Allocator& alloc = prof.allocator();  // the device the model computes on
 
   TrainMeasurement m;
   m.ranks = world.size();

@@ -35,6 +35,7 @@
 #include "model/hf/hf_import.h"
 #include "model/hf/token_forward.h"
 #include "model/train_config.h"
+#include "model/trainer.h"
 #include "model/transformer.h"
 
 namespace ringattn::apps {
@@ -83,7 +84,7 @@ int run_forward(const ForwardArgs& a) {
     RA_FAIL("forward: {} tokens per row on {} rank(s): {}", S, world, e.what());
   }
   Mesh mesh(shape, MPI_COMM_WORLD, cfg.comm.transport);
-  Transformer model(cfg, mesh, cpu_backend());
+  Transformer model(cfg, mesh, backend_for(cfg));
   const HfWeights weights = HfWeights::open(a.init_from);
   const HfLoadSummary loaded = load_hf_weights(weights, model);
   log::info("forward: {} from {} ({}); {} x {} tokens; attention {} on {}", loaded.describe(),

@@ -61,7 +61,8 @@ Setup resolve(const std::string& file, const std::vector<std::string>& sets,
   TrainConfig cfg = to_train_config(json);
   const MeshShape shape = validate(cfg, MpiEnv::world_size());
   log::set_level(cfg.log_level);
-  allocator_for(Device::CPU).set_limit(cfg.memory_limit_bytes());
+  // The limit applies where the model lives (the GPU's memory with device = cuda).
+  backend_for(cfg).allocator().set_limit(cfg.memory_limit_bytes());
   // An explicit OPENBLAS_NUM_THREADS wins (the tests pin it to 1); otherwise the node's cores
   // are shared evenly by its ranks, as oversubscribed BLAS threads slow every rank down.
   if (std::getenv("OPENBLAS_NUM_THREADS") == nullptr) configure_bench_threads(0);
@@ -88,6 +89,10 @@ int run_train(const TrainArgs& a) {
 
   log::info("config:\n{}", s.json.dump());
   log::info("mesh: {}", mesh.describe());
+  log::info("compute: {}; device buffers travel by {}", trainer.backend().name(),
+            s.cfg.device == Device::CPU               ? "MPI"
+            : s.cfg.comm.transport == Transport::NCCL ? "NCCL"
+                                                      : "MPI, staged through host memory");
   log::info("data: {}", trainer.source().describe());
   log::info("parameters: {} ({:.2f} M)", trainer.model().parameter_count(),
             double(trainer.model().parameter_count()) / 1e6);

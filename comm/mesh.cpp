@@ -96,6 +96,7 @@ Mesh::Mesh(MeshShape requested, MPI_Comm world, Transport transport) {
   MPI_CHECK(MPI_Comm_rank(world, &world_rank_));
   MPI_CHECK(MPI_Comm_size(world, &world_size_));
   shape_ = resolve_mesh(requested, world_size_);
+  transport_ = transport;
 #ifndef RINGATTN_WITH_CUDA
   RA_CHECK(transport != Transport::NCCL,
            "the NCCL transport was requested but this build has no CUDA/NCCL (configure with "
@@ -129,15 +130,16 @@ Mesh::Mesh(MeshShape requested, MPI_Comm world, Transport transport) {
     MPI_CHECK(MPI_Comm_split(raw_[0], color, key, &raw_[5]));
     for (MPI_Comm c : raw_) MPI_CHECK(MPI_Comm_set_errhandler(c, MPI_ERRORS_RETURN));
 
-    auto wrap = [&](MPI_Comm c) -> std::unique_ptr<Communicator> {
+    world_comm_ = make_mpi_communicator(raw_[0]);
+    for (size_t i = 0; i < kAxes.size(); ++i) axis_comm_[i] = make_mpi_communicator(raw_[1 + i]);
+    fsdp_sp_comm_ = make_mpi_communicator(raw_[5]);
 #ifdef RINGATTN_WITH_CUDA
-      if (transport == Transport::NCCL) return make_nccl_communicator(c);
+    if (transport == Transport::NCCL) {
+      for (size_t i = 0; i < kAxes.size(); ++i)
+        device_axis_comm_[i] = make_nccl_communicator(raw_[1 + i]);
+      device_fsdp_sp_comm_ = make_nccl_communicator(raw_[5]);
+    }
 #endif
-      return make_mpi_communicator(c);
-    };
-    world_comm_ = wrap(raw_[0]);
-    for (size_t i = 0; i < kAxes.size(); ++i) axis_comm_[i] = wrap(raw_[1 + i]);
-    fsdp_sp_comm_ = wrap(raw_[5]);
   } catch (...) {
     release();  // the destructor does not run for a constructor that throws
     throw;
@@ -151,6 +153,8 @@ Mesh::~Mesh() {
 
 void Mesh::release() noexcept {
   // The wrappers first: an NCCL communicator or a ring may still reference the MPI ones.
+  device_fsdp_sp_comm_.reset();
+  for (auto& c : device_axis_comm_) c.reset();
   world_comm_.reset();
   fsdp_sp_comm_.reset();
   for (auto& c : axis_comm_) c.reset();

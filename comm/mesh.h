@@ -36,8 +36,11 @@ class Mesh {
  public:
   // Collective over `world`: builds a communicator per axis and one for the fsdp x sp group.
   // Axis communicators rank their members by the coordinate on that axis; the fsdp x sp one by
-  // fsdp * sp_size + sp. Transport::NCCL raises an Error when NCCL is not compiled in or no GPU
-  // can be used (on every rank alike, so the job does not hang).
+  // fsdp * sp_size + sp. These are MPI communicators over host memory, always: the world's
+  // bookkeeping (loss sums, agreement on errors) passes host values. Transport::NCCL adds NCCL
+  // communicators over the same groups for device buffers (device_axis, device_fsdp_sp), and
+  // raises an Error when NCCL is not compiled in or no GPU can be used (on every rank alike, so
+  // the job does not hang).
   Mesh(MeshShape requested, MPI_Comm world = MPI_COMM_WORLD, Transport transport = Transport::MPI);
   ~Mesh();
   Mesh(const Mesh&) = delete;
@@ -52,6 +55,11 @@ class Mesh {
   Communicator& world();
   Communicator& axis(Axis a);
   Communicator& fsdp_sp();  // the group FSDP shards parameters over
+  Transport transport() const { return transport_; }
+  // The NCCL communicators of the same groups (Transport::NCCL); null with Transport::MPI, where
+  // device buffers travel through host-staged wrappers of the MPI ones instead.
+  Communicator* device_axis(Axis a) { return device_axis_comm_[size_t(a)].get(); }
+  Communicator* device_fsdp_sp() { return device_fsdp_sp_comm_.get(); }
   std::string describe()
       const;  // "dp=1 fsdp=2 sp=2 tp=1 (4 ranks); this rank: dp 0 fsdp 1 sp 0 tp 0"
 
@@ -61,6 +69,9 @@ class Mesh {
   int world_rank_ = 0, world_size_ = 1;
   std::unique_ptr<Communicator> world_comm_, fsdp_sp_comm_;
   std::array<std::unique_ptr<Communicator>, 4> axis_comm_;
+  Transport transport_ = Transport::MPI;
+  std::unique_ptr<Communicator> device_fsdp_sp_comm_;
+  std::array<std::unique_ptr<Communicator>, 4> device_axis_comm_;
   std::array<MPI_Comm, 6> raw_{};  // communicators this mesh created and frees
 
   void release() noexcept;  // frees the wrappers, then raw_ (shared by the destructor and ctor)

@@ -1,11 +1,14 @@
 #include "model/train_config.h"
 
+#include "core/backend.h"
+
 #include <fmt/format.h>
 
 #include <array>
 #include <set>
 
 #include "core/allocator.h"
+#include "core/backend.h"
 #include "core/error.h"
 #include "model/data/data_source.h"
 
@@ -20,6 +23,10 @@ constexpr std::array kCheckpointing{Checkpointing::None, Checkpointing::Layer};
 constexpr std::array kSources{DataSource::Retrieval, DataSource::Text, DataSource::Tokens};
 constexpr std::array kNonfinite{OnNonfinite::Skip, OnNonfinite::Abort};
 constexpr std::array kTransports{Transport::MPI, Transport::NCCL};
+constexpr std::array kDevices{Device::CPU, Device::CUDA};
+std::string_view device_key_name(Device d) {
+  return device_name(d);
+}
 constexpr std::array kDTypes{DType::F32, DType::BF16};
 
 // The accepted spellings of an enum, from its name function, so a choice cannot be documented
@@ -50,6 +57,10 @@ ConfigSchema make_schema() {
               "Memory limit per rank in GiB, checked by the memory plan before training and by "
               "the allocator; 0: no limit.")
       .at_least(0);
+  s.add_enum("device", std::string(device_name(d.device)), names(kDevices, device_key_name),
+             "Where the model computes: `cpu` (OpenBLAS) or `cuda` (GPU builds; each rank takes "
+             "GPU local_rank mod GPUs on its node). Memory limits and peak bytes are then the "
+             "GPU's.");
   s.add_float("peak_tflops", d.peak_tflops,
               "Peak TFLOP/s of one rank, for MFU; 0: measured (sgemm) at start.")
       .at_least(0);
@@ -380,6 +391,7 @@ TrainConfig to_train_config(const JsonConfig& json) {
   c.peak_tflops = r.f("peak_tflops");
   c.log_level = r.s("log_level");
   c.on_nonfinite = from_name(kNonfinite, on_nonfinite_name, r.s("on_nonfinite"));
+  c.device = from_name(kDevices, device_key_name, r.s("device"));
 
   ModelConfig& m = c.model;
   m.vocab_size = r.i("model.vocab_size");
@@ -474,6 +486,11 @@ MeshShape validate(const TrainConfig& cfg, int world_size) {
            "the head dimension ({} = {}) must be even: RoPE rotates pairs of dimensions",
            m.head_dim > 0 ? "model.head_dim" : "model.hidden_size / model.num_heads",
            m.head_size());
+
+  // Device and transport.
+  RA_CHECK(cfg.comm.transport != Transport::NCCL || cfg.device == Device::CUDA,
+           "comm.transport = nccl moves GPU memory: it needs device = cuda (the CPU model uses "
+           "comm.transport = mpi)");
 
   // Mesh.
   RA_CHECK(cfg.mesh.tp == 1 || cfg.mesh.tp == -1,

@@ -133,6 +133,7 @@ struct TrainConfig {
   std::string run_dir = "runs/default";
   uint64_t seed = 1;
   double memory_limit_gb = 0.0;  // GiB per rank; 0: no limit
+  Device device = Device::CPU;   // where the model computes
   double peak_tflops = 0.0;      // for MFU; 0: measure an sgemm peak at start
   std::string log_level = "info";
   OnNonfinite on_nonfinite = OnNonfinite::Abort;

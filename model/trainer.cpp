@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "comm/mpi_env.h"
 #include "comm/ordered_sum.h"
 #include "core/allocator.h"
 #include "core/backend.h"
@@ -41,15 +42,30 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
+Backend& backend_for(const TrainConfig& cfg) {
+  if (cfg.device == Device::CPU) return cpu_backend();
+  RA_CHECK(cuda_compiled(),
+           "device = cuda, but this build has no CUDA backend (configure with RINGATTN_CUDA=ON on "
+           "a machine with nvcc)");
+  const int gpus = cuda_device_count();
+  RA_CHECK(gpus > 0,
+           "device = cuda, but rank {} sees no usable CUDA device (no GPU, or the driver is "
+           "missing or too old)",
+           MpiEnv::world_rank());
+  // One rank per GPU when there are enough; ranks beyond that share GPUs (MPI transport only:
+  // NCCL refuses two ranks on one device).
+  return cuda_backend(MpiEnv::local_rank() % gpus);
+}
+
 Trainer::Trainer(const TrainConfig& cfg, Mesh& mesh, TrainerOptions options)
     : cfg_(cfg), mesh_(mesh), opt_(std::move(options)) {
+  if (!opt_.backend) opt_.backend = &backend_for(cfg_);
   source_ = make_batch_source(cfg_);
   source_->check_seq_len(cfg_.train.seq_len);
   for (int64_t s : cfg_.train.curriculum_seq_lens) source_->check_seq_len(s);
   for (int64_t s : cfg_.eval_seq_lens()) source_->check_seq_len(s);
   try {
-    model_ =
-        std::make_unique<Transformer>(cfg_, mesh_, opt_.backend ? *opt_.backend : cpu_backend());
+    model_ = std::make_unique<Transformer>(cfg_, mesh_, *opt_.backend);
   } catch (const Error& e) {
     if (cfg_.memory_limit_gb <= 0) throw;
     RA_FAIL("the model does not fit memory_limit_gb = {} GiB per rank: building it failed: {}",
@@ -122,7 +138,7 @@ std::string Trainer::memory_plan() const {
 
 StepMetrics Trainer::train_step() {
   // The peak of the memory the model computes in: host memory on the CPU, the GPU's on CUDA.
-  Allocator& alloc = (opt_.backend ? *opt_.backend : cpu_backend()).allocator();
+  Allocator& alloc = opt_.backend->allocator();
   alloc.reset_peak();
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t data_step = state_.step;

@@ -57,10 +57,15 @@ struct TrainerOptions {
   double peak_flops = 0;      // FLOP/s of the whole job for MFU; 0: cfg.peak_tflops, else no MFU
   bool log_steps = true;      // rank 0 logs a line per step
   bool write_metrics = true;  // rank 0 appends to <run_dir>/metrics.jsonl
-  // The backend the model computes with; null: cpu_backend(). Must outlive the trainer (e.g. a
-  // ProfilingBackend wrapping cpu_backend() for `ringattn bench train`).
+  // The backend the model computes with; null: backend_for(cfg). Must outlive the trainer (e.g.
+  // a ProfilingBackend wrapping cpu_backend() for `ringattn bench train`).
   Backend* backend = nullptr;
 };
+
+// The backend of the config's `device`: the CPU backend, or for cuda this rank's GPU
+// (MpiEnv::local_rank() mod the node's GPUs). Raises an Error naming the rank when no GPU is
+// usable.
+Backend& backend_for(const TrainConfig& cfg);
 
 class Trainer {
  public:
@@ -90,6 +95,7 @@ class Trainer {
   void load_weights(const std::string& dir);  // full weights only (eval; any mesh)
   std::string checkpoints_dir() const;
 
+  Backend& backend() const { return *opt_.backend; }  // what the model computes with
   int64_t step() const { return state_.step; }
   int64_t updates() const { return state_.updates; }
   int64_t skipped() const { return state_.skipped; }

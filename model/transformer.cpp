@@ -90,7 +90,8 @@ Transformer::Transformer(const TrainConfig& cfg, Mesh& mesh, Backend& backend,
     : cfg_(cfg), mesh_(mesh), be_(backend), dims_(ModelDims::from_config(cfg.model)) {
   dims_.validate();
   RA_CHECK(cfg.model.dtype == DType::F32,
-           "model.dtype = {}: the CPU model computes and stores parameters in f32 only",
+           "model.dtype = {}: the model computes and stores parameters in f32 only so far (bf16 "
+           "is not implemented yet)",
            model_dtype_name(cfg.model.dtype));
   adamw_.beta1 = cfg.optim.beta1;
   adamw_.beta2 = cfg.optim.beta2;
@@ -103,10 +104,11 @@ Transformer::Transformer(const TrainConfig& cfg, Mesh& mesh, Backend& backend,
   schedule_.total_steps = cfg.train.steps;
   schedule_.validate();
 
-  group_ = std::make_unique<FsdpGroup>(on_device(mesh.fsdp_sp()), be_, fsdp_mode);
-  dp_ = &on_device(mesh.axis(Axis::DP));
-  attention_ =
-      std::make_unique<Attention>(attention_options(cfg), be_, &on_device(mesh.axis(Axis::SP)));
+  group_ =
+      std::make_unique<FsdpGroup>(on_device(mesh.fsdp_sp(), mesh.device_fsdp_sp()), be_, fsdp_mode);
+  dp_ = &on_device(mesh.axis(Axis::DP), mesh.device_axis(Axis::DP));
+  attention_ = std::make_unique<Attention>(
+      attention_options(cfg), be_, &on_device(mesh.axis(Axis::SP), mesh.device_axis(Axis::SP)));
   embedding_ = Embedding{dims_.vocab, dims_.hidden};
   const DecoderOptions dopt{cfg.model.ffn_chunk, cfg.model.checkpointing};
   for (int l = 0; l < dims_.layers; ++l)
@@ -131,8 +133,9 @@ Transformer::Transformer(const TrainConfig& cfg, Mesh& mesh, Backend& backend,
   add_unit("head", head_layout(dims_));
 }
 
-Communicator& Transformer::on_device(Communicator& host) {
+Communicator& Transformer::on_device(Communicator& host, Communicator* device) {
   if (host.device() == be_.device()) return host;
+  if (device && device->device() == be_.device()) return *device;  // NCCL
   // A host (MPI) communicator for a device backend: stage through host memory.
   staged_.push_back(make_host_staged_communicator(host, be_.allocator()));
   return *staged_.back();

@@ -151,8 +151,10 @@ class Transformer {
     Tensor tokens, targets, loss_mask;
   };
   size_t head_unit() const { return units_.size() - 1; }
-  // `host` itself when it moves the backend's memory, else a host-staged wrapper owned here.
-  Communicator& on_device(Communicator& host);
+  // The communicator of one of the mesh's groups for the backend's memory: `host` itself on the
+  // CPU, the mesh's NCCL one (`device`) when there is one, else a host-staged wrapper of `host`
+  // owned here.
+  Communicator& on_device(Communicator& host, Communicator* device);
   DeviceBatch upload(const Batch& batch) const;
   ShardTokens shard_tokens(const Batch& batch) const;
   void check_batch(const Batch& batch) const;

@@ -14,6 +14,7 @@
 #include "core/json_config.h"
 #include "model/data/make_source.h"
 #include "model/train_config.h"
+#include "model/trainer.h"
 
 using namespace ringattn;
 using Catch::Contains;
@@ -365,6 +366,27 @@ TEST_CASE("validate: the model's shape", "[config]") {
           c.model.num_kv_heads = 2;
           c.model.head_dim = 64;
         }) == "(no error)");
+}
+
+TEST_CASE("validate and select: the device and the transport", "[config]") {
+  CHECK_THAT(validate_error([](TrainConfig& c) { c.comm.transport = Transport::NCCL; }),
+             Contains("comm.transport = nccl moves GPU memory: it needs device = cuda"));
+  CHECK(validate_error([](TrainConfig& c) {
+          c.device = Device::CUDA;
+          c.comm.transport = Transport::NCCL;
+        }) == "(no error)");
+  // The key parses, and a bad name is refused with the choices.
+  CHECK(to_train_config(load_train_json("", {"device=cuda"})).device == Device::CUDA);
+  CHECK(to_train_config(load_train_json("", {})).device == Device::CPU);
+  CHECK_THROWS_WITH(load_train_json("", {"device=gpu"}), Contains("cpu") && Contains("cuda"));
+  // Without a GPU, picking the backend is the error, naming the key.
+  TrainConfig c;
+  CHECK(&backend_for(c) == &cpu_backend());
+  c.device = Device::CUDA;
+  if (cuda_device_count() == 0)
+    CHECK_THROWS_WITH(backend_for(c), Contains("device = cuda"));
+  else
+    CHECK(backend_for(c).device() == Device::CUDA);
 }
 
 TEST_CASE("validate: the mesh against the world size and tensor parallelism", "[config]") {
