@@ -16,18 +16,20 @@
 
 #include "apps/bench_common.h"
 #include "apps/commands.h"
+#include "comm/host_staged_communicator.h"
 #include "comm/mesh.h"
 #include "comm/mpi_env.h"
 #include "core/log.h"
 #include "core/random.h"
 #include "model/attention/attention.h"
+#include "model/trainer.h"
 
 namespace ringattn::apps {
 
 namespace {
 
 struct BenchAttentionArgs {
-  std::string impl = "blockwise", layout = "zigzag", json;
+  std::string impl = "blockwise", layout = "zigzag", json, device = "cpu";
   int64_t batch = 1, seq = 4096, heads = 8, kv_heads = 8, head_dim = 64;
   int64_t q_chunk = 256, k_chunk = 256;
   bool causal = false;
@@ -50,8 +52,15 @@ int run_bench_attention(const BenchAttentionArgs& a) {
   RA_CHECK(a.heads % a.kv_heads == 0, "--kv-heads ({}) must divide --heads ({})", a.kv_heads,
            a.heads);
 
+  RA_CHECK(a.device == "cpu" || a.device == "cuda", "--device {}: expected cpu or cuda", a.device);
+  Backend& be = backend_for(a.device == "cuda" ? Device::CUDA : Device::CPU);
+  const Device dev = be.device();
   Mesh mesh(MeshShape{1, 1, world, 1});
   Communicator& sp = mesh.axis(Axis::SP);
+  // The ring's blocks travel through host memory when the backend is a GPU (MPI transport).
+  std::unique_ptr<Communicator> staged;
+  if (dev != Device::CPU) staged = make_host_staged_communicator(sp, be.allocator());
+  Communicator& ring = staged ? *staged : sp;
   const int64_t sl = a.seq / world;
   const int r = sp.rank();
   AttentionInput in;
@@ -65,9 +74,10 @@ int run_bench_attention(const BenchAttentionArgs& a) {
   fill_normal(in.k, 12 + 4 * r);
   fill_normal(in.v, 13 + 4 * r);
   fill_normal(dout, 14 + 4 * r);
+  for (Tensor* t : {&in.q, &in.k, &in.v, &dout}) *t = t->to_device(dev, "bench input");
 
-  Attention attn(opt, cpu_backend(), &sp);
-  Allocator& alloc = allocator_for(Device::CPU);
+  Attention attn(opt, be, &ring);
+  Allocator& alloc = be.allocator();
   const size_t live_before = alloc.live_bytes();
   alloc.reset_peak();
 
@@ -76,9 +86,11 @@ int run_bench_attention(const BenchAttentionArgs& a) {
     sp.barrier();
     const auto t0 = std::chrono::steady_clock::now();
     AttentionOutput out = attn.forward(in);
+    be.synchronize();  // a GPU only queued the work
     const double f_wait = attn.last_timings().kv_wait_s;
     const double t_fwd = seconds_since(t0);
     AttentionGrads g = attn.backward(in, out, dout);
+    be.synchronize();
     const double b_wait = attn.last_timings().kv_wait_s;
     const double t_all = seconds_since(t0);
     if (it < a.warmup) continue;
@@ -97,13 +109,14 @@ int run_bench_attention(const BenchAttentionArgs& a) {
   const double flops_fwd =
       4.0 * a.batch * a.heads * double(a.seq) * a.seq * a.head_dim * causal_factor;
   const double flops_fwdbwd = flops_fwd * 3.5;
-  const double sgemm = measure_sgemm_gflops(sp);  // summed over ranks, run concurrently
+  const double sgemm = measure_sgemm_gflops(sp, be);  // summed over ranks, run concurrently
 
   const std::vector<double> rank_ms = gather_doubles(sp, my_compute * 1e3);
   const std::vector<double> rank_wait = gather_doubles(sp, my_total > 0 ? my_wait / my_total : 0);
   const std::vector<double> peaks = gather_doubles(sp, double(peak));
   nlohmann::json j;
   j["impl"] = a.impl;
+  j["device"] = be.name();
   j["layout"] = a.layout;
   j["ranks"] = world;
   j["threads_per_rank"] = threads;
@@ -135,18 +148,18 @@ int run_bench_attention(const BenchAttentionArgs& a) {
     const double slow = *std::max_element(rank_ms.begin(), rank_ms.end());
     const double fast = *std::min_element(rank_ms.begin(), rank_ms.end());
     fmt::print(
-        "attention {} ({}), {} rank(s) x {} thread(s), B={} S={} H={} Hkv={} D={} causal={} "
-        "chunks {}x{}\n"
+        "attention {} ({}) on {}, {} rank(s) x {} thread(s), B={} S={} H={} Hkv={} D={} "
+        "causal={} chunks {}x{}\n"
         "  forward          {:9.2f} ms  {:7.1f} GFLOP/s\n"
         "  forward+backward {:9.2f} ms  {:7.1f} GFLOP/s  ({:.0f}% of sgemm)\n"
-        "  sgemm (same cores, same run)   {:7.1f} GFLOP/s\n"
+        "  sgemm (same cores or GPU, same run) {:7.1f} GFLOP/s\n"
         "  peak bytes per rank (max)  {}   (inputs {}, attention's own {})\n"
         "  KV wait fraction (max over ranks) {:.1f}%   rank compute ms: {}  (slowest/fastest "
         "{:.2f})\n"
         "  FLOPs: {}\n",
-        a.impl, opt.impl == AttentionImpl::Ring ? a.layout : "whole sequence", world, threads,
-        a.batch, a.seq, a.heads, a.kv_heads, a.head_dim, a.causal, a.q_chunk, a.k_chunk, fwd * 1e3,
-        j["gflops_fwd"].get<double>(), fwdbwd * 1e3, j["gflops_fwdbwd"].get<double>(),
+        a.impl, opt.impl == AttentionImpl::Ring ? a.layout : "whole sequence", be.name(), world,
+        threads, a.batch, a.seq, a.heads, a.kv_heads, a.head_dim, a.causal, a.q_chunk, a.k_chunk,
+        fwd * 1e3, j["gflops_fwd"].get<double>(), fwdbwd * 1e3, j["gflops_fwdbwd"].get<double>(),
         100 * j["fraction_of_sgemm"].get<double>(), sgemm,
         format_bytes(j["peak_bytes"].get<size_t>()), format_bytes(live_before),
         format_bytes(j["workspace_peak_bytes"].get<size_t>()),
@@ -179,6 +192,8 @@ void add_bench_attention_command(CLI::App& bench, Action& run) {
   cmd->add_option("--warmup", a->warmup, "Untimed iterations")->capture_default_str();
   cmd->add_option("--repeat", a->repeat, "Timed iterations (median)")->capture_default_str();
   cmd->add_option("--threads", a->threads, "Threads per rank (0: cores / ranks on the node)")
+      ->capture_default_str();
+  cmd->add_option("--device", a->device, "cpu | cuda (GPU local_rank mod GPUs)")
       ->capture_default_str();
   cmd->add_option("--json", a->json, "Write the results as one JSON object");
   cmd->callback([&run, a] { run = [a] { return run_bench_attention(*a); }; });

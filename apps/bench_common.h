@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "core/backend.h"
 #include "core/json_config.h"
 #include "model/train_config.h"
 
@@ -22,9 +23,10 @@ std::vector<double> gather_doubles(Communicator& comm, double x);
 // Sets the CPU threads per rank: `requested`, or (when 0) the node's cores divided by the ranks
 // on this node, at least 1. Returns the count in use.
 int configure_bench_threads(int requested);
-// OpenBLAS sgemm (2048 x 2048 x 2048) run on every rank of `comm` at once, with the current
-// thread setting: the sum over ranks of GFLOP/s (median of 3), i.e. what these cores deliver.
-double measure_sgemm_gflops(Communicator& comm);
+// A float32 GEMM run on every rank of `comm` at once: OpenBLAS sgemm (2048^3, with the current
+// thread setting) on the CPU backend, cuBLAS (8192^3) on a GPU. The sum over ranks of GFLOP/s
+// (median of 3), i.e. what these cores or GPUs deliver.
+double measure_sgemm_gflops(Communicator& comm, Backend& backend = cpu_backend());
 
 // A training config for the training benchmarks: defaults, then `file`, then the --set
 // overrides; the log level applied. Not validated (each benchmark changes the mesh and length).

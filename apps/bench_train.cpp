@@ -17,6 +17,7 @@
 #include "comm/mpi_env.h"
 #include "core/allocator.h"
 #include "core/log.h"
+#include "model/trainer.h"
 
 namespace ringattn::apps {
 
@@ -34,10 +35,10 @@ int run_bench_train(const BenchTrainArgs& a) {
   const MeshShape shape = validate(cfg, MpiEnv::world_size());
   configure_bench_threads(a.threads);
   Mesh mesh(shape, MPI_COMM_WORLD, cfg.comm.transport);
-  const double sgemm = measure_sgemm_gflops(mesh.world());
+  const double sgemm = measure_sgemm_gflops(mesh.world(), backend_for(cfg));
   // The config's limit holds, as in `ringattn train`: a step that does not fit ends the job
   // with the allocator's message (use `bench max-context` to find what fits).
-  allocator_for(Device::CPU).set_limit(cfg.memory_limit_bytes());
+  backend_for(cfg).allocator().set_limit(cfg.memory_limit_bytes());
   const TrainMeasurement m = measure_training(cfg, mesh, a.steps, sgemm);
   nlohmann::ordered_json j;
   j["config"] = a.file;

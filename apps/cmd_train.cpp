@@ -79,7 +79,7 @@ int run_train(const TrainArgs& a) {
   double peak = s.cfg.peak_tflops * 1e12;
   bool measured = false;
   if (peak <= 0) {
-    peak = measure_sgemm_gflops(mesh.world()) * 1e9;
+    peak = measure_sgemm_gflops(mesh.world(), backend_for(s.cfg)) * 1e9;
     measured = true;
   }
   TrainerOptions opt;

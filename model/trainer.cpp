@@ -43,7 +43,11 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 Backend& backend_for(const TrainConfig& cfg) {
-  if (cfg.device == Device::CPU) return cpu_backend();
+  return backend_for(cfg.device);
+}
+
+Backend& backend_for(Device device) {
+  if (device == Device::CPU) return cpu_backend();
   RA_CHECK(cuda_compiled(),
            "device = cuda, but this build has no CUDA backend (configure with RINGATTN_CUDA=ON on "
            "a machine with nvcc)");

@@ -66,6 +66,7 @@ struct TrainerOptions {
 // (MpiEnv::local_rank() mod the node's GPUs). Raises an Error naming the rank when no GPU is
 // usable.
 Backend& backend_for(const TrainConfig& cfg);
+Backend& backend_for(Device device);
 
 class Trainer {
  public:

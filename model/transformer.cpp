@@ -368,7 +368,9 @@ OptimizerResult Transformer::optimizer_step(int64_t step) {
   reduce_grads();
   std::vector<FlatShard*> shards;
   for (ModelUnit& u : units_) shards.push_back(u.shard.get());
-  const GradNormResult norm = clip_grad_norm(shards, cfg_.train.grad_clip);
+  // The norm's partial sums are host doubles: reduced over the mesh's MPI group (the FSDP
+  // group's own communicator may be NCCL, which takes device buffers only).
+  const GradNormResult norm = clip_grad_norm(shards, cfg_.train.grad_clip, &mesh_.fsdp_sp());
   OptimizerResult r;
   r.grad_norm = norm.norm;
   r.finite = norm.finite;

@@ -268,7 +268,8 @@ void FlatShard::adamw_step(const AdamWConfig& cfg, int64_t step, double lr) {
                        no_decay_local_);
 }
 
-GradNormResult clip_grad_norm(std::span<FlatShard* const> shards, double max_norm) {
+GradNormResult clip_grad_norm(std::span<FlatShard* const> shards, double max_norm,
+                              Communicator* host_group) {
   RA_CHECK(!shards.empty(), "clip_grad_norm: no FSDP shards");
   FsdpGroup& group = shards.front()->group();
   Backend& be = group.backend();
@@ -284,7 +285,7 @@ GradNormResult clip_grad_norm(std::span<FlatShard* const> shards, double max_nor
   for (FlatShard* s : shards)
     local_sq += be.sum_squares(s->grads().data<float>(), s->layout().shard_valid());
   GradNormResult r;
-  r.norm = global_norm_from_sq(local_sq, &group.comm());
+  r.norm = global_norm_from_sq(local_sq, host_group ? host_group : &group.comm());
   r.finite = std::isfinite(r.norm);
   if (!r.finite || max_norm <= 0) return r;
   const double scale = max_norm / (r.norm + 1e-6);

@@ -169,7 +169,10 @@ class FlatShard {
 // for every layer's reduce-scatters, synchronizes the group (its communicator is then free), and
 // clips the layers' real shard elements with the norm summed over group.comm(), the fsdp x sp
 // ranks. Call it after the dp all-reduce, so that every dp replica clips the same gradients.
-// Every shard must belong to the same FsdpGroup. Collective over that group.
-GradNormResult clip_grad_norm(std::span<FlatShard* const> shards, double max_norm);
+// Every shard must belong to the same FsdpGroup. Collective over that group. The norm's float64
+// partial sums are host values: with an NCCL group (device buffers only) pass `host_group`, an
+// MPI communicator over the same ranks in the same order (mesh.fsdp_sp()); null uses the group's.
+GradNormResult clip_grad_norm(std::span<FlatShard* const> shards, double max_norm,
+                              Communicator* host_group = nullptr);
 
 }  // namespace ringattn
