@@ -19,7 +19,7 @@ namespace {
 // Lifts the allocator limit for its lifetime (see the header: trials must never hit it).
 class LimitLifted {
  public:
-  LimitLifted() : alloc_(allocator_for(Device::CPU)), saved_(alloc_.limit()) {
+  explicit LimitLifted(Allocator& alloc) : alloc_(alloc), saved_(alloc_.limit()) {
     alloc_.set_limit(0);
   }
   ~LimitLifted() { alloc_.set_limit(saved_); }
@@ -56,7 +56,9 @@ int64_t shortest_valid(const TrainConfig& cfg, int64_t unit, int64_t cap) {
 }  // namespace
 
 size_t training_step_peak_bytes(const TrainConfig& cfg, Mesh& mesh) {
-  LimitLifted lifted;
+  // The memory of the device the model computes on (the config's `device`).
+  Allocator& alloc = backend_for(cfg).allocator();
+  LimitLifted lifted(alloc);
   TrainerOptions opt;
   opt.log_steps = false;
   opt.write_metrics = false;
@@ -66,7 +68,7 @@ size_t training_step_peak_bytes(const TrainConfig& cfg, Mesh& mesh) {
   // this one step's peak the steady state's.
   for (ModelUnit& u : trainer.model().units()) u.shard->optimizer_state();
   trainer.train_step();  // resets the peak when it starts
-  int64_t peak = int64_t(allocator_for(Device::CPU).peak_bytes());
+  int64_t peak = int64_t(alloc.peak_bytes());
   mesh.world().all_reduce(&peak, 1, DType::I64, ReduceOp::Max);
   return size_t(peak);
 }

@@ -19,6 +19,7 @@
 #include "comm/mpi_env.h"
 #include "core/allocator.h"
 #include "core/log.h"
+#include "model/trainer.h"
 
 namespace ringattn::apps {
 
@@ -42,11 +43,11 @@ int run_bench_throughput(const BenchThroughputArgs& a) {
   double sgemm = 0;
   {
     Mesh all(MeshShape{1, world, 1, 1}, MPI_COMM_WORLD, base.comm.transport);
-    sgemm = measure_sgemm_gflops(all.world());
+    sgemm = measure_sgemm_gflops(all.world(), backend_for(base));
   }
   // The sweep measures what each length costs, including lengths that exceed the limit (the
   // `fits` column says so): an enforced limit would end the job at the first of them.
-  Allocator& alloc = allocator_for(Device::CPU);
+  Allocator& alloc = backend_for(base).allocator();  // the config's device
   alloc.set_limit(0);
 
   nlohmann::ordered_json rows = nlohmann::ordered_json::array();

@@ -19,6 +19,7 @@
 #include "core/backend.h"
 #include "core/tensor.h"
 #include "model/attention/attention.h"
+#include "model/attention/sequence_shard.h"
 #include "model/trainer.h"
 #include "test/emulated_device.h"
 
@@ -256,20 +257,33 @@ TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
   const uint64_t seed = run_seed();
   const int64_t B = 2, S = 48, Sl = S / n;
   const int H = 4, Hkv = 2, D = 8;
-  // This rank's contiguous shard of random q, k, v, dO (the same global tensors on every rank).
-  auto shard = [&](uint64_t s, int heads) {
-    const std::vector<float> full = random_floats(size_t(B * S * heads * D), s);
-    std::vector<float> mine;
-    for (int64_t b = 0; b < B; ++b) {
-      const auto at = full.begin() + (b * S + r * Sl) * heads * D;
-      mine.insert(mine.end(), at, at + Sl * heads * D);
-    }
-    return host_tensor(mine, {B, Sl, heads, D});
-  };
-  const Tensor q = shard(seed, H), k = shard(seed + 1, Hkv), v = shard(seed + 2, Hkv),
-               dout = shard(seed + 3, H);
+  // Random global q, k, v, dO (the same on every rank) and this rank's contiguous shard of them.
   std::vector<int64_t> pos(static_cast<size_t>(Sl));
   for (int64_t i = 0; i < Sl; ++i) pos[size_t(i)] = r * Sl + i;
+  auto full = [&](uint64_t s, int heads) {
+    return host_tensor(random_floats(size_t(B * S * heads * D), s), {B, S, heads, D});
+  };
+  const Tensor fq = full(seed, H), fk = full(seed + 1, Hkv), fv = full(seed + 2, Hkv),
+               fdout = full(seed + 3, H);
+  const Tensor q = take_positions(fq, 1, pos), k = take_positions(fk, 1, pos),
+               v = take_positions(fv, 1, pos), dout = take_positions(fdout, 1, pos);
+
+  // The reference of the issue: blockwise over the whole sequence on ONE rank, on the device.
+  AttentionOptions bw;
+  bw.impl = AttentionImpl::Blockwise;
+  bw.causal = true;
+  bw.q_chunk = bw.k_chunk = 4;
+  std::vector<int64_t> all_pos(static_cast<size_t>(S));
+  for (int64_t i = 0; i < S; ++i) all_pos[size_t(i)] = i;
+  Attention one_rank(bw, *dut.backend, nullptr);
+  const AttentionInput whole{fq.to_device(Device::CUDA), fk.to_device(Device::CUDA),
+                             fv.to_device(Device::CUDA), all_pos, Tensor()};
+  const AttentionOutput wo = one_rank.forward(whole);
+  const AttentionGrads wg = one_rank.backward(whole, wo, fdout.to_device(Device::CUDA));
+  // This rank's rows of it (dimension 1 of [B, S, ., D], dimension 2 of the LSE's [B, H, S]).
+  auto mine = [&](const Tensor& t, int dim) {
+    return to_vector(take_positions(t.to_device(Device::CPU), dim, pos));
+  };
 
   for (int pieces : {1, 3}) {
     INFO("ring_pieces = " << pieces);
@@ -296,6 +310,21 @@ TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
         CHECK(bitwise(to_vector(*d), to_vector(*h)));
       else
         CHECK(max_rel_diff(to_vector(*d), to_vector(*h)) < 1e-4);
+    }
+    // Ring on N ranks == blockwise on one rank (other summation orders: float32 rounding only;
+    // values are O(1), so an absolute 2e-5 is a few dozen ulps).
+    const std::pair<std::vector<float>, std::vector<float>> vs_one_rank[] = {
+        {to_vector(dn.o), mine(wo.o, 1)},
+        {to_vector(dn.lse), mine(wo.lse, 2)},
+        {to_vector(dg.dq), mine(wg.dq, 1)},
+        {to_vector(dg.dk), mine(wg.dk, 1)},
+        {to_vector(dg.dv), mine(wg.dv, 1)}};
+    for (const auto& [ring_v, one_v] : vs_one_rank) {
+      REQUIRE(ring_v.size() == one_v.size());
+      double worst = 0;
+      for (size_t i = 0; i < one_v.size(); ++i)
+        worst = std::max(worst, std::abs(double(ring_v[i]) - double(one_v[i])));
+      CHECK(worst < 2e-5);
     }
   }
   // A host tensor given to a device attention is refused with a message.

@@ -42,15 +42,35 @@ class CudaAllocator final : public Allocator {
   }
 
  protected:
+  // Stream-ordered allocation from the device's memory pool (cudaMallocAsync): the model
+  // allocates and frees many activations per layer, and cudaFree would synchronise the whole
+  // device each time, serialising compute and communication. The pool keeps freed memory for
+  // reuse (its release threshold is set to "never" below); the counting above still reports
+  // what the program asked for. Allocation and free are ordered on the compute stream; memory
+  // used by another stream (NCCL's) is only freed after the host waited for that stream.
   void* raw_allocate(size_t bytes) override {
     void* p = nullptr;
-    if (cudaMalloc(&p, bytes) != cudaSuccess) {
-      (void)cudaGetLastError();  // clear the sticky-free error so later calls are not poisoned
+    CUDA_CHECK(cudaSetDevice(device_));  // the caller may be a helper thread
+    if (cudaMallocAsync(&p, bytes, stream_) != cudaSuccess) {
+      (void)cudaGetLastError();  // clear the error so later calls are not poisoned
       return nullptr;
     }
     return p;
   }
-  void raw_free(void* ptr) override { CUDA_CHECK(cudaFree(ptr)); }
+  void raw_free(void* ptr) override {
+    CUDA_CHECK(cudaSetDevice(device_));
+    CUDA_CHECK(cudaFreeAsync(ptr, stream_));
+  }
+
+ public:
+  // The compute stream allocations are ordered on, and the pool kept from shrinking.
+  void attach(cudaStream_t stream) {
+    stream_ = stream;
+    cudaMemPool_t pool = nullptr;
+    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device_));
+    uint64_t keep = UINT64_MAX;
+    CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+  }
 
  private:
   void copy(void* dst, const void* src, size_t bytes) {
@@ -62,6 +82,7 @@ class CudaAllocator final : public Allocator {
   }
 
   int device_;
+  cudaStream_t stream_ = nullptr;
 };
 
 class CudaBackend final : public Backend {
@@ -71,6 +92,7 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     CUBLAS_CHECK(cublasCreate(&cublas_));
     CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+    allocator_.attach(stream_);
     register_allocator(Device::CUDA, &allocator_);
   }
   ~CudaBackend() override {

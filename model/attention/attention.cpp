@@ -250,7 +250,12 @@ AttentionOutput Attention::forward_blocks(const AttentionInput& in, const Shapes
       for (int step = 0; step < n; ++step) {
         // After step t this rank holds piece c of rank (r - t) mod N (spec section 4).
         const bool more = step + 1 < n;
-        if (more) kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);
+        // The transport reads `cur` off the compute stream: what was queued into it (the pack)
+        // must be done. A no-op on the CPU.
+        if (more) {
+          backend_.synchronize();
+          kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);
+        }
         AttentionTileProblem p = make_problem(s, in.positions, pc.len, lay.pos(cur), lay.seg(cur),
                                               lay.k(cur), lay.v(cur));
         backend_.attention_forward_block(p, st, &timings_.tiles);
@@ -363,7 +368,10 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
     bool grad_in_flight = false;
     for (int step = 0; step < n; ++step) {
       const bool more = step + 1 < n;
-      if (more) kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);
+      if (more) {
+        backend_.synchronize();  // as in the forward: the pack must be done
+        kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);
+      }
       float* mine = local[step % 2].data<float>();
       backend_.fill(mine, int64_t(grad_elems), 0.0f);
       AttentionTileProblem p =
@@ -377,6 +385,7 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
         backend_.axpy(int64_t(grad_elems), 1.0f, incoming.data<float>(), mine);
       }
       // Send this block's partial sum on; after the last step it goes to the block's owner.
+      backend_.synchronize();  // the partial sum was computed on the compute stream
       grad_ring_->start(mine, incoming.raw(), grad_bytes);
       grad_in_flight = true;
       if (more) {

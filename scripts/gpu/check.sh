@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The GPU session in one command: what only a GPU can show for the CUDA backend, run on the lent
+# GPU machine (../shared/device/README.md) and written under $OUT. Stages run in order, each
+# with its own time limit; a failing stage is recorded and the next one still runs. The summary
+# (stage, status, seconds) is $OUT/summary.txt and the script's last output.
+#
+#   stage 0  machine facts (nvidia-smi, MPI, CUDA libraries)
+#   stage 1  build (CUDA on, sm_90) unless $RINGATTN_GPU_BIN already holds the binaries
+#   stage 2  [cuda] tests: every CUDA operation against the CPU backend, random inputs
+#   stage 3  [device] tests on the real GPU: tensors, optimizer ops, host-staged collectives, ring
+#            attention, training and checkpoints against the CPU (1 rank; 2 and 4 ranks share
+#            the GPU through the MPI transport)
+#   stage 4  compute-sanitizer memcheck over [cuda] and [device] (1 rank)
+#   stage 5  the trainer end to end on the GPU: tiny config (CPU vs GPU losses), NCCL transport
+#            on one rank, and the demo on 4 ranks sharing the GPU (timed)
+#   stage 6  attention benchmark: ringattn blockwise fp32 vs PyTorch SDPA (fp32 and bf16),
+#            S = 8K..64K, H = 16, D = 128, causal, in the same run
+#   stage 7  training benchmark: 1B-shaped model (f32) at S = 32K on one GPU, with the driver's
+#            memory use sampled by nvidia-smi beside the allocator's peak
+#
+# Usage on the device machine (from the repository root; .debs carried, see the README above):
+#   for f in .debs/*.deb; do dpkg -x "$f" /; done; ldconfig; bash scripts/gpu/check.sh
+# Options (environment): RINGATTN_GPU_BIN (prebuilt bin directory), RINGATTN_GPU_STAGES
+# (e.g. "0 2 3" to run only those), RINGATTN_GPU_QUICK=1 (shorter benchmark sweeps).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+out=${OUT:-$root/runs/gpu-check}
+mkdir -p "$out"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_hwloc_base_binding_policy=none
+export OMPI_MCA_btl_base_warn_component_unused=0 OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-4}
+stages=${RINGATTN_GPU_STAGES:-0 1 2 3 4 5 6 7}
+quick=${RINGATTN_GPU_QUICK:-0}
+summary=$out/summary.txt
+: >"$summary"
+
+want() { [[ " $stages " == *" $1 "* ]]; }
+# stage N NAME LIMIT_S CMD...: runs CMD with a time limit, output to $out/stageN_NAME.log.
+stage() {
+  local n=$1 name=$2 limit=$3
+  shift 3
+  want "$n" || return 0
+  local log=$out/stage${n}_$name.log t0 rc
+  echo "== stage $n: $name (limit ${limit}s)"
+  t0=$(date +%s)
+  timeout --kill-after=10 "$limit" bash -c "$*" >"$log" 2>&1
+  rc=$?
+  local status=ok
+  [ $rc -ne 0 ] && status="FAILED rc=$rc"
+  [ $rc -eq 124 ] && status="TIMEOUT"
+  printf 'stage %s %-12s %-14s %4ss  %s\n' "$n" "$name" "$status" "$(($(date +%s) - t0))" \
+    "$log" | tee -a "$summary"
+  tail -5 "$log" | sed 's/^/    /'
+}
+
+bin=${RINGATTN_GPU_BIN:-$root/build-gpu/bin}
+mpi="mpirun --oversubscribe --allow-run-as-root --bind-to none"
+tests=$bin/ringattn_tests
+ra=$bin/ringattn
+
+stage 0 machine 60 "nvidia-smi; echo; which mpirun nvcc python3 compute-sanitizer; \
+  mpirun --version | head -1; nvcc --version | tail -2; \
+  ls /usr/local/cuda/lib64 | grep -E 'nccl|cublas' ; python3 -c 'import torch; print(\"torch\", torch.__version__, torch.version.cuda)'; true"
+
+if [ ! -x "$tests" ]; then
+  stage 1 build 420 "cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DRINGATTN_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=90 && cmake --build build-gpu -j \$(nproc)"
+fi
+
+stage 2 cuda_tests 240 "$tests '[cuda]'"
+stage 3 device_tests 360 "for np in 1 2 4; do echo \"== [device] on \$np rank(s)\"; \
+  $mpi -np \$np $tests '[device]' || exit 1; done"
+stage 4 sanitizer 300 "compute-sanitizer --tool memcheck --error-exitcode 9 $tests '[cuda]' && \
+  compute-sanitizer --tool memcheck --error-exitcode 9 $tests '[device]'"
+
+# Stage 5: the same tiny run on the CPU and on the GPU; their final losses must agree to 1e-3.
+tiny="--config configs/tiny.json --set train.steps=20 --set checkpoint.every=0 --set mesh.sp=1"
+stage 5 trainer 420 "set -e; \
+  $ra train $tiny --set run_dir=$out/tiny_cpu; \
+  $ra train $tiny --set run_dir=$out/tiny_gpu --set device=cuda; \
+  $ra train $tiny --set run_dir=$out/tiny_nccl --set device=cuda --set comm.transport=nccl; \
+  python3 - $out <<'PY'
+import json, sys
+out = sys.argv[1]
+def last(run):
+    rows = [json.loads(l) for l in open(f'{out}/{run}/metrics.jsonl') if '\"loss\"' in l]
+    return rows[-1]['loss']
+a, b, c = last('tiny_cpu'), last('tiny_gpu'), last('tiny_nccl')
+print(f'final loss cpu {a:.6f} gpu {b:.6f} gpu+nccl {c:.6f}')
+assert abs(a - b) <= 1e-3 * abs(a) and abs(a - c) <= 1e-3 * abs(a), 'GPU and CPU losses differ'
+PY
+  /usr/bin/time -v $mpi -np 4 $ra train --config configs/demo.json --set device=cuda \
+    --set run_dir=$out/demo_gpu 2>&1 | tail -40"
+
+# Stage 6: ours and PyTorch's in the same run, same shapes and FLOP convention.
+seqs="8192 16384 32768 65536"
+[ "$quick" = 1 ] && seqs="8192 16384"
+stage 6 attention 480 "for S in $seqs; do \
+  $ra bench attention --device cuda --impl blockwise --seq \$S --heads 16 --kv-heads 16 \
+    --head-dim 128 --causal --q-chunk 1024 --k-chunk 1024 --json $out/ringattn_S\$S.json \
+    | grep -v '^\\['; done; \
+  python3 scripts/gpu/sdpa_bench.py --seqs \$(echo $seqs | tr ' ' ,) --heads 16 --head-dim 128 \
+    --causal --dtype float32 --json $out/sdpa_float32.json; \
+  python3 scripts/gpu/sdpa_bench.py --seqs \$(echo $seqs | tr ' ' ,) --heads 16 --head-dim 128 \
+    --causal --dtype bfloat16 --json $out/sdpa_bfloat16.json"
+
+# Stage 7: one GPU, 1B shape in f32 (bf16 is not implemented yet), layer checkpointing.
+big="--config configs/1b.json --set model.dtype=f32 --set comm.transport=mpi --set mesh.fsdp=1 \
+  --set mesh.sp=1 --set attention.impl=blockwise --set train.batch_size=1 \
+  --set train.micro_batches=1 --set memory_limit_gb=0 --set run_dir=$out/bench_1b"
+stage 7 train_1b 480 "nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 \
+    > $out/train_1b_nvsmi_mib.txt & smi=\$!; \
+  $ra bench train $big --set train.seq_len=32768 --steps 3 --json $out/train_1b_S32768.json; \
+  rc=\$?; kill \$smi; echo \"driver memory peak (MiB, nvidia-smi): \$(sort -n $out/train_1b_nvsmi_mib.txt | tail -1)\"; \
+  exit \$rc"
+
+echo "== summary ($summary)"
+cat "$summary"
