@@ -141,6 +141,7 @@ TrainMeasurement measure_training(const TrainConfig& cfg, Mesh& mesh, int steps,
   m.mfu = peak_gflops > 0 ? m.flops_per_token * m.tokens_per_s / (peak_gflops * 1e9) : 0.0;
   for (double p : gather_doubles(world, double(my_peak))) m.rank_peak_bytes.push_back(size_t(p));
   m.peak_bytes = *std::max_element(m.rank_peak_bytes.begin(), m.rank_peak_bytes.end());
+  m.device_memory_used_bytes = size_t(max_over_ranks(double(prof.device_memory_used())));
   m.rank_breakdown = gather_breakdowns(world, mine);
   m.mean = mean_of(m.rank_breakdown);
   return m;
@@ -182,6 +183,7 @@ nlohmann::ordered_json to_json(const TrainMeasurement& m) {
   j["loss"] = m.loss;
   j["peak_bytes"] = m.peak_bytes;
   j["rank_peak_bytes"] = m.rank_peak_bytes;
+  j["device_memory_used_bytes"] = m.device_memory_used_bytes;
   j["memory_limit_bytes"] = m.memory_limit_bytes;
   // Fractions of the mean rank's step: where the time goes.
   const RankBreakdown& b = m.mean;
@@ -228,6 +230,9 @@ std::string format_report(const TrainMeasurement& m, const std::string& title) {
       }(),
       m.memory_limit_bytes ? fmt::format("   limit {}", format_bytes(m.memory_limit_bytes))
                            : std::string());
+  if (m.device_memory_used_bytes)
+    out += fmt::format("  device memory in use (driver, cudaMemGetInfo, max over ranks): {}\n",
+                       format_bytes(m.device_memory_used_bytes));
   out += row("GEMM (projections, FFN, LM head)", b.gemm_s);
   out += row("attention kernels", b.attention_s);
   out += row("elementwise (norms, RoPE, SwiGLU, loss)", b.elementwise_s);

@@ -46,7 +46,10 @@ struct TrainMeasurement {
   double loss = 0;                      // of the last step
   size_t peak_bytes = 0;                // max over ranks (and over every step, warm-up included)
   std::vector<size_t> rank_peak_bytes;  // per rank, in world rank order
-  size_t memory_limit_bytes = 0;        // the configured limit (0: none)
+  // GPU: the driver's figure after the last step (cudaMemGetInfo, max over ranks; it includes
+  // the pool's cached blocks and the CUDA context); 0 on the CPU.
+  size_t device_memory_used_bytes = 0;
+  size_t memory_limit_bytes = 0;              // the configured limit (0: none)
   std::vector<RankBreakdown> rank_breakdown;  // per rank, in world rank order
   RankBreakdown mean;                         // mean over ranks
 };

@@ -41,6 +41,10 @@ class Backend {
   virtual void copy_from_host(void* dst, const void* host_src, size_t bytes) = 0;
   // Waits for everything queued on this backend.
   virtual void synchronize() = 0;
+  // Device memory in use as the driver sees it (CUDA: cudaMemGetInfo's total - free: the
+  // allocator's pool with its cached blocks, the context, cuBLAS' workspace, NCCL's buffers).
+  // 0 on the CPU, whose figure is the allocator's alone.
+  virtual size_t device_memory_used() { return 0; }
 
   // --- attention (see core/attention_tile.h) ---------------------------------------------------
   // Sets m = kMaskedScore, l = 0, acc = 0 for a shard of `batch x sq` queries.

@@ -40,6 +40,13 @@ class ProfilingBackend::Scope {
   Scope(ProfilingBackend& b, OpCategory c)
       : b_(b), c_(int(c)), t0_(std::chrono::steady_clock::now()) {}
   ~Scope() {
+    // An asynchronous backend only queued the work: wait for it, so the time is the operation's.
+    if (b_.synchronizes()) {
+      try {
+        b_.inner_.synchronize();
+      } catch (...) {  // a destructor cannot report; the next call on the backend will
+      }
+    }
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
     b_.seconds_[c_].fetch_add(s, std::memory_order_relaxed);
     b_.calls_[c_].fetch_add(1, std::memory_order_relaxed);

@@ -6,10 +6,10 @@
 // the operation's time, and categories never overlap (the wrapped backend calls its own kernels
 // directly, not back through the decorator). The attention category therefore includes the GEMMs
 // inside the attention tiles; the GEMM category is the model's projections, FFN and LM head.
-// On an asynchronous backend (CUDA) a call only enqueues work: timing it on the host would
-// measure launch overhead. A CUDA version would record a pair of events on the compute stream
-// around each call and read their elapsed times once per step; this class refuses nothing, but
-// its figures are only meaningful for synchronous backends (is_exact()).
+// On an asynchronous backend (CUDA) a call only enqueues work, so timing it on the host would
+// measure launch overhead: there the decorator synchronises the backend at the end of every call,
+// which makes each figure the operation's own time again, at the price of the overlap between
+// queued kernels (a benchmark setting; events around each call would keep the overlap).
 //
 // Thread-safe: counters are atomics, as several threads may compute at once.
 #pragma once
@@ -44,8 +44,11 @@ class ProfilingBackend final : public Backend {
 
   OpProfile profile() const;
   void reset();
-  // True when the figures are wall times of the operations themselves (synchronous backend).
-  bool is_exact() const { return inner_.device() == Device::CPU; }
+  // True when the figures are wall times of the operations themselves: always, since calls on
+  // an asynchronous backend are followed by a synchronize (see above).
+  bool is_exact() const { return true; }
+  // True when every call ends with inner().synchronize() (the backend is not the CPU's).
+  bool synchronizes() const { return inner_.device() != Device::CPU; }
   Backend& inner() { return inner_; }
 
   Device device() const override { return inner_.device(); }
@@ -56,6 +59,7 @@ class ProfilingBackend final : public Backend {
   void copy_to_host(void* host_dst, const void* src, size_t bytes) override;
   void copy_from_host(void* dst, const void* host_src, size_t bytes) override;
   void synchronize() override;
+  size_t device_memory_used() override { return inner_.device_memory_used(); }
 
   void attention_forward_init(const AttentionForwardState& st, int64_t batch, int64_t sq, int heads,
                               int head_dim) override;

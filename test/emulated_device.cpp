@@ -1,5 +1,6 @@
 #include "test/emulated_device.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -171,7 +172,12 @@ DeviceUnderTest device_under_test() {
   static EmulatedAllocator allocator;
   static EmulatedBackend backend;
   static std::once_flag installed;
-  std::call_once(installed, [] { register_allocator(Device::CUDA, &allocator); });
+  std::call_once(installed, [] {
+    register_allocator(Device::CUDA, &allocator);
+    std::printf(
+        "[device] no usable GPU: these tests run on the emulated device (tagged pointers, "
+        "CPU kernels; results must equal the CPU's bitwise)\n");
+  });
   return {&backend, true};
 }
 

@@ -126,6 +126,12 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  size_t device_memory_used() override {
+    size_t free = 0, total = 0;
+    CUDA_CHECK(cudaSetDevice(device_));
+    CUDA_CHECK(cudaMemGetInfo(&free, &total));
+    return total - free;
+  }
 
   // Attention tiles: core/cuda/cuda_attention.cu (cuBLAS on this stream plus softmax kernels).
   void attention_forward_init(const AttentionForwardState& st, int64_t batch, int64_t sq, int heads,
