@@ -22,6 +22,7 @@
 #include "model/attention/sequence_shard.h"
 #include "model/trainer.h"
 #include "test/emulated_device.h"
+#include "test_util.h"
 
 using namespace ringattn;
 using ringattn::test::device_under_test;
@@ -29,17 +30,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-int world_size() {
-  int n = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
-}
-
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
+using test::world_rank;
+using test::world_size;
 
 // Fresh random values each run (never zeros), the same on every rank when `seed` is.
 std::vector<float> random_floats(size_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
@@ -339,33 +331,10 @@ TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
 namespace {
 
 TrainConfig tiny_config(const std::string& run_dir, AttentionImpl impl) {
-  TrainConfig c;
-  c.run_dir = run_dir;
+  TrainConfig c = test::tiny_train_config(run_dir, impl);
   c.seed = 11;
-  c.model.vocab_size = 17;
-  c.model.hidden_size = 16;
-  c.model.intermediate_size = 24;
-  c.model.num_layers = 2;
-  c.model.num_heads = 4;
-  c.model.num_kv_heads = 2;
-  c.model.ffn_chunk = 24;
-  c.model.loss_chunk = 20;
-  c.attention.impl = impl;
-  c.attention.q_chunk = 8;
-  c.attention.k_chunk = 8;
-  c.attention.ring_pieces = 2;
-  c.train.seq_len = 64;
-  c.train.batch_size = 4;
-  c.train.steps = 10;
-  c.train.warmup_steps = 2;
-  c.train.grad_clip = 0.5;  // small enough that clipping happens
-  c.optim.lr = 1e-2;
-  c.data.retrieval.key_digits = 2;
-  c.data.retrieval.value_digits = 2;
-  c.checkpoint.every = 0;
-  c.checkpoint.keep_last = 0;
-  c.eval.every = 0;
-  c.eval.batches = 1;
+  c.attention.ring_pieces = 2;  // the pieces' copies run on the device too
+  c.train.grad_clip = 0.5;      // small enough that clipping happens
   return c;
 }
 
@@ -423,35 +392,13 @@ void compare(const Run& dev, const Run& cpu, bool exact) {
   }
 }
 
-struct TempRunDir {
-  std::string dir;
-  TempRunDir() {
-    char buf[512] = {};
-    if (world_rank() == 0) {
-      static int counter = 0;
-      const fs::path p =
-          fs::temp_directory_path() /
-          ("ringattn_device_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-      fs::remove_all(p);
-      fs::create_directories(p);
-      std::strncpy(buf, p.string().c_str(), sizeof(buf) - 1);
-    }
-    MPI_Bcast(buf, sizeof(buf), MPI_CHAR, 0, MPI_COMM_WORLD);
-    dir = buf;
-  }
-  ~TempRunDir() {
-    MPI_Barrier(MPI_COMM_WORLD);
-    if (world_rank() == 0) fs::remove_all(dir);
-  }
-};
-
 }  // namespace
 
 TEST_CASE("training on the device equals training on the CPU", "[device]") {
   const auto dut = device_under_test();
   INFO(dut.backend->name());
   const int n = world_size();
-  TempRunDir tmp;
+  test::SharedTempDir tmp("device");
   struct Case {
     const char* name;
     AttentionImpl impl;
@@ -478,7 +425,7 @@ TEST_CASE("a checkpoint saved from the device resumes on the CPU", "[device]") {
   const auto dut = device_under_test();
   INFO(dut.backend->name());
   const int n = world_size();
-  TempRunDir tmp;
+  test::SharedTempDir tmp("device");
   const TrainConfig c = tiny_config(tmp.dir, AttentionImpl::Ring);
   const MeshShape shape{1, 1, n, 1};
   const Run straight = train(c, shape, nullptr, 5);

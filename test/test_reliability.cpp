@@ -18,6 +18,7 @@
 #include "model/checkpoint.h"
 #include "model/stop_signal.h"
 #include "model/trainer.h"
+#include "test_util.h"
 
 using namespace ringattn;
 namespace fs = std::filesystem;
@@ -25,37 +26,15 @@ namespace fs = std::filesystem;
 namespace {
 
 int rank_of_world() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
+  return test::world_rank();
 }
 int size_of_world() {
-  int n = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
+  return test::world_size();
 }
 
 // A run directory shared by every rank (rank 0 names it), removed at the end.
-struct SharedDir {
-  std::string dir;
-  SharedDir() {
-    char buf[512] = {};
-    if (rank_of_world() == 0) {
-      static int counter = 0;
-      const fs::path p =
-          fs::temp_directory_path() /
-          ("ringattn_reliability_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-      fs::remove_all(p);
-      fs::create_directories(p);
-      std::strncpy(buf, p.string().c_str(), sizeof(buf) - 1);
-    }
-    MPI_Bcast(buf, sizeof(buf), MPI_CHAR, 0, MPI_COMM_WORLD);
-    dir = buf;
-  }
-  ~SharedDir() {
-    MPI_Barrier(MPI_COMM_WORLD);
-    if (rank_of_world() == 0) fs::remove_all(dir);
-  }
+struct SharedDir : test::SharedTempDir {
+  SharedDir() : SharedTempDir("reliability") {}
 };
 
 TrainConfig small(const std::string& run_dir) {

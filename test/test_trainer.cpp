@@ -23,82 +23,28 @@
 #include "model/checkpoint.h"
 #include "model/progress.h"
 #include "model/trainer.h"
+#include "test_util.h"
 
 using namespace ringattn;
 namespace fs = std::filesystem;
 
 namespace {
 
-int world_size() {
-  int n = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
-}
-
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
+using test::world_rank;
+using test::world_size;
 
 void barrier() {
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
-// A fresh directory every rank agrees on; removed by the destructor (rank 0).
-struct TempRun {
-  std::string dir;
-  TempRun() {
-    char buf[512] = {};
-    if (world_rank() == 0) {
-      static int counter = 0;
-      const fs::path p =
-          fs::temp_directory_path() /
-          ("ringattn_train_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-      fs::remove_all(p);
-      fs::create_directories(p);
-      std::strncpy(buf, p.string().c_str(), sizeof(buf) - 1);
-    }
-    MPI_Bcast(buf, sizeof(buf), MPI_CHAR, 0, MPI_COMM_WORLD);
-    dir = buf;
-  }
-  ~TempRun() {
-    barrier();
-    if (world_rank() == 0) fs::remove_all(dir);
-  }
+// A fresh run directory every rank agrees on (removed at the end).
+struct TempRun : test::SharedTempDir {
+  TempRun() : SharedTempDir("train") {}
 };
 
 TrainConfig tiny(const std::string& run_dir, AttentionImpl impl = AttentionImpl::Blockwise,
                  RingLayout layout = RingLayout::Zigzag) {
-  TrainConfig c;
-  c.run_dir = run_dir;
-  c.seed = 7;
-  c.model.vocab_size = 17;
-  c.model.hidden_size = 16;
-  c.model.intermediate_size = 24;
-  c.model.num_layers = 2;
-  c.model.num_heads = 4;
-  c.model.num_kv_heads = 2;
-  c.model.ffn_chunk = 24;
-  c.model.loss_chunk = 20;
-  c.attention.impl = impl;
-  c.attention.layout = layout;
-  c.attention.q_chunk = 8;
-  c.attention.k_chunk = 8;
-  c.train.seq_len = 64;
-  c.train.batch_size = 4;
-  c.train.steps = 20;
-  c.train.warmup_steps = 3;
-  c.train.grad_clip = 1.0;  // clipping and the schedule are part of what resume must restore
-  c.optim.lr = 1e-2;
-  c.optim.min_lr = 1e-3;
-  c.data.retrieval.key_digits = 2;
-  c.data.retrieval.value_digits = 2;
-  c.checkpoint.every = 0;
-  c.checkpoint.keep_last = 0;
-  c.eval.every = 0;
-  c.eval.batches = 1;
-  return c;
+  return test::tiny_train_config(run_dir, impl, layout);
 }
 
 TrainerOptions quiet() {

@@ -1,10 +1,12 @@
 // Helpers shared by the test files.
 #pragma once
 
+#include <mpi.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
 #include <catch2/catch.hpp>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -13,6 +15,7 @@
 
 #include "comm/mesh.h"
 #include "core/backend.h"
+#include "model/train_config.h"
 
 namespace ringattn::test {
 
@@ -34,6 +37,83 @@ struct TempPath {
   TempPath(const TempPath&) = delete;
   TempPath& operator=(const TempPath&) = delete;
 };
+
+inline int world_size() {
+  int n = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  return n;
+}
+
+inline int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+
+// A fresh directory shared by every rank of the world (rank 0 names and creates it; ranks run on
+// one node), removed when every rank is done with it. For run directories and checkpoints.
+struct SharedTempDir {
+  std::string dir;
+  explicit SharedTempDir(std::string_view group) {
+    char buf[512] = {};
+    if (world_rank() == 0) {
+      static int counter = 0;
+      const std::filesystem::path p =
+          std::filesystem::temp_directory_path() /
+          fmt::format("ringattn_{}_{}_{}", group, ::getpid(), counter++);
+      std::filesystem::remove_all(p);
+      std::filesystem::create_directories(p);
+      std::snprintf(buf, sizeof(buf), "%s", p.string().c_str());
+    }
+    MPI_Bcast(buf, sizeof(buf), MPI_CHAR, 0, MPI_COMM_WORLD);
+    dir = buf;
+  }
+  ~SharedTempDir() {
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (world_rank() == 0) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
+  }
+  SharedTempDir(const SharedTempDir&) = delete;
+  SharedTempDir& operator=(const SharedTempDir&) = delete;
+};
+
+// A tiny model (vocabulary 17, hidden 16, 2 layers, 64 tokens, 4 sequences) on the retrieval
+// task: a few steps take milliseconds. Checkpoints and evaluation off.
+inline TrainConfig tiny_train_config(const std::string& run_dir,
+                                     AttentionImpl impl = AttentionImpl::Blockwise,
+                                     RingLayout layout = RingLayout::Zigzag) {
+  TrainConfig c;
+  c.run_dir = run_dir;
+  c.seed = 7;
+  c.model.vocab_size = 17;
+  c.model.hidden_size = 16;
+  c.model.intermediate_size = 24;
+  c.model.num_layers = 2;
+  c.model.num_heads = 4;
+  c.model.num_kv_heads = 2;
+  c.model.ffn_chunk = 24;
+  c.model.loss_chunk = 20;
+  c.attention.impl = impl;
+  c.attention.layout = layout;
+  c.attention.q_chunk = 8;
+  c.attention.k_chunk = 8;
+  c.train.seq_len = 64;
+  c.train.batch_size = 4;
+  c.train.steps = 20;
+  c.train.warmup_steps = 3;
+  c.train.grad_clip = 1.0;  // clipping and the schedule are part of what resume must restore
+  c.optim.lr = 1e-2;
+  c.optim.min_lr = 1e-3;
+  c.data.retrieval.key_digits = 2;
+  c.data.retrieval.value_digits = 2;
+  c.checkpoint.every = 0;
+  c.checkpoint.keep_last = 0;
+  c.eval.every = 0;
+  c.eval.batches = 1;
+  return c;
+}
 
 inline void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
