@@ -340,6 +340,7 @@ TrainConfig tiny_config(const std::string& run_dir, AttentionImpl impl) {
 
 struct Run {
   std::vector<double> loss, grad_norm;
+  EvalResult eval;  // after the steps: forward only, answer counts over the sp ring
   std::vector<std::vector<float>> params;
 };
 
@@ -360,6 +361,7 @@ Run train(const TrainConfig& c, MeshShape shape, Backend* backend, int steps, bo
     run.grad_norm.push_back(m.grad_norm);
   }
   if (save) t.save();
+  run.eval = t.evaluate(c.train.seq_len, 2);
   for (size_t u = 0; u < t.model().units().size(); ++u) {
     const Tensor p = t.model().gather_unit(u);
     CHECK(p.device() == Device::CPU);
@@ -381,6 +383,14 @@ void compare(const Run& dev, const Run& cpu, bool exact) {
       CHECK(dev.loss[i] == Approx(cpu.loss[i]).epsilon(1e-4));
       CHECK(dev.grad_norm[i] == Approx(cpu.grad_norm[i]).epsilon(1e-4));
     }
+  }
+  CHECK(dev.eval.answers == cpu.eval.answers);
+  if (exact) {
+    CHECK(dev.eval.loss == cpu.eval.loss);
+    CHECK(dev.eval.token_accuracy == cpu.eval.token_accuracy);
+    CHECK(dev.eval.exact_accuracy == cpu.eval.exact_accuracy);
+  } else {
+    CHECK(dev.eval.loss == Approx(cpu.eval.loss).epsilon(1e-4));
   }
   REQUIRE(dev.params.size() == cpu.params.size());
   for (size_t u = 0; u < cpu.params.size(); ++u) {
