@@ -11,6 +11,7 @@
 #include <string>
 
 #include "apps/commands.h"
+#include "comm/host_staged_communicator.h"
 #include "comm/mesh.h"
 #include "comm/mpi_env.h"
 #include "core/log.h"
@@ -18,13 +19,14 @@
 #include "core/safetensors.h"
 #include "model/attention/attention.h"
 #include "model/attention/sequence_shard.h"
+#include "model/trainer.h"
 
 namespace ringattn::apps {
 
 namespace {
 
 struct AttentionArgs {
-  std::string input, output, impl = "ring", layout = "zigzag";
+  std::string input, output, impl = "ring", layout = "zigzag", device = "cpu";
   bool causal = false;
   int64_t q_chunk = 256, k_chunk = 256;
   // --make-input
@@ -90,26 +92,42 @@ int run_check(const AttentionArgs& a) {
       layout_positions(opt.impl == AttentionImpl::Ring ? opt.layout : RingLayout::Contiguous, S,
                        sp.size(), sp.rank());
 
+  // On a GPU the shards are uploaded (as float32: dtype conversion is a host operation), the
+  // ring's blocks are staged through host memory, and the results come back for the gather.
+  RA_CHECK(a.device == "cpu" || a.device == "cuda", "--device {}: expected cpu or cuda", a.device);
+  Backend& be = backend_for(a.device == "cuda" ? Device::CUDA : Device::CPU);
+  const Device dev = be.device();
+  std::unique_ptr<Communicator> staged;
+  if (dev != Device::CPU) staged = make_host_staged_communicator(sp, be.allocator());
+  auto shard = [&](const Tensor& full) {
+    Tensor t = take_positions(full, 1, pos);
+    if (dev != Device::CPU && is_floating(t.dtype()) && t.dtype() != DType::F32)
+      t = t.to(DType::F32);
+    return t.to_device(dev, "attention input");
+  };
+  auto gather = [&](const Tensor& t, int dim) {
+    return gather_sequence(sp, t.to_device(Device::CPU, "attention output"), dim, pos, S);
+  };
   AttentionInput in;
-  in.q = take_positions(q, 1, pos);
-  in.k = take_positions(k, 1, pos);
-  in.v = take_positions(v, 1, pos);
+  in.q = shard(q);
+  in.k = shard(k);
+  in.v = shard(v);
   in.positions = pos;
-  if (seg.defined()) in.segment_ids = take_positions(seg, 1, pos);
+  if (seg.defined()) in.segment_ids = shard(seg);
 
-  Attention attn(opt, cpu_backend(), &sp);
+  Attention attn(opt, be, staged ? staged.get() : &sp);
   AttentionOutput out = attn.forward(in);
   const AttentionTimings fwd = attn.last_timings();
   std::vector<std::pair<std::string, Tensor>> results;
-  results.emplace_back("o", gather_sequence(sp, out.o, 1, pos, S));
-  results.emplace_back("lse", gather_sequence(sp, out.lse, 2, pos, S));
+  results.emplace_back("o", gather(out.o, 1));
+  results.emplace_back("lse", gather(out.lse, 2));
   AttentionTimings bwd;
   if (dout.defined()) {
-    AttentionGrads g = attn.backward(in, out, take_positions(dout, 1, pos));
+    AttentionGrads g = attn.backward(in, out, shard(dout));
     bwd = attn.last_timings();
-    results.emplace_back("dq", gather_sequence(sp, g.dq, 1, pos, S));
-    results.emplace_back("dk", gather_sequence(sp, g.dk, 1, pos, S));
-    results.emplace_back("dv", gather_sequence(sp, g.dv, 1, pos, S));
+    results.emplace_back("dq", gather(g.dq, 1));
+    results.emplace_back("dk", gather(g.dk, 1));
+    results.emplace_back("dv", gather(g.dv, 1));
   }
   log::rank_info("{} attention ({}), rank {}/{}: forward {:.1f} ms (KV wait {:.1f} ms){}", a.impl,
                  opt.impl == AttentionImpl::Ring ? a.layout + " layout" : "whole sequence",
@@ -202,6 +220,9 @@ void add_attention_command(CLI::App& parent, Action& run) {
   cmd->add_option("--impl", args->impl, "vanilla | blockwise | ring")->capture_default_str();
   cmd->add_option("--layout", args->layout, "contiguous | zigzag | striped")->capture_default_str();
   cmd->add_flag("--causal", args->causal, "Causal mask (global positions)");
+  cmd->add_option("--device", args->device,
+                  "cpu | cuda: where attention computes (GPU local_rank mod GPUs)")
+      ->capture_default_str();
   cmd->add_option("--q-chunk", args->q_chunk, "Query tile size")->capture_default_str();
   cmd->add_option("--k-chunk", args->k_chunk, "Key tile size")->capture_default_str();
   cmd->add_option("--make-input", args->make_input, "Write a random input file instead");

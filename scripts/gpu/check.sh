@@ -6,7 +6,8 @@
 #
 #   stage 0  machine facts (nvidia-smi, MPI, CUDA libraries)
 #   stage 1  build (CUDA on, sm_90) unless $RINGATTN_GPU_BIN already holds the binaries
-#   stage 2  [cuda] tests: every CUDA operation against the CPU backend, random inputs
+#   stage 2  [cuda] tests: every CUDA operation against the CPU backend, random inputs; and the
+#            attention tool: ring on 2 ranks on the GPU against blockwise on the CPU
 #   stage 3  [device] tests on the real GPU: tensors, optimizer ops, host-staged collectives, ring
 #            attention, training and checkpoints against the CPU (1 rank; 2 and 4 ranks share
 #            the GPU through the MPI transport)
@@ -68,7 +69,14 @@ if [ ! -x "$tests" ]; then
     -DCMAKE_CUDA_ARCHITECTURES=90 && cmake --build build-gpu -j \$(nproc)"
 fi
 
-stage 2 cuda_tests 240 "$tests '[cuda]'"
+stage 2 cuda_tests 240 "set -e; $tests '[cuda]'; \
+  $ra attention --make-input $out/attn_in.safetensors --seq 4096 --heads 8 --kv-heads 2 \
+    --head-dim 64 --with-grad; \
+  $mpi -np 2 $ra attention --input $out/attn_in.safetensors --output $out/attn_gpu.safetensors \
+    --impl ring --layout zigzag --causal --device cuda; \
+  $ra attention --input $out/attn_in.safetensors --output $out/attn_cpu.safetensors \
+    --impl blockwise --causal; \
+  $ra attention --compare $out/attn_gpu.safetensors $out/attn_cpu.safetensors"
 stage 3 device_tests 360 "for np in 1 2 4; do echo \"== [device] on \$np rank(s)\"; \
   $mpi -np \$np $tests '[device]' || exit 1; done"
 stage 4 sanitizer 300 "compute-sanitizer --tool memcheck --error-exitcode 9 $tests '[cuda]' && \
