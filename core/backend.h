@@ -36,6 +36,17 @@ class Backend {
   virtual void gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a,
                     int lda, const float* b, int ldb, float beta, float* c, int ldc) = 0;
 
+  // The same with A and B in bfloat16 (uint16 storage, see core/dtype.h), products accumulated
+  // in float32, C float32: the mixed-precision GEMM (cuBLAS: bf16 inputs, 32F compute). The CPU
+  // widens A and B to float32 (exact) and runs sgemm, the reference the GPU is checked against.
+  virtual void gemm_bf16(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
+                         const uint16_t* a, int lda, const uint16_t* b, int ldb, float beta,
+                         float* c, int ldc) = 0;
+  // dst[i] = bfloat16(src[i]), rounded to nearest, ties to even, NaN kept NaN (f32_to_bf16, bit
+  // for bit on every backend); and back, exactly.
+  virtual void to_bf16(const float* src, uint16_t* dst, int64_t n) = 0;
+  virtual void from_bf16(const uint16_t* src, float* dst, int64_t n) = 0;
+
   // Copies between host and this backend's device (or within one). Synchronous.
   virtual void copy_to_host(void* host_dst, const void* src, size_t bytes) = 0;
   virtual void copy_from_host(void* dst, const void* host_src, size_t bytes) = 0;

@@ -86,6 +86,24 @@ void ProfilingBackend::gemm(bool trans_a, bool trans_b, int m, int n, int k, flo
   inner_.gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
+void ProfilingBackend::gemm_bf16(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
+                                 const uint16_t* a, int lda, const uint16_t* b, int ldb, float beta,
+                                 float* c, int ldc) {
+  gemm_flops_.fetch_add(2.0 * m * n * double(k), std::memory_order_relaxed);
+  Scope s(*this, OpCategory::Gemm);
+  inner_.gemm_bf16(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+void ProfilingBackend::to_bf16(const float* src, uint16_t* dst, int64_t n) {
+  Scope s(*this, OpCategory::Elementwise);
+  inner_.to_bf16(src, dst, n);
+}
+
+void ProfilingBackend::from_bf16(const uint16_t* src, float* dst, int64_t n) {
+  Scope s(*this, OpCategory::Elementwise);
+  inner_.from_bf16(src, dst, n);
+}
+
 void ProfilingBackend::copy_to_host(void* host_dst, const void* src, size_t bytes) {
   Scope s(*this, OpCategory::Copy);
   inner_.copy_to_host(host_dst, src, bytes);

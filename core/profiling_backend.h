@@ -56,6 +56,10 @@ class ProfilingBackend final : public Backend {
 
   void gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a, int lda,
             const float* b, int ldb, float beta, float* c, int ldc) override;
+  void gemm_bf16(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const uint16_t* a,
+                 int lda, const uint16_t* b, int ldb, float beta, float* c, int ldc) override;
+  void to_bf16(const float* src, uint16_t* dst, int64_t n) override;
+  void from_bf16(const uint16_t* src, float* dst, int64_t n) override;
   void copy_to_host(void* host_dst, const void* src, size_t bytes) override;
   void copy_from_host(void* dst, const void* host_src, size_t bytes) override;
   void synchronize() override;

@@ -74,6 +74,16 @@ class EmulatedBackend final : public Backend {
             const float* b, int ldb, float beta, float* c, int ldc) override {
     cpu().gemm(ta, tb, m, n, k, alpha, untag(a), lda, untag(b), ldb, beta, untag(c), ldc);
   }
+  void gemm_bf16(bool ta, bool tb, int m, int n, int k, float alpha, const uint16_t* a, int lda,
+                 const uint16_t* b, int ldb, float beta, float* c, int ldc) override {
+    cpu().gemm_bf16(ta, tb, m, n, k, alpha, untag(a), lda, untag(b), ldb, beta, untag(c), ldc);
+  }
+  void to_bf16(const float* src, uint16_t* dst, int64_t n) override {
+    cpu().to_bf16(untag(src), untag(dst), n);
+  }
+  void from_bf16(const uint16_t* src, float* dst, int64_t n) override {
+    cpu().from_bf16(untag(src), untag(dst), n);
+  }
   void copy_to_host(void* dst, const void* src, size_t bytes) override {
     cpu().copy_to_host(untag(dst), untag(src), bytes);
   }

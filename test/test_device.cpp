@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -164,6 +165,100 @@ TEST_CASE("memory and optimizer operations on the device equal the CPU's", "[dev
     CHECK(bitwise(to_vector(dm), m));
     CHECK(bitwise(to_vector(dv), v));
   }
+}
+
+TEST_CASE("bfloat16 conversions and the bf16 GEMM: CPU against float64, device against CPU",
+          "[device]") {
+  const auto dut = device_under_test();
+  Backend& dev = *dut.backend;
+  Backend& cpu = cpu_backend();
+  INFO(dev.name());
+  // Rounding: nearest, ties to even, on the bit patterns (1 + 2^-8 is a tie between two bf16).
+  auto bits = [](uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  };
+  const std::vector<float> ties = {bits(0x3f808000u),
+                                   bits(0x3f818000u),
+                                   bits(0x3f808001u),
+                                   bits(0xbf818000u),
+                                   65504.0f,
+                                   -0.0f,
+                                   std::numeric_limits<float>::infinity()};
+  const std::vector<uint16_t> expect = {0x3f80, 0x3f82, 0x3f81, 0xbf82, 0x4780, 0x8000, 0x7f80};
+  std::vector<uint16_t> got(ties.size());
+  cpu.to_bf16(ties.data(), got.data(), int64_t(ties.size()));
+  CHECK(got == expect);
+
+  const uint64_t seed = run_seed();
+  const int64_t n = 4099;
+  std::vector<float> x = random_floats(size_t(n), seed, -100.0f, 100.0f);
+  std::vector<uint16_t> xb(static_cast<size_t>(n));
+  cpu.to_bf16(x.data(), xb.data(), n);
+  for (int64_t i = 0; i < n; ++i) CHECK(xb[size_t(i)] == f32_to_bf16(x[size_t(i)]));
+  // On the device: the same bits both ways.
+  const Tensor dx = host_tensor(x, {n}).to_device(Device::CUDA);
+  Tensor db = Tensor::empty({n}, DType::BF16, Device::CUDA);
+  dev.to_bf16(dx.data<float>(), db.data<uint16_t>(), n);
+  std::vector<uint16_t> dxb(static_cast<size_t>(n));
+  db.allocator().copy_to_host(dxb.data(), db.raw(), size_t(n) * 2);
+  CHECK(dxb == xb);
+  Tensor back = Tensor::empty({n}, DType::F32, Device::CUDA);
+  dev.from_bf16(db.data<uint16_t>(), back.data<float>(), n);
+  const std::vector<float> back_h = to_vector(back);
+  for (int64_t i = 0; i < n; ++i) CHECK(back_h[size_t(i)] == bf16_to_f32(xb[size_t(i)]));
+
+  // GEMM: every transpose combination, strided operands (ld > width), alpha and beta.
+  const int m = 37, nn = 29, k = 53, pad = 3;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      INFO("trans_a " << ta << " trans_b " << tb);
+      const int ar = ta ? k : m, ac = ta ? m : k, br = tb ? nn : k, bc = tb ? k : nn;
+      const int lda = ac + pad, ldb = bc + pad, ldc = nn + pad;
+      std::vector<uint16_t> a(size_t(ar * lda)), b(size_t(br * ldb));
+      const std::vector<float> af = random_floats(a.size(), seed + 7),
+                               bf = random_floats(b.size(), seed + 8);
+      cpu.to_bf16(af.data(), a.data(), int64_t(a.size()));
+      cpu.to_bf16(bf.data(), b.data(), int64_t(b.size()));
+      const std::vector<float> c0 = random_floats(size_t(m * ldc), seed + 9);
+      std::vector<float> c = c0;
+      const float alpha = 0.75f, beta = -0.5f;
+      cpu.gemm_bf16(ta, tb, m, nn, k, alpha, a.data(), lda, b.data(), ldb, beta, c.data(), ldc);
+      // float64 reference of the same bf16 values; float32 accumulation over k = 53 terms of
+      // magnitude <= 1 stays within 1e-5 of the sum of |products|.
+      for (int i = 0; i < m; ++i)
+        for (int j = 0; j < nn; ++j) {
+          double ref = 0, mag = 0;
+          for (int p = 0; p < k; ++p) {
+            const double av = bf16_to_f32(ta ? a[size_t(p * lda + i)] : a[size_t(i * lda + p)]);
+            const double bv = bf16_to_f32(tb ? b[size_t(j * ldb + p)] : b[size_t(p * ldb + j)]);
+            ref += av * bv;
+            mag += std::abs(av * bv);
+          }
+          const size_t at = size_t(i * ldc + j);
+          ref = alpha * ref + beta * double(c0[at]);
+          REQUIRE(std::abs(double(c[at]) - ref) <= 1e-5 * (mag + 1.0));
+        }
+      // The padding columns of C are untouched.
+      for (int i = 0; i < m; ++i)
+        for (int j = nn; j < ldc; ++j) CHECK(c[size_t(i * ldc + j)] == c0[size_t(i * ldc + j)]);
+      // The device against the CPU.
+      auto up16 = [](const std::vector<uint16_t>& v) {
+        Tensor t = Tensor::empty({int64_t(v.size())}, DType::BF16, Device::CUDA);
+        t.allocator().copy_from_host(t.raw(), v.data(), v.size() * 2);
+        return t;
+      };
+      const Tensor da = up16(a), dbm = up16(b);
+      Tensor dc = host_tensor(c0, {int64_t(c0.size())}).to_device(Device::CUDA);
+      dev.gemm_bf16(ta, tb, m, nn, k, alpha, da.data<uint16_t>(), lda, dbm.data<uint16_t>(), ldb,
+                    beta, dc.data<float>(), ldc);
+      const std::vector<float> dch = to_vector(dc);
+      if (dut.emulated)
+        CHECK(bitwise(dch, c));
+      else
+        for (size_t i = 0; i < c.size(); ++i) CHECK(std::abs(dch[i] - c[i]) <= 1e-4f);
+    }
 }
 
 TEST_CASE("host-staged collectives and ring move device buffers", "[device]") {

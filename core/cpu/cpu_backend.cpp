@@ -33,6 +33,15 @@ class CpuBackend final : public Backend {
                 k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
 
+  void gemm_bf16(bool ta, bool tb, int m, int n, int k, float alpha, const uint16_t* a, int lda,
+                 const uint16_t* b, int ldb, float beta, float* c, int ldc) override {
+    cpu::gemm_bf16(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+  void to_bf16(const float* src, uint16_t* dst, int64_t n) override { cpu::to_bf16(src, dst, n); }
+  void from_bf16(const uint16_t* src, float* dst, int64_t n) override {
+    cpu::from_bf16(src, dst, n);
+  }
+
   void copy_to_host(void* dst, const void* src, size_t bytes) override {
     if (bytes) std::memcpy(dst, src, bytes);
   }

@@ -1,7 +1,12 @@
 #include "core/cpu/cpu_optim.h"
 
+#include <cblas.h>
+
 #include <cmath>
 #include <cstring>
+
+#include "core/dtype.h"
+#include "core/tensor.h"
 
 namespace ringattn::cpu {
 
@@ -17,6 +22,34 @@ double sum_squares(const float* x, int64_t n) {
 
 void scale_f64(float* x, int64_t n, double s) {
   for (int64_t i = 0; i < n; ++i) x[i] = float(double(x[i]) * s);
+}
+
+void to_bf16(const float* src, uint16_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
+}
+
+void from_bf16(const uint16_t* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(src[i]);
+}
+
+namespace {
+// The rows x cols (row stride ld) bf16 matrix widened into a packed float32 one.
+Tensor widen(const uint16_t* x, int rows, int cols, int ld, const char* what) {
+  Tensor t = Tensor::empty({rows, cols}, DType::F32, Device::CPU, what);
+  float* out = t.data<float>();
+  for (int r = 0; r < rows; ++r) from_bf16(x + int64_t(r) * ld, out + int64_t(r) * cols, cols);
+  return t;
+}
+}  // namespace
+
+void gemm_bf16(bool ta, bool tb, int m, int n, int k, float alpha, const uint16_t* a, int lda,
+               const uint16_t* b, int ldb, float beta, float* c, int ldc) {
+  if (m == 0 || n == 0) return;
+  // Stored shapes: A is [m, k] (or [k, m] when transposed), B is [k, n] (or [n, k]).
+  const Tensor a32 = widen(a, ta ? k : m, ta ? m : k, lda, "bf16 gemm A");
+  const Tensor b32 = widen(b, tb ? n : k, tb ? k : n, ldb, "bf16 gemm B");
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n,
+              k, alpha, a32.data<float>(), ta ? m : k, b32.data<float>(), tb ? k : n, beta, c, ldc);
 }
 
 void adamw_update(const AdamWConstants& k, float* p, const float* g, float* m, float* v,

@@ -117,6 +117,22 @@ class CudaBackend final : public Backend {
                              c, ldc));
   }
 
+  // bf16 inputs, float32 accumulation and output (CUBLAS_COMPUTE_32F), operands swapped as above.
+  void gemm_bf16(bool ta, bool tb, int m, int n, int k, float alpha, const uint16_t* a, int lda,
+                 const uint16_t* b, int ldb, float beta, float* c, int ldc) override {
+    if (m == 0 || n == 0) return;
+    CUBLAS_CHECK(cublasGemmEx(cublas_, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                              ta ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha, b, CUDA_R_16BF, ldb,
+                              a, CUDA_R_16BF, lda, &beta, c, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+  }
+  void to_bf16(const float* src, uint16_t* dst, int64_t n) override {
+    cuda::to_bf16(stream_, src, dst, n);
+  }
+  void from_bf16(const uint16_t* src, float* dst, int64_t n) override {
+    cuda::from_bf16(stream_, src, dst, n);
+  }
+
   void copy_to_host(void* dst, const void* src, size_t bytes) override {
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));

@@ -18,6 +18,24 @@ __global__ void sum_squares_kernel(const float* x, int64_t n, double* partial) {
   if (threadIdx.x == 0) partial[blockIdx.x] = total;
 }
 
+// core/dtype.h's f32_to_bf16, on the bits: round to nearest even, NaN kept (quiet).
+__global__ void to_bf16_kernel(const float* src, uint16_t* dst, int64_t n) {
+  for (int64_t i = global_thread(); i < n; i += grid_stride()) {
+    uint32_t u = __float_as_uint(src[i]);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+      dst[i] = uint16_t((u >> 16) | 0x40);
+    } else {
+      u += 0x7fffu + ((u >> 16) & 1u);
+      dst[i] = uint16_t(u >> 16);
+    }
+  }
+}
+
+__global__ void from_bf16_kernel(const uint16_t* src, float* dst, int64_t n) {
+  for (int64_t i = global_thread(); i < n; i += grid_stride())
+    dst[i] = __uint_as_float(uint32_t(src[i]) << 16);
+}
+
 __global__ void scale_f64_kernel(float* x, int64_t n, double s) {
   for (int64_t i = global_thread(); i < n; i += grid_stride())
     x[i] = float(__dmul_rn(double(x[i]), s));
@@ -46,6 +64,18 @@ __global__ void adamw_kernel(AdamWConstants k, float* p, const float* g, float* 
 void copy(cudaStream_t stream, void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream));
+}
+
+void to_bf16(cudaStream_t stream, const float* src, uint16_t* dst, int64_t n) {
+  if (n <= 0) return;
+  to_bf16_kernel<<<grid_for(n), kThreads, 0, stream>>>(src, dst, n);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void from_bf16(cudaStream_t stream, const uint16_t* src, float* dst, int64_t n) {
+  if (n <= 0) return;
+  from_bf16_kernel<<<grid_for(n), kThreads, 0, stream>>>(src, dst, n);
+  CUDA_CHECK(cudaGetLastError());
 }
 
 double sum_squares(cudaStream_t stream, const float* x, int64_t n) {
