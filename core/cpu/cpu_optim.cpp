@@ -25,11 +25,11 @@ void scale_f64(float* x, int64_t n, double s) {
 }
 
 void to_bf16(const float* src, uint16_t* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
+  convert_floats(src, DType::F32, dst, DType::BF16, size_t(n));
 }
 
 void from_bf16(const uint16_t* src, float* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(src[i]);
+  convert_floats(src, DType::BF16, dst, DType::F32, size_t(n));
 }
 
 namespace {

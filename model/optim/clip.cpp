@@ -4,14 +4,17 @@
 #include <cstring>
 #include <vector>
 
+#include "core/backend.h"
 #include "core/error.h"
 
 namespace ringattn {
 
 double local_sq_norm(std::span<const std::span<float>> buffers) {
+  // The same arithmetic as the sharded path (FlatShard's clip_grad_norm on any backend): one
+  // float64 sum per buffer, the buffers' sums added in order.
   double sum = 0;
   for (const std::span<float>& b : buffers)
-    for (float x : b) sum += double(x) * double(x);
+    sum += cpu_backend().sum_squares(b.data(), int64_t(b.size()));
   return sum;
 }
 
@@ -41,7 +44,7 @@ GradNormResult clip_grad_norm(std::span<const std::span<float>> grads, double ma
   if (scale >= 1) return r;
   r.scale = scale;
   for (const std::span<float>& b : grads)
-    for (float& x : b) x = float(double(x) * scale);
+    cpu_backend().scale_f64(b.data(), int64_t(b.size()), scale);
   return r;
 }
 

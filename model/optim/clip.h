@@ -7,7 +7,8 @@
 // dp times. Pass mesh.fsdp_sp() (or nullptr when the gradients are not sharded at all).
 //
 // Formulas (float64 throughout):
-//   local_sq = sum over this rank's gradient elements of g * g          (sequential, fixed order)
+//   local_sq = sum over this rank's buffers, in order, of (sum over the buffer's elements, in
+//              order, of g * g)                               (Backend::sum_squares per buffer)
 //   norm     = sqrt(sum over the group's ranks, in rank order, of local_sq)
 //   scale    = min(1, max_norm / (norm + 1e-6))      when max_norm > 0 and norm is finite
 //   g       <- float32(g * scale)                      only when scale < 1
@@ -29,7 +30,8 @@ struct GradNormResult {
   bool clipped() const { return scale < 1; }
 };
 
-// Sum of squares of the elements of `buffers` in float64, buffers in order, elements in order.
+// Sum of squares of the elements of `buffers` in float64: each buffer's sum (elements in order),
+// the buffers' sums added in order.
 double local_sq_norm(std::span<const std::span<float>> buffers);
 
 // sqrt of the sum of every rank's `local_sq` over `group` (rank order; see above). Collective
