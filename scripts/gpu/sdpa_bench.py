@@ -88,7 +88,7 @@ def main():
     for S in [int(s) for s in args.seqs.split(",") if s]:
         try:
             r = bench_one(S, args, device, dtype)
-        except torch.OutOfMemoryError as e:  # reported, not fatal: the next length may not run
+        except torch.cuda.OutOfMemoryError as e:  # reported, not fatal: the next length may not run
             r = {"impl": "torch.sdpa", "S": S, "dtype": args.dtype, "error": f"out of memory: {e}"}
         results.append(r)
         if "error" in r:
