@@ -52,6 +52,9 @@ class Backend {
   virtual void copy_from_host(void* dst, const void* host_src, size_t bytes) = 0;
   // Waits for everything queued on this backend.
   virtual void synchronize() = 0;
+  // Lets the calling thread queue operations on this backend (CUDA: selects the backend's GPU
+  // for the thread). Helper threads that compute (the FSDP group's) call it once at start.
+  virtual void bind_thread() {}
   // Device memory in use as the driver sees it (CUDA: cudaMemGetInfo's total - free: the
   // allocator's pool with its cached blocks, the context, cuBLAS' workspace, NCCL's buffers).
   // 0 on the CPU, whose figure is the allocator's alone.

@@ -64,6 +64,7 @@ class ProfilingBackend final : public Backend {
   void copy_from_host(void* dst, const void* host_src, size_t bytes) override;
   void synchronize() override;
   size_t device_memory_used() override { return inner_.device_memory_used(); }
+  void bind_thread() override { inner_.bind_thread(); }
 
   void attention_forward_init(const AttentionForwardState& st, int64_t batch, int64_t sq, int heads,
                               int head_dim) override;

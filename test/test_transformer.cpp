@@ -25,6 +25,7 @@
 #include "model/data/make_source.h"
 #include "model/data/retrieval.h"
 #include "model/transformer.h"
+#include "test_util.h"
 
 using namespace ringattn;
 
@@ -34,30 +35,12 @@ using VecF = std::vector<float>;
 
 TrainConfig tiny_config(AttentionImpl impl = AttentionImpl::Blockwise,
                         RingLayout layout = RingLayout::Zigzag) {
-  TrainConfig c;
+  TrainConfig c = test::tiny_train_config("", impl, layout);
   c.seed = 5;
-  c.model.vocab_size = 17;
-  c.model.hidden_size = 16;
-  c.model.intermediate_size = 24;
-  c.model.num_layers = 2;
-  c.model.num_heads = 4;
-  c.model.num_kv_heads = 2;
   c.model.rope_theta = 500.0;  // small theta: the angles vary a lot over 64 positions
-  c.model.ffn_chunk = 24;      // smaller than a shard's rows: the blockwise FFN loop runs
-  c.model.loss_chunk = 20;     // likewise the blockwise LM head
-  c.attention.impl = impl;
-  c.attention.layout = layout;
-  c.attention.q_chunk = 8;  // tiles smaller than the shard: tile loops and masks exercised
-  c.attention.k_chunk = 8;
-  c.train.seq_len = 64;
-  c.train.batch_size = 4;
   c.train.steps = 10;
   c.train.warmup_steps = 0;
   c.train.grad_clip = 0;  // the comparisons look at raw gradients
-  c.optim.lr = 1e-2;
-  c.optim.min_lr = 1e-3;
-  c.data.retrieval.key_digits = 2;
-  c.data.retrieval.value_digits = 2;
   return c;
 }
 

@@ -93,11 +93,11 @@ inline TrainConfig tiny_train_config(const std::string& run_dir,
   c.model.num_layers = 2;
   c.model.num_heads = 4;
   c.model.num_kv_heads = 2;
-  c.model.ffn_chunk = 24;
-  c.model.loss_chunk = 20;
+  c.model.ffn_chunk = 24;   // smaller than a shard's rows: the blockwise FFN loop runs
+  c.model.loss_chunk = 20;  // likewise the blockwise LM head
   c.attention.impl = impl;
   c.attention.layout = layout;
-  c.attention.q_chunk = 8;
+  c.attention.q_chunk = 8;  // tiles smaller than the shard: tile loops and masks exercised
   c.attention.k_chunk = 8;
   c.train.seq_len = 64;
   c.train.batch_size = 4;

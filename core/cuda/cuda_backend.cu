@@ -142,6 +142,7 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void bind_thread() override { CUDA_CHECK(cudaSetDevice(device_)); }
   size_t device_memory_used() override {
     size_t free = 0, total = 0;
     CUDA_CHECK(cudaSetDevice(device_));

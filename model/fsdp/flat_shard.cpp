@@ -62,12 +62,12 @@ Device FlatShard::device() const {
 
 FlatShard::~FlatShard() {
   // The helper thread may still be using our buffers (the jobs hold their own references to the
-  // full buffers, but write the gathered parameters and reduced gradients through raw pointers):
-  // wait, and swallow errors, as a destructor cannot report them.
+  // full buffers, but write the gathered parameters and grads_ through raw pointers): wait, and
+  // swallow errors, as a destructor cannot report them.
   try {
     if (full_job_.valid()) full_job_.wait();
-    for (GradJob& j : grad_jobs_)
-      if (j.done.valid()) j.done.wait();
+    for (std::future<void>& f : grad_jobs_)
+      if (f.valid()) f.wait();
   } catch (...) {
   }
 }
@@ -149,23 +149,26 @@ Tensor FlatShard::full_grad() {
 void FlatShard::start_rs(Tensor padded_full, float scale) {
   Communicator& comm = group_.comm();
   const size_t count = size_t(layout_.shard_numel);
-  GradJob job;
-  job.reduced =
+  Tensor reduced =
       Tensor::empty({layout_.shard_numel}, DType::F32, device(), name_ + " reduced grads");
-  job.scale = scale;
+  float* out = grads_.data<float>();
+  Backend& be = group_.backend();
   // The job reads the full gradients off the compute stream: the backward must be done.
-  group_.backend().synchronize();
+  be.synchronize();
   WaitTimer timer(group_.wait_times().reduce_scatter_s);  // the whole job in Sync mode
-  // The job owns the full gradients (the caller may drop its reference at once) and frees them
-  // itself before it completes, so the memory is back in the allocator's accounting by the time
-  // wait_grads() returns. It only communicates: wait_grads() adds the result into grads_ on the
-  // calling thread, through the backend.
-  float* reduced = job.reduced.data<float>();
-  job.done = group_.submit([&comm, count, padded_full, reduced]() mutable {
-    comm.reduce_scatter(padded_full.data<float>(), reduced, count, DType::F32, ReduceOp::Sum);
-    padded_full = Tensor();
-  });
-  grad_jobs_.push_back(std::move(job));
+  // The job owns the full gradients (the caller may drop its reference at once) and frees them,
+  // and its reduced shard, before it completes, so the memory is back in the allocator's
+  // accounting by the time wait_grads() returns. Jobs run one at a time in submission order, so
+  // the additions into grads_ keep that order. (On CUDA the addition and the frees are ordered
+  // on the compute stream; nothing reads grads_ before wait_grads().)
+  grad_jobs_.push_back(
+      group_.submit([&comm, &be, count, padded_full, reduced, out, scale]() mutable {
+        float* r = reduced.data<float>();
+        comm.reduce_scatter(padded_full.data<float>(), r, count, DType::F32, ReduceOp::Sum);
+        be.axpy(int64_t(count), scale, r, out);  // grads += scale * reduced (float32)
+        padded_full = Tensor();
+        reduced = Tensor();
+      }));
 }
 
 void FlatShard::start_reduce_scatter_grads(float scale) {
@@ -209,23 +212,19 @@ void FlatShard::reduce_scatter_grads(const Tensor& full, float scale) {
 
 void FlatShard::wait_grads() {
   // Wait for all of them even when one failed: each is still using our buffers.
-  std::vector<GradJob> jobs = std::move(grad_jobs_);
+  std::vector<std::future<void>> jobs = std::move(grad_jobs_);
   grad_jobs_.clear();
   WaitTimer timer(group_.wait_times().reduce_scatter_s);
   std::exception_ptr first;
-  for (GradJob& j : jobs) {
+  for (std::future<void>& f : jobs) {
     try {
       const WatchdogScope watch("FSDP reduce-scatter wait of '" + name_ + "'", -1, "");
-      j.done.get();
+      f.get();
     } catch (...) {
       if (!first) first = std::current_exception();
     }
   }
   if (first) std::rethrow_exception(first);
-  // grads += scale * reduced, in submission order (float32, as the formula in the header says).
-  for (GradJob& j : jobs)
-    group_.backend().axpy(layout_.shard_numel, j.scale, j.reduced.data<float>(),
-                          grads_.data<float>());
 }
 
 void FlatShard::zero_grads() {

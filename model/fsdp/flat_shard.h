@@ -152,15 +152,8 @@ class FlatShard {
   Tensor full_;  // F32 [N_pad] while present
   FullState full_state_ = FullState::Absent;
   std::future<void> full_job_;
-  Tensor full_grad_;  // F32 [N_pad] while allocated
-  // A reduce-scatter in flight: the helper thread fills `reduced`; wait_grads() then adds
-  // scale * reduced into grads_ on the calling thread.
-  struct GradJob {
-    std::future<void> done;
-    Tensor reduced;
-    float scale = 1;
-  };
-  std::vector<GradJob> grad_jobs_;  // reduce-scatters in flight, oldest first
+  Tensor full_grad_;                          // F32 [N_pad] while allocated
+  std::vector<std::future<void>> grad_jobs_;  // reduce-scatters in flight, oldest first
   std::vector<IndexRange> no_decay_local_;
   AdamWState opt_;
 };

@@ -64,6 +64,7 @@ void FsdpGroup::synchronize() {
 }
 
 void FsdpGroup::worker_loop() {
+  backend_.bind_thread();  // jobs add reduced gradients through the backend
   for (;;) {
     std::packaged_task<void()> task;
     {

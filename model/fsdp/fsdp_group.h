@@ -26,10 +26,10 @@
 //
 // Devices: the shards live on the backend's device, and the communicator must move that
 // device's memory (checked): MPI for the CPU backend; a host-staged MPI communicator
-// (comm/host_staged_communicator.h) or NCCL for CUDA. The helper thread only communicates; the
-// arithmetic on the shards (gradient accumulation, AdamW) runs on the calling thread, through the
-// backend. Before a job reads a buffer that backend operations wrote, the caller synchronizes the
-// backend (FlatShard does), as the communication may not be ordered with the compute stream.
+// (comm/host_staged_communicator.h) or NCCL for CUDA. Jobs that compute (a reduce-scatter adding
+// its result into the gradient shard) do so through the backend, which the helper thread binds
+// to at start. Before a job reads a buffer that backend operations wrote, the caller synchronizes
+// the backend (FlatShard does), as the communication may not be ordered with the compute stream.
 #pragma once
 
 #include <condition_variable>
