@@ -19,10 +19,21 @@
 #   stage 7  training benchmark: 1B-shaped model (f32) at S = 32K on one GPU, with the driver's
 #            memory use sampled by nvidia-smi beside the allocator's peak
 #
-# Usage on the device machine (from the repository root; .debs carried, see the README above):
-#   for f in .debs/*.deb; do dpkg -x "$f" /; done; ldconfig; bash scripts/gpu/check.sh
-# Options (environment): RINGATTN_GPU_BIN (prebuilt bin directory), RINGATTN_GPU_STAGES
-# (e.g. "0 2 3" to run only those), RINGATTN_GPU_QUICK=1 (shorter benchmark sweeps).
+#   stage 8  the demo (configs/demo.json) on 4 ranks sharing the GPU, timed
+#
+# Usage on the device machine (from the repository root; .debs carried, see the README above;
+# scripts/gpu/unpack-deps.sh says why not `dpkg -x` straight onto /):
+#   source scripts/gpu/unpack-deps.sh .debs; bash scripts/gpu/check.sh
+# Options (environment):
+#   RINGATTN_GPU_BIN       prebuilt bin directory (built here for sm_90 and carried); rebuilt on
+#                          the machine when its libraries do not resolve there
+#   RINGATTN_GPU_STAGES    the stages to run, in that order (default "0 1 2 3 4 5 6 7 8")
+#   RINGATTN_GPU_DEADLINE  seconds for the whole script: each stage's limit is cut to what is
+#                          left, and a stage with under 15 s left is skipped, so the summary and
+#                          the pack below always get written inside a device lease
+#   RINGATTN_GPU_QUICK=1   shorter benchmark sweeps
+#   RINGATTN_GPU_PACK=F    at the end, pack the logs and JSON results (no tensors, no
+#                          checkpoints) into the tar file F
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -31,21 +42,28 @@ mkdir -p "$out"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_hwloc_base_binding_policy=none
 export OMPI_MCA_btl_base_warn_component_unused=0 OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-4}
-stages=${RINGATTN_GPU_STAGES:-0 1 2 3 4 5 6 7}
+# Sandboxed kernels (gVisor) refuse the cross-memory-attach syscalls of Open MPI's shared memory.
+export OMPI_MCA_btl_vader_single_copy_mechanism=none
+stages=${RINGATTN_GPU_STAGES:-0 1 2 3 4 5 6 7 8}
 quick=${RINGATTN_GPU_QUICK:-0}
+start=$(date +%s)
+deadline=$((start + ${RINGATTN_GPU_DEADLINE:-100000}))
 summary=$out/summary.txt
 : >"$summary"
 
-want() { [[ " $stages " == *" $1 "* ]]; }
 # stage N NAME LIMIT_S CMD...: runs CMD with a time limit, output to $out/stageN_NAME.log.
 stage() {
   local n=$1 name=$2 limit=$3
   shift 3
-  want "$n" || return 0
-  local log=$out/stage${n}_$name.log t0 rc
+  local log=$out/stage${n}_$name.log t0 rc left=$((deadline - $(date +%s) - 5))
+  if [ "$left" -lt 15 ]; then
+    printf 'stage %s %-12s %-14s\n' "$n" "$name" "SKIPPED (deadline)" | tee -a "$summary"
+    return 0
+  fi
+  [ "$left" -lt "$limit" ] && limit=$left
   echo "== stage $n: $name (limit ${limit}s)"
   t0=$(date +%s)
-  timeout --kill-after=10 "$limit" bash -c "$*" >"$log" 2>&1
+  timeout --kill-after=10 "$limit" bash -o pipefail -c "$*" >"$log" 2>&1
   rc=$?
   local status=ok
   [ $rc -ne 0 ] && status="FAILED rc=$rc"
@@ -56,20 +74,45 @@ stage() {
 }
 
 bin=${RINGATTN_GPU_BIN:-$root/build-gpu/bin}
-mpi="mpirun --oversubscribe --allow-run-as-root --bind-to none"
+# Open MPI's own launcher even where the image has another MPI's mpirun first in PATH.
+mpirun=$(command -v mpirun.openmpi || command -v mpirun)
+mpi="$mpirun --oversubscribe --allow-run-as-root --bind-to none"
+
+# The carried binaries need libnccl.so.2 and cuBLAS, which the image may keep outside the
+# loader's path (NCCL in PyTorch's wheel, say): add the folder of each one that does not resolve.
+resolve_libs() {
+  local missing lib dir
+  missing=$(ldd "$1" 2>/dev/null | awk '/not found/ {print $1}')
+  for lib in $missing; do
+    dir=$(find /usr/local /opt /usr/lib -name "$lib" 2>/dev/null | head -1)
+    [ -n "$dir" ] && export LD_LIBRARY_PATH=$(dirname "$dir")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  done
+  ! ldd "$1" 2>/dev/null | grep -q 'not found'
+}
+if [ -x "$bin/ringattn_tests" ] && ! resolve_libs "$bin/ringattn_tests"; then
+  echo "carried binaries in $bin do not load here:"
+  ldd "$bin/ringattn_tests" | grep 'not found'
+  bin=$root/build-gpu/bin
+fi
 tests=$bin/ringattn_tests
 ra=$bin/ringattn
 
-stage 0 machine 60 "nvidia-smi; echo; which mpirun nvcc python3 compute-sanitizer; \
-  mpirun --version | head -1; nvcc --version | tail -2; \
-  ls /usr/local/cuda/lib64 | grep -E 'nccl|cublas' ; python3 -c 'import torch; print(\"torch\", torch.__version__, torch.version.cuda)'; true"
+stage_0() {
+  stage 0 machine 60 "nvidia-smi; echo; which mpirun mpirun.openmpi nvcc python3 compute-sanitizer; \
+  $mpirun --version | head -1; nvcc --version | tail -2; cat /etc/os-release | head -2; nproc; \
+  ls /usr/local/cuda/lib64 | grep -E 'nccl|cublas'; echo LD_LIBRARY_PATH=\$LD_LIBRARY_PATH; \
+  ldd $tests | grep -E 'nccl|cublas|cudart|mpi|blas|spdlog'; \
+  python3 -c 'import torch; print(\"torch\", torch.__version__, torch.version.cuda)'; true"
+}
 
-if [ ! -x "$tests" ]; then
+stage_1() {
+  [ -x "$tests" ] && return 0
   stage 1 build 420 "cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DRINGATTN_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90 && cmake --build build-gpu -j \$(nproc)"
-fi
+}
 
-stage 2 cuda_tests 240 "set -e; $tests '[cuda]'; \
+stage_2() {
+  stage 2 cuda_tests 120 "set -e; $tests '[cuda]'; \
   $ra attention --make-input $out/attn_in.safetensors --seq 4096 --heads 8 --kv-heads 2 \
     --head-dim 64 --with-grad; \
   $mpi -np 2 $ra attention --input $out/attn_in.safetensors --output $out/attn_gpu.safetensors \
@@ -77,14 +120,20 @@ stage 2 cuda_tests 240 "set -e; $tests '[cuda]'; \
   $ra attention --input $out/attn_in.safetensors --output $out/attn_cpu.safetensors \
     --impl blockwise --causal; \
   $ra attention --compare $out/attn_gpu.safetensors $out/attn_cpu.safetensors"
-stage 3 device_tests 360 "for np in 1 2 4; do echo \"== [device] on \$np rank(s)\"; \
+}
+stage_3() {
+  stage 3 device_tests 150 "for np in 1 2 4; do echo \"== [device] on \$np rank(s)\"; \
   $mpi -np \$np $tests '[device]' || exit 1; done"
-stage 4 sanitizer 300 "compute-sanitizer --tool memcheck --error-exitcode 9 $tests '[cuda]' && \
+}
+stage_4() {
+  stage 4 sanitizer 300 "compute-sanitizer --tool memcheck --error-exitcode 9 $tests '[cuda]' && \
   compute-sanitizer --tool memcheck --error-exitcode 9 $tests '[device]'"
+}
 
 # Stage 5: the same tiny run on the CPU and on the GPU; their final losses must agree to 1e-3.
-tiny="--config configs/tiny.json --set train.steps=20 --set checkpoint.every=0 --set mesh.sp=1"
-stage 5 trainer 420 "set -e; \
+stage_5() {
+  tiny="--config configs/tiny.json --set train.steps=20 --set checkpoint.every=0 --set mesh.sp=1"
+  stage 5 trainer 120 "set -e; \
   $ra train $tiny --set run_dir=$out/tiny_cpu; \
   $ra train $tiny --set run_dir=$out/tiny_gpu --set device=cuda; \
   $ra train $tiny --set run_dir=$out/tiny_nccl --set device=cuda --set comm.transport=nccl; \
@@ -97,31 +146,47 @@ def last(run):
 a, b, c = last('tiny_cpu'), last('tiny_gpu'), last('tiny_nccl')
 print(f'final loss cpu {a:.6f} gpu {b:.6f} gpu+nccl {c:.6f}')
 assert abs(a - b) <= 1e-3 * abs(a) and abs(a - c) <= 1e-3 * abs(a), 'GPU and CPU losses differ'
-PY
-  /usr/bin/time -v $mpi -np 4 $ra train --config configs/demo.json --set device=cuda \
+PY"
+}
+stage_8() {
+  stage 8 demo 420 "/usr/bin/time -v $mpi -np 4 $ra train --config configs/demo.json --set device=cuda \
     --set run_dir=$out/demo_gpu 2>&1 | tail -40"
+}
 
-# Stage 6: ours and PyTorch's in the same run, same shapes and FLOP convention.
-seqs="8192 16384 32768 65536"
-[ "$quick" = 1 ] && seqs="8192 16384"
-stage 6 attention 480 "for S in $seqs; do \
-  $ra bench attention --device cuda --impl blockwise --seq \$S --heads 16 --kv-heads 16 \
-    --head-dim 128 --causal --q-chunk 1024 --k-chunk 1024 --json $out/ringattn_S\$S.json \
-    | grep -v '^\\['; done; \
+# Stage 6: ours and PyTorch's in the same run, same shapes and FLOP convention (PyTorch first:
+# it is quick, and a sweep of ours cut by the time limit still leaves the comparison rows).
+stage_6() {
+  local seqs="8192 16384 32768 65536"
+  [ "$quick" = 1 ] && seqs="8192 16384"
+  stage 6 attention 300 "python3 scripts/gpu/sdpa_bench.py --seqs \$(echo $seqs | tr ' ' ,) \
+    --heads 16 --head-dim 128 --causal --dtype float32 --json $out/sdpa_float32.json; \
   python3 scripts/gpu/sdpa_bench.py --seqs \$(echo $seqs | tr ' ' ,) --heads 16 --head-dim 128 \
-    --causal --dtype float32 --json $out/sdpa_float32.json; \
-  python3 scripts/gpu/sdpa_bench.py --seqs \$(echo $seqs | tr ' ' ,) --heads 16 --head-dim 128 \
-    --causal --dtype bfloat16 --json $out/sdpa_bfloat16.json"
+    --causal --dtype bfloat16 --json $out/sdpa_bfloat16.json; \
+  for S in $seqs; do \
+    $ra bench attention --device cuda --impl blockwise --seq \$S --heads 16 --kv-heads 16 \
+      --head-dim 128 --causal --q-chunk 1024 --k-chunk 1024 --json $out/ringattn_S\$S.json; \
+  done"
+}
 
 # Stage 7: one GPU, 1B shape in f32 (bf16 is not implemented yet), layer checkpointing.
-big="--config configs/1b.json --set model.dtype=f32 --set comm.transport=mpi --set mesh.fsdp=1 \
+stage_7() {
+  big="--config configs/1b.json --set model.dtype=f32 --set comm.transport=mpi --set mesh.fsdp=1 \
   --set mesh.sp=1 --set attention.impl=blockwise --set train.batch_size=1 \
   --set train.micro_batches=1 --set memory_limit_gb=0 --set run_dir=$out/bench_1b"
-stage 7 train_1b 480 "nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 \
+  stage 7 train_1b 240 "nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 \
     > $out/train_1b_nvsmi_mib.txt & smi=\$!; \
-  $ra bench train $big --set train.seq_len=32768 --steps 3 --json $out/train_1b_S32768.json; \
+  $ra bench train $big --set train.seq_len=32768 --steps 2 --json $out/train_1b_S32768.json; \
   rc=\$?; kill \$smi; echo \"driver memory peak (MiB, nvidia-smi): \$(sort -n $out/train_1b_nvsmi_mib.txt | tail -1)\"; \
   exit \$rc"
+}
 
-echo "== summary ($summary)"
+for n in $stages; do
+  if declare -F "stage_$n" >/dev/null; then "stage_$n"; else echo "no stage $n"; fi
+done
+echo "== summary ($summary, $(($(date +%s) - start)) s in all)"
 cat "$summary"
+if [ -n "${RINGATTN_GPU_PACK:-}" ]; then
+  tar -C "$out" -czf "$RINGATTN_GPU_PACK" --exclude='*.safetensors' --exclude='checkpoints' \
+    --exclude='step_*' --exclude="$(basename "$RINGATTN_GPU_PACK")" .
+  ls -la "$RINGATTN_GPU_PACK"
+fi
