@@ -11,6 +11,8 @@
 //  * The copies are synchronous and wait for the device's queued work first, so inputs written
 //    by earlier backend operations are complete when they are read; results are in place when a
 //    collective (or a ring's wait()) returns.
+//  * A group of one rank stages nothing: its collectives and ring are copies on the device (or
+//    nothing at all), so one GPU training alone pays no host round trips.
 //  * Staging buffers come from the host allocator: they count in the host's live and peak bytes
 //    (a collective's for its duration, a ring's for the ring's lifetime, sized by its largest
 //    message).

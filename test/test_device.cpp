@@ -63,12 +63,19 @@ std::vector<float> to_vector(const Tensor& t) {
   return {h.data<float>(), h.data<float>() + h.numel()};
 }
 
-// Largest |a - b| / (|b| + 1e-6) over the elements; a 0 means bitwise equal for finite values.
-double max_rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+// The worst |a - b| / (atol + rtol |b|) over the elements: at most 1 when a is within the
+// tolerance of b everywhere. A pure relative difference would fail on values near zero, which
+// other summation orders (cuBLAS vs OpenBLAS) leave with a few ulps of their neighbours' size
+// (the first GPU run saw 0.03 relative on outputs that passed the absolute 2e-5 check against
+// blockwise attention on one rank).
+double worst_excess(const std::vector<float>& a, const std::vector<float>& b, double rtol,
+                    double atol) {
   REQUIRE(a.size() == b.size());
   double m = 0;
-  for (size_t i = 0; i < a.size(); ++i)
-    m = std::max(m, std::abs(double(a[i]) - double(b[i])) / (std::abs(double(b[i])) + 1e-6));
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = std::abs(double(a[i]) - double(b[i]));
+    m = std::max(m, std::isfinite(d) ? d / (atol + rtol * std::abs(double(b[i]))) : HUGE_VAL);
+  }
   return m;
 }
 
@@ -334,6 +341,43 @@ TEST_CASE("host-staged collectives and ring move device buffers", "[device]") {
   CHECK(ring->bytes_moved() == (n > 1 ? 2 * size_t(c) * sizeof(float) : 0));
 }
 
+TEST_CASE("host staging over a group of one rank copies on the device", "[device]") {
+  const auto dut = device_under_test();
+  INFO(dut.backend->name());
+  const int n = world_size(), r = world_rank();
+  Mesh mesh(MeshShape{1, n, 1, 1});  // the sp axis has one rank on every rank
+  std::unique_ptr<Communicator> comm =
+      make_host_staged_communicator(mesh.axis(Axis::SP), allocator_for(Device::CUDA));
+  REQUIRE(comm->size() == 1);
+  const int64_t c = 1 << 18;  // 1 MiB of floats: staging it would show in the host's peak
+  const size_t bytes = size_t(c) * sizeof(float);
+  std::vector<float> values(static_cast<size_t>(c));
+  for (int64_t i = 0; i < c; ++i) values[size_t(i)] = float(r * 7 + i % 1013) * 0.5f;
+  const Tensor mine = host_tensor(values, {c}).to_device(Device::CUDA);
+  Tensor gathered = Tensor::zeros({c}, DType::F32, Device::CUDA);
+  Tensor scattered = Tensor::zeros({c}, DType::F32, Device::CUDA);
+  Tensor received = Tensor::zeros({c}, DType::F32, Device::CUDA);
+  Tensor same = mine.clone();
+  auto ring = comm->make_ring();
+  Allocator& host = allocator_for(Device::CPU);
+  host.reset_peak();
+  const size_t host_before = host.peak_bytes();
+
+  comm->all_gather(mine.raw(), gathered.raw(), size_t(c), DType::F32);
+  comm->reduce_scatter(mine.raw(), scattered.raw(), size_t(c), DType::F32, ReduceOp::Sum);
+  comm->all_reduce(same.raw(), size_t(c), DType::F32, ReduceOp::Sum);
+  comm->broadcast(same.raw(), size_t(c), DType::F32, 0);
+  ring->start(mine.raw(), received.raw(), bytes);
+  ring->wait();
+  // Nothing went through host memory (a staging buffer would be `bytes` or more).
+  CHECK(host.peak_bytes() - host_before < bytes);
+  CHECK(ring->bytes_moved() == 0);
+  CHECK(to_vector(gathered) == values);
+  CHECK(to_vector(scattered) == values);
+  CHECK(to_vector(same) == values);
+  CHECK(to_vector(received) == values);
+}
+
 TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
   const auto dut = device_under_test();
   INFO(dut.backend->name());
@@ -396,7 +440,7 @@ TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
       if (dut.emulated)
         CHECK(bitwise(to_vector(*d), to_vector(*h)));
       else
-        CHECK(max_rel_diff(to_vector(*d), to_vector(*h)) < 1e-4);
+        CHECK(worst_excess(to_vector(*d), to_vector(*h), 1e-4, 1e-4) <= 1.0);  // as [cuda]
     }
     // Ring on N ranks == blockwise on one rank (other summation orders: float32 rounding only;
     // values are O(1), so an absolute 2e-5 is a few dozen ulps).
@@ -466,8 +510,11 @@ Run train(const TrainConfig& c, MeshShape shape, Backend* backend, int steps, bo
 }
 
 // Bitwise on the emulated device; on a GPU (float32 cuBLAS and kernels, other summation orders)
-// losses and norms within 1e-4 relative and parameters within 1e-3 relative after a few steps.
-void compare(const Run& dev, const Run& cpu, bool exact) {
+// losses and norms within 1e-4 relative, and parameters within 1e-3 relative plus 1e-2 of one
+// step's size (lr): AdamW's normalised update turns a rounding-level change of a tiny gradient
+// into a change of order lr, so a parameter near zero cannot be held to a relative bound.
+void compare(const Run& dev, const Run& cpu, bool exact, double lr) {
+  const double atol = 1e-2 * lr;
   REQUIRE(dev.loss.size() == cpu.loss.size());
   for (size_t i = 0; i < cpu.loss.size(); ++i) {
     INFO("step " << i + 1);
@@ -493,7 +540,7 @@ void compare(const Run& dev, const Run& cpu, bool exact) {
     if (exact)
       CHECK(bitwise(dev.params[u], cpu.params[u]));
     else
-      CHECK(max_rel_diff(dev.params[u], cpu.params[u]) < 1e-3);
+      CHECK(worst_excess(dev.params[u], cpu.params[u], 1e-3, atol) <= 1.0);
   }
 }
 
@@ -520,7 +567,7 @@ TEST_CASE("training on the device equals training on the CPU", "[device]") {
     c.train.batch_size = 8;     // a multiple of dp x fsdp x micro_batches at 4 ranks
     const Run cpu = train(c, k.shape, nullptr, 4);
     const Run dev = train(c, k.shape, dut.backend, 4);
-    compare(dev, cpu, dut.emulated);
+    compare(dev, cpu, dut.emulated, c.optim.lr);
     // Clipping happened, so the device path's norm and scaling were exercised.
     CHECK(cpu.grad_norm.front() > c.train.grad_clip);
   }

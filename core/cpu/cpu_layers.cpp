@@ -240,16 +240,20 @@ double cross_entropy(const float* logits, const int32_t* targets, const float* w
       if (dlogits) std::fill(dlogits + r * vocab, dlogits + (r + 1) * vocab, 0.0f);
       continue;
     }
+    // Probabilities in float64: p - 1 for the target cancels, and in float32 a one-ulp change
+    // of lse (5e-7 at |lse| ~ 5) would move it by 1e-4 relative. The CUDA kernel does the same.
     double sum = 0;
-    for (int64_t j = 0; j < vocab; ++j) sum += double(std::exp(x[j] - m));
+    for (int64_t j = 0; j < vocab; ++j) sum += std::exp(double(x[j]) - double(m));
     const double lse = double(m) + std::log(sum);
     row_loss.data()[r] = double(w) * (lse - double(x[t]));
     if (dlogits) {
-      const float coef = w * grad_scale;
-      const float flse = float(lse);
-      float* dl = dlogits + r * vocab;
-      for (int64_t j = 0; j < vocab; ++j) dl[j] = std::exp(x[j] - flse) * coef;
-      dl[t] -= coef;
+      const double coef = double(w) * double(grad_scale);
+      float* dl = dlogits + r * vocab;  // may be x itself: each j reads x[j] before writing dl[j]
+      for (int64_t j = 0; j < vocab; ++j) {
+        double p = std::exp(double(x[j]) - lse);
+        if (j == int64_t(t)) p -= 1.0;
+        dl[j] = float(p * coef);
+      }
     }
   }
   double total = 0;

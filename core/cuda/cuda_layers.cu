@@ -270,18 +270,18 @@ __global__ void cross_entropy_kernel(const float* logits, const int32_t* targets
         for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) dl[j] = 0.0f;
       continue;
     }
+    // Probabilities in float64, as on the CPU (cpu_layers.cpp says why).
     double sum = 0;
-    for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) sum += double(expf(x[j] - m));
+    for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) sum += exp(double(x[j]) - double(m));
     sum = block_reduce(sum, red, SumOp<double>());
     const double lse = double(m) + log(sum);
     if (threadIdx.x == 0) row_loss[r] = double(w) * (lse - double(xt));
     if (dl) {
-      const float coef = w * grad_scale;
-      const float flse = float(lse);
+      const double coef = double(w) * double(grad_scale);
       for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-        float g = expf(x[j] - flse) * coef;
-        if (j == int64_t(t)) g -= coef;
-        dl[j] = g;
+        double p = exp(double(x[j]) - lse);
+        if (j == int64_t(t)) p -= 1.0;
+        dl[j] = float(p * coef);
       }
     }
   }

@@ -112,22 +112,23 @@ stage_1() {
 }
 
 stage_2() {
-  stage 2 cuda_tests 120 "set -e; $tests '[cuda]'; \
+  # Both the tests and the tool run, whichever fails (the first GPU run lost the tool's check).
+  stage 2 cuda_tests 120 "rc=0; $tests '[cuda]' || rc=1; \
   $ra attention --make-input $out/attn_in.safetensors --seq 4096 --heads 8 --kv-heads 2 \
-    --head-dim 64 --with-grad; \
+    --head-dim 64 --with-grad && \
   $mpi -np 2 $ra attention --input $out/attn_in.safetensors --output $out/attn_gpu.safetensors \
-    --impl ring --layout zigzag --causal --device cuda; \
+    --impl ring --layout zigzag --causal --device cuda && \
   $ra attention --input $out/attn_in.safetensors --output $out/attn_cpu.safetensors \
-    --impl blockwise --causal; \
-  $ra attention --compare $out/attn_gpu.safetensors $out/attn_cpu.safetensors"
+    --impl blockwise --causal && \
+  $ra attention --compare $out/attn_gpu.safetensors $out/attn_cpu.safetensors || rc=1; exit \$rc"
 }
 stage_3() {
-  stage 3 device_tests 150 "for np in 1 2 4; do echo \"== [device] on \$np rank(s)\"; \
-  $mpi -np \$np $tests '[device]' || exit 1; done"
+  stage 3 device_tests 150 "rc=0; for np in 1 2 4; do echo \"== [device] on \$np rank(s)\"; \
+  $mpi -np \$np $tests '[device]' || rc=1; done; exit \$rc"
 }
 stage_4() {
-  stage 4 sanitizer 300 "compute-sanitizer --tool memcheck --error-exitcode 9 $tests '[cuda]' && \
-  compute-sanitizer --tool memcheck --error-exitcode 9 $tests '[device]'"
+  stage 4 sanitizer 300 "rc=0; compute-sanitizer --tool memcheck --error-exitcode 9 $tests '[cuda]' || rc=1; \
+  compute-sanitizer --tool memcheck --error-exitcode 9 $tests '[device]' || rc=1; exit \$rc"
 }
 
 # Stage 5: the same tiny run on the CPU and on the GPU; their final losses must agree to 1e-3.
