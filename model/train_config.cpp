@@ -99,7 +99,9 @@ ConfigSchema make_schema() {
              "in backward (less memory, same results).");
   s.add_enum("model.dtype", std::string(model_dtype_name(m.dtype)),
              names(kDTypes, model_dtype_name),
-             "Storage type of parameters and activations (compute is float32 on the CPU).");
+             "`bf16`: the projection, FFN and LM-head GEMMs take bfloat16 operands (float32 "
+             "accumulation and results; tensor cores on a GPU). Master weights, gradients, "
+             "optimizer state, activations and attention stay float32.");
 
   const AttentionConfig& a = d.attention;
   s.add_enum("attention.impl", std::string(impl_name(a.impl)), names(kImpls, impl_name),

@@ -43,7 +43,7 @@ struct ModelConfig {
   int64_t ffn_chunk = 1024;   // tokens per FFN block
   int64_t loss_chunk = 1024;  // tokens per LM-head + loss block
   Checkpointing checkpointing = Checkpointing::None;
-  DType dtype = DType::F32;  // F32 or BF16 (parameters and activations in storage)
+  DType dtype = DType::F32;  // F32, or BF16: GEMM operands in bf16 (ModelDims::matmul)
 
   int64_t kv_heads() const { return num_kv_heads > 0 ? num_kv_heads : num_heads; }
   int64_t head_size() const { return head_dim > 0 ? head_dim : hidden_size / num_heads; }

@@ -89,10 +89,6 @@ Transformer::Transformer(const TrainConfig& cfg, Mesh& mesh, Backend& backend,
                          FsdpGroup::Mode fsdp_mode)
     : cfg_(cfg), mesh_(mesh), be_(backend), dims_(ModelDims::from_config(cfg.model)) {
   dims_.validate();
-  RA_CHECK(cfg.model.dtype == DType::F32,
-           "model.dtype = {}: the model computes and stores parameters in f32 only so far (bf16 "
-           "is not implemented yet)",
-           model_dtype_name(cfg.model.dtype));
   adamw_.beta1 = cfg.optim.beta1;
   adamw_.beta2 = cfg.optim.beta2;
   adamw_.eps = cfg.optim.eps;

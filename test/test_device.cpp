@@ -555,14 +555,17 @@ TEST_CASE("training on the device equals training on the CPU", "[device]") {
     const char* name;
     AttentionImpl impl;
     MeshShape shape;
+    DType dtype = DType::F32;
   };
   std::vector<Case> cases = {
       {"ring over every rank, FSDP over them", AttentionImpl::Ring, {1, 1, n, 1}},
-      {"blockwise, FSDP over every rank", AttentionImpl::Blockwise, {1, n, 1, 1}}};
+      {"blockwise, FSDP over every rank", AttentionImpl::Blockwise, {1, n, 1, 1}},
+      {"bf16 GEMMs (model.dtype = bf16), ring", AttentionImpl::Ring, {1, 1, n, 1}, DType::BF16}};
   if (n >= 2) cases.push_back({"data parallel x FSDP", AttentionImpl::Blockwise, {2, n / 2, 1, 1}});
   for (const Case& k : cases) {
     INFO(k.name);
     TrainConfig c = tiny_config(tmp.dir, k.impl);
+    c.model.dtype = k.dtype;
     c.train.micro_batches = 2;  // gradient accumulation across micro-batches too
     c.train.batch_size = 8;     // a multiple of dp x fsdp x micro_batches at 4 ranks
     const Run cpu = train(c, k.shape, nullptr, 4);

@@ -13,6 +13,13 @@ Tensor activation(Backend& be, const Shape& shape, std::string_view what) {
   return Tensor::empty(shape, DType::F32, be.device(), what);
 }
 
+// A bfloat16 copy of n floats on the backend's device: a GEMM operand of a bf16 Linear.
+Tensor bf16_operand(Backend& be, const float* src, int64_t n, std::string_view what) {
+  Tensor t = Tensor::empty({n}, DType::BF16, be.device(), what);
+  if (n > 0) be.to_bf16(src, t.data<uint16_t>(), n);
+  return t;
+}
+
 void check_gemm_size(int64_t a, int64_t b, int64_t c, const char* what) {
   RA_CHECK(a <= INT_MAX && b <= INT_MAX && c <= INT_MAX,
            "{}: sizes {} x {} x {} exceed the BLAS int range", what, a, b, c);
@@ -32,6 +39,13 @@ void check_rows(const Tensor& x, int64_t rows, int64_t hidden, const char* what)
 void Linear::forward(Backend& be, const float* w, const float* x, int64_t n, float* y,
                      bool accumulate) const {
   check_gemm_size(n, out, in, "linear");
+  if (bf16) {
+    const Tensor xb = bf16_operand(be, x, n * in, "linear input (bf16)");
+    const Tensor wb = bf16_operand(be, w, out * in, "linear weight (bf16)");
+    be.gemm_bf16(false, true, int(n), int(out), int(in), 1.0f, xb.data<uint16_t>(), int(in),
+                 wb.data<uint16_t>(), int(in), accumulate ? 1.0f : 0.0f, y, int(out));
+    return;
+  }
   be.gemm(false, true, int(n), int(out), int(in), 1.0f, x, int(in), w, int(in),
           accumulate ? 1.0f : 0.0f, y, int(out));
 }
@@ -39,6 +53,20 @@ void Linear::forward(Backend& be, const float* w, const float* x, int64_t n, flo
 void Linear::backward(Backend& be, const float* w, const float* x, const float* dy, int64_t n,
                       float* dx, float* dw, bool accumulate_dx) const {
   check_gemm_size(n, out, in, "linear backward");
+  if (bf16) {
+    const Tensor dyb = bf16_operand(be, dy, n * out, "linear output gradient (bf16)");
+    if (dw && n > 0) {
+      const Tensor xb = bf16_operand(be, x, n * in, "linear input (bf16)");
+      be.gemm_bf16(true, false, int(out), int(in), int(n), 1.0f, dyb.data<uint16_t>(), int(out),
+                   xb.data<uint16_t>(), int(in), 1.0f, dw, int(in));
+    }
+    if (dx) {  // x was copied, so dx may be x itself here too
+      const Tensor wb = bf16_operand(be, w, out * in, "linear weight (bf16)");
+      be.gemm_bf16(false, false, int(n), int(in), int(out), 1.0f, dyb.data<uint16_t>(), int(out),
+                   wb.data<uint16_t>(), int(in), accumulate_dx ? 1.0f : 0.0f, dx, int(in));
+    }
+    return;
+  }
   // dw first: x is then no longer needed, so dx may overwrite it (the FFN's h becomes dh).
   if (dw && n > 0)
     be.gemm(true, false, int(out), int(in), int(n), 1.0f, dy, int(out), x, int(in), 1.0f, dw,
@@ -70,13 +98,14 @@ void Embedding::backward(Backend& be, const int32_t* tokens, const float* dout, 
 
 // ---- FeedForward --------------------------------------------------------------------------------
 
-FeedForward::FeedForward(Backend& be, int64_t hidden, int64_t intermediate, int64_t ffn_chunk)
-    : be_(be), hidden_(hidden), intermediate_(intermediate), ffn_chunk_(ffn_chunk) {}
+FeedForward::FeedForward(Backend& be, int64_t hidden, int64_t intermediate, int64_t ffn_chunk,
+                         bool bf16)
+    : be_(be), hidden_(hidden), intermediate_(intermediate), ffn_chunk_(ffn_chunk), bf16_(bf16) {}
 
 void FeedForward::forward(const Weights& w, const float* x, int64_t n, float* y) const {
   if (n == 0) return;
   const int64_t c = chunk_rows(n), I = intermediate_, Hd = hidden_;
-  const Linear gate{Hd, I}, up{Hd, I}, down{I, Hd};
+  const Linear gate{Hd, I, bf16_}, up{Hd, I, bf16_}, down{I, Hd, bf16_};
   Tensor g = activation(be_, {c, I}, "ffn gate chunk");
   Tensor u = activation(be_, {c, I}, "ffn up chunk");
   float* gp = g.data<float>();
@@ -95,7 +124,7 @@ void FeedForward::backward(const Weights& w, const float* x, const float* dy, in
                            const Grads& gr) const {
   if (n == 0) return;
   const int64_t c = chunk_rows(n), I = intermediate_, Hd = hidden_;
-  const Linear gate{Hd, I}, up{Hd, I}, down{I, Hd};
+  const Linear gate{Hd, I, bf16_}, up{Hd, I, bf16_}, down{I, Hd, bf16_};
   Tensor g = activation(be_, {c, I}, "ffn gate chunk");
   Tensor u = activation(be_, {c, I}, "ffn up chunk");
   Tensor h = activation(be_, {c, I}, "ffn hidden chunk");
@@ -125,10 +154,10 @@ AttentionBlock::AttentionBlock(const ModelDims& d, Backend& be, Attention& atten
       be_(be),
       attention_(attention),
       norm_{d.hidden, d.norm_eps},
-      q_{d.hidden, int64_t(d.heads) * d.head_dim},
-      k_{d.hidden, int64_t(d.kv_heads) * d.head_dim},
-      v_{d.hidden, int64_t(d.kv_heads) * d.head_dim},
-      o_{int64_t(d.heads) * d.head_dim, d.hidden} {}
+      q_{d.hidden, int64_t(d.heads) * d.head_dim, d.matmul == DType::BF16},
+      k_{d.hidden, int64_t(d.kv_heads) * d.head_dim, d.matmul == DType::BF16},
+      v_{d.hidden, int64_t(d.kv_heads) * d.head_dim, d.matmul == DType::BF16},
+      o_{int64_t(d.heads) * d.head_dim, d.hidden, d.matmul == DType::BF16} {}
 
 Tensor AttentionBlock::forward(const Weights& w, const Tensor& x, const ShardTokens& t,
                                AttentionBlockCache& c) {
@@ -194,7 +223,7 @@ DecoderLayer::DecoderLayer(const ModelDims& d, int index, Backend& be, Attention
       off_(layout_),
       attn_(d, be, attention),
       norm_{d.hidden, d.norm_eps},
-      ffn_(be, d.hidden, d.intermediate, options.ffn_chunk) {
+      ffn_(be, d.hidden, d.intermediate, options.ffn_chunk, d.matmul == DType::BF16) {
   d.validate();
 }
 
@@ -256,7 +285,7 @@ LmHead::LmHead(const ModelDims& d, Backend& be, int64_t loss_chunk)
       be_(be),
       loss_chunk_(loss_chunk),
       norm_{d.hidden, d.norm_eps},
-      head_{d.hidden, d.vocab} {}
+      head_{d.hidden, d.vocab, d.matmul == DType::BF16} {}
 
 LossStats LmHead::forward(const Weights& w, const float* x, const int32_t* targets,
                           const float* weights, int64_t n, uint8_t* correct_rows) {

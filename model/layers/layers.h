@@ -41,8 +41,14 @@ struct ShardTokens {
 };
 
 // y = x W^T with W [out, in] row-major (the Hugging Face nn.Linear layout), no bias.
+// Mixed precision (`bf16`): every GEMM rounds its two operands (x, W, dy) to bfloat16, nearest
+// even, into scratch buffers and runs Backend::gemm_bf16 (products exact, sums in float32, the
+// result float32 and accumulated in float32, so weight gradients keep float32 precision). The
+// weights stay float32 masters everywhere else. The scratch copies are counted by the allocator:
+// bf16 x and W in forward; bf16 dy, x and W in backward.
 struct Linear {
   int64_t in = 0, out = 0;
+  bool bf16 = false;
   // y[n, out] = x[n, in] W^T, added to y when `accumulate`.
   void forward(Backend& be, const float* w, const float* x, int64_t n, float* y,
                bool accumulate = false) const;
@@ -90,7 +96,9 @@ class FeedForward {
     float *gate, *up, *down;  // accumulated
   };
   // ffn_chunk <= 0: all rows in one chunk.
-  FeedForward(Backend& be, int64_t hidden, int64_t intermediate, int64_t ffn_chunk);
+  // `bf16`: its three projections are mixed-precision Linears.
+  FeedForward(Backend& be, int64_t hidden, int64_t intermediate, int64_t ffn_chunk,
+              bool bf16 = false);
   // y[n, hidden] (overwritten).
   void forward(const Weights& w, const float* x, int64_t n, float* y) const;
   // dx[n, hidden] (overwritten); gradients of the weights accumulated.
@@ -101,6 +109,7 @@ class FeedForward {
  private:
   Backend& be_;
   int64_t hidden_, intermediate_, ffn_chunk_;
+  bool bf16_;
 };
 
 // What the attention block's backward needs from its forward.

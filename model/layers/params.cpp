@@ -21,6 +21,7 @@ ModelDims ModelDims::from_config(const ModelConfig& m) {
   d.rope_theta = float(m.rope_theta);
   d.norm_eps = float(m.rms_norm_eps);
   d.tie_embeddings = m.tie_embeddings;
+  d.matmul = m.dtype;
   return d;
 }
 
@@ -35,6 +36,8 @@ void ModelDims::validate() const {
            "model: head_dim must be positive and even (RoPE turns pairs), got {}", head_dim);
   RA_CHECK(rope_theta > 0, "model: rope_theta must be positive, got {}", rope_theta);
   RA_CHECK(norm_eps > 0, "model: norm_eps must be positive, got {}", norm_eps);
+  RA_CHECK(matmul == DType::F32 || matmul == DType::BF16,
+           "model: the GEMMs take f32 or bf16 operands, got {}", dtype_name(matmul));
 }
 
 int64_t ModelDims::parameter_count() const {

@@ -28,6 +28,9 @@ struct ModelDims {
   float rope_theta = 10000.0f;
   float norm_eps = 1e-5f;
   bool tie_embeddings = false;  // lm_head uses model.embed_tokens.weight
+  // Operand type of the projection, FFN and head GEMMs (model.dtype): F32, or BF16 with float32
+  // accumulation and float32 results (tensor cores on a GPU). See Linear.
+  DType matmul = DType::F32;
 
   // The shape part of the trainer's model config (defaults resolved: kv_heads, head_dim).
   static ModelDims from_config(const ModelConfig& m);

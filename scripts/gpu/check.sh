@@ -16,8 +16,8 @@
 #            on one rank, and the demo on 4 ranks sharing the GPU (timed)
 #   stage 6  attention benchmark: ringattn blockwise fp32 vs PyTorch SDPA (fp32 and bf16),
 #            S = 8K..64K, H = 16, D = 128, causal, in the same run
-#   stage 7  training benchmark: 1B-shaped model (f32) at S = 32K on one GPU, with the driver's
-#            memory use sampled by nvidia-smi beside the allocator's peak
+#   stage 7  training benchmark: 1B-shaped model (f32, then bf16 GEMMs) at S = 32K on one GPU, with
+#            the driver's memory use sampled by nvidia-smi beside the allocator's peak
 #
 #   stage 8  the demo (configs/demo.json) on 4 ranks sharing the GPU, timed
 #
@@ -169,15 +169,18 @@ stage_6() {
   done"
 }
 
-# Stage 7: one GPU, 1B shape in f32 (bf16 is not implemented yet), layer checkpointing.
+# Stage 7: one GPU, the 1B shape at S = 32K with layer checkpointing: f32, then model.dtype = bf16
+# (bf16 GEMM operands; attention, activations and the rest float32 so far).
 stage_7() {
-  big="--config configs/1b.json --set model.dtype=f32 --set comm.transport=mpi --set mesh.fsdp=1 \
+  big="--config configs/1b.json --set comm.transport=mpi --set mesh.fsdp=1 \
   --set mesh.sp=1 --set attention.impl=blockwise --set train.batch_size=1 \
-  --set train.micro_batches=1 --set memory_limit_gb=0 --set run_dir=$out/bench_1b"
-  stage 7 train_1b 240 "nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 \
-    > $out/train_1b_nvsmi_mib.txt & smi=\$!; \
-  $ra bench train $big --set train.seq_len=32768 --steps 2 --json $out/train_1b_S32768.json; \
-  rc=\$?; kill \$smi; echo \"driver memory peak (MiB, nvidia-smi): \$(sort -n $out/train_1b_nvsmi_mib.txt | tail -1)\"; \
+  --set train.micro_batches=1 --set memory_limit_gb=0 --set run_dir=$out/bench_1b \
+  --set train.seq_len=32768 --steps 2"
+  stage 7 train_1b 300 "nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 \
+    > $out/train_1b_nvsmi_mib.txt & smi=\$!; rc=0; \
+  $ra bench train $big --set model.dtype=f32 --json $out/train_1b_f32_S32768.json || rc=1; \
+  $ra bench train $big --set model.dtype=bf16 --json $out/train_1b_bf16_S32768.json || rc=1; \
+  kill \$smi; echo \"driver memory peak (MiB, nvidia-smi): \$(sort -n $out/train_1b_nvsmi_mib.txt | tail -1)\"; \
   exit \$rc"
 }
 
