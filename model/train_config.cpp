@@ -99,7 +99,8 @@ ConfigSchema make_schema() {
              "in backward (less memory, same results).");
   s.add_enum("model.dtype", std::string(model_dtype_name(m.dtype)),
              names(kDTypes, model_dtype_name),
-             "`bf16`: the projection, FFN and LM-head GEMMs take bfloat16 operands (float32 "
+             "`bf16`: mixed precision. FSDP gathers the weights as bfloat16 (half the traffic) "
+             "and the projection, FFN and LM-head GEMMs take bfloat16 operands (float32 "
              "accumulation and results; tensor cores on a GPU). Master weights, gradients, "
              "optimizer state, activations and attention stay float32.");
 

@@ -116,6 +116,8 @@ Transformer::Transformer(const TrainConfig& cfg, Mesh& mesh, Backend& backend,
     u.name = std::move(name);
     u.layout = std::move(layout);
     u.shard = std::make_unique<FlatShard>(*group_, u.layout.numel(), u.name);
+    // bf16: the layers run on bf16 weights, gathered at half the bytes (the masters stay f32).
+    u.shard->set_gather_dtype(cfg.model.dtype);
     // The full unit on every rank, then this rank's slice: the same model whatever the mesh.
     std::vector<float> full(size_t(u.layout.numel()));
     init_parameters(u.layout, full.data(), cfg.seed);

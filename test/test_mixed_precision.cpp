@@ -1,9 +1,12 @@
-// Mixed precision (model.dtype = bf16): the projection, FFN and head GEMMs take bfloat16 operands
-// with float32 accumulation; everything else stays float32 (model/layers/layers.h, Linear).
+// Mixed precision (model.dtype = bf16): FSDP gathers the weights as bfloat16, and the projection,
+// FFN and head GEMMs take bfloat16 operands with float32 accumulation; master weights, gradients,
+// optimizer state, activations and attention stay float32 (model/layers/layers.h, Linear;
+// model/fsdp/flat_shard.h, set_gather_dtype).
 //
-// Checked here: the bf16 Linear against float64 GEMMs of the bf16-rounded operands; training in
-// bf16 against float32 (close, and not the same: the mode is really on); ring attention on every
-// rank against blockwise on one rank in bf16; bit-exact resume in bf16.
+// Checked here: the bf16 Linear against float64 GEMMs of the bf16-rounded operands; the bf16
+// gather (every rank's rounded shard, masters untouched, the bf16 buffer freed); training in bf16
+// against float32 (close, and not the same: the mode is really on); ring attention and FSDP on
+// every rank against one rank in bf16; bit-exact resume in bf16.
 #include <catch2/catch.hpp>
 
 #include <mpi.h>
@@ -19,6 +22,8 @@
 #include "comm/mesh.h"
 #include "core/backend.h"
 #include "core/dtype.h"
+#include "model/fsdp/flat_shard.h"
+#include "model/fsdp/fsdp_group.h"
 #include "model/layers/layers.h"
 #include "model/trainer.h"
 #include "test_util.h"
@@ -143,6 +148,41 @@ TEST_CASE("bf16 Linear: float32 sums of the bf16-rounded operands' products", "[
   CHECK(worst(dx2, dx2_start, rdx) <= 1.0);
 }
 
+TEST_CASE("FSDP bf16 gather: every rank's shard rounded to bf16, masters kept", "[bf16]") {
+  Mesh mesh(MeshShape{1, -1, 1, 1});
+  FsdpGroup group(mesh.fsdp_sp());
+  Allocator& host = allocator_for(Device::CPU);
+  for (int64_t n : {int64_t(1), int64_t(7), int64_t(1000), int64_t(4099)}) {
+    INFO("N = " << n << ", G = " << group.size());
+    const std::vector<float> full = random_floats(size_t(n), 50 + uint64_t(n));
+    FlatShard layer(group, n, "layer");
+    layer.set_gather_dtype(DType::BF16);
+    layer.load_full(full.data(), n);
+    const std::vector<float> master(layer.params().data<float>(),
+                                    layer.params().data<float>() + layer.params().numel());
+    const ShardLayout& l = layer.layout();
+    const size_t live = host.live_bytes();
+    host.reset_peak();
+    const Tensor got = layer.gather_full();
+    REQUIRE(got.numel() == n);
+    size_t rounded = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const float want = round_bf16(full[size_t(i)]);
+      CHECK(got.data<float>()[i] == want);
+      rounded += want != full[size_t(i)];
+    }
+    CHECK(rounded > 0);  // random floats: almost all of them lose bits
+    // While gathering: the float32 full buffer and the bf16 one; afterwards only the former.
+    CHECK(host.peak_bytes() - live == size_t(l.padded_numel) * (4 + 2));
+    CHECK(host.live_bytes() - live == size_t(l.padded_numel) * 4);
+    layer.release_full();
+    CHECK(std::memcmp(layer.params().data<float>(), master.data(), master.size() * sizeof(float)) ==
+          0);
+  }
+  FlatShard other(group, 10, "other");
+  CHECK_THROWS_WITH(other.set_gather_dtype(DType::F16), Catch::Contains("F32 or BF16"));
+}
+
 TEST_CASE("training in bf16: close to float32, equal across meshes, bit-exact resume", "[bf16]") {
   const int n = test::world_size();
   test::SharedTempDir tmp("bf16");
@@ -166,13 +206,15 @@ TEST_CASE("training in bf16: close to float32, equal across meshes, bit-exact re
     }
     CHECK(differs);
   }
-  // Other meshes sum attention and reductions in other orders (float32 rounding), which can flip
-  // the bf16 rounding of an operand now and then; seen: 4e-9 relative. The float32 bound, 1e-5.
+  // Other meshes sum attention and reductions in other orders (float32 rounding). Through AdamW
+  // that moves master weights by an ulp or so, which now and then flips their bf16 rounding, a
+  // 2^-9 relative change of one weight: seen up to 2e-5 relative on the loss (4 ranks), against
+  // float32's 1e-5 bound for the same comparison in [train]. Bound: 2e-4.
   auto compare = [&](const std::vector<double>& got) {
     REQUIRE(got.size() == ref.size());
     for (size_t i = 0; i < ref.size(); ++i) {
       INFO("step " << i + 1 << ": " << std::setprecision(17) << got[i] << " vs " << ref[i]);
-      CHECK(std::abs(got[i] - ref[i]) <= 1e-5 * std::abs(ref[i]));
+      CHECK(std::abs(got[i] - ref[i]) <= 2e-4 * std::abs(ref[i]));
     }
   };
   SECTION("ring over every rank") {

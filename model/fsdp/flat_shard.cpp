@@ -93,13 +93,20 @@ void FlatShard::load_full(const float* full, int64_t n) {
                                        size_t(valid) * sizeof(float));
 }
 
+void FlatShard::set_gather_dtype(DType t) {
+  RA_CHECK(t == DType::F32 || t == DType::BF16,
+           "FSDP '{}': parameters are gathered as F32 or BF16, not {}", name_, dtype_name(t));
+  RA_CHECK(full_state_ == FullState::Absent,
+           "FSDP '{}': the gather type cannot change while full parameters exist", name_);
+  gather_dtype_ = t;
+}
+
 void FlatShard::prefetch_full() {
   if (full_state_ != FullState::Absent) return;
   // Allocated here, on the caller's thread, so that a memory-limit error surfaces at the call
   // and the bytes count from the moment the prefetch is issued.
   full_ = Tensor::empty({layout_.padded_numel}, DType::F32, device(), name_ + " full params");
-  // The job reads params_ off the compute stream: what AdamW queued must be done.
-  group_.backend().synchronize();
+  Backend& be = group_.backend();
   Communicator& comm = group_.comm();
   const float* shard = params_.data<float>();
   const size_t count = size_t(layout_.shard_numel);
@@ -108,8 +115,27 @@ void FlatShard::prefetch_full() {
   // the helper thread gets round to destroying the job, not at release_full().
   float* full = full_.data<float>();
   WaitTimer timer(group_.wait_times().gather_s);  // the whole gather in Sync mode
-  full_job_ = group_.submit(
-      [&comm, shard, count, full] { comm.all_gather(shard, full, count, DType::F32); });
+  if (gather_dtype_ == DType::BF16) {
+    // This rank's rounded shard goes straight into its block of the bf16 full buffer, and the
+    // gather runs in place. The job frees that buffer once the values are widened into full_.
+    Tensor half = Tensor::empty({layout_.padded_numel}, DType::BF16, device(),
+                                name_ + " full params (bf16, in transit)");
+    uint16_t* mine = half.data<uint16_t>() + layout_.shard_begin();
+    if (count > 0) be.to_bf16(shard, mine, int64_t(count));
+    // The job reads what the compute stream wrote (AdamW's update, the rounding): wait for it.
+    be.synchronize();
+    const int64_t n = layout_.padded_numel;
+    full_job_ = group_.submit([&comm, &be, half, mine, count, full, n]() mutable {
+      comm.all_gather(mine, half.data<uint16_t>(), count, DType::BF16);
+      if (n > 0) be.from_bf16(half.data<uint16_t>(), full, n);
+      half = Tensor();
+    });
+  } else {
+    // The job reads params_ off the compute stream: what AdamW queued must be done.
+    be.synchronize();
+    full_job_ = group_.submit(
+        [&comm, shard, count, full] { comm.all_gather(shard, full, count, DType::F32); });
+  }
   full_state_ = FullState::Pending;
 }
 

@@ -81,6 +81,15 @@ class FlatShard {
   std::span<float> param_span();
   std::span<float> grad_span();
 
+  // The type parameters travel in through the all-gather. F32 (the default) is exact. BF16 is
+  // mixed precision: each rank rounds its float32 master shard to bfloat16 (nearest even), the
+  // gather moves half the bytes, and the full buffer holds the gathered values widened back to
+  // float32 (exactly), so the layers compute with bf16 weights while the masters, gradients and
+  // optimizer state stay float32. The bf16 buffer (N_pad x 2 bytes) lives for the gather only.
+  // Set before the first gather; not collective, but every rank of the group must agree.
+  void set_gather_dtype(DType t);
+  DType gather_dtype() const { return gather_dtype_; }
+
   // Copies this rank's slice of the full parameters (N floats, the same on every rank: a seeded
   // init or a checkpoint's tensor) into params(); padding stays zero. Not collective.
   void load_full(const float* full, int64_t n);
@@ -156,6 +165,7 @@ class FlatShard {
   std::vector<std::future<void>> grad_jobs_;  // reduce-scatters in flight, oldest first
   std::vector<IndexRange> no_decay_local_;
   AdamWState opt_;
+  DType gather_dtype_ = DType::F32;
 };
 
 // Global gradient-norm clipping over the layers of one FSDP group (model/optim/clip.h): waits
