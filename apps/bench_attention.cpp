@@ -109,7 +109,7 @@ int run_bench_attention(const BenchAttentionArgs& a) {
   const double flops_fwd =
       4.0 * a.batch * a.heads * double(a.seq) * a.seq * a.head_dim * causal_factor;
   const double flops_fwdbwd = flops_fwd * 3.5;
-  const double sgemm = measure_sgemm_gflops(sp, be);  // summed over ranks, run concurrently
+  const double sgemm = measure_gemm_gflops(sp, be);  // summed over ranks, run concurrently
 
   const std::vector<double> rank_ms = gather_doubles(sp, my_compute * 1e3);
   const std::vector<double> rank_wait = gather_doubles(sp, my_total > 0 ? my_wait / my_total : 0);

@@ -51,7 +51,13 @@ int configure_bench_threads(int requested) {
   return threads;
 }
 
-double measure_sgemm_gflops(Communicator& comm, Backend& be) {
+std::string gemm_name(DType operands) {
+  return operands == DType::BF16 ? "bf16 GEMM" : "sgemm";
+}
+
+double measure_gemm_gflops(Communicator& comm, Backend& be, DType operands) {
+  RA_CHECK(operands == DType::F32 || operands == DType::BF16,
+           "GEMM benchmark: operands are F32 or BF16, not {}", dtype_name(operands));
   // Large enough to reach a GPU's float32 peak; the CPU's is reached at 2048 already.
   const int n = be.device() == Device::CPU ? 2048 : 8192;
   Tensor a = Tensor::empty({n, n}, DType::F32, Device::CPU, "sgemm A");
@@ -61,15 +67,28 @@ double measure_sgemm_gflops(Communicator& comm, Backend& be) {
   a = a.to_device(be.device(), "sgemm A");
   b = b.to_device(be.device(), "sgemm B");
   Tensor c = Tensor::zeros({n, n}, DType::F32, be.device(), "sgemm C");
-  be.gemm(false, false, n, n, n, 1.0f, a.data<float>(), n, b.data<float>(), n, 0.0f,
-          c.data<float>(), n);  // warm-up
+  Tensor ah, bh;  // the bf16 operands
+  if (operands == DType::BF16) {
+    ah = Tensor::empty({n, n}, DType::BF16, be.device(), "bf16 GEMM A");
+    bh = Tensor::empty({n, n}, DType::BF16, be.device(), "bf16 GEMM B");
+    be.to_bf16(a.data<float>(), ah.data<uint16_t>(), int64_t(n) * n);
+    be.to_bf16(b.data<float>(), bh.data<uint16_t>(), int64_t(n) * n);
+  }
+  auto run = [&] {
+    if (operands == DType::BF16)
+      be.gemm_bf16(false, false, n, n, n, 1.0f, ah.data<uint16_t>(), n, bh.data<uint16_t>(), n,
+                   0.0f, c.data<float>(), n);
+    else
+      be.gemm(false, false, n, n, n, 1.0f, a.data<float>(), n, b.data<float>(), n, 0.0f,
+              c.data<float>(), n);
+  };
+  run();  // warm-up
   be.synchronize();
   std::vector<double> gf;
   for (int i = 0; i < 3; ++i) {
     comm.barrier();
     const auto t0 = std::chrono::steady_clock::now();
-    be.gemm(false, false, n, n, n, 1.0f, a.data<float>(), n, b.data<float>(), n, 0.0f,
-            c.data<float>(), n);
+    run();
     be.synchronize();
     gf.push_back(2.0 * n * n * double(n) / seconds_since(t0) * 1e-9);
   }

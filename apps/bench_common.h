@@ -23,10 +23,15 @@ std::vector<double> gather_doubles(Communicator& comm, double x);
 // Sets the CPU threads per rank: `requested`, or (when 0) the node's cores divided by the ranks
 // on this node, at least 1. Returns the count in use.
 int configure_bench_threads(int requested);
-// A float32 GEMM run on every rank of `comm` at once: OpenBLAS sgemm (2048^3, with the current
-// thread setting) on the CPU backend, cuBLAS (8192^3) on a GPU. The sum over ranks of GFLOP/s
-// (median of 3), i.e. what these cores or GPUs deliver.
-double measure_sgemm_gflops(Communicator& comm, Backend& backend = cpu_backend());
+// A GEMM run on every rank of `comm` at once: OpenBLAS sgemm (2048^3, with the current thread
+// setting) on the CPU backend, cuBLAS (8192^3) on a GPU. The sum over ranks of GFLOP/s (median of
+// 3), i.e. what these cores or GPUs deliver. `operands` BF16 times Backend::gemm_bf16 instead
+// (bf16 A and B, float32 accumulation: tensor cores on a GPU; on the CPU it widens and runs
+// sgemm), the peak a bf16 model's MFU is measured against.
+double measure_gemm_gflops(Communicator& comm, Backend& backend = cpu_backend(),
+                           DType operands = DType::F32);
+// What measure_gemm_gflops times: "sgemm" or "bf16 GEMM".
+std::string gemm_name(DType operands);
 
 // A training config for the training benchmarks: defaults, then `file`, then the --set
 // overrides; the log level applied. Not validated (each benchmark changes the mesh and length).

@@ -43,7 +43,7 @@ int run_bench_throughput(const BenchThroughputArgs& a) {
   double sgemm = 0;
   {
     Mesh all(MeshShape{1, world, 1, 1}, MPI_COMM_WORLD, base.comm.transport);
-    sgemm = measure_sgemm_gflops(all.world(), backend_for(base));
+    sgemm = measure_gemm_gflops(all.world(), backend_for(base), base.model.dtype);
   }
   // The sweep measures what each length costs, including lengths that exceed the limit (the
   // `fits` column says so): an enforced limit would end the job at the first of them.
@@ -93,7 +93,9 @@ int run_bench_throughput(const BenchThroughputArgs& a) {
     j["config"] = a.file;
     j["sets"] = a.sets;
     j["ranks"] = world;
-    j["sgemm_gflops"] = sgemm;
+    j["peak_gemm"] = gemm_name(base.model.dtype);
+    j["peak_gemm_gflops"] = sgemm;
+    if (base.model.dtype == DType::F32) j["sgemm_gflops"] = sgemm;
     j["memory_limit_bytes"] = limit;
     j["rows"] = rows;
     write_text_file((std::filesystem::path(out) / "throughput.json").string(), j.dump(2) + "\n");

@@ -35,7 +35,7 @@ int run_bench_train(const BenchTrainArgs& a) {
   const MeshShape shape = validate(cfg, MpiEnv::world_size());
   configure_bench_threads(a.threads);
   Mesh mesh(shape, MPI_COMM_WORLD, cfg.comm.transport);
-  const double sgemm = measure_sgemm_gflops(mesh.world(), backend_for(cfg));
+  const double sgemm = measure_gemm_gflops(mesh.world(), backend_for(cfg), cfg.model.dtype);
   // The config's limit holds, as in `ringattn train`: a step that does not fit ends the job
   // with the allocator's message (use `bench max-context` to find what fits).
   backend_for(cfg).allocator().set_limit(cfg.memory_limit_bytes());

@@ -109,6 +109,7 @@ TrainMeasurement measure_training(const TrainConfig& cfg, Mesh& mesh, int steps,
   m.parameters = trainer.model().parameter_count();
   m.flops_per_token = trainer.flops_per_token();
   m.peak_gflops = peak_gflops;
+  m.peak_gemm = gemm_name(cfg.model.dtype);
   m.memory_limit_bytes = alloc.limit();
 
   RankBreakdown mine;
@@ -178,7 +179,9 @@ nlohmann::ordered_json to_json(const TrainMeasurement& m) {
   j["flops_per_token"] = m.flops_per_token;
   j["step_s"] = m.step_s;
   j["tokens_per_s"] = m.tokens_per_s;
-  j["sgemm_gflops"] = m.peak_gflops;
+  j["peak_gemm"] = m.peak_gemm;
+  j["peak_gemm_gflops"] = m.peak_gflops;
+  if (m.peak_gemm == gemm_name(DType::F32)) j["sgemm_gflops"] = m.peak_gflops;
   j["mfu"] = m.mfu;
   j["loss"] = m.loss;
   j["peak_bytes"] = m.peak_bytes;
@@ -198,8 +201,9 @@ nlohmann::ordered_json to_json(const TrainMeasurement& m) {
   for (const RankBreakdown& r : m.rank_breakdown) ranks.push_back(breakdown_json(r));
   j["rank_breakdown_s"] = ranks;
   j["conventions"] =
-      "FLOPs per token 6N + 6 L H d S (causal; recomputation not counted); MFU against OpenBLAS "
-      "sgemm measured on the same cores in the same run, summed over ranks; times are seconds "
+      "FLOPs per token 6N + 6 L H d S (causal; recomputation not counted); MFU against the "
+      "peak_gemm (sgemm, or the bf16 GEMM for model.dtype = bf16) measured on the same cores "
+      "or GPUs in the same run, summed over ranks; times are seconds "
       "per timed step; step time = slowest rank; communication = time blocked on FSDP gathers "
       "and reduce-scatters, the dp all-reduce and ring transfers (overlapped transfers cost "
       "nothing); attention includes its tile GEMMs";
@@ -215,12 +219,12 @@ std::string format_report(const TrainMeasurement& m, const std::string& title) {
   std::string out = fmt::format(
       "{}\n  {} rank(s) x {} thread(s), S={} tokens/step={} params={:.2f}M, {} timed step(s) after "
       "1 warm-up\n"
-      "  step {:.3f} s   tokens/s {:.0f}   MFU {:.1f}% (of sgemm {:.1f} GFLOP/s, same cores, same "
+      "  step {:.3f} s   tokens/s {:.0f}   MFU {:.1f}% (of {} {:.1f} GFLOP/s, same cores, same "
       "run)   loss {:.4f}\n"
       "  peak bytes per rank: max {}   per rank [{}]{}\n"
       "  where the time goes (mean over ranks, per step):\n",
       title, m.ranks, m.threads_per_rank, m.seq_len, m.tokens_per_step, double(m.parameters) / 1e6,
-      m.timed_steps, m.step_s, m.tokens_per_s, 100 * m.mfu, m.peak_gflops, m.loss,
+      m.timed_steps, m.step_s, m.tokens_per_s, 100 * m.mfu, m.peak_gemm, m.peak_gflops, m.loss,
       format_bytes(m.peak_bytes),
       [&] {
         std::string s;

@@ -41,7 +41,8 @@ struct TrainMeasurement {
   double flops_per_token = 0;
   double step_s = 0;        // mean over timed steps of the slowest rank's step time
   double tokens_per_s = 0;  // tokens of the timed steps / their summed slowest-rank time
-  double peak_gflops = 0;   // sgemm on the same cores, same run, summed over ranks (MFU's peak)
+  double peak_gflops = 0;   // GEMM on the same cores, same run, summed over ranks (MFU's peak)
+  std::string peak_gemm;    // which GEMM: "sgemm", or "bf16 GEMM" for model.dtype = bf16
   double mfu = 0;
   double loss = 0;                      // of the last step
   size_t peak_bytes = 0;                // max over ranks (and over every step, warm-up included)
@@ -56,8 +57,8 @@ struct TrainMeasurement {
 
 // Builds a Trainer for `cfg` on `mesh` (cfg validated for it), runs `steps` steps (the first is a
 // warm-up and not timed; at least 2) and gathers every rank's figures on every rank.
-// `peak_gflops` is the machine's sgemm figure (measure_sgemm_gflops). The allocator's limit is
-// left as the caller set it. Collective over the world.
+// `peak_gflops` is the machine's GEMM figure (measure_gemm_gflops, bf16 for a bf16 model). The
+// allocator's limit is left as the caller set it. Collective over the world.
 TrainMeasurement measure_training(const TrainConfig& cfg, Mesh& mesh, int steps,
                                   double peak_gflops);
 

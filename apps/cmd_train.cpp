@@ -79,7 +79,7 @@ int run_train(const TrainArgs& a) {
   double peak = s.cfg.peak_tflops * 1e12;
   bool measured = false;
   if (peak <= 0) {
-    peak = measure_sgemm_gflops(mesh.world(), backend_for(s.cfg)) * 1e9;
+    peak = measure_gemm_gflops(mesh.world(), backend_for(s.cfg), s.cfg.model.dtype) * 1e9;
     measured = true;
   }
   TrainerOptions opt;
@@ -101,7 +101,8 @@ int run_train(const TrainArgs& a) {
             s.cfg.train.micro_batches);
   log::info("FLOPs per token: {:.3e} (6N + 6 L H d S, causal); peak {:.1f} GFLOP/s ({})",
             trainer.flops_per_token(), peak / 1e9,
-            measured ? "sgemm measured on these cores" : "peak_tflops from the config");
+            measured ? gemm_name(s.cfg.model.dtype) + " measured on these cores"
+                     : std::string("peak_tflops from the config"));
   log::info("threads per rank: {}", cpu_threads());
   log::info("{}", trainer.memory_plan());
 

@@ -34,6 +34,11 @@ check_json "bench train: time breakdown" "$tmp/train.json" \
 check_json "bench train: categories within the step" "$tmp/train.json" \
   "abs(sum(j['time_fraction'].values()) - 1) < 1e-6 and min(j['time_fraction'].values()) >= 0"
 
+run "bench train in bf16 (MFU against the bf16 GEMM)" "$bin" bench train "${tiny[@]}" \
+  --set mesh.sp=1 --set model.dtype=bf16 --set train.seq_len=128 --steps 2 --json "$tmp/train_bf16.json"
+check_json "bench train bf16: peak is the bf16 GEMM" "$tmp/train_bf16.json" \
+  "j['peak_gemm'] == 'bf16 GEMM' and j['peak_gemm_gflops'] > 0 and 'sgemm_gflops' not in j and 0 < j['mfu'] < 1"
+
 run "bench throughput on 2 ranks" mpirun -np 2 "$bin" bench throughput "${tiny[@]}" \
   --seq-lens 128,256 --steps 2
 check_json "bench throughput: a row per implementation and length" "$tmp/run/throughput.json" \
