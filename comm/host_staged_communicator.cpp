@@ -82,8 +82,9 @@ class HostStagedCommunicator final : public Communicator {
 
   // A group of one rank (an axis of size 1, or one GPU training alone with comm.transport = mpi)
   // copies on the device instead of staging: the first GPU run spent 30% of a 1B step staging
-  // every FSDP unit through host memory on a single rank. Such a collective takes device
-  // buffers only (host scalars go through all_reduce, which is then nothing to do).
+  // every FSDP unit through host memory on a single rank. The buffers are those the staged path
+  // takes: device memory, or host memory where the device allocator's copies accept it (CUDA's
+  // do, through cudaMemcpyDefault); host scalars go through all_reduce, then nothing to do.
   bool alone() const { return size() == 1; }
   void local_copy(void* dst, const void* src, size_t bytes) {
     if (bytes && dst != src) device_.copy_within(dst, src, bytes);

@@ -122,15 +122,19 @@ size_t Trainer::memory_estimate_bytes(std::string* plan) const {
       double(rows) * double(d.hidden) * 4.0 *
       (per_layer * d.layers + (cfg_.model.checkpointing == Checkpointing::Layer ? 8.0 : 0.0));
   const size_t b = sizeof(float);
-  const size_t total = 4 * size_t(shard) * b + 2 * size_t(largest) * b + size_t(act);
+  // model.dtype = bf16: a unit's bf16 copy while it is gathered (half a full unit).
+  const size_t in_transit =
+      cfg_.model.dtype == DType::BF16 ? size_t(largest) * sizeof(uint16_t) : 0;
+  const size_t total = 4 * size_t(shard) * b + 2 * size_t(largest) * b + in_transit + size_t(act);
   if (plan == nullptr) return total;
   *plan = fmt::format(
       "memory plan per rank: parameters (full model) {}; parameter + gradient shards {}; AdamW "
-      "state {}; gathered units in flight (2 x largest) {}; activations (estimate) {}; total "
+      "state {}; gathered units in flight (2 x largest{}) {}; activations (estimate) {}; total "
       "about {}",
       format_bytes(size_t(full) * b), format_bytes(2 * size_t(shard) * b),
-      format_bytes(2 * size_t(shard) * b), format_bytes(2 * size_t(largest) * b),
-      format_bytes(size_t(act)), format_bytes(total));
+      format_bytes(2 * size_t(shard) * b), in_transit ? ", plus one in bf16 in transit" : "",
+      format_bytes(2 * size_t(largest) * b + in_transit), format_bytes(size_t(act)),
+      format_bytes(total));
   return total;
 }
 

@@ -354,8 +354,10 @@ Tensor Transformer::forward_logits(const Batch& batch) {
     Tensor xn = Tensor::empty({n, dims_.hidden}, DType::F32, be_.device(), "final norm output");
     RmsNorm{dims_.hidden, dims_.norm_eps}.forward(be_, w.norm, x.data<float>(), n, xn.data<float>(),
                                                   inv.data<float>());
-    Linear{dims_.hidden, dims_.vocab}.forward(be_, w.head, xn.data<float>(), n,
-                                              logits.data<float>());
+    // The head's GEMM exactly as LmHead runs it (bf16 operands under model.dtype = bf16), so
+    // logits and the loss-only path agree.
+    Linear{dims_.hidden, dims_.vocab, dims_.matmul == DType::BF16}.forward(
+        be_, w.head, xn.data<float>(), n, logits.data<float>());
   }
   return logits.to_device(Device::CPU, "logits");
 }

@@ -364,6 +364,8 @@ TEST_CASE("host staging over a group of one rank copies on the device", "[device
   const size_t host_before = host.peak_bytes();
 
   comm->all_gather(mine.raw(), gathered.raw(), size_t(c), DType::F32);
+  Tensor in_place = mine.clone();  // send == recv + rank * count, rank 0 of 1
+  comm->all_gather(in_place.raw(), in_place.raw(), size_t(c), DType::F32);
   comm->reduce_scatter(mine.raw(), scattered.raw(), size_t(c), DType::F32, ReduceOp::Sum);
   comm->all_reduce(same.raw(), size_t(c), DType::F32, ReduceOp::Sum);
   comm->broadcast(same.raw(), size_t(c), DType::F32, 0);
@@ -373,6 +375,7 @@ TEST_CASE("host staging over a group of one rank copies on the device", "[device
   CHECK(host.peak_bytes() - host_before < bytes);
   CHECK(ring->bytes_moved() == 0);
   CHECK(to_vector(gathered) == values);
+  CHECK(to_vector(in_place) == values);
   CHECK(to_vector(scattered) == values);
   CHECK(to_vector(same) == values);
   CHECK(to_vector(received) == values);
@@ -510,11 +513,14 @@ Run train(const TrainConfig& c, MeshShape shape, Backend* backend, int steps, bo
 }
 
 // Bitwise on the emulated device; on a GPU (float32 cuBLAS and kernels, other summation orders)
-// losses and norms within 1e-4 relative, and parameters within 1e-3 relative plus 1e-2 of one
-// step's size (lr): AdamW's normalised update turns a rounding-level change of a tiny gradient
-// into a change of order lr, so a parameter near zero cannot be held to a relative bound.
-void compare(const Run& dev, const Run& cpu, bool exact, double lr) {
-  const double atol = 1e-2 * lr;
+// losses and norms within `rtol` relative, parameters within 1e-3 relative plus `atol`.
+// AdamW's normalised update turns a change of a tiny gradient into a change of order lr, so a
+// parameter near zero cannot be held to a relative bound: float32 runs differ by rounding only
+// (atol 1e-2 lr held on the H200); bf16 GEMMs flip operands' roundings wherever the activations
+// differ by an ulp, 2^-9 relative changes of gradient terms, so they get rtol 1e-3, atol lr.
+void compare(const Run& dev, const Run& cpu, bool exact, double lr, DType dtype) {
+  const bool bf16 = dtype == DType::BF16;
+  const double rtol = bf16 ? 1e-3 : 1e-4, atol = bf16 ? lr : 1e-2 * lr;
   REQUIRE(dev.loss.size() == cpu.loss.size());
   for (size_t i = 0; i < cpu.loss.size(); ++i) {
     INFO("step " << i + 1);
@@ -522,8 +528,8 @@ void compare(const Run& dev, const Run& cpu, bool exact, double lr) {
       CHECK(dev.loss[i] == cpu.loss[i]);
       CHECK(dev.grad_norm[i] == cpu.grad_norm[i]);
     } else {
-      CHECK(dev.loss[i] == Approx(cpu.loss[i]).epsilon(1e-4));
-      CHECK(dev.grad_norm[i] == Approx(cpu.grad_norm[i]).epsilon(1e-4));
+      CHECK(dev.loss[i] == Approx(cpu.loss[i]).epsilon(rtol));
+      CHECK(dev.grad_norm[i] == Approx(cpu.grad_norm[i]).epsilon(rtol));
     }
   }
   CHECK(dev.eval.answers == cpu.eval.answers);
@@ -532,7 +538,7 @@ void compare(const Run& dev, const Run& cpu, bool exact, double lr) {
     CHECK(dev.eval.token_accuracy == cpu.eval.token_accuracy);
     CHECK(dev.eval.exact_accuracy == cpu.eval.exact_accuracy);
   } else {
-    CHECK(dev.eval.loss == Approx(cpu.eval.loss).epsilon(1e-4));
+    CHECK(dev.eval.loss == Approx(cpu.eval.loss).epsilon(rtol));
   }
   REQUIRE(dev.params.size() == cpu.params.size());
   for (size_t u = 0; u < cpu.params.size(); ++u) {
@@ -570,7 +576,7 @@ TEST_CASE("training on the device equals training on the CPU", "[device]") {
     c.train.batch_size = 8;     // a multiple of dp x fsdp x micro_batches at 4 ranks
     const Run cpu = train(c, k.shape, nullptr, 4);
     const Run dev = train(c, k.shape, dut.backend, 4);
-    compare(dev, cpu, dut.emulated, c.optim.lr);
+    compare(dev, cpu, dut.emulated, c.optim.lr, k.dtype);
     // Clipping happened, so the device path's norm and scaling were exercised.
     CHECK(cpu.grad_norm.front() > c.train.grad_clip);
   }

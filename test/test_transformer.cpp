@@ -362,3 +362,36 @@ TEST_CASE("Transformer: optimizer steps reduce the loss; identical seeds give id
   CHECK(a.norm == b.norm);
   CHECK(a.params == b.params);
 }
+
+TEST_CASE("Transformer: forward_logits gives forward_only's loss, f32 and bf16", "[model]") {
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    INFO("model.dtype " << dtype_name(dtype));
+    TrainConfig c = tiny_config();
+    c.model.dtype = dtype;
+    Mesh mesh(one_rank(), MPI_COMM_SELF);
+    Transformer model(c, mesh, cpu_backend());
+    randomize(model, 5);
+    const Batch b = batches_for(c, mesh, 2).front();
+    const double want = model.forward_only(b).loss_sum;
+    // The loss of the logits, in float64 on the host: the same head GEMM (bf16 operands under
+    // bf16), so only the order of the float64 sums differs. A head run in float32 while the
+    // loss path ran bf16 would differ by about 1e-4 relative.
+    const Tensor logits = model.forward_logits(b);
+    const int64_t rows = b.batch() * b.local_len(), V = c.model.vocab_size;
+    REQUIRE(logits.numel() == rows * V);
+    double got = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int32_t t = b.targets.data<int32_t>()[r];
+      const float w = b.loss_mask.data<float>()[r];
+      if (t == kIgnoreIndex || w == 0.0f) continue;
+      const float* x = logits.data<float>() + r * V;
+      double m = x[0];
+      for (int64_t j = 1; j < V; ++j) m = std::max(m, double(x[j]));
+      double s = 0;
+      for (int64_t j = 0; j < V; ++j) s += std::exp(double(x[j]) - m);
+      got += double(w) * (m + std::log(s) - double(x[t]));
+    }
+    REQUIRE(want > 0);
+    CHECK(std::abs(got - want) <= 1e-9 * want);
+  }
+}

@@ -221,7 +221,8 @@ __global__ void swiglu_backward_kernel(const float* gate, const float* up, const
 // ---- cross-entropy ------------------------------------------------------------------------------
 
 // One block per row. The first maximal logit (lowest index among equal maxima) and the log-sum-exp
-// (exp in float, summed in double, as on the CPU); loss = weight * (lse - x[target]).
+// (exp and sum in double, as on the CPU); loss = weight * (lse - x[target]); the probabilities of
+// dlogits in double too, rounded to float once.
 // dlogits may be logits: every thread reads what it needs of the row (x[target] included) before
 // the reductions' barriers, and each dlogits element is written by the thread that read that
 // logit.

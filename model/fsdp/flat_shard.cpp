@@ -118,12 +118,19 @@ void FlatShard::prefetch_full() {
   if (gather_dtype_ == DType::BF16) {
     // This rank's rounded shard goes straight into its block of the bf16 full buffer, and the
     // gather runs in place. The job frees that buffer once the values are widened into full_.
-    Tensor half = Tensor::empty({layout_.padded_numel}, DType::BF16, device(),
-                                name_ + " full params (bf16, in transit)");
+    Tensor half;
+    try {
+      half = Tensor::empty({layout_.padded_numel}, DType::BF16, device(),
+                           name_ + " full params (bf16, in transit)");
+      if (count > 0)
+        be.to_bf16(shard, half.data<uint16_t>() + layout_.shard_begin(), int64_t(count));
+      // The job reads what the compute stream wrote (AdamW's update, the rounding): wait.
+      be.synchronize();
+    } catch (...) {
+      full_ = Tensor();  // nothing was submitted: leave no full buffer behind
+      throw;
+    }
     uint16_t* mine = half.data<uint16_t>() + layout_.shard_begin();
-    if (count > 0) be.to_bf16(shard, mine, int64_t(count));
-    // The job reads what the compute stream wrote (AdamW's update, the rounding): wait for it.
-    be.synchronize();
     const int64_t n = layout_.padded_numel;
     full_job_ = group_.submit([&comm, &be, half, mine, count, full, n]() mutable {
       comm.all_gather(mine, half.data<uint16_t>(), count, DType::BF16);

@@ -42,8 +42,8 @@ struct ShardTokens {
 
 // y = x W^T with W [out, in] row-major (the Hugging Face nn.Linear layout), no bias.
 // Mixed precision (`bf16`): every GEMM rounds its two operands (x, W, dy) to bfloat16, nearest
-// even, into scratch buffers and runs Backend::gemm_bf16 (products exact, sums in float32, the
-// result float32 and accumulated in float32, so weight gradients keep float32 precision). In the
+// even, into scratch buffers and runs Backend::gemm_bf16 (products of the rounded operands
+// exact, sums in float32, the result float32, and weight gradients accumulate in float32). In the
 // model W arrives already bf16-valued (FSDP gathers bf16, FlatShard::set_gather_dtype), so its
 // rounding here is exact. The scratch copies are counted by the allocator: bf16 x and W in
 // forward; bf16 dy, x and W in backward.

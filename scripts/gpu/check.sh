@@ -55,7 +55,8 @@ summary=$out/summary.txt
 stage() {
   local n=$1 name=$2 limit=$3
   shift 3
-  local log=$out/stage${n}_$name.log t0 rc left=$((deadline - $(date +%s) - 5))
+  # Reserve the kill grace (10 s) and the summary and pack (5 s) before the deadline.
+  local log=$out/stage${n}_$name.log t0 rc left=$((deadline - $(date +%s) - 15))
   if [ "$left" -lt 15 ]; then
     printf 'stage %s %-12s %-14s\n' "$n" "$name" "SKIPPED (deadline)" | tee -a "$summary"
     return 0
@@ -67,7 +68,7 @@ stage() {
   rc=$?
   local status=ok
   [ $rc -ne 0 ] && status="FAILED rc=$rc"
-  [ $rc -eq 124 ] && status="TIMEOUT"
+  [ $rc -eq 124 ] || [ $rc -eq 137 ] && status="TIMEOUT"
   printf 'stage %s %-12s %-14s %4ss  %s\n' "$n" "$name" "$status" "$(($(date +%s) - t0))" \
     "$log" | tee -a "$summary"
   tail -5 "$log" | sed 's/^/    /'
@@ -176,12 +177,14 @@ stage_7() {
   --set mesh.sp=1 --set attention.impl=blockwise --set train.batch_size=1 \
   --set train.micro_batches=1 --set memory_limit_gb=0 --set run_dir=$out/bench_1b \
   --set train.seq_len=32768 --steps 2"
-  stage 7 train_1b 300 "nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 \
-    > $out/train_1b_nvsmi_mib.txt & smi=\$!; rc=0; \
-  $ra bench train $big --set model.dtype=f32 --json $out/train_1b_f32_S32768.json || rc=1; \
-  $ra bench train $big --set model.dtype=bf16 --json $out/train_1b_bf16_S32768.json || rc=1; \
-  kill \$smi; echo \"driver memory peak (MiB, nvidia-smi): \$(sort -n $out/train_1b_nvsmi_mib.txt | tail -1)\"; \
-  exit \$rc"
+  # One nvidia-smi sampler per run, so each driver peak belongs to one dtype.
+  stage 7 train_1b 360 "rc=0; for dt in f32 bf16; do \
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 \
+      > $out/train_1b_\${dt}_nvsmi_mib.txt & smi=\$!; \
+    $ra bench train $big --set model.dtype=\$dt --json $out/train_1b_\${dt}_S32768.json || rc=1; \
+    kill \$smi; \
+    echo \"\$dt: driver memory peak (MiB, nvidia-smi): \$(sort -n $out/train_1b_\${dt}_nvsmi_mib.txt | tail -1)\"; \
+  done; exit \$rc"
 }
 
 for n in $stages; do
