@@ -32,7 +32,7 @@ struct BenchAttentionArgs {
   std::string impl = "blockwise", layout = "zigzag", json, device = "cpu";
   int64_t batch = 1, seq = 4096, heads = 8, kv_heads = 8, head_dim = 64;
   int64_t q_chunk = 256, k_chunk = 256;
-  bool causal = false;
+  bool causal = false, bf16 = false;
   int warmup = 1, repeat = 3, threads = 0;
 };
 
@@ -45,6 +45,7 @@ int run_bench_attention(const BenchAttentionArgs& a) {
   opt.causal = a.causal;
   opt.q_chunk = a.q_chunk;
   opt.k_chunk = a.k_chunk;
+  opt.bf16 = a.bf16;
   RA_CHECK(opt.impl == AttentionImpl::Ring || world == 1,
            "bench attention --impl {} runs on one rank; launched on {} (use --impl ring)", a.impl,
            world);
@@ -109,7 +110,10 @@ int run_bench_attention(const BenchAttentionArgs& a) {
   const double flops_fwd =
       4.0 * a.batch * a.heads * double(a.seq) * a.seq * a.head_dim * causal_factor;
   const double flops_fwdbwd = flops_fwd * 3.5;
-  const double sgemm = measure_gemm_gflops(sp, be);  // summed over ranks, run concurrently
+  // The reference GEMM of the tiles' operand type, summed over ranks, run concurrently.
+  const DType operands = a.bf16 ? DType::BF16 : DType::F32;
+  const double sgemm = measure_gemm_gflops(sp, be, operands);
+  const std::string gemm = gemm_name(operands);
 
   const std::vector<double> rank_ms = gather_doubles(sp, my_compute * 1e3);
   const std::vector<double> rank_wait = gather_doubles(sp, my_total > 0 ? my_wait / my_total : 0);
@@ -132,8 +136,14 @@ int run_bench_attention(const BenchAttentionArgs& a) {
   j["fwdbwd_ms"] = fwdbwd * 1e3;
   j["gflops_fwd"] = flops_fwd / fwd * 1e-9;
   j["gflops_fwdbwd"] = flops_fwdbwd / fwdbwd * 1e-9;
-  j["sgemm_gflops"] = sgemm;
-  j["fraction_of_sgemm"] = flops_fwdbwd / fwdbwd * 1e-9 / sgemm;
+  j["tile_gemm_operands"] = a.bf16 ? "bf16" : "f32";
+  j["peak_gemm"] = gemm;
+  j["peak_gemm_gflops"] = sgemm;
+  j["fraction_of_peak_gemm"] = flops_fwdbwd / fwdbwd * 1e-9 / sgemm;
+  if (!a.bf16) {
+    j["sgemm_gflops"] = sgemm;
+    j["fraction_of_sgemm"] = j["fraction_of_peak_gemm"];
+  }
   j["peak_bytes"] = size_t(*std::max_element(peaks.begin(), peaks.end()));
   j["input_bytes"] = live_before;
   // What attention itself allocated (outputs, gradients, buffers, tiles): the peak minus the
@@ -149,19 +159,19 @@ int run_bench_attention(const BenchAttentionArgs& a) {
     const double fast = *std::min_element(rank_ms.begin(), rank_ms.end());
     fmt::print(
         "attention {} ({}) on {}, {} rank(s) x {} thread(s), B={} S={} H={} Hkv={} D={} "
-        "causal={} chunks {}x{}\n"
+        "causal={} chunks {}x{}{}\n"
         "  forward          {:9.2f} ms  {:7.1f} GFLOP/s\n"
-        "  forward+backward {:9.2f} ms  {:7.1f} GFLOP/s  ({:.0f}% of sgemm)\n"
-        "  sgemm (same cores or GPU, same run) {:7.1f} GFLOP/s\n"
+        "  forward+backward {:9.2f} ms  {:7.1f} GFLOP/s  ({:.0f}% of {})\n"
+        "  {} (same cores or GPU, same run) {:7.1f} GFLOP/s\n"
         "  peak bytes per rank (max)  {}   (inputs {}, attention's own {})\n"
         "  KV wait fraction (max over ranks) {:.1f}%   rank compute ms: {}  (slowest/fastest "
         "{:.2f})\n"
         "  FLOPs: {}\n",
         a.impl, opt.impl == AttentionImpl::Ring ? a.layout : "whole sequence", be.name(), world,
         threads, a.batch, a.seq, a.heads, a.kv_heads, a.head_dim, a.causal, a.q_chunk, a.k_chunk,
-        fwd * 1e3, j["gflops_fwd"].get<double>(), fwdbwd * 1e3, j["gflops_fwdbwd"].get<double>(),
-        100 * j["fraction_of_sgemm"].get<double>(), sgemm,
-        format_bytes(j["peak_bytes"].get<size_t>()), format_bytes(live_before),
+        a.bf16 ? ", bf16 tile GEMMs" : "", fwd * 1e3, j["gflops_fwd"].get<double>(), fwdbwd * 1e3,
+        j["gflops_fwdbwd"].get<double>(), 100 * j["fraction_of_peak_gemm"].get<double>(), gemm,
+        gemm, sgemm, format_bytes(j["peak_bytes"].get<size_t>()), format_bytes(live_before),
         format_bytes(j["workspace_peak_bytes"].get<size_t>()),
         100 * j["kv_wait_fraction"].get<double>(), fmt::join(rank_ms, " "),
         fast > 0 ? slow / fast : 0.0, j["flop_convention"].get<std::string>());
@@ -187,6 +197,8 @@ void add_bench_attention_command(CLI::App& bench, Action& run) {
   cmd->add_option("--kv-heads", a->kv_heads, "Hkv")->capture_default_str();
   cmd->add_option("--head-dim", a->head_dim, "D")->capture_default_str();
   cmd->add_flag("--causal", a->causal, "Causal mask");
+  cmd->add_flag("--bf16", a->bf16,
+                "Tile GEMMs on bf16 operands (model.dtype = bf16); compared with the bf16 GEMM");
   cmd->add_option("--q-chunk", a->q_chunk, "Query tile")->capture_default_str();
   cmd->add_option("--k-chunk", a->k_chunk, "Key tile")->capture_default_str();
   cmd->add_option("--warmup", a->warmup, "Untimed iterations")->capture_default_str();

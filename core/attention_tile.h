@@ -36,6 +36,11 @@ struct AttentionTileProblem {
   const float* q = nullptr;
   const float* k = nullptr;
   const float* v = nullptr;
+  // Mixed precision (model.dtype = bf16): every tile GEMM takes bfloat16 operands, products
+  // summed in float32. q, k, v and dout are rounded (nearest even) once per call; P is rounded
+  // before P V and P^T dO, dS before dS K and dS^T Q. The softmax, its statistics (m, l, lse,
+  // delta), acc, dq, dk and dv stay float32, and l sums the unrounded P.
+  bool bf16 = false;
 };
 
 // Running forward state (the (m, l, acc) form): acc unnormalised.

@@ -99,10 +99,11 @@ ConfigSchema make_schema() {
              "in backward (less memory, same results).");
   s.add_enum("model.dtype", std::string(model_dtype_name(m.dtype)),
              names(kDTypes, model_dtype_name),
-             "`bf16`: mixed precision. FSDP gathers the weights as bfloat16 (half the traffic) "
-             "and the projection, FFN and LM-head GEMMs take bfloat16 operands (float32 "
-             "accumulation and results; tensor cores on a GPU). Master weights, gradients, "
-             "optimizer state, activations and attention stay float32.");
+             "`bf16`: mixed precision. FSDP gathers the weights as bfloat16 (half the traffic); "
+             "the projection, FFN, LM-head and attention-tile GEMMs take bfloat16 operands "
+             "(float32 accumulation and results; tensor cores on a GPU). Master weights, "
+             "gradients, optimizer state, activations, the softmax and its statistics stay "
+             "float32.");
 
   const AttentionConfig& a = d.attention;
   s.add_enum("attention.impl", std::string(impl_name(a.impl)), names(kImpls, impl_name),
@@ -589,6 +590,7 @@ AttentionOptions attention_options(const TrainConfig& cfg) {
   o.q_chunk = cfg.attention.q_chunk;
   o.k_chunk = cfg.attention.k_chunk;
   o.ring_pieces = cfg.attention.ring_pieces;
+  o.bf16 = cfg.model.dtype == DType::BF16;
   return o;
 }
 

@@ -22,6 +22,7 @@
 #include "core/allocator.h"
 #include "core/backend.h"
 #include "core/cpu/attention_kernels.h"
+#include "core/dtype.h"
 #include "model/attention/layout.h"
 #include "test/reference_attention.h"
 
@@ -84,7 +85,8 @@ struct Result {
 // block, each block a list of indices into the full key set, carrying its positions and segment
 // ids. No blocks given: one block holding every key in order.
 Result run_tiles(const Inputs& in, int64_t q_chunk, int64_t k_chunk,
-                 std::vector<std::vector<int64_t>> blocks = {}, bool backward = true) {
+                 std::vector<std::vector<int64_t>> blocks = {}, bool backward = true,
+                 bool bf16 = false) {
   Backend& be = cpu_backend();
   const RefProblem& rp = in.p;
   const int64_t B = rp.batch, Sq = rp.sq, Sk = rp.sk, H = rp.heads, Hkv = rp.kv_heads,
@@ -131,6 +133,7 @@ Result run_tiles(const Inputs& in, int64_t q_chunk, int64_t k_chunk,
     p.q = in.q.data();
     p.k = blk.k.data();
     p.v = blk.v.data();
+    p.bf16 = bf16;
     return p;
   };
 
@@ -267,6 +270,64 @@ TEST_CASE("attention tiles: forward and backward match the f64 reference", "[att
   if (causal && s.sk > s.sq)  // queries at the end of the key range, as in a KV cache
     in.p.q_pos = iota(s.sq, s.sk - s.sq);
   check_against_reference(in, run_tiles(in, s.q_chunk, s.k_chunk));
+}
+
+// The worst |got - want| / (1 + |want|) over the elements.
+double worst_scaled(const std::vector<float>& got, const std::vector<double>& want) {
+  double w = 0;
+  for (size_t i = 0; i < got.size(); ++i)
+    if (std::isfinite(want[i]))
+      w = std::max(w, std::abs(double(got[i]) - want[i]) / (1 + std::abs(want[i])));
+  return w;
+}
+double worst_scaled(const std::vector<float>& got, const std::vector<float>& want) {
+  return worst_scaled(got, std::vector<double>(want.begin(), want.end()));
+}
+
+TEST_CASE("attention tiles: bf16 tile GEMMs, at bf16 precision of the float64 result",
+          "[attention]") {
+  const bool causal = GENERATE(false, true);
+  INFO("causal " << causal);
+  Inputs in = make_inputs(2, 100, 100, 4, 2, 32, causal, 21);
+  const Result r = run_tiles(in, 32, 24, {}, true, true);
+  const Result f32 = run_tiles(in, 32, 24);
+  const RefResult ref = reference_attention(in.p, in.q, in.k, in.v, in.dout);
+  // The float64 result of the bf16-rounded inputs: what is left between it and the tiles is the
+  // rounding of P and dS (and float32 sums).
+  auto rounded = [](std::vector<float> x) {
+    for (float& e : x) e = bf16_to_f32(f32_to_bf16(e));
+    return x;
+  };
+  const RefResult rref =
+      reference_attention(in.p, rounded(in.q), rounded(in.k), rounded(in.v), rounded(in.dout));
+  const std::pair<const char*, std::pair<const std::vector<float>*, const std::vector<double>*>>
+      outs[] = {{"o", {&r.o, &ref.o}},
+                {"dq", {&r.dq, &ref.dq}},
+                {"dk", {&r.dk, &ref.dk}},
+                {"dv", {&r.dv, &ref.dv}}};
+  // Scaled errors |x - ref| / (1 + |ref|) seen (2 x 100 tokens, H 4, Hkv 2, D 32): against the
+  // exact result up to 1.2e-2; against the rounded inputs' result up to 1e-2; float32 tiles
+  // differ from bf16 ones by 3e-3 to 5e-3; three blocks against one up to 2.6e-3.
+  for (const auto& [name, pr] : outs) {
+    INFO(name);
+    CHECK(worst_scaled(*pr.first, *pr.second) <= 4e-2);
+  }
+  CHECK(worst_scaled(r.o, rref.o) <= 3e-2);
+  CHECK(worst_scaled(r.dq, rref.dq) <= 3e-2);
+  CHECK(worst_scaled(r.dk, rref.dk) <= 3e-2);
+  CHECK(worst_scaled(r.dv, rref.dv) <= 3e-2);
+  CHECK(worst_scaled(f32.o, std::vector<double>(r.o.begin(), r.o.end())) > 1e-3);  // mode is on
+  // The statistics use the rounded q, k but the unrounded P: lse is the rounded inputs' lse to
+  // float32 accuracy (summing the rounded P instead would be off by about 1e-3).
+  CHECK(worst_scaled(r.lse, rref.lse) <= 1e-5);
+  CHECK(worst_scaled(f32.lse, rref.lse) > 1e-4);  // which float32 q, k do not give
+  // Three KV blocks arriving in reverse (ring order): the running max differs, so P's rounding
+  // differs; the result agrees to bf16 precision.
+  const Result blocks = run_tiles(in, 32, 24, {iota(40, 60), iota(30, 30), iota(30)}, true, true);
+  CHECK(worst_scaled(blocks.o, r.o) <= 1e-2);
+  CHECK(worst_scaled(blocks.dq, r.dq) <= 1e-2);
+  CHECK(worst_scaled(blocks.dk, r.dk) <= 1e-2);
+  CHECK(worst_scaled(blocks.dv, r.dv) <= 1e-2);
 }
 
 TEST_CASE("attention tiles: grouped-query attention", "[attention]") {

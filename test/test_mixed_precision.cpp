@@ -1,7 +1,8 @@
 // Mixed precision (model.dtype = bf16): FSDP gathers the weights as bfloat16, and the projection,
-// FFN and head GEMMs take bfloat16 operands with float32 accumulation; master weights, gradients,
-// optimizer state, activations and attention stay float32 (model/layers/layers.h, Linear;
-// model/fsdp/flat_shard.h, set_gather_dtype).
+// FFN, head and attention-tile GEMMs take bfloat16 operands with float32 accumulation; master
+// weights, gradients, optimizer state, activations and softmax statistics stay float32
+// (model/layers/layers.h, Linear; model/fsdp/flat_shard.h, set_gather_dtype;
+// core/attention_tile.h, AttentionTileProblem::bf16, tested in test_attention_tiles.cpp).
 //
 // Checked here: the bf16 Linear against float64 GEMMs of the bf16-rounded operands; the bf16
 // gather (every rank's rounded shard, masters untouched, the bf16 buffer freed); training in bf16
@@ -200,21 +201,22 @@ TEST_CASE("training in bf16: close to float32, equal across meshes, bit-exact re
     for (int i = 0; i < kSteps; ++i) {
       INFO("step " << i + 1 << ": bf16 " << std::setprecision(17) << ref[size_t(i)] << " f32 "
                    << ref32[size_t(i)]);
-      // bf16 operands carry up to 2^-9 relative rounding each; seen: 2e-4 relative on the loss.
+      // bf16 operands carry up to 2^-9 relative rounding each; seen: 1.4e-4 relative on the loss.
       CHECK(std::abs(ref[size_t(i)] - ref32[size_t(i)]) <= 2e-3 * std::abs(ref32[size_t(i)]));
       differs = differs || ref[size_t(i)] != ref32[size_t(i)];
     }
     CHECK(differs);
   }
   // Other meshes sum attention and reductions in other orders (float32 rounding). Through AdamW
-  // that moves master weights by an ulp or so, which now and then flips their bf16 rounding, a
-  // 2^-9 relative change of one weight: seen up to 2e-5 relative on the loss (4 ranks), against
-  // float32's 1e-5 bound for the same comparison in [train]. Bound: 2e-4.
+  // that moves master weights by an ulp or so, which now and then flips their bf16 rounding; and
+  // the ring folds KV blocks in another order, so the attention's P (relative to another running
+  // max) rounds differently. Seen: up to 1.6e-4 relative on the loss (4 ranks), against
+  // float32's 1e-5 bound for the same comparison in [train]. Bound: 1e-3.
   auto compare = [&](const std::vector<double>& got) {
     REQUIRE(got.size() == ref.size());
     for (size_t i = 0; i < ref.size(); ++i) {
       INFO("step " << i + 1 << ": " << std::setprecision(17) << got[i] << " vs " << ref[i]);
-      CHECK(std::abs(got[i] - ref[i]) <= 2e-4 * std::abs(ref[i]));
+      CHECK(std::abs(got[i] - ref[i]) <= 1e-3 * std::abs(ref[i]));
     }
   };
   SECTION("ring over every rank") {

@@ -29,7 +29,9 @@
 #include "core/attention_plan.h"
 #include "core/backend.h"
 #include "core/cpu/attention_kernels.h"
+#include "core/dtype.h"
 #include "core/error.h"
+#include "core/tensor.h"
 
 namespace ringattn::cpu {
 
@@ -55,6 +57,52 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const 
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(m),
               int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
 }
+
+// x := its bfloat16 rounding, as float32 (exact): sgemm over such values is the bf16 GEMM with
+// float32 accumulation (AttentionTileProblem::bf16).
+void round_bf16(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+}
+
+// The first `cols` columns of `rows` rows `ld` apart, rounded to bf16; copied to `dst` (same
+// strides) when given, else in place.
+void round_bf16_rows(float* src, int64_t rows, int64_t cols, int64_t ld, float* dst = nullptr) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* in = src + r * ld;
+    float* out = dst ? dst + r * ld : in;
+    for (int64_t j = 0; j < cols; ++j) out[j] = bf16_to_f32(f32_to_bf16(in[j]));
+  }
+}
+
+// A problem whose q, k, v (and dout) are bf16-rounded float32 copies when p.bf16: the rounding
+// once per call. The copies come from the allocator, so they count in the peak.
+struct RoundedOperands {
+  AttentionTileProblem problem;
+  const float* dout;
+  Tensor q, k, v, dout_copy;
+
+  RoundedOperands(const AttentionTileProblem& p, const float* dout_in) : problem(p), dout(dout_in) {
+    if (!p.bf16) return;
+    const int64_t nq = p.batch * p.sq * p.heads * p.head_dim;
+    const int64_t nk = p.batch * p.sk * p.kv_heads * p.head_dim;
+    auto copy = [](const float* src, int64_t n, const char* what) {
+      Tensor t = Tensor::empty({n}, DType::F32, Device::CPU, what);
+      std::memcpy(t.data<float>(), src, size_t(n) * sizeof(float));
+      round_bf16(t.data<float>(), n);
+      return t;
+    };
+    q = copy(p.q, nq, "attention q (bf16 values)");
+    k = copy(p.k, nk, "attention k (bf16 values)");
+    v = copy(p.v, nk, "attention v (bf16 values)");
+    problem.q = q.data<float>();
+    problem.k = k.data<float>();
+    problem.v = v.data<float>();
+    if (dout_in) {
+      dout_copy = copy(dout_in, nq, "attention dO (bf16 values)");
+      dout = dout_copy.data<float>();
+    }
+  }
+};
 
 // Everything a tile loop needs about one call, derived once: the shared tile plan
 // (core/attention_plan.h) plus the CPU's strides. Host memory throughout.
@@ -206,6 +254,7 @@ void forward_item(const Plan& pl, const AttentionForwardState& st, int64_t b, in
         l[r] += sum;
       }
     }
+    if (p.bf16) round_bf16_rows(s, nq, nk, pl.ld_s);  // after l took the unrounded sums
     gemm(false, false, nq, D, nk, 1.0f, s, pl.ld_s, vt, pl.ldk, 1.0f, acc, D);
   }
   if (touched)
@@ -263,7 +312,13 @@ void backward_item(const Plan& pl, const AttentionBackwardArgs& a, int64_t b, in
         rk.exp_sum(row, n, lse[r]);
         std::fill(row + n, row + nk, 0.0f);
       }
-      gemm(true, false, nk, D, nq, 1.0f, w.p, ld, dot, pl.ldq, 1.0f, w.dv, D);      // dV += P^T dO
+      if (p.bf16) {
+        // dV += bf16(P)^T dO: the rounded P goes where dP is computed next; dS needs P unrounded.
+        round_bf16_rows(w.p, nq, nk, ld, w.dp);
+        gemm(true, false, nk, D, nq, 1.0f, w.dp, ld, dot, pl.ldq, 1.0f, w.dv, D);
+      } else {
+        gemm(true, false, nk, D, nq, 1.0f, w.p, ld, dot, pl.ldq, 1.0f, w.dv, D);  // dV += P^T dO
+      }
       gemm(false, true, nq, nk, D, 1.0f, dot, pl.ldq, vt, pl.ldk, 0.0f, w.dp, ld);  // dP = dO V^T
       for (int64_t r = 0; r < nq; ++r) {
         float* row = w.dp + r * ld;
@@ -271,6 +326,7 @@ void backward_item(const Plan& pl, const AttentionBackwardArgs& a, int64_t b, in
         rk.softmax_grad(row, w.p + r * ld, n, delta[r]);  // dS = P (dP - delta)
         std::fill(row + n, row + nk, 0.0f);
       }
+      if (p.bf16) round_bf16_rows(w.dp, nq, nk, ld);  // dS for the dQ and dK GEMMs
       // dQ += scale dS K
       if (!dq_locks) {
         gemm(false, false, nq, D, nk, p.scale, w.dp, ld, kt, pl.ldk, 1.0f, a.dq + row0, pl.ldq);
@@ -306,9 +362,11 @@ void attention_forward_init(const AttentionForwardState& st, int64_t batch, int6
   std::fill(st.acc, st.acc + rows * size_t(head_dim), 0.0f);
 }
 
-void attention_forward_block(const AttentionTileProblem& p, const AttentionForwardState& st,
+void attention_forward_block(const AttentionTileProblem& prob, const AttentionForwardState& st,
                              AttentionTileStats* stats) {
-  if (p.batch == 0 || p.sq == 0 || p.sk == 0) return;
+  if (prob.batch == 0 || prob.sq == 0 || prob.sk == 0) return;
+  const RoundedOperands ops(prob, nullptr);
+  const AttentionTileProblem& p = ops.problem;
   const Plan pl(p);
   // Items in order of decreasing query chunk: with causal masks the late queries see the most
   // keys, and dynamic scheduling balances best when the long items start first.
@@ -368,12 +426,16 @@ void attention_backward_delta(const float* dout, const float* o, float* delta, i
       }
 }
 
-void attention_backward_block(const AttentionTileProblem& p, const AttentionBackwardArgs& a,
+void attention_backward_block(const AttentionTileProblem& prob, const AttentionBackwardArgs& args,
                               AttentionTileStats* stats) {
-  if (p.batch == 0 || p.sq == 0 || p.sk == 0) return;
-  const Plan pl(p);
-  RA_CHECK(a.dout && a.lse && a.delta && a.dq && a.dk && a.dv,
+  if (prob.batch == 0 || prob.sq == 0 || prob.sk == 0) return;
+  RA_CHECK(args.dout && args.lse && args.delta && args.dq && args.dk && args.dv,
            "attention backward: dout, lse, delta, dq, dk and dv must be given");
+  const RoundedOperands ops(prob, args.dout);
+  const AttentionTileProblem& p = ops.problem;
+  AttentionBackwardArgs a = args;
+  a.dout = ops.dout;
+  const Plan pl(p);
   const int64_t heads = p.batch * p.kv_heads;
   const int64_t nkc = int64_t(pl.kc.size());
   // (batch, kv head) items when they fill the threads evenly, else key chunks too (locked dq).

@@ -32,6 +32,7 @@
 #include "core/attention_plan.h"
 #include "core/cuda/cuda_common.cuh"
 #include "core/cuda/cuda_layers.h"
+#include "core/cuda/cuda_optim.h"
 #include "core/error.h"
 
 namespace ringattn::cuda {
@@ -145,6 +146,69 @@ void gemm_batched(cublasHandle_t h, bool ta, bool tb, int64_t m, int64_t n, int6
                                   int(n), int(m), int(k), &alpha, b, int(ldb), a, int(lda), &beta,
                                   c, int(ldc), count));
 }
+
+// The same with bf16 A and B (the pointer arrays hold bf16 addresses), float32 accumulation and C:
+// the tile GEMMs of AttentionTileProblem::bf16 (tensor cores).
+void gemm_batched_bf16(cublasHandle_t h, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+                       float alpha, float* const* a, int64_t lda, float* const* b, int64_t ldb,
+                       float beta, float* const* c, int64_t ldc, int count) {
+  CUBLAS_CHECK(cublasGemmBatchedEx(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                   ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k), &alpha,
+                                   reinterpret_cast<const void* const*>(b), CUDA_R_16BF, int(ldb),
+                                   reinterpret_cast<const void* const*>(a), CUDA_R_16BF, int(lda),
+                                   &beta, reinterpret_cast<void* const*>(c), CUDA_R_32F, int(ldc),
+                                   count, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// One GEMM of a tile loop, f32 or bf16 operands (whose pointer arrays then hold bf16 addresses).
+void tile_gemm(bool bf16, cublasHandle_t h, bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+               float alpha, float* const* a, int64_t lda, float* const* b, int64_t ldb, float beta,
+               float* const* c, int64_t ldc, int count) {
+  if (bf16)
+    gemm_batched_bf16(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, count);
+  else
+    gemm_batched(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, count);
+}
+
+// AttentionTileProblem::bf16: q, k, v (and dout) rounded to bf16 once per call, and one bf16 tile
+// buffer (`tiles` tiles of `tile_stride`) that P and dS are rounded into before their GEMMs.
+// Empty (no allocation) for a float32 problem. An address `off` elements into an operand is
+// stored in the float* pointer arrays as is: cuBLAS reads it as bf16 (gemm_batched_bf16).
+struct Bf16Operands {
+  DeviceScratch mem;
+  uint16_t *q = nullptr, *k = nullptr, *v = nullptr, *dout = nullptr, *tile = nullptr;
+
+  static size_t bytes(const AttentionTileProblem& p, const float* dout, size_t tile_elems) {
+    if (!p.bf16) return 0;
+    const size_t nq = size_t(p.batch * p.sq) * size_t(p.heads) * size_t(p.head_dim);
+    const size_t nk = size_t(p.batch * p.sk) * size_t(p.kv_heads) * size_t(p.head_dim);
+    return (nq * (dout ? 2 : 1) + 2 * nk + tile_elems) * sizeof(uint16_t) + 5 * 16;
+  }
+  Bf16Operands(cudaStream_t stream, const AttentionTileProblem& p, const float* dout_in,
+               size_t tile_elems)
+      : mem(stream, bytes(p, dout_in, tile_elems), "attention bf16 operands") {
+    if (!p.bf16) return;
+    const int64_t nq = p.batch * p.sq * p.heads * p.head_dim;
+    const int64_t nk = p.batch * p.sk * p.kv_heads * p.head_dim;
+    size_t at = 0;
+    auto take = [&](int64_t n) {
+      uint16_t* ptr = mem.at<uint16_t>(at);
+      at += (size_t(n) * sizeof(uint16_t) + 15) / 16 * 16;
+      return ptr;
+    };
+    q = take(nq);
+    k = take(nk);
+    v = take(nk);
+    if (dout_in) dout = take(nq);
+    tile = take(int64_t(tile_elems));
+    to_bf16(stream, p.q, q, nq);
+    to_bf16(stream, p.k, k, nk);
+    to_bf16(stream, p.v, v, nk);
+    if (dout_in) to_bf16(stream, dout_in, dout, nq);
+  }
+  // The address `off` elements into a bf16 operand, as the pointer arrays store it.
+  static float* addr(uint16_t* base, int64_t off) { return reinterpret_cast<float*>(base + off); }
+};
 
 // Positions, segment ids, tile items and GEMM pointer arrays for one call: built on the host,
 // uploaded in one copy. Also the device addresses of each section.
@@ -368,11 +432,14 @@ void attention_forward_block(cudaStream_t stream, cublasHandle_t cublas,
   const std::vector<Launch>& launches = w.launches;
   const int widest = w.widest;
 
-  // Pointer arrays, per launch: Q, K, S, V, ACC, `count` entries each.
-  constexpr size_t kArrays = 5;
+  // Pointer arrays, per launch: Q, K, S, V, ACC, and under bf16 the rounded P tiles (PB), `count`
+  // entries each. Under bf16, Q, K and V point into the rounded copies.
+  const bool bf16 = p.bf16;
+  const size_t kArrays = bf16 ? 6 : 5;
   const int64_t tile_stride = pl.tile_floats();
   DeviceScratch scores(stream, size_t(widest) * size_t(tile_stride) * sizeof(float),
                        "attention scores");
+  const Bf16Operands ops(stream, p, nullptr, size_t(widest) * size_t(tile_stride));
   Staging sg(pl, items.size(), items.size() * kArrays);
   DeviceScratch dev(stream, sg.lay.bytes(), "attention tile plan");
   std::memcpy(sg.host_at<int2>(sg.items_at), items.data(), items.size() * sizeof(int2));
@@ -386,11 +453,15 @@ void attention_forward_block(cudaStream_t stream, cublasHandle_t cublas,
       const int64_t b = it.x, h = it.y, hk = h / pl.G;
       const int64_t q_off = (b * p.sq + q.begin) * pl.ldq + h * pl.D;
       const int64_t k_off = (b * p.sk + k.begin) * pl.ldk + hk * pl.D;
-      arr[0 * L.count + t] = const_cast<float*>(p.q) + q_off;
-      arr[1 * L.count + t] = const_cast<float*>(p.k) + k_off;
+      arr[0 * L.count + t] =
+          bf16 ? Bf16Operands::addr(ops.q, q_off) : const_cast<float*>(p.q) + q_off;
+      arr[1 * L.count + t] =
+          bf16 ? Bf16Operands::addr(ops.k, k_off) : const_cast<float*>(p.k) + k_off;
       arr[2 * L.count + t] = scores.at<float>() + int64_t(t) * tile_stride;
-      arr[3 * L.count + t] = const_cast<float*>(p.v) + k_off;
+      arr[3 * L.count + t] =
+          bf16 ? Bf16Operands::addr(ops.v, k_off) : const_cast<float*>(p.v) + k_off;
       arr[4 * L.count + t] = st.acc + q_off;
+      if (bf16) arr[5 * L.count + t] = Bf16Operands::addr(ops.tile, int64_t(t) * tile_stride);
     }
   }
   CUDA_CHECK(cudaMemcpyAsync(dev.at<void>(), sg.host.data(), sg.host.size(), cudaMemcpyHostToDevice,
@@ -406,15 +477,22 @@ void attention_forward_block(cudaStream_t stream, cublasHandle_t cublas,
     float** S = arr + 2 * L.count;
     float** V = arr + 3 * L.count;
     float** ACC = arr + 4 * L.count;
-    gemm_batched(cublas, false, true, nq, nk, pl.D, p.scale, Q, pl.ldq, K, pl.ldk, 0.0f, S, pl.ld_s,
-                 L.count);
+    tile_gemm(bf16, cublas, false, true, nq, nk, pl.D, p.scale, Q, pl.ldq, K, pl.ldk, 0.0f, S,
+              pl.ld_s, L.count);
     const dim3 grid(grid_for_rows(nq), unsigned(L.count));
     forward_softmax_kernel<<<grid, kThreads, 0, stream>>>(
         mask_args(pl, sg, dev, L), ditems + L.first, scores.at<float>(), tile_stride, pl.ld_s,
         p.heads, p.head_dim, st.m, st.l, st.acc);
     CUDA_CHECK(cudaGetLastError());
-    gemm_batched(cublas, false, false, nq, pl.D, nk, 1.0f, S, pl.ld_s, V, pl.ldk, 1.0f, ACC, pl.ldq,
-                 L.count);
+    if (bf16) {
+      // acc += bf16(P) V, P rounded after the kernel summed it into l unrounded.
+      to_bf16(stream, scores.at<float>(), ops.tile, int64_t(L.count) * tile_stride);
+      gemm_batched_bf16(cublas, false, false, nq, pl.D, nk, 1.0f, arr + 5 * L.count, pl.ld_s, V,
+                        pl.ldk, 1.0f, ACC, pl.ldq, L.count);
+    } else {
+      gemm_batched(cublas, false, false, nq, pl.D, nk, 1.0f, S, pl.ld_s, V, pl.ldk, 1.0f, ACC,
+                   pl.ldq, L.count);
+    }
   }
   // Leaving: dev's destructor waits for the stream (every kernel, GEMM and the upload) before
   // freeing, then sg's host buffer goes, then scores (waits again, already idle).
@@ -457,13 +535,16 @@ void attention_backward_block(cudaStream_t stream, cublasHandle_t cublas,
   const std::vector<Launch>& launches = w.launches;
   const int widest = w.widest;
 
-  // Pointer arrays, per launch: Q, K, V, dO, P, dP, dQ, dK, dV, `count` entries each.
-  constexpr size_t kArrays = 9;
+  // Pointer arrays, per launch: Q, K, V, dO, P, dP, dQ, dK, dV, and under bf16 the rounded P or
+  // dS tiles (XB), `count` entries each. Under bf16, Q, K, V and dO point into rounded copies.
+  const bool bf16 = p.bf16;
+  const size_t kArrays = bf16 ? 10 : 9;
   const int64_t tile_stride = pl.tile_floats();
   const size_t buffer_floats = size_t(widest) * size_t(tile_stride);
   DeviceScratch work(stream, 2 * buffer_floats * sizeof(float), "attention backward scores");
   float* probs = work.at<float>();
   float* dprobs = probs + buffer_floats;
+  const Bf16Operands ops(stream, p, a.dout, buffer_floats);
   Staging sg(pl, items.size(), items.size() * kArrays);
   DeviceScratch dev(stream, sg.lay.bytes(), "attention tile plan");
   std::memcpy(sg.host_at<int2>(sg.items_at), items.data(), items.size() * sizeof(int2));
@@ -477,10 +558,15 @@ void attention_backward_block(cudaStream_t stream, cublasHandle_t cublas,
       const int64_t b = it.x, h = it.y, hk = h / pl.G;
       const int64_t q_off = (b * p.sq + q.begin) * pl.ldq + h * pl.D;
       const int64_t k_off = (b * p.sk + k.begin) * pl.ldk + hk * pl.D;
-      arr[0 * L.count + t] = const_cast<float*>(p.q) + q_off;
-      arr[1 * L.count + t] = const_cast<float*>(p.k) + k_off;
-      arr[2 * L.count + t] = const_cast<float*>(p.v) + k_off;
-      arr[3 * L.count + t] = const_cast<float*>(a.dout) + q_off;
+      arr[0 * L.count + t] =
+          bf16 ? Bf16Operands::addr(ops.q, q_off) : const_cast<float*>(p.q) + q_off;
+      arr[1 * L.count + t] =
+          bf16 ? Bf16Operands::addr(ops.k, k_off) : const_cast<float*>(p.k) + k_off;
+      arr[2 * L.count + t] =
+          bf16 ? Bf16Operands::addr(ops.v, k_off) : const_cast<float*>(p.v) + k_off;
+      arr[3 * L.count + t] =
+          bf16 ? Bf16Operands::addr(ops.dout, q_off) : const_cast<float*>(a.dout) + q_off;
+      if (bf16) arr[9 * L.count + t] = Bf16Operands::addr(ops.tile, int64_t(t) * tile_stride);
       arr[4 * L.count + t] = probs + int64_t(t) * tile_stride;
       arr[5 * L.count + t] = dprobs + int64_t(t) * tile_stride;
       arr[6 * L.count + t] = a.dq + q_off;
@@ -506,27 +592,33 @@ void attention_backward_block(cudaStream_t stream, cublasHandle_t cublas,
     float** dK = arr + 7 * L.count;
     float** dV = arr + 8 * L.count;
     const dim3 grid(grid_for_rows(nq), unsigned(L.count));
+    // Under bf16 the P and dS GEMMs read their rounded copies in the bf16 tile buffer (XB).
+    float** XB = bf16 ? arr + 9 * L.count : nullptr;
+    const int64_t tile_elems = int64_t(L.count) * tile_stride;
     // P = exp(scale Q K^T - lse), masked.
-    gemm_batched(cublas, false, true, nq, nk, pl.D, p.scale, Q, pl.ldq, K, pl.ldk, 0.0f, P, pl.ld_s,
-                 L.count);
+    tile_gemm(bf16, cublas, false, true, nq, nk, pl.D, p.scale, Q, pl.ldq, K, pl.ldk, 0.0f, P,
+              pl.ld_s, L.count);
     backward_probs_kernel<<<grid, kThreads, 0, stream>>>(
         mask_args(pl, sg, dev, L), ditems + L.first, probs, tile_stride, pl.ld_s, p.heads, a.lse);
     CUDA_CHECK(cudaGetLastError());
-    // dV += P^T dO
-    gemm_batched(cublas, true, false, nk, pl.D, nq, 1.0f, P, pl.ld_s, dO, pl.ldq, 1.0f, dV, pl.ldk,
-                 L.count);
+    // dV += P^T dO (bf16: the rounded P; dS below needs P unrounded)
+    if (bf16) to_bf16(stream, probs, ops.tile, tile_elems);
+    tile_gemm(bf16, cublas, true, false, nk, pl.D, nq, 1.0f, bf16 ? XB : P, pl.ld_s, dO, pl.ldq,
+              1.0f, dV, pl.ldk, L.count);
     // dP = dO V^T, then dS = P (dP - delta) in its place.
-    gemm_batched(cublas, false, true, nq, nk, pl.D, 1.0f, dO, pl.ldq, V, pl.ldk, 0.0f, dP, pl.ld_s,
-                 L.count);
+    tile_gemm(bf16, cublas, false, true, nq, nk, pl.D, 1.0f, dO, pl.ldq, V, pl.ldk, 0.0f, dP,
+              pl.ld_s, L.count);
     backward_dscores_kernel<<<grid, kThreads, 0, stream>>>(ditems + L.first, probs, dprobs,
                                                            tile_stride, pl.ld_s, nq, nk, p.heads,
                                                            p.sq, pl.qc[L.qi].begin, a.delta);
     CUDA_CHECK(cudaGetLastError());
-    // dQ += scale dS K; dK += scale dS^T Q
-    gemm_batched(cublas, false, false, nq, pl.D, nk, p.scale, dP, pl.ld_s, K, pl.ldk, 1.0f, dQ,
-                 pl.ldq, L.count);
-    gemm_batched(cublas, true, false, nk, pl.D, nq, p.scale, dP, pl.ld_s, Q, pl.ldq, 1.0f, dK,
-                 pl.ldk, L.count);
+    // dQ += scale dS K; dK += scale dS^T Q (bf16: the rounded dS, over the rounded P, whose GEMM
+    // is earlier on the same stream)
+    if (bf16) to_bf16(stream, dprobs, ops.tile, tile_elems);
+    tile_gemm(bf16, cublas, false, false, nq, pl.D, nk, p.scale, bf16 ? XB : dP, pl.ld_s, K, pl.ldk,
+              1.0f, dQ, pl.ldq, L.count);
+    tile_gemm(bf16, cublas, true, false, nk, pl.D, nq, p.scale, bf16 ? XB : dP, pl.ld_s, Q, pl.ldq,
+              1.0f, dK, pl.ldk, L.count);
   }
 }
 

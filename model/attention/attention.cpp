@@ -197,6 +197,7 @@ AttentionTileProblem Attention::make_problem(const Shapes& s, const std::vector<
   p.q = s.q.data<float>();
   p.k = k;
   p.v = v;
+  p.bf16 = opt_.bf16;
   return p;
 }
 

@@ -35,6 +35,9 @@ struct AttentionOptions {
   // many times more (smaller) messages. 1: the whole shard at once.
   int64_t ring_pieces = 1;
   float scale = 0;  // 0: 1/sqrt(head_dim)
+  // Mixed precision: the tile GEMMs take bf16 operands (AttentionTileProblem::bf16). Inputs,
+  // outputs, statistics and the ring's dK/dV accumulators stay float32.
+  bool bf16 = false;
 };
 
 // One rank's shard of a batch, in local token order.

@@ -14,8 +14,8 @@
 #   stage 4  compute-sanitizer memcheck over [cuda] and [device] (1 rank)
 #   stage 5  the trainer end to end on the GPU: tiny config (CPU vs GPU losses), NCCL transport
 #            on one rank, and the demo on 4 ranks sharing the GPU (timed)
-#   stage 6  attention benchmark: ringattn blockwise fp32 vs PyTorch SDPA (fp32 and bf16),
-#            S = 8K..64K, H = 16, D = 128, causal, in the same run
+#   stage 6  attention benchmark: ringattn blockwise (fp32, then bf16 tile GEMMs) vs PyTorch SDPA
+#            (fp32 and bf16), S = 8K..64K, H = 16, D = 128, causal, in the same run
 #   stage 7  training benchmark: 1B-shaped model (f32, then bf16 GEMMs) at S = 32K on one GPU, with
 #            the driver's memory use sampled by nvidia-smi beside the allocator's peak
 #
@@ -160,13 +160,18 @@ stage_8() {
 stage_6() {
   local seqs="8192 16384 32768 65536"
   [ "$quick" = 1 ] && seqs="8192 16384"
-  stage 6 attention 300 "python3 scripts/gpu/sdpa_bench.py --seqs \$(echo $seqs | tr ' ' ,) \
+  stage 6 attention 360 "python3 scripts/gpu/sdpa_bench.py --seqs \$(echo $seqs | tr ' ' ,) \
     --heads 16 --head-dim 128 --causal --dtype float32 --json $out/sdpa_float32.json; \
   python3 scripts/gpu/sdpa_bench.py --seqs \$(echo $seqs | tr ' ' ,) --heads 16 --head-dim 128 \
     --causal --dtype bfloat16 --json $out/sdpa_bfloat16.json; \
   for S in $seqs; do \
     $ra bench attention --device cuda --impl blockwise --seq \$S --heads 16 --kv-heads 16 \
       --head-dim 128 --causal --q-chunk 1024 --k-chunk 1024 --json $out/ringattn_S\$S.json; \
+  done; \
+  for S in $seqs; do \
+    $ra bench attention --device cuda --impl blockwise --seq \$S --heads 16 --kv-heads 16 \
+      --head-dim 128 --causal --q-chunk 1024 --k-chunk 1024 --bf16 \
+      --json $out/ringattn_bf16_S\$S.json; \
   done"
 }
 
