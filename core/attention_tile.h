@@ -39,7 +39,9 @@ struct AttentionTileProblem {
   // Mixed precision (model.dtype = bf16): every tile GEMM takes bfloat16 operands, products
   // summed in float32. q, k, v and dout are rounded (nearest even) once per call; P is rounded
   // before P V and P^T dO, dS before dS K and dS^T Q. The softmax, its statistics (m, l, lse,
-  // delta), acc, dq, dk and dv stay float32, and l sums the unrounded P.
+  // delta), acc, dq, dk and dv stay float32, and l sums the unrounded P (delta = rowsum(dO O)
+  // comes from the float32 dO). Each call rounds its own copies (CPU: bf16-valued float32; CUDA:
+  // bf16, which needs head_dim % 8 == 0 for aligned slices), counted by the allocator.
   bool bf16 = false;
 };
 

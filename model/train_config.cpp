@@ -495,6 +495,11 @@ MeshShape validate(const TrainConfig& cfg, int world_size) {
   RA_CHECK(cfg.comm.transport != Transport::NCCL || cfg.device == Device::CUDA,
            "comm.transport = nccl moves GPU memory: it needs device = cuda (the CPU model uses "
            "comm.transport = mpi)");
+  RA_CHECK(m.dtype != DType::BF16 || cfg.device != Device::CUDA || m.head_size() % 8 == 0,
+           "model.dtype = bf16 on device = cuda needs a head dimension that is a multiple of 8 "
+           "({} = {}): cuBLAS's bf16 attention GEMMs read 16-byte aligned head slices",
+           m.head_dim > 0 ? "model.head_dim" : "model.hidden_size / model.num_heads",
+           m.head_size());
 
   // Mesh.
   RA_CHECK(cfg.mesh.tp == 1 || cfg.mesh.tp == -1,

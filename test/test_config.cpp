@@ -375,6 +375,20 @@ TEST_CASE("validate and select: the device and the transport", "[config]") {
           c.device = Device::CUDA;
           c.comm.transport = Transport::NCCL;
         }) == "(no error)");
+  // bf16 attention tiles on a GPU: cuBLAS wants 16-byte aligned bf16 head slices.
+  CHECK_THAT(validate_error([](TrainConfig& c) {
+               c.device = Device::CUDA;
+               c.model.dtype = DType::BF16;
+               c.model.hidden_size = 48;
+               c.model.num_heads = 4;  // head dimension 12
+             }),
+             Contains("model.dtype = bf16 on device = cuda needs a head dimension that is a "
+                      "multiple of 8 (model.hidden_size / model.num_heads = 12)"));
+  CHECK(validate_error([](TrainConfig& c) {
+          c.model.dtype = DType::BF16;
+          c.model.hidden_size = 48;
+          c.model.num_heads = 4;  // fine on the CPU
+        }) == "(no error)");
   // The key parses, and a bad name is refused with the choices.
   CHECK(to_train_config(load_train_json("", {"device=cuda"})).device == Device::CUDA);
   CHECK(to_train_config(load_train_json("", {})).device == Device::CPU);

@@ -295,6 +295,10 @@ TEST_CASE("CUDA attention: bf16 tile GEMMs match the CPU's bf16 tiles", "[cuda]"
       moved = std::max(moved, double(std::abs(f32.o.data<float>()[i] - cpu.o.data<float>()[i])));
     CHECK(moved > 1e-3);
   }
+  // cuBLAS reads bf16 head slices 16-byte aligned: head_dim must be a multiple of 8.
+  Case odd = make_case(1, 8, 8, 2, 2, 4, false, 0, 0, 7);
+  odd.bf16 = true;
+  CHECK_THROWS_WITH(run(cuda_backend(0), odd, false), Catch::Contains("multiple of 8, got 4"));
 }
 
 TEST_CASE("CUDA attention: rows and blocks that see no key give o = 0, lse = -inf", "[cuda]") {

@@ -572,6 +572,7 @@ TEST_CASE("training on the device equals training on the CPU", "[device]") {
     INFO(k.name);
     TrainConfig c = tiny_config(tmp.dir, k.impl);
     c.model.dtype = k.dtype;
+    if (k.dtype == DType::BF16) c.model.hidden_size = 32;  // head_dim 8: CUDA's bf16 alignment
     c.train.micro_batches = 2;  // gradient accumulation across micro-batches too
     c.train.batch_size = 8;     // a multiple of dp x fsdp x micro_batches at 4 ranks
     const Run cpu = train(c, k.shape, nullptr, 4);

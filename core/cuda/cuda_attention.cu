@@ -178,6 +178,15 @@ struct Bf16Operands {
   DeviceScratch mem;
   uint16_t *q = nullptr, *k = nullptr, *v = nullptr, *dout = nullptr, *tile = nullptr;
 
+  // A head slice starts h * head_dim elements into a row: 16-byte aligned, as cuBLAS needs for
+  // bf16 operands read through pointer arrays, only when head_dim is a multiple of 8 (the config
+  // check says so for device = cuda). Row strides and the tile buffer are multiples of 8 then too.
+  static size_t checked_bytes(const AttentionTileProblem& p, const float* dout, size_t tile_elems) {
+    RA_CHECK(!p.bf16 || p.head_dim % 8 == 0,
+             "attention: bf16 tile GEMMs on CUDA need head_dim to be a multiple of 8, got {}",
+             p.head_dim);
+    return bytes(p, dout, tile_elems);
+  }
   static size_t bytes(const AttentionTileProblem& p, const float* dout, size_t tile_elems) {
     if (!p.bf16) return 0;
     const size_t nq = size_t(p.batch * p.sq) * size_t(p.heads) * size_t(p.head_dim);
@@ -186,7 +195,7 @@ struct Bf16Operands {
   }
   Bf16Operands(cudaStream_t stream, const AttentionTileProblem& p, const float* dout_in,
                size_t tile_elems)
-      : mem(stream, bytes(p, dout_in, tile_elems), "attention bf16 operands") {
+      : mem(stream, checked_bytes(p, dout_in, tile_elems), "attention bf16 operands") {
     if (!p.bf16) return;
     const int64_t nq = p.batch * p.sq * p.heads * p.head_dim;
     const int64_t nk = p.batch * p.sk * p.kv_heads * p.head_dim;
