@@ -78,29 +78,8 @@ double worst(const std::vector<float>& got, const std::vector<float>& base, cons
   return w;
 }
 
-TrainerOptions quiet() {
-  TrainerOptions o;
-  o.log_steps = false;
-  o.write_metrics = false;
-  return o;
-}
-
-std::vector<double> losses(const TrainConfig& c, MeshShape shape, MPI_Comm comm, int steps) {
-  Mesh mesh(shape, comm);
-  Trainer t(c, mesh, quiet());
-  std::vector<double> out;
-  for (int i = 0; i < steps; ++i) out.push_back(t.train_step().loss);
-  return out;
-}
-
-std::vector<std::vector<float>> all_params(Trainer& t) {
-  std::vector<std::vector<float>> out;
-  for (size_t u = 0; u < t.model().units().size(); ++u) {
-    Tensor p = t.model().gather_unit(u);
-    out.emplace_back(p.data<float>(), p.data<float>() + p.numel());
-  }
-  return out;
-}
+using test::all_params;
+using test::train_losses;
 
 }  // namespace
 
@@ -192,8 +171,8 @@ TEST_CASE("training in bf16: close to float32, equal across meshes, bit-exact re
   TrainConfig bf16 = f32;
   bf16.model.dtype = DType::BF16;
   const MeshShape one{1, 1, 1, 1};
-  const std::vector<double> ref32 = losses(f32, one, MPI_COMM_SELF, kSteps);
-  const std::vector<double> ref = losses(bf16, one, MPI_COMM_SELF, kSteps);
+  const std::vector<double> ref32 = train_losses(f32, one, MPI_COMM_SELF, kSteps);
+  const std::vector<double> ref = train_losses(bf16, one, MPI_COMM_SELF, kSteps);
   REQUIRE(ref.back() < ref.front());  // it trains
 
   SECTION("close to float32, but not float32") {
@@ -222,12 +201,12 @@ TEST_CASE("training in bf16: close to float32, equal across meshes, bit-exact re
   SECTION("ring over every rank") {
     TrainConfig c = test::tiny_train_config(tmp.dir, AttentionImpl::Ring);
     c.model.dtype = DType::BF16;
-    compare(losses(c, MeshShape{1, 1, n, 1}, MPI_COMM_WORLD, kSteps));
+    compare(train_losses(c, MeshShape{1, 1, n, 1}, MPI_COMM_WORLD, kSteps));
   }
   SECTION("FSDP over every rank, micro-batches where the batch allows") {
     TrainConfig c = bf16;
     c.train.micro_batches = n == 4 ? 1 : 2;
-    compare(losses(c, MeshShape{1, n, 1, 1}, MPI_COMM_WORLD, kSteps));
+    compare(train_losses(c, MeshShape{1, n, 1, 1}, MPI_COMM_WORLD, kSteps));
   }
   SECTION("resume is bit-exact") {
     TrainConfig c = test::tiny_train_config(tmp.dir, AttentionImpl::Ring);
@@ -237,18 +216,18 @@ TEST_CASE("training in bf16: close to float32, equal across meshes, bit-exact re
     std::vector<double> straight_loss;
     {
       Mesh mesh(shape);
-      Trainer t(c, mesh, quiet());
+      Trainer t(c, mesh, test::quiet_trainer());
       for (int i = 0; i < 6; ++i) straight_loss.push_back(t.train_step().loss);
       straight = all_params(t);
     }
     {
       Mesh mesh(shape);
-      Trainer t(c, mesh, quiet());
+      Trainer t(c, mesh, test::quiet_trainer());
       for (int i = 0; i < 3; ++i) t.train_step();
       t.save();
     }
     Mesh mesh(shape);
-    Trainer t(c, mesh, quiet());
+    Trainer t(c, mesh, test::quiet_trainer());
     REQUIRE(t.resume_latest());
     std::vector<double> resumed;
     for (int i = 0; i < 3; ++i) resumed.push_back(t.train_step().loss);

@@ -30,8 +30,17 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using test::all_params;
 using test::world_rank;
 using test::world_size;
+
+TrainerOptions quiet() {
+  return test::quiet_trainer();
+}
+
+std::vector<double> losses(const TrainConfig& c, MeshShape shape, MPI_Comm comm, int steps) {
+  return test::train_losses(c, shape, comm, steps);
+}
 
 void barrier() {
   MPI_Barrier(MPI_COMM_WORLD);
@@ -47,33 +56,8 @@ TrainConfig tiny(const std::string& run_dir, AttentionImpl impl = AttentionImpl:
   return test::tiny_train_config(run_dir, impl, layout);
 }
 
-TrainerOptions quiet() {
-  TrainerOptions o;
-  o.log_steps = false;
-  o.write_metrics = false;
-  return o;
-}
-
 MeshShape one_rank() {
   return MeshShape{1, 1, 1, 1};
-}
-
-std::vector<double> losses(const TrainConfig& c, MeshShape shape, MPI_Comm comm, int steps) {
-  Mesh mesh(shape, comm);
-  Trainer t(c, mesh, quiet());
-  std::vector<double> out;
-  for (int i = 0; i < steps; ++i) out.push_back(t.train_step().loss);
-  return out;
-}
-
-// Every unit's full parameters, in order (collective over the model's mesh).
-std::vector<std::vector<float>> all_params(Trainer& t) {
-  std::vector<std::vector<float>> out;
-  for (size_t u = 0; u < t.model().units().size(); ++u) {
-    Tensor p = t.model().gather_unit(u);
-    out.emplace_back(p.data<float>(), p.data<float>() + p.numel());
-  }
-  return out;
 }
 
 bool bitwise_equal(const std::vector<std::vector<float>>& a,

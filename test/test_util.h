@@ -12,10 +12,12 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "comm/mesh.h"
 #include "core/backend.h"
 #include "model/train_config.h"
+#include "model/trainer.h"
 
 namespace ringattn::test {
 
@@ -113,6 +115,34 @@ inline TrainConfig tiny_train_config(const std::string& run_dir,
   c.eval.every = 0;
   c.eval.batches = 1;
   return c;
+}
+
+// Trainer options for tests: no step logs, no metrics file.
+inline TrainerOptions quiet_trainer() {
+  TrainerOptions o;
+  o.log_steps = false;
+  o.write_metrics = false;
+  return o;
+}
+
+// The losses of `steps` training steps of `c` on a fresh mesh of `shape` over `comm`.
+inline std::vector<double> train_losses(const TrainConfig& c, MeshShape shape, MPI_Comm comm,
+                                        int steps) {
+  Mesh mesh(shape, comm);
+  Trainer t(c, mesh, quiet_trainer());
+  std::vector<double> out;
+  for (int i = 0; i < steps; ++i) out.push_back(t.train_step().loss);
+  return out;
+}
+
+// Every unit's full parameters, in order (collective over the model's mesh).
+inline std::vector<std::vector<float>> all_params(Trainer& t) {
+  std::vector<std::vector<float>> out;
+  for (size_t u = 0; u < t.model().units().size(); ++u) {
+    Tensor p = t.model().gather_unit(u);
+    out.emplace_back(p.data<float>(), p.data<float>() + p.numel());
+  }
+  return out;
 }
 
 inline void write_bytes(const std::string& path, const std::string& bytes) {
