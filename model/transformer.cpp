@@ -349,15 +349,7 @@ Tensor Transformer::forward_logits(const Batch& batch) {
   Tensor logits = Tensor::empty({t.batch, t.seq, dims_.vocab}, DType::F32, be_.device(), "logits");
   {
     GatheredHead h(hu, emb, tied);
-    const LmHead::Weights w = h.weights();
-    Tensor inv = Tensor::empty({n}, DType::F32, be_.device(), "final norm inv_rms");
-    Tensor xn = Tensor::empty({n, dims_.hidden}, DType::F32, be_.device(), "final norm output");
-    RmsNorm{dims_.hidden, dims_.norm_eps}.forward(be_, w.norm, x.data<float>(), n, xn.data<float>(),
-                                                  inv.data<float>());
-    // The head's GEMM exactly as LmHead runs it (bf16 operands under model.dtype = bf16), so
-    // logits and the loss-only path agree.
-    Linear{dims_.hidden, dims_.vocab, dims_.matmul == DType::BF16}.forward(
-        be_, w.head, xn.data<float>(), n, logits.data<float>());
+    head_->logits(h.weights(), x.data<float>(), n, logits.data<float>());
   }
   return logits.to_device(Device::CPU, "logits");
 }

@@ -58,18 +58,13 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const 
               int(n), int(k), alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
 }
 
-// x := its bfloat16 rounding, as float32 (exact): sgemm over such values is the bf16 GEMM with
-// float32 accumulation (AttentionTileProblem::bf16).
-void round_bf16(float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
-}
-
-// The first `cols` columns of `rows` rows `ld` apart, rounded to bf16; copied to `dst` (same
-// strides) when given, else in place.
-void round_bf16_rows(float* src, int64_t rows, int64_t cols, int64_t ld, float* dst = nullptr) {
+// The first `cols` columns of `rows` rows `ld` apart, rounded to bfloat16 and kept as float32
+// (exact): sgemm over such values is the bf16 GEMM with float32 accumulation
+// (AttentionTileProblem::bf16). Written to `dst` (same strides), which may be `src` itself.
+void round_bf16_rows(const float* src, int64_t rows, int64_t cols, int64_t ld, float* dst) {
   for (int64_t r = 0; r < rows; ++r) {
-    float* in = src + r * ld;
-    float* out = dst ? dst + r * ld : in;
+    const float* in = src + r * ld;
+    float* out = dst + r * ld;
     for (int64_t j = 0; j < cols; ++j) out[j] = bf16_to_f32(f32_to_bf16(in[j]));
   }
 }
@@ -87,8 +82,7 @@ struct RoundedOperands {
     const int64_t nk = p.batch * p.sk * p.kv_heads * p.head_dim;
     auto copy = [](const float* src, int64_t n, const char* what) {
       Tensor t = Tensor::empty({n}, DType::F32, Device::CPU, what);
-      std::memcpy(t.data<float>(), src, size_t(n) * sizeof(float));
-      round_bf16(t.data<float>(), n);
+      round_bf16_rows(src, 1, n, n, t.data<float>());
       return t;
     };
     q = copy(p.q, nq, "attention q (bf16 values)");
@@ -254,7 +248,7 @@ void forward_item(const Plan& pl, const AttentionForwardState& st, int64_t b, in
         l[r] += sum;
       }
     }
-    if (p.bf16) round_bf16_rows(s, nq, nk, pl.ld_s);  // after l took the unrounded sums
+    if (p.bf16) round_bf16_rows(s, nq, nk, pl.ld_s, s);  // after l took the unrounded sums
     gemm(false, false, nq, D, nk, 1.0f, s, pl.ld_s, vt, pl.ldk, 1.0f, acc, D);
   }
   if (touched)
@@ -326,7 +320,7 @@ void backward_item(const Plan& pl, const AttentionBackwardArgs& a, int64_t b, in
         rk.softmax_grad(row, w.p + r * ld, n, delta[r]);  // dS = P (dP - delta)
         std::fill(row + n, row + nk, 0.0f);
       }
-      if (p.bf16) round_bf16_rows(w.dp, nq, nk, ld);  // dS for the dQ and dK GEMMs
+      if (p.bf16) round_bf16_rows(w.dp, nq, nk, ld, w.dp);  // dS for the dQ and dK GEMMs
       // dQ += scale dS K
       if (!dq_locks) {
         gemm(false, false, nq, D, nk, p.scale, w.dp, ld, kt, pl.ldk, 1.0f, a.dq + row0, pl.ldq);

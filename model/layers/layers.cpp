@@ -299,6 +299,13 @@ LossStats LmHead::forward_backward(const Weights& w, const Grads& g, const float
   return run(w, &g, x, targets, weights, n, grad_scale, dx, correct_rows);
 }
 
+void LmHead::logits(const Weights& w, const float* x, int64_t n, float* logits) {
+  Tensor inv = activation(be_, {n}, "final norm inv_rms");
+  Tensor xn = activation(be_, {n, d_.hidden}, "final norm output");
+  norm_.forward(be_, w.norm, x, n, xn.data<float>(), inv.data<float>());
+  head_.forward(be_, w.head, xn.data<float>(), n, logits);
+}
+
 LossStats LmHead::run(const Weights& w, const Grads* g, const float* x, const int32_t* targets,
                       const float* weights, int64_t n, float grad_scale, float* dx,
                       uint8_t* correct_rows) {

@@ -221,6 +221,9 @@ class LmHead {
   LossStats forward_backward(const Weights& w, const Grads& g, const float* x,
                              const int32_t* targets, const float* weights, int64_t n,
                              float grad_scale, float* dx, uint8_t* correct_rows = nullptr);
+  // logits [n, vocab] (overwritten) of every row: the final norm and the head, no loss, in one
+  // piece (no loss_chunk), with the same GEMM as the loss paths (bf16 operands under bf16).
+  void logits(const Weights& w, const float* x, int64_t n, float* logits);
 
  private:
   LossStats run(const Weights& w, const Grads* g, const float* x, const int32_t* targets,

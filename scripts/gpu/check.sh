@@ -164,15 +164,11 @@ stage_6() {
     --heads 16 --head-dim 128 --causal --dtype float32 --json $out/sdpa_float32.json; \
   python3 scripts/gpu/sdpa_bench.py --seqs \$(echo $seqs | tr ' ' ,) --heads 16 --head-dim 128 \
     --causal --dtype bfloat16 --json $out/sdpa_bfloat16.json; \
-  for S in $seqs; do \
+  for mode in f32 bf16; do for S in $seqs; do \
+    flag=; name=ringattn_S\$S; [ \$mode = bf16 ] && flag=--bf16 && name=ringattn_bf16_S\$S; \
     $ra bench attention --device cuda --impl blockwise --seq \$S --heads 16 --kv-heads 16 \
-      --head-dim 128 --causal --q-chunk 1024 --k-chunk 1024 --json $out/ringattn_S\$S.json; \
-  done; \
-  for S in $seqs; do \
-    $ra bench attention --device cuda --impl blockwise --seq \$S --heads 16 --kv-heads 16 \
-      --head-dim 128 --causal --q-chunk 1024 --k-chunk 1024 --bf16 \
-      --json $out/ringattn_bf16_S\$S.json; \
-  done"
+      --head-dim 128 --causal --q-chunk 1024 --k-chunk 1024 \$flag --json $out/\$name.json; \
+  done; done"
 }
 
 # Stage 7: one GPU, the 1B shape at S = 32K with layer checkpointing: f32, then model.dtype = bf16
