@@ -7,8 +7,9 @@
 //    rank of the group must call the same collectives in the same order with the same counts.
 //  * The ring exchange is asynchronous on both: see RingExchange.
 //  * Buffers live on device(): host memory for MPI, this rank's GPU for NCCL. On NCCL the inputs
-//    must be complete before a call (the communication stream does not wait for the compute
-//    stream: synchronise the backend first).
+//    of a collective must be complete before the call (the communication stream does not wait
+//    for the compute stream: synchronise the backend first). A ring made with the backend that
+//    computes (make_ring(&backend)) orders itself against it instead: see RingExchange.
 //  * Buffers of one call must not overlap, except all_gather's in-place form
 //    (send == recv + rank() * count elements).
 #pragma once
@@ -21,6 +22,8 @@
 #include "core/dtype.h"
 
 namespace ringattn {
+
+class Backend;
 
 enum class ReduceOp { Sum, Max, Min };
 
@@ -38,6 +41,18 @@ class RingExchange {
   // MPI: with MPI_THREAD_MULTIPLE a progress thread moves the data while the caller computes;
   // without it the data moves only inside test() and wait(). NCCL: enqueued on the
   // communicator's stream.
+  //
+  // Ordering with the compute stream, for a ring made with the backend that computes
+  // (Communicator::make_ring(&backend)): the transfer reads `send` only after every operation
+  // already queued on that backend, so the caller does not synchronise first; and every
+  // operation queued on the backend after wait() returns runs after the transfer (it sees
+  // `recv`, and may overwrite `send`). NCCL keeps both orders with CUDA events between the
+  // compute and communication streams, without blocking the host: its wait() returns at once
+  // and the compute stream waits instead (wait_seconds() then counts host blocking only, ~0).
+  // The CPU backend is synchronous and host-staged transports copy through the device's
+  // synchronous copies, so both orders hold there anyway. A ring made without a backend (null)
+  // reads `send` when start() is called (its producer must be complete) and wait() blocks the
+  // host until the transfer is done.
   virtual void start(const void* send, void* recv, size_t bytes) = 0;
   // Lets the transfer progress (cheap; call between compute tiles). True once it is complete;
   // wait() must still be called. True when nothing is in flight.
@@ -87,8 +102,10 @@ class Communicator {
   // A ring over this communicator's ranks in rank order. Collective: every rank of the group
   // calls it, in the same order relative to other rings and collectives. The ring must not
   // outlive this communicator (NCCL rings share its stream; MPI rings own a duplicate of it).
-  // Destroying a ring with an exchange in flight waits for it first.
-  virtual std::unique_ptr<RingExchange> make_ring() = 0;
+  // Destroying a ring with an exchange in flight waits for it first. `compute`, when given, is
+  // the backend whose queued work the exchanges are ordered against (RingExchange::start); it
+  // must live on device() and outlive the ring.
+  virtual std::unique_ptr<RingExchange> make_ring(Backend* compute = nullptr) = 0;
 };
 
 }  // namespace ringattn

@@ -128,7 +128,9 @@ class HostStagedCommunicator final : public Communicator {
   }
   void barrier() override { host_.barrier(); }
 
-  std::unique_ptr<RingExchange> make_ring() override {
+  // The staging copies wait for the device's queued work and are synchronous: both orders of
+  // RingExchange::start hold without the compute backend.
+  std::unique_ptr<RingExchange> make_ring(Backend* /*compute*/) override {
     return std::make_unique<StagedRing>(host_.make_ring(), device_, alone());
   }
 

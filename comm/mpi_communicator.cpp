@@ -400,7 +400,7 @@ class MpiCommunicator final : public Communicator {
     MPI_CHECK(MPI_Barrier(comm_));
   }
 
-  std::unique_ptr<RingExchange> make_ring() override {
+  std::unique_ptr<RingExchange> make_ring(Backend* /*compute: synchronous CPU*/) override {
     return std::make_unique<MpiRing>(comm_, opt_);
   }
 

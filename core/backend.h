@@ -55,6 +55,10 @@ class Backend {
   // Lets the calling thread queue operations on this backend (CUDA: selects the backend's GPU
   // for the thread). Helper threads that compute (the FSDP group's) call it once at start.
   virtual void bind_thread() {}
+  // The native handle of the compute stream every call is ordered on (CUDA: its cudaStream_t),
+  // for transports that order their own stream against it with events (the NCCL ring); null on
+  // synchronous backends.
+  virtual void* native_stream() { return nullptr; }
   // Device memory in use as the driver sees it (CUDA: cudaMemGetInfo's total - free: the
   // allocator's pool with its cached blocks, the context, cuBLAS' workspace, NCCL's buffers).
   // 0 on the CPU, whose figure is the allocator's alone.

@@ -65,6 +65,7 @@ class ProfilingBackend final : public Backend {
   void synchronize() override;
   size_t device_memory_used() override { return inner_.device_memory_used(); }
   void bind_thread() override { inner_.bind_thread(); }
+  void* native_stream() override { return inner_.native_stream(); }
 
   void attention_forward_init(const AttentionForwardState& st, int64_t batch, int64_t sq, int heads,
                               int head_dim) override;

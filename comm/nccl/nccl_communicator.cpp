@@ -8,9 +8,16 @@
 //  * Collectives are blocking for now: each is enqueued on the comm stream and the stream is
 //    synchronised before returning, so outputs are ready for any stream and for the host.
 //  * The ring exchange is asynchronous: start() enqueues ncclSend/ncclRecv (one NCCL group) and
-//    records an event; test() queries it, wait() synchronises on it. A ring uses its
-//    communicator's NCCL communicator and stream, so it must not outlive the communicator, and
-//    a collective called while an exchange is in flight runs after that exchange.
+//    records an event; test() queries it. A ring uses its communicator's NCCL communicator and
+//    stream, so it must not outlive the communicator, and a collective called while an exchange
+//    is in flight runs after that exchange.
+//  * A ring made with the compute backend (make_ring(&backend)) is ordered by events, never by
+//    the host: start() records `ready` on the compute stream and makes the communication stream
+//    wait for it before the send/receive; wait() makes the compute stream wait for `done`, the
+//    event recorded after them, and returns at once. So the KV exchange of step t+1 runs on the
+//    communication stream while step t's tiles run on the compute stream, and the host keeps
+//    queueing. Buffers freed afterwards are safe: the allocator frees in compute-stream order,
+//    which now follows the transfer. Without a compute backend, wait() blocks the host on `done`.
 //  * As with every NCCL communicator, all ranks must issue operations in the same order.
 #include <mpi.h>
 
@@ -78,12 +85,15 @@ class DeviceGuard {
 
 class NcclRing final : public RingExchange {
  public:
-  NcclRing(ncclComm_t comm, cudaStream_t stream, int device, int rank, int size)
-      : comm_(comm), stream_(stream), device_(device), size_(size) {
+  // `compute`: the compute stream to order against, or null (see the file comment).
+  NcclRing(ncclComm_t comm, cudaStream_t stream, cudaStream_t compute, int device, int rank,
+           int size)
+      : comm_(comm), stream_(stream), compute_(compute), device_(device), size_(size) {
     next_ = (rank + 1) % size;
     prev_ = (rank + size - 1) % size;
     DeviceGuard g(device_);
     CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+    if (compute_) CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
   }
 
   ~NcclRing() override {
@@ -95,13 +105,21 @@ class NcclRing final : public RingExchange {
                         e.what());
       }
     }
+    // An event still pending on a stream may be destroyed: CUDA releases it once it completes.
     if (done_) (void)cudaEventDestroy(done_);
+    if (ready_) (void)cudaEventDestroy(ready_);
   }
 
   void start(const void* send, void* recv, size_t bytes) override {
     RA_CHECK(!in_flight_, "RingExchange::start: the previous exchange was not waited for");
     RA_CHECK(bytes == 0 || (send && recv), "RingExchange::start: null buffer for {} bytes", bytes);
     DeviceGuard g(device_);
+    if (compute_) {
+      // The send buffer's producers (and the last readers of the receive buffer) were queued
+      // on the compute stream: the communication stream starts after them.
+      CUDA_CHECK(cudaEventRecord(ready_, compute_));
+      CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
+    }
     if (size_ == 1) {
       if (bytes && send != recv)
         CUDA_CHECK(cudaMemcpyAsync(recv, send, bytes, cudaMemcpyDeviceToDevice, stream_));
@@ -132,16 +150,26 @@ class NcclRing final : public RingExchange {
     if (!in_flight_) return;
     in_flight_ = false;
     const auto t0 = std::chrono::steady_clock::now();
-    CUDA_CHECK(cudaEventSynchronize(done_));
+    if (compute_) {
+      DeviceGuard g(device_);
+      CUDA_CHECK(cudaStreamWaitEvent(compute_, done_, 0));  // the device waits, not the host
+      // NCCL reports a failed peer asynchronously; surface it here rather than as a hang later.
+      ncclResult_t async = ncclSuccess;
+      NCCL_CHECK(ncclCommGetAsyncError(comm_, &async));
+      NCCL_CHECK(async);
+    } else {
+      CUDA_CHECK(cudaEventSynchronize(done_));
+    }
     wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 
  private:
   ncclComm_t comm_;
   cudaStream_t stream_;
+  cudaStream_t compute_;  // null: no ordering against a compute stream
   int device_;
   int size_;
-  cudaEvent_t done_ = nullptr;
+  cudaEvent_t done_ = nullptr, ready_ = nullptr;
   bool in_flight_ = false;
 };
 
@@ -252,8 +280,14 @@ class NcclCommunicator final : public Communicator {
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
-  std::unique_ptr<RingExchange> make_ring() override {
-    return std::make_unique<NcclRing>(comm_, stream_, device_, rank_, size_);
+  std::unique_ptr<RingExchange> make_ring(Backend* compute) override {
+    cudaStream_t compute_stream = nullptr;
+    if (compute) {
+      RA_CHECK(compute->device() == Device::CUDA && compute->native_stream(),
+               "NCCL ring: the compute backend must be a CUDA backend, got '{}'", compute->name());
+      compute_stream = static_cast<cudaStream_t>(compute->native_stream());
+    }
+    return std::make_unique<NcclRing>(comm_, stream_, compute_stream, device_, rank_, size_);
   }
 
  private:

@@ -47,7 +47,8 @@ class CudaAllocator final : public Allocator {
   // device each time, serialising compute and communication. The pool keeps freed memory for
   // reuse (its release threshold is set to "never" below); the counting above still reports
   // what the program asked for. Allocation and free are ordered on the compute stream; memory
-  // used by another stream (NCCL's) is only freed after the host waited for that stream.
+  // used by another stream (NCCL's) is freed only after the compute stream waited for that
+  // stream's event (RingExchange::wait) or the host waited for it (collectives).
   void* raw_allocate(size_t bytes) override {
     void* p = nullptr;
     CUDA_CHECK(cudaSetDevice(device_));  // the caller may be a helper thread
@@ -142,6 +143,7 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void* native_stream() override { return stream_; }
   void bind_thread() override { CUDA_CHECK(cudaSetDevice(device_)); }
   size_t device_memory_used() override {
     size_t free = 0, total = 0;

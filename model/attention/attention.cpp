@@ -40,30 +40,19 @@ Tensor as_f32(const Tensor& t) {
   return t.to(DType::F32);
 }
 
-// A KV block as it travels around the ring: K, V, their global positions and segment ids in one
-// contiguous buffer, so each step is a single message. Backward appends float32 dK, dV in a
-// second buffer of its own (see backward_ring).
+// A KV block as it travels around the ring: K then V in one contiguous buffer, so each step is a
+// single message. Positions and segment ids do not travel with it: every rank has them on the
+// host already (RingTokens). Backward sends float32 dK, dV in a second buffer of its own.
 struct KvBlockLayout {
-  size_t kv_elems = 0;  // B * Sl * Hkv * D
-  size_t k_off = 0, v_off = 0, pos_off = 0, seg_off = 0, bytes = 0;
-  bool has_seg = false;
+  size_t kv_elems = 0;  // B * len * Hkv * D
+  size_t bytes = 0;
 
-  KvBlockLayout(int64_t batch, int64_t sl, int kv_heads, int head_dim, bool seg) : has_seg(seg) {
-    kv_elems = size_t(batch * sl * kv_heads * head_dim);
-    k_off = 0;
-    v_off = k_off + kv_elems * sizeof(float);
-    pos_off = v_off + kv_elems * sizeof(float);
-    seg_off = pos_off + size_t(sl) * sizeof(int64_t);
-    bytes = seg_off + (seg ? size_t(batch * sl) * sizeof(int32_t) : 0);
+  KvBlockLayout(int64_t batch, int64_t len, int kv_heads, int head_dim) {
+    kv_elems = size_t(batch * len * kv_heads * head_dim);
+    bytes = 2 * kv_elems * sizeof(float);
   }
-  float* k(const Tensor& buf) const { return reinterpret_cast<float*>(buf.data<char>() + k_off); }
-  float* v(const Tensor& buf) const { return reinterpret_cast<float*>(buf.data<char>() + v_off); }
-  int64_t* pos(const Tensor& buf) const {
-    return reinterpret_cast<int64_t*>(buf.data<char>() + pos_off);
-  }
-  int32_t* seg(const Tensor& buf) const {
-    return has_seg ? reinterpret_cast<int32_t*>(buf.data<char>() + seg_off) : nullptr;
-  }
+  float* k(const Tensor& buf) const { return buf.data<float>(); }
+  float* v(const Tensor& buf) const { return buf.data<float>() + kv_elems; }
 };
 
 // Tokens [begin, begin + len) of this rank's shard: one piece of its K/V block (ring_pieces).
@@ -77,22 +66,72 @@ Piece piece_of(int64_t c, int64_t pieces, int64_t sl) {
   return {c * base + std::min(c, extra), base + (c < extra ? 1 : 0)};
 }
 
-// Packs piece `pc` of this rank's own K, V ([B, Sl, Hkv, D]), positions (host) and segment ids
-// ([B, Sl]) into `buf` (at least lay.bytes, on the backend's device) as the first block it sends.
+// The global positions and segment ids of every sp rank's shard, in host memory. The backends
+// plan their tiles on the host (which to skip, which to mask), so a tile call handed device
+// positions would have to copy them back, a synchronisation per ring step on a GPU. Instead one
+// small all-gather per call brings every rank's tokens here before the ring turns, and the
+// blocks that travel carry K and V only.
+class RingTokens {
+ public:
+  // Collective over `sp`. `seg`: this rank's [B, Sl] segment ids on the host, empty for none.
+  RingTokens(Communicator& sp, Backend& be, const std::vector<int64_t>& positions,
+             const std::vector<int32_t>& seg, int64_t batch)
+      : batch_(batch), sl_(int64_t(positions.size())), has_seg_(!seg.empty()) {
+    const int n = sp.size();
+    const size_t pos_bytes = size_t(sl_) * sizeof(int64_t);
+    const size_t seg_bytes = seg.size() * sizeof(int32_t);
+    const size_t record = (pos_bytes + seg_bytes + 7) / 8 * 8;  // keeps every record's int64s aligned
+    std::vector<unsigned char> mine(record, 0), all(record * size_t(n));
+    std::memcpy(mine.data(), positions.data(), pos_bytes);
+    if (has_seg_) std::memcpy(mine.data() + pos_bytes, seg.data(), seg_bytes);
+    // Through device buffers: a device transport (NCCL) takes nothing else.
+    Tensor send = Tensor::empty({int64_t(record)}, DType::U8, be.device(), "ring token table");
+    Tensor recv =
+        Tensor::empty({int64_t(record) * n}, DType::U8, be.device(), "ring token table");
+    be.copy_from_host(send.raw(), mine.data(), record);
+    sp.all_gather(send.raw(), recv.raw(), record, DType::U8);
+    be.copy_to_host(all.data(), recv.raw(), all.size());
+    pos_.resize(size_t(n * sl_));
+    if (has_seg_) seg_.resize(size_t(n) * seg.size());
+    for (int q = 0; q < n; ++q) {
+      const unsigned char* at = all.data() + size_t(q) * record;
+      std::memcpy(pos_.data() + q * sl_, at, pos_bytes);
+      if (has_seg_) std::memcpy(seg_.data() + size_t(q) * seg.size(), at + pos_bytes, seg_bytes);
+    }
+  }
+
+  // Positions of piece `pc` of `rank`'s shard [len].
+  const int64_t* positions(int rank, Piece pc) const { return pos_.data() + rank * sl_ + pc.begin; }
+  // Segment ids of piece `pc` of `rank`'s shard as [B, len]; empty without segment ids.
+  std::vector<int32_t> segments(int rank, Piece pc) const {
+    std::vector<int32_t> out;
+    if (!has_seg_) return out;
+    out.reserve(size_t(batch_ * pc.len));
+    for (int64_t b = 0; b < batch_; ++b) {
+      const int32_t* row = seg_.data() + (rank * batch_ + b) * sl_ + pc.begin;
+      out.insert(out.end(), row, row + pc.len);
+    }
+    return out;
+  }
+
+ private:
+  int64_t batch_, sl_;
+  bool has_seg_;
+  std::vector<int64_t> pos_;  // [N, Sl]
+  std::vector<int32_t> seg_;  // [N, B, Sl]
+};
+
+// Packs piece `pc` of this rank's own K and V ([B, Sl, Hkv, D]) into `buf` (at least lay.bytes,
+// on the backend's device) as the first block it sends.
 void pack_kv_piece(Backend& be, const KvBlockLayout& lay, const Tensor& buf, const Tensor& k,
-                   const Tensor& v, const Tensor& seg, const std::vector<int64_t>& positions,
-                   Piece pc) {
+                   const Tensor& v, Piece pc) {
   const int64_t batch = k.dim(0), sl = k.dim(1), row = k.dim(2) * k.dim(3);
   for (int64_t b = 0; b < batch; ++b) {
     const size_t src = size_t((b * sl + pc.begin) * row), dst = size_t(b * pc.len * row);
     const size_t n = size_t(pc.len * row) * sizeof(float);
     be.copy(lay.k(buf) + dst, k.data<float>() + src, n);
     be.copy(lay.v(buf) + dst, v.data<float>() + src, n);
-    if (lay.has_seg)
-      be.copy(lay.seg(buf) + b * pc.len, seg.data<int32_t>() + b * sl + pc.begin,
-              size_t(pc.len) * sizeof(int32_t));
   }
-  be.copy_from_host(lay.pos(buf), positions.data() + pc.begin, size_t(pc.len) * sizeof(int64_t));
 }
 
 // Copies a piece's complete dK (or dV), [B, len, Hkv, D], into rows
@@ -110,7 +149,8 @@ struct Attention::Shapes {
   int64_t batch = 0, sl = 0;
   int heads = 0, kv_heads = 0, head_dim = 0;
   float scale = 1;
-  Tensor q, k, v, seg;  // float32 (int32 for seg), contiguous
+  Tensor q, k, v;              // float32, contiguous
+  std::vector<int32_t> seg;    // [B, Sl] segment ids in host memory; empty without
 };
 
 Attention::Attention(AttentionOptions options, Backend& backend, Communicator* sp)
@@ -165,7 +205,10 @@ Attention::Shapes Attention::check_input(const AttentionInput& in) const {
     RA_CHECK(
         in.segment_ids.dtype() == DType::I32 && in.segment_ids.shape() == Shape({s.batch, s.sl}),
         "attention: segment_ids must be I32 [{}, {}], got {}", s.batch, s.sl, in.segment_ids.str());
-    s.seg = in.segment_ids.contiguous();
+    // To the host once per call: the tiles are planned there (see RingTokens).
+    const Tensor seg = in.segment_ids.contiguous();
+    s.seg.resize(size_t(s.batch * s.sl));
+    backend_.copy_to_host(s.seg.data(), seg.raw(), s.seg.size() * sizeof(int32_t));
   }
   s.scale = opt_.scale > 0 ? opt_.scale : 1.0f / std::sqrt(float(s.head_dim));
   s.q = as_f32(in.q);
@@ -192,7 +235,7 @@ AttentionTileProblem Attention::make_problem(const Shapes& s, const std::vector<
   p.k_chunk = whole ? 0 : opt_.k_chunk;
   p.q_pos = q_pos.data();
   p.k_pos = k_pos;
-  p.q_seg = s.seg.defined() ? s.seg.data<int32_t>() : nullptr;
+  p.q_seg = s.seg.empty() ? nullptr : s.seg.data();
   p.k_seg = k_seg;
   p.q = s.q.data<float>();
   p.k = k;
@@ -228,17 +271,18 @@ AttentionOutput Attention::forward_blocks(const AttentionInput& in, const Shapes
   backend_.attention_forward_init(st, s.batch, s.sl, s.heads, s.head_dim);
 
   if (!uses_ring()) {
-    AttentionTileProblem p = make_problem(s, in.positions, s.sl, in.positions.data(),
-                                          s.seg.defined() ? s.seg.data<int32_t>() : nullptr,
-                                          s.k.data<float>(), s.v.data<float>());
+    AttentionTileProblem p =
+        make_problem(s, in.positions, s.sl, in.positions.data(), s.seg.empty() ? nullptr : s.seg.data(),
+                     s.k.data<float>(), s.v.data<float>());
     backend_.attention_forward_block(p, st, &timings_.tiles);
   } else {
-    const int n = sp_->size();
-    if (!kv_ring_) kv_ring_ = sp_->make_ring();
+    const int n = sp_->size(), r = sp_->rank();
+    const RingTokens tokens(*sp_, backend_, in.positions, s.seg, s.batch);
+    if (!kv_ring_) kv_ring_ = sp_->make_ring(&backend_);
     const double wait0 = kv_ring_->wait_seconds();
     const int64_t pieces = ring_pieces(s);
     const size_t bytes = KvBlockLayout(s.batch, piece_of(0, pieces, s.sl).len, s.kv_heads,
-                                       s.head_dim, s.seg.defined())
+                                       s.head_dim)
                              .bytes;  // the first piece is the longest
     // Two buffers: the block being computed on (also the one being sent: both only read it) and
     // the one the next block arrives in.
@@ -246,19 +290,19 @@ AttentionOutput Attention::forward_blocks(const AttentionInput& in, const Shapes
     Tensor nxt = Tensor::empty({int64_t(bytes)}, DType::U8, backend_.device(), "ring KV block");
     for (int64_t c = 0; c < pieces; ++c) {
       const Piece pc = piece_of(c, pieces, s.sl);
-      const KvBlockLayout lay(s.batch, pc.len, s.kv_heads, s.head_dim, s.seg.defined());
-      pack_kv_piece(backend_, lay, cur, s.k, s.v, s.seg, in.positions, pc);
+      const KvBlockLayout lay(s.batch, pc.len, s.kv_heads, s.head_dim);
+      pack_kv_piece(backend_, lay, cur, s.k, s.v, pc);
       for (int step = 0; step < n; ++step) {
         // After step t this rank holds piece c of rank (r - t) mod N (spec section 4).
+        const int src = (r - step % n + n) % n;
         const bool more = step + 1 < n;
-        // The transport reads `cur` off the compute stream: what was queued into it (the pack)
-        // must be done. A no-op on the CPU.
-        if (more) {
-          backend_.synchronize();
-          kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);
-        }
-        AttentionTileProblem p = make_problem(s, in.positions, pc.len, lay.pos(cur), lay.seg(cur),
-                                              lay.k(cur), lay.v(cur));
+        // The ring was made with this backend: the transfer starts after what is queued (the
+        // pack, the previous step's tiles), and what is queued after wait() sees the arrival.
+        if (more) kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);
+        const std::vector<int32_t> k_seg = tokens.segments(src, pc);
+        AttentionTileProblem p =
+            make_problem(s, in.positions, pc.len, tokens.positions(src, pc),
+                         k_seg.empty() ? nullptr : k_seg.data(), lay.k(cur), lay.v(cur));
         backend_.attention_forward_block(p, st, &timings_.tiles);
         if (more) {
           kv_ring_->wait();
@@ -312,16 +356,17 @@ AttentionGrads Attention::backward_local(const AttentionInput& in, const Attenti
                        "attention dK");
   g.dv = Tensor::zeros({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, backend_.device(),
                        "attention dV");
-  AttentionTileProblem p = make_problem(s, in.positions, s.sl, in.positions.data(),
-                                        s.seg.defined() ? s.seg.data<int32_t>() : nullptr,
-                                        s.k.data<float>(), s.v.data<float>());
+  AttentionTileProblem p =
+      make_problem(s, in.positions, s.sl, in.positions.data(), s.seg.empty() ? nullptr : s.seg.data(),
+                   s.k.data<float>(), s.v.data<float>());
   AttentionBackwardArgs a{dout.data<float>(), out.lse.data<float>(), delta.data<float>(),
                           g.dq.data<float>(), g.dk.data<float>(),    g.dv.data<float>()};
   backend_.attention_backward_block(p, a, &timings_.tiles);
   return g;
 }
 
-// Backward around the ring. K, V (with positions and segment ids) travel as in the forward and are
+// Backward around the ring. K and V travel as in the forward (positions and segment ids known on
+// the host, RingTokens) and are
 // prefetched one step ahead. The float32 dK, dV of a block travel with a lag: at step t this rank
 // computes its contribution to the block it holds into a fresh buffer, then adds the partial sum
 // that the previous rank computed on the same block at step t-1 (it arrived during this step's
@@ -330,14 +375,15 @@ AttentionGrads Attention::backward_local(const AttentionInput& in, const Attenti
 // once per piece and each piece's dK, dV are copied into place when they come home.
 AttentionGrads Attention::backward_ring(const AttentionInput& in, const AttentionOutput& out,
                                         const Tensor& dout, const Tensor& delta, const Shapes& s) {
-  const int n = sp_->size();
-  if (!kv_ring_) kv_ring_ = sp_->make_ring();
-  if (!grad_ring_) grad_ring_ = sp_->make_ring();
+  const int n = sp_->size(), r = sp_->rank();
+  const RingTokens tokens(*sp_, backend_, in.positions, s.seg, s.batch);
+  if (!kv_ring_) kv_ring_ = sp_->make_ring(&backend_);
+  if (!grad_ring_) grad_ring_ = sp_->make_ring(&backend_);
   const double wait0 = kv_ring_->wait_seconds() + grad_ring_->wait_seconds();
   const int64_t pieces = ring_pieces(s);
   const int64_t longest = piece_of(0, pieces, s.sl).len;
   const size_t bytes =
-      KvBlockLayout(s.batch, longest, s.kv_heads, s.head_dim, s.seg.defined()).bytes;
+      KvBlockLayout(s.batch, longest, s.kv_heads, s.head_dim).bytes;
   Tensor cur = Tensor::empty({int64_t(bytes)}, DType::U8, backend_.device(), "ring KV block");
   Tensor nxt = Tensor::empty({int64_t(bytes)}, DType::U8, backend_.device(), "ring KV block");
 
@@ -362,21 +408,21 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
   }
   for (int64_t c = 0; c < pieces; ++c) {
     const Piece pc = piece_of(c, pieces, s.sl);
-    const KvBlockLayout lay(s.batch, pc.len, s.kv_heads, s.head_dim, s.seg.defined());
+    const KvBlockLayout lay(s.batch, pc.len, s.kv_heads, s.head_dim);
     const size_t grad_elems = 2 * lay.kv_elems;  // dK then dV, packed for this piece's length
     const size_t grad_bytes = grad_elems * sizeof(float);
-    pack_kv_piece(backend_, lay, cur, s.k, s.v, s.seg, in.positions, pc);
+    pack_kv_piece(backend_, lay, cur, s.k, s.v, pc);
     bool grad_in_flight = false;
     for (int step = 0; step < n; ++step) {
+      const int src = (r - step % n + n) % n;
       const bool more = step + 1 < n;
-      if (more) {
-        backend_.synchronize();  // as in the forward: the pack must be done
-        kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);
-      }
+      if (more) kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);  // ordered as in the forward
       float* mine = local[step % 2].data<float>();
       backend_.fill(mine, int64_t(grad_elems), 0.0f);
+      const std::vector<int32_t> k_seg = tokens.segments(src, pc);
       AttentionTileProblem p =
-          make_problem(s, in.positions, pc.len, lay.pos(cur), lay.seg(cur), lay.k(cur), lay.v(cur));
+          make_problem(s, in.positions, pc.len, tokens.positions(src, pc),
+                       k_seg.empty() ? nullptr : k_seg.data(), lay.k(cur), lay.v(cur));
       AttentionBackwardArgs a{
           dout.data<float>(), out.lse.data<float>(), delta.data<float>(), g.dq.data<float>(), mine,
           mine + lay.kv_elems};
@@ -385,8 +431,8 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
         grad_ring_->wait();  // the earlier ranks' partial sum for the block this rank holds
         backend_.axpy(int64_t(grad_elems), 1.0f, incoming.data<float>(), mine);
       }
-      // Send this block's partial sum on; after the last step it goes to the block's owner.
-      backend_.synchronize();  // the partial sum was computed on the compute stream
+      // Send this block's partial sum on; after the last step it goes to the block's owner. The
+      // ring orders the send after the queued tiles and axpy that computed it.
       grad_ring_->start(mine, incoming.raw(), grad_bytes);
       grad_in_flight = true;
       if (more) {
