@@ -147,6 +147,14 @@ Mesh::Mesh(MeshShape requested, MPI_Comm world, Transport transport) {
   log::debug("mesh: {}", describe());
 }
 
+void Mesh::set_device_transport(
+    const std::function<std::unique_ptr<Communicator>(Communicator& host)>& wrap) {
+  RA_CHECK(transport_ == Transport::MPI,
+           "a device transport can only replace host staging (transport = mpi), not NCCL");
+  for (size_t i = 0; i < kAxes.size(); ++i) device_axis_comm_[i] = wrap(*axis_comm_[i]);
+  device_fsdp_sp_comm_ = wrap(*fsdp_sp_comm_);
+}
+
 Mesh::~Mesh() {
   release();
 }

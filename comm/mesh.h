@@ -8,6 +8,7 @@
 #include <mpi.h>
 
 #include <array>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -60,6 +61,12 @@ class Mesh {
   // device buffers travel through host-staged wrappers of the MPI ones instead.
   Communicator* device_axis(Axis a) { return device_axis_comm_[size_t(a)].get(); }
   Communicator* device_fsdp_sp() { return device_fsdp_sp_comm_.get(); }
+  // Device communicators over the same groups made by `wrap` from each host one, in place of
+  // NCCL's: a transport supplied by the caller (the tests' emulated device has one with NCCL's
+  // semantics, test/emulated_device.h). Transport::MPI only, before a model takes the
+  // communicators. Not collective unless `wrap` is.
+  void set_device_transport(
+      const std::function<std::unique_ptr<Communicator>(Communicator& host)>& wrap);
   std::string describe()
       const;  // "dp=1 fsdp=2 sp=2 tp=1 (4 ranks); this rank: dp 0 fsdp 1 sp 0 tp 0"
 

@@ -126,4 +126,18 @@ void add_tile_stats(AttentionTileStats* to, const AttentionTileStats& from) {
   to->flops += from.flops;
 }
 
+AttentionTileStats plan_stats(const TilePlan& plan, int64_t batch, int heads, int head_dim,
+                              double flops_per_elem) {
+  AttentionTileStats stats;
+  for (int64_t b = 0; b < batch; ++b)
+    for (size_t qi = 0; qi < plan.qc.size(); ++qi)
+      for (size_t ki = 0; ki < plan.kc.size(); ++ki) {
+        const TileKind kind = plan.classify(b, qi, ki);
+        const double flops = flops_per_elem * double(plan.qc[qi].size()) *
+                             double(plan.kc[ki].size()) * double(head_dim);
+        for (int h = 0; h < heads; ++h) count_tile(stats, kind, flops);
+      }
+  return stats;
+}
+
 }  // namespace ringattn

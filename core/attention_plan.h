@@ -53,6 +53,11 @@ std::vector<T> host_values(const T* p, int64_t n) {
 
 // Counts one tile of `kind` into the statistics; `flops` are those of the whole tile.
 void count_tile(AttentionTileStats& stats, TileKind kind, double flops);
+// The statistics of a whole call without running it: every (batch row, head) tile of the plan
+// counted with flops_per_elem * nq * nk * head_dim flops (forward 4, backward 10, as the
+// backends count them).
+AttentionTileStats plan_stats(const TilePlan& plan, int64_t batch, int heads, int head_dim,
+                              double flops_per_elem);
 // to += from (nothing when `to` is null: the caller did not ask for statistics).
 void add_tile_stats(AttentionTileStats* to, const AttentionTileStats& from);
 

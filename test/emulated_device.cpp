@@ -3,9 +3,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <limits>
+#include <memory>
 #include <mutex>
 
+#include "core/attention_plan.h"
 #include "core/error.h"
 
 namespace ringattn::test {
@@ -19,20 +23,67 @@ T* tag(T* p) {
   return p ? reinterpret_cast<T*>(reinterpret_cast<uintptr_t>(p) + kTag) : p;
 }
 
+// The emulated compute stream: operations queue here and run, in order, only when something
+// synchronises with the device. What a GPU does asynchronously is deferred here until the last
+// moment, so code that reads a buffer before the operations writing it have run (a transfer
+// started without ordering) sees stale data, as it could on a GPU.
+class Stream {
+ public:
+  void enqueue(std::function<void()> op) {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    queue_.push_back(std::move(op));
+  }
+  // Runs everything queued so far (and what is queued meanwhile), in order. Serialised: two
+  // threads draining at once still run the operations one after the other.
+  void drain() {
+    std::lock_guard<std::recursive_mutex> run(run_mu_);
+    for (;;) {
+      std::function<void()> op;
+      {
+        std::lock_guard<std::mutex> lock(queue_mu_);
+        if (queue_.empty()) return;
+        op = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      op();
+    }
+  }
+  size_t pending() {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    return queue_.size();
+  }
+
+ private:
+  std::mutex queue_mu_;
+  std::recursive_mutex run_mu_;
+  std::deque<std::function<void()>> queue_;
+};
+
+Stream& stream() {
+  static Stream s;
+  return s;
+}
+
+// Like CUDA's allocator here: copies wait for the device first (cudaDeviceSynchronize), frees are
+// ordered on the stream (cudaFreeAsync), allocations are immediate.
 class EmulatedAllocator final : public Allocator {
  public:
   EmulatedAllocator() : Allocator(Device::CUDA, "emulated-cuda") {}
 
   void copy_to_host(void* host_dst, const void* src, size_t bytes) override {
+    stream().drain();
     if (bytes) std::memcpy(untag(host_dst), untag(src), bytes);
   }
   void copy_from_host(void* dst, const void* host_src, size_t bytes) override {
+    stream().drain();
     if (bytes) std::memcpy(untag(dst), untag(host_src), bytes);
   }
   void copy_within(void* dst, const void* src, size_t bytes) override {
+    stream().drain();
     if (bytes) std::memmove(untag(dst), untag(src), bytes);
   }
   void zero(void* dst, size_t bytes) override {
+    stream().drain();
     if (bytes) std::memset(untag(dst), 0, bytes);
   }
 
@@ -41,20 +92,49 @@ class EmulatedAllocator final : public Allocator {
     if (bytes > std::numeric_limits<size_t>::max() - 63) return nullptr;
     return tag(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
   }
-  void raw_free(void* ptr) override { std::free(untag(ptr)); }
+  void raw_free(void* ptr) override {
+    stream().enqueue([p = untag(ptr)] { std::free(p); });
+  }
 };
 
-AttentionTileProblem untag_problem(const AttentionTileProblem& p) {
-  AttentionTileProblem u = p;
-  u.q_pos = untag(p.q_pos);
-  u.k_pos = untag(p.k_pos);
-  u.q_seg = untag(p.q_seg);
-  u.k_seg = untag(p.k_seg);
-  u.q = untag(p.q);
-  u.k = untag(p.k);
-  u.v = untag(p.v);
-  return u;
-}
+// Host arrays an operation reads must be read when it is called (the CUDA backend copies them
+// then); a deferred operation keeps its own copy. Device (tagged) arrays are only untagged.
+template <typename T>
+struct HostOrDevice {
+  std::vector<T> copy;
+  const T* ptr = nullptr;
+  bool device = false;  // ptr is (untagged) device memory
+  HostOrDevice(const T* p, int64_t n) : device(is_tagged(p)) {
+    if (p && !device && n > 0) {
+      copy.assign(p, p + n);
+      ptr = copy.data();
+    } else {
+      ptr = untag(p);
+    }
+  }
+};
+
+// A tile problem made self-contained for deferred execution: untagged device pointers, own copies
+// of host positions and segment ids.
+struct DeferredProblem {
+  AttentionTileProblem p;
+  HostOrDevice<int64_t> q_pos, k_pos;
+  HostOrDevice<int32_t> q_seg, k_seg;
+  explicit DeferredProblem(const AttentionTileProblem& in)
+      : p(in),
+        q_pos(in.q_pos, in.sq),
+        k_pos(in.k_pos, in.sk),
+        q_seg(in.q_seg, in.batch * in.sq),
+        k_seg(in.k_seg, in.batch * in.sk) {
+    p.q_pos = q_pos.ptr;
+    p.k_pos = k_pos.ptr;
+    p.q_seg = q_seg.ptr;
+    p.k_seg = k_seg.ptr;
+    p.q = untag(in.q);
+    p.k = untag(in.k);
+    p.v = untag(in.v);
+  }
+};
 
 AttentionForwardState untag_state(const AttentionForwardState& s) {
   return {untag(s.acc), untag(s.m), untag(s.l)};
@@ -64,117 +144,246 @@ AttentionBackwardArgs untag_args(const AttentionBackwardArgs& a) {
   return {untag(a.dout), untag(a.lse), untag(a.delta), untag(a.dq), untag(a.dk), untag(a.dv)};
 }
 
-// Every operation is the CPU backend's, on untagged pointers.
+// Every operation is the CPU backend's, on untagged pointers, queued on the emulated stream.
+// Operations that return a value (cross_entropy, sum_squares) and the synchronous copies drain the
+// stream first and run at once, as they synchronise on a GPU.
 class EmulatedBackend final : public Backend {
  public:
   Device device() const override { return Device::CUDA; }
-  std::string name() const override { return "emulated-cuda (CPU kernels, tagged pointers)"; }
+  std::string name() const override {
+    return "emulated-cuda (CPU kernels, tagged pointers, deferred stream)";
+  }
 
   void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda,
             const float* b, int ldb, float beta, float* c, int ldc) override {
-    cpu().gemm(ta, tb, m, n, k, alpha, untag(a), lda, untag(b), ldb, beta, untag(c), ldc);
+    defer([=, a = untag(a), b = untag(b), c = untag(c)] {
+      cpu().gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    });
   }
   void gemm_bf16(bool ta, bool tb, int m, int n, int k, float alpha, const uint16_t* a, int lda,
                  const uint16_t* b, int ldb, float beta, float* c, int ldc) override {
-    cpu().gemm_bf16(ta, tb, m, n, k, alpha, untag(a), lda, untag(b), ldb, beta, untag(c), ldc);
+    defer([=, a = untag(a), b = untag(b), c = untag(c)] {
+      cpu().gemm_bf16(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    });
   }
   void to_bf16(const float* src, uint16_t* dst, int64_t n) override {
-    cpu().to_bf16(untag(src), untag(dst), n);
+    defer([=, src = untag(src), dst = untag(dst)] { cpu().to_bf16(src, dst, n); });
   }
   void from_bf16(const uint16_t* src, float* dst, int64_t n) override {
-    cpu().from_bf16(untag(src), untag(dst), n);
+    defer([=, src = untag(src), dst = untag(dst)] { cpu().from_bf16(src, dst, n); });
   }
   void copy_to_host(void* dst, const void* src, size_t bytes) override {
+    stream().drain();
     cpu().copy_to_host(untag(dst), untag(src), bytes);
   }
   void copy_from_host(void* dst, const void* src, size_t bytes) override {
+    stream().drain();
     cpu().copy_from_host(untag(dst), untag(src), bytes);
   }
-  void synchronize() override {}
+  void synchronize() override { stream().drain(); }
 
   void attention_forward_init(const AttentionForwardState& st, int64_t batch, int64_t sq, int heads,
                               int head_dim) override {
-    cpu().attention_forward_init(untag_state(st), batch, sq, heads, head_dim);
+    defer([=, st = untag_state(st)] {
+      cpu().attention_forward_init(st, batch, sq, heads, head_dim);
+    });
   }
   void attention_forward_block(const AttentionTileProblem& p, const AttentionForwardState& st,
                                AttentionTileStats* stats) override {
-    cpu().attention_forward_block(untag_problem(p), untag_state(st), stats);
+    auto dp = std::make_shared<DeferredProblem>(p);
+    count_now(*dp, stats, 4.0);
+    defer([=, st = untag_state(st)] { cpu().attention_forward_block(dp->p, st, nullptr); });
   }
   void attention_forward_finish(const AttentionForwardState& st, float* o, float* lse,
                                 int64_t batch, int64_t sq, int heads, int head_dim) override {
-    cpu().attention_forward_finish(untag_state(st), untag(o), untag(lse), batch, sq, heads,
-                                   head_dim);
+    defer([=, st = untag_state(st), o = untag(o), lse = untag(lse)] {
+      cpu().attention_forward_finish(st, o, lse, batch, sq, heads, head_dim);
+    });
   }
   void attention_backward_delta(const float* dout, const float* o, float* delta, int64_t batch,
                                 int64_t sq, int heads, int head_dim) override {
-    cpu().attention_backward_delta(untag(dout), untag(o), untag(delta), batch, sq, heads, head_dim);
+    defer([=, dout = untag(dout), o = untag(o), delta = untag(delta)] {
+      cpu().attention_backward_delta(dout, o, delta, batch, sq, heads, head_dim);
+    });
   }
   void attention_backward_block(const AttentionTileProblem& p, const AttentionBackwardArgs& a,
                                 AttentionTileStats* stats) override {
-    cpu().attention_backward_block(untag_problem(p), untag_args(a), stats);
+    auto dp = std::make_shared<DeferredProblem>(p);
+    count_now(*dp, stats, 10.0);
+    defer([=, a = untag_args(a)] { cpu().attention_backward_block(dp->p, a, nullptr); });
   }
 
   void embedding_forward(const int32_t* tokens, int64_t n, const float* table, int64_t vocab,
                          int64_t dim, float* out) override {
-    cpu().embedding_forward(untag(tokens), n, untag(table), vocab, dim, untag(out));
+    defer([=, tokens = untag(tokens), table = untag(table), out = untag(out)] {
+      cpu().embedding_forward(tokens, n, table, vocab, dim, out);
+    });
   }
   void embedding_backward(const int32_t* tokens, int64_t n, const float* dout, int64_t vocab,
                           int64_t dim, float* dtable) override {
-    cpu().embedding_backward(untag(tokens), n, untag(dout), vocab, dim, untag(dtable));
+    defer([=, tokens = untag(tokens), dout = untag(dout), dtable = untag(dtable)] {
+      cpu().embedding_backward(tokens, n, dout, vocab, dim, dtable);
+    });
   }
   void rmsnorm_forward(const float* x, const float* w, int64_t rows, int64_t dim, float eps,
                        float* y, float* inv_rms) override {
-    cpu().rmsnorm_forward(untag(x), untag(w), rows, dim, eps, untag(y), untag(inv_rms));
+    defer([=, x = untag(x), w = untag(w), y = untag(y), inv_rms = untag(inv_rms)] {
+      cpu().rmsnorm_forward(x, w, rows, dim, eps, y, inv_rms);
+    });
   }
   void rmsnorm_backward(const float* x, const float* w, const float* inv_rms, const float* dy,
                         int64_t rows, int64_t dim, float* dx, float* dw) override {
-    cpu().rmsnorm_backward(untag(x), untag(w), untag(inv_rms), untag(dy), rows, dim, untag(dx),
-                           untag(dw));
+    defer([=, x = untag(x), w = untag(w), inv_rms = untag(inv_rms), dy = untag(dy), dx = untag(dx),
+           dw = untag(dw)] { cpu().rmsnorm_backward(x, w, inv_rms, dy, rows, dim, dx, dw); });
   }
   void rope_forward(float* x, int64_t batch, int64_t seq, int heads, int head_dim,
                     const int64_t* positions, float theta) override {
-    cpu().rope_forward(untag(x), batch, seq, heads, head_dim, untag(positions), theta);
+    auto pos = std::make_shared<HostOrDevice<int64_t>>(positions, seq);
+    defer(
+        [=, x = untag(x)] { cpu().rope_forward(x, batch, seq, heads, head_dim, pos->ptr, theta); });
   }
   void rope_backward(float* dx, int64_t batch, int64_t seq, int heads, int head_dim,
                      const int64_t* positions, float theta) override {
-    cpu().rope_backward(untag(dx), batch, seq, heads, head_dim, untag(positions), theta);
+    auto pos = std::make_shared<HostOrDevice<int64_t>>(positions, seq);
+    defer([=, dx = untag(dx)] {
+      cpu().rope_backward(dx, batch, seq, heads, head_dim, pos->ptr, theta);
+    });
   }
   void swiglu_forward(const float* gate, const float* up, int64_t n, float* out) override {
-    cpu().swiglu_forward(untag(gate), untag(up), n, untag(out));
+    defer([=, gate = untag(gate), up = untag(up), out = untag(out)] {
+      cpu().swiglu_forward(gate, up, n, out);
+    });
   }
   void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n,
                        float* dgate, float* dup) override {
-    cpu().swiglu_backward(untag(gate), untag(up), untag(dout), n, untag(dgate), untag(dup));
+    defer([=, gate = untag(gate), up = untag(up), dout = untag(dout), dgate = untag(dgate),
+           dup = untag(dup)] { cpu().swiglu_backward(gate, up, dout, n, dgate, dup); });
   }
   double cross_entropy(const float* logits, const int32_t* targets, const float* weights,
                        int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
                        uint8_t* correct) override {
+    stream().drain();
     return cpu().cross_entropy(untag(logits), untag(targets), untag(weights), rows, vocab,
                                grad_scale, untag(dlogits), untag(correct));
   }
   void axpy(int64_t n, float alpha, const float* x, float* y) override {
-    cpu().axpy(n, alpha, untag(x), untag(y));
+    defer([=, x = untag(x), y = untag(y)] { cpu().axpy(n, alpha, x, y); });
   }
-  void scale(float* x, int64_t n, float alpha) override { cpu().scale(untag(x), n, alpha); }
-  void fill(float* x, int64_t n, float value) override { cpu().fill(untag(x), n, value); }
+  void scale(float* x, int64_t n, float alpha) override {
+    defer([=, x = untag(x)] { cpu().scale(x, n, alpha); });
+  }
+  void fill(float* x, int64_t n, float value) override {
+    defer([=, x = untag(x)] { cpu().fill(x, n, value); });
+  }
   void copy(void* dst, const void* src, size_t bytes) override {
-    cpu().copy(untag(dst), untag(src), bytes);
+    defer([=, dst = untag(dst), src = untag(src)] { cpu().copy(dst, src, bytes); });
   }
-  double sum_squares(const float* x, int64_t n) override { return cpu().sum_squares(untag(x), n); }
-  void scale_f64(float* x, int64_t n, double s) override { cpu().scale_f64(untag(x), n, s); }
+  double sum_squares(const float* x, int64_t n) override {
+    stream().drain();
+    return cpu().sum_squares(untag(x), n);
+  }
+  void scale_f64(float* x, int64_t n, double s) override {
+    defer([=, x = untag(x)] { cpu().scale_f64(x, n, s); });
+  }
   void adamw_update(const AdamWConstants& k, float* params, const float* grads, float* m, float* v,
                     int64_t n) override {
-    cpu().adamw_update(k, untag(params), untag(grads), untag(m), untag(v), n);
+    defer([=, params = untag(params), grads = untag(grads), m = untag(m), v = untag(v)] {
+      cpu().adamw_update(k, params, grads, m, v, n);
+    });
   }
 
  private:
   static Backend& cpu() { return cpu_backend(); }
+  // Tile statistics are known when the call is made (the tiles are planned on the host, as the
+  // CUDA backend does), so the caller's `stats` is complete when the call returns, and the
+  // deferred operation never writes through a pointer that may be gone by then.
+  static void count_now(const DeferredProblem& dp, AttentionTileStats* stats, double per_elem) {
+    if (!stats) return;
+    const AttentionTileProblem& p = dp.p;
+    if (p.batch == 0 || p.sq == 0 || p.sk == 0) return;
+    // Device positions or segment ids (untagged by now) are read after the queue ran, as
+    // CUDA's planning copies them back after a synchronisation.
+    if (dp.q_pos.device || dp.k_pos.device || dp.q_seg.device || dp.k_seg.device) stream().drain();
+    const TilePlan plan(p, host_values(p.q_pos, p.sq), host_values(p.k_pos, p.sk),
+                        host_values(p.q_seg, p.batch * p.sq), host_values(p.k_seg, p.batch * p.sk));
+    add_tile_stats(stats, plan_stats(plan, p.batch, p.heads, p.head_dim, per_elem));
+  }
+  static void defer(std::function<void()> op) { stream().enqueue(std::move(op)); }
+};
+
+// NCCL's semantics on the emulated device: device buffers go to the host transport as they are
+// (untagged), with no staging and without running the emulated stream first.
+class DirectRing final : public RingExchange {
+ public:
+  DirectRing(std::unique_ptr<RingExchange> inner, bool ordered)
+      : inner_(std::move(inner)), ordered_(ordered) {
+    next_ = inner_->next();
+    prev_ = inner_->prev();
+  }
+  void start(const void* send, void* recv, size_t bytes) override {
+    // The `ready` event: the transfer follows what is queued on the compute stream.
+    if (ordered_) stream().drain();
+    inner_->start(untag(send), untag(recv), bytes);
+    bytes_moved_ = inner_->bytes_moved();
+  }
+  bool test() override { return inner_->test(); }
+  // Operations queued after this returns run at a later drain, after the transfer: the compute
+  // stream's wait on `done`.
+  void wait() override {
+    inner_->wait();
+    wait_seconds_ = inner_->wait_seconds();
+  }
+
+ private:
+  std::unique_ptr<RingExchange> inner_;
+  bool ordered_;
+};
+
+class DirectCommunicator final : public Communicator {
+ public:
+  explicit DirectCommunicator(Communicator& host) : host_(host) {}
+  int rank() const override { return host_.rank(); }
+  int size() const override { return host_.size(); }
+  Device device() const override { return Device::CUDA; }
+  bool accepts_host_buffers() const override { return false; }
+  std::string name() const override { return host_.name() + " (emulated NCCL semantics)"; }
+
+  // As on NCCL, a collective reads its inputs when called: the caller must have synchronised.
+  void all_reduce(void* buf, size_t count, DType dtype, ReduceOp op) override {
+    host_.all_reduce(untag(buf), count, dtype, op);
+  }
+  void all_gather(const void* send, void* recv, size_t count, DType dtype) override {
+    host_.all_gather(untag(send), untag(recv), count, dtype);
+  }
+  void reduce_scatter(const void* send, void* recv, size_t count, DType dtype,
+                      ReduceOp op) override {
+    host_.reduce_scatter(untag(send), untag(recv), count, dtype, op);
+  }
+  void broadcast(void* buf, size_t count, DType dtype, int root) override {
+    host_.broadcast(untag(buf), count, dtype, root);
+  }
+  void barrier() override { host_.barrier(); }
+  std::unique_ptr<RingExchange> make_ring(Backend* compute) override {
+    return std::make_unique<DirectRing>(host_.make_ring(), compute != nullptr);
+  }
+
+ private:
+  Communicator& host_;
 };
 
 }  // namespace
 
-bool is_tagged(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & kTag) != 0;
+size_t emulated_pending_operations() {
+  return stream().pending();
+}
+
+void emulated_synchronize() {
+  stream().drain();
+}
+
+std::unique_ptr<Communicator> make_emulated_direct_communicator(Communicator& host) {
+  RA_CHECK(host.device() == Device::CPU, "the emulated direct transport wraps a host communicator");
+  return std::make_unique<DirectCommunicator>(host);
 }
 
 DeviceUnderTest device_under_test() {

@@ -9,11 +9,22 @@
 // faults at once (SIGSEGV), while everything done through the interfaces computes exactly what
 // the CPU backend computes: a device run must equal the CPU run bit for bit.
 //
+// The emulated device is also asynchronous, in the strictest way: its backend's operations queue
+// on an emulated stream and run only when something synchronises with the device (synchronize(),
+// the allocator's copies, a result returned to the host). Frees are queued on the stream too, as
+// cudaFreeAsync orders them. So a transfer that reads a buffer before the queued operations
+// writing it have run sees stale data, and the tests see the difference, as a GPU could.
+//
 // Installed as the Device::CUDA allocator only when no real CUDA device is usable; on a GPU
 // machine device_under_test() returns the real CUDA backend instead, and the same tests compare
 // the GPU against the CPU within their stated tolerance.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "comm/communicator.h"
 #include "core/backend.h"
 
 namespace ringattn::test {
@@ -28,12 +39,26 @@ struct DeviceUnderTest {
 DeviceUnderTest device_under_test();
 
 // The emulated device's pointer tagging, exposed for the tests of the emulation itself.
-bool is_tagged(const void* p);
+inline bool is_tagged(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & (uintptr_t(1) << 62)) != 0;
+}
 template <typename T>
 T* untag(T* p) {
   constexpr uintptr_t kTag = uintptr_t(1) << 62;
   const uintptr_t v = reinterpret_cast<uintptr_t>(p);
   return (v & kTag) ? reinterpret_cast<T*>(v - kTag) : p;
 }
+
+// The emulated stream: operations queued and not yet run, and running them (what a transport's
+// ordering against the compute stream amounts to here).
+size_t emulated_pending_operations();
+void emulated_synchronize();
+
+// A transport with NCCL's semantics for the emulated device, over a host communicator: device
+// buffers go to it directly (no staging) and collectives do not wait for the emulated stream, so
+// code that forgets to synchronise before a collective reads stale data, as it would on NCCL.
+// Rings made with the compute backend run the stream before each transfer (the NCCL ring's
+// event). `host` must outlive the result. Emulated device only.
+std::unique_ptr<Communicator> make_emulated_direct_communicator(Communicator& host);
 
 }  // namespace ringattn::test

@@ -27,6 +27,7 @@
 
 using namespace ringattn;
 using ringattn::test::device_under_test;
+using ringattn::test::make_emulated_direct_communicator;
 namespace fs = std::filesystem;
 
 namespace {
@@ -381,6 +382,40 @@ TEST_CASE("host staging over a group of one rank copies on the device", "[device
   CHECK(to_vector(received) == values);
 }
 
+TEST_CASE("the emulated stream defers work; only an ordered ring sees it", "[device]") {
+  const auto dut = device_under_test();
+  if (!dut.emulated) {
+    WARN("a real GPU is present: the emulated stream is not under test");
+    return;
+  }
+  Backend& be = *dut.backend;
+  const int n = world_size(), r = world_rank();
+  Mesh mesh(MeshShape{1, 1, n, 1});
+  std::unique_ptr<Communicator> comm = make_emulated_direct_communicator(mesh.axis(Axis::SP));
+  const int64_t c = 1000;
+  const size_t bytes = size_t(c) * sizeof(float);
+  const float fresh = float(r + 1), stale = -1.0f;
+  const int from = (r + n - 1) % n;  // the ring's previous rank
+  for (bool ordered : {false, true}) {
+    INFO((ordered ? "ring made with the backend" : "ring made without it"));
+    auto ring = comm->make_ring(ordered ? &be : nullptr);
+    Tensor send = Tensor::empty({c}, DType::F32, Device::CUDA);
+    Tensor recv = Tensor::empty({c}, DType::F32, Device::CUDA);
+    be.fill(send.data<float>(), c, stale);
+    be.fill(recv.data<float>(), c, 0.0f);
+    be.synchronize();
+    be.fill(send.data<float>(), c, fresh);  // queued, not run yet
+    CHECK(ringattn::test::emulated_pending_operations() > 0);
+    ring->start(send.raw(), recv.raw(), bytes);
+    ring->wait();
+    const std::vector<float> got = to_vector(recv);
+    // Ordered: the previous rank's fresh value. Unordered: its stale one, which is what a GPU
+    // could show too; the emulation makes it certain, so tests see a missing order.
+    CHECK(got == std::vector<float>(size_t(c), ordered ? float(from + 1) : stale));
+    comm->barrier();  // every rank's checks done before the next round's buffers are reused
+  }
+}
+
 TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
   const auto dut = device_under_test();
   INFO(dut.backend->name());
@@ -401,6 +436,13 @@ TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
                fdout = full(seed + 3, H);
   const Tensor q = take_positions(fq, 1, pos), k = take_positions(fk, 1, pos),
                v = take_positions(fv, 1, pos), dout = take_positions(fdout, 1, pos);
+  // Packed documents: three per row, cut differently in each row (blocks of other ranks then
+  // carry segment ids this rank must know on the host).
+  Tensor fseg = Tensor::empty({B, S}, DType::I32);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < S; ++i)
+      fseg.data<int32_t>()[b * S + i] = int32_t(i < S / 3 + b * 5 ? 0 : (i < (2 * S) / 3 ? 1 : 2));
+  const Tensor seg = take_positions(fseg, 1, pos);
 
   // The reference of the issue: blockwise over the whole sequence on ONE rank, on the device.
   AttentionOptions bw;
@@ -410,17 +452,45 @@ TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
   std::vector<int64_t> all_pos(static_cast<size_t>(S));
   for (int64_t i = 0; i < S; ++i) all_pos[size_t(i)] = i;
   Attention one_rank(bw, *dut.backend, nullptr);
-  const AttentionInput whole{fq.to_device(Device::CUDA), fk.to_device(Device::CUDA),
-                             fv.to_device(Device::CUDA), all_pos, Tensor()};
-  const AttentionOutput wo = one_rank.forward(whole);
-  const AttentionGrads wg = one_rank.backward(whole, wo, fdout.to_device(Device::CUDA));
+  struct Whole {
+    AttentionOutput o;
+    AttentionGrads g;
+  } whole_run[2];  // without and with segment ids
+  for (int with_seg : {0, 1}) {
+    const AttentionInput whole{fq.to_device(Device::CUDA), fk.to_device(Device::CUDA),
+                               fv.to_device(Device::CUDA), all_pos,
+                               with_seg ? fseg.to_device(Device::CUDA) : Tensor()};
+    whole_run[with_seg].o = one_rank.forward(whole);
+    whole_run[with_seg].g =
+        one_rank.backward(whole, whole_run[with_seg].o, fdout.to_device(Device::CUDA));
+  }
   // This rank's rows of it (dimension 1 of [B, S, ., D], dimension 2 of the LSE's [B, H, S]).
   auto mine = [&](const Tensor& t, int dim) {
     return to_vector(take_positions(t.to_device(Device::CPU), dim, pos));
   };
 
-  for (int pieces : {1, 3}) {
-    INFO("ring_pieces = " << pieces);
+  // Device transports: host staging, and on the emulated device the NCCL-like one (no staging,
+  // its ring ordered against the deferred stream by the backend it was made with).
+  std::unique_ptr<Communicator> sp_direct;
+  if (dut.emulated) sp_direct = make_emulated_direct_communicator(mesh.axis(Axis::SP));
+  struct Variant {
+    int pieces;
+    bool segments;
+    Communicator* transport;
+  };
+  std::vector<Variant> variants = {
+      {1, false, sp_dev.get()}, {3, false, sp_dev.get()}, {2, true, sp_dev.get()}};
+  if (sp_direct) {
+    variants.push_back({1, false, sp_direct.get()});
+    variants.push_back({3, true, sp_direct.get()});
+  }
+  for (const Variant& var : variants) {
+    const int pieces = var.pieces;
+    INFO("ring_pieces = " << pieces << (var.segments ? ", segment ids" : "") << ", over "
+                          << var.transport->name());
+    const AttentionOutput& wo = whole_run[var.segments].o;
+    const AttentionGrads& wg = whole_run[var.segments].g;
+    const Tensor hseg = var.segments ? seg : Tensor();
     AttentionOptions opt;
     opt.impl = AttentionImpl::Ring;
     opt.causal = true;
@@ -428,10 +498,11 @@ TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
     opt.k_chunk = 4;
     opt.ring_pieces = pieces;
     Attention cpu_attn(opt, cpu_backend(), &mesh.axis(Axis::SP));
-    Attention dev_attn(opt, *dut.backend, sp_dev.get());
-    const AttentionInput hin{q, k, v, pos, Tensor()};
+    Attention dev_attn(opt, *dut.backend, var.transport);
+    const AttentionInput hin{q, k, v, pos, hseg};
     const AttentionInput din{q.to_device(Device::CUDA), k.to_device(Device::CUDA),
-                             v.to_device(Device::CUDA), pos, Tensor()};
+                             v.to_device(Device::CUDA), pos,
+                             var.segments ? hseg.to_device(Device::CUDA) : Tensor()};
     const AttentionOutput ho = cpu_attn.forward(hin);
     const AttentionOutput dn = dev_attn.forward(din);
     const AttentionGrads hg = cpu_attn.backward(hin, ho, dout);
@@ -487,9 +558,12 @@ struct Run {
 };
 
 // `steps` steps on `backend` (null: the CPU), optionally resuming first and saving at the end.
+// `direct`: device buffers travel over the emulated device's NCCL-like transport instead of host
+// staging (emulated device only).
 Run train(const TrainConfig& c, MeshShape shape, Backend* backend, int steps, bool resume = false,
-          bool save = false) {
+          bool save = false, bool direct = false) {
   Mesh mesh(shape);
+  if (direct) mesh.set_device_transport(make_emulated_direct_communicator);
   TrainerOptions o;
   o.log_steps = false;
   o.write_metrics = false;
@@ -562,12 +636,34 @@ TEST_CASE("training on the device equals training on the CPU", "[device]") {
     AttentionImpl impl;
     MeshShape shape;
     DType dtype = DType::F32;
+    bool direct = false;  // the emulated NCCL-like transport (emulated device only)
   };
   std::vector<Case> cases = {
       {"ring over every rank, FSDP over them", AttentionImpl::Ring, {1, 1, n, 1}},
       {"blockwise, FSDP over every rank", AttentionImpl::Blockwise, {1, n, 1, 1}},
       {"bf16 GEMMs (model.dtype = bf16), ring", AttentionImpl::Ring, {1, 1, n, 1}, DType::BF16}};
   if (n >= 2) cases.push_back({"data parallel x FSDP", AttentionImpl::Blockwise, {2, n / 2, 1, 1}});
+  // With NCCL's semantics (no staging, collectives that do not wait for the compute stream) on a
+  // stream that defers everything: the model's own synchronisation and the ring's event ordering
+  // are all that keeps these runs equal to the CPU's.
+  if (dut.emulated) {
+    cases.push_back({"NCCL-like transport: ring, FSDP over every rank",
+                     AttentionImpl::Ring,
+                     {1, 1, n, 1},
+                     DType::F32,
+                     true});
+    cases.push_back({"NCCL-like transport: bf16 gathers, ring",
+                     AttentionImpl::Ring,
+                     {1, 1, n, 1},
+                     DType::BF16,
+                     true});
+    if (n >= 4)
+      cases.push_back({"NCCL-like transport: dp x fsdp x sp",
+                       AttentionImpl::Ring,
+                       {2, n / 4, 2, 1},
+                       DType::F32,
+                       true});
+  }
   for (const Case& k : cases) {
     INFO(k.name);
     TrainConfig c = tiny_config(tmp.dir, k.impl);
@@ -576,7 +672,7 @@ TEST_CASE("training on the device equals training on the CPU", "[device]") {
     c.train.micro_batches = 2;  // gradient accumulation across micro-batches too
     c.train.batch_size = 8;     // a multiple of dp x fsdp x micro_batches at 4 ranks
     const Run cpu = train(c, k.shape, nullptr, 4);
-    const Run dev = train(c, k.shape, dut.backend, 4);
+    const Run dev = train(c, k.shape, dut.backend, 4, false, false, k.direct);
     compare(dev, cpu, dut.emulated, c.optim.lr, k.dtype);
     // Clipping happened, so the device path's norm and scaling were exercised.
     CHECK(cpu.grad_norm.front() > c.train.grad_clip);

@@ -80,14 +80,14 @@ class RingTokens {
     const int n = sp.size();
     const size_t pos_bytes = size_t(sl_) * sizeof(int64_t);
     const size_t seg_bytes = seg.size() * sizeof(int32_t);
-    const size_t record = (pos_bytes + seg_bytes + 7) / 8 * 8;  // keeps every record's int64s aligned
+    const size_t record =
+        (pos_bytes + seg_bytes + 7) / 8 * 8;  // keeps every record's int64s aligned
     std::vector<unsigned char> mine(record, 0), all(record * size_t(n));
     std::memcpy(mine.data(), positions.data(), pos_bytes);
     if (has_seg_) std::memcpy(mine.data() + pos_bytes, seg.data(), seg_bytes);
     // Through device buffers: a device transport (NCCL) takes nothing else.
     Tensor send = Tensor::empty({int64_t(record)}, DType::U8, be.device(), "ring token table");
-    Tensor recv =
-        Tensor::empty({int64_t(record) * n}, DType::U8, be.device(), "ring token table");
+    Tensor recv = Tensor::empty({int64_t(record) * n}, DType::U8, be.device(), "ring token table");
     be.copy_from_host(send.raw(), mine.data(), record);
     sp.all_gather(send.raw(), recv.raw(), record, DType::U8);
     be.copy_to_host(all.data(), recv.raw(), all.size());
@@ -149,8 +149,8 @@ struct Attention::Shapes {
   int64_t batch = 0, sl = 0;
   int heads = 0, kv_heads = 0, head_dim = 0;
   float scale = 1;
-  Tensor q, k, v;              // float32, contiguous
-  std::vector<int32_t> seg;    // [B, Sl] segment ids in host memory; empty without
+  Tensor q, k, v;            // float32, contiguous
+  std::vector<int32_t> seg;  // [B, Sl] segment ids in host memory; empty without
 };
 
 Attention::Attention(AttentionOptions options, Backend& backend, Communicator* sp)
@@ -272,8 +272,8 @@ AttentionOutput Attention::forward_blocks(const AttentionInput& in, const Shapes
 
   if (!uses_ring()) {
     AttentionTileProblem p =
-        make_problem(s, in.positions, s.sl, in.positions.data(), s.seg.empty() ? nullptr : s.seg.data(),
-                     s.k.data<float>(), s.v.data<float>());
+        make_problem(s, in.positions, s.sl, in.positions.data(),
+                     s.seg.empty() ? nullptr : s.seg.data(), s.k.data<float>(), s.v.data<float>());
     backend_.attention_forward_block(p, st, &timings_.tiles);
   } else {
     const int n = sp_->size(), r = sp_->rank();
@@ -357,8 +357,8 @@ AttentionGrads Attention::backward_local(const AttentionInput& in, const Attenti
   g.dv = Tensor::zeros({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, backend_.device(),
                        "attention dV");
   AttentionTileProblem p =
-      make_problem(s, in.positions, s.sl, in.positions.data(), s.seg.empty() ? nullptr : s.seg.data(),
-                   s.k.data<float>(), s.v.data<float>());
+      make_problem(s, in.positions, s.sl, in.positions.data(),
+                   s.seg.empty() ? nullptr : s.seg.data(), s.k.data<float>(), s.v.data<float>());
   AttentionBackwardArgs a{dout.data<float>(), out.lse.data<float>(), delta.data<float>(),
                           g.dq.data<float>(), g.dk.data<float>(),    g.dv.data<float>()};
   backend_.attention_backward_block(p, a, &timings_.tiles);
@@ -382,8 +382,7 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
   const double wait0 = kv_ring_->wait_seconds() + grad_ring_->wait_seconds();
   const int64_t pieces = ring_pieces(s);
   const int64_t longest = piece_of(0, pieces, s.sl).len;
-  const size_t bytes =
-      KvBlockLayout(s.batch, longest, s.kv_heads, s.head_dim).bytes;
+  const size_t bytes = KvBlockLayout(s.batch, longest, s.kv_heads, s.head_dim).bytes;
   Tensor cur = Tensor::empty({int64_t(bytes)}, DType::U8, backend_.device(), "ring KV block");
   Tensor nxt = Tensor::empty({int64_t(bytes)}, DType::U8, backend_.device(), "ring KV block");
 
