@@ -1,5 +1,6 @@
 #include "test/emulated_device.h"
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -33,6 +34,13 @@ class Stream {
     std::lock_guard<std::mutex> lock(queue_mu_);
     queue_.push_back(std::move(op));
   }
+  // The host waits for the device: counted, then drain().
+  void synchronize() {
+    ++host_waits_;
+    drain();
+  }
+  size_t host_waits() const { return host_waits_.load(); }
+
   // Runs everything queued so far (and what is queued meanwhile), in order. Serialised: two
   // threads draining at once still run the operations one after the other.
   void drain() {
@@ -57,6 +65,7 @@ class Stream {
   std::mutex queue_mu_;
   std::recursive_mutex run_mu_;
   std::deque<std::function<void()>> queue_;
+  std::atomic<size_t> host_waits_{0};
 };
 
 Stream& stream() {
@@ -71,19 +80,19 @@ class EmulatedAllocator final : public Allocator {
   EmulatedAllocator() : Allocator(Device::CUDA, "emulated-cuda") {}
 
   void copy_to_host(void* host_dst, const void* src, size_t bytes) override {
-    stream().drain();
+    stream().synchronize();
     if (bytes) std::memcpy(untag(host_dst), untag(src), bytes);
   }
   void copy_from_host(void* dst, const void* host_src, size_t bytes) override {
-    stream().drain();
+    stream().synchronize();
     if (bytes) std::memcpy(untag(dst), untag(host_src), bytes);
   }
   void copy_within(void* dst, const void* src, size_t bytes) override {
-    stream().drain();
+    stream().synchronize();
     if (bytes) std::memmove(untag(dst), untag(src), bytes);
   }
   void zero(void* dst, size_t bytes) override {
-    stream().drain();
+    stream().synchronize();
     if (bytes) std::memset(untag(dst), 0, bytes);
   }
 
@@ -173,14 +182,14 @@ class EmulatedBackend final : public Backend {
     defer([=, src = untag(src), dst = untag(dst)] { cpu().from_bf16(src, dst, n); });
   }
   void copy_to_host(void* dst, const void* src, size_t bytes) override {
-    stream().drain();
+    stream().synchronize();
     cpu().copy_to_host(untag(dst), untag(src), bytes);
   }
   void copy_from_host(void* dst, const void* src, size_t bytes) override {
-    stream().drain();
+    stream().synchronize();
     cpu().copy_from_host(untag(dst), untag(src), bytes);
   }
-  void synchronize() override { stream().drain(); }
+  void synchronize() override { stream().synchronize(); }
 
   void attention_forward_init(const AttentionForwardState& st, int64_t batch, int64_t sq, int heads,
                               int head_dim) override {
@@ -262,7 +271,7 @@ class EmulatedBackend final : public Backend {
   double cross_entropy(const float* logits, const int32_t* targets, const float* weights,
                        int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
                        uint8_t* correct) override {
-    stream().drain();
+    stream().synchronize();
     return cpu().cross_entropy(untag(logits), untag(targets), untag(weights), rows, vocab,
                                grad_scale, untag(dlogits), untag(correct));
   }
@@ -279,7 +288,7 @@ class EmulatedBackend final : public Backend {
     defer([=, dst = untag(dst), src = untag(src)] { cpu().copy(dst, src, bytes); });
   }
   double sum_squares(const float* x, int64_t n) override {
-    stream().drain();
+    stream().synchronize();
     return cpu().sum_squares(untag(x), n);
   }
   void scale_f64(float* x, int64_t n, double s) override {
@@ -303,7 +312,8 @@ class EmulatedBackend final : public Backend {
     if (p.batch == 0 || p.sq == 0 || p.sk == 0) return;
     // Device positions or segment ids (untagged by now) are read after the queue ran, as
     // CUDA's planning copies them back after a synchronisation.
-    if (dp.q_pos.device || dp.k_pos.device || dp.q_seg.device || dp.k_seg.device) stream().drain();
+    if (dp.q_pos.device || dp.k_pos.device || dp.q_seg.device || dp.k_seg.device)
+      stream().synchronize();
     const TilePlan plan(p, host_values(p.q_pos, p.sq), host_values(p.k_pos, p.sk),
                         host_values(p.q_seg, p.batch * p.sq), host_values(p.k_seg, p.batch * p.sk));
     add_tile_stats(stats, plan_stats(plan, p.batch, p.heads, p.head_dim, per_elem));
@@ -322,7 +332,7 @@ class DirectRing final : public RingExchange {
   }
   void start(const void* send, void* recv, size_t bytes) override {
     // The `ready` event: the transfer follows what is queued on the compute stream.
-    if (ordered_) stream().drain();
+    if (ordered_) stream().drain();  // device-side ordering: not a wait of the host
     inner_->start(untag(send), untag(recv), bytes);
     bytes_moved_ = inner_->bytes_moved();
   }
@@ -378,7 +388,11 @@ size_t emulated_pending_operations() {
 }
 
 void emulated_synchronize() {
-  stream().drain();
+  stream().synchronize();
+}
+
+size_t emulated_host_waits() {
+  return stream().host_waits();
 }
 
 std::unique_ptr<Communicator> make_emulated_direct_communicator(Communicator& host) {

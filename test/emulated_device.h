@@ -53,6 +53,10 @@ T* untag(T* p) {
 // ordering against the compute stream amounts to here).
 size_t emulated_pending_operations();
 void emulated_synchronize();
+// How many times the host has waited for the emulated stream so far (synchronize(), synchronous
+// copies, results returned to the host); a ring's ordering before a transfer is not counted, as
+// it is an event on a GPU.
+size_t emulated_host_waits();
 
 // A transport with NCCL's semantics for the emulated device, over a host communicator: device
 // buffers go to it directly (no staging) and collectives do not wait for the emulated stream, so

@@ -33,6 +33,7 @@
 #include "core/cuda/cuda_common.cuh"
 #include "core/cuda/cuda_layers.h"
 #include "core/cuda/cuda_optim.h"
+#include "core/cuda/pinned_upload.h"
 #include "core/error.h"
 
 namespace ringattn::cuda {
@@ -473,8 +474,7 @@ void attention_forward_block(cudaStream_t stream, cublasHandle_t cublas,
       if (bf16) arr[5 * L.count + t] = Bf16Operands::addr(ops.tile, int64_t(t) * tile_stride);
     }
   }
-  CUDA_CHECK(cudaMemcpyAsync(dev.at<void>(), sg.host.data(), sg.host.size(), cudaMemcpyHostToDevice,
-                             stream));
+  upload_async(stream, dev.at<void>(), sg.host.data(), sg.host.size());
 
   float** dptrs = dev.at<float*>(sg.ptrs_at);
   const int2* ditems = dev.at<int2>(sg.items_at);
@@ -503,8 +503,8 @@ void attention_forward_block(cudaStream_t stream, cublasHandle_t cublas,
                    pl.ldq, L.count);
     }
   }
-  // Leaving: dev's destructor waits for the stream (every kernel, GEMM and the upload) before
-  // freeing, then sg's host buffer goes, then scores (waits again, already idle).
+  // Leaving without waiting: the scratch buffers are freed in stream order after the queued
+  // kernels and GEMMs, and the upload was taken from a pinned copy (sg's host buffer may go).
 }
 
 void attention_forward_finish(cudaStream_t stream, const AttentionForwardState& st, float* o,
@@ -583,8 +583,7 @@ void attention_backward_block(cudaStream_t stream, cublasHandle_t cublas,
       arr[8 * L.count + t] = a.dv + k_off;
     }
   }
-  CUDA_CHECK(cudaMemcpyAsync(dev.at<void>(), sg.host.data(), sg.host.size(), cudaMemcpyHostToDevice,
-                             stream));
+  upload_async(stream, dev.at<void>(), sg.host.data(), sg.host.size());
 
   float** dptrs = dev.at<float*>(sg.ptrs_at);
   const int2* ditems = dev.at<int2>(sg.items_at);

@@ -4,13 +4,15 @@
 //
 // Where the arguments live: q, k, v, dout, dq, dk, dv, acc, m, l, lse, delta, o are device
 // memory. Positions (q_pos, k_pos) and segment ids (q_seg, k_seg) may be host or device memory:
-// tiles are planned on the host, so device ones are copied back (which synchronises), and host
-// ones are uploaded for the mask kernels.
+// tiles are planned on the host, so device ones are copied back (which synchronises: the model
+// passes host ones, model/attention/attention.cpp's RingTokens), and host ones are uploaded for
+// the mask kernels (core/cuda/pinned_upload.h, without waiting).
 //
 // Each tile step is cuBLAS (batched over the tiles of one (query chunk, key chunk) pair, one per
 // batch row and head) for the products and one kernel for the elementwise softmax work in between.
-// forward_block and backward_block synchronise the stream before returning (their workspace goes
-// back to the allocator); init, finish and delta only queue kernels.
+// Every call only queues work on the stream and returns (given host positions and segment ids):
+// workspace goes back to the allocator in stream order, so the host plans the next ring step or
+// layer while the device computes this one.
 // AttentionTileStats: the same counts as the CPU backend (tiles per batch row, query head, query
 // chunk and key chunk; flops of whole computed tiles: 4 nq nk D forward, 10 nq nk D backward).
 // The statistics are planned on the host, so they are exact without reading anything back.

@@ -30,19 +30,20 @@ inline unsigned grid_for_rows(int64_t rows) {
   return unsigned(std::clamp<int64_t>(rows, 1, 65535));
 }
 
-// Device memory for one call, from the CUDA allocator (so it shows in the peak bytes). Before it
-// goes back, the stream is synchronised: kernels queued by the call may still be using it, and
-// cudaFree's implicit synchronisation is not something to rely on with a non-blocking stream.
+// Device memory for one call, from the CUDA allocator (so it shows in the peak bytes). Both the
+// allocation and the free are ordered on the compute stream (cudaMallocAsync / cudaFreeAsync on
+// the stream the backend attached to its allocator), so the destructor does not wait: kernels
+// queued before it on that stream still see the memory, and later work reuses it after them.
+// Only kernels of the backend's own stream may use it (the constructor takes the stream to say
+// so at every call site).
 class DeviceScratch {
  public:
-  DeviceScratch(cudaStream_t stream, size_t bytes, const char* what)
-      : stream_(stream), bytes_(bytes) {
+  DeviceScratch(cudaStream_t /*stream: the backend's*/, size_t bytes, const char* what)
+      : bytes_(bytes) {
     data_ = allocator_for(Device::CUDA).allocate(bytes, what);  // null when bytes == 0
   }
   ~DeviceScratch() {
-    if (!data_) return;
-    (void)cudaStreamSynchronize(stream_);  // a destructor cannot throw; later calls report errors
-    allocator_for(Device::CUDA).deallocate(data_, bytes_);
+    if (data_) allocator_for(Device::CUDA).deallocate(data_, bytes_);
   }
   DeviceScratch(const DeviceScratch&) = delete;
   DeviceScratch& operator=(const DeviceScratch&) = delete;
@@ -53,7 +54,6 @@ class DeviceScratch {
   }
 
  private:
-  cudaStream_t stream_;
   size_t bytes_;
   void* data_ = nullptr;
 };

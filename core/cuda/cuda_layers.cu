@@ -3,9 +3,11 @@
 // core/cpu/cpu_layers.cpp operation by operation (the same float/double choices), so the two
 // backends agree to float32 rounding.
 #include "core/cuda/cuda_layers.h"
+#include "core/cuda/pinned_upload.h"
 
 #include <climits>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "core/cuda/cuda_common.cuh"
@@ -182,12 +184,13 @@ void rope(cudaStream_t stream, float* x, int64_t batch, int64_t seq, int heads, 
   Layout lay;
   const size_t pos_at = lay.add(size_t(seq) * sizeof(int64_t));
   const size_t freq_at = lay.add(size_t(half) * sizeof(double));
+  const size_t table_bytes = lay.bytes();  // positions and frequencies: uploaded together
   const size_t cs_at = lay.add(size_t(seq * head_dim) * sizeof(float));
+  std::vector<unsigned char> table(table_bytes, 0);
+  std::memcpy(table.data() + pos_at, pos.data(), pos.size() * sizeof(int64_t));
+  std::memcpy(table.data() + freq_at, inv_freq.data(), inv_freq.size() * sizeof(double));
   DeviceScratch scratch(stream, lay.bytes(), "rope angles");
-  CUDA_CHECK(cudaMemcpyAsync(scratch.at<int64_t>(pos_at), pos.data(), pos.size() * sizeof(int64_t),
-                             cudaMemcpyHostToDevice, stream));
-  CUDA_CHECK(cudaMemcpyAsync(scratch.at<double>(freq_at), inv_freq.data(),
-                             inv_freq.size() * sizeof(double), cudaMemcpyHostToDevice, stream));
+  upload_async(stream, scratch.at<void>(), table.data(), table.size());
   rope_table_kernel<<<grid_for(seq * half), kThreads, 0, stream>>>(scratch.at<int64_t>(pos_at),
                                                                    scratch.at<double>(freq_at), seq,
                                                                    half, scratch.at<float>(cs_at));
@@ -195,7 +198,7 @@ void rope(cudaStream_t stream, float* x, int64_t batch, int64_t seq, int heads, 
   rope_rotate_kernel<<<grid_for(batch * seq * heads * half), kThreads, 0, stream>>>(
       x, batch, seq, heads, half, scratch.at<float>(cs_at), sign);
   CUDA_CHECK(cudaGetLastError());
-  // scratch's destructor waits for both kernels before the angles are freed.
+  // scratch is freed in stream order after both kernels; the host does not wait.
 }
 
 // ---- SwiGLU -------------------------------------------------------------------------------------

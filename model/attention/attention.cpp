@@ -55,6 +55,14 @@ struct KvBlockLayout {
   float* v(const Tensor& buf) const { return buf.data<float>() + kv_elems; }
 };
 
+// A float32 tensor of zeros filled on the backend's stream: Tensor::zeros goes through the
+// allocator's synchronous zero, which would make the host wait for the device.
+Tensor zeros_on(Backend& be, const Shape& shape, const char* what) {
+  Tensor t = Tensor::empty(shape, DType::F32, be.device(), what);
+  be.fill(t.data<float>(), t.numel(), 0.0f);
+  return t;
+}
+
 // Tokens [begin, begin + len) of this rank's shard: one piece of its K/V block (ring_pieces).
 struct Piece {
   int64_t begin = 0, len = 0;
@@ -350,12 +358,9 @@ AttentionGrads Attention::backward(const AttentionInput& in, const AttentionOutp
 AttentionGrads Attention::backward_local(const AttentionInput& in, const AttentionOutput& out,
                                          const Tensor& dout, const Tensor& delta, const Shapes& s) {
   AttentionGrads g;
-  g.dq = Tensor::zeros({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, backend_.device(),
-                       "attention dQ");
-  g.dk = Tensor::zeros({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, backend_.device(),
-                       "attention dK");
-  g.dv = Tensor::zeros({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, backend_.device(),
-                       "attention dV");
+  g.dq = zeros_on(backend_, {s.batch, s.sl, s.heads, s.head_dim}, "attention dQ");
+  g.dk = zeros_on(backend_, {s.batch, s.sl, s.kv_heads, s.head_dim}, "attention dK");
+  g.dv = zeros_on(backend_, {s.batch, s.sl, s.kv_heads, s.head_dim}, "attention dV");
   AttentionTileProblem p =
       make_problem(s, in.positions, s.sl, in.positions.data(),
                    s.seg.empty() ? nullptr : s.seg.data(), s.k.data<float>(), s.v.data<float>());
@@ -398,8 +403,7 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
   Tensor incoming = Tensor::empty(piece_grads, DType::F32, backend_.device(), "ring dK/dV");
 
   AttentionGrads g;
-  g.dq = Tensor::zeros({s.batch, s.sl, s.heads, s.head_dim}, DType::F32, backend_.device(),
-                       "attention dQ");
+  g.dq = zeros_on(backend_, {s.batch, s.sl, s.heads, s.head_dim}, "attention dQ");
   if (pieces > 1) {
     for (Tensor* t : {&g.dk, &g.dv})
       *t = Tensor::empty({s.batch, s.sl, s.kv_heads, s.head_dim}, DType::F32, backend_.device(),
