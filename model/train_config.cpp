@@ -101,7 +101,8 @@ ConfigSchema make_schema() {
              names(kDTypes, model_dtype_name),
              "`bf16`: mixed precision. FSDP gathers the weights as bfloat16 (half the traffic); "
              "the projection, FFN, LM-head and attention-tile GEMMs take bfloat16 operands "
-             "(float32 accumulation and results; tensor cores on a GPU). Master weights, "
+             "(float32 accumulation and results; tensor cores on a GPU), and the ring's key/value "
+             "blocks travel as bfloat16 (half the bytes, the same results). Master weights, "
              "gradients, optimizer state, activations, the softmax and its statistics stay "
              "float32.");
 

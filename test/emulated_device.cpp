@@ -142,6 +142,8 @@ struct DeferredProblem {
     p.q = untag(in.q);
     p.k = untag(in.k);
     p.v = untag(in.v);
+    p.k_bf16 = untag(in.k_bf16);
+    p.v_bf16 = untag(in.v_bf16);
   }
 };
 

@@ -83,10 +83,11 @@ struct Result {
 
 // Runs the tiles the way blockwise/ring do: one forward_block (and one backward_block) per KV
 // block, each block a list of indices into the full key set, carrying its positions and segment
-// ids. No blocks given: one block holding every key in order.
+// ids. No blocks given: one block holding every key in order. `kv_as_bf16` (with bf16): each
+// block's keys and values are handed over as bfloat16 (k_bf16, v_bf16), as the ring sends them.
 Result run_tiles(const Inputs& in, int64_t q_chunk, int64_t k_chunk,
                  std::vector<std::vector<int64_t>> blocks = {}, bool backward = true,
-                 bool bf16 = false) {
+                 bool bf16 = false, bool kv_as_bf16 = false) {
   Backend& be = cpu_backend();
   const RefProblem& rp = in.p;
   const int64_t B = rp.batch, Sq = rp.sq, Sk = rp.sk, H = rp.heads, Hkv = rp.kv_heads,
@@ -96,6 +97,7 @@ Result run_tiles(const Inputs& in, int64_t q_chunk, int64_t k_chunk,
 
   struct Block {
     std::vector<float> k, v;
+    std::vector<uint16_t> k16, v16;
     std::vector<int64_t> pos;
     std::vector<int32_t> seg;
     int64_t n = 0;
@@ -112,6 +114,8 @@ Result run_tiles(const Inputs& in, int64_t q_chunk, int64_t k_chunk,
         if (seg) blk.seg.push_back(rp.k_seg[size_t(b * Sk + j)]);
       }
     for (int64_t j : idx) blk.pos.push_back(rp.k_pos[size_t(j)]);
+    for (float x : blk.k) blk.k16.push_back(f32_to_bf16(x));
+    for (float x : blk.v) blk.v16.push_back(f32_to_bf16(x));
     kv.push_back(std::move(blk));
   }
   auto problem = [&](const Block& blk) {
@@ -131,8 +135,10 @@ Result run_tiles(const Inputs& in, int64_t q_chunk, int64_t k_chunk,
     p.q_seg = seg ? rp.q_seg.data() : nullptr;
     p.k_seg = seg ? blk.seg.data() : nullptr;
     p.q = in.q.data();
-    p.k = blk.k.data();
-    p.v = blk.v.data();
+    p.k = kv_as_bf16 ? nullptr : blk.k.data();
+    p.v = kv_as_bf16 ? nullptr : blk.v.data();
+    p.k_bf16 = kv_as_bf16 ? blk.k16.data() : nullptr;
+    p.v_bf16 = kv_as_bf16 ? blk.v16.data() : nullptr;
     p.bf16 = bf16;
     return p;
   };
@@ -328,6 +334,38 @@ TEST_CASE("attention tiles: bf16 tile GEMMs, at bf16 precision of the float64 re
   CHECK(worst_scaled(blocks.dq, r.dq) <= 1e-2);
   CHECK(worst_scaled(blocks.dk, r.dk) <= 1e-2);
   CHECK(worst_scaled(blocks.dv, r.dv) <= 1e-2);
+  // Keys and values handed over as bf16 (what the ring sends under bf16) give the very same
+  // results: the tiles round float32 ones to exactly these values.
+  const Result kv16 =
+      run_tiles(in, 32, 24, {iota(40, 60), iota(30, 30), iota(30)}, true, true, true);
+  CHECK(kv16.o == blocks.o);
+  CHECK(kv16.lse == blocks.lse);
+  CHECK(kv16.dq == blocks.dq);
+  CHECK(kv16.dk == blocks.dk);
+  CHECK(kv16.dv == blocks.dv);
+}
+
+TEST_CASE("attention tiles: bf16 keys and values need a bf16 problem, both of them",
+          "[attention]") {
+  Inputs in = make_inputs(1, 8, 8, 2, 2, 8, true, 5);
+  std::vector<uint16_t> k16(in.k.size()), v16(in.v.size());
+  AttentionTileProblem p;
+  p.batch = 1;
+  p.sq = p.sk = 8;
+  p.heads = p.kv_heads = 2;
+  p.head_dim = 8;
+  p.q = in.q.data();
+  p.k_bf16 = k16.data();
+  p.v_bf16 = v16.data();
+  std::vector<float> acc(in.q.size()), m(16), l(16);
+  const AttentionForwardState st{acc.data(), m.data(), l.data()};
+  Backend& be = cpu_backend();
+  be.attention_forward_init(st, 1, 8, 2, 8);
+  CHECK_THROWS_WITH(be.attention_forward_block(p, st), Catch::Contains("need a bf16 problem"));
+  p.bf16 = true;
+  p.v_bf16 = nullptr;
+  p.v = in.v.data();
+  CHECK_THROWS_WITH(be.attention_forward_block(p, st), Catch::Contains("come together"));
 }
 
 TEST_CASE("attention tiles: grouped-query attention", "[attention]") {

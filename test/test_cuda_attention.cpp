@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -50,7 +51,8 @@ struct Case {
   std::vector<std::vector<int64_t>> blocks;
   Tensor q, k, v, dout;  // host, [B, S, H(kv), D]
   uint64_t seed = 0;
-  bool bf16 = false;  // AttentionTileProblem::bf16: the tile GEMMs on bf16 operands
+  bool bf16 = false;     // AttentionTileProblem::bf16: the tile GEMMs on bf16 operands
+  bool kv_bf16 = false;  // (bf16) keys and values handed over as bfloat16, as the ring sends them
 };
 
 Case make_case(int64_t batch, int64_t sq, int64_t sk, int heads, int kv_heads, int head_dim,
@@ -112,7 +114,7 @@ Result run(Backend& be, const Case& c, bool seg_on_device) {
   const bool seg = !c.q_seg.empty();
 
   struct Block {
-    Tensor k, v, seg_dev, dk, dv;  // backend memory
+    Tensor k, v, k16, v16, seg_dev, dk, dv;  // backend memory
     std::vector<int64_t> pos;
     std::vector<int32_t> seg;  // host copy
     int64_t n = 0;
@@ -135,6 +137,12 @@ Result run(Backend& be, const Case& c, bool seg_on_device) {
     for (int64_t j : idx) blk.pos.push_back(c.k_pos[size_t(j)]);
     blk.k = up(hk);
     blk.v = up(hv);
+    if (c.kv_bf16) {
+      blk.k16 = Tensor::empty({B, blk.n, Hkv, D}, DType::BF16, dev, "test tensor");
+      blk.v16 = Tensor::empty({B, blk.n, Hkv, D}, DType::BF16, dev, "test tensor");
+      be.to_bf16(blk.k.data<float>(), blk.k16.data<uint16_t>(), blk.k.numel());
+      be.to_bf16(blk.v.data<float>(), blk.v16.data<uint16_t>(), blk.v.numel());
+    }
     if (seg && seg_on_device) {
       Tensor hs = Tensor::empty({B, blk.n}, DType::I32);
       std::copy(blk.seg.begin(), blk.seg.end(), hs.data<int32_t>());
@@ -171,8 +179,10 @@ Result run(Backend& be, const Case& c, bool seg_on_device) {
       p.k_seg = seg_on_device ? blk.seg_dev.data<int32_t>() : blk.seg.data();
     }
     p.q = q.data<float>();
-    p.k = blk.k.data<float>();
-    p.v = blk.v.data<float>();
+    p.k = c.kv_bf16 ? nullptr : blk.k.data<float>();
+    p.v = c.kv_bf16 ? nullptr : blk.v.data<float>();
+    p.k_bf16 = c.kv_bf16 ? blk.k16.data<uint16_t>() : nullptr;
+    p.v_bf16 = c.kv_bf16 ? blk.v16.data<uint16_t>() : nullptr;
     p.bf16 = c.bf16;
     return p;
   };
@@ -204,6 +214,12 @@ Result run(Backend& be, const Case& c, bool seg_on_device) {
     r.dv.push_back(down(blk.dv));
   }
   return r;
+}
+
+// Equal bit for bit (host tensors of the same shape and dtype).
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() && a.dtype() == b.dtype() &&
+         std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
 }
 
 // |cuda - cpu| <= tol * (1 + |cpu|), tol = kAttnTol, or kBf16Tol for bf16 tile GEMMs: there the
@@ -287,6 +303,23 @@ TEST_CASE("CUDA attention: bf16 tile GEMMs match the CPU's bf16 tiles", "[cuda]"
     c.q_pos = iota(80, 16);
     c.blocks = {iota(48, 48), iota(48)};
     const Result cpu = compare_backends(c);
+    // Keys and values handed over as bf16 (the ring's bf16 blocks) give the same bits as float32
+    // ones rounded by the call, on the GPU as on the CPU.
+    {
+      const Result gpu = run(cuda_backend(0), c, false);
+      c.kv_bf16 = true;
+      const Result gpu16 = run(cuda_backend(0), c, false);
+      const Result cpu16 = run(cpu_backend(), c, false);
+      c.kv_bf16 = false;
+      CHECK(same_bits(gpu16.o, gpu.o));
+      CHECK(same_bits(gpu16.dq, gpu.dq));
+      CHECK(same_bits(cpu16.o, cpu.o));
+      CHECK(same_bits(cpu16.dq, cpu.dq));
+      for (size_t i = 0; i < gpu.dk.size(); ++i) {
+        CHECK(same_bits(gpu16.dk[i], gpu.dk[i]));
+        CHECK(same_bits(gpu16.dv[i], gpu.dv[i]));
+      }
+    }
     // The bf16 mode is on: the CPU's own float32 result differs well beyond the tolerance.
     c.bf16 = false;
     const Result f32 = run(cpu_backend(), c, false);

@@ -85,9 +85,18 @@ struct RoundedOperands {
       round_bf16_rows(src, 1, n, n, t.data<float>());
       return t;
     };
+    // Keys and values that come as bf16 are widened (exact): the same floats as rounding them.
+    auto widen = [](const uint16_t* src, int64_t n, const char* what) {
+      Tensor t = Tensor::empty({n}, DType::F32, Device::CPU, what);
+      float* out = t.data<float>();
+      for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(src[i]);
+      return t;
+    };
     q = copy(p.q, nq, "attention q (bf16 values)");
-    k = copy(p.k, nk, "attention k (bf16 values)");
-    v = copy(p.v, nk, "attention v (bf16 values)");
+    k = p.k_bf16 ? widen(p.k_bf16, nk, "attention k (bf16 values)")
+                 : copy(p.k, nk, "attention k (bf16 values)");
+    v = p.v_bf16 ? widen(p.v_bf16, nk, "attention v (bf16 values)")
+                 : copy(p.v, nk, "attention v (bf16 values)");
     problem.q = q.data<float>();
     problem.k = k.data<float>();
     problem.v = v.data<float>();

@@ -42,17 +42,30 @@ Tensor as_f32(const Tensor& t) {
 
 // A KV block as it travels around the ring: K then V in one contiguous buffer, so each step is a
 // single message. Positions and segment ids do not travel with it: every rank has them on the
-// host already (RingTokens). Backward sends float32 dK, dV in a second buffer of its own.
+// host already (RingTokens). Under mixed precision (bf16) K and V travel as bfloat16, half the
+// bytes: the tile GEMMs would round them to bf16 anyway, so the results are the same bit for bit.
+// Backward sends float32 dK, dV in a second buffer of its own.
 struct KvBlockLayout {
   size_t kv_elems = 0;  // B * len * Hkv * D
   size_t bytes = 0;
+  bool bf16 = false;
 
-  KvBlockLayout(int64_t batch, int64_t len, int kv_heads, int head_dim) {
+  KvBlockLayout(int64_t batch, int64_t len, int kv_heads, int head_dim, bool bf16_values)
+      : bf16(bf16_values) {
     kv_elems = size_t(batch * len * kv_heads * head_dim);
-    bytes = 2 * kv_elems * sizeof(float);
+    bytes = 2 * kv_elems * (bf16 ? sizeof(uint16_t) : sizeof(float));
   }
-  float* k(const Tensor& buf) const { return buf.data<float>(); }
-  float* v(const Tensor& buf) const { return buf.data<float>() + kv_elems; }
+  // The block as a tile problem's keys and values.
+  void set_kv(AttentionTileProblem& p, const Tensor& buf) const {
+    if (bf16) {
+      p.k = p.v = nullptr;
+      p.k_bf16 = buf.data<uint16_t>();
+      p.v_bf16 = buf.data<uint16_t>() + kv_elems;
+    } else {
+      p.k = buf.data<float>();
+      p.v = buf.data<float>() + kv_elems;
+    }
+  }
 };
 
 // A float32 tensor of zeros filled on the backend's stream: Tensor::zeros goes through the
@@ -129,16 +142,22 @@ class RingTokens {
   std::vector<int32_t> seg_;  // [N, B, Sl]
 };
 
-// Packs piece `pc` of this rank's own K and V ([B, Sl, Hkv, D]) into `buf` (at least lay.bytes,
-// on the backend's device) as the first block it sends.
+// Packs piece `pc` of this rank's own K and V ([B, Sl, Hkv, D], float32) into `buf` (at least
+// lay.bytes, on the backend's device) as the first block it sends: copied, or rounded to bf16.
 void pack_kv_piece(Backend& be, const KvBlockLayout& lay, const Tensor& buf, const Tensor& k,
                    const Tensor& v, Piece pc) {
   const int64_t batch = k.dim(0), sl = k.dim(1), row = k.dim(2) * k.dim(3);
   for (int64_t b = 0; b < batch; ++b) {
-    const size_t src = size_t((b * sl + pc.begin) * row), dst = size_t(b * pc.len * row);
-    const size_t n = size_t(pc.len * row) * sizeof(float);
-    be.copy(lay.k(buf) + dst, k.data<float>() + src, n);
-    be.copy(lay.v(buf) + dst, v.data<float>() + src, n);
+    const int64_t src = (b * sl + pc.begin) * row, dst = b * pc.len * row, n = pc.len * row;
+    if (lay.bf16) {
+      uint16_t* out = buf.data<uint16_t>();
+      be.to_bf16(k.data<float>() + src, out + dst, n);
+      be.to_bf16(v.data<float>() + src, out + lay.kv_elems + dst, n);
+    } else {
+      float* out = buf.data<float>();
+      be.copy(out + dst, k.data<float>() + src, size_t(n) * sizeof(float));
+      be.copy(out + lay.kv_elems + dst, v.data<float>() + src, size_t(n) * sizeof(float));
+    }
   }
 }
 
@@ -257,6 +276,10 @@ double Attention::ring_wait_seconds() const {
          (grad_ring_ ? grad_ring_->wait_seconds() : 0.0);
 }
 
+size_t Attention::ring_bytes_sent() const {
+  return (kv_ring_ ? kv_ring_->bytes_moved() : 0) + (grad_ring_ ? grad_ring_->bytes_moved() : 0);
+}
+
 AttentionOutput Attention::forward(const AttentionInput& in) {
   const auto t0 = Clock::now();
   timings_ = {};
@@ -289,16 +312,16 @@ AttentionOutput Attention::forward_blocks(const AttentionInput& in, const Shapes
     if (!kv_ring_) kv_ring_ = sp_->make_ring(&backend_);
     const double wait0 = kv_ring_->wait_seconds();
     const int64_t pieces = ring_pieces(s);
-    const size_t bytes = KvBlockLayout(s.batch, piece_of(0, pieces, s.sl).len, s.kv_heads,
-                                       s.head_dim)
-                             .bytes;  // the first piece is the longest
+    const size_t bytes =
+        KvBlockLayout(s.batch, piece_of(0, pieces, s.sl).len, s.kv_heads, s.head_dim, opt_.bf16)
+            .bytes;  // the first piece is the longest
     // Two buffers: the block being computed on (also the one being sent: both only read it) and
     // the one the next block arrives in.
     Tensor cur = Tensor::empty({int64_t(bytes)}, DType::U8, backend_.device(), "ring KV block");
     Tensor nxt = Tensor::empty({int64_t(bytes)}, DType::U8, backend_.device(), "ring KV block");
     for (int64_t c = 0; c < pieces; ++c) {
       const Piece pc = piece_of(c, pieces, s.sl);
-      const KvBlockLayout lay(s.batch, pc.len, s.kv_heads, s.head_dim);
+      const KvBlockLayout lay(s.batch, pc.len, s.kv_heads, s.head_dim, opt_.bf16);
       pack_kv_piece(backend_, lay, cur, s.k, s.v, pc);
       for (int step = 0; step < n; ++step) {
         // After step t this rank holds piece c of rank (r - t) mod N (spec section 4).
@@ -310,7 +333,8 @@ AttentionOutput Attention::forward_blocks(const AttentionInput& in, const Shapes
         const std::vector<int32_t> k_seg = tokens.segments(src, pc);
         AttentionTileProblem p =
             make_problem(s, in.positions, pc.len, tokens.positions(src, pc),
-                         k_seg.empty() ? nullptr : k_seg.data(), lay.k(cur), lay.v(cur));
+                         k_seg.empty() ? nullptr : k_seg.data(), nullptr, nullptr);
+        lay.set_kv(p, cur);
         backend_.attention_forward_block(p, st, &timings_.tiles);
         if (more) {
           kv_ring_->wait();
@@ -387,7 +411,7 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
   const double wait0 = kv_ring_->wait_seconds() + grad_ring_->wait_seconds();
   const int64_t pieces = ring_pieces(s);
   const int64_t longest = piece_of(0, pieces, s.sl).len;
-  const size_t bytes = KvBlockLayout(s.batch, longest, s.kv_heads, s.head_dim).bytes;
+  const size_t bytes = KvBlockLayout(s.batch, longest, s.kv_heads, s.head_dim, opt_.bf16).bytes;
   Tensor cur = Tensor::empty({int64_t(bytes)}, DType::U8, backend_.device(), "ring KV block");
   Tensor nxt = Tensor::empty({int64_t(bytes)}, DType::U8, backend_.device(), "ring KV block");
 
@@ -411,7 +435,7 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
   }
   for (int64_t c = 0; c < pieces; ++c) {
     const Piece pc = piece_of(c, pieces, s.sl);
-    const KvBlockLayout lay(s.batch, pc.len, s.kv_heads, s.head_dim);
+    const KvBlockLayout lay(s.batch, pc.len, s.kv_heads, s.head_dim, opt_.bf16);
     const size_t grad_elems = 2 * lay.kv_elems;  // dK then dV, packed for this piece's length
     const size_t grad_bytes = grad_elems * sizeof(float);
     pack_kv_piece(backend_, lay, cur, s.k, s.v, pc);
@@ -425,7 +449,8 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
       const std::vector<int32_t> k_seg = tokens.segments(src, pc);
       AttentionTileProblem p =
           make_problem(s, in.positions, pc.len, tokens.positions(src, pc),
-                       k_seg.empty() ? nullptr : k_seg.data(), lay.k(cur), lay.v(cur));
+                       k_seg.empty() ? nullptr : k_seg.data(), nullptr, nullptr);
+      lay.set_kv(p, cur);
       AttentionBackwardArgs a{
           dout.data<float>(), out.lse.data<float>(), delta.data<float>(), g.dq.data<float>(), mine,
           mine + lay.kv_elems};

@@ -35,8 +35,9 @@ struct AttentionOptions {
   // many times more (smaller) messages. 1: the whole shard at once.
   int64_t ring_pieces = 1;
   float scale = 0;  // 0: 1/sqrt(head_dim)
-  // Mixed precision: the tile GEMMs take bf16 operands (AttentionTileProblem::bf16). Inputs,
-  // outputs, statistics and the ring's dK/dV accumulators stay float32.
+  // Mixed precision: the tile GEMMs take bf16 operands (AttentionTileProblem::bf16), and the
+  // ring's K/V blocks travel as bf16 (half the bytes; the same results, as the GEMMs round them
+  // anyway). Inputs, outputs, statistics and the ring's dK/dV accumulators stay float32.
   bool bf16 = false;
 };
 
@@ -81,6 +82,9 @@ class Attention {
   // Seconds blocked waiting for ring transfers (KV blocks, and dK/dV in backward) over every
   // call so far: the sum of the rings' RingExchange::wait_seconds(). 0 without a ring.
   double ring_wait_seconds() const;
+  // Bytes this rank sent to the next over the ring (KV blocks, and dK/dV in backward) over every
+  // call so far: the rings' RingExchange::bytes_moved(). 0 without a ring.
+  size_t ring_bytes_sent() const;
 
  private:
   struct Shapes;
