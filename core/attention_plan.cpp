@@ -70,8 +70,9 @@ TilePlan::TilePlan(const AttentionTileProblem& p, std::vector<int64_t> q_positio
   RA_CHECK(p.heads > 0 && p.kv_heads > 0 && p.heads % p.kv_heads == 0,
            "attention tile: {} query heads cannot share {} kv heads", p.heads, p.kv_heads);
   RA_CHECK(!p.k_bf16 == !p.v_bf16, "attention tile: bf16 keys and values come together");
-  RA_CHECK(!p.k_bf16 || p.bf16, "attention tile: bf16 keys and values need a bf16 problem");
-  RA_CHECK(p.q && (p.k || p.k_bf16) && (p.v || p.v_bf16),
+  RA_CHECK((!p.k_bf16 && !p.q_bf16) || p.bf16,
+           "attention tile: bf16 queries, keys and values need a bf16 problem");
+  RA_CHECK((p.q || p.q_bf16) && (p.k || p.k_bf16) && (p.v || p.v_bf16),
            "attention tile: q, k and v must be given");
   RA_CHECK(!p.q_seg == !p.k_seg,
            "attention tile: segment ids must be given for both queries and keys, or neither");

@@ -43,10 +43,12 @@ struct AttentionTileProblem {
   // comes from the float32 dO). Each call rounds its own copies (CPU: bf16-valued float32; CUDA:
   // bf16, which needs head_dim % 8 == 0 for aligned slices), counted by the allocator.
   bool bf16 = false;
-  // Under bf16 only: the keys and values already in bfloat16 ([B, Sk, Hkv, D] each; what the ring
-  // sends then, half the bytes of float32). Used instead of k and v, which may then be null, and
-  // not rounded again: the results equal those of k and v holding the same values. Both or
-  // neither. On CUDA 16-byte aligned (head_dim % 8 == 0 keeps every head slice so).
+  // Under bf16 only: operands already in bfloat16, used instead of q (k, v), which may then be
+  // null, and not rounded again: the results equal those of float32 operands holding the same
+  // values. q_bf16 [B, Sq, H, D]: the model keeps q in bf16; k_bf16 and v_bf16 [B, Sk, Hkv, D]
+  // (both or neither): the ring's blocks travel so, half the bytes of float32. On CUDA 16-byte
+  // aligned (head_dim % 8 == 0 keeps every head slice so).
+  const uint16_t* q_bf16 = nullptr;
   const uint16_t* k_bf16 = nullptr;
   const uint16_t* v_bf16 = nullptr;
 };

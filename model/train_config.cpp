@@ -102,9 +102,10 @@ ConfigSchema make_schema() {
              "`bf16`: mixed precision. FSDP gathers the weights as bfloat16 (half the traffic); "
              "the projection, FFN, LM-head and attention-tile GEMMs take bfloat16 operands "
              "(float32 accumulation and results; tensor cores on a GPU), and the ring's key/value "
-             "blocks travel as bfloat16 (half the bytes, the same results). Master weights, "
-             "gradients, optimizer state, activations, the softmax and its statistics stay "
-             "float32.");
+             "blocks travel as bfloat16 (half the bytes, the same results). The activations "
+             "that only feed GEMMs (normalised inputs, q, k, v) are kept in bfloat16, which the "
+             "GEMMs would round them to anyway. Master weights, gradients, optimizer state, the "
+             "residual stream, the softmax and its statistics stay float32.");
 
   const AttentionConfig& a = d.attention;
   s.add_enum("attention.impl", std::string(impl_name(a.impl)), names(kImpls, impl_name),

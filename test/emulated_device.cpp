@@ -142,6 +142,7 @@ struct DeferredProblem {
     p.q = untag(in.q);
     p.k = untag(in.k);
     p.v = untag(in.v);
+    p.q_bf16 = untag(in.q_bf16);
     p.k_bf16 = untag(in.k_bf16);
     p.v_bf16 = untag(in.v_bf16);
   }

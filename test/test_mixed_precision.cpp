@@ -1,13 +1,17 @@
 // Mixed precision (model.dtype = bf16): FSDP gathers the weights as bfloat16, and the projection,
-// FFN, head and attention-tile GEMMs take bfloat16 operands with float32 accumulation; master
-// weights, gradients, optimizer state, activations and softmax statistics stay float32
-// (model/layers/layers.h, Linear; model/fsdp/flat_shard.h, set_gather_dtype;
-// core/attention_tile.h, AttentionTileProblem::bf16, tested in test_attention_tiles.cpp).
+// FFN, head and attention-tile GEMMs take bfloat16 operands with float32 accumulation. The
+// activations that only feed GEMMs (the norms' outputs, q, k, v) are kept in bf16 and the ring's
+// K/V blocks travel in bf16: the GEMMs round them to those values anyway. Master weights,
+// gradients, optimizer state, the residual stream, o and the softmax statistics stay float32
+// (model/layers/layers.h, Linear and AttentionBlockCache; model/fsdp/flat_shard.h,
+// set_gather_dtype; core/attention_tile.h, AttentionTileProblem::bf16, tested in
+// test_attention_tiles.cpp).
 //
-// Checked here: the bf16 Linear against float64 GEMMs of the bf16-rounded operands; the bf16
-// gather (every rank's rounded shard, masters untouched, the bf16 buffer freed); training in bf16
-// against float32 (close, and not the same: the mode is really on); ring attention and FSDP on
-// every rank against one rank in bf16; bit-exact resume in bf16.
+// Checked here: the bf16 Linear against float64 GEMMs of the bf16-rounded operands; bf16 inputs
+// to a Linear and to attention give the results of the float32 inputs, and the decoder keeps its
+// GEMM inputs in bf16; the bf16 gather (every rank's rounded shard, masters untouched, the bf16
+// buffer freed); training in bf16 against float32 (close, and not the same: the mode is really on);
+// ring attention and FSDP on every rank against one rank in bf16; bit-exact resume in bf16.
 #include <catch2/catch.hpp>
 
 #include <mpi.h>
@@ -23,6 +27,7 @@
 #include "comm/mesh.h"
 #include "core/backend.h"
 #include "core/dtype.h"
+#include "model/attention/attention.h"
 #include "model/fsdp/flat_shard.h"
 #include "model/fsdp/fsdp_group.h"
 #include "model/layers/layers.h"
@@ -124,8 +129,128 @@ TEST_CASE("bf16 Linear: float32 sums of the bf16-rounded operands' products", "[
   std::vector<float> dx2 = dy;  // any start values of the right size
   dx2.resize(size_t(n) * in, 0.5f);
   const std::vector<float> dx2_start = dx2;
-  mixed.backward(be, w.data(), nullptr, dy.data(), n, dx2.data(), nullptr, /*accumulate_dx=*/true);
+  mixed.backward(be, w.data(), LinearInput{}, dy.data(), n, dx2.data(), nullptr,
+                 /*accumulate_dx=*/true);
   CHECK(worst(dx2, dx2_start, rdx) <= 1.0);
+}
+
+TEST_CASE("bf16 activations: a Linear fed bf16 rows equals one fed the float32 rows", "[bf16]") {
+  // The model keeps the activations that only feed GEMMs in bf16 (layers.h, AttentionBlockCache):
+  // the GEMM would round the float32 ones to exactly those values, so nothing changes but memory.
+  Backend& be = cpu_backend();
+  const int n = 6, in = 16, out = 9;
+  const std::vector<float> x = random_floats(size_t(n) * in, 11),
+                           w = random_floats(size_t(out) * in, 12),
+                           dy = random_floats(size_t(n) * out, 13);
+  std::vector<uint16_t> x16(x.size());
+  for (size_t i = 0; i < x.size(); ++i) x16[i] = f32_to_bf16(x[i]);
+  const Linear mixed{in, out, true};
+  std::vector<float> y(size_t(n) * out), y16(y.size());
+  mixed.forward(be, w.data(), x.data(), n, y.data());
+  mixed.forward(be, w.data(), x16.data(), n, y16.data());
+  CHECK(y16 == y);
+  std::vector<float> dw(size_t(out) * in, 0.25f), dw16 = dw, dx(x.size()), dx16(x.size());
+  mixed.backward(be, w.data(), x.data(), dy.data(), n, dx.data(), dw.data());
+  mixed.backward(be, w.data(), x16.data(), dy.data(), n, dx16.data(), dw16.data());
+  CHECK(dw16 == dw);
+  CHECK(dx16 == dx);
+  // A float32 Linear does not take bf16 rows.
+  const Linear plain{in, out, false};
+  CHECK_THROWS_WITH(plain.forward(be, w.data(), x16.data(), n, y.data()),
+                    Catch::Contains("needs a bf16"));
+}
+
+TEST_CASE("bf16 activations: attention fed bf16 q, k, v equals attention fed float32 ones",
+          "[bf16]") {
+  Mesh mesh(MeshShape{1, 1, -1, 1});
+  Communicator& sp = mesh.axis(Axis::SP);
+  const int n = sp.size(), r = sp.rank();
+  const int64_t B = 2, Sl = 12, H = 4, Hkv = 2, D = 8;
+  std::vector<int64_t> pos(static_cast<size_t>(Sl));
+  for (int64_t i = 0; i < Sl; ++i) pos[size_t(i)] = r * Sl + i;  // contiguous shards
+  auto tensor = [](const std::vector<float>& v, Shape shape) {
+    Tensor t = Tensor::empty(shape, DType::F32);
+    std::copy(v.begin(), v.end(), t.data<float>());
+    return t;
+  };
+  const uint64_t seed = 70 + uint64_t(r);
+  AttentionInput f32_in;
+  f32_in.q = tensor(random_floats(size_t(B * Sl * H * D), seed), {B, Sl, H, D});
+  f32_in.k = tensor(random_floats(size_t(B * Sl * Hkv * D), seed + 10), {B, Sl, Hkv, D});
+  f32_in.v = tensor(random_floats(size_t(B * Sl * Hkv * D), seed + 20), {B, Sl, Hkv, D});
+  f32_in.positions = pos;
+  AttentionInput bf16_in = f32_in;
+  bf16_in.q = f32_in.q.to(DType::BF16);
+  bf16_in.k = f32_in.k.to(DType::BF16);
+  bf16_in.v = f32_in.v.to(DType::BF16);
+  const Tensor dout = tensor(random_floats(size_t(B * Sl * H * D), seed + 30), {B, Sl, H, D});
+  auto same = [](const Tensor& a, const Tensor& b) {
+    return a.shape() == b.shape() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+  };
+  for (AttentionImpl impl : {AttentionImpl::Blockwise, AttentionImpl::Ring}) {
+    if (impl == AttentionImpl::Blockwise && n > 1) continue;  // needs the whole sequence
+    INFO(impl_name(impl) << " on " << n << " ranks");
+    AttentionOptions opt;
+    opt.impl = impl;
+    opt.q_chunk = 4;
+    opt.k_chunk = 8;
+    opt.ring_pieces = 2;
+    opt.bf16 = true;
+    Attention a(opt, cpu_backend(), &sp), b(opt, cpu_backend(), &sp);
+    const AttentionOutput oa = a.forward(f32_in), ob = b.forward(bf16_in);
+    const AttentionGrads ga = a.backward(f32_in, oa, dout), gb = b.backward(bf16_in, ob, dout);
+    CHECK(same(oa.o, ob.o));
+    CHECK(same(oa.lse, ob.lse));
+    CHECK(same(ga.dq, gb.dq));
+    CHECK(same(ga.dk, gb.dk));
+    CHECK(same(ga.dv, gb.dv));
+    CHECK(a.ring_bytes_sent() == b.ring_bytes_sent());
+  }
+}
+
+TEST_CASE("bf16 activations: the decoder keeps its GEMM inputs in bf16", "[bf16]") {
+  ModelDims d;
+  d.vocab = 32;
+  d.hidden = 16;
+  d.intermediate = 24;
+  d.layers = 1;
+  d.heads = 2;
+  d.kv_heads = 1;
+  d.head_dim = 8;
+  d.matmul = DType::BF16;
+  Backend& be = cpu_backend();
+  AttentionOptions ao;
+  ao.bf16 = true;
+  Attention attention(ao, be);
+  DecoderLayer layer(d, 0, be, attention, DecoderOptions{});
+  const int64_t S = 8;
+  std::vector<float> params = random_floats(size_t(layer.layout().numel()), 90);
+  for (float& p : params) p *= 0.2f;
+  ShardTokens t;
+  t.seq = S;
+  for (int64_t i = 0; i < S; ++i) t.positions.push_back(i);
+  Tensor x = Tensor::empty({1, S, d.hidden}, DType::F32);
+  const std::vector<float> xv = random_floats(size_t(S * d.hidden), 91);
+  std::copy(xv.begin(), xv.end(), x.data<float>());
+  DecoderCache cache;
+  const Tensor out = layer.forward(params.data(), x, t, cache);
+  CHECK(out.dtype() == DType::F32);  // the residual stream stays float32
+  CHECK(cache.xn.dtype() == DType::BF16);
+  CHECK(cache.attn.xn.dtype() == DType::BF16);
+  CHECK(cache.attn.in.q.dtype() == DType::BF16);
+  CHECK(cache.attn.in.k.dtype() == DType::BF16);
+  CHECK(cache.attn.in.v.dtype() == DType::BF16);
+  CHECK(cache.h1.dtype() == DType::F32);
+  CHECK(cache.attn.out.o.dtype() == DType::F32);
+  // And the backward runs on them.
+  std::vector<float> grads(params.size(), 0.0f);
+  Tensor grad = Tensor::empty({1, S, d.hidden}, DType::F32);
+  std::fill(grad.data<float>(), grad.data<float>() + grad.numel(), 0.1f);
+  layer.backward(params.data(), grads.data(), x, t, cache, grad);
+  double norm = 0;
+  for (float g : grads) norm += double(g) * g;
+  CHECK(std::isfinite(norm));
+  CHECK(norm > 0);
 }
 
 TEST_CASE("FSDP bf16 gather: every rank's shard rounded to bf16, masters kept", "[bf16]") {

@@ -92,7 +92,8 @@ struct RoundedOperands {
       for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(src[i]);
       return t;
     };
-    q = copy(p.q, nq, "attention q (bf16 values)");
+    q = p.q_bf16 ? widen(p.q_bf16, nq, "attention q (bf16 values)")
+                 : copy(p.q, nq, "attention q (bf16 values)");
     k = p.k_bf16 ? widen(p.k_bf16, nk, "attention k (bf16 values)")
                  : copy(p.k, nk, "attention k (bf16 values)");
     v = p.v_bf16 ? widen(p.v_bf16, nk, "attention v (bf16 values)")

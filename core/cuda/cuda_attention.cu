@@ -186,9 +186,9 @@ struct Bf16Operands {
     RA_CHECK(!p.bf16 || p.head_dim % 8 == 0,
              "attention: bf16 tile GEMMs on CUDA need head_dim to be a multiple of 8, got {}",
              p.head_dim);
-    RA_CHECK(!p.k_bf16 || (reinterpret_cast<uintptr_t>(p.k_bf16) % 16 == 0 &&
-                           reinterpret_cast<uintptr_t>(p.v_bf16) % 16 == 0),
-             "attention: bf16 keys and values on CUDA must be 16-byte aligned");
+    for (const uint16_t* ptr : {p.q_bf16, p.k_bf16, p.v_bf16})
+      RA_CHECK(reinterpret_cast<uintptr_t>(ptr) % 16 == 0,
+               "attention: bf16 queries, keys and values on CUDA must be 16-byte aligned");
     return bytes(p, dout, tile_elems);
   }
   static size_t bytes(const AttentionTileProblem& p, const float* dout, size_t tile_elems) {
@@ -196,7 +196,8 @@ struct Bf16Operands {
     const size_t nq = size_t(p.batch * p.sq) * size_t(p.heads) * size_t(p.head_dim);
     const size_t nk = size_t(p.batch * p.sk) * size_t(p.kv_heads) * size_t(p.head_dim);
     const size_t kv = p.k_bf16 ? 0 : 2 * nk;  // given as bf16: used in place
-    return (nq * (dout ? 2 : 1) + kv + tile_elems) * sizeof(uint16_t) + 5 * 16;
+    const size_t q = p.q_bf16 ? 0 : nq;
+    return (q + (dout ? nq : 0) + kv + tile_elems) * sizeof(uint16_t) + 5 * 16;
   }
   Bf16Operands(cudaStream_t stream, const AttentionTileProblem& p, const float* dout_in,
                size_t tile_elems)
@@ -210,7 +211,7 @@ struct Bf16Operands {
       at += (size_t(n) * sizeof(uint16_t) + 15) / 16 * 16;
       return ptr;
     };
-    q = take(nq);
+    q = p.q_bf16 ? const_cast<uint16_t*>(p.q_bf16) : take(nq);
     if (p.k_bf16) {
       k = const_cast<uint16_t*>(p.k_bf16);  // only read (through the GEMMs' pointer arrays)
       v = const_cast<uint16_t*>(p.v_bf16);
@@ -220,7 +221,7 @@ struct Bf16Operands {
     }
     if (dout_in) dout = take(nq);
     tile = take(int64_t(tile_elems));
-    to_bf16(stream, p.q, q, nq);
+    if (!p.q_bf16) to_bf16(stream, p.q, q, nq);
     if (!p.k_bf16) {
       to_bf16(stream, p.k, k, nk);
       to_bf16(stream, p.v, v, nk);

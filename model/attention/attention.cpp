@@ -142,14 +142,22 @@ class RingTokens {
   std::vector<int32_t> seg_;  // [N, B, Sl]
 };
 
-// Packs piece `pc` of this rank's own K and V ([B, Sl, Hkv, D], float32) into `buf` (at least
-// lay.bytes, on the backend's device) as the first block it sends: copied, or rounded to bf16.
+// Packs piece `pc` of this rank's own K and V ([B, Sl, Hkv, D], float32 or bf16) into `buf` (at
+// least lay.bytes, on the backend's device) as the first block it sends: copied, or float32
+// rounded to bf16 for a bf16 block.
 void pack_kv_piece(Backend& be, const KvBlockLayout& lay, const Tensor& buf, const Tensor& k,
                    const Tensor& v, Piece pc) {
   const int64_t batch = k.dim(0), sl = k.dim(1), row = k.dim(2) * k.dim(3);
+  RA_CHECK(k.dtype() == DType::F32 || (lay.bf16 && k.dtype() == DType::BF16),
+           "ring: cannot pack {} keys into a {} block", dtype_name(k.dtype()),
+           lay.bf16 ? "bf16" : "f32");
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t src = (b * sl + pc.begin) * row, dst = b * pc.len * row, n = pc.len * row;
-    if (lay.bf16) {
+    if (k.dtype() == DType::BF16) {
+      uint16_t* out = buf.data<uint16_t>();
+      be.copy(out + dst, k.data<uint16_t>() + src, size_t(n) * sizeof(uint16_t));
+      be.copy(out + lay.kv_elems + dst, v.data<uint16_t>() + src, size_t(n) * sizeof(uint16_t));
+    } else if (lay.bf16) {
       uint16_t* out = buf.data<uint16_t>();
       be.to_bf16(k.data<float>() + src, out + dst, n);
       be.to_bf16(v.data<float>() + src, out + lay.kv_elems + dst, n);
@@ -176,7 +184,8 @@ struct Attention::Shapes {
   int64_t batch = 0, sl = 0;
   int heads = 0, kv_heads = 0, head_dim = 0;
   float scale = 1;
-  Tensor q, k, v;            // float32, contiguous
+  Tensor q, k, v;            // contiguous: float32, or bf16 when bf16_inputs
+  bool bf16_inputs = false;  // opt_.bf16 with q, k, v given in bf16
   std::vector<int32_t> seg;  // [B, Sl] segment ids in host memory; empty without
 };
 
@@ -238,15 +247,25 @@ Attention::Shapes Attention::check_input(const AttentionInput& in) const {
     backend_.copy_to_host(s.seg.data(), seg.raw(), s.seg.size() * sizeof(int32_t));
   }
   s.scale = opt_.scale > 0 ? opt_.scale : 1.0f / std::sqrt(float(s.head_dim));
-  s.q = as_f32(in.q);
-  s.k = as_f32(in.k);
-  s.v = as_f32(in.v);
+  // Mixed precision with bf16 inputs (the model keeps q, k, v so): the tiles take them as they
+  // are. Otherwise float32, which the tiles round themselves under bf16.
+  s.bf16_inputs = opt_.bf16 && in.q.dtype() == DType::BF16 && in.k.dtype() == DType::BF16 &&
+                  in.v.dtype() == DType::BF16;
+  if (s.bf16_inputs) {
+    s.q = in.q.contiguous();
+    s.k = in.k.contiguous();
+    s.v = in.v.contiguous();
+  } else {
+    s.q = as_f32(in.q);
+    s.k = as_f32(in.k);
+    s.v = as_f32(in.v);
+  }
   return s;
 }
 
 AttentionTileProblem Attention::make_problem(const Shapes& s, const std::vector<int64_t>& q_pos,
-                                             int64_t sk, const int64_t* k_pos, const int32_t* k_seg,
-                                             const float* k, const float* v) const {
+                                             int64_t sk, const int64_t* k_pos,
+                                             const int32_t* k_seg) const {
   AttentionTileProblem p;
   p.batch = s.batch;
   p.sq = s.sl;
@@ -264,12 +283,26 @@ AttentionTileProblem Attention::make_problem(const Shapes& s, const std::vector<
   p.k_pos = k_pos;
   p.q_seg = s.seg.empty() ? nullptr : s.seg.data();
   p.k_seg = k_seg;
-  p.q = s.q.data<float>();
-  p.k = k;
-  p.v = v;
+  if (s.bf16_inputs)
+    p.q_bf16 = s.q.data<uint16_t>();
+  else
+    p.q = s.q.data<float>();
   p.bf16 = opt_.bf16;
   return p;
 }
+
+namespace {
+// The shard's own keys and values as the problem's (vanilla, blockwise).
+void set_local_kv(AttentionTileProblem& p, const Tensor& k, const Tensor& v, bool bf16) {
+  if (bf16) {
+    p.k_bf16 = k.data<uint16_t>();
+    p.v_bf16 = v.data<uint16_t>();
+  } else {
+    p.k = k.data<float>();
+    p.v = v.data<float>();
+  }
+}
+}  // namespace
 
 double Attention::ring_wait_seconds() const {
   return (kv_ring_ ? kv_ring_->wait_seconds() : 0.0) +
@@ -302,9 +335,9 @@ AttentionOutput Attention::forward_blocks(const AttentionInput& in, const Shapes
   backend_.attention_forward_init(st, s.batch, s.sl, s.heads, s.head_dim);
 
   if (!uses_ring()) {
-    AttentionTileProblem p =
-        make_problem(s, in.positions, s.sl, in.positions.data(),
-                     s.seg.empty() ? nullptr : s.seg.data(), s.k.data<float>(), s.v.data<float>());
+    AttentionTileProblem p = make_problem(s, in.positions, s.sl, in.positions.data(),
+                                          s.seg.empty() ? nullptr : s.seg.data());
+    set_local_kv(p, s.k, s.v, s.bf16_inputs);
     backend_.attention_forward_block(p, st, &timings_.tiles);
   } else {
     const int n = sp_->size(), r = sp_->rank();
@@ -331,9 +364,8 @@ AttentionOutput Attention::forward_blocks(const AttentionInput& in, const Shapes
         // pack, the previous step's tiles), and what is queued after wait() sees the arrival.
         if (more) kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);
         const std::vector<int32_t> k_seg = tokens.segments(src, pc);
-        AttentionTileProblem p =
-            make_problem(s, in.positions, pc.len, tokens.positions(src, pc),
-                         k_seg.empty() ? nullptr : k_seg.data(), nullptr, nullptr);
+        AttentionTileProblem p = make_problem(s, in.positions, pc.len, tokens.positions(src, pc),
+                                              k_seg.empty() ? nullptr : k_seg.data());
         lay.set_kv(p, cur);
         backend_.attention_forward_block(p, st, &timings_.tiles);
         if (more) {
@@ -385,9 +417,9 @@ AttentionGrads Attention::backward_local(const AttentionInput& in, const Attenti
   g.dq = zeros_on(backend_, {s.batch, s.sl, s.heads, s.head_dim}, "attention dQ");
   g.dk = zeros_on(backend_, {s.batch, s.sl, s.kv_heads, s.head_dim}, "attention dK");
   g.dv = zeros_on(backend_, {s.batch, s.sl, s.kv_heads, s.head_dim}, "attention dV");
-  AttentionTileProblem p =
-      make_problem(s, in.positions, s.sl, in.positions.data(),
-                   s.seg.empty() ? nullptr : s.seg.data(), s.k.data<float>(), s.v.data<float>());
+  AttentionTileProblem p = make_problem(s, in.positions, s.sl, in.positions.data(),
+                                        s.seg.empty() ? nullptr : s.seg.data());
+  set_local_kv(p, s.k, s.v, s.bf16_inputs);
   AttentionBackwardArgs a{dout.data<float>(), out.lse.data<float>(), delta.data<float>(),
                           g.dq.data<float>(), g.dk.data<float>(),    g.dv.data<float>()};
   backend_.attention_backward_block(p, a, &timings_.tiles);
@@ -447,9 +479,8 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
       float* mine = local[step % 2].data<float>();
       backend_.fill(mine, int64_t(grad_elems), 0.0f);
       const std::vector<int32_t> k_seg = tokens.segments(src, pc);
-      AttentionTileProblem p =
-          make_problem(s, in.positions, pc.len, tokens.positions(src, pc),
-                       k_seg.empty() ? nullptr : k_seg.data(), nullptr, nullptr);
+      AttentionTileProblem p = make_problem(s, in.positions, pc.len, tokens.positions(src, pc),
+                                            k_seg.empty() ? nullptr : k_seg.data());
       lay.set_kv(p, cur);
       AttentionBackwardArgs a{
           dout.data<float>(), out.lse.data<float>(), delta.data<float>(), g.dq.data<float>(), mine,

@@ -92,10 +92,10 @@ class Attention {
   bool uses_ring() const { return opt_.impl == AttentionImpl::Ring && sp_->size() > 1; }
   int64_t ring_pieces(const Shapes& s) const;  // opt_.ring_pieces, at most one per token
   Shapes check_input(const AttentionInput& in) const;
-  // Keys: `sk` tokens at k_pos (their segment ids k_seg, null without), layout [B, sk, Hkv, D].
+  // The local queries against `sk` keys at k_pos (their segment ids k_seg, null without); the
+  // caller sets the keys and values ([B, sk, Hkv, D]).
   AttentionTileProblem make_problem(const Shapes& s, const std::vector<int64_t>& q_pos, int64_t sk,
-                                    const int64_t* k_pos, const int32_t* k_seg, const float* k,
-                                    const float* v) const;
+                                    const int64_t* k_pos, const int32_t* k_seg) const;
   AttentionOutput forward_blocks(const AttentionInput& in, const Shapes& s);
   AttentionGrads backward_local(const AttentionInput& in, const AttentionOutput& out,
                                 const Tensor& dout, const Tensor& delta, const Shapes& s);

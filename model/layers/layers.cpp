@@ -20,6 +20,22 @@ Tensor bf16_operand(Backend& be, const float* src, int64_t n, std::string_view w
   return t;
 }
 
+// A bf16 Linear's input as bf16: as given, or a rounded copy held in `keep`.
+const uint16_t* bf16_input(Backend& be, LinearInput x, int64_t n, Tensor& keep) {
+  if (x.bf16) return x.bf16;
+  keep = bf16_operand(be, x.f32, n, "linear input (bf16)");
+  return keep.data<uint16_t>();
+}
+
+// An activation that only feeds GEMMs, as kept between forward and backward: under mixed
+// precision rounded to bf16 (the float32 one is then dropped), else the float32 one itself.
+Tensor kept_for_gemms(Backend& be, Tensor t, bool bf16, std::string_view what) {
+  if (!bf16) return t;
+  Tensor b = Tensor::empty(t.shape(), DType::BF16, be.device(), what);
+  if (t.numel() > 0) be.to_bf16(t.data<float>(), b.data<uint16_t>(), t.numel());
+  return b;
+}
+
 void check_gemm_size(int64_t a, int64_t b, int64_t c, const char* what) {
   RA_CHECK(a <= INT_MAX && b <= INT_MAX && c <= INT_MAX,
            "{}: sizes {} x {} x {} exceed the BLAS int range", what, a, b, c);
@@ -36,29 +52,39 @@ void check_rows(const Tensor& x, int64_t rows, int64_t hidden, const char* what)
 
 // ---- Linear, RmsNorm, Embedding -----------------------------------------------------------------
 
-void Linear::forward(Backend& be, const float* w, const float* x, int64_t n, float* y,
+LinearInput LinearInput::of(const Tensor& t) {
+  if (!t.defined()) return {};
+  if (t.dtype() == DType::BF16) return t.data<uint16_t>();
+  return t.data<float>();
+}
+
+void Linear::forward(Backend& be, const float* w, LinearInput x, int64_t n, float* y,
                      bool accumulate) const {
   check_gemm_size(n, out, in, "linear");
+  RA_CHECK(bf16 || !x.bf16, "linear: a bf16 input needs a bf16 (mixed-precision) Linear");
   if (bf16) {
-    const Tensor xb = bf16_operand(be, x, n * in, "linear input (bf16)");
+    Tensor copy;
+    const uint16_t* xb = bf16_input(be, x, n * in, copy);
     const Tensor wb = bf16_operand(be, w, out * in, "linear weight (bf16)");
-    be.gemm_bf16(false, true, int(n), int(out), int(in), 1.0f, xb.data<uint16_t>(), int(in),
-                 wb.data<uint16_t>(), int(in), accumulate ? 1.0f : 0.0f, y, int(out));
+    be.gemm_bf16(false, true, int(n), int(out), int(in), 1.0f, xb, int(in), wb.data<uint16_t>(),
+                 int(in), accumulate ? 1.0f : 0.0f, y, int(out));
     return;
   }
-  be.gemm(false, true, int(n), int(out), int(in), 1.0f, x, int(in), w, int(in),
+  be.gemm(false, true, int(n), int(out), int(in), 1.0f, x.f32, int(in), w, int(in),
           accumulate ? 1.0f : 0.0f, y, int(out));
 }
 
-void Linear::backward(Backend& be, const float* w, const float* x, const float* dy, int64_t n,
+void Linear::backward(Backend& be, const float* w, LinearInput x, const float* dy, int64_t n,
                       float* dx, float* dw, bool accumulate_dx) const {
   check_gemm_size(n, out, in, "linear backward");
+  RA_CHECK(bf16 || !x.bf16, "linear: a bf16 input needs a bf16 (mixed-precision) Linear");
   if (bf16) {
     const Tensor dyb = bf16_operand(be, dy, n * out, "linear output gradient (bf16)");
     if (dw && n > 0) {
-      const Tensor xb = bf16_operand(be, x, n * in, "linear input (bf16)");
-      be.gemm_bf16(true, false, int(out), int(in), int(n), 1.0f, dyb.data<uint16_t>(), int(out),
-                   xb.data<uint16_t>(), int(in), 1.0f, dw, int(in));
+      Tensor copy;
+      const uint16_t* xb = bf16_input(be, x, n * in, copy);
+      be.gemm_bf16(true, false, int(out), int(in), int(n), 1.0f, dyb.data<uint16_t>(), int(out), xb,
+                   int(in), 1.0f, dw, int(in));
     }
     if (dx) {  // x was copied, so dx may be x itself here too
       const Tensor wb = bf16_operand(be, w, out * in, "linear weight (bf16)");
@@ -69,7 +95,7 @@ void Linear::backward(Backend& be, const float* w, const float* x, const float* 
   }
   // dw first: x is then no longer needed, so dx may overwrite it (the FFN's h becomes dh).
   if (dw && n > 0)
-    be.gemm(true, false, int(out), int(in), int(n), 1.0f, dy, int(out), x, int(in), 1.0f, dw,
+    be.gemm(true, false, int(out), int(in), int(n), 1.0f, dy, int(out), x.f32, int(in), 1.0f, dw,
             int(in));
   if (dx)
     be.gemm(false, false, int(n), int(in), int(out), 1.0f, dy, int(out), w, int(in),
@@ -102,7 +128,7 @@ FeedForward::FeedForward(Backend& be, int64_t hidden, int64_t intermediate, int6
                          bool bf16)
     : be_(be), hidden_(hidden), intermediate_(intermediate), ffn_chunk_(ffn_chunk), bf16_(bf16) {}
 
-void FeedForward::forward(const Weights& w, const float* x, int64_t n, float* y) const {
+void FeedForward::forward(const Weights& w, LinearInput x, int64_t n, float* y) const {
   if (n == 0) return;
   const int64_t c = chunk_rows(n), I = intermediate_, Hd = hidden_;
   const Linear gate{Hd, I, bf16_}, up{Hd, I, bf16_}, down{I, Hd, bf16_};
@@ -112,7 +138,7 @@ void FeedForward::forward(const Weights& w, const float* x, int64_t n, float* y)
   float* up_ = u.data<float>();
   for (int64_t r0 = 0; r0 < n; r0 += c) {
     const int64_t rows = std::min(c, n - r0);
-    const float* xc = x + r0 * Hd;
+    const LinearInput xc = x.offset(r0 * Hd);
     gate.forward(be_, w.gate, xc, rows, gp);
     up.forward(be_, w.up, xc, rows, up_);
     be_.swiglu_forward(gp, up_, rows * I, gp);  // h = silu(g) * u, over g
@@ -120,7 +146,7 @@ void FeedForward::forward(const Weights& w, const float* x, int64_t n, float* y)
   }
 }
 
-void FeedForward::backward(const Weights& w, const float* x, const float* dy, int64_t n, float* dx,
+void FeedForward::backward(const Weights& w, LinearInput x, const float* dy, int64_t n, float* dx,
                            const Grads& gr) const {
   if (n == 0) return;
   const int64_t c = chunk_rows(n), I = intermediate_, Hd = hidden_;
@@ -133,7 +159,7 @@ void FeedForward::backward(const Weights& w, const float* x, const float* dy, in
   float* hp = h.data<float>();
   for (int64_t r0 = 0; r0 < n; r0 += c) {
     const int64_t rows = std::min(c, n - r0);
-    const float* xc = x + r0 * Hd;
+    const LinearInput xc = x.offset(r0 * Hd);
     const float* dyc = dy + r0 * Hd;
     // Recompute this chunk's gate, up and h (see the memory note in the header).
     gate.forward(be_, w.gate, xc, rows, gp);
@@ -165,20 +191,24 @@ Tensor AttentionBlock::forward(const Weights& w, const Tensor& x, const ShardTok
   check_rows(x, n, Hd, "attention block");
   RA_CHECK(int64_t(t.positions.size()) == S, "attention block: {} positions for {} tokens",
            t.positions.size(), S);
+  const bool bf16 = d_.matmul == DType::BF16;
   c.inv_rms = activation(be_, {n}, "attention norm inv_rms");
-  c.xn = activation(be_, {B, S, Hd}, "attention norm output");
-  norm_.forward(be_, w.norm, x.data<float>(), n, c.xn.data<float>(), c.inv_rms.data<float>());
-  c.in.q = activation(be_, {B, S, d_.heads, d_.head_dim}, "q");
-  c.in.k = activation(be_, {B, S, d_.kv_heads, d_.head_dim}, "k");
-  c.in.v = activation(be_, {B, S, d_.kv_heads, d_.head_dim}, "v");
-  const float* xn = c.xn.data<float>();
-  q_.forward(be_, w.q, xn, n, c.in.q.data<float>());
-  k_.forward(be_, w.k, xn, n, c.in.k.data<float>());
-  v_.forward(be_, w.v, xn, n, c.in.v.data<float>());
-  be_.rope_forward(c.in.q.data<float>(), B, S, d_.heads, d_.head_dim, t.positions.data(),
+  Tensor xn = activation(be_, {B, S, Hd}, "attention norm output");
+  norm_.forward(be_, w.norm, x.data<float>(), n, xn.data<float>(), c.inv_rms.data<float>());
+  c.xn = kept_for_gemms(be_, std::move(xn), bf16, "attention norm output (bf16)");
+  Tensor q = activation(be_, {B, S, d_.heads, d_.head_dim}, "q");
+  Tensor k = activation(be_, {B, S, d_.kv_heads, d_.head_dim}, "k");
+  Tensor v = activation(be_, {B, S, d_.kv_heads, d_.head_dim}, "v");
+  const LinearInput xin = LinearInput::of(c.xn);
+  q_.forward(be_, w.q, xin, n, q.data<float>());
+  k_.forward(be_, w.k, xin, n, k.data<float>());
+  v_.forward(be_, w.v, xin, n, v.data<float>());
+  be_.rope_forward(q.data<float>(), B, S, d_.heads, d_.head_dim, t.positions.data(), d_.rope_theta);
+  be_.rope_forward(k.data<float>(), B, S, d_.kv_heads, d_.head_dim, t.positions.data(),
                    d_.rope_theta);
-  be_.rope_forward(c.in.k.data<float>(), B, S, d_.kv_heads, d_.head_dim, t.positions.data(),
-                   d_.rope_theta);
+  c.in.q = kept_for_gemms(be_, std::move(q), bf16, "q (bf16)");
+  c.in.k = kept_for_gemms(be_, std::move(k), bf16, "k (bf16)");
+  c.in.v = kept_for_gemms(be_, std::move(v), bf16, "v (bf16)");
   c.in.positions = t.positions;
   c.in.segment_ids = t.segment_ids;
   c.out = attention_.forward(c.in);
@@ -203,7 +233,7 @@ void AttentionBlock::backward(const Weights& w, const Grads& g, const Tensor& x,
   be_.rope_backward(ag.dk.data<float>(), B, S, d_.kv_heads, d_.head_dim, c.in.positions.data(),
                     d_.rope_theta);
   Tensor dxn = activation(be_, {B, S, Hd}, "attention norm output grad");
-  const float* xn = c.xn.data<float>();
+  const LinearInput xn = LinearInput::of(c.xn);
   q_.backward(be_, w.q, xn, ag.dq.data<float>(), n, dxn.data<float>(), g.q, false);
   k_.backward(be_, w.k, xn, ag.dk.data<float>(), n, dxn.data<float>(), g.k, true);
   v_.backward(be_, w.v, xn, ag.dv.data<float>(), n, dxn.data<float>(), g.v, true);
@@ -234,13 +264,14 @@ Tensor DecoderLayer::run_forward(const float* p, const Tensor& x, const ShardTok
                                    p + off_.o};
   c.h1 = attn_.forward(aw, x, t, c.attn);
   c.inv_rms = activation(be_, {n}, "ffn norm inv_rms");
-  c.xn = activation(be_, {t.batch, t.seq, Hd}, "ffn norm output");
-  norm_.forward(be_, p + off_.post_norm, c.h1.data<float>(), n, c.xn.data<float>(),
+  Tensor xn = activation(be_, {t.batch, t.seq, Hd}, "ffn norm output");
+  norm_.forward(be_, p + off_.post_norm, c.h1.data<float>(), n, xn.data<float>(),
                 c.inv_rms.data<float>());
+  c.xn = kept_for_gemms(be_, std::move(xn), d_.matmul == DType::BF16, "ffn norm output (bf16)");
   c.filled = true;
   if (!output) return Tensor();
   Tensor out = activation(be_, {t.batch, t.seq, Hd}, "decoder output");
-  ffn_.forward({p + off_.gate, p + off_.up, p + off_.down}, c.xn.data<float>(), n,
+  ffn_.forward({p + off_.gate, p + off_.up, p + off_.down}, LinearInput::of(c.xn), n,
                out.data<float>());
   be_.axpy(n * Hd, 1.0f, c.h1.data<float>(), out.data<float>());  // residual
   return out;
@@ -263,7 +294,7 @@ void DecoderLayer::backward(const float* p, float* grads, const Tensor& x, const
   check_rows(grad, n, Hd, "decoder backward");
   float* g = grads;
   Tensor dxn = activation(be_, {t.batch, t.seq, Hd}, "ffn input grad");
-  ffn_.backward({p + off_.gate, p + off_.up, p + off_.down}, cache.xn.data<float>(),
+  ffn_.backward({p + off_.gate, p + off_.up, p + off_.down}, LinearInput::of(cache.xn),
                 grad.data<float>(), n, dxn.data<float>(),
                 {g + off_.gate, g + off_.up, g + off_.down});
   norm_.backward(be_, p + off_.post_norm, cache.h1.data<float>(), cache.inv_rms.data<float>(),
@@ -334,7 +365,7 @@ LossStats LmHead::run(const Weights& w, const Grads* g, const float* x, const in
     if (!g) continue;
     // dW_head += dlogits^T xn_c first; then xn_c is free to receive dxn_c = dlogits W_head.
     head_.backward(be_, w.head, xc, lg, rows, nullptr, g->head);
-    head_.backward(be_, w.head, nullptr, lg, rows, xc, nullptr);
+    head_.backward(be_, w.head, LinearInput{}, lg, rows, xc, nullptr);
   }
   if (g) {
     be_.fill(dx, n * Hd, 0.0f);

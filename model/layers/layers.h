@@ -40,23 +40,42 @@ struct ShardTokens {
   int64_t rows() const { return batch * seq; }
 };
 
+// The input rows of a Linear: float32, or already bfloat16 (mixed precision keeps the activations
+// that feed GEMMs in bf16: the GEMMs would round them to those values anyway). Converts from
+// either pointer type; a null input is LinearInput{}.
+struct LinearInput {
+  const float* f32 = nullptr;
+  const uint16_t* bf16 = nullptr;
+  LinearInput() = default;
+  LinearInput(const float* x) : f32(x) {}      // NOLINT: implicit, the float32 case reads as before
+  LinearInput(const uint16_t* x) : bf16(x) {}  // NOLINT
+  // A float32 tensor's data, or a bf16 one's.
+  static LinearInput of(const Tensor& t);
+  bool empty() const { return !f32 && !bf16; }
+  // The rows from element `elems` on.
+  LinearInput offset(int64_t elems) const {
+    return bf16 ? LinearInput(bf16 + elems) : LinearInput(f32 ? f32 + elems : nullptr);
+  }
+};
+
 // y = x W^T with W [out, in] row-major (the Hugging Face nn.Linear layout), no bias.
 // Mixed precision (`bf16`): every GEMM rounds its two operands (x, W, dy) to bfloat16, nearest
 // even, into scratch buffers and runs Backend::gemm_bf16 (products of the rounded operands
 // exact, sums in float32, the result float32, and weight gradients accumulate in float32). In the
 // model W arrives already bf16-valued (FSDP gathers bf16, FlatShard::set_gather_dtype), so its
-// rounding here is exact. The scratch copies are counted by the allocator: bf16 x and W in
-// forward; bf16 dy, x and W in backward.
+// rounding here is exact. The scratch copies are counted by the allocator: bf16 x (unless given
+// in bf16) and W in forward; bf16 dy, x (unless given in bf16) and W in backward. A bf16 input
+// needs `bf16`.
 struct Linear {
   int64_t in = 0, out = 0;
   bool bf16 = false;
   // y[n, out] = x[n, in] W^T, added to y when `accumulate`.
-  void forward(Backend& be, const float* w, const float* x, int64_t n, float* y,
+  void forward(Backend& be, const float* w, LinearInput x, int64_t n, float* y,
                bool accumulate = false) const;
   // dx[n, in] = dy[n, out] W (added to dx when `accumulate_dx`; skipped when dx is null);
   // dw[out, in] += dy^T x (skipped when dw is null). dw is computed before dx, so dx may be the
   // buffer x itself (both are [n, in]).
-  void backward(Backend& be, const float* w, const float* x, const float* dy, int64_t n, float* dx,
+  void backward(Backend& be, const float* w, LinearInput x, const float* dy, int64_t n, float* dx,
                 float* dw, bool accumulate_dx = false) const;
 };
 
@@ -100,10 +119,10 @@ class FeedForward {
   // `bf16`: its three projections are mixed-precision Linears.
   FeedForward(Backend& be, int64_t hidden, int64_t intermediate, int64_t ffn_chunk,
               bool bf16 = false);
-  // y[n, hidden] (overwritten).
-  void forward(const Weights& w, const float* x, int64_t n, float* y) const;
+  // y[n, hidden] (overwritten). x float32, or bf16 under `bf16`.
+  void forward(const Weights& w, LinearInput x, int64_t n, float* y) const;
   // dx[n, hidden] (overwritten); gradients of the weights accumulated.
-  void backward(const Weights& w, const float* x, const float* dy, int64_t n, float* dx,
+  void backward(const Weights& w, LinearInput x, const float* dy, int64_t n, float* dx,
                 const Grads& g) const;
   int64_t chunk_rows(int64_t n) const { return ffn_chunk_ > 0 ? std::min(ffn_chunk_, n) : n; }
 
@@ -113,11 +132,15 @@ class FeedForward {
   bool bf16_;
 };
 
-// What the attention block's backward needs from its forward.
+// What the attention block's backward needs from its forward. Under mixed precision (model.dtype
+// = bf16) the activations that only feed GEMMs are kept in bf16, half the memory, with the same
+// results (the GEMMs round them to these values anyway): xn, and q, k, v for the attention tiles.
+// The residual stream, the norms' inputs, o (delta = rowsum(dO o) reads it) and the statistics
+// stay float32.
 struct AttentionBlockCache {
   Tensor inv_rms;       // [B*S]
-  Tensor xn;            // [B, S, hidden] input_layernorm(x)
-  AttentionInput in;    // q, k after RoPE, v; positions; segment ids
+  Tensor xn;            // [B, S, hidden] input_layernorm(x); F32, or BF16 under bf16
+  AttentionInput in;    // q, k after RoPE, v (F32, or BF16 under bf16); positions; segment ids
   AttentionOutput out;  // o, lse
 };
 
@@ -150,7 +173,7 @@ struct DecoderCache {
   AttentionBlockCache attn;
   Tensor h1;       // [B, S, hidden] after the attention residual
   Tensor inv_rms;  // [B*S] of post_attention_layernorm
-  Tensor xn;       // [B, S, hidden] post_attention_layernorm(h1), the FFN input
+  Tensor xn;       // [B, S, hidden] post_attention_layernorm(h1), the FFN input (BF16 under bf16)
 };
 
 struct DecoderOptions {
