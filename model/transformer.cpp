@@ -193,8 +193,11 @@ ShardTokens Transformer::shard_tokens(const Batch& batch) const {
   t.batch = batch.tokens.dim(0);
   t.seq = batch.tokens.dim(1);
   t.positions = batch.positions;
-  if (batch.segment_ids.defined())
-    t.segment_ids = batch.segment_ids.to_device(be_.device(), "segment ids");
+  // Segment ids only steer the attention's tile plans and masks, which are made on the host:
+  // they stay in host memory. Every sp rank's tokens are gathered here once for all layers, so
+  // that no ring step waits for the device (collective over sp with the ring).
+  t.segment_ids = batch.segment_ids;
+  t.ring_tokens = attention_->share_tokens(t.positions, t.segment_ids, t.batch);
   return t;
 }
 

@@ -156,6 +156,7 @@ class Transformer {
   // owned here.
   Communicator& on_device(Communicator& host, Communicator* device);
   DeviceBatch upload(const Batch& batch) const;
+  // The layers' view of a batch's tokens; collective over sp with the ring (share_tokens).
   ShardTokens shard_tokens(const Batch& batch) const;
   void check_batch(const Batch& batch) const;
   StepStats count_answers(const Batch& batch, const std::vector<uint8_t>& correct_rows,

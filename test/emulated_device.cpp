@@ -1,5 +1,6 @@
 #include "test/emulated_device.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -9,6 +10,8 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <unordered_map>
+#include <vector>
 
 #include "core/attention_plan.h"
 #include "core/error.h"
@@ -73,8 +76,11 @@ Stream& stream() {
   return s;
 }
 
-// Like CUDA's allocator here: copies wait for the device first (cudaDeviceSynchronize), frees are
-// ordered on the stream (cudaFreeAsync), allocations are immediate.
+// Like CUDA's allocator here: copies wait for the device first (cudaDeviceSynchronize), and
+// memory is stream-ordered as with cudaMallocAsync / cudaFreeAsync: a block freed while queued
+// operations still use it is handed out again at once (of the same size), so later work on the
+// stream reuses it in order, but a transfer that writes a fresh buffer without waiting for the
+// stream clobbers what those queued operations will read, as it could on a GPU.
 class EmulatedAllocator final : public Allocator {
  public:
   EmulatedAllocator() : Allocator(Device::CUDA, "emulated-cuda") {}
@@ -99,11 +105,34 @@ class EmulatedAllocator final : public Allocator {
  protected:
   void* raw_allocate(size_t bytes) override {
     if (bytes > std::numeric_limits<size_t>::max() - 63) return nullptr;
-    return tag(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+    const size_t rounded = std::max<size_t>(64, (bytes + 63) / 64 * 64);
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<void*>& cached = freed_[rounded];
+    void* p = nullptr;
+    if (!cached.empty()) {
+      p = cached.back();
+      cached.pop_back();
+    } else {
+      p = std::aligned_alloc(64, rounded);
+      if (!p) return nullptr;
+    }
+    sizes_[p] = rounded;
+    return tag(p);
   }
+  // Kept for reuse, never returned to the system (the process ends first).
   void raw_free(void* ptr) override {
-    stream().enqueue([p = untag(ptr)] { std::free(p); });
+    void* p = untag(ptr);
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = sizes_.find(p);
+    if (it == sizes_.end()) return;
+    freed_[it->second].push_back(p);
+    sizes_.erase(it);
   }
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<void*, size_t> sizes_;               // live blocks
+  std::unordered_map<size_t, std::vector<void*>> freed_;  // reusable blocks by size
 };
 
 // Host arrays an operation reads must be read when it is called (the CUDA backend copies them
@@ -340,9 +369,12 @@ class DirectRing final : public RingExchange {
     bytes_moved_ = inner_->bytes_moved();
   }
   bool test() override { return inner_->test(); }
-  // Operations queued after this returns run at a later drain, after the transfer: the compute
-  // stream's wait on `done`.
+  // What was queued between start() and here runs now, while the transfer may still be in flight
+  // (on a GPU the two streams run side by side), so touching the exchange's buffers in between
+  // shows. Operations queued after this returns run at a later drain, after the transfer: the
+  // compute stream's wait on `done`.
   void wait() override {
+    if (ordered_) stream().drain();
     inner_->wait();
     wait_seconds_ = inner_->wait_seconds();
   }

@@ -325,6 +325,54 @@ TEST_CASE("bf16 ring: K/V blocks travel as bf16, with the results of float32 blo
   }
 }
 
+TEST_CASE("ring tokens shared once per batch: same results, and checked against the input",
+          "[attention]") {
+  Mesh mesh(MeshShape{1, 1, -1, 1});
+  Communicator& sp = mesh.axis(Axis::SP);
+  const int n = sp.size();
+  const int64_t B = 2, S = 48, H = 2, Hkv = 1, D = 8;
+  const FullInput f = make_full(B, S, H, Hkv, D, /*segments=*/true, 3000);
+  AttentionOptions opt;
+  opt.impl = AttentionImpl::Ring;
+  opt.layout = RingLayout::Striped;
+  opt.q_chunk = opt.k_chunk = 4;
+  opt.ring_pieces = 2;
+  Attention ring(opt, cpu_backend(), &sp);
+  const std::vector<int64_t> pos = layout_positions(opt.layout, S, n, sp.rank());
+  AttentionInput in;
+  in.q = take_positions(f.q, 1, pos);
+  in.k = take_positions(f.k, 1, pos);
+  in.v = take_positions(f.v, 1, pos);
+  in.positions = pos;
+  in.segment_ids = take_positions(f.seg, 1, pos);
+  const Tensor dout = take_positions(f.dout, 1, pos);
+  const AttentionOutput o = ring.forward(in);
+  const AttentionGrads g = ring.backward(in, o, dout);
+
+  AttentionInput shared = in;
+  shared.ring_tokens = ring.share_tokens(pos, in.segment_ids, B);
+  if (n == 1) {
+    CHECK(shared.ring_tokens == nullptr);  // one rank: blockwise, nothing to share
+    return;
+  }
+  REQUIRE(shared.ring_tokens != nullptr);
+  const AttentionOutput o2 = ring.forward(shared);
+  const AttentionGrads g2 = ring.backward(shared, o2, dout);
+  CHECK(as_vector(o2.o) == as_vector(o.o));
+  CHECK(as_vector(o2.lse) == as_vector(o.lse));
+  CHECK(as_vector(g2.dq) == as_vector(g.dq));
+  CHECK(as_vector(g2.dk) == as_vector(g.dk));
+  CHECK(as_vector(g2.dv) == as_vector(g.dv));
+
+  // A table of another batch (other positions) is refused, not silently used.
+  const std::vector<int64_t> other = layout_positions(RingLayout::Contiguous, S, n, sp.rank());
+  AttentionInput wrong = in;
+  wrong.ring_tokens = ring.share_tokens(other, in.segment_ids, B);
+  CHECK_THROWS_WITH(ring.forward(wrong), Catch::Contains("describe another batch"));
+  wrong.ring_tokens = ring.share_tokens(pos, Tensor(), B);  // without segment ids
+  CHECK_THROWS_WITH(ring.forward(wrong), Catch::Contains("describe another batch"));
+}
+
 TEST_CASE("vanilla equals blockwise on the whole sequence", "[attention]") {
   const FullInput f = make_full(1, 80, 4, 1, 8, true, 7);
   const AttentionInput in = whole_input(f);

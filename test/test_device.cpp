@@ -457,9 +457,12 @@ TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
     AttentionGrads g;
   } whole_run[2];  // without and with segment ids
   for (int with_seg : {0, 1}) {
-    const AttentionInput whole{fq.to_device(Device::CUDA), fk.to_device(Device::CUDA),
-                               fv.to_device(Device::CUDA), all_pos,
-                               with_seg ? fseg.to_device(Device::CUDA) : Tensor()};
+    const AttentionInput whole{fq.to_device(Device::CUDA),
+                               fk.to_device(Device::CUDA),
+                               fv.to_device(Device::CUDA),
+                               all_pos,
+                               with_seg ? fseg.to_device(Device::CUDA) : Tensor(),
+                               nullptr};
     whole_run[with_seg].o = one_rank.forward(whole);
     whole_run[with_seg].g =
         one_rank.backward(whole, whole_run[with_seg].o, fdout.to_device(Device::CUDA));
@@ -499,10 +502,13 @@ TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
     opt.ring_pieces = pieces;
     Attention cpu_attn(opt, cpu_backend(), &mesh.axis(Axis::SP));
     Attention dev_attn(opt, *dut.backend, var.transport);
-    const AttentionInput hin{q, k, v, pos, hseg};
-    const AttentionInput din{q.to_device(Device::CUDA), k.to_device(Device::CUDA),
-                             v.to_device(Device::CUDA), pos,
-                             var.segments ? hseg.to_device(Device::CUDA) : Tensor()};
+    const AttentionInput hin{q, k, v, pos, hseg, nullptr};
+    const AttentionInput din{q.to_device(Device::CUDA),
+                             k.to_device(Device::CUDA),
+                             v.to_device(Device::CUDA),
+                             pos,
+                             var.segments ? hseg.to_device(Device::CUDA) : Tensor(),
+                             nullptr};
     const AttentionOutput ho = cpu_attn.forward(hin);
     const AttentionOutput dn = dev_attn.forward(din);
     const AttentionGrads hg = cpu_attn.backward(hin, ho, dout);
@@ -537,7 +543,7 @@ TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
   opt.impl = AttentionImpl::Ring;
   opt.q_chunk = opt.k_chunk = 4;
   Attention dev_attn(opt, *dut.backend, sp_dev.get());
-  const AttentionInput host_in{q, k, v, pos, Tensor()};
+  const AttentionInput host_in{q, k, v, pos, Tensor(), nullptr};
   CHECK_THROWS_WITH(dev_attn.forward(host_in), Catch::Contains("backend's device"));
 }
 
@@ -562,20 +568,28 @@ TEST_CASE("ring attention waits for the device a fixed number of times, whatever
   for (int64_t i = 0; i < Sl; ++i) seg_values[size_t(i)] = int32_t((r * Sl + i) / 10);
   Tensor seg = Tensor::empty({B, Sl}, DType::I32);
   std::copy(seg_values.begin(), seg_values.end(), seg.data<int32_t>());
-  const AttentionInput in{dev(run_seed(), {B, Sl, H, D}), dev(run_seed() + 1, {B, Sl, H, D}),
-                          dev(run_seed() + 2, {B, Sl, H, D}), pos, seg.to_device(Device::CUDA)};
+  const AttentionInput in{dev(run_seed(), {B, Sl, H, D}),     dev(run_seed() + 1, {B, Sl, H, D}),
+                          dev(run_seed() + 2, {B, Sl, H, D}), pos,
+                          seg.to_device(Device::CUDA),        nullptr};
   const Tensor dout = dev(run_seed() + 3, {B, Sl, H, D});
-  size_t waits[2][2] = {};  // [pieces 1 or 4][forward, backward]
-  for (int i = 0; i < 2; ++i) {
+  size_t waits[3][2] = {};  // [pieces 1, pieces 4, pieces 4 with shared tokens][fwd, bwd]
+  for (int i = 0; i < 3; ++i) {
     AttentionOptions opt;
     opt.impl = AttentionImpl::Ring;
     opt.q_chunk = opt.k_chunk = 4;
     opt.ring_pieces = i == 0 ? 1 : 4;
     Attention attn(opt, *dut.backend, sp.get());
+    AttentionInput input = in;
+    // What the model does: segment ids in host memory, and every rank's tokens gathered once per
+    // batch for all layers (no table on one rank: no ring).
+    if (i == 2) {
+      input.segment_ids = seg;
+      input.ring_tokens = attn.share_tokens(pos, seg, B);
+    }
     const size_t w0 = ringattn::test::emulated_host_waits();
-    const AttentionOutput o = attn.forward(in);
+    const AttentionOutput o = attn.forward(input);
     const size_t w1 = ringattn::test::emulated_host_waits();
-    const AttentionGrads g = attn.backward(in, o, dout);
+    const AttentionGrads g = attn.backward(input, o, dout);
     const size_t w2 = ringattn::test::emulated_host_waits();
     waits[i][0] = w1 - w0;
     waits[i][1] = w2 - w1;
@@ -590,6 +604,10 @@ TEST_CASE("ring attention waits for the device a fixed number of times, whatever
   CHECK(waits[0][1] == waits[1][1]);
   CHECK(waits[0][0] <= 3);
   CHECK(waits[0][1] <= 3);
+  // With the batch's tokens shared (as the model's layers get them), none at all: the host plans
+  // and queues every ring step while the device computes.
+  CHECK(waits[2][0] == 0);
+  CHECK(waits[2][1] == 0);
 }
 
 namespace {

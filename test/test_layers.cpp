@@ -979,7 +979,7 @@ TEST_CASE("DecoderLayer: ring attention over the ranks equals the whole sequence
   // The whole sequence, blockwise, on this rank alone.
   Attention whole_att(blockwise_options(), be);
   DecoderLayer whole(d, 0, be, whole_att, {7, Checkpointing::None});
-  ShardTokens wt{B, S, {}, {}};
+  ShardTokens wt{B, S, {}, {}, nullptr};
   for (int64_t i = 0; i < S; ++i) wt.positions.push_back(i);
   DecoderCache wc;
   const Tensor wout = whole.forward(p.data(), X, wt, wc);
@@ -998,7 +998,7 @@ TEST_CASE("DecoderLayer: ring attention over the ranks equals the whole sequence
     Attention ring(opt, be, &sp);
     DecoderLayer layer(d, 0, be, ring, {7, ck});
     const std::vector<int64_t> pos = layout_positions(RingLayout::Zigzag, S, ranks, sp.rank());
-    const ShardTokens t{B, S / ranks, pos, {}};
+    const ShardTokens t{B, S / ranks, pos, {}, nullptr};
     const Tensor xs = take_positions(X, 1, pos);
     DecoderCache cache;
     const Tensor out = layer.forward(p.data(), xs, t, cache);

@@ -7,8 +7,8 @@
 // loss) run in a fixed order, never with floating-point atomics.
 // Synchronising calls: the ones that validate token ids (embedding, cross-entropy: an invalid id
 // raises an Error with the row, as on the CPU), cross_entropy (returns the loss on the host), and
-// every call that takes scratch memory (RMSNorm backward, RoPE), which waits for its kernels
-// before giving the scratch back.
+// RoPE with positions in device memory (read back to build its angle table). Scratch memory
+// (RMSNorm backward, RoPE) goes back to the allocator in stream order, without a wait.
 #pragma once
 
 #include <cuda_runtime.h>

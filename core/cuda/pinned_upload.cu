@@ -31,10 +31,12 @@ class PinnedUploads {
     else
       CUDA_CHECK(cudaEventCreateWithFlags(&b.done, cudaEventDisableTiming));
     if (b.bytes < bytes) {
+      // At least double, so that slowly growing uploads do not reallocate each time
+      // (cudaFreeHost may synchronise the device).
+      const size_t grown = std::max(bytes, std::max<size_t>(2 * b.bytes, size_t(1) << 16));
       if (b.host) CUDA_CHECK(cudaFreeHost(b.host));
       b.host = nullptr;
       b.bytes = 0;
-      const size_t grown = std::max(bytes, std::max<size_t>(2 * b.bytes, size_t(1) << 16));
       CUDA_CHECK(cudaMallocHost(&b.host, grown));
       b.bytes = grown;
     }
@@ -54,6 +56,8 @@ class PinnedUploads {
 
 void upload_async(cudaStream_t stream, void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
+  // The buffers and their events belong to the calling thread's current device, which is the
+  // stream's: every thread that queues work on a backend has called Backend::bind_thread().
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   static std::mutex mu;

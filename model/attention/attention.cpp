@@ -87,61 +87,6 @@ Piece piece_of(int64_t c, int64_t pieces, int64_t sl) {
   return {c * base + std::min(c, extra), base + (c < extra ? 1 : 0)};
 }
 
-// The global positions and segment ids of every sp rank's shard, in host memory. The backends
-// plan their tiles on the host (which to skip, which to mask), so a tile call handed device
-// positions would have to copy them back, a synchronisation per ring step on a GPU. Instead one
-// small all-gather per call brings every rank's tokens here before the ring turns, and the
-// blocks that travel carry K and V only.
-class RingTokens {
- public:
-  // Collective over `sp`. `seg`: this rank's [B, Sl] segment ids on the host, empty for none.
-  RingTokens(Communicator& sp, Backend& be, const std::vector<int64_t>& positions,
-             const std::vector<int32_t>& seg, int64_t batch)
-      : batch_(batch), sl_(int64_t(positions.size())), has_seg_(!seg.empty()) {
-    const int n = sp.size();
-    const size_t pos_bytes = size_t(sl_) * sizeof(int64_t);
-    const size_t seg_bytes = seg.size() * sizeof(int32_t);
-    const size_t record =
-        (pos_bytes + seg_bytes + 7) / 8 * 8;  // keeps every record's int64s aligned
-    std::vector<unsigned char> mine(record, 0), all(record * size_t(n));
-    std::memcpy(mine.data(), positions.data(), pos_bytes);
-    if (has_seg_) std::memcpy(mine.data() + pos_bytes, seg.data(), seg_bytes);
-    // Through device buffers: a device transport (NCCL) takes nothing else.
-    Tensor send = Tensor::empty({int64_t(record)}, DType::U8, be.device(), "ring token table");
-    Tensor recv = Tensor::empty({int64_t(record) * n}, DType::U8, be.device(), "ring token table");
-    be.copy_from_host(send.raw(), mine.data(), record);
-    sp.all_gather(send.raw(), recv.raw(), record, DType::U8);
-    be.copy_to_host(all.data(), recv.raw(), all.size());
-    pos_.resize(size_t(n * sl_));
-    if (has_seg_) seg_.resize(size_t(n) * seg.size());
-    for (int q = 0; q < n; ++q) {
-      const unsigned char* at = all.data() + size_t(q) * record;
-      std::memcpy(pos_.data() + q * sl_, at, pos_bytes);
-      if (has_seg_) std::memcpy(seg_.data() + size_t(q) * seg.size(), at + pos_bytes, seg_bytes);
-    }
-  }
-
-  // Positions of piece `pc` of `rank`'s shard [len].
-  const int64_t* positions(int rank, Piece pc) const { return pos_.data() + rank * sl_ + pc.begin; }
-  // Segment ids of piece `pc` of `rank`'s shard as [B, len]; empty without segment ids.
-  std::vector<int32_t> segments(int rank, Piece pc) const {
-    std::vector<int32_t> out;
-    if (!has_seg_) return out;
-    out.reserve(size_t(batch_ * pc.len));
-    for (int64_t b = 0; b < batch_; ++b) {
-      const int32_t* row = seg_.data() + (rank * batch_ + b) * sl_ + pc.begin;
-      out.insert(out.end(), row, row + pc.len);
-    }
-    return out;
-  }
-
- private:
-  int64_t batch_, sl_;
-  bool has_seg_;
-  std::vector<int64_t> pos_;  // [N, Sl]
-  std::vector<int32_t> seg_;  // [N, B, Sl]
-};
-
 // Packs piece `pc` of this rank's own K and V ([B, Sl, Hkv, D], float32 or bf16) into `buf` (at
 // least lay.bytes, on the backend's device) as the first block it sends: copied, or float32
 // rounded to bf16 for a bf16 block.
@@ -228,23 +173,33 @@ Attention::Shapes Attention::check_input(const AttentionInput& in) const {
            in.positions.size(), s.sl);
   for (size_t i = 1; i < in.positions.size(); ++i)
     RA_CHECK(in.positions[i] > in.positions[i - 1], "attention: positions must ascend");
-  for (const Tensor* t : {&in.q, &in.k, &in.v, &in.segment_ids}) {
-    if (t == &in.segment_ids && !t->defined()) continue;
+  for (const Tensor* t : {&in.q, &in.k, &in.v}) {
     RA_CHECK(t->device() == backend_.device(),
              "attention: inputs must live on the backend's device ({}), got {}",
              device_name(backend_.device()), t->str());
-    if (t != &in.segment_ids)
-      RA_CHECK(is_floating(t->dtype()), "attention: inputs must be F32, BF16 or F16, got {}",
-               t->str());
+    RA_CHECK(is_floating(t->dtype()), "attention: inputs must be F32, BF16 or F16, got {}",
+             t->str());
   }
   if (in.segment_ids.defined()) {
-    RA_CHECK(
-        in.segment_ids.dtype() == DType::I32 && in.segment_ids.shape() == Shape({s.batch, s.sl}),
-        "attention: segment_ids must be I32 [{}, {}], got {}", s.batch, s.sl, in.segment_ids.str());
-    // To the host once per call: the tiles are planned there (see RingTokens).
-    const Tensor seg = in.segment_ids.contiguous();
-    s.seg.resize(size_t(s.batch * s.sl));
-    backend_.copy_to_host(s.seg.data(), seg.raw(), s.seg.size() * sizeof(int32_t));
+    const Tensor& seg = in.segment_ids;
+    RA_CHECK(seg.dtype() == DType::I32 && seg.shape() == Shape({s.batch, s.sl}) &&
+                 (seg.device() == Device::CPU || seg.device() == backend_.device()),
+             "attention: segment_ids must be I32 [{}, {}] in host memory or on the backend's "
+             "device ({}), got {}",
+             s.batch, s.sl, device_name(backend_.device()), seg.str());
+    // Needed on the host, where the tiles are planned: from the shared token table when the
+    // caller gave one, as they are from host memory, or copied back from the device (which
+    // waits for it).
+    if (uses_ring() && in.ring_tokens && in.ring_tokens->segmented()) {
+      s.seg = in.ring_tokens->segments(sp_->rank(), 0, s.sl);
+    } else {
+      const Tensor c = seg.contiguous();
+      s.seg.resize(size_t(s.batch * s.sl));
+      if (c.device() == Device::CPU)
+        std::memcpy(s.seg.data(), c.raw(), s.seg.size() * sizeof(int32_t));
+      else
+        backend_.copy_to_host(s.seg.data(), c.raw(), s.seg.size() * sizeof(int32_t));
+    }
   }
   s.scale = opt_.scale > 0 ? opt_.scale : 1.0f / std::sqrt(float(s.head_dim));
   // Mixed precision with bf16 inputs (the model keeps q, k, v so): the tiles take them as they
@@ -309,6 +264,39 @@ double Attention::ring_wait_seconds() const {
          (grad_ring_ ? grad_ring_->wait_seconds() : 0.0);
 }
 
+std::shared_ptr<const RingTokens> Attention::share_tokens(const std::vector<int64_t>& positions,
+                                                          const Tensor& segment_ids,
+                                                          int64_t batch) const {
+  if (!uses_ring()) return nullptr;
+  std::vector<int32_t> seg;
+  if (segment_ids.defined()) {
+    RA_CHECK(segment_ids.dtype() == DType::I32 &&
+                 segment_ids.numel() == batch * int64_t(positions.size()),
+             "attention: segment_ids must be I32 [{}, {}], got {}", batch, positions.size(),
+             segment_ids.str());
+    const Tensor c = segment_ids.contiguous();
+    seg.resize(size_t(c.numel()));
+    allocator_for(c.device()).copy_to_host(seg.data(), c.raw(), seg.size() * sizeof(int32_t));
+  }
+  return std::make_shared<const RingTokens>(*sp_, backend_, positions, seg, batch);
+}
+
+// The caller's shared table (checked to describe this input), or one gathered for this call.
+std::shared_ptr<const RingTokens> Attention::ring_tokens(const AttentionInput& in,
+                                                         const Shapes& s) const {
+  if (!in.ring_tokens)
+    return std::make_shared<const RingTokens>(*sp_, backend_, in.positions, s.seg, s.batch);
+  const RingTokens& t = *in.ring_tokens;
+  RA_CHECK(t.ranks() == sp_->size() && t.batch() == s.batch && t.shard_len() == s.sl &&
+               t.segmented() == in.segment_ids.defined() &&
+               std::equal(in.positions.begin(), in.positions.end(), t.positions(sp_->rank())),
+           "attention: the shared ring tokens describe another batch than this input ({} ranks, "
+           "[{}, {}]{}, for [{}, {}] here)",
+           t.ranks(), t.batch(), t.shard_len(), t.segmented() ? " with segment ids" : "", s.batch,
+           s.sl);
+  return in.ring_tokens;
+}
+
 size_t Attention::ring_bytes_sent() const {
   return (kv_ring_ ? kv_ring_->bytes_moved() : 0) + (grad_ring_ ? grad_ring_->bytes_moved() : 0);
 }
@@ -341,7 +329,7 @@ AttentionOutput Attention::forward_blocks(const AttentionInput& in, const Shapes
     backend_.attention_forward_block(p, st, &timings_.tiles);
   } else {
     const int n = sp_->size(), r = sp_->rank();
-    const RingTokens tokens(*sp_, backend_, in.positions, s.seg, s.batch);
+    const std::shared_ptr<const RingTokens> tokens = ring_tokens(in, s);
     if (!kv_ring_) kv_ring_ = sp_->make_ring(&backend_);
     const double wait0 = kv_ring_->wait_seconds();
     const int64_t pieces = ring_pieces(s);
@@ -363,9 +351,10 @@ AttentionOutput Attention::forward_blocks(const AttentionInput& in, const Shapes
         // The ring was made with this backend: the transfer starts after what is queued (the
         // pack, the previous step's tiles), and what is queued after wait() sees the arrival.
         if (more) kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);
-        const std::vector<int32_t> k_seg = tokens.segments(src, pc);
-        AttentionTileProblem p = make_problem(s, in.positions, pc.len, tokens.positions(src, pc),
-                                              k_seg.empty() ? nullptr : k_seg.data());
+        const std::vector<int32_t> k_seg = tokens->segments(src, pc.begin, pc.len);
+        AttentionTileProblem p =
+            make_problem(s, in.positions, pc.len, tokens->positions(src, pc.begin),
+                         k_seg.empty() ? nullptr : k_seg.data());
         lay.set_kv(p, cur);
         backend_.attention_forward_block(p, st, &timings_.tiles);
         if (more) {
@@ -437,7 +426,7 @@ AttentionGrads Attention::backward_local(const AttentionInput& in, const Attenti
 AttentionGrads Attention::backward_ring(const AttentionInput& in, const AttentionOutput& out,
                                         const Tensor& dout, const Tensor& delta, const Shapes& s) {
   const int n = sp_->size(), r = sp_->rank();
-  const RingTokens tokens(*sp_, backend_, in.positions, s.seg, s.batch);
+  const std::shared_ptr<const RingTokens> tokens = ring_tokens(in, s);
   if (!kv_ring_) kv_ring_ = sp_->make_ring(&backend_);
   if (!grad_ring_) grad_ring_ = sp_->make_ring(&backend_);
   const double wait0 = kv_ring_->wait_seconds() + grad_ring_->wait_seconds();
@@ -478,9 +467,10 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
       if (more) kv_ring_->start(cur.raw(), nxt.raw(), lay.bytes);  // ordered as in the forward
       float* mine = local[step % 2].data<float>();
       backend_.fill(mine, int64_t(grad_elems), 0.0f);
-      const std::vector<int32_t> k_seg = tokens.segments(src, pc);
-      AttentionTileProblem p = make_problem(s, in.positions, pc.len, tokens.positions(src, pc),
-                                            k_seg.empty() ? nullptr : k_seg.data());
+      const std::vector<int32_t> k_seg = tokens->segments(src, pc.begin, pc.len);
+      AttentionTileProblem p =
+          make_problem(s, in.positions, pc.len, tokens->positions(src, pc.begin),
+                       k_seg.empty() ? nullptr : k_seg.data());
       lay.set_kv(p, cur);
       AttentionBackwardArgs a{
           dout.data<float>(), out.lse.data<float>(), delta.data<float>(), g.dq.data<float>(), mine,

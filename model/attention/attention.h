@@ -17,6 +17,7 @@
 #include "core/backend.h"
 #include "core/tensor.h"
 #include "model/attention/layout.h"
+#include "model/attention/ring_tokens.h"
 
 namespace ringattn {
 
@@ -43,10 +44,18 @@ struct AttentionOptions {
 
 // One rank's shard of a batch, in local token order.
 struct AttentionInput {
-  Tensor q;                        // [B, Sl, H, D]   F32 (or BF16/F16: converted once on entry)
-  Tensor k, v;                     // [B, Sl, Hkv, D]
+  // [B, Sl, H, D] and [B, Sl, Hkv, D] on the backend's device: F32, or BF16/F16 (converted once
+  // on entry; under AttentionOptions::bf16 BF16 ones are used as they are).
+  Tensor q;
+  Tensor k, v;
   std::vector<int64_t> positions;  // [Sl] global positions, ascending
-  Tensor segment_ids;              // [B, Sl] I32, or undefined (one segment)
+  // [B, Sl] I32 in host memory or on the backend's device, or undefined (one segment). The tiles
+  // are planned on the host, so device ones are copied back (a wait for the device) per call.
+  Tensor segment_ids;
+  // Ring only, optional: every sp rank's positions and segment ids for this batch, from
+  // share_tokens(). Without it each ring call gathers its own (a small collective and two waits
+  // for the device); with it a ring call does not wait for the device at all.
+  std::shared_ptr<const RingTokens> ring_tokens;
 };
 
 struct AttentionOutput {
@@ -61,8 +70,13 @@ struct AttentionGrads {
 
 // Where the time of the last forward/backward went on this rank.
 struct AttentionTimings {
-  double total_s = 0;    // wall time of the call
-  double kv_wait_s = 0;  // blocked waiting for KV (and dK/dV) blocks to arrive
+  // Host wall time of the call: on an asynchronous backend (CUDA) the call returns once its work is
+  // queued, so synchronise the backend first to time the work itself.
+  double total_s = 0;
+  // Host time blocked waiting for KV (and dK/dV) blocks to arrive. A transport that orders the
+  // ring on the device (NCCL) does not block the host: ~0 there, and a transfer that outlasts
+  // the compute shows as a longer compute-stream time instead.
+  double kv_wait_s = 0;
   AttentionTileStats tiles;
 };
 
@@ -76,6 +90,12 @@ class Attention {
   AttentionOutput forward(const AttentionInput& in);
   // dout [B, Sl, H, D]; `out` is what forward returned for the same input.
   AttentionGrads backward(const AttentionInput& in, const AttentionOutput& out, const Tensor& dout);
+
+  // Every sp rank's positions and segment ids (host or backend memory, or undefined) gathered
+  // once, for several calls on the same tokens (the model's layers) to pass as
+  // AttentionInput::ring_tokens. Collective over sp when the ring is in use; null otherwise.
+  std::shared_ptr<const RingTokens> share_tokens(const std::vector<int64_t>& positions,
+                                                 const Tensor& segment_ids, int64_t batch) const;
 
   const AttentionOptions& options() const { return opt_; }
   const AttentionTimings& last_timings() const { return timings_; }
@@ -91,6 +111,7 @@ class Attention {
   // A ring of one rank is blockwise attention: no buffers, no copies.
   bool uses_ring() const { return opt_.impl == AttentionImpl::Ring && sp_->size() > 1; }
   int64_t ring_pieces(const Shapes& s) const;  // opt_.ring_pieces, at most one per token
+  std::shared_ptr<const RingTokens> ring_tokens(const AttentionInput& in, const Shapes& s) const;
   Shapes check_input(const AttentionInput& in) const;
   // The local queries against `sk` keys at k_pos (their segment ids k_seg, null without); the
   // caller sets the keys and values ([B, sk, Hkv, D]).

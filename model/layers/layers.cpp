@@ -86,7 +86,7 @@ void Linear::backward(Backend& be, const float* w, LinearInput x, const float* d
       be.gemm_bf16(true, false, int(out), int(in), int(n), 1.0f, dyb.data<uint16_t>(), int(out), xb,
                    int(in), 1.0f, dw, int(in));
     }
-    if (dx) {  // x was copied, so dx may be x itself here too
+    if (dx) {  // dw has used x (or its bf16 copy) already, so dx may be x itself here too
       const Tensor wb = bf16_operand(be, w, out * in, "linear weight (bf16)");
       be.gemm_bf16(false, false, int(n), int(in), int(out), 1.0f, dyb.data<uint16_t>(), int(out),
                    wb.data<uint16_t>(), int(in), accumulate_dx ? 1.0f : 0.0f, dx, int(in));
@@ -211,6 +211,7 @@ Tensor AttentionBlock::forward(const Weights& w, const Tensor& x, const ShardTok
   c.in.v = kept_for_gemms(be_, std::move(v), bf16, "v (bf16)");
   c.in.positions = t.positions;
   c.in.segment_ids = t.segment_ids;
+  c.in.ring_tokens = t.ring_tokens;
   c.out = attention_.forward(c.in);
   Tensor out = activation(be_, {B, S, Hd}, "attention block output");
   o_.forward(be_, w.o, c.out.o.data<float>(), n, out.data<float>());

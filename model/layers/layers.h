@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <string_view>
 #include <vector>
 
@@ -36,7 +37,11 @@ namespace ringattn {
 struct ShardTokens {
   int64_t batch = 1, seq = 0;      // the shard holds batch x seq tokens
   std::vector<int64_t> positions;  // [seq] global positions, ascending (RoPE, causal mask)
-  Tensor segment_ids;              // [batch, seq] I32 packed-document ids, or undefined
+  // [batch, seq] I32 packed-document ids (host memory, or the backend's device), or undefined.
+  Tensor segment_ids;
+  // Ring: every sp rank's positions and segment ids, gathered once for all layers
+  // (Attention::share_tokens); null: each attention call gathers its own.
+  std::shared_ptr<const RingTokens> ring_tokens;
   int64_t rows() const { return batch * seq; }
 };
 
