@@ -286,6 +286,11 @@ class NcclCommunicator final : public Communicator {
       RA_CHECK(compute->device() == Device::CUDA && compute->native_stream(),
                "NCCL ring: the compute backend must be a CUDA backend, got '{}'", compute->name());
       compute_stream = static_cast<cudaStream_t>(compute->native_stream());
+      int stream_device = -1;
+      CUDA_CHECK(cudaStreamGetDevice(compute_stream, &stream_device));
+      RA_CHECK(stream_device == device_,
+               "NCCL ring: the compute backend runs on GPU {}, this communicator on GPU {}",
+               stream_device, device_);
     }
     return std::make_unique<NcclRing>(comm_, stream_, compute_stream, device_, rank_, size_);
   }
