@@ -288,18 +288,23 @@ __device__ inline bool visible(const MaskArgs& a, int64_t b, int64_t qpos, int32
 // P = exp(S - m_new) in place for the P V product (0 where masked). Follows the CPU exactly:
 // a row with nothing visible so far (m_new still kMaskedScore) gets P = 0 and keeps its state.
 // Reads of m[row] by every thread happen before the sum's barriers; thread 0 writes after them.
+// Under bf16 (`rounded` not null) P also goes, rounded, into `rounded` (the same layout), which
+// the P V GEMM reads: one pass over the tile instead of a second rounding pass; l sums the
+// unrounded P as before.
 __global__ void forward_softmax_kernel(MaskArgs a, const int2* items, float* scores,
                                        int64_t tile_stride, int64_t ld_s, int heads, int head_dim,
-                                       float* m, float* l, float* acc) {
+                                       float* m, float* l, float* acc, uint16_t* rounded) {
   __shared__ float red[kThreads];
   const int2 item = items[blockIdx.y];
   const int64_t b = item.x, h = item.y;
   float* tile = scores + int64_t(blockIdx.y) * tile_stride;
+  uint16_t* tile16 = rounded ? rounded + int64_t(blockIdx.y) * tile_stride : nullptr;
   for (int64_t r = blockIdx.x; r < a.nq; r += gridDim.x) {
     const int64_t i = a.q_begin + r;
     const int64_t qpos = a.q_pos[i];
     const int32_t qseg = a.q_seg ? a.q_seg[b * a.sq + i] : 0;
     float* row = tile + r * ld_s;
+    uint16_t* row16 = tile16 ? tile16 + r * ld_s : nullptr;
     float mx = kMaskedScore;
     for (int64_t j = threadIdx.x; j < a.nk; j += blockDim.x) {
       const float s = visible(a, b, qpos, qseg, j) ? row[j] : kMaskedScore;
@@ -311,13 +316,17 @@ __global__ void forward_softmax_kernel(MaskArgs a, const int2* items, float* sco
     const float m_old = m[stat];
     const float m_new = fmaxf(m_old, mx);
     if (m_new <= kMaskedScore) {  // the same for every thread of the block
-      for (int64_t j = threadIdx.x; j < a.nk; j += blockDim.x) row[j] = 0.0f;
+      for (int64_t j = threadIdx.x; j < a.nk; j += blockDim.x) {
+        row[j] = 0.0f;
+        if (row16) row16[j] = 0;
+      }
       continue;
     }
     float sum = 0.0f;
     for (int64_t j = threadIdx.x; j < a.nk; j += blockDim.x) {
       const float e = row[j] <= kMaskedScore ? 0.0f : expf(row[j] - m_new);
       row[j] = e;
+      if (row16) row16[j] = round_to_bf16(e);
       sum += e;
     }
     sum = block_reduce(sum, red, SumOp<float>());
@@ -372,13 +381,15 @@ __global__ void backward_delta_kernel(const float* dout, const float* o, float* 
 }
 
 // P = exp(S - lse) in place, 0 where masked and on rows with lse = -inf (no key anywhere: never
-// exp(S + inf)).
+// exp(S + inf)). Under bf16 (`rounded` not null) also rounded into `rounded` for the dV GEMM; dS
+// below needs P unrounded.
 __global__ void backward_probs_kernel(MaskArgs a, const int2* items, float* probs,
                                       int64_t tile_stride, int64_t ld_s, int heads,
-                                      const float* lse) {
+                                      const float* lse, uint16_t* rounded) {
   const int2 item = items[blockIdx.y];
   const int64_t b = item.x, h = item.y;
   float* tile = probs + int64_t(blockIdx.y) * tile_stride;
+  uint16_t* tile16 = rounded ? rounded + int64_t(blockIdx.y) * tile_stride : nullptr;
   for (int64_t r = blockIdx.x; r < a.nq; r += gridDim.x) {
     const int64_t i = a.q_begin + r;
     const int64_t qpos = a.q_pos[i];
@@ -386,28 +397,40 @@ __global__ void backward_probs_kernel(MaskArgs a, const int2* items, float* prob
     const float lr = lse[(b * heads + h) * a.sq + i];
     const bool sees_any = lr > kMaskedScore;
     float* row = tile + r * ld_s;
-    for (int64_t j = threadIdx.x; j < a.nk; j += blockDim.x)
-      row[j] = sees_any && visible(a, b, qpos, qseg, j) ? expf(row[j] - lr) : 0.0f;
+    uint16_t* row16 = tile16 ? tile16 + r * ld_s : nullptr;
+    for (int64_t j = threadIdx.x; j < a.nk; j += blockDim.x) {
+      const float pj = sees_any && visible(a, b, qpos, qseg, j) ? expf(row[j] - lr) : 0.0f;
+      row[j] = pj;
+      if (row16) row16[j] = round_to_bf16(pj);
+    }
   }
 }
 
 // dS = P (dP - delta) in place of dP; exactly 0 wherever P is 0 (masked keys, empty rows), even
-// if dP there were not finite.
+// if dP there were not finite. Under bf16 (`rounded` not null) dS goes, rounded, into `rounded`
+// instead (the dQ and dK GEMMs read that; dP's buffer is not needed afterwards). The caller orders
+// this after the GEMM that read the rounded P from the same buffer (one stream).
 __global__ void backward_dscores_kernel(const int2* items, const float* probs, float* dprobs,
                                         int64_t tile_stride, int64_t ld_s, int64_t nq, int64_t nk,
-                                        int heads, int64_t sq, int64_t q_begin,
-                                        const float* delta) {
+                                        int heads, int64_t sq, int64_t q_begin, const float* delta,
+                                        uint16_t* rounded) {
   const int2 item = items[blockIdx.y];
   const int64_t b = item.x, h = item.y;
   const float* ptile = probs + int64_t(blockIdx.y) * tile_stride;
   float* dtile = dprobs + int64_t(blockIdx.y) * tile_stride;
+  uint16_t* tile16 = rounded ? rounded + int64_t(blockIdx.y) * tile_stride : nullptr;
   for (int64_t r = blockIdx.x; r < nq; r += gridDim.x) {
     const float dl = delta[(b * heads + h) * sq + q_begin + r];
     const float* prow = ptile + r * ld_s;
     float* drow = dtile + r * ld_s;
+    uint16_t* row16 = tile16 ? tile16 + r * ld_s : nullptr;
     for (int64_t j = threadIdx.x; j < nk; j += blockDim.x) {
       const float pj = prow[j];
-      drow[j] = pj == 0.0f ? 0.0f : pj * (drow[j] - dl);
+      const float ds = pj == 0.0f ? 0.0f : pj * (drow[j] - dl);
+      if (row16)
+        row16[j] = round_to_bf16(ds);
+      else
+        drow[j] = ds;
     }
   }
 }
@@ -503,11 +526,10 @@ void attention_forward_block(cudaStream_t stream, cublasHandle_t cublas,
     const dim3 grid(grid_for_rows(nq), unsigned(L.count));
     forward_softmax_kernel<<<grid, kThreads, 0, stream>>>(
         mask_args(pl, sg, dev, L), ditems + L.first, scores.at<float>(), tile_stride, pl.ld_s,
-        p.heads, p.head_dim, st.m, st.l, st.acc);
+        p.heads, p.head_dim, st.m, st.l, st.acc, bf16 ? ops.tile : nullptr);
     CUDA_CHECK(cudaGetLastError());
     if (bf16) {
-      // acc += bf16(P) V, P rounded after the kernel summed it into l unrounded.
-      to_bf16(stream, scores.at<float>(), ops.tile, int64_t(L.count) * tile_stride);
+      // acc += bf16(P) V: the kernel rounded P into ops.tile after summing it into l unrounded.
       gemm_batched_bf16(cublas, false, false, nq, pl.D, nk, 1.0f, arr + 5 * L.count, pl.ld_s, V,
                         pl.ldk, 1.0f, ACC, pl.ldq, L.count);
     } else {
@@ -614,27 +636,25 @@ void attention_backward_block(cudaStream_t stream, cublasHandle_t cublas,
     const dim3 grid(grid_for_rows(nq), unsigned(L.count));
     // Under bf16 the P and dS GEMMs read their rounded copies in the bf16 tile buffer (XB).
     float** XB = bf16 ? arr + 9 * L.count : nullptr;
-    const int64_t tile_elems = int64_t(L.count) * tile_stride;
     // P = exp(scale Q K^T - lse), masked.
     tile_gemm(bf16, cublas, false, true, nq, nk, pl.D, p.scale, Q, pl.ldq, K, pl.ldk, 0.0f, P,
               pl.ld_s, L.count);
     backward_probs_kernel<<<grid, kThreads, 0, stream>>>(
-        mask_args(pl, sg, dev, L), ditems + L.first, probs, tile_stride, pl.ld_s, p.heads, a.lse);
+        mask_args(pl, sg, dev, L), ditems + L.first, probs, tile_stride, pl.ld_s, p.heads, a.lse,
+        bf16 ? ops.tile : nullptr);
     CUDA_CHECK(cudaGetLastError());
-    // dV += P^T dO (bf16: the rounded P; dS below needs P unrounded)
-    if (bf16) to_bf16(stream, probs, ops.tile, tile_elems);
+    // dV += P^T dO (bf16: the rounded P the kernel wrote; dS below needs P unrounded)
     tile_gemm(bf16, cublas, true, false, nk, pl.D, nq, 1.0f, bf16 ? XB : P, pl.ld_s, dO, pl.ldq,
               1.0f, dV, pl.ldk, L.count);
     // dP = dO V^T, then dS = P (dP - delta) in its place.
     tile_gemm(bf16, cublas, false, true, nq, nk, pl.D, 1.0f, dO, pl.ldq, V, pl.ldk, 0.0f, dP,
               pl.ld_s, L.count);
-    backward_dscores_kernel<<<grid, kThreads, 0, stream>>>(ditems + L.first, probs, dprobs,
-                                                           tile_stride, pl.ld_s, nq, nk, p.heads,
-                                                           p.sq, pl.qc[L.qi].begin, a.delta);
+    backward_dscores_kernel<<<grid, kThreads, 0, stream>>>(
+        ditems + L.first, probs, dprobs, tile_stride, pl.ld_s, nq, nk, p.heads, p.sq,
+        pl.qc[L.qi].begin, a.delta, bf16 ? ops.tile : nullptr);
     CUDA_CHECK(cudaGetLastError());
-    // dQ += scale dS K; dK += scale dS^T Q (bf16: the rounded dS, over the rounded P, whose GEMM
-    // is earlier on the same stream)
-    if (bf16) to_bf16(stream, dprobs, ops.tile, tile_elems);
+    // dQ += scale dS K; dK += scale dS^T Q (bf16: the rounded dS the kernel wrote over the
+    // rounded P, whose GEMM is earlier on the same stream)
     tile_gemm(bf16, cublas, false, false, nq, pl.D, nk, p.scale, bf16 ? XB : dP, pl.ld_s, K, pl.ldk,
               1.0f, dQ, pl.ldq, L.count);
     tile_gemm(bf16, cublas, true, false, nk, pl.D, nq, p.scale, bf16 ? XB : dP, pl.ld_s, Q, pl.ldq,

@@ -30,6 +30,14 @@ inline unsigned grid_for_rows(int64_t rows) {
   return unsigned(std::clamp<int64_t>(rows, 1, 65535));
 }
 
+// core/dtype.h's f32_to_bf16 on the device, on the bits: round to nearest even, NaN kept (quiet).
+__device__ inline uint16_t round_to_bf16(float x) {
+  uint32_t u = __float_as_uint(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
 // Device memory for one call, from the CUDA allocator (so it shows in the peak bytes). Both the
 // allocation and the free are ordered on the compute stream (cudaMallocAsync / cudaFreeAsync on
 // the stream the backend attached to its allocator), so the destructor does not wait: kernels

@@ -18,17 +18,8 @@ __global__ void sum_squares_kernel(const float* x, int64_t n, double* partial) {
   if (threadIdx.x == 0) partial[blockIdx.x] = total;
 }
 
-// core/dtype.h's f32_to_bf16, on the bits: round to nearest even, NaN kept (quiet).
 __global__ void to_bf16_kernel(const float* src, uint16_t* dst, int64_t n) {
-  for (int64_t i = global_thread(); i < n; i += grid_stride()) {
-    uint32_t u = __float_as_uint(src[i]);
-    if ((u & 0x7fffffffu) > 0x7f800000u) {
-      dst[i] = uint16_t((u >> 16) | 0x40);
-    } else {
-      u += 0x7fffu + ((u >> 16) & 1u);
-      dst[i] = uint16_t(u >> 16);
-    }
-  }
+  for (int64_t i = global_thread(); i < n; i += grid_stride()) dst[i] = round_to_bf16(src[i]);
 }
 
 __global__ void from_bf16_kernel(const uint16_t* src, float* dst, int64_t n) {
