@@ -99,6 +99,21 @@ class Communicator {
   virtual void broadcast(void* buf, size_t count, DType dtype, int root) = 0;
   virtual void barrier() = 0;
 
+  // Stream-ordered forms of the FSDP collectives: the collective reads its input after every
+  // operation already queued on `compute` (a backend on device()), and every operation queued on
+  // `compute` after the call sees its output and may reuse its buffers. Where
+  // orders_on_device() (NCCL) this costs the host nothing: CUDA events order the communication
+  // stream after the compute stream and back, and the call returns at once, so the transfer
+  // overlaps whatever is queued next. Elsewhere the defaults synchronise `compute` and run the
+  // blocking collective, which keeps the same orders (callers there prefer a helper thread,
+  // model/fsdp/fsdp_group.h). The rules of the blocking forms (same order on every rank,
+  // all_gather in place) apply.
+  virtual bool orders_on_device() const { return false; }
+  virtual void all_gather_ordered(const void* send, void* recv, size_t count, DType dtype,
+                                  Backend& compute);
+  virtual void reduce_scatter_ordered(const void* send, void* recv, size_t count, DType dtype,
+                                      ReduceOp op, Backend& compute);
+
   // A ring over this communicator's ranks in rank order. Collective: every rank of the group
   // calls it, in the same order relative to other rings and collectives. The ring must not
   // outlive this communicator (NCCL rings share its stream; MPI rings own a duplicate of it).

@@ -408,6 +408,19 @@ class DirectCommunicator final : public Communicator {
     host_.broadcast(untag(buf), count, dtype, root);
   }
   void barrier() override { host_.barrier(); }
+  // The `ready` event: the stream runs first; the collective is complete on return, before
+  // anything queued afterwards (the compute stream's wait on `done`).
+  bool orders_on_device() const override { return true; }
+  void all_gather_ordered(const void* send, void* recv, size_t count, DType dtype,
+                          Backend&) override {
+    stream().drain();
+    all_gather(send, recv, count, dtype);
+  }
+  void reduce_scatter_ordered(const void* send, void* recv, size_t count, DType dtype, ReduceOp op,
+                              Backend&) override {
+    stream().drain();
+    reduce_scatter(send, recv, count, dtype, op);
+  }
   std::unique_ptr<RingExchange> make_ring(Backend* compute) override {
     return std::make_unique<DirectRing>(host_.make_ring(), compute != nullptr);
   }

@@ -416,6 +416,45 @@ TEST_CASE("the emulated stream defers work; only an ordered ring sees it", "[dev
   }
 }
 
+TEST_CASE("stream-ordered collectives read what the compute stream queued before them",
+          "[device]") {
+  const auto dut = device_under_test();
+  INFO(dut.backend->name());
+  Backend& be = *dut.backend;
+  const int n = world_size(), r = world_rank();
+  Mesh mesh(MeshShape{1, n, 1, 1});
+  std::vector<std::unique_ptr<Communicator>> owned;
+  owned.push_back(
+      make_host_staged_communicator(mesh.axis(Axis::FSDP), allocator_for(Device::CUDA)));
+  if (dut.emulated) owned.push_back(make_emulated_direct_communicator(mesh.axis(Axis::FSDP)));
+  std::vector<Communicator*> comms;
+  for (const auto& o : owned) comms.push_back(o.get());
+  // On a GPU, one rank: NCCL's own event-ordered collectives too (two ranks need two GPUs).
+  std::unique_ptr<Mesh> nccl_mesh;
+  if (!dut.emulated && nccl_compiled() && n == 1) {
+    nccl_mesh = std::make_unique<Mesh>(MeshShape{1, 1, 1, 1}, MPI_COMM_WORLD, Transport::NCCL);
+    comms.push_back(nccl_mesh->device_axis(Axis::FSDP));
+  }
+  const int64_t c = 257;
+  for (Communicator* comm : comms) {
+    INFO(comm->name() << (comm->orders_on_device() ? " (ordered on the device)" : ""));
+    Tensor mine = Tensor::empty({c}, DType::F32, Device::CUDA);
+    Tensor all = Tensor::empty({c * n}, DType::F32, Device::CUDA);
+    Tensor part = Tensor::empty({c}, DType::F32, Device::CUDA);
+    be.fill(mine.data<float>(), c, -7.0f);
+    be.synchronize();
+    be.fill(mine.data<float>(), c, float(r + 1));  // queued: the collective must come after it
+    comm->all_gather_ordered(mine.raw(), all.raw(), size_t(c), DType::F32, be);
+    // Queued after the call: sees the gathered values (and doubles them).
+    be.scale(all.data<float>(), c * n, 2.0f);
+    comm->reduce_scatter_ordered(all.raw(), part.raw(), size_t(c), DType::F32, ReduceOp::Sum, be);
+    std::vector<float> want_all;
+    for (int q = 0; q < n; ++q) want_all.insert(want_all.end(), size_t(c), 2.0f * float(q + 1));
+    CHECK(to_vector(all) == want_all);
+    CHECK(to_vector(part) == std::vector<float>(size_t(c), 2.0f * float(n) * float(r + 1)));
+  }
+}
+
 TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
   const auto dut = device_under_test();
   INFO(dut.backend->name());

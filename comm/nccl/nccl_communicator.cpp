@@ -217,6 +217,8 @@ class NcclCommunicator final : public Communicator {
     try {
       NCCL_CHECK(ncclCommInitRank(&comm_, size_, boot.id, rank_));
       CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+      CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
+      CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
       CUDA_CHECK(cudaMalloc(&scratch_, sizeof(float)));
       CUDA_CHECK(cudaMemsetAsync(scratch_, 0, sizeof(float), stream_));
       CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -264,6 +266,27 @@ class NcclCommunicator final : public Communicator {
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
+  // Events instead of host waits: `ready` recorded on the compute stream orders the collective
+  // after the work that produced its input; `done`, recorded after it on the communication stream,
+  // orders the compute stream's later work after it. One pair serves every call:
+  // cudaStreamWaitEvent takes the event's most recent record at the time it is called.
+  bool orders_on_device() const override { return true; }
+  void all_gather_ordered(const void* send, void* recv, size_t count, DType dtype,
+                          Backend& compute) override {
+    if (count == 0) return;
+    ordered(compute, [&] {
+      NCCL_CHECK(ncclAllGather(send, recv, count, nccl_type(dtype), comm_, stream_));
+    });
+  }
+  void reduce_scatter_ordered(const void* send, void* recv, size_t count, DType dtype, ReduceOp op,
+                              Backend& compute) override {
+    if (count == 0) return;
+    ordered(compute, [&] {
+      NCCL_CHECK(
+          ncclReduceScatter(send, recv, count, nccl_type(dtype), nccl_op(op), comm_, stream_));
+    });
+  }
+
   void broadcast(void* buf, size_t count, DType dtype, int root) override {
     RA_CHECK(root >= 0 && root < size_, "broadcast: root {} is not a rank of this {}-rank group",
              root, size_);
@@ -296,6 +319,20 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
+  template <typename Enqueue>
+  void ordered(Backend& compute, Enqueue enqueue) {
+    RA_CHECK(compute.device() == Device::CUDA && compute.native_stream(),
+             "NCCL: stream-ordered collectives need a CUDA compute backend, got '{}'",
+             compute.name());
+    DeviceGuard g(device_);
+    cudaStream_t cs = static_cast<cudaStream_t>(compute.native_stream());
+    CUDA_CHECK(cudaEventRecord(ready_, cs));
+    CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
+    enqueue();
+    CUDA_CHECK(cudaEventRecord(done_, stream_));
+    CUDA_CHECK(cudaStreamWaitEvent(cs, done_, 0));
+  }
+
   // Frees in reverse order of creation; never throws. Graceful (the destructor, reached on every
   // rank alike): finalize, which waits until the communicator is quiet on all ranks, so destroy
   // cuts nothing off. A constructor failing on this rank alone must not wait for the others, so
@@ -311,6 +348,9 @@ class NcclCommunicator final : public Communicator {
     }
     if (scratch_) (void)cudaFree(scratch_);
     scratch_ = nullptr;
+    if (done_) (void)cudaEventDestroy(done_);
+    if (ready_) (void)cudaEventDestroy(ready_);
+    done_ = ready_ = nullptr;
     if (stream_) (void)cudaStreamDestroy(stream_);
     stream_ = nullptr;
   }
@@ -319,6 +359,7 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   float* scratch_ = nullptr;
+  cudaEvent_t ready_ = nullptr, done_ = nullptr;  // the stream-ordered collectives' events
 };
 
 }  // namespace

@@ -114,6 +114,29 @@ void FlatShard::prefetch_full() {
   // (release_full, the destructor), and a copy held by the job would free the buffer whenever
   // the helper thread gets round to destroying the job, not at release_full().
   float* full = full_.data<float>();
+  if (comm.orders_on_device()) {
+    // NCCL: queued behind what the compute stream holds, and ahead of what it is given next;
+    // nothing waits on the host and no helper thread is involved.
+    try {
+      if (gather_dtype_ == DType::BF16) {
+        Tensor half = Tensor::empty({layout_.padded_numel}, DType::BF16, device(),
+                                    name_ + " full params (bf16, in transit)");
+        uint16_t* mine = half.data<uint16_t>() + layout_.shard_begin();
+        if (count > 0) be.to_bf16(shard, mine, int64_t(count));
+        comm.all_gather_ordered(mine, half.data<uint16_t>(), count, DType::BF16, be);
+        if (layout_.padded_numel > 0)
+          be.from_bf16(half.data<uint16_t>(), full, layout_.padded_numel);
+        // `half` is freed in compute-stream order, after the widening.
+      } else {
+        comm.all_gather_ordered(shard, full, count, DType::F32, be);
+      }
+    } catch (...) {
+      full_ = Tensor();
+      throw;
+    }
+    full_state_ = FullState::Ready;
+    return;
+  }
   WaitTimer timer(group_.wait_times().gather_s);  // the whole gather in Sync mode
   if (gather_dtype_ == DType::BF16) {
     // This rank's rounded shard goes straight into its block of the bf16 full buffer, and the
@@ -186,6 +209,14 @@ void FlatShard::start_rs(Tensor padded_full, float scale) {
       Tensor::empty({layout_.shard_numel}, DType::F32, device(), name_ + " reduced grads");
   float* out = grads_.data<float>();
   Backend& be = group_.backend();
+  if (comm.orders_on_device()) {
+    // NCCL: ordered by events after the backward that wrote the gradients; the addition and the
+    // frees follow on the compute stream.
+    comm.reduce_scatter_ordered(padded_full.data<float>(), reduced.data<float>(), count, DType::F32,
+                                ReduceOp::Sum, be);
+    be.axpy(int64_t(count), scale, reduced.data<float>(), out);  // grads += scale * reduced
+    return;
+  }
   // The job reads the full gradients off the compute stream: the backward must be done.
   be.synchronize();
   WaitTimer timer(group_.wait_times().reduce_scatter_s);  // the whole job in Sync mode

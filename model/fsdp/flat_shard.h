@@ -18,6 +18,12 @@
 //              clip_grad_norm(layers, max_norm) (below; skip or abort when not finite);
 //              adamw_step(cfg, t, lr); zero_grads()
 //
+// Where the group's communicator orders on the device (NCCL, Communicator::orders_on_device()),
+// the gathers and reduce-scatters are queued on its stream behind CUDA events instead of running
+// as helper-thread jobs after a host synchronisation: prefetch_full() and the reduce-scatter
+// return at once, the full parameters are "ready" for everything queued on the compute stream
+// afterwards, and the group's wait times stay at zero (no host ever waits for them).
+//
 // Memory: every buffer comes from the device's allocator, so it counts in live and peak bytes. The
 // full parameter buffer (N_pad floats) exists from prefetch_full()/gather_full() until
 // release_full(); the full gradient buffer from full_grad() until its reduce-scatter has run.

@@ -2,9 +2,11 @@
 // that the all-gather of the next layer's parameters (and the reduce-scatter of the previous
 // layer's gradients) overlaps the current layer's compute.
 //
-// Why a thread: Communicator only has blocking collectives. A collective started on the helper
-// thread moves data while the caller computes; MPI_THREAD_MULTIPLE (which MpiEnv asks for) makes
-// that legal.
+// Why a thread: MPI collectives block. A collective started on the helper thread moves data
+// while the caller computes; MPI_THREAD_MULTIPLE (which MpiEnv asks for) makes that legal. A
+// communicator that orders its collectives on the device (NCCL, Communicator::orders_on_device())
+// needs no thread: FlatShard queues its gathers and reduce-scatters there directly, ordered by
+// CUDA events, and submits nothing here.
 //
 // Ordering contract (what keeps every rank's collectives matched):
 //  * Work submitted to a group runs on its one helper thread, one job at a time, in submission
