@@ -4,16 +4,20 @@
 
 namespace ringattn {
 
-void Communicator::all_gather_ordered(const void* send, void* recv, size_t count, DType dtype,
-                                      Backend& compute) {
+std::unique_ptr<StreamPoint> Communicator::all_gather_ordered(const void* send, void* recv,
+                                                              size_t count, DType dtype,
+                                                              Backend& compute) {
   compute.synchronize();  // the input is complete; the blocking collective completes the output
   all_gather(send, recv, count, dtype);
+  return nullptr;
 }
 
-void Communicator::reduce_scatter_ordered(const void* send, void* recv, size_t count, DType dtype,
-                                          ReduceOp op, Backend& compute) {
+std::unique_ptr<StreamPoint> Communicator::reduce_scatter_ordered(const void* send, void* recv,
+                                                                  size_t count, DType dtype,
+                                                                  ReduceOp op, Backend& compute) {
   compute.synchronize();
   reduce_scatter(send, recv, count, dtype, op);
+  return nullptr;
 }
 
 }  // namespace ringattn

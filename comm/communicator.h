@@ -25,6 +25,15 @@ namespace ringattn {
 
 class Backend;
 
+// The end of a stream-ordered collective on a transport's own stream (NCCL: an event recorded
+// after it). order() makes everything queued on the compute backend afterwards wait for it, on
+// the device; destroying a point that was not ordered orders it then, so dropping one is safe.
+class StreamPoint {
+ public:
+  virtual ~StreamPoint() = default;
+  virtual void order() = 0;
+};
+
 enum class ReduceOp { Sum, Max, Min };
 
 // One step of the ring: send a buffer to the next rank, receive the previous rank's into a second
@@ -99,20 +108,24 @@ class Communicator {
   virtual void broadcast(void* buf, size_t count, DType dtype, int root) = 0;
   virtual void barrier() = 0;
 
-  // Stream-ordered forms of the FSDP collectives: the collective reads its input after every
-  // operation already queued on `compute` (a backend on device()), and every operation queued on
-  // `compute` after the call sees its output and may reuse its buffers. Where
-  // orders_on_device() (NCCL) this costs the host nothing: CUDA events order the communication
-  // stream after the compute stream and back, and the call returns at once, so the transfer
-  // overlaps whatever is queued next. Elsewhere the defaults synchronise `compute` and run the
-  // blocking collective, which keeps the same orders (callers there prefer a helper thread,
-  // model/fsdp/fsdp_group.h). The rules of the blocking forms (same order on every rank,
+  // Stream-ordered forms of the FSDP collectives. The collective reads its input after every
+  // operation already queued on `compute` (a backend on device()). It returns a StreamPoint, or
+  // null when the collective is already complete: until the point's order() (or its destruction)
+  // the collective may still run, beside whatever `compute` runs meanwhile, so work queued in
+  // between must not touch its buffers; work queued on `compute` after order() sees the output
+  // and may reuse or free the buffers. Where orders_on_device() (NCCL) none of this waits on the
+  // host: CUDA events order the communication stream after the compute stream and back, so the
+  // transfer overlaps the compute queued before order(). Elsewhere the defaults synchronise
+  // `compute`, run the blocking collective and return null (callers there prefer a helper
+  // thread, model/fsdp/fsdp_group.h). The rules of the blocking forms (same order on every rank,
   // all_gather in place) apply.
   virtual bool orders_on_device() const { return false; }
-  virtual void all_gather_ordered(const void* send, void* recv, size_t count, DType dtype,
-                                  Backend& compute);
-  virtual void reduce_scatter_ordered(const void* send, void* recv, size_t count, DType dtype,
-                                      ReduceOp op, Backend& compute);
+  virtual std::unique_ptr<StreamPoint> all_gather_ordered(const void* send, void* recv,
+                                                          size_t count, DType dtype,
+                                                          Backend& compute);
+  virtual std::unique_ptr<StreamPoint> reduce_scatter_ordered(const void* send, void* recv,
+                                                              size_t count, DType dtype,
+                                                              ReduceOp op, Backend& compute);
 
   // A ring over this communicator's ranks in rank order. Collective: every rank of the group
   // calls it, in the same order relative to other rings and collectives. The ring must not

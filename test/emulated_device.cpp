@@ -408,18 +408,21 @@ class DirectCommunicator final : public Communicator {
     host_.broadcast(untag(buf), count, dtype, root);
   }
   void barrier() override { host_.barrier(); }
-  // The `ready` event: the stream runs first; the collective is complete on return, before
-  // anything queued afterwards (the compute stream's wait on `done`).
+  // The `ready` event: the stream runs first; the collective is then complete (no point to
+  // order). Work queued between the call and a GPU's order() runs after the collective here,
+  // where a GPU runs it beside the collective: touching the buffers in between is not caught.
   bool orders_on_device() const override { return true; }
-  void all_gather_ordered(const void* send, void* recv, size_t count, DType dtype,
-                          Backend&) override {
+  std::unique_ptr<StreamPoint> all_gather_ordered(const void* send, void* recv, size_t count,
+                                                  DType dtype, Backend&) override {
     stream().drain();
     all_gather(send, recv, count, dtype);
+    return nullptr;
   }
-  void reduce_scatter_ordered(const void* send, void* recv, size_t count, DType dtype, ReduceOp op,
-                              Backend&) override {
+  std::unique_ptr<StreamPoint> reduce_scatter_ordered(const void* send, void* recv, size_t count,
+                                                      DType dtype, ReduceOp op, Backend&) override {
     stream().drain();
     reduce_scatter(send, recv, count, dtype, op);
+    return nullptr;
   }
   std::unique_ptr<RingExchange> make_ring(Backend* compute) override {
     return std::make_unique<DirectRing>(host_.make_ring(), compute != nullptr);

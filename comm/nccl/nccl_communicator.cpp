@@ -173,6 +173,38 @@ class NcclRing final : public RingExchange {
   bool in_flight_ = false;
 };
 
+// The end of one stream-ordered collective: an event on the communication stream that the compute
+// stream waits for at order() (or when the point is dropped).
+class NcclPoint final : public StreamPoint {
+ public:
+  NcclPoint(cudaStream_t compute, int device) : compute_(compute), device_(device) {
+    CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+  }
+  ~NcclPoint() override {
+    int previous = -1;
+    (void)cudaGetDevice(&previous);
+    (void)cudaSetDevice(device_);
+    if (!ordered_) (void)cudaStreamWaitEvent(compute_, done_, 0);  // cannot throw here
+    (void)cudaEventDestroy(done_);  // its resources go once it has completed
+    if (previous >= 0 && previous != device_) (void)cudaSetDevice(previous);
+  }
+  NcclPoint(const NcclPoint&) = delete;
+  NcclPoint& operator=(const NcclPoint&) = delete;
+  cudaEvent_t done() const { return done_; }
+  void order() override {
+    if (ordered_) return;
+    DeviceGuard g(device_);
+    CUDA_CHECK(cudaStreamWaitEvent(compute_, done_, 0));
+    ordered_ = true;
+  }
+
+ private:
+  cudaStream_t compute_;
+  int device_;
+  cudaEvent_t done_ = nullptr;
+  bool ordered_ = false;
+};
+
 class NcclCommunicator final : public Communicator {
  public:
   explicit NcclCommunicator(MPI_Comm comm) {
@@ -218,7 +250,6 @@ class NcclCommunicator final : public Communicator {
       NCCL_CHECK(ncclCommInitRank(&comm_, size_, boot.id, rank_));
       CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
       CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
-      CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
       CUDA_CHECK(cudaMalloc(&scratch_, sizeof(float)));
       CUDA_CHECK(cudaMemsetAsync(scratch_, 0, sizeof(float), stream_));
       CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -267,23 +298,23 @@ class NcclCommunicator final : public Communicator {
   }
 
   // Events instead of host waits: `ready` recorded on the compute stream orders the collective
-  // after the work that produced its input; `done`, recorded after it on the communication stream,
-  // orders the compute stream's later work after it. One pair serves every call:
-  // cudaStreamWaitEvent takes the event's most recent record at the time it is called.
+  // after the work that produced its input (one event serves every call: cudaStreamWaitEvent
+  // takes its most recent record at the time it is called); the returned point's own event,
+  // recorded after the collective, is what the compute stream waits for at order().
   bool orders_on_device() const override { return true; }
-  void all_gather_ordered(const void* send, void* recv, size_t count, DType dtype,
-                          Backend& compute) override {
-    if (count == 0) return;
-    ordered(compute, [&] {
-      NCCL_CHECK(ncclAllGather(send, recv, count, nccl_type(dtype), comm_, stream_));
+  std::unique_ptr<StreamPoint> all_gather_ordered(const void* send, void* recv, size_t count,
+                                                  DType dtype, Backend& compute) override {
+    return ordered(compute, [&] {
+      if (count) NCCL_CHECK(ncclAllGather(send, recv, count, nccl_type(dtype), comm_, stream_));
     });
   }
-  void reduce_scatter_ordered(const void* send, void* recv, size_t count, DType dtype, ReduceOp op,
-                              Backend& compute) override {
-    if (count == 0) return;
-    ordered(compute, [&] {
-      NCCL_CHECK(
-          ncclReduceScatter(send, recv, count, nccl_type(dtype), nccl_op(op), comm_, stream_));
+  std::unique_ptr<StreamPoint> reduce_scatter_ordered(const void* send, void* recv, size_t count,
+                                                      DType dtype, ReduceOp op,
+                                                      Backend& compute) override {
+    return ordered(compute, [&] {
+      if (count)
+        NCCL_CHECK(
+            ncclReduceScatter(send, recv, count, nccl_type(dtype), nccl_op(op), comm_, stream_));
     });
   }
 
@@ -320,17 +351,23 @@ class NcclCommunicator final : public Communicator {
 
  private:
   template <typename Enqueue>
-  void ordered(Backend& compute, Enqueue enqueue) {
+  std::unique_ptr<StreamPoint> ordered(Backend& compute, Enqueue enqueue) {
     RA_CHECK(compute.device() == Device::CUDA && compute.native_stream(),
              "NCCL: stream-ordered collectives need a CUDA compute backend, got '{}'",
              compute.name());
     DeviceGuard g(device_);
     cudaStream_t cs = static_cast<cudaStream_t>(compute.native_stream());
+    int stream_device = -1;
+    CUDA_CHECK(cudaStreamGetDevice(cs, &stream_device));
+    RA_CHECK(stream_device == device_,
+             "NCCL: the compute backend runs on GPU {}, this communicator on GPU {}", stream_device,
+             device_);
     CUDA_CHECK(cudaEventRecord(ready_, cs));
     CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
     enqueue();
-    CUDA_CHECK(cudaEventRecord(done_, stream_));
-    CUDA_CHECK(cudaStreamWaitEvent(cs, done_, 0));
+    auto point = std::make_unique<NcclPoint>(cs, device_);
+    CUDA_CHECK(cudaEventRecord(point->done(), stream_));
+    return point;
   }
 
   // Frees in reverse order of creation; never throws. Graceful (the destructor, reached on every
@@ -348,9 +385,8 @@ class NcclCommunicator final : public Communicator {
     }
     if (scratch_) (void)cudaFree(scratch_);
     scratch_ = nullptr;
-    if (done_) (void)cudaEventDestroy(done_);
     if (ready_) (void)cudaEventDestroy(ready_);
-    done_ = ready_ = nullptr;
+    ready_ = nullptr;
     if (stream_) (void)cudaStreamDestroy(stream_);
     stream_ = nullptr;
   }
@@ -359,7 +395,7 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   float* scratch_ = nullptr;
-  cudaEvent_t ready_ = nullptr, done_ = nullptr;  // the stream-ordered collectives' events
+  cudaEvent_t ready_ = nullptr;  // the stream-ordered collectives' start
 };
 
 }  // namespace

@@ -48,7 +48,8 @@ class CudaAllocator final : public Allocator {
   // reuse (its release threshold is set to "never" below); the counting above still reports
   // what the program asked for. Allocation and free are ordered on the compute stream; memory
   // used by another stream (NCCL's) is freed only after the compute stream waited for that
-  // stream's event (RingExchange::wait) or the host waited for it (collectives).
+  // stream's event (RingExchange::wait, StreamPoint::order for the FSDP collectives) or the host
+  // waited for it (the blocking collectives).
   void* raw_allocate(size_t bytes) override {
     void* p = nullptr;
     CUDA_CHECK(cudaSetDevice(device_));  // the caller may be a helper thread

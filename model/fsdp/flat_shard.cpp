@@ -63,8 +63,11 @@ Device FlatShard::device() const {
 FlatShard::~FlatShard() {
   // The helper thread may still be using our buffers (the jobs hold their own references to the
   // full buffers, but write the gathered parameters and grads_ through raw pointers): wait, and
-  // swallow errors, as a destructor cannot report them.
+  // swallow errors, as a destructor cannot report them. A stream-ordered gather is ordered before
+  // its buffers go, and deferred reduce-scatters (which add into grads_) are retired.
   try {
+    full_point_.reset();
+    group_.retire(0);
     if (full_job_.valid()) full_job_.wait();
     for (std::future<void>& f : grad_jobs_)
       if (f.valid()) f.wait();
@@ -115,26 +118,28 @@ void FlatShard::prefetch_full() {
   // the helper thread gets round to destroying the job, not at release_full().
   float* full = full_.data<float>();
   if (comm.orders_on_device()) {
-    // NCCL: queued behind what the compute stream holds, and ahead of what it is given next;
-    // nothing waits on the host and no helper thread is involved.
+    // NCCL: queued on the communication stream behind what the compute stream holds now (AdamW's
+    // update), running beside what is queued next (the current layer); wait_full() makes the
+    // compute stream wait for it. Nothing waits on the host; no helper thread is involved.
     try {
       if (gather_dtype_ == DType::BF16) {
-        Tensor half = Tensor::empty({layout_.padded_numel}, DType::BF16, device(),
-                                    name_ + " full params (bf16, in transit)");
-        uint16_t* mine = half.data<uint16_t>() + layout_.shard_begin();
+        full_half_ = Tensor::empty({layout_.padded_numel}, DType::BF16, device(),
+                                   name_ + " full params (bf16, in transit)");
+        uint16_t* mine = full_half_.data<uint16_t>() + layout_.shard_begin();
         if (count > 0) be.to_bf16(shard, mine, int64_t(count));
-        comm.all_gather_ordered(mine, half.data<uint16_t>(), count, DType::BF16, be);
-        if (layout_.padded_numel > 0)
-          be.from_bf16(half.data<uint16_t>(), full, layout_.padded_numel);
-        // `half` is freed in compute-stream order, after the widening.
+        full_point_ =
+            comm.all_gather_ordered(mine, full_half_.data<uint16_t>(), count, DType::BF16, be);
       } else {
-        comm.all_gather_ordered(shard, full, count, DType::F32, be);
+        full_point_ = comm.all_gather_ordered(shard, full, count, DType::F32, be);
       }
     } catch (...) {
+      full_point_.reset();  // orders the compute stream after whatever was queued
+      full_half_ = Tensor();
       full_ = Tensor();
       throw;
     }
-    full_state_ = FullState::Ready;
+    full_ordered_ = true;
+    full_state_ = FullState::Pending;
     return;
   }
   WaitTimer timer(group_.wait_times().gather_s);  // the whole gather in Sync mode
@@ -171,6 +176,19 @@ void FlatShard::prefetch_full() {
 
 void FlatShard::wait_full() {
   if (full_state_ != FullState::Pending) return;
+  if (full_ordered_) {
+    // Everything queued on the compute stream from here on runs after the gather; under bf16 the
+    // widening is the first of it, and the bf16 buffer is freed after it (stream order).
+    full_ordered_ = false;
+    if (full_point_) full_point_->order();
+    full_point_.reset();
+    if (full_half_.defined() && layout_.padded_numel > 0)
+      group_.backend().from_bf16(full_half_.data<uint16_t>(), full_.data<float>(),
+                                 layout_.padded_numel);
+    full_half_ = Tensor();
+    full_state_ = FullState::Ready;
+    return;
+  }
   std::future<void> job = std::move(full_job_);
   WaitTimer timer(group_.wait_times().gather_s);
   try {
@@ -210,11 +228,18 @@ void FlatShard::start_rs(Tensor padded_full, float scale) {
   float* out = grads_.data<float>();
   Backend& be = group_.backend();
   if (comm.orders_on_device()) {
-    // NCCL: ordered by events after the backward that wrote the gradients; the addition and the
-    // frees follow on the compute stream.
-    comm.reduce_scatter_ordered(padded_full.data<float>(), reduced.data<float>(), count, DType::F32,
-                                ReduceOp::Sum, be);
-    be.axpy(int64_t(count), scale, reduced.data<float>(), out);  // grads += scale * reduced
+    // NCCL: queued after the backward that wrote the gradients, running beside the next layer's
+    // backward. The previous reduce-scatter is retired now (the compute stream waits for it, then
+    // adds its result and frees its buffers): it has had this layer's backward to overlap, and
+    // at most two full-gradient buffers stay alive. wait_grads() retires the rest.
+    std::unique_ptr<StreamPoint> point = comm.reduce_scatter_ordered(
+        padded_full.data<float>(), reduced.data<float>(), count, DType::F32, ReduceOp::Sum, be);
+    group_.defer(std::move(point), [&be, count, scale, out, padded_full, reduced]() mutable {
+      be.axpy(int64_t(count), scale, reduced.data<float>(), out);  // grads += scale * reduced
+      padded_full = Tensor();
+      reduced = Tensor();
+    });
+    group_.retire(1);
     return;
   }
   // The job reads the full gradients off the compute stream: the backward must be done.
@@ -275,6 +300,7 @@ void FlatShard::reduce_scatter_grads(const Tensor& full, float scale) {
 }
 
 void FlatShard::wait_grads() {
+  group_.retire(0);  // stream-ordered reduce-scatters: their additions are queued from here
   // Wait for all of them even when one failed: each is still using our buffers.
   std::vector<std::future<void>> jobs = std::move(grad_jobs_);
   grad_jobs_.clear();

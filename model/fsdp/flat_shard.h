@@ -20,9 +20,11 @@
 //
 // Where the group's communicator orders on the device (NCCL, Communicator::orders_on_device()),
 // the gathers and reduce-scatters are queued on its stream behind CUDA events instead of running
-// as helper-thread jobs after a host synchronisation: prefetch_full() and the reduce-scatter
-// return at once, the full parameters are "ready" for everything queued on the compute stream
-// afterwards, and the group's wait times stay at zero (no host ever waits for them).
+// as helper-thread jobs after a host synchronisation. prefetch_full() returns at once and the
+// gather runs beside the compute queued next; gather_full() / wait_full() make the compute stream
+// wait for it (on the device). A reduce-scatter runs beside the next layer's backward and is
+// retired (its result added, its buffers freed, in compute-stream order) at the next one or at
+// wait_grads() (FsdpGroup::defer / retire). The group's wait times stay at zero: no host waits.
 //
 // Memory: every buffer comes from the device's allocator, so it counts in live and peak bytes. The
 // full parameter buffer (N_pad floats) exists from prefetch_full()/gather_full() until
@@ -101,7 +103,8 @@ class FlatShard {
   void load_full(const float* full, int64_t n);
   // --- full parameters --------------------------------------------------------------------------
   // Allocates the full buffer (N_pad floats) and starts the all-gather of every rank's shard
-  // into it on the group's helper thread; returns at once (in Sync mode: after the gather).
+  // into it on the group's helper thread (NCCL: on its stream, ordered by events; see above);
+  // returns at once (in Sync mode: after the gather).
   // Collective (every rank of the group, same order). A no-op when the full buffer is already
   // present or in flight.
   void prefetch_full();
@@ -129,7 +132,8 @@ class FlatShard {
   //  * The forms with `full` take the caller's F32 [N] or [N_pad] contiguous host tensor; an [N]
   //    tensor whose N is not a multiple of G is first copied into a zero-padded buffer.
   // The blocking forms return when grads() is updated. The start_ forms queue the job on the
-  // group's helper thread and return at once; wait_grads() completes them (rethrowing errors).
+  // group's helper thread (NCCL: on its stream) and return at once; wait_grads() completes them
+  // (rethrowing errors).
   // `full` is kept alive by the job, but must not be written until wait_grads().
   void reduce_scatter_grads(float scale = 1.0f);
   void reduce_scatter_grads(const Tensor& full, float scale = 1.0f);
@@ -167,6 +171,11 @@ class FlatShard {
   Tensor full_;  // F32 [N_pad] while present
   FullState full_state_ = FullState::Absent;
   std::future<void> full_job_;
+  // A stream-ordered gather in flight (orders_on_device()): its point, and under bf16 the bf16
+  // buffer it gathers into, widened into full_ by wait_full().
+  bool full_ordered_ = false;
+  std::unique_ptr<StreamPoint> full_point_;
+  Tensor full_half_;
   Tensor full_grad_;                          // F32 [N_pad] while allocated
   std::vector<std::future<void>> grad_jobs_;  // reduce-scatters in flight, oldest first
   std::vector<IndexRange> no_decay_local_;

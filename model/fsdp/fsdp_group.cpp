@@ -2,6 +2,7 @@
 
 #include "comm/mpi_env.h"
 #include "core/error.h"
+#include "core/log.h"
 
 namespace ringattn {
 
@@ -33,6 +34,11 @@ FsdpGroup::FsdpGroup(Communicator& comm, Backend& backend, Mode mode)
 }
 
 FsdpGroup::~FsdpGroup() {
+  try {
+    retire(0);
+  } catch (const std::exception& e) {
+    log::rank_error("FSDP group: finishing its stream-ordered collectives failed: {}", e.what());
+  }
   if (!async_) return;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -57,7 +63,21 @@ std::future<void> FsdpGroup::submit(std::function<void()> job) {
   return done;
 }
 
+void FsdpGroup::defer(std::unique_ptr<StreamPoint> point, std::function<void()> then) {
+  deferred_.push_back({std::move(point), std::move(then)});
+}
+
+void FsdpGroup::retire(size_t keep) {
+  while (deferred_.size() > keep) {
+    Deferred d = std::move(deferred_.front());
+    deferred_.pop_front();
+    if (d.point) d.point->order();
+    if (d.then) d.then();
+  }
+}
+
 void FsdpGroup::synchronize() {
+  retire(0);
   if (!async_) return;
   // Jobs run in order, so an empty job's completion means everything before it has run.
   submit([] {}).wait();

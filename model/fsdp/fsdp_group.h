@@ -71,9 +71,18 @@ class FsdpGroup {
   // run; get() rethrows what it threw. In Sync mode the job has already run when submit()
   // returns (its exception, if any, is still delivered through the future).
   std::future<void> submit(std::function<void()> job);
-  // Blocks until every job submitted so far has run. Rethrows nothing: errors belong to the
-  // futures of the jobs that raised them.
+  // Blocks until every job submitted so far has run, and retires every stream-ordered collective
+  // (below). Rethrows nothing: errors belong to the futures of the jobs that raised them.
   void synchronize();
+
+  // Stream-ordered collectives in flight (a communicator that orders on the device, NCCL): each
+  // one's StreamPoint and what must follow it on the compute stream (adding a reduce-scatter's
+  // result into the shard, freeing its buffers). retire(keep) orders all but the newest `keep`
+  // of them, oldest first, and runs what follows each: the compute stream then waits for those
+  // collectives, on the device. Keeping the newest one in flight lets it run beside the compute
+  // queued until the next retire. Only the thread that drives the model calls these.
+  void defer(std::unique_ptr<StreamPoint> point, std::function<void()> then);
+  void retire(size_t keep = 0);
 
   // Seconds the CALLING thread spent blocked on this group's communication, accumulated by
   // FlatShard (what `ringattn bench train` reports as communication): waiting for parameter
@@ -97,6 +106,11 @@ class FsdpGroup {
   std::condition_variable cv_;
   std::deque<std::packaged_task<void()>> queue_;  // guarded by mu_
   bool stop_ = false;                             // guarded by mu_
+  struct Deferred {
+    std::unique_ptr<StreamPoint> point;  // null: the collective was complete on return
+    std::function<void()> then;
+  };
+  std::deque<Deferred> deferred_;  // oldest first; the model's thread only
   WaitTimes waits_;
 };
 
