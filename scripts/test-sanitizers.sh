@@ -30,7 +30,10 @@ echo "test-sanitizers: build took $(($(date +%s) - start)) s"
 # disable_dlclose: OpenMPI unloads its MCA plugins at MPI_Finalize, which leaves their leak stacks
 # as "<unknown module>"; kept loaded, they are attributed (and suppressed) by name.
 export OMPI_MCA_mca_base_component_disable_dlclose=1
-export ASAN_OPTIONS="detect_leaks=${RINGATTN_ASAN_LEAKS:-1}:fast_unwind_on_malloc=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=0:check_initialization_order=1"
+# intercept_tls_get_addr=0: LeakSanitizer's scan of threads' dynamic TLS read a bogus block
+# (0x4876-0x400005978) in some 4-rank runs here (OpenMPI's plugins carry TLS) and its tracer died
+# with SIGSEGV at exit, failing tests that had passed; without that scan it is stable.
+export ASAN_OPTIONS="detect_leaks=${RINGATTN_ASAN_LEAKS:-1}:fast_unwind_on_malloc=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=0:check_initialization_order=1:intercept_tls_get_addr=0"
 export LSAN_OPTIONS="suppressions=$root/scripts/sanitizers/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 start=$(date +%s)

@@ -453,7 +453,9 @@ std::unique_ptr<Communicator> make_emulated_direct_communicator(Communicator& ho
 
 DeviceUnderTest device_under_test() {
   if (cuda_device_count() > 0) return {&cuda_backend(0), false};
-  static EmulatedAllocator allocator;
+  // Never destroyed: tensors in other static objects may still free into it at exit, and its
+  // cached blocks stay reachable for LeakSanitizer (which runs after static destructors).
+  static EmulatedAllocator& allocator = *new EmulatedAllocator();
   static EmulatedBackend backend;
   static std::once_flag installed;
   std::call_once(installed, [] {

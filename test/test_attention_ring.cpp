@@ -371,6 +371,11 @@ TEST_CASE("ring tokens shared once per batch: same results, and checked against 
   CHECK_THROWS_WITH(ring.forward(wrong), Catch::Contains("describe another batch"));
   wrong.ring_tokens = ring.share_tokens(pos, Tensor(), B);  // without segment ids
   CHECK_THROWS_WITH(ring.forward(wrong), Catch::Contains("describe another batch"));
+  // Same positions, other documents (another micro-batch): caught too, as the input's segment ids
+  // are in host memory.
+  Tensor other_docs = Tensor::zeros({B, int64_t(pos.size())}, DType::I32);
+  wrong.ring_tokens = ring.share_tokens(pos, other_docs, B);
+  CHECK_THROWS_WITH(ring.forward(wrong), Catch::Contains("other segment ids"));
 }
 
 TEST_CASE("vanilla equals blockwise on the whole sequence", "[attention]") {

@@ -187,18 +187,33 @@ Attention::Shapes Attention::check_input(const AttentionInput& in) const {
              "attention: segment_ids must be I32 [{}, {}] in host memory or on the backend's "
              "device ({}), got {}",
              s.batch, s.sl, device_name(backend_.device()), seg.str());
-    // Needed on the host, where the tiles are planned: from the shared token table when the
-    // caller gave one, as they are from host memory, or copied back from the device (which
-    // waits for it).
-    if (uses_ring() && in.ring_tokens && in.ring_tokens->segmented()) {
+  }
+  const bool shared = uses_ring() && in.ring_tokens;
+  if (shared) {
+    // Checked before anything is read from it.
+    const RingTokens& t = *in.ring_tokens;
+    RA_CHECK(t.ranks() == sp_->size() && t.batch() == s.batch && t.shard_len() == s.sl &&
+                 t.segmented() == in.segment_ids.defined() &&
+                 std::equal(in.positions.begin(), in.positions.end(), t.positions(sp_->rank())),
+             "attention: the shared ring tokens describe another batch than this input ({} "
+             "ranks, [{}, {}]{}, for [{}, {}] here)",
+             t.ranks(), t.batch(), t.shard_len(), t.segmented() ? " with segment ids" : "", s.batch,
+             s.sl);
+  }
+  if (in.segment_ids.defined()) {
+    // Needed on the host, where the tiles are planned: as they are from host memory (and then
+    // checked against a shared table), from the shared table when they are on the device, or
+    // else copied back from the device (which waits for it).
+    const Tensor c = in.segment_ids.contiguous();
+    if (c.device() == Device::CPU) {
+      s.seg.assign(c.data<int32_t>(), c.data<int32_t>() + s.batch * s.sl);
+      RA_CHECK(!shared || in.ring_tokens->segments(sp_->rank(), 0, s.sl) == s.seg,
+               "attention: the shared ring tokens hold other segment ids than this input");
+    } else if (shared) {
       s.seg = in.ring_tokens->segments(sp_->rank(), 0, s.sl);
     } else {
-      const Tensor c = seg.contiguous();
       s.seg.resize(size_t(s.batch * s.sl));
-      if (c.device() == Device::CPU)
-        std::memcpy(s.seg.data(), c.raw(), s.seg.size() * sizeof(int32_t));
-      else
-        backend_.copy_to_host(s.seg.data(), c.raw(), s.seg.size() * sizeof(int32_t));
+      backend_.copy_to_host(s.seg.data(), c.raw(), s.seg.size() * sizeof(int32_t));
     }
   }
   s.scale = opt_.scale > 0 ? opt_.scale : 1.0f / std::sqrt(float(s.head_dim));
@@ -281,20 +296,12 @@ std::shared_ptr<const RingTokens> Attention::share_tokens(const std::vector<int6
   return std::make_shared<const RingTokens>(*sp_, backend_, positions, seg, batch);
 }
 
-// The caller's shared table (checked to describe this input), or one gathered for this call.
+// The caller's shared table (check_input checked it against this input), or one gathered for
+// this call.
 std::shared_ptr<const RingTokens> Attention::ring_tokens(const AttentionInput& in,
                                                          const Shapes& s) const {
-  if (!in.ring_tokens)
-    return std::make_shared<const RingTokens>(*sp_, backend_, in.positions, s.seg, s.batch);
-  const RingTokens& t = *in.ring_tokens;
-  RA_CHECK(t.ranks() == sp_->size() && t.batch() == s.batch && t.shard_len() == s.sl &&
-               t.segmented() == in.segment_ids.defined() &&
-               std::equal(in.positions.begin(), in.positions.end(), t.positions(sp_->rank())),
-           "attention: the shared ring tokens describe another batch than this input ({} ranks, "
-           "[{}, {}]{}, for [{}, {}] here)",
-           t.ranks(), t.batch(), t.shard_len(), t.segmented() ? " with segment ids" : "", s.batch,
-           s.sl);
-  return in.ring_tokens;
+  if (in.ring_tokens) return in.ring_tokens;
+  return std::make_shared<const RingTokens>(*sp_, backend_, in.positions, s.seg, s.batch);
 }
 
 size_t Attention::ring_bytes_sent() const {
