@@ -288,9 +288,8 @@ __device__ inline bool visible(const MaskArgs& a, int64_t b, int64_t qpos, int32
 // P = exp(S - m_new) in place for the P V product (0 where masked). Follows the CPU exactly:
 // a row with nothing visible so far (m_new still kMaskedScore) gets P = 0 and keeps its state.
 // Reads of m[row] by every thread happen before the sum's barriers; thread 0 writes after them.
-// Under bf16 (`rounded` not null) P also goes, rounded, into `rounded` (the same layout), which
-// the P V GEMM reads: one pass over the tile instead of a second rounding pass; l sums the
-// unrounded P as before.
+// Under bf16 (`rounded` not null) P goes, rounded, into `rounded` instead (the same layout), which
+// the P V GEMM reads: no float32 P and no second rounding pass; l sums the unrounded P as before.
 __global__ void forward_softmax_kernel(MaskArgs a, const int2* items, float* scores,
                                        int64_t tile_stride, int64_t ld_s, int heads, int head_dim,
                                        float* m, float* l, float* acc, uint16_t* rounded) {
@@ -317,16 +316,20 @@ __global__ void forward_softmax_kernel(MaskArgs a, const int2* items, float* sco
     const float m_new = fmaxf(m_old, mx);
     if (m_new <= kMaskedScore) {  // the same for every thread of the block
       for (int64_t j = threadIdx.x; j < a.nk; j += blockDim.x) {
-        row[j] = 0.0f;
-        if (row16) row16[j] = 0;
+        if (row16)
+          row16[j] = 0;
+        else
+          row[j] = 0.0f;
       }
       continue;
     }
     float sum = 0.0f;
     for (int64_t j = threadIdx.x; j < a.nk; j += blockDim.x) {
       const float e = row[j] <= kMaskedScore ? 0.0f : expf(row[j] - m_new);
-      row[j] = e;
-      if (row16) row16[j] = round_to_bf16(e);
+      if (row16)
+        row16[j] = round_to_bf16(e);  // the only P the bf16 P V GEMM reads
+      else
+        row[j] = e;
       sum += e;
     }
     sum = block_reduce(sum, red, SumOp<float>());
