@@ -43,6 +43,17 @@ FullInput make_full(int64_t B, int64_t S, int64_t H, int64_t Hkv, int64_t D, boo
   return f;
 }
 
+// One rank's shard of the full input: the tokens at `pos` (and their segment ids, if any).
+AttentionInput shard_input(const FullInput& f, const std::vector<int64_t>& pos) {
+  AttentionInput in;
+  in.q = take_positions(f.q, 1, pos);
+  in.k = take_positions(f.k, 1, pos);
+  in.v = take_positions(f.v, 1, pos);
+  in.positions = pos;
+  if (f.seg.defined()) in.segment_ids = take_positions(f.seg, 1, pos);
+  return in;
+}
+
 AttentionInput whole_input(const FullInput& f) {
   AttentionInput in;
   in.q = f.q;
@@ -141,12 +152,7 @@ TEST_CASE("every implementation against the float64 reference, on every rank cou
           Attention attn(opt, cpu_backend(), ring ? &sp : nullptr);
           const int parts = ring ? n : 1, me = ring ? sp.rank() : 0;
           const std::vector<int64_t> pos = layout_positions(layout, S, parts, me);
-          AttentionInput in;
-          in.q = take_positions(f.q, 1, pos);
-          in.k = take_positions(f.k, 1, pos);
-          in.v = take_positions(f.v, 1, pos);
-          in.segment_ids = take_positions(f.seg, 1, pos);
-          in.positions = pos;
+          const AttentionInput in = shard_input(f, pos);
           const AttentionOutput out = attn.forward(in);
           const AttentionGrads g = attn.backward(in, out, take_positions(f.dout, 1, pos));
           auto whole = [&](const Tensor& t, int dim) {
@@ -190,12 +196,7 @@ TEST_CASE("ring attention on all ranks equals blockwise on one rank", "[attentio
           opt.ring_pieces = pieces;
           Attention ring(opt, cpu_backend(), &sp);
           const std::vector<int64_t> pos = layout_positions(layout, S, n, sp.rank());
-          AttentionInput in;
-          in.q = take_positions(f.q, 1, pos);
-          in.k = take_positions(f.k, 1, pos);
-          in.v = take_positions(f.v, 1, pos);
-          in.positions = pos;
-          if (segments) in.segment_ids = take_positions(f.seg, 1, pos);
+          const AttentionInput in = shard_input(f, pos);
           const AttentionOutput out = ring.forward(in);
           const AttentionGrads g = ring.backward(in, out, take_positions(f.dout, 1, pos));
 
@@ -232,16 +233,7 @@ TEST_CASE("bf16 ring: K/V blocks travel as bf16, with the results of float32 blo
 
     opt.impl = AttentionImpl::Ring;
     opt.ring_pieces = pieces;
-    auto shard = [&](int rank) {
-      const std::vector<int64_t> pos = layout_positions(opt.layout, S, n, rank);
-      AttentionInput in;
-      in.q = take_positions(f.q, 1, pos);
-      in.k = take_positions(f.k, 1, pos);
-      in.v = take_positions(f.v, 1, pos);
-      in.positions = pos;
-      in.segment_ids = take_positions(f.seg, 1, pos);
-      return in;
-    };
+    auto shard = [&](int rank) { return shard_input(f, layout_positions(opt.layout, S, n, rank)); };
     const AttentionInput in = shard(r);
     const std::vector<int64_t>& pos = in.positions;
     size_t forward_bytes[2] = {};  // float32 ring, bf16 ring
@@ -339,12 +331,7 @@ TEST_CASE("ring tokens shared once per batch: same results, and checked against 
   opt.ring_pieces = 2;
   Attention ring(opt, cpu_backend(), &sp);
   const std::vector<int64_t> pos = layout_positions(opt.layout, S, n, sp.rank());
-  AttentionInput in;
-  in.q = take_positions(f.q, 1, pos);
-  in.k = take_positions(f.k, 1, pos);
-  in.v = take_positions(f.v, 1, pos);
-  in.positions = pos;
-  in.segment_ids = take_positions(f.seg, 1, pos);
+  const AttentionInput in = shard_input(f, pos);
   const Tensor dout = take_positions(f.dout, 1, pos);
   const AttentionOutput o = ring.forward(in);
   const AttentionGrads g = ring.backward(in, o, dout);
@@ -435,11 +422,7 @@ TEST_CASE("ring_pieces shrinks the ring's own buffers by the piece count", "[att
   Allocator& alloc = allocator_for(Device::CPU);
   const FullInput f = make_full(1, S, H, H, D, false, 5);
   const std::vector<int64_t> pos = layout_positions(RingLayout::Zigzag, S, n, sp.rank());
-  AttentionInput in;
-  in.q = take_positions(f.q, 1, pos);
-  in.k = take_positions(f.k, 1, pos);
-  in.v = take_positions(f.v, 1, pos);
-  in.positions = pos;
+  const AttentionInput in = shard_input(f, pos);
   const Tensor dout = take_positions(f.dout, 1, pos);
   auto peak = [&](int64_t pieces, AttentionGrads* grads) {
     AttentionOptions opt;
