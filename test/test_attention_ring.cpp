@@ -65,6 +65,22 @@ AttentionInput whole_input(const FullInput& f) {
   return in;
 }
 
+// Blockwise attention over the whole sequence on this rank alone (with `opt`'s other settings):
+// the reference the ring is compared with.
+struct WholeRun {
+  AttentionOutput out;
+  AttentionGrads grads;
+};
+WholeRun blockwise_whole(AttentionOptions opt, const FullInput& f) {
+  opt.impl = AttentionImpl::Blockwise;
+  Attention whole(opt, cpu_backend());
+  const AttentionInput in = whole_input(f);
+  WholeRun r;
+  r.out = whole.forward(in);
+  r.grads = whole.backward(in, r.out, f.dout);
+  return r;
+}
+
 // max |a - b| over elements, treating equal infinities as equal.
 double max_abs_diff(const Tensor& a, const Tensor& b) {
   REQUIRE(a.shape() == b.shape());
@@ -186,11 +202,9 @@ TEST_CASE("ring attention on all ranks equals blockwise on one rank", "[attentio
           opt.q_chunk = 16;  // does not divide the 24-token shards of 4 ranks: ragged tiles
           opt.k_chunk = 8;
 
-          opt.impl = AttentionImpl::Blockwise;
-          Attention whole(opt, cpu_backend());
-          const AttentionInput win = whole_input(f);
-          const AttentionOutput wout = whole.forward(win);
-          const AttentionGrads wg = whole.backward(win, wout, f.dout);
+          const WholeRun ref = blockwise_whole(opt, f);
+          const AttentionOutput& wout = ref.out;
+          const AttentionGrads& wg = ref.grads;
 
           opt.impl = AttentionImpl::Ring;
           opt.ring_pieces = pieces;
@@ -225,11 +239,9 @@ TEST_CASE("bf16 ring: K/V blocks travel as bf16, with the results of float32 blo
     opt.k_chunk = 4;
     opt.bf16 = true;
 
-    opt.impl = AttentionImpl::Blockwise;
-    Attention whole(opt, cpu_backend());
-    const AttentionInput win = whole_input(f);
-    const AttentionOutput wout = whole.forward(win);
-    const AttentionGrads wg = whole.backward(win, wout, f.dout);
+    const WholeRun ref = blockwise_whole(opt, f);
+    const AttentionOutput& wout = ref.out;
+    const AttentionGrads& wg = ref.grads;
 
     opt.impl = AttentionImpl::Ring;
     opt.ring_pieces = pieces;

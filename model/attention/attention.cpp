@@ -45,6 +45,17 @@ Tensor as_f32(const Tensor& t) {
 // host already (RingTokens). Under mixed precision (bf16) K and V travel as bfloat16, half the
 // bytes: the tile GEMMs would round them to bf16 anyway, so the results are the same bit for bit.
 // Backward sends float32 dK, dV in a second buffer of its own.
+// Keys and values at `k` and `v` as a problem's: float32, or bf16 (used in place by the tiles).
+void set_kv(AttentionTileProblem& p, const void* k, const void* v, bool bf16) {
+  if (bf16) {
+    p.k_bf16 = static_cast<const uint16_t*>(k);
+    p.v_bf16 = static_cast<const uint16_t*>(v);
+  } else {
+    p.k = static_cast<const float*>(k);
+    p.v = static_cast<const float*>(v);
+  }
+}
+
 struct KvBlockLayout {
   size_t kv_elems = 0;  // B * len * Hkv * D
   size_t bytes = 0;
@@ -57,14 +68,8 @@ struct KvBlockLayout {
   }
   // The block as a tile problem's keys and values.
   void set_kv(AttentionTileProblem& p, const Tensor& buf) const {
-    if (bf16) {
-      p.k = p.v = nullptr;
-      p.k_bf16 = buf.data<uint16_t>();
-      p.v_bf16 = buf.data<uint16_t>() + kv_elems;
-    } else {
-      p.k = buf.data<float>();
-      p.v = buf.data<float>() + kv_elems;
-    }
+    const size_t v_at = kv_elems * (bf16 ? sizeof(uint16_t) : sizeof(float));
+    ringattn::set_kv(p, buf.data<char>(), buf.data<char>() + v_at, bf16);
   }
 };
 
@@ -261,19 +266,6 @@ AttentionTileProblem Attention::make_problem(const Shapes& s, const std::vector<
   return p;
 }
 
-namespace {
-// The shard's own keys and values as the problem's (vanilla, blockwise).
-void set_local_kv(AttentionTileProblem& p, const Tensor& k, const Tensor& v, bool bf16) {
-  if (bf16) {
-    p.k_bf16 = k.data<uint16_t>();
-    p.v_bf16 = v.data<uint16_t>();
-  } else {
-    p.k = k.data<float>();
-    p.v = v.data<float>();
-  }
-}
-}  // namespace
-
 double Attention::ring_wait_seconds() const {
   return (kv_ring_ ? kv_ring_->wait_seconds() : 0.0) +
          (grad_ring_ ? grad_ring_->wait_seconds() : 0.0);
@@ -332,7 +324,7 @@ AttentionOutput Attention::forward_blocks(const AttentionInput& in, const Shapes
   if (!uses_ring()) {
     AttentionTileProblem p = make_problem(s, in.positions, s.sl, in.positions.data(),
                                           s.seg.empty() ? nullptr : s.seg.data());
-    set_local_kv(p, s.k, s.v, s.bf16_inputs);
+    set_kv(p, s.k.raw(), s.v.raw(), s.bf16_inputs);
     backend_.attention_forward_block(p, st, &timings_.tiles);
   } else {
     const int n = sp_->size(), r = sp_->rank();
@@ -415,7 +407,7 @@ AttentionGrads Attention::backward_local(const AttentionInput& in, const Attenti
   g.dv = zeros_on(backend_, {s.batch, s.sl, s.kv_heads, s.head_dim}, "attention dV");
   AttentionTileProblem p = make_problem(s, in.positions, s.sl, in.positions.data(),
                                         s.seg.empty() ? nullptr : s.seg.data());
-  set_local_kv(p, s.k, s.v, s.bf16_inputs);
+  set_kv(p, s.k.raw(), s.v.raw(), s.bf16_inputs);
   AttentionBackwardArgs a{dout.data<float>(), out.lse.data<float>(), delta.data<float>(),
                           g.dq.data<float>(), g.dk.data<float>(),    g.dv.data<float>()};
   backend_.attention_backward_block(p, a, &timings_.tiles);
