@@ -1,0 +1,566 @@
+// Fused bf16 attention tiles (AttentionTileProblem::fused): the flash-attention way of running
+// the tile steps of core/attention_tile.h. One kernel per call; each block keeps its 64 x 64 score
+// tile in shared memory between the tensor-core products and the softmax, so no score tile makes a
+// round trip through GPU memory (the cuBLAS tile path of core/cuda/cuda_attention.cu writes and
+// reads each one several times, which is what limits it).
+//
+//   forward   block (query tile of 64 rows, batch row b, query head h): loads acc, m, l of its
+//             rows, folds every visible key tile in (S = scale Q K^T, masked online softmax,
+//             acc = alpha acc + bf16(P) V) and writes them back.
+//   backward  two kernels, both deterministic (no atomics: each block owns the rows it adds to):
+//             dk/dv  block (key tile, b, kv head): over the G query heads of its group and every
+//                    visible query tile: P, dP = dO V^T, dS; dV += bf16(P)^T dO, dK += bf16(dS)^T Q
+//                    in registers; adds dK (times scale) and dV into dk, dv once at the end.
+//             dq     block (query tile, b, h): over every visible key tile: P, dP, dS;
+//                    dQ += bf16(dS) K in registers; adds scale dQ into dq at the end.
+//             Grouped-query attention costs nothing extra: a kv head's block sums its whole group.
+// The numbers follow the contract of AttentionTileProblem::bf16: q, k, v, dout rounded to bf16
+// (those given as bf16 used as they are), products summed in float32, P and dS rounded before
+// their products, l summed from the unrounded P, masks and empty rows exactly as on the CPU. Only
+// the order of the float32 sums differs from the cuBLAS path (tolerance, not bits).
+//
+// Written once, compiled twice: by nvcc into the CUDA kernels (core/cuda/fused_attention.cu, whose
+// DeviceBlock runs it on 128 threads with wmma fragments) and by the host compiler into the tests
+// (test/emulated_block.h's HostBlock runs it on the CPU, phase by phase), so that its logic is
+// checked on every machine while only its speed needs a GPU.
+//
+// What the body may use of a Block:
+//   kThreads (128) threads in kWarps (4) warps of 32;
+//   each_thread(f): f(t) for every thread t; each_warp(f): f(w) for every warp w, on all of its
+//     lanes together (fragment operations are warp-collective). Between two sync()s
+//     (__syncthreads) no thread reads what another thread of the block writes, and no phase reads
+//     what an earlier phase of the same interval wrote, even in the same thread (the emulation
+//     runs an interval's phases in either order, and as late as its closing sync(): helpers that
+//     return before it capture by value, and every kernel body ends with sync()).
+//   Code between phases runs in every thread on the GPU and once on the host, so it computes only
+//     values that are the same for every thread (from arguments and from shared memory read after
+//     a sync), and every thread takes the same branches.
+//   Fragments of 16 x 16: A (bf16, row-major) and ACol (bf16, column-major) left operands, BRow /
+//     BCol right operands, Acc (float32); fill(acc, 0), load(frag, ptr, ld), mma(acc, a, b)
+//     (acc += a b), store(ptr, acc, ld) (row-major). Pointers 32-byte aligned, ld a multiple of 8
+//     (bf16) or 4 (float32).
+//   PerWarp<T>: one T per warp that lives across phases (registers on the GPU): at(w).
+//   smem(): the block's dynamic shared memory (kSmemAlign-aligned).
+#pragma once
+
+#include <math.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "core/attention_tile.h"
+
+#if defined(__CUDACC__)
+#define RA_FUSED_FN __host__ __device__
+#else
+#define RA_FUSED_FN
+#endif
+
+namespace ringattn::fused {
+
+inline constexpr int kTile = 64;  // query rows and keys of a tile
+inline constexpr int kThreads = 128;
+inline constexpr int kWarps = 4;  // each owns 16 rows of a 64-row tile
+inline constexpr int kFrag = 16;
+inline constexpr int kMaxHeadDim = 128;  // registers and shared memory are sized for it
+inline constexpr int kSmemAlign = 128;
+inline constexpr int64_t kNoPosition = INT64_MIN;
+
+// Whether a problem can run here: bf16, head_dim a multiple of 16 (fragments), at most 128.
+RA_FUSED_FN inline bool head_dim_fits(int head_dim) {
+  return head_dim > 0 && head_dim % kFrag == 0 && head_dim <= kMaxHeadDim;
+}
+
+// Everything a fused kernel reads and writes, in device memory (host memory under HostBlock).
+struct Args {
+  int64_t batch = 0, sq = 0, sk = 0;
+  int heads = 0, kv_heads = 0, head_dim = 0;
+  float scale = 1.0f;
+  bool causal = false;
+  const int64_t* q_pos = nullptr;  // [sq]
+  const int64_t* k_pos = nullptr;  // [sk]
+  const int32_t* q_seg = nullptr;  // [B, sq] or null (then k_seg is null too)
+  const int32_t* k_seg = nullptr;  // [B, sk]
+  // Operands: float32 (rounded to bf16 on load) or already bf16, one of each pair.
+  const float* q = nullptr;
+  const uint16_t* q16 = nullptr;
+  const float* k = nullptr;
+  const uint16_t* k16 = nullptr;
+  const float* v = nullptr;
+  const uint16_t* v16 = nullptr;
+  // Forward: the running state (AttentionForwardState), read and written.
+  float* acc = nullptr;
+  float* m = nullptr;
+  float* l = nullptr;
+  // Backward (AttentionBackwardArgs): dout is float32; dq, dk, dv are added to.
+  const float* dout = nullptr;
+  const float* lse = nullptr;
+  const float* delta = nullptr;
+  float* dq = nullptr;
+  float* dk = nullptr;
+  float* dv = nullptr;
+};
+
+// core/dtype.h's f32_to_bf16 (round to nearest even, NaN kept quiet), usable on both sides.
+RA_FUSED_FN inline uint16_t bf16_bits(float x) {
+  uint32_t u;
+  memcpy(&u, &x, sizeof(u));
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+RA_FUSED_FN inline int64_t min64(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
+RA_FUSED_FN inline int64_t max64(int64_t a, int64_t b) {
+  return a > b ? a : b;
+}
+
+// Shared-memory sections, carved in order from one base; with a null base only the size is
+// computed (the launcher's dynamic shared memory). Every section starts kSmemAlign-aligned.
+class Carver {
+ public:
+  RA_FUSED_FN explicit Carver(void* base) : base_(static_cast<unsigned char*>(base)) {}
+  template <typename T>
+  RA_FUSED_FN T* take(int64_t count) {
+    const size_t at = used_;
+    used_ += (size_t(count) * sizeof(T) + kSmemAlign - 1) / kSmemAlign * kSmemAlign;
+    return base_ ? reinterpret_cast<T*>(base_ + at) : nullptr;
+  }
+  RA_FUSED_FN size_t used() const { return used_; }
+
+ private:
+  unsigned char* base_;
+  size_t used_ = 0;
+};
+
+// Row strides in shared memory: padded so that consecutive rows start in different banks, and
+// still what the fragments need (bf16: a multiple of 8 elements; float32: of 4; 32-byte rows
+// starts for every 16th row).
+RA_FUSED_FN inline int ld16(int head_dim) {
+  return head_dim + 8;
+}
+inline constexpr int kLdScore = kTile + 4;  // float32 score tiles
+inline constexpr int kLdProb = kTile + 8;   // bf16 P and dS tiles
+
+// Per-row data of a 64-row tile (queries or keys).
+struct RowData {
+  int64_t* pos;  // kNoPosition past the end of the shard (rows that do not exist)
+  int32_t* seg;
+  float* a;  // forward: m; backward: lse
+  float* b;  // forward: l; backward: delta
+  RA_FUSED_FN void carve(Carver& c) {
+    pos = c.take<int64_t>(kTile);
+    seg = c.take<int32_t>(kTile);
+    a = c.take<float>(kTile);
+    b = c.take<float>(kTile);
+  }
+};
+
+struct ForwardSmem {
+  uint16_t *q, *k, *v, *p;  // [64][ld16]; p [64][kLdProb]
+  float *s, *o;             // s [64][kLdScore]; o [64][head_dim + 4]
+  float *red, *sum;         // [kThreads]: two partial maxima / sums per row
+  float *alpha, *m_new;     // [64]
+  RowData rows, keys;       // rows: m in a, l in b
+  size_t bytes = 0;
+  RA_FUSED_FN ForwardSmem(void* base, int head_dim) {
+    Carver c(base);
+    q = c.take<uint16_t>(kTile * ld16(head_dim));
+    k = c.take<uint16_t>(kTile * ld16(head_dim));
+    v = c.take<uint16_t>(kTile * ld16(head_dim));
+    p = c.take<uint16_t>(kTile * kLdProb);
+    s = c.take<float>(kTile * kLdScore);
+    o = c.take<float>(kTile * (head_dim + 4));
+    red = c.take<float>(kThreads);
+    sum = c.take<float>(kThreads);
+    alpha = c.take<float>(kTile);
+    m_new = c.take<float>(kTile);
+    rows.carve(c);
+    keys.carve(c);
+    bytes = c.used();
+  }
+};
+
+struct BackwardSmem {
+  uint16_t *q, *dout, *k, *v;  // [64][ld16]
+  uint16_t *p, *ds;            // [64][kLdProb] bf16(P), bf16(dS)
+  float *s, *dp;               // [64][kLdScore]
+  float* stage;                // [kWarps][16 * 16]: one fragment per warp on its way out
+  RowData rows, keys;          // rows: lse in a, delta in b
+  size_t bytes = 0;
+  RA_FUSED_FN BackwardSmem(void* base, int head_dim) {
+    Carver c(base);
+    q = c.take<uint16_t>(kTile * ld16(head_dim));
+    dout = c.take<uint16_t>(kTile * ld16(head_dim));
+    k = c.take<uint16_t>(kTile * ld16(head_dim));
+    v = c.take<uint16_t>(kTile * ld16(head_dim));
+    p = c.take<uint16_t>(kTile * kLdProb);
+    ds = c.take<uint16_t>(kTile * kLdProb);
+    s = c.take<float>(kTile * kLdScore);
+    dp = c.take<float>(kTile * kLdScore);
+    stage = c.take<float>(kWarps * kFrag * kFrag);
+    rows.carve(c);
+    keys.carve(c);
+    bytes = c.used();
+  }
+};
+
+// ---- phases shared by the kernels ----------------------------------------------------------------
+
+// Rows [r0, r0 + 64) of a [B, S, heads, D] operand, head `head`, batch row b, into a bf16 tile
+// (zeros past row n). One of f32 / b16 is given.
+template <class Block>
+RA_FUSED_FN void load_rows(Block& blk, uint16_t* tile, const float* f32, const uint16_t* b16,
+                           int64_t b, int64_t seq, int64_t r0, int64_t n, int heads, int head,
+                           int head_dim) {
+  const int ld = ld16(head_dim);
+  blk.each_thread([=](int t) {
+    for (int e = t; e < kTile * head_dim; e += kThreads) {
+      const int r = e / head_dim, d = e % head_dim;
+      uint16_t x = 0;
+      if (r < n) {
+        const int64_t g = ((b * seq + r0 + r) * heads + head) * int64_t(head_dim) + d;
+        x = b16 ? b16[g] : bf16_bits(f32[g]);
+      }
+      tile[r * ld + d] = x;
+    }
+  });
+}
+
+// Positions and segment ids of rows [r0, r0 + n) (kNoPosition and 0 past n).
+template <class Block>
+RA_FUSED_FN void load_positions(Block& blk, RowData& rd, const int64_t* pos, const int32_t* seg,
+                                int64_t b, int64_t seq, int64_t r0, int64_t n) {
+  blk.each_thread([=](int t) {
+    if (t >= kTile) return;
+    rd.pos[t] = t < n ? pos[r0 + t] : kNoPosition;
+    rd.seg[t] = t < n && seg ? seg[b * seq + r0 + t] : 0;
+  });
+}
+
+// Whether key j may be seen by query r (causal by position, equal segments when given). Rows and
+// keys past the ends see nothing.
+RA_FUSED_FN inline bool visible(const Args& a, const RowData& rows, const RowData& keys, int r,
+                                int j) {
+  if (rows.pos[r] == kNoPosition || keys.pos[j] == kNoPosition) return false;
+  if (a.causal && keys.pos[j] > rows.pos[r]) return false;
+  if (a.q_seg && keys.seg[j] != rows.seg[r]) return false;
+  return true;
+}
+
+// Uniform: the largest query position of a tile, the smallest key position (ignoring rows past
+// the ends). A causal key tile whose smallest position exceeds the largest query position holds
+// nothing visible: skipped (positions need not be monotonic inside a tile: zigzag shards break).
+RA_FUSED_FN inline int64_t max_position(const RowData& rd) {
+  int64_t x = kNoPosition;
+  for (int r = 0; r < kTile; ++r) x = max64(x, rd.pos[r]);
+  return x;
+}
+RA_FUSED_FN inline int64_t min_position(const RowData& rd) {
+  int64_t x = INT64_MAX;
+  for (int r = 0; r < kTile; ++r)
+    if (rd.pos[r] != kNoPosition) x = min64(x, rd.pos[r]);
+  return x;
+}
+
+// out[64 x 64] (float32, ld kLdScore) = x[64 x D] y[64 x D]^T, warp w computing rows 16w..16w+15.
+template <class Block>
+RA_FUSED_FN void tile_scores(Block& blk, float* out, const uint16_t* x, const uint16_t* y,
+                             int head_dim) {
+  const int ld = ld16(head_dim);
+  blk.each_warp([=](int w) {
+    for (int n0 = 0; n0 < kTile; n0 += kFrag) {
+      typename Block::Acc c;
+      Block::fill(c, 0.0f);
+      for (int d0 = 0; d0 < head_dim; d0 += kFrag) {
+        typename Block::A fa;
+        typename Block::BCol fb;
+        Block::load(fa, x + w * kFrag * ld + d0, ld);
+        Block::load(fb, y + n0 * ld + d0, ld);
+        Block::mma(c, fa, fb);
+      }
+      Block::store(out + w * kFrag * kLdScore + n0, c, kLdScore);
+    }
+  });
+}
+
+// Adds a warp's accumulators [16 x D] (rows 16w.. of a 64-row tile), times `factor`, into
+// dst rows [r0, r0 + n) of a [B, S, heads, D] gradient, head `head`: through one 16 x 16 stage per
+// warp, one column block at a time.
+template <class Block, class AccRow>
+RA_FUSED_FN void add_rows_out(Block& blk, float* stage, AccRow& acc, float* dst, float factor,
+                              int64_t b, int64_t seq, int64_t r0, int64_t n, int heads, int head,
+                              int head_dim) {
+  for (int dt = 0; dt < head_dim / kFrag; ++dt) {
+    blk.each_warp([&](int w) { Block::store(stage + w * kFrag * kFrag, acc.at(w)[dt], kFrag); });
+    blk.sync();
+    blk.each_thread([&](int t) {
+      const int w = t / 32, lane = t % 32;
+      for (int e = lane; e < kFrag * kFrag; e += 32) {
+        const int r = w * kFrag + e / kFrag;
+        if (r >= n) continue;
+        const int64_t g =
+            ((b * seq + r0 + r) * heads + head) * int64_t(head_dim) + dt * kFrag + e % kFrag;
+        dst[g] += factor * stage[w * kFrag * kFrag + e];
+      }
+    });
+    blk.sync();
+  }
+}
+
+// ---- forward -------------------------------------------------------------------------------------
+
+template <class Block>
+RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_t bh) {
+  const int D = a.head_dim, ldo = D + 4;
+  ForwardSmem sm(blk.smem(), D);
+  const int64_t b = bh / a.heads;
+  const int h = int(bh % a.heads), hk = h / (a.heads / a.kv_heads);
+  const int64_t q0 = q_tile * kTile, nq = min64(kTile, a.sq - q0);
+
+  // The tile's queries, positions and running state (rows past the shard: empty, never written).
+  load_rows(blk, sm.q, a.q, a.q16, b, a.sq, q0, nq, a.heads, h, D);
+  load_positions(blk, sm.rows, a.q_pos, a.q_seg, b, a.sq, q0, nq);
+  blk.each_thread([&](int t) {
+    for (int e = t; e < kTile * D; e += kThreads) {
+      const int r = e / D, d = e % D;
+      sm.o[r * ldo + d] = r < nq ? a.acc[((b * a.sq + q0 + r) * a.heads + h) * int64_t(D) + d] : 0;
+    }
+    if (t < kTile) {
+      const int64_t stat = (b * a.heads + h) * a.sq + q0 + t;
+      sm.rows.a[t] = t < nq ? a.m[stat] : kMaskedScore;
+      sm.rows.b[t] = t < nq ? a.l[stat] : 0.0f;
+    }
+  });
+  blk.sync();
+  const int64_t q_max = max_position(sm.rows);
+
+  for (int64_t k0 = 0; k0 < a.sk; k0 += kTile) {
+    const int64_t nk = min64(kTile, a.sk - k0);
+    // The positions do not touch what the last tile's products still read; the sync after them
+    // ends those products before K and V are overwritten.
+    load_positions(blk, sm.keys, a.k_pos, a.k_seg, b, a.sk, k0, nk);
+    blk.sync();
+    if (a.causal && min_position(sm.keys) > q_max) continue;  // all in the future
+    load_rows(blk, sm.k, a.k, a.k16, b, a.sk, k0, nk, a.kv_heads, hk, D);
+    load_rows(blk, sm.v, a.v, a.v16, b, a.sk, k0, nk, a.kv_heads, hk, D);
+    blk.sync();
+
+    tile_scores(blk, sm.s, sm.q, sm.k, D);  // S = Q K^T (scaled below)
+    blk.sync();
+
+    // Two threads per row, 32 keys each: mask and scale, then the row's two partial maxima.
+    blk.each_thread([&](int t) {
+      const int r = t / 2, c0 = (t % 2) * (kTile / 2);
+      float mx = kMaskedScore;
+      for (int j = c0; j < c0 + kTile / 2; ++j) {
+        float& s = sm.s[r * kLdScore + j];
+        s = visible(a, sm.rows, sm.keys, r, j) ? a.scale * s : kMaskedScore;
+        mx = fmaxf(mx, s);
+      }
+      sm.red[t] = mx;
+    });
+    blk.sync();
+
+    // P = exp(S - m_new), bf16 for P V; the partial sums of the unrounded P; acc rescaled.
+    // A row with nothing visible so far keeps its state and gets P = 0 (as on the CPU).
+    blk.each_thread([&](int t) {
+      const int r = t / 2, half = t % 2, c0 = half * (kTile / 2);
+      const float m_old = sm.rows.a[r];
+      const float m_new = fmaxf(m_old, fmaxf(sm.red[2 * r], sm.red[2 * r + 1]));
+      float sum = 0.0f;
+      for (int j = c0; j < c0 + kTile / 2; ++j) {
+        const float s = sm.s[r * kLdScore + j];
+        const float e = m_new <= kMaskedScore || s <= kMaskedScore ? 0.0f : expf(s - m_new);
+        sm.p[r * kLdProb + j] = bf16_bits(e);
+        sum += e;
+      }
+      sm.sum[t] = sum;
+      const bool grows = m_new > m_old;
+      const float alpha = grows ? expf(m_old - m_new) : 1.0f;
+      if (grows)
+        for (int d = half * (D / 2); d < (half + 1) * (D / 2); ++d) sm.o[r * ldo + d] *= alpha;
+      if (half == 0) {
+        sm.alpha[r] = alpha;
+        sm.m_new[r] = m_new;
+      }
+    });
+    blk.sync();
+
+    // The row statistics; then acc += bf16(P) V (no sync between: disjoint data).
+    blk.each_thread([&](int t) {
+      if (t >= kTile) return;
+      sm.rows.b[t] = sm.rows.b[t] * sm.alpha[t] + (sm.sum[2 * t] + sm.sum[2 * t + 1]);
+      sm.rows.a[t] = sm.m_new[t];
+    });
+    blk.each_warp([&](int w) {
+      for (int d0 = 0; d0 < D; d0 += kFrag) {
+        typename Block::Acc c;
+        Block::load(c, sm.o + w * kFrag * ldo + d0, ldo);
+        for (int j0 = 0; j0 < kTile; j0 += kFrag) {
+          typename Block::A fp;
+          typename Block::BRow fv;
+          Block::load(fp, sm.p + w * kFrag * kLdProb + j0, kLdProb);
+          Block::load(fv, sm.v + j0 * ld16(D) + d0, ld16(D));
+          Block::mma(c, fp, fv);
+        }
+        Block::store(sm.o + w * kFrag * ldo + d0, c, ldo);
+      }
+    });
+  }
+  blk.sync();
+
+  blk.each_thread([&](int t) {
+    for (int e = t; e < nq * D; e += kThreads) {
+      const int r = e / D, d = e % D;
+      a.acc[((b * a.sq + q0 + r) * a.heads + h) * int64_t(D) + d] = sm.o[r * ldo + d];
+    }
+    if (t < nq) {
+      const int64_t stat = (b * a.heads + h) * a.sq + q0 + t;
+      a.m[stat] = sm.rows.a[t];
+      a.l[stat] = sm.rows.b[t];
+    }
+  });
+  blk.sync();
+}
+
+// ---- backward ------------------------------------------------------------------------------------
+
+// With Q, dO, K, V tiles, positions, lse and delta loaded: S = Q K^T and dP = dO V^T (warps by
+// query rows), then P = exp(scale S - lse) (0 where masked and on rows that saw no key) and
+// dS = P (dP - delta) (exactly 0 where P is), both rounded to bf16 for their products.
+template <class Block>
+RA_FUSED_FN void backward_scores(Block& blk, const Args& a, BackwardSmem& sm) {
+  const int D = a.head_dim;
+  tile_scores(blk, sm.s, sm.q, sm.k, D);
+  tile_scores(blk, sm.dp, sm.dout, sm.v, D);
+  blk.sync();
+  blk.each_thread([&](int t) {
+    const int r = t / 2, c0 = (t % 2) * (kTile / 2);
+    const float lse = sm.rows.a[r], delta = sm.rows.b[r];
+    const bool sees_any = lse > kMaskedScore;
+    for (int j = c0; j < c0 + kTile / 2; ++j) {
+      const float pj = sees_any && visible(a, sm.rows, sm.keys, r, j)
+                           ? expf(a.scale * sm.s[r * kLdScore + j] - lse)
+                           : 0.0f;
+      const float ds = pj == 0.0f ? 0.0f : pj * (sm.dp[r * kLdScore + j] - delta);
+      sm.p[r * kLdProb + j] = bf16_bits(pj);
+      sm.ds[r * kLdProb + j] = bf16_bits(ds);
+    }
+  });
+  blk.sync();
+}
+
+// Query rows [q0, q0 + nq) of head h: lse, delta, Q and dO (positions are the caller's).
+template <class Block>
+RA_FUSED_FN void load_query_tile(Block& blk, const Args& a, BackwardSmem& sm, int64_t b, int h,
+                                 int64_t q0, int64_t nq) {
+  blk.each_thread([=](int t) {
+    if (t >= kTile) return;
+    const int64_t stat = (b * a.heads + h) * a.sq + q0 + t;
+    sm.rows.a[t] = t < nq ? a.lse[stat] : -INFINITY;
+    sm.rows.b[t] = t < nq ? a.delta[stat] : 0.0f;
+  });
+  load_rows(blk, sm.q, a.q, a.q16, b, a.sq, q0, nq, a.heads, h, a.head_dim);
+  load_rows(blk, sm.dout, a.dout, nullptr, b, a.sq, q0, nq, a.heads, h, a.head_dim);
+}
+
+template <class Block>
+RA_FUSED_FN void backward_dkdv_block(Block& blk, const Args& a, int64_t k_tile, int64_t bhk) {
+  using AccRow = typename Block::Acc[kMaxHeadDim / kFrag];
+  const int D = a.head_dim, G = a.heads / a.kv_heads;
+  BackwardSmem sm(blk.smem(), D);
+  const int64_t b = bhk / a.kv_heads;
+  const int hk = int(bhk % a.kv_heads);
+  const int64_t k0 = k_tile * kTile, nk = min64(kTile, a.sk - k0);
+
+  load_positions(blk, sm.keys, a.k_pos, a.k_seg, b, a.sk, k0, nk);
+  load_rows(blk, sm.k, a.k, a.k16, b, a.sk, k0, nk, a.kv_heads, hk, D);
+  load_rows(blk, sm.v, a.v, a.v16, b, a.sk, k0, nk, a.kv_heads, hk, D);
+  typename Block::template PerWarp<AccRow> dk, dv;  // warp w: keys 16w..16w+15, all of D
+  blk.each_warp([&](int w) {
+    for (int dt = 0; dt < D / kFrag; ++dt) {
+      Block::fill(dk.at(w)[dt], 0.0f);
+      Block::fill(dv.at(w)[dt], 0.0f);
+    }
+  });
+  blk.sync();
+  const int64_t k_min = min_position(sm.keys);
+
+  for (int g = 0; g < G; ++g) {
+    const int h = hk * G + g;
+    for (int64_t q0 = 0; q0 < a.sq; q0 += kTile) {
+      const int64_t nq = min64(kTile, a.sq - q0);
+      load_positions(blk, sm.rows, a.q_pos, a.q_seg, b, a.sq, q0, nq);  // (as in the forward)
+      blk.sync();
+      if (a.causal && max_position(sm.rows) < k_min) continue;  // sees none of these keys
+      load_query_tile(blk, a, sm, b, h, q0, nq);
+      blk.sync();
+      backward_scores(blk, a, sm);
+      // dV += bf16(P)^T dO and dK += bf16(dS)^T Q: warp w's keys are columns 16w.. of P and dS.
+      blk.each_warp([&](int w) {
+        for (int dt = 0; dt < D / kFrag; ++dt)
+          for (int i0 = 0; i0 < kTile; i0 += kFrag) {
+            typename Block::ACol fp, fds;
+            typename Block::BRow fdo, fq;
+            Block::load(fp, sm.p + i0 * kLdProb + w * kFrag, kLdProb);
+            Block::load(fdo, sm.dout + i0 * ld16(D) + dt * kFrag, ld16(D));
+            Block::mma(dv.at(w)[dt], fp, fdo);
+            Block::load(fds, sm.ds + i0 * kLdProb + w * kFrag, kLdProb);
+            Block::load(fq, sm.q + i0 * ld16(D) + dt * kFrag, ld16(D));
+            Block::mma(dk.at(w)[dt], fds, fq);
+          }
+      });
+    }
+  }
+  blk.sync();
+  add_rows_out(blk, sm.stage, dv, a.dv, 1.0f, b, a.sk, k0, nk, a.kv_heads, hk, D);
+  add_rows_out(blk, sm.stage, dk, a.dk, a.scale, b, a.sk, k0, nk, a.kv_heads, hk, D);
+}
+
+template <class Block>
+RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, int64_t bh) {
+  using AccRow = typename Block::Acc[kMaxHeadDim / kFrag];
+  const int D = a.head_dim;
+  BackwardSmem sm(blk.smem(), D);
+  const int64_t b = bh / a.heads;
+  const int h = int(bh % a.heads), hk = h / (a.heads / a.kv_heads);
+  const int64_t q0 = q_tile * kTile, nq = min64(kTile, a.sq - q0);
+
+  load_positions(blk, sm.rows, a.q_pos, a.q_seg, b, a.sq, q0, nq);
+  load_query_tile(blk, a, sm, b, h, q0, nq);
+  typename Block::template PerWarp<AccRow> dq;  // warp w: queries 16w..16w+15, all of D
+  blk.each_warp([&](int w) {
+    for (int dt = 0; dt < D / kFrag; ++dt) Block::fill(dq.at(w)[dt], 0.0f);
+  });
+  blk.sync();
+  const int64_t q_max = max_position(sm.rows);
+
+  for (int64_t k0 = 0; k0 < a.sk; k0 += kTile) {
+    const int64_t nk = min64(kTile, a.sk - k0);
+    load_positions(blk, sm.keys, a.k_pos, a.k_seg, b, a.sk, k0, nk);  // (as in the forward)
+    blk.sync();
+    if (a.causal && min_position(sm.keys) > q_max) continue;
+    load_rows(blk, sm.k, a.k, a.k16, b, a.sk, k0, nk, a.kv_heads, hk, D);
+    load_rows(blk, sm.v, a.v, a.v16, b, a.sk, k0, nk, a.kv_heads, hk, D);
+    blk.sync();
+    backward_scores(blk, a, sm);
+    // dQ += bf16(dS) K: warp w's queries are rows 16w.. of dS.
+    blk.each_warp([&](int w) {
+      for (int dt = 0; dt < D / kFrag; ++dt)
+        for (int j0 = 0; j0 < kTile; j0 += kFrag) {
+          typename Block::A fds;
+          typename Block::BRow fk;
+          Block::load(fds, sm.ds + w * kFrag * kLdProb + j0, kLdProb);
+          Block::load(fk, sm.k + j0 * ld16(D) + dt * kFrag, ld16(D));
+          Block::mma(dq.at(w)[dt], fds, fk);
+        }
+    });
+  }
+  blk.sync();
+  add_rows_out(blk, sm.stage, dq, a.dq, a.scale, b, a.sq, q0, nq, a.heads, h, D);
+}
+
+}  // namespace ringattn::fused

@@ -1,0 +1,156 @@
+// Runs the fused attention kernels' body (core/cuda/fused_attention_body.h) on the CPU, so that
+// its indexing, masks, skips, online softmax and gradient sums are tested on machines without a
+// GPU. HostBlock is the body's Block contract on the host:
+//   - each_thread / each_warp only queue their phase; sync() runs what was queued since the last
+//     one, as a GPU block would between two barriers. In order (reverse = false): phase by phase,
+//     threads (warps) ascending. In reverse: the queued phases last to first, threads (warps)
+//     descending. The body's contract makes the phases of one sync interval independent (no
+//     thread reads there what another writes, and the body's phases never pass data to a later
+//     phase of the same interval, not even within one thread), so both orders give the same bits;
+//     a missing sync(), or a read of shared memory by the code between phases before the sync(),
+//     changes them. Because phases run late, helpers that return before the next sync() capture
+//     by value, and a body ends with sync() (run_grid checks that nothing is left queued);
+//   - fragments are plain 16 x 16 matrices; mma sums in float32 in k order (tensor cores sum in
+//     another order: a tolerance, not bits, separates the GPU from this);
+//   - shared memory is a fresh buffer per block, filled with 0xff bytes (NaN floats, huge
+//     integers) so that reading what no phase wrote shows up.
+// Blocks of a grid run one after the other (they never share data: each owns its output rows).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <stdexcept>
+#include <vector>
+
+#include "core/cuda/fused_attention_body.h"
+
+namespace ringattn::test {
+
+class HostBlock {
+ public:
+  HostBlock(size_t smem_bytes, bool reverse)
+      : mem_(smem_bytes + fused::kSmemAlign, 0xff), reverse_(reverse) {}
+
+  void* smem() {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(mem_.data());
+    const uintptr_t a = fused::kSmemAlign;
+    return reinterpret_cast<void*>((p + a - 1) / a * a);
+  }
+  template <typename F>
+  void each_thread(F&& f) {
+    queued_.push_back({false, std::function<void(int)>(f)});
+  }
+  template <typename F>
+  void each_warp(F&& f) {
+    queued_.push_back({true, std::function<void(int)>(f)});
+  }
+  void sync() {
+    const size_t n = queued_.size();
+    for (size_t k = 0; k < n; ++k) {
+      const Phase& ph = queued_[reverse_ ? n - 1 - k : k];
+      const int count = ph.warp ? fused::kWarps : fused::kThreads;
+      for (int i = 0; i < count; ++i) ph.f(reverse_ ? count - 1 - i : i);
+    }
+    queued_.clear();
+    ++syncs_;
+  }
+  size_t queued() const { return queued_.size(); }
+  size_t syncs() const { return syncs_; }
+
+  template <typename T, int Tag>
+  struct Frag {
+    T x[fused::kFrag][fused::kFrag];
+  };
+  using A = Frag<uint16_t, 0>;     // left operand, loaded row-major
+  using ACol = Frag<uint16_t, 1>;  // left operand, loaded column-major
+  using BRow = Frag<uint16_t, 2>;  // right operand, loaded row-major
+  using BCol = Frag<uint16_t, 3>;  // right operand, loaded column-major
+  using Acc = Frag<float, 4>;
+
+  template <typename T>
+  struct PerWarp {
+    T v[fused::kWarps];
+    T& at(int w) { return v[w]; }
+  };
+
+  static void fill(Acc& c, float x) {
+    for (auto& row : c.x)
+      for (float& e : row) e = x;
+  }
+  // Element (r, c) of a row-major matrix at p[r * ld + c]; of a column-major one at p[c * ld + r].
+  template <int Tag>
+  static void load(Frag<uint16_t, Tag>& f, const uint16_t* p, int ld) {
+    const bool col = Tag == 1 || Tag == 3;
+    for (int r = 0; r < fused::kFrag; ++r)
+      for (int c = 0; c < fused::kFrag; ++c) f.x[r][c] = col ? p[c * ld + r] : p[r * ld + c];
+  }
+  static void load(Acc& f, const float* p, int ld) {
+    for (int r = 0; r < fused::kFrag; ++r)
+      for (int c = 0; c < fused::kFrag; ++c) f.x[r][c] = p[r * ld + c];
+  }
+  static void store(float* p, const Acc& f, int ld) {
+    for (int r = 0; r < fused::kFrag; ++r)
+      for (int c = 0; c < fused::kFrag; ++c) p[r * ld + c] = f.x[r][c];
+  }
+  template <int TA, int TB>
+  static void mma(Acc& c, const Frag<uint16_t, TA>& a, const Frag<uint16_t, TB>& b) {
+    for (int r = 0; r < fused::kFrag; ++r)
+      for (int n = 0; n < fused::kFrag; ++n) {
+        float s = c.x[r][n];
+        for (int k = 0; k < fused::kFrag; ++k) s += widen(a.x[r][k]) * widen(b.x[k][n]);
+        c.x[r][n] = s;
+      }
+  }
+
+ private:
+  static float widen(uint16_t h) {
+    const uint32_t u = uint32_t(h) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof(f));
+    return f;
+  }
+
+  struct Phase {
+    bool warp;
+    std::function<void(int)> f;
+  };
+  std::vector<unsigned char> mem_;
+  bool reverse_;
+  std::vector<Phase> queued_;
+  size_t syncs_ = 0;
+};
+
+// The grids of the three kernels, as core/cuda/fused_attention.cu launches them, on host memory.
+// Blocks in ascending order, or all in descending order (and threads too) when `reverse`.
+template <typename Body>
+void run_grid(int64_t tiles, int64_t rows, size_t smem, bool reverse, Body body) {
+  for (int64_t i = 0; i < tiles * rows; ++i) {
+    const int64_t at = reverse ? tiles * rows - 1 - i : i;
+    HostBlock blk(smem, reverse);
+    body(blk, at % tiles, at / tiles);
+    if (blk.queued() != 0) throw std::logic_error("fused attention body: phases after its last sync");
+  }
+}
+
+inline int64_t fused_tiles(int64_t n) {
+  return (n + fused::kTile - 1) / fused::kTile;
+}
+
+inline void run_fused_forward(const fused::Args& a, bool reverse = false) {
+  const fused::ForwardSmem sm(nullptr, a.head_dim);
+  run_grid(fused_tiles(a.sq), a.batch * a.heads, sm.bytes, reverse,
+           [&](HostBlock& blk, int64_t t, int64_t bh) { fused::forward_block(blk, a, t, bh); });
+}
+
+inline void run_fused_backward(const fused::Args& a, bool reverse = false) {
+  const fused::BackwardSmem sm(nullptr, a.head_dim);
+  run_grid(fused_tiles(a.sk), a.batch * a.kv_heads, sm.bytes, reverse,
+           [&](HostBlock& blk, int64_t t, int64_t bhk) {
+             fused::backward_dkdv_block(blk, a, t, bhk);
+           });
+  run_grid(fused_tiles(a.sq), a.batch * a.heads, sm.bytes, reverse,
+           [&](HostBlock& blk, int64_t t, int64_t bh) { fused::backward_dq_block(blk, a, t, bh); });
+}
+
+}  // namespace ringattn::test
