@@ -32,7 +32,7 @@ struct BenchAttentionArgs {
   std::string impl = "blockwise", layout = "zigzag", json, device = "cpu";
   int64_t batch = 1, seq = 4096, heads = 8, kv_heads = 8, head_dim = 64;
   int64_t q_chunk = 256, k_chunk = 256;
-  bool causal = false, bf16 = false;
+  bool causal = false, bf16 = false, fused = false;
   int warmup = 1, repeat = 3, threads = 0;
 };
 
@@ -45,7 +45,8 @@ int run_bench_attention(const BenchAttentionArgs& a) {
   opt.causal = a.causal;
   opt.q_chunk = a.q_chunk;
   opt.k_chunk = a.k_chunk;
-  opt.bf16 = a.bf16;
+  opt.bf16 = a.bf16 || a.fused;
+  opt.kernel = a.fused ? AttentionKernel::Fused : AttentionKernel::Tiles;
   RA_CHECK(opt.impl == AttentionImpl::Ring || world == 1,
            "bench attention --impl {} runs on one rank; launched on {} (use --impl ring)", a.impl,
            world);
@@ -75,6 +76,9 @@ int run_bench_attention(const BenchAttentionArgs& a) {
   fill_normal(in.k, 12 + 4 * r);
   fill_normal(in.v, 13 + 4 * r);
   fill_normal(dout, 14 + 4 * r);
+  // Under bf16 q, k and v come as bf16, as the model keeps them (used in place by the tiles).
+  if (opt.bf16)
+    for (Tensor* t : {&in.q, &in.k, &in.v}) *t = t->to(DType::BF16);
   for (Tensor* t : {&in.q, &in.k, &in.v, &dout}) *t = t->to_device(dev, "bench input");
 
   Attention attn(opt, be, &ring);
@@ -111,7 +115,7 @@ int run_bench_attention(const BenchAttentionArgs& a) {
       4.0 * a.batch * a.heads * double(a.seq) * a.seq * a.head_dim * causal_factor;
   const double flops_fwdbwd = flops_fwd * 3.5;
   // The reference GEMM of the tiles' operand type, summed over ranks, run concurrently.
-  const DType operands = a.bf16 ? DType::BF16 : DType::F32;
+  const DType operands = opt.bf16 ? DType::BF16 : DType::F32;
   const double sgemm = measure_gemm_gflops(sp, be, operands);
   const std::string gemm = gemm_name(operands);
 
@@ -136,11 +140,12 @@ int run_bench_attention(const BenchAttentionArgs& a) {
   j["fwdbwd_ms"] = fwdbwd * 1e3;
   j["gflops_fwd"] = flops_fwd / fwd * 1e-9;
   j["gflops_fwdbwd"] = flops_fwdbwd / fwdbwd * 1e-9;
-  j["tile_gemm_operands"] = a.bf16 ? "bf16" : "f32";
+  j["tile_gemm_operands"] = opt.bf16 ? "bf16" : "f32";
+  j["kernel"] = kernel_name(opt.kernel);
   j["peak_gemm"] = gemm;
   j["peak_gemm_gflops"] = sgemm;
   j["fraction_of_peak_gemm"] = flops_fwdbwd / fwdbwd * 1e-9 / sgemm;
-  if (!a.bf16) {
+  if (!opt.bf16) {
     j["sgemm_gflops"] = sgemm;
     j["fraction_of_sgemm"] = j["fraction_of_peak_gemm"];
   }
@@ -169,7 +174,7 @@ int run_bench_attention(const BenchAttentionArgs& a) {
         "  FLOPs: {}\n",
         a.impl, opt.impl == AttentionImpl::Ring ? a.layout : "whole sequence", be.name(), world,
         threads, a.batch, a.seq, a.heads, a.kv_heads, a.head_dim, a.causal, a.q_chunk, a.k_chunk,
-        a.bf16 ? ", bf16 tile GEMMs" : "", fwd * 1e3, j["gflops_fwd"].get<double>(), fwdbwd * 1e3,
+        a.fused ? ", fused bf16 kernels" : a.bf16 ? ", bf16 tile GEMMs" : "", fwd * 1e3, j["gflops_fwd"].get<double>(), fwdbwd * 1e3,
         j["gflops_fwdbwd"].get<double>(), 100 * j["fraction_of_peak_gemm"].get<double>(), gemm,
         gemm, sgemm, format_bytes(j["peak_bytes"].get<size_t>()), format_bytes(live_before),
         format_bytes(j["workspace_peak_bytes"].get<size_t>()),
@@ -199,6 +204,9 @@ void add_bench_attention_command(CLI::App& bench, Action& run) {
   cmd->add_flag("--causal", a->causal, "Causal mask");
   cmd->add_flag("--bf16", a->bf16,
                 "Tile GEMMs on bf16 operands (model.dtype = bf16); compared with the bf16 GEMM");
+  cmd->add_flag("--fused", a->fused,
+                "bf16 with the fused kernels (attention.kernel = fused; implies --bf16; the CPU "
+                "runs its tiles)");
   cmd->add_option("--q-chunk", a->q_chunk, "Query tile")->capture_default_str();
   cmd->add_option("--k-chunk", a->k_chunk, "Key tile")->capture_default_str();
   cmd->add_option("--warmup", a->warmup, "Untimed iterations")->capture_default_str();

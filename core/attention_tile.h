@@ -51,6 +51,13 @@ struct AttentionTileProblem {
   const uint16_t* q_bf16 = nullptr;
   const uint16_t* k_bf16 = nullptr;
   const uint16_t* v_bf16 = nullptr;
+  // Under bf16 only, a request to the CUDA backend: run the call as fused kernels that keep each
+  // score tile in shared memory (core/cuda/fused_attention_body.h; head_dim a multiple of 16, at
+  // most 128) instead of cuBLAS GEMMs around softmax kernels. The same function and rounding
+  // points, other float32 summation orders (a tolerance apart). q_chunk and k_chunk then only
+  // shape the statistics (the kernels cut their own 64 x 64 tiles). The CPU backend has one tile
+  // path and ignores it.
+  bool fused = false;
 };
 
 // Running forward state (the (m, l, acc) form): acc unnormalised.

@@ -17,6 +17,7 @@ namespace ringattn {
 namespace {
 
 constexpr std::array kImpls{AttentionImpl::Vanilla, AttentionImpl::Blockwise, AttentionImpl::Ring};
+constexpr std::array kKernels{AttentionKernel::Tiles, AttentionKernel::Fused};
 constexpr std::array kLayouts{RingLayout::Contiguous, RingLayout::Zigzag, RingLayout::Striped};
 constexpr std::array kRecordFormats{RecordFormat::Line, RecordFormat::ValueKey};
 constexpr std::array kCheckpointing{Checkpointing::None, Checkpointing::Layer};
@@ -123,6 +124,12 @@ ConfigSchema make_schema() {
             "when each piece is a multiple of `attention.k_chunk`.")
       .at_least(1)
       .at_most(1 << 20);
+  s.add_enum("attention.kernel", std::string(kernel_name(a.kernel)), names(kKernels, kernel_name),
+             "How the tile steps run. `tiles`: GEMMs (cuBLAS on a GPU) around softmax kernels. "
+             "`fused` (model.dtype = bf16 only): on device = cuda, kernels that keep each 64 x 64 "
+             "score tile in shared memory, so it never makes a round trip through GPU memory "
+             "(the flash-attention way; head dimension a multiple of 16, at most 128). The same "
+             "function, summed in other orders. The CPU runs its tiles either way.");
 
   // Mesh axes: -1 infers one axis from the world size; 0 is rejected by validate().
   const MeshConfig& mesh = d.mesh;
@@ -420,6 +427,7 @@ TrainConfig to_train_config(const JsonConfig& json) {
   c.attention.q_chunk = r.i("attention.q_chunk");
   c.attention.k_chunk = r.i("attention.k_chunk");
   c.attention.ring_pieces = r.i("attention.ring_pieces");
+  c.attention.kernel = from_name(kKernels, kernel_name, r.s("attention.kernel"));
 
   c.mesh.dp = int(r.i("mesh.dp"));  // the schema bounds axes to int range
   c.mesh.fsdp = int(r.i("mesh.fsdp"));
@@ -500,6 +508,16 @@ MeshShape validate(const TrainConfig& cfg, int world_size) {
   RA_CHECK(m.dtype != DType::BF16 || cfg.device != Device::CUDA || m.head_size() % 8 == 0,
            "model.dtype = bf16 on device = cuda needs a head dimension that is a multiple of 8 "
            "({} = {}): cuBLAS's bf16 attention GEMMs read 16-byte aligned head slices",
+           m.head_dim > 0 ? "model.head_dim" : "model.hidden_size / model.num_heads",
+           m.head_size());
+
+  RA_CHECK(cfg.attention.kernel != AttentionKernel::Fused || m.dtype == DType::BF16,
+           "attention.kernel = fused runs bf16 tensor-core kernels: it needs model.dtype = bf16 "
+           "(model.dtype = f32 here; use attention.kernel = tiles)");
+  RA_CHECK(cfg.attention.kernel != AttentionKernel::Fused || cfg.device != Device::CUDA ||
+               (m.head_size() % 16 == 0 && m.head_size() <= 128),
+           "attention.kernel = fused on device = cuda needs a head dimension that is a multiple "
+           "of 16 and at most 128 ({} = {}); use attention.kernel = tiles",
            m.head_dim > 0 ? "model.head_dim" : "model.hidden_size / model.num_heads",
            m.head_size());
 
@@ -598,6 +616,7 @@ AttentionOptions attention_options(const TrainConfig& cfg) {
   o.k_chunk = cfg.attention.k_chunk;
   o.ring_pieces = cfg.attention.ring_pieces;
   o.bf16 = cfg.model.dtype == DType::BF16;
+  o.kernel = cfg.attention.kernel;
   return o;
 }
 

@@ -55,6 +55,7 @@ struct AttentionConfig {
   RingLayout layout = RingLayout::Zigzag;
   int64_t q_chunk = 256, k_chunk = 256;
   int64_t ring_pieces = 1;  // AttentionOptions::ring_pieces
+  AttentionKernel kernel = AttentionKernel::Tiles;
   bool operator==(const AttentionConfig&) const = default;
 };
 

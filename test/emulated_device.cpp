@@ -15,6 +15,7 @@
 
 #include "core/attention_plan.h"
 #include "core/error.h"
+#include "test/emulated_block.h"
 
 namespace ringattn::test {
 
@@ -233,7 +234,17 @@ class EmulatedBackend final : public Backend {
                                AttentionTileStats* stats) override {
     auto dp = std::make_shared<DeferredProblem>(p);
     count_now(*dp, stats, 4.0);
-    defer([=, st = untag_state(st)] { cpu().attention_forward_block(dp->p, st, nullptr); });
+    defer([=, st = untag_state(st)] {
+      if (dp->p.fused && dp->p.bf16) {  // the CUDA kernels' own body, emulated
+        fused::Args a = fused::args_for(dp->p);
+        a.acc = st.acc;
+        a.m = st.m;
+        a.l = st.l;
+        run_fused_forward(a);
+      } else {
+        cpu().attention_forward_block(dp->p, st, nullptr);
+      }
+    });
   }
   void attention_forward_finish(const AttentionForwardState& st, float* o, float* lse,
                                 int64_t batch, int64_t sq, int heads, int head_dim) override {
@@ -251,7 +262,20 @@ class EmulatedBackend final : public Backend {
                                 AttentionTileStats* stats) override {
     auto dp = std::make_shared<DeferredProblem>(p);
     count_now(*dp, stats, 10.0);
-    defer([=, a = untag_args(a)] { cpu().attention_backward_block(dp->p, a, nullptr); });
+    defer([=, a = untag_args(a)] {
+      if (dp->p.fused && dp->p.bf16) {
+        fused::Args f = fused::args_for(dp->p);
+        f.dout = a.dout;
+        f.lse = a.lse;
+        f.delta = a.delta;
+        f.dq = a.dq;
+        f.dk = a.dk;
+        f.dv = a.dv;
+        run_fused_backward(f);
+      } else {
+        cpu().attention_backward_block(dp->p, a, nullptr);
+      }
+    });
   }
 
   void embedding_forward(const int32_t* tokens, int64_t n, const float* table, int64_t vocab,

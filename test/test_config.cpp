@@ -389,6 +389,44 @@ TEST_CASE("validate and select: the device and the transport", "[config]") {
           c.model.hidden_size = 48;
           c.model.num_heads = 4;  // fine on the CPU
         }) == "(no error)");
+  // The fused attention kernels: bf16 only; on a GPU, heads of a multiple of 16 up to 128.
+  CHECK_THAT(validate_error([](TrainConfig& c) { c.attention.kernel = AttentionKernel::Fused; }),
+             Contains("attention.kernel = fused runs bf16 tensor-core kernels: it needs "
+                      "model.dtype = bf16"));
+  CHECK_THAT(validate_error([](TrainConfig& c) {
+               c.device = Device::CUDA;
+               c.model.dtype = DType::BF16;
+               c.attention.kernel = AttentionKernel::Fused;
+               c.model.hidden_size = 96;
+               c.model.num_heads = 4;  // head dimension 24
+             }),
+             Contains("attention.kernel = fused on device = cuda needs a head dimension that is a "
+                      "multiple of 16 and at most 128 (model.hidden_size / model.num_heads = 24)"));
+  CHECK_THAT(validate_error([](TrainConfig& c) {
+               c.device = Device::CUDA;
+               c.model.dtype = DType::BF16;
+               c.attention.kernel = AttentionKernel::Fused;
+               c.model.hidden_size = 1024;
+               c.model.num_heads = 4;  // head dimension 256
+             }),
+             Contains("at most 128 (model.hidden_size / model.num_heads = 256)"));
+  CHECK(validate_error([](TrainConfig& c) {
+          c.device = Device::CUDA;
+          c.model.dtype = DType::BF16;
+          c.attention.kernel = AttentionKernel::Fused;
+          c.model.hidden_size = 64;
+          c.model.num_heads = 4;  // head dimension 16
+        }) == "(no error)");
+  CHECK(validate_error([](TrainConfig& c) {
+          c.model.dtype = DType::BF16;
+          c.attention.kernel = AttentionKernel::Fused;
+          c.model.hidden_size = 96;
+          c.model.num_heads = 4;  // the CPU runs its tiles: any head dimension
+        }) == "(no error)");
+  CHECK(to_train_config(load_train_json("", {"attention.kernel=fused", "model.dtype=bf16"}))
+            .attention.kernel == AttentionKernel::Fused);
+  CHECK_THROWS_WITH(load_train_json("", {"attention.kernel=flash"}),
+                    Contains("tiles") && Contains("fused"));
   // The key parses, and a bad name is refused with the choices.
   CHECK(to_train_config(load_train_json("", {"device=cuda"})).device == Device::CUDA);
   CHECK(to_train_config(load_train_json("", {})).device == Device::CPU);

@@ -53,6 +53,7 @@ struct Case {
   uint64_t seed = 0;
   bool bf16 = false;     // AttentionTileProblem::bf16: the tile GEMMs on bf16 operands
   bool kv_bf16 = false;  // (bf16) keys and values handed over as bfloat16, as the ring sends them
+  bool fused = false;    // (bf16) AttentionTileProblem::fused: the fused kernels
 };
 
 Case make_case(int64_t batch, int64_t sq, int64_t sk, int heads, int kv_heads, int head_dim,
@@ -184,6 +185,7 @@ Result run(Backend& be, const Case& c, bool seg_on_device) {
     p.k_bf16 = c.kv_bf16 ? blk.k16.data<uint16_t>() : nullptr;
     p.v_bf16 = c.kv_bf16 ? blk.v16.data<uint16_t>() : nullptr;
     p.bf16 = c.bf16;
+    p.fused = c.fused;
     return p;
   };
 
@@ -332,6 +334,48 @@ TEST_CASE("CUDA attention: bf16 tile GEMMs match the CPU's bf16 tiles", "[cuda]"
   Case odd = make_case(1, 8, 8, 2, 2, 4, false, 0, 0, 7);
   odd.bf16 = true;
   CHECK_THROWS_WITH(run(cuda_backend(0), odd, false), Catch::Contains("multiple of 8, got 4"));
+}
+
+// The fused kernels (core/cuda/fused_attention_body.h, whose logic test_fused_attention.cpp checks
+// on the CPU) on the GPU's tensor cores: the same tolerance as the bf16 tiles, the statistics of
+// the plan. Lengths that are not multiples of their 64-row tiles, GQA, keys in blocks arriving
+// reversed, segment ids, a zigzag shard, head dims 16 to 128, bf16 operands in place.
+TEST_CASE("CUDA attention: the fused kernels match the CPU's bf16 tiles", "[cuda]") {
+  if (test::skip_without_gpu()) return;
+  const bool causal = GENERATE(false, true);
+  INFO("causal " << causal);
+  for (int d : {16, 64, 128}) {
+    INFO("head_dim " << d);
+    Case c = make_case(2, 150, 200, 4, 2, d, causal, 32, 48, 5151 + uint64_t(d));
+    c.bf16 = true;
+    c.fused = true;
+    c.q_pos = iota(150, 50);
+    c.blocks = {iota(100, 100), iota(70, 30), iota(30)};
+    compare_backends(c);
+    c.kv_bf16 = true;  // the ring's bf16 blocks
+    compare_backends(c);
+  }
+  {
+    Case c = make_case(2, 128, 128, 2, 1, 32, true, 16, 16, 99);
+    c.bf16 = true;
+    c.fused = true;
+    c.q_seg = test::packed_segments(2, 128, 5);
+    c.k_seg = c.q_seg;
+    compare_backends(c);
+    c.q_seg.clear();
+    c.k_seg.clear();
+    c.q_pos = layout_positions(RingLayout::Zigzag, 256, 2, 1);
+    c.k_pos = layout_positions(RingLayout::Zigzag, 256, 2, 0);
+    compare_backends(c);
+  }
+  // Fragments of 16: other head dims are refused with a message, as is float32.
+  Case odd = make_case(1, 8, 8, 2, 2, 24, false, 0, 0, 7);
+  odd.bf16 = true;
+  odd.fused = true;
+  CHECK_THROWS_WITH(run(cuda_backend(0), odd, false), Catch::Contains("multiple of 16"));
+  Case f32 = make_case(1, 8, 8, 2, 2, 16, false, 0, 0, 7);
+  f32.fused = true;
+  CHECK_THROWS_WITH(run(cuda_backend(0), f32, false), Catch::Contains("bf16 kernels"));
 }
 
 TEST_CASE("CUDA attention: rows and blocks that see no key give o = 0, lse = -inf", "[cuda]") {

@@ -20,6 +20,7 @@
 #include "core/backend.h"
 #include "core/tensor.h"
 #include "model/attention/attention.h"
+#include "model/attention/layout.h"
 #include "model/attention/sequence_shard.h"
 #include "model/trainer.h"
 #include "test/emulated_device.h"
@@ -586,6 +587,67 @@ TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
   CHECK_THROWS_WITH(dev_attn.forward(host_in), Catch::Contains("backend's device"));
 }
 
+// attention.kernel = fused: on a GPU the fused bf16 kernels, on the emulated device their own
+// body run on the CPU (test/emulated_block.h). Ring attention on every rank, over the device
+// transports, against the CPU's bf16 tiles on the same ranks: 4e-3 * (1 + |x|), the bf16 tile
+// tolerance of test_cuda_attention.cpp (both round the same operands; sums in other orders now
+// and then move a P or dS element across a bf16 rounding boundary).
+TEST_CASE("ring attention with the fused kernels equals the CPU's bf16 tiles", "[device]") {
+  const auto dut = device_under_test();
+  INFO(dut.backend->name());
+  const int n = world_size(), r = world_rank();
+  Mesh mesh(MeshShape{1, 1, n, 1});
+  std::unique_ptr<Communicator> sp_dev =
+      make_host_staged_communicator(mesh.axis(Axis::SP), allocator_for(Device::CUDA));
+  std::unique_ptr<Communicator> sp_direct;
+  if (dut.emulated) sp_direct = make_emulated_direct_communicator(mesh.axis(Axis::SP));
+  const uint64_t seed = run_seed();
+  // 192 tokens: 3 of the kernels' 64-row tiles on one rank, 48 (a partial tile) on four.
+  const int64_t B = 2, S = 192, Sl = S / n;
+  const int H = 4, Hkv = 2, D = 16;
+  const std::vector<int64_t> pos = layout_positions(RingLayout::Zigzag, S, n, r);
+  auto shard = [&](uint64_t s, int heads) {
+    const Tensor full = host_tensor(random_floats(size_t(B * S * heads * D), s), {B, S, heads, D});
+    return take_positions(full, 1, pos);
+  };
+  const Tensor q = shard(seed, H), k = shard(seed + 1, Hkv), v = shard(seed + 2, Hkv),
+               dout = shard(seed + 3, H);
+  REQUIRE(q.shape()[1] == Sl);
+  AttentionOptions opt;
+  opt.impl = AttentionImpl::Ring;
+  opt.layout = RingLayout::Zigzag;
+  opt.causal = true;
+  opt.q_chunk = opt.k_chunk = 16;
+  opt.bf16 = true;
+  Attention cpu_attn(opt, cpu_backend(), &mesh.axis(Axis::SP));
+  const AttentionInput hin{q, k, v, pos, Tensor(), nullptr};
+  const AttentionOutput ho = cpu_attn.forward(hin);
+  const AttentionGrads hg = cpu_attn.backward(hin, ho, dout);
+
+  opt.kernel = AttentionKernel::Fused;
+  for (Communicator* transport : {sp_dev.get(), sp_direct.get()}) {
+    if (!transport) continue;
+    INFO("over " << transport->name());
+    Attention dev_attn(opt, *dut.backend, transport);
+    const AttentionInput din{q.to_device(Device::CUDA), k.to_device(Device::CUDA),
+                             v.to_device(Device::CUDA), pos, Tensor(), nullptr};
+    const AttentionOutput dn = dev_attn.forward(din);
+    const AttentionGrads dg = dev_attn.backward(din, dn, dout.to_device(Device::CUDA));
+    const std::pair<const Tensor*, const Tensor*> pairs[] = {
+        {&dn.o, &ho.o}, {&dn.lse, &ho.lse}, {&dg.dq, &hg.dq}, {&dg.dk, &hg.dk}, {&dg.dv, &hg.dv}};
+    for (auto [d, h] : pairs) {
+      const std::vector<float> got = to_vector(*d), want = to_vector(*h);
+      CHECK(worst_excess(got, want, 4e-3, 4e-3) <= 1.0);
+      // Not the tiles' own results: the fused path really ran (other summation orders).
+      if (dut.emulated && d == &dn.o) CHECK(!bitwise(got, want));
+    }
+  }
+  // The fused kernels are bf16 kernels.
+  AttentionOptions f32 = opt;
+  f32.bf16 = false;
+  CHECK_THROWS_WITH(Attention(f32, *dut.backend, sp_dev.get()), Catch::Contains("bf16 kernels"));
+}
+
 TEST_CASE("ring attention waits for the device a fixed number of times, whatever the steps",
           "[device]") {
   const auto dut = device_under_test();
@@ -694,15 +756,32 @@ Run train(const TrainConfig& c, MeshShape shape, Backend* backend, int steps, bo
   return run;
 }
 
+// Parameters within 1e-3 relative plus `atol` everywhere, and plus `typical` for all but 1% of
+// them (each unit's own count).
+void check_params_close(const std::vector<float>& got, const std::vector<float>& want, double atol,
+                        double typical) {
+  CHECK(worst_excess(got, want, 1e-3, atol) <= 1.0);
+  size_t beyond = 0;
+  for (size_t i = 0; i < want.size(); ++i)
+    if (std::abs(double(got[i]) - double(want[i])) > 1e-3 * std::abs(double(want[i])) + typical)
+      ++beyond;
+  INFO(beyond << " of " << want.size() << " parameters beyond 1e-3 relative + " << typical);
+  CHECK(beyond <= want.size() / 100);
+}
+
 // Bitwise on the emulated device; on a GPU (float32 cuBLAS and kernels, other summation orders)
-// losses and norms within `rtol` relative, parameters within 1e-3 relative plus `atol`.
+// losses and norms within `rtol` relative, parameters as check_params_close says.
 // AdamW's normalised update turns a change of a tiny gradient into a change of order lr, so a
 // parameter near zero cannot be held to a relative bound: float32 runs differ by rounding only
-// (atol 1e-2 lr held on the H200); bf16 GEMMs flip operands' roundings wherever the activations
-// differ by an ulp, 2^-9 relative changes of gradient terms, so they get rtol 1e-3, atol lr.
+// (atol 1e-2 lr held on the H200). bf16 GEMMs flip operands' roundings wherever the activations
+// differ by an ulp, 2^-9 relative changes of gradient terms; where such a term decides the sign
+// of a near-zero gradient, AdamW's first steps move that parameter by about lr the other way. So
+// bf16 runs (the fused kernels too, which sum in other orders than the CPU's tiles) get rtol 1e-3,
+// atol 2 lr everywhere, and all but 1% of each unit's parameters within lr / 4 (seen on the
+// emulated fused kernels, 4 steps: at most 1.2 lr, 0.2% beyond lr / 4).
 void compare(const Run& dev, const Run& cpu, bool exact, double lr, DType dtype) {
   const bool bf16 = dtype == DType::BF16;
-  const double rtol = bf16 ? 1e-3 : 1e-4, atol = bf16 ? lr : 1e-2 * lr;
+  const double rtol = bf16 ? 1e-3 : 1e-4, atol = bf16 ? 2 * lr : 1e-2 * lr;
   REQUIRE(dev.loss.size() == cpu.loss.size());
   for (size_t i = 0; i < cpu.loss.size(); ++i) {
     INFO("step " << i + 1);
@@ -728,7 +807,7 @@ void compare(const Run& dev, const Run& cpu, bool exact, double lr, DType dtype)
     if (exact)
       CHECK(bitwise(dev.params[u], cpu.params[u]));
     else
-      CHECK(worst_excess(dev.params[u], cpu.params[u], 1e-3, atol) <= 1.0);
+      check_params_close(dev.params[u], cpu.params[u], atol, bf16 ? lr / 4 : atol);
   }
 }
 
@@ -745,11 +824,20 @@ TEST_CASE("training on the device equals training on the CPU", "[device]") {
     MeshShape shape;
     DType dtype = DType::F32;
     bool direct = false;  // the emulated NCCL-like transport (emulated device only)
+    AttentionKernel kernel = AttentionKernel::Tiles;
   };
   std::vector<Case> cases = {
       {"ring over every rank, FSDP over them", AttentionImpl::Ring, {1, 1, n, 1}},
       {"blockwise, FSDP over every rank", AttentionImpl::Blockwise, {1, n, 1, 1}},
-      {"bf16 GEMMs (model.dtype = bf16), ring", AttentionImpl::Ring, {1, 1, n, 1}, DType::BF16}};
+      {"bf16 GEMMs (model.dtype = bf16), ring", AttentionImpl::Ring, {1, 1, n, 1}, DType::BF16},
+      // The CPU runs its tiles; the device its fused kernels (emulated: their body): a bf16
+      // tolerance apart even on the emulated device.
+      {"fused attention kernels (attention.kernel = fused), ring",
+       AttentionImpl::Ring,
+       {1, 1, n, 1},
+       DType::BF16,
+       false,
+       AttentionKernel::Fused}};
   if (n >= 2) cases.push_back({"data parallel x FSDP", AttentionImpl::Blockwise, {2, n / 2, 1, 1}});
   // With NCCL's semantics (no staging, collectives that do not wait for the compute stream) on a
   // stream that defers everything: the model's own synchronisation and the ring's event ordering
@@ -776,12 +864,14 @@ TEST_CASE("training on the device equals training on the CPU", "[device]") {
     INFO(k.name);
     TrainConfig c = tiny_config(tmp.dir, k.impl);
     c.model.dtype = k.dtype;
+    c.attention.kernel = k.kernel;
     if (k.dtype == DType::BF16) c.model.hidden_size = 32;  // head_dim 8: CUDA's bf16 alignment
+    if (k.kernel == AttentionKernel::Fused) c.model.hidden_size = 64;  // head_dim 16: fragments
     c.train.micro_batches = 2;  // gradient accumulation across micro-batches too
     c.train.batch_size = 8;     // a multiple of dp x fsdp x micro_batches at 4 ranks
     const Run cpu = train(c, k.shape, nullptr, 4);
     const Run dev = train(c, k.shape, dut.backend, 4, false, false, k.direct);
-    compare(dev, cpu, dut.emulated, c.optim.lr, k.dtype);
+    compare(dev, cpu, dut.emulated && k.kernel == AttentionKernel::Tiles, c.optim.lr, k.dtype);
     // Clipping happened, so the device path's norm and scaling were exercised.
     CHECK(cpu.grad_norm.front() > c.train.grad_clip);
   }

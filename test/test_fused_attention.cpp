@@ -136,29 +136,6 @@ Result run(const Case& c, bool fused, bool reverse) {
     }
     return p;
   };
-  auto args = [&](const AttentionTileProblem& p) {
-    fused::Args a;
-    a.batch = p.batch;
-    a.sq = p.sq;
-    a.sk = p.sk;
-    a.heads = p.heads;
-    a.kv_heads = p.kv_heads;
-    a.head_dim = p.head_dim;
-    a.scale = p.scale;
-    a.causal = p.causal;
-    a.q_pos = p.q_pos;
-    a.k_pos = p.k_pos;
-    a.q_seg = p.q_seg;
-    a.k_seg = p.k_seg;
-    a.q = p.q_bf16 ? nullptr : p.q;
-    a.q16 = p.q_bf16;
-    a.k = p.k_bf16 ? nullptr : p.k;
-    a.k16 = p.k_bf16;
-    a.v = p.v_bf16 ? nullptr : p.v;
-    a.v16 = p.v_bf16;
-    return a;
-  };
-
   Result r;
   std::vector<float> acc = randn(size_t(B * Sq * H * D), 7);  // garbage init must overwrite
   std::vector<float> m = randn(size_t(B * H * Sq), 8), l = randn(size_t(B * H * Sq), 9);
@@ -170,7 +147,7 @@ Result run(const Case& c, bool fused, bool reverse) {
       be.attention_forward_block(p, st, nullptr);
       continue;
     }
-    fused::Args a = args(p);
+    fused::Args a = fused::args_for(p);
     a.acc = st.acc;
     a.m = st.m;
     a.l = st.l;
@@ -189,7 +166,7 @@ Result run(const Case& c, bool fused, bool reverse) {
     if (!fused) {
       be.attention_backward_block(p, ba, nullptr);
     } else {
-      fused::Args a = args(p);
+      fused::Args a = fused::args_for(p);
       a.dout = ba.dout;
       a.lse = ba.lse;
       a.delta = ba.delta;

@@ -13,6 +13,9 @@
 //              dQ += scale dS K           batched GEMM
 //              dK += scale dS^T Q         batched GEMM
 //
+// AttentionTileProblem::fused (bf16) replaces all of that by the fused kernels of
+// core/cuda/fused_attention.cu: the same plan and statistics, positions uploaded, one launch.
+//
 // A batched GEMM must never have two of its problems write the same output: in the forward every
 // tile owns its (batch, query head) rows of acc; in the backward the query heads of one group
 // share dK and dV, so a backward launch holds only one query head per kv head (the group's heads
@@ -33,6 +36,7 @@
 #include "core/cuda/cuda_common.cuh"
 #include "core/cuda/cuda_layers.h"
 #include "core/cuda/cuda_optim.h"
+#include "core/cuda/fused_attention.h"
 #include "core/cuda/pinned_upload.h"
 #include "core/error.h"
 
@@ -454,6 +458,29 @@ MaskArgs mask_args(const Plan& pl, const Staging& sg, const DeviceScratch& dev, 
   return a;
 }
 
+// AttentionTileProblem::fused: the fused kernels' arguments, with the plan's positions and
+// segment ids uploaded (the kernels read them on the device; `dev` must outlive the launches,
+// which stream-ordered freeing guarantees). The statistics are the plan's, as the tiles' would be.
+fused::Args fused_args(cudaStream_t stream, const Plan& pl, DeviceScratch& dev, Staging& sg) {
+  upload_async(stream, dev.at<void>(), sg.host.data(), sg.host.size());
+  fused::Args a = fused::args_for(pl.p);
+  a.q_pos = dev.at<int64_t>(sg.q_pos_at);
+  a.k_pos = dev.at<int64_t>(sg.k_pos_at);
+  a.q_seg = pl.segmented ? dev.at<int32_t>(sg.q_seg_at) : nullptr;
+  a.k_seg = pl.segmented ? dev.at<int32_t>(sg.k_seg_at) : nullptr;
+  return a;
+}
+
+bool runs_fused(const AttentionTileProblem& p) {
+  RA_CHECK(!p.fused || p.bf16,
+           "attention: the fused kernels are bf16 kernels (AttentionTileProblem::bf16 unset)");
+  RA_CHECK(!p.fused || fused::head_dim_fits(p.head_dim),
+           "attention: the fused kernels need head_dim to be a multiple of 16 and at most {}, got "
+           "{}",
+           fused::kMaxHeadDim, p.head_dim);
+  return p.fused;
+}
+
 }  // namespace
 
 void attention_forward_init(cudaStream_t stream, const AttentionForwardState& st, int64_t batch,
@@ -470,6 +497,17 @@ void attention_forward_block(cudaStream_t stream, cublasHandle_t cublas,
                              AttentionTileStats* stats) {
   if (p.batch == 0 || p.sq == 0 || p.sk == 0) return;
   const Plan pl(stream, p);
+  if (runs_fused(p)) {
+    add_tile_stats(stats, plan_stats(pl, p.batch, p.heads, p.head_dim, 4.0));
+    Staging sg(pl, 0, 0);
+    DeviceScratch dev(stream, sg.lay.bytes(), "attention positions");
+    fused::Args a = fused_args(stream, pl, dev, sg);
+    a.acc = st.acc;
+    a.m = st.m;
+    a.l = st.l;
+    launch_fused_forward(stream, a);
+    return;
+  }
   CUBLAS_CHECK(cublasSetStream(cublas, stream));
 
   // Every (batch, head) tile of a chunk pair in one run of launches.
@@ -569,6 +607,20 @@ void attention_backward_block(cudaStream_t stream, cublasHandle_t cublas,
   const Plan pl(stream, p);
   RA_CHECK(a.dout && a.lse && a.delta && a.dq && a.dk && a.dv,
            "attention backward: dout, lse, delta, dq, dk and dv must be given");
+  if (runs_fused(p)) {
+    add_tile_stats(stats, plan_stats(pl, p.batch, p.heads, p.head_dim, 10.0));
+    Staging sg(pl, 0, 0);
+    DeviceScratch dev(stream, sg.lay.bytes(), "attention positions");
+    fused::Args f = fused_args(stream, pl, dev, sg);
+    f.dout = a.dout;
+    f.lse = a.lse;
+    f.delta = a.delta;
+    f.dq = a.dq;
+    f.dk = a.dk;
+    f.dv = a.dv;
+    launch_fused_backward(stream, f);
+    return;
+  }
   CUBLAS_CHECK(cublasSetStream(cublas, stream));
 
   // Per chunk pair, one group of launches per query head index g within the kv groups: a launch

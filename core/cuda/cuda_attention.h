@@ -9,7 +9,9 @@
 // the mask kernels (core/cuda/pinned_upload.h, without waiting).
 //
 // Each tile step is cuBLAS (batched over the tiles of one (query chunk, key chunk) pair, one per
-// batch row and head) for the products and one kernel for the elementwise softmax work in between.
+// batch row and head) for the products and one kernel for the elementwise softmax work in between;
+// or, for AttentionTileProblem::fused (bf16), one fused kernel per call (two in backward) that
+// keeps every score tile in shared memory (core/cuda/fused_attention.h).
 // Every call only queues work on the stream and returns (given host positions and segment ids):
 // workspace goes back to the allocator in stream order, so the host plans the next ring step or
 // layer while the device computes this one.

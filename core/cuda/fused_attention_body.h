@@ -55,6 +55,11 @@
 #else
 #define RA_FUSED_FN
 #endif
+#if defined(__CUDA_ARCH__)  // the device pass only: the host compiler warns about the pragma
+#define RA_FUSED_UNROLL _Pragma("unroll")
+#else
+#define RA_FUSED_UNROLL
+#endif
 
 namespace ringattn::fused {
 
@@ -100,6 +105,32 @@ struct Args {
   float* dk = nullptr;
   float* dv = nullptr;
 };
+
+// The sizes, positions and operands of a tile problem (pointers as the problem has them; the
+// outputs are the caller's to set).
+inline Args args_for(const AttentionTileProblem& p) {
+  Args a;
+  a.batch = p.batch;
+  a.sq = p.sq;
+  a.sk = p.sk;
+  a.heads = p.heads;
+  a.kv_heads = p.kv_heads;
+  a.head_dim = p.head_dim;
+  a.scale = p.scale;
+  a.causal = p.causal;
+  a.q_pos = p.q_pos;
+  a.k_pos = p.k_pos;
+  a.q_seg = p.q_seg;
+  a.k_seg = p.k_seg;
+  // Operands given as bf16 are used as they are (AttentionTileProblem::q_bf16 and the others).
+  a.q = p.q_bf16 ? nullptr : p.q;
+  a.q16 = p.q_bf16;
+  a.k = p.k_bf16 ? nullptr : p.k;
+  a.k16 = p.k_bf16;
+  a.v = p.v_bf16 ? nullptr : p.v;
+  a.v16 = p.v_bf16;
+  return a;
+}
 
 // core/dtype.h's f32_to_bf16 (round to nearest even, NaN kept quiet), usable on both sides.
 RA_FUSED_FN inline uint16_t bf16_bits(float x) {
@@ -265,24 +296,27 @@ RA_FUSED_FN inline int64_t min_position(const RowData& rd) {
   return x;
 }
 
-// out[64 x 64] (float32, ld kLdScore) = x[64 x D] y[64 x D]^T, warp w computing rows 16w..16w+15.
+// out[64 x 64] (float32, ld kLdScore) = x[64 x D] y[64 x D]^T, warp w computing rows 16w..16w+15:
+// each of its x fragments is loaded once, against the four column blocks.
 template <class Block>
 RA_FUSED_FN void tile_scores(Block& blk, float* out, const uint16_t* x, const uint16_t* y,
                              int head_dim) {
   const int ld = ld16(head_dim);
   blk.each_warp([=](int w) {
-    for (int n0 = 0; n0 < kTile; n0 += kFrag) {
-      typename Block::Acc c;
-      Block::fill(c, 0.0f);
-      for (int d0 = 0; d0 < head_dim; d0 += kFrag) {
-        typename Block::A fa;
+    constexpr int kBlocks = kTile / kFrag;
+    typename Block::Acc c[kBlocks];
+    RA_FUSED_UNROLL for (int n = 0; n < kBlocks; ++n) Block::fill(c[n], 0.0f);
+    for (int d0 = 0; d0 < head_dim; d0 += kFrag) {
+      typename Block::A fa;
+      Block::load(fa, x + w * kFrag * ld + d0, ld);
+      RA_FUSED_UNROLL for (int n = 0; n < kBlocks; ++n) {
         typename Block::BCol fb;
-        Block::load(fa, x + w * kFrag * ld + d0, ld);
-        Block::load(fb, y + n0 * ld + d0, ld);
-        Block::mma(c, fa, fb);
+        Block::load(fb, y + n * kFrag * ld + d0, ld);
+        Block::mma(c[n], fa, fb);
       }
-      Block::store(out + w * kFrag * kLdScore + n0, c, kLdScore);
     }
+    RA_FUSED_UNROLL for (int n = 0; n < kBlocks; ++n)
+      Block::store(out + w * kFrag * kLdScore + n * kFrag, c[n], kLdScore);
   });
 }
 
@@ -293,7 +327,8 @@ template <class Block, class AccRow>
 RA_FUSED_FN void add_rows_out(Block& blk, float* stage, AccRow& acc, float* dst, float factor,
                               int64_t b, int64_t seq, int64_t r0, int64_t n, int heads, int head,
                               int head_dim) {
-  for (int dt = 0; dt < head_dim / kFrag; ++dt) {
+  RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
+    if (dt >= head_dim / kFrag) break;  // unrolled to the most: fragment indices stay static
     blk.each_warp([&](int w) { Block::store(stage + w * kFrag * kFrag, acc.at(w)[dt], kFrag); });
     blk.sync();
     blk.each_thread([&](int t) {
@@ -481,7 +516,8 @@ RA_FUSED_FN void backward_dkdv_block(Block& blk, const Args& a, int64_t k_tile, 
   load_rows(blk, sm.v, a.v, a.v16, b, a.sk, k0, nk, a.kv_heads, hk, D);
   typename Block::template PerWarp<AccRow> dk, dv;  // warp w: keys 16w..16w+15, all of D
   blk.each_warp([&](int w) {
-    for (int dt = 0; dt < D / kFrag; ++dt) {
+    RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
+      if (dt >= D / kFrag) break;
       Block::fill(dk.at(w)[dt], 0.0f);
       Block::fill(dv.at(w)[dt], 0.0f);
     }
@@ -501,7 +537,8 @@ RA_FUSED_FN void backward_dkdv_block(Block& blk, const Args& a, int64_t k_tile, 
       backward_scores(blk, a, sm);
       // dV += bf16(P)^T dO and dK += bf16(dS)^T Q: warp w's keys are columns 16w.. of P and dS.
       blk.each_warp([&](int w) {
-        for (int dt = 0; dt < D / kFrag; ++dt)
+        RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
+          if (dt >= D / kFrag) break;
           for (int i0 = 0; i0 < kTile; i0 += kFrag) {
             typename Block::ACol fp, fds;
             typename Block::BRow fdo, fq;
@@ -512,6 +549,7 @@ RA_FUSED_FN void backward_dkdv_block(Block& blk, const Args& a, int64_t k_tile, 
             Block::load(fq, sm.q + i0 * ld16(D) + dt * kFrag, ld16(D));
             Block::mma(dk.at(w)[dt], fds, fq);
           }
+        }
       });
     }
   }
@@ -533,7 +571,10 @@ RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, in
   load_query_tile(blk, a, sm, b, h, q0, nq);
   typename Block::template PerWarp<AccRow> dq;  // warp w: queries 16w..16w+15, all of D
   blk.each_warp([&](int w) {
-    for (int dt = 0; dt < D / kFrag; ++dt) Block::fill(dq.at(w)[dt], 0.0f);
+    RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
+      if (dt >= D / kFrag) break;
+      Block::fill(dq.at(w)[dt], 0.0f);
+    }
   });
   blk.sync();
   const int64_t q_max = max_position(sm.rows);
@@ -549,7 +590,8 @@ RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, in
     backward_scores(blk, a, sm);
     // dQ += bf16(dS) K: warp w's queries are rows 16w.. of dS.
     blk.each_warp([&](int w) {
-      for (int dt = 0; dt < D / kFrag; ++dt)
+      RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
+        if (dt >= D / kFrag) break;
         for (int j0 = 0; j0 < kTile; j0 += kFrag) {
           typename Block::A fds;
           typename Block::BRow fk;
@@ -557,6 +599,7 @@ RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, in
           Block::load(fk, sm.k + j0 * ld16(D) + dt * kFrag, ld16(D));
           Block::mma(dq.at(w)[dt], fds, fk);
         }
+      }
     });
   }
   blk.sync();

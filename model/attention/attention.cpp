@@ -28,6 +28,10 @@ AttentionImpl parse_impl(std::string_view name) {
   RA_FAIL("unknown attention implementation '{}': expected vanilla, blockwise or ring", name);
 }
 
+std::string_view kernel_name(AttentionKernel kernel) {
+  return kernel == AttentionKernel::Fused ? "fused" : "tiles";
+}
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -154,6 +158,8 @@ Attention::Attention(AttentionOptions options, Backend& backend, Communicator* s
              opt_.k_chunk);
   RA_CHECK(opt_.ring_pieces >= 1, "attention: ring_pieces must be at least 1, got {}",
            opt_.ring_pieces);
+  RA_CHECK(opt_.kernel != AttentionKernel::Fused || opt_.bf16,
+           "attention: the fused kernels are bf16 kernels; they need mixed precision (bf16)");
 }
 
 Attention::~Attention() = default;
@@ -263,6 +269,7 @@ AttentionTileProblem Attention::make_problem(const Shapes& s, const std::vector<
   else
     p.q = s.q.data<float>();
   p.bf16 = opt_.bf16;
+  p.fused = opt_.kernel == AttentionKernel::Fused;
   return p;
 }
 

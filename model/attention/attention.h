@@ -25,6 +25,12 @@ enum class AttentionImpl { Vanilla, Blockwise, Ring };
 std::string_view impl_name(AttentionImpl impl);
 AttentionImpl parse_impl(std::string_view name);  // Error naming the accepted values
 
+// How a backend runs the tile steps (AttentionTileProblem::fused): `tiles` (GEMMs around softmax
+// kernels, every backend) or `fused` (bf16 only: on CUDA, kernels that keep each score tile in
+// shared memory; the CPU backend runs its tiles either way).
+enum class AttentionKernel { Tiles, Fused };
+std::string_view kernel_name(AttentionKernel kernel);  // "tiles" | "fused"
+
 struct AttentionOptions {
   AttentionImpl impl = AttentionImpl::Blockwise;
   RingLayout layout = RingLayout::Zigzag;  // how the caller spread the sequence (ring)
@@ -40,6 +46,7 @@ struct AttentionOptions {
   // ring's K/V blocks travel as bf16 (half the bytes; the same results, as the GEMMs round them
   // anyway). Inputs, outputs, statistics and the ring's dK/dV accumulators stay float32.
   bool bf16 = false;
+  AttentionKernel kernel = AttentionKernel::Tiles;  // Fused needs bf16
 };
 
 // One rank's shard of a batch, in local token order.

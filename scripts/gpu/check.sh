@@ -14,10 +14,11 @@
 #   stage 4  compute-sanitizer memcheck over [cuda] and [device] (1 rank)
 #   stage 5  the trainer end to end on the GPU: tiny config (CPU vs GPU losses), NCCL transport
 #            on one rank, and the demo on 4 ranks sharing the GPU (timed)
-#   stage 6  attention benchmark: ringattn blockwise (fp32, then bf16 tile GEMMs) vs PyTorch SDPA
-#            (fp32 and bf16), S = 8K..64K, H = 16, D = 128, causal, in the same run
-#   stage 7  training benchmark: 1B-shaped model (f32, then bf16 GEMMs) at S = 32K on one GPU, with
-#            the driver's memory use sampled by nvidia-smi beside the allocator's peak
+#   stage 6  attention benchmark: ringattn blockwise (fused bf16 kernels, bf16 tile GEMMs, fp32)
+#            vs PyTorch SDPA (fp32 and bf16), S = 8K..64K, H = 16, D = 128, causal, in the same run
+#   stage 7  training benchmark: 1B-shaped model (bf16 with the fused attention kernels, bf16, f32)
+#            at S = 32K on one GPU, with the driver's memory use sampled by nvidia-smi beside the
+#            allocator's peak
 #
 #   stage 8  the demo (configs/demo.json) on 4 ranks sharing the GPU, timed
 #
@@ -164,25 +165,28 @@ stage_6() {
     --heads 16 --head-dim 128 --causal --dtype float32 --json $out/sdpa_float32.json; \
   python3 scripts/gpu/sdpa_bench.py --seqs \$(echo $seqs | tr ' ' ,) --heads 16 --head-dim 128 \
     --causal --dtype bfloat16 --json $out/sdpa_bfloat16.json; \
-  for mode in f32 bf16; do for S in $seqs; do \
+  for mode in fused bf16 f32; do for S in $seqs; do \
     flag=; name=ringattn_S\$S; [ \$mode = bf16 ] && flag=--bf16 && name=ringattn_bf16_S\$S; \
+    [ \$mode = fused ] && flag=--fused && name=ringattn_fused_S\$S; \
     $ra bench attention --device cuda --impl blockwise --seq \$S --heads 16 --kv-heads 16 \
       --head-dim 128 --causal --q-chunk 1024 --k-chunk 1024 \$flag --json $out/\$name.json; \
   done; done"
 }
 
-# Stage 7: one GPU, the 1B shape at S = 32K with layer checkpointing: f32, then model.dtype = bf16
-# (bf16 GEMM operands; attention, activations and the rest float32 so far).
+# Stage 7: one GPU, the 1B shape at S = 32K with layer checkpointing: model.dtype = bf16 with the
+# fused attention kernels, bf16 with the tile GEMMs, then f32.
 stage_7() {
   big="--config configs/1b.json --set comm.transport=mpi --set mesh.fsdp=1 \
   --set mesh.sp=1 --set attention.impl=blockwise --set train.batch_size=1 \
   --set train.micro_batches=1 --set memory_limit_gb=0 --set run_dir=$out/bench_1b \
   --set train.seq_len=32768 --steps 2"
   # One nvidia-smi sampler per run, so each driver peak belongs to one dtype.
-  stage 7 train_1b 360 "rc=0; for dt in f32 bf16; do \
+  stage 7 train_1b 360 "rc=0; for dt in fused bf16 f32; do \
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 \
       > $out/train_1b_\${dt}_nvsmi_mib.txt & smi=\$!; \
-    $ra bench train $big --set model.dtype=\$dt --json $out/train_1b_\${dt}_S32768.json || rc=1; \
+    set_dt=\"--set model.dtype=\$dt\"; \
+    [ \$dt = fused ] && set_dt=\"--set model.dtype=bf16 --set attention.kernel=fused\"; \
+    $ra bench train $big \$set_dt --json $out/train_1b_\${dt}_S32768.json || rc=1; \
     kill \$smi; \
     echo \"\$dt: driver memory peak (MiB, nvidia-smi): \$(sort -n $out/train_1b_\${dt}_nvsmi_mib.txt | tail -1)\"; \
   done; exit \$rc"

@@ -1,0 +1,123 @@
+// The fused bf16 attention kernels: core/cuda/fused_attention_body.h's blocks on the GPU, with
+// DeviceBlock mapping its Block contract onto CUDA (128 threads, __syncthreads, wmma bf16
+// fragments with float32 accumulators on the tensor cores, dynamic shared memory).
+#include "core/cuda/fused_attention.h"
+
+#include <cuda_bf16.h>
+#include <mma.h>
+
+#include <climits>
+
+#include "core/cuda/cuda_check.h"
+#include "core/error.h"
+
+namespace ringattn::cuda {
+
+namespace {
+
+namespace wmma = nvcuda::wmma;
+
+struct DeviceBlock {
+  using A = wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major>;
+  using ACol = wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::col_major>;
+  using BRow = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major>;
+  using BCol = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major>;
+  using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+  // One T per warp: each thread holds its own warp's (registers).
+  template <typename T>
+  struct PerWarp {
+    T v;
+    __device__ T& at(int) { return v; }
+  };
+
+  __device__ void* smem() {
+    extern __shared__ __align__(fused::kSmemAlign) unsigned char dynamic_smem[];
+    return dynamic_smem;
+  }
+  template <typename F>
+  __device__ void each_thread(F&& f) {
+    f(int(threadIdx.x));
+  }
+  template <typename F>
+  __device__ void each_warp(F&& f) {
+    f(int(threadIdx.x) / 32);
+  }
+  __device__ void sync() { __syncthreads(); }
+
+  static __device__ void fill(Acc& c, float x) { wmma::fill_fragment(c, x); }
+  template <typename Frag>
+  static __device__ void load(Frag& f, const uint16_t* p, int ld) {
+    wmma::load_matrix_sync(f, reinterpret_cast<const __nv_bfloat16*>(p), unsigned(ld));
+  }
+  static __device__ void load(Acc& f, const float* p, int ld) {
+    wmma::load_matrix_sync(f, p, unsigned(ld), wmma::mem_row_major);
+  }
+  static __device__ void store(float* p, const Acc& f, int ld) {
+    wmma::store_matrix_sync(p, f, unsigned(ld), wmma::mem_row_major);
+  }
+  template <typename FA, typename FB>
+  static __device__ void mma(Acc& c, const FA& a, const FB& b) {
+    wmma::mma_sync(c, a, b, c);
+  }
+};
+
+__global__ void __launch_bounds__(fused::kThreads) forward_kernel(fused::Args a) {
+  DeviceBlock blk;
+  fused::forward_block(blk, a, blockIdx.x, blockIdx.y);
+}
+
+__global__ void __launch_bounds__(fused::kThreads) backward_dkdv_kernel(fused::Args a) {
+  DeviceBlock blk;
+  fused::backward_dkdv_block(blk, a, blockIdx.x, blockIdx.y);
+}
+
+__global__ void __launch_bounds__(fused::kThreads) backward_dq_kernel(fused::Args a) {
+  DeviceBlock blk;
+  fused::backward_dq_block(blk, a, blockIdx.x, blockIdx.y);
+}
+
+// Kernels with more than 48 KiB of dynamic shared memory must say so first (per device).
+void allow_smem(const void* kernel, size_t bytes) {
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+dim3 grid(int64_t rows, int64_t groups) {
+  const int64_t tiles = (rows + fused::kTile - 1) / fused::kTile;
+  RA_CHECK(tiles <= INT_MAX && groups <= 65535,
+           "fused attention: {} tiles x {} (batch x heads) exceeds the grid", tiles, groups);
+  return dim3(unsigned(tiles), unsigned(groups));
+}
+
+void check_args(const fused::Args& a) {
+  RA_CHECK(fused::head_dim_fits(a.head_dim),
+           "fused attention needs head_dim to be a multiple of 16 and at most {}, got {}",
+           fused::kMaxHeadDim, a.head_dim);
+  RA_CHECK(a.kv_heads > 0 && a.heads % a.kv_heads == 0,
+           "fused attention: {} heads over {} kv heads", a.heads, a.kv_heads);
+}
+
+}  // namespace
+
+void launch_fused_forward(cudaStream_t stream, const fused::Args& a) {
+  check_args(a);
+  if (a.batch == 0 || a.sq == 0 || a.sk == 0) return;
+  const size_t smem = fused::ForwardSmem(nullptr, a.head_dim).bytes;
+  allow_smem(reinterpret_cast<const void*>(&forward_kernel), smem);
+  forward_kernel<<<grid(a.sq, a.batch * a.heads), fused::kThreads, smem, stream>>>(a);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_fused_backward(cudaStream_t stream, const fused::Args& a) {
+  check_args(a);
+  if (a.batch == 0 || a.sq == 0 || a.sk == 0) return;
+  const size_t smem = fused::BackwardSmem(nullptr, a.head_dim).bytes;
+  allow_smem(reinterpret_cast<const void*>(&backward_dkdv_kernel), smem);
+  allow_smem(reinterpret_cast<const void*>(&backward_dq_kernel), smem);
+  backward_dkdv_kernel<<<grid(a.sk, a.batch * a.kv_heads), fused::kThreads, smem, stream>>>(a);
+  CUDA_CHECK(cudaGetLastError());
+  backward_dq_kernel<<<grid(a.sq, a.batch * a.heads), fused::kThreads, smem, stream>>>(a);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace ringattn::cuda

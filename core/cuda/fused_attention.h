@@ -1,0 +1,17 @@
+// Launches of the fused bf16 attention kernels (core/cuda/fused_attention_body.h has what they
+// compute and how). The arguments' pointers are device memory, positions and segment ids too (the
+// caller, core/cuda/cuda_attention.cu, uploads them); every call only queues work on `stream`.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "core/cuda/fused_attention_body.h"
+
+namespace ringattn::cuda {
+
+// Folds the keys of `a` into the running state a.acc, a.m, a.l.
+void launch_fused_forward(cudaStream_t stream, const fused::Args& a);
+// Adds this block's gradients into a.dq, a.dk, a.dv (two kernels: dK/dV, then dQ).
+void launch_fused_backward(cudaStream_t stream, const fused::Args& a);
+
+}  // namespace ringattn::cuda
