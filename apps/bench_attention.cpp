@@ -174,9 +174,12 @@ int run_bench_attention(const BenchAttentionArgs& a) {
         "  FLOPs: {}\n",
         a.impl, opt.impl == AttentionImpl::Ring ? a.layout : "whole sequence", be.name(), world,
         threads, a.batch, a.seq, a.heads, a.kv_heads, a.head_dim, a.causal, a.q_chunk, a.k_chunk,
-        a.fused ? ", fused bf16 kernels" : a.bf16 ? ", bf16 tile GEMMs" : "", fwd * 1e3, j["gflops_fwd"].get<double>(), fwdbwd * 1e3,
-        j["gflops_fwdbwd"].get<double>(), 100 * j["fraction_of_peak_gemm"].get<double>(), gemm,
-        gemm, sgemm, format_bytes(j["peak_bytes"].get<size_t>()), format_bytes(live_before),
+        a.fused  ? ", fused bf16 kernels"
+        : a.bf16 ? ", bf16 tile GEMMs"
+                 : "",
+        fwd * 1e3, j["gflops_fwd"].get<double>(), fwdbwd * 1e3, j["gflops_fwdbwd"].get<double>(),
+        100 * j["fraction_of_peak_gemm"].get<double>(), gemm, gemm, sgemm,
+        format_bytes(j["peak_bytes"].get<size_t>()), format_bytes(live_before),
         format_bytes(j["workspace_peak_bytes"].get<size_t>()),
         100 * j["kv_wait_fraction"].get<double>(), fmt::join(rank_ms, " "),
         fast > 0 ? slow / fast : 0.0, j["flop_convention"].get<std::string>());

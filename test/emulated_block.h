@@ -129,7 +129,8 @@ void run_grid(int64_t tiles, int64_t rows, size_t smem, bool reverse, Body body)
     const int64_t at = reverse ? tiles * rows - 1 - i : i;
     HostBlock blk(smem, reverse);
     body(blk, at % tiles, at / tiles);
-    if (blk.queued() != 0) throw std::logic_error("fused attention body: phases after its last sync");
+    if (blk.queued() != 0)
+      throw std::logic_error("fused attention body: phases after its last sync");
   }
 }
 
@@ -144,12 +145,11 @@ inline void run_fused_forward(const fused::Args& a, bool reverse = false) {
 }
 
 inline void run_fused_backward(const fused::Args& a, bool reverse = false) {
-  const fused::BackwardSmem sm(nullptr, a.head_dim);
-  run_grid(fused_tiles(a.sk), a.batch * a.kv_heads, sm.bytes, reverse,
-           [&](HostBlock& blk, int64_t t, int64_t bhk) {
+  run_grid(fused_tiles(a.sk), a.batch * a.kv_heads, fused::BackwardSmem(nullptr, a.head_dim).bytes,
+           reverse, [&](HostBlock& blk, int64_t t, int64_t bhk) {
              fused::backward_dkdv_block(blk, a, t, bhk);
            });
-  run_grid(fused_tiles(a.sq), a.batch * a.heads, sm.bytes, reverse,
+  run_grid(fused_tiles(a.sq), a.batch * a.heads, fused::DqSmem(nullptr, a.head_dim).bytes, reverse,
            [&](HostBlock& blk, int64_t t, int64_t bh) { fused::backward_dq_block(blk, a, t, bh); });
 }
 

@@ -629,8 +629,12 @@ TEST_CASE("ring attention with the fused kernels equals the CPU's bf16 tiles", "
     if (!transport) continue;
     INFO("over " << transport->name());
     Attention dev_attn(opt, *dut.backend, transport);
-    const AttentionInput din{q.to_device(Device::CUDA), k.to_device(Device::CUDA),
-                             v.to_device(Device::CUDA), pos, Tensor(), nullptr};
+    const AttentionInput din{q.to_device(Device::CUDA),
+                             k.to_device(Device::CUDA),
+                             v.to_device(Device::CUDA),
+                             pos,
+                             Tensor(),
+                             nullptr};
     const AttentionOutput dn = dev_attn.forward(din);
     const AttentionGrads dg = dev_attn.backward(din, dn, dout.to_device(Device::CUDA));
     const std::pair<const Tensor*, const Tensor*> pairs[] = {

@@ -51,9 +51,9 @@ struct Case {
   int heads = 4, kv_heads = 2, head_dim = 32;
   bool causal = true;
   std::vector<int64_t> q_pos, k_pos;
-  std::vector<int32_t> q_seg, k_seg;          // [B, sq], [B, sk] or both empty
-  std::vector<std::vector<int64_t>> blocks;   // key indices per KV block, in arrival order
-  bool bf16_operands = false;                 // q, k, v handed over as bf16
+  std::vector<int32_t> q_seg, k_seg;         // [B, sq], [B, sk] or both empty
+  std::vector<std::vector<int64_t>> blocks;  // key indices per KV block, in arrival order
+  bool bf16_operands = false;                // q, k, v handed over as bf16
   uint32_t seed = 1;
 };
 
@@ -161,7 +161,7 @@ Result run(const Case& c, bool fused, bool reverse) {
   r.dq = randn(q.size(), c.seed + 50);
   for (Block& blk : blocks) {
     const AttentionTileProblem p = problem(blk);
-    const AttentionBackwardArgs ba{dout.data(), r.lse.data(), delta.data(),
+    const AttentionBackwardArgs ba{dout.data(), r.lse.data(),  delta.data(),
                                    r.dq.data(), blk.dk.data(), blk.dv.data()};
     if (!fused) {
       be.attention_backward_block(p, ba, nullptr);
@@ -190,7 +190,8 @@ void check_close(const std::vector<float>& got, const std::vector<float>& want, 
       if (!(std::isinf(want[i]) && got[i] == want[i])) ++bad;
       continue;
     }
-    const double ratio = std::abs(double(got[i]) - double(want[i])) / (kTol * (1 + std::abs(want[i])));
+    const double ratio =
+        std::abs(double(got[i]) - double(want[i])) / (kTol * (1 + std::abs(want[i])));
     if (ratio > worst) worst = ratio, worst_at = i;
   }
   INFO(what << ": worst " << worst << " x tolerance at " << worst_at << ": fused " << got[worst_at]
@@ -272,7 +273,7 @@ TEST_CASE("Fused attention body (emulated): segment ids, empty rows, zigzag shar
   }
   SECTION("queries before every key: rows that see nothing (lse -inf, o 0, no gradient)") {
     Case c = make_case(70, 90, 2, 2, 16, true, 12);
-    c.q_pos = iota(c.sq);     // 0..69
+    c.q_pos = iota(c.sq);      // 0..69
     c.k_pos = iota(c.sk, 50);  // 50..139: queries 0..49 see no key at all
     compare(c);
   }

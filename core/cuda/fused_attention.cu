@@ -111,12 +111,13 @@ void launch_fused_forward(cudaStream_t stream, const fused::Args& a) {
 void launch_fused_backward(cudaStream_t stream, const fused::Args& a) {
   check_args(a);
   if (a.batch == 0 || a.sq == 0 || a.sk == 0) return;
-  const size_t smem = fused::BackwardSmem(nullptr, a.head_dim).bytes;
-  allow_smem(reinterpret_cast<const void*>(&backward_dkdv_kernel), smem);
-  allow_smem(reinterpret_cast<const void*>(&backward_dq_kernel), smem);
-  backward_dkdv_kernel<<<grid(a.sk, a.batch * a.kv_heads), fused::kThreads, smem, stream>>>(a);
+  const size_t dkdv_smem = fused::BackwardSmem(nullptr, a.head_dim).bytes;
+  const size_t dq_smem = fused::DqSmem(nullptr, a.head_dim).bytes;
+  allow_smem(reinterpret_cast<const void*>(&backward_dkdv_kernel), dkdv_smem);
+  allow_smem(reinterpret_cast<const void*>(&backward_dq_kernel), dq_smem);
+  backward_dkdv_kernel<<<grid(a.sk, a.batch * a.kv_heads), fused::kThreads, dkdv_smem, stream>>>(a);
   CUDA_CHECK(cudaGetLastError());
-  backward_dq_kernel<<<grid(a.sq, a.batch * a.heads), fused::kThreads, smem, stream>>>(a);
+  backward_dq_kernel<<<grid(a.sq, a.batch * a.heads), fused::kThreads, dq_smem, stream>>>(a);
   CUDA_CHECK(cudaGetLastError());
 }
 

@@ -189,16 +189,19 @@ struct RowData {
   }
 };
 
+// The forward keeps its queries in registers (one bf16 fragment per 16 columns and warp), which
+// frees a tile of shared memory: at head_dim 128 two blocks then fit on an H100 multiprocessor.
+// They pass through s on their way in (a bf16 [64][ld16] tile fits in s's bytes for every head
+// dim the kernels take).
 struct ForwardSmem {
-  uint16_t *q, *k, *v, *p;  // [64][ld16]; p [64][kLdProb]
-  float *s, *o;             // s [64][kLdScore]; o [64][head_dim + 4]
-  float *red, *sum;         // [kThreads]: two partial maxima / sums per row
-  float *alpha, *m_new;     // [64]
-  RowData rows, keys;       // rows: m in a, l in b
+  uint16_t *k, *v, *p;   // [64][ld16]; p [64][kLdProb]
+  float *s, *o;          // s [64][kLdScore]; o [64][head_dim + 4]
+  float *red, *sum;      // [kThreads]: two partial maxima / sums per row
+  float *alpha, *m_new;  // [64]
+  RowData rows, keys;    // rows: m in a, l in b
   size_t bytes = 0;
   RA_FUSED_FN ForwardSmem(void* base, int head_dim) {
     Carver c(base);
-    q = c.take<uint16_t>(kTile * ld16(head_dim));
     k = c.take<uint16_t>(kTile * ld16(head_dim));
     v = c.take<uint16_t>(kTile * ld16(head_dim));
     p = c.take<uint16_t>(kTile * kLdProb);
@@ -214,6 +217,7 @@ struct ForwardSmem {
   }
 };
 
+// The dK/dV kernel's: Q and dO change with every query tile it visits.
 struct BackwardSmem {
   uint16_t *q, *dout, *k, *v;  // [64][ld16]
   uint16_t *p, *ds;            // [64][kLdProb] bf16(P), bf16(dS)
@@ -238,7 +242,32 @@ struct BackwardSmem {
   }
 };
 
-// ---- phases shared by the kernels ----------------------------------------------------------------
+// The dQ kernel's: its Q and dO stay in registers (as the forward's queries do, passing through
+// s and dp on their way in), so two blocks fit on an H100 multiprocessor at head_dim 128.
+struct DqSmem {
+  uint16_t *k, *v;     // [64][ld16]
+  uint16_t *p, *ds;    // [64][kLdProb]
+  float *s, *dp;       // [64][kLdScore]
+  float* stage;        // [kWarps][16 * 16]
+  RowData rows, keys;  // rows: lse in a, delta in b
+  size_t bytes = 0;
+  RA_FUSED_FN DqSmem(void* base, int head_dim) {
+    Carver c(base);
+    k = c.take<uint16_t>(kTile * ld16(head_dim));
+    v = c.take<uint16_t>(kTile * ld16(head_dim));
+    p = c.take<uint16_t>(kTile * kLdProb);
+    ds = c.take<uint16_t>(kTile * kLdProb);
+    s = c.take<float>(kTile * kLdScore);
+    dp = c.take<float>(kTile * kLdScore);
+    stage = c.take<float>(kWarps * kFrag * kFrag);
+    rows.carve(c);
+    keys.carve(c);
+    bytes = c.used();
+  }
+};
+
+// ---- phases shared by the kernels
+// ----------------------------------------------------------------
 
 // Rows [r0, r0 + 64) of a [B, S, heads, D] operand, head `head`, batch row b, into a bf16 tile
 // (zeros past row n). One of f32 / b16 is given.
@@ -296,29 +325,41 @@ RA_FUSED_FN inline int64_t min_position(const RowData& rd) {
   return x;
 }
 
-// out[64 x 64] (float32, ld kLdScore) = x[64 x D] y[64 x D]^T, warp w computing rows 16w..16w+15:
-// each of its x fragments is loaded once, against the four column blocks.
-template <class Block>
-RA_FUSED_FN void tile_scores(Block& blk, float* out, const uint16_t* x, const uint16_t* y,
+// out[64 x 64] (float32, ld kLdScore) = X[64 x D] y[64 x D]^T, warp w computing rows 16w..16w+15:
+// load_x(w, dt, frag) gives the warp's fragment of X's columns 16 dt.. (from shared memory or
+// registers), each loaded once against the four column blocks.
+template <class Block, class LoadX>
+RA_FUSED_FN void tile_scores(Block& blk, float* out, LoadX load_x, const uint16_t* y,
                              int head_dim) {
   const int ld = ld16(head_dim);
   blk.each_warp([=](int w) {
     constexpr int kBlocks = kTile / kFrag;
     typename Block::Acc c[kBlocks];
     RA_FUSED_UNROLL for (int n = 0; n < kBlocks; ++n) Block::fill(c[n], 0.0f);
-    for (int d0 = 0; d0 < head_dim; d0 += kFrag) {
-      typename Block::A fa;
-      Block::load(fa, x + w * kFrag * ld + d0, ld);
+    RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
+      if (dt >= head_dim / kFrag) break;
+      typename Block::A fx;
+      load_x(w, dt, fx);
       RA_FUSED_UNROLL for (int n = 0; n < kBlocks; ++n) {
-        typename Block::BCol fb;
-        Block::load(fb, y + n * kFrag * ld + d0, ld);
-        Block::mma(c[n], fa, fb);
+        typename Block::BCol fy;
+        Block::load(fy, y + n * kFrag * ld + dt * kFrag, ld);
+        Block::mma(c[n], fx, fy);
       }
     }
     RA_FUSED_UNROLL for (int n = 0; n < kBlocks; ++n)
-      Block::store(out + w * kFrag * kLdScore + n * kFrag, c[n], kLdScore);
+        Block::store(out + w * kFrag * kLdScore + n * kFrag, c[n], kLdScore);
   });
 }
+
+// load_x for tile_scores: rows 16w.. of a bf16 tile in shared memory.
+template <class Block>
+struct SmemRows {
+  const uint16_t* x;
+  int ld;
+  RA_FUSED_FN void operator()(int w, int dt, typename Block::A& f) const {
+    Block::load(f, x + w * kFrag * ld + dt * kFrag, ld);
+  }
+};
 
 // Adds a warp's accumulators [16 x D] (rows 16w.. of a 64-row tile), times `factor`, into
 // dst rows [r0, r0 + n) of a [B, S, heads, D] gradient, head `head`: through one 16 x 16 stage per
@@ -345,7 +386,8 @@ RA_FUSED_FN void add_rows_out(Block& blk, float* stage, AccRow& acc, float* dst,
   }
 }
 
-// ---- forward -------------------------------------------------------------------------------------
+// ---- forward
+// -------------------------------------------------------------------------------------
 
 template <class Block>
 RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_t bh) {
@@ -355,8 +397,14 @@ RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_
   const int h = int(bh % a.heads), hk = h / (a.heads / a.kv_heads);
   const int64_t q0 = q_tile * kTile, nq = min64(kTile, a.sq - q0);
 
-  // The tile's queries, positions and running state (rows past the shard: empty, never written).
-  load_rows(blk, sm.q, a.q, a.q16, b, a.sq, q0, nq, a.heads, h, D);
+  static_assert(kTile * (kMaxHeadDim + 8) * 2 <= kTile * kLdScore * 4, "Q passes through s");
+  using QFrags = typename Block::A[kMaxHeadDim / kFrag];
+  typename Block::template PerWarp<QFrags> qf;  // warp w: queries 16w..16w+15, all of D
+
+  // The tile's queries (through s into registers), positions and running state (rows past the
+  // shard: empty, never written).
+  uint16_t* q_in = reinterpret_cast<uint16_t*>(sm.s);
+  load_rows(blk, q_in, a.q, a.q16, b, a.sq, q0, nq, a.heads, h, D);
   load_positions(blk, sm.rows, a.q_pos, a.q_seg, b, a.sq, q0, nq);
   blk.each_thread([&](int t) {
     for (int e = t; e < kTile * D; e += kThreads) {
@@ -371,6 +419,14 @@ RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_
   });
   blk.sync();
   const int64_t q_max = max_position(sm.rows);
+  blk.each_warp([&](int w) {
+    RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
+      if (dt >= D / kFrag) break;
+      Block::load(qf.at(w)[dt], q_in + w * kFrag * ld16(D) + dt * kFrag, ld16(D));
+    }
+  });
+  // (The loop's first sync, after the key positions, ends that load before s is written again.)
+  auto q_frag = [&qf](int w, int dt, typename Block::A& f) { f = qf.at(w)[dt]; };
 
   for (int64_t k0 = 0; k0 < a.sk; k0 += kTile) {
     const int64_t nk = min64(kTile, a.sk - k0);
@@ -383,7 +439,7 @@ RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_
     load_rows(blk, sm.v, a.v, a.v16, b, a.sk, k0, nk, a.kv_heads, hk, D);
     blk.sync();
 
-    tile_scores(blk, sm.s, sm.q, sm.k, D);  // S = Q K^T (scaled below)
+    tile_scores(blk, sm.s, q_frag, sm.k, D);  // S = Q K^T (scaled below)
     blk.sync();
 
     // Two threads per row, 32 keys each: mask and scale, then the row's two partial maxima.
@@ -461,16 +517,19 @@ RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_
   blk.sync();
 }
 
-// ---- backward ------------------------------------------------------------------------------------
+// ---- backward
+// ------------------------------------------------------------------------------------
 
 // With Q, dO, K, V tiles, positions, lse and delta loaded: S = Q K^T and dP = dO V^T (warps by
 // query rows), then P = exp(scale S - lse) (0 where masked and on rows that saw no key) and
 // dS = P (dP - delta) (exactly 0 where P is), both rounded to bf16 for their products.
-template <class Block>
-RA_FUSED_FN void backward_scores(Block& blk, const Args& a, BackwardSmem& sm) {
+// load_q and load_dout give the warps' fragments of Q and dO (tile_scores' load_x).
+template <class Block, class Smem, class LoadQ, class LoadDout>
+RA_FUSED_FN void backward_scores(Block& blk, const Args& a, Smem& sm, LoadQ load_q,
+                                 LoadDout load_dout) {
   const int D = a.head_dim;
-  tile_scores(blk, sm.s, sm.q, sm.k, D);
-  tile_scores(blk, sm.dp, sm.dout, sm.v, D);
+  tile_scores(blk, sm.s, load_q, sm.k, D);
+  tile_scores(blk, sm.dp, load_dout, sm.v, D);
   blk.sync();
   blk.each_thread([&](int t) {
     const int r = t / 2, c0 = (t % 2) * (kTile / 2);
@@ -488,18 +547,19 @@ RA_FUSED_FN void backward_scores(Block& blk, const Args& a, BackwardSmem& sm) {
   blk.sync();
 }
 
-// Query rows [q0, q0 + nq) of head h: lse, delta, Q and dO (positions are the caller's).
+// Query rows [q0, q0 + nq) of head h: lse and delta, and Q and dO into bf16 tiles q_to, dout_to
+// (positions are the caller's).
 template <class Block>
-RA_FUSED_FN void load_query_tile(Block& blk, const Args& a, BackwardSmem& sm, int64_t b, int h,
-                                 int64_t q0, int64_t nq) {
+RA_FUSED_FN void load_query_tile(Block& blk, const Args& a, RowData rows, uint16_t* q_to,
+                                 uint16_t* dout_to, int64_t b, int h, int64_t q0, int64_t nq) {
   blk.each_thread([=](int t) {
     if (t >= kTile) return;
     const int64_t stat = (b * a.heads + h) * a.sq + q0 + t;
-    sm.rows.a[t] = t < nq ? a.lse[stat] : -INFINITY;
-    sm.rows.b[t] = t < nq ? a.delta[stat] : 0.0f;
+    rows.a[t] = t < nq ? a.lse[stat] : -INFINITY;
+    rows.b[t] = t < nq ? a.delta[stat] : 0.0f;
   });
-  load_rows(blk, sm.q, a.q, a.q16, b, a.sq, q0, nq, a.heads, h, a.head_dim);
-  load_rows(blk, sm.dout, a.dout, nullptr, b, a.sq, q0, nq, a.heads, h, a.head_dim);
+  load_rows(blk, q_to, a.q, a.q16, b, a.sq, q0, nq, a.heads, h, a.head_dim);
+  load_rows(blk, dout_to, a.dout, nullptr, b, a.sq, q0, nq, a.heads, h, a.head_dim);
 }
 
 template <class Block>
@@ -532,9 +592,10 @@ RA_FUSED_FN void backward_dkdv_block(Block& blk, const Args& a, int64_t k_tile, 
       load_positions(blk, sm.rows, a.q_pos, a.q_seg, b, a.sq, q0, nq);  // (as in the forward)
       blk.sync();
       if (a.causal && max_position(sm.rows) < k_min) continue;  // sees none of these keys
-      load_query_tile(blk, a, sm, b, h, q0, nq);
+      load_query_tile(blk, a, sm.rows, sm.q, sm.dout, b, h, q0, nq);
       blk.sync();
-      backward_scores(blk, a, sm);
+      backward_scores(blk, a, sm, SmemRows<Block>{sm.q, ld16(D)},
+                      SmemRows<Block>{sm.dout, ld16(D)});
       // dV += bf16(P)^T dO and dK += bf16(dS)^T Q: warp w's keys are columns 16w.. of P and dS.
       blk.each_warp([&](int w) {
         RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
@@ -561,15 +622,20 @@ RA_FUSED_FN void backward_dkdv_block(Block& blk, const Args& a, int64_t k_tile, 
 template <class Block>
 RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, int64_t bh) {
   using AccRow = typename Block::Acc[kMaxHeadDim / kFrag];
+  using Frags = typename Block::A[kMaxHeadDim / kFrag];
   const int D = a.head_dim;
-  BackwardSmem sm(blk.smem(), D);
+  DqSmem sm(blk.smem(), D);
   const int64_t b = bh / a.heads;
   const int h = int(bh % a.heads), hk = h / (a.heads / a.kv_heads);
   const int64_t q0 = q_tile * kTile, nq = min64(kTile, a.sq - q0);
 
+  // Q and dO through s and dp into registers (warp w: queries 16w..16w+15, all of D).
+  uint16_t* q_in = reinterpret_cast<uint16_t*>(sm.s);
+  uint16_t* dout_in = reinterpret_cast<uint16_t*>(sm.dp);
   load_positions(blk, sm.rows, a.q_pos, a.q_seg, b, a.sq, q0, nq);
-  load_query_tile(blk, a, sm, b, h, q0, nq);
-  typename Block::template PerWarp<AccRow> dq;  // warp w: queries 16w..16w+15, all of D
+  load_query_tile(blk, a, sm.rows, q_in, dout_in, b, h, q0, nq);
+  typename Block::template PerWarp<AccRow> dq;
+  typename Block::template PerWarp<Frags> qf, dof;
   blk.each_warp([&](int w) {
     RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
       if (dt >= D / kFrag) break;
@@ -578,6 +644,16 @@ RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, in
   });
   blk.sync();
   const int64_t q_max = max_position(sm.rows);
+  blk.each_warp([&](int w) {
+    RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
+      if (dt >= D / kFrag) break;
+      Block::load(qf.at(w)[dt], q_in + w * kFrag * ld16(D) + dt * kFrag, ld16(D));
+      Block::load(dof.at(w)[dt], dout_in + w * kFrag * ld16(D) + dt * kFrag, ld16(D));
+    }
+  });
+  // (The loop's first sync, after the key positions, ends that load before s and dp are written.)
+  auto q_frag = [&qf](int w, int dt, typename Block::A& f) { f = qf.at(w)[dt]; };
+  auto dout_frag = [&dof](int w, int dt, typename Block::A& f) { f = dof.at(w)[dt]; };
 
   for (int64_t k0 = 0; k0 < a.sk; k0 += kTile) {
     const int64_t nk = min64(kTile, a.sk - k0);
@@ -587,7 +663,7 @@ RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, in
     load_rows(blk, sm.k, a.k, a.k16, b, a.sk, k0, nk, a.kv_heads, hk, D);
     load_rows(blk, sm.v, a.v, a.v16, b, a.sk, k0, nk, a.kv_heads, hk, D);
     blk.sync();
-    backward_scores(blk, a, sm);
+    backward_scores(blk, a, sm, q_frag, dout_frag);
     // dQ += bf16(dS) K: warp w's queries are rows 16w.. of dS.
     blk.each_warp([&](int w) {
       RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
