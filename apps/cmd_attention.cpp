@@ -28,6 +28,7 @@ namespace {
 
 struct AttentionArgs {
   std::string input, output, impl = "ring", layout = "zigzag", device = "cpu";
+  std::string precision = "f32", kernel = "tiles";
   bool causal = false;
   int64_t q_chunk = 256, k_chunk = 256;
   // --make-input
@@ -70,6 +71,14 @@ int run_check(const AttentionArgs& a) {
   opt.causal = a.causal;
   opt.q_chunk = a.q_chunk;
   opt.k_chunk = a.k_chunk;
+  RA_CHECK(a.precision == "f32" || a.precision == "bf16", "--precision {}: expected f32 or bf16",
+           a.precision);
+  RA_CHECK(a.kernel == "tiles" || a.kernel == "fused", "--kernel {}: expected tiles or fused",
+           a.kernel);
+  opt.bf16 = a.precision == "bf16";
+  opt.kernel = a.kernel == "fused" ? AttentionKernel::Fused : AttentionKernel::Tiles;
+  RA_CHECK(opt.kernel == AttentionKernel::Tiles || opt.bf16,
+           "--kernel fused runs bf16 kernels: it needs --precision bf16");
   const int world = MpiEnv::world_size();
   RA_CHECK(opt.impl == AttentionImpl::Ring || world == 1,
            "--impl {} runs on one rank; launched on {} ranks (use --impl ring to split the "
@@ -150,6 +159,8 @@ int run_check(const AttentionArgs& a) {
                      {{"impl", a.impl},
                       {"layout", a.layout},
                       {"ranks", std::to_string(world)},
+                      {"precision", a.precision},
+                      {"kernel", a.kernel},
                       {"causal", a.causal ? "true" : "false"}});
     log::info("wrote {} ({} tensors)", a.output, results.size());
   }
@@ -232,6 +243,12 @@ void add_attention_command(CLI::App& parent, Action& run) {
   cmd->add_flag("--causal", args->causal, "Causal mask (global positions)");
   cmd->add_option("--device", args->device,
                   "cpu | cuda: where attention computes (GPU local_rank mod GPUs)")
+      ->capture_default_str();
+  cmd->add_option("--precision", args->precision,
+                  "f32 | bf16: the tile GEMMs' operands (bf16: model.dtype = bf16's rounding)")
+      ->capture_default_str();
+  cmd->add_option("--kernel", args->kernel,
+                  "tiles | fused: attention.kernel (fused: bf16 only; the CPU runs its tiles)")
       ->capture_default_str();
   cmd->add_option("--q-chunk", args->q_chunk, "Query tile size")->capture_default_str();
   cmd->add_option("--k-chunk", args->k_chunk, "Key tile size")->capture_default_str();

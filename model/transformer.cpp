@@ -103,8 +103,10 @@ Transformer::Transformer(const TrainConfig& cfg, Mesh& mesh, Backend& backend,
   group_ =
       std::make_unique<FsdpGroup>(on_device(mesh.fsdp_sp(), mesh.device_fsdp_sp()), be_, fsdp_mode);
   dp_ = &on_device(mesh.axis(Axis::DP), mesh.device_axis(Axis::DP));
+  // The token tables go over the host MPI communicator: no wait for the device per micro-batch.
   attention_ = std::make_unique<Attention>(
-      attention_options(cfg), be_, &on_device(mesh.axis(Axis::SP), mesh.device_axis(Axis::SP)));
+      attention_options(cfg), be_, &on_device(mesh.axis(Axis::SP), mesh.device_axis(Axis::SP)),
+      &mesh.axis(Axis::SP));
   embedding_ = Embedding{dims_.vocab, dims_.hidden};
   const DecoderOptions dopt{cfg.model.ffn_chunk, cfg.model.checkpointing};
   for (int l = 0; l < dims_.layers; ++l)

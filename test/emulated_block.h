@@ -7,9 +7,12 @@
 //     descending. The body's contract makes the phases of one sync interval independent (no
 //     thread reads there what another writes, and the body's phases never pass data to a later
 //     phase of the same interval, not even within one thread), so both orders give the same bits;
-//     a missing sync(), or a read of shared memory by the code between phases before the sync(),
-//     changes them. Because phases run late, helpers that return before the next sync() capture
-//     by value, and a body ends with sync() (run_grid checks that nothing is left queued);
+//     a missing sync() changes them. What this cannot see: code between phases that reads shared
+//     memory (it runs here once, after its interval; on a GPU a thread may still be reading while
+//     another writes the next interval's data), which the contract therefore forbids. Because
+//     phases run late, helpers that return before the next sync() capture by value, and a body
+//     ends with sync() (run_grid checks that nothing is left queued);
+//   - fragment operands must follow wmma's alignment rules (checked: a logic_error otherwise);
 //   - fragments are plain 16 x 16 matrices; mma sums in float32 in k order (tensor cores sum in
 //     another order: a tolerance, not bits, separates the GPU from this);
 //   - shared memory is a fresh buffer per block, filled with 0xff bytes (NaN floats, huge
@@ -79,17 +82,26 @@ class HostBlock {
       for (float& e : row) e = x;
   }
   // Element (r, c) of a row-major matrix at p[r * ld + c]; of a column-major one at p[c * ld + r].
+  // wmma's rules, checked here so that the emulation refuses what the GPU would not do: pointers
+  // 256-bit aligned, leading dimensions a multiple of 16 bytes.
+  static void check_operand(const void* p, int ld, size_t elem) {
+    if (reinterpret_cast<uintptr_t>(p) % 32 != 0 || (size_t(ld) * elem) % 16 != 0)
+      throw std::logic_error("fused attention body: a fragment operand breaks wmma's alignment");
+  }
   template <int Tag>
   static void load(Frag<uint16_t, Tag>& f, const uint16_t* p, int ld) {
+    check_operand(p, ld, sizeof(uint16_t));
     const bool col = Tag == 1 || Tag == 3;
     for (int r = 0; r < fused::kFrag; ++r)
       for (int c = 0; c < fused::kFrag; ++c) f.x[r][c] = col ? p[c * ld + r] : p[r * ld + c];
   }
   static void load(Acc& f, const float* p, int ld) {
+    check_operand(p, ld, sizeof(float));
     for (int r = 0; r < fused::kFrag; ++r)
       for (int c = 0; c < fused::kFrag; ++c) f.x[r][c] = p[r * ld + c];
   }
   static void store(float* p, const Acc& f, int ld) {
+    check_operand(p, ld, sizeof(float));
     for (int r = 0; r < fused::kFrag; ++r)
       for (int c = 0; c < fused::kFrag; ++c) p[r * ld + c] = f.x[r][c];
   }

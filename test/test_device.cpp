@@ -713,6 +713,29 @@ TEST_CASE("ring attention waits for the device a fixed number of times, whatever
   // and queues every ring step while the device computes.
   CHECK(waits[2][0] == 0);
   CHECK(waits[2][1] == 0);
+  // Sharing them: through the device transport two copies wait (up and down); over a host
+  // communicator of the same ranks (what the model passes) none, and the same table.
+  if (n > 1) {
+    AttentionOptions opt;
+    opt.impl = AttentionImpl::Ring;
+    Attention through_device(opt, *dut.backend, sp.get());
+    Attention over_host(opt, *dut.backend, sp.get(), &mesh.axis(Axis::SP));
+    const size_t w0 = ringattn::test::emulated_host_waits();
+    const auto a = through_device.share_tokens(pos, seg, B);
+    const size_t w1 = ringattn::test::emulated_host_waits();
+    const auto b = over_host.share_tokens(pos, seg, B);
+    const size_t w2 = ringattn::test::emulated_host_waits();
+    CHECK(w1 - w0 == 2);
+    CHECK(w2 - w1 == 0);
+    for (int q = 0; q < n; ++q) {
+      CHECK(std::equal(a->positions(q), a->positions(q) + Sl, b->positions(q)));
+      CHECK(a->segments(q, 0, Sl) == b->segments(q, 0, Sl));
+      CHECK(b->positions(q)[0] == q * Sl);
+    }
+    // Not a host communicator of the same ranks: refused.
+    CHECK_THROWS_WITH(Attention(opt, *dut.backend, sp.get(), sp.get()),
+                      Catch::Contains("host communicator for token tables"));
+  }
 }
 
 namespace {

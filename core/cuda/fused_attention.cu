@@ -6,7 +6,11 @@
 #include <cuda_bf16.h>
 #include <mma.h>
 
+#include <algorithm>
 #include <climits>
+#include <mutex>
+#include <set>
+#include <utility>
 
 #include "core/cuda/cuda_check.h"
 #include "core/error.h"
@@ -77,9 +81,27 @@ __global__ void __launch_bounds__(fused::kThreads) backward_dq_kernel(fused::Arg
   fused::backward_dq_block(blk, a, blockIdx.x, blockIdx.y);
 }
 
-// Kernels with more than 48 KiB of dynamic shared memory must say so first (per device).
+// Kernels with more than 48 KiB of dynamic shared memory must say so first, on each device; the
+// largest size any call needs (head_dim kMaxHeadDim) is set once per kernel and device, after
+// checking that the device has it.
 void allow_smem(const void* kernel, size_t bytes) {
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  int optin = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  RA_CHECK(bytes <= size_t(optin),
+           "fused attention needs {} bytes of shared memory per block; GPU {} allows {} (use "
+           "attention.kernel = tiles, or a smaller head dimension)",
+           bytes, device, optin);
+  static std::mutex mu;
+  static std::set<std::pair<const void*, int>> done;
+  const std::lock_guard<std::mutex> lock(mu);
+  if (!done.insert({kernel, device}).second) return;
+  const size_t most = std::max({fused::ForwardSmem(nullptr, fused::kMaxHeadDim).bytes,
+                                fused::BackwardSmem(nullptr, fused::kMaxHeadDim).bytes,
+                                fused::DqSmem(nullptr, fused::kMaxHeadDim).bytes});
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(std::min(most, size_t(optin)))));
 }
 
 dim3 grid(int64_t rows, int64_t groups) {

@@ -33,8 +33,9 @@
 //     runs an interval's phases in either order, and as late as its closing sync(): helpers that
 //     return before it capture by value, and every kernel body ends with sync()).
 //   Code between phases runs in every thread on the GPU and once on the host, so it computes only
-//     values that are the same for every thread (from arguments and from shared memory read after
-//     a sync), and every thread takes the same branches.
+//     values that are the same for every thread, and every thread takes the same branches. It
+//     reads arguments and read-only global memory, never shared memory: on the GPU one thread may
+//     still be there while another already writes the next interval's shared memory.
 //   Fragments of 16 x 16: A (bf16, row-major) and ACol (bf16, column-major) left operands, BRow /
 //     BCol right operands, Acc (float32); fill(acc, 0), load(frag, ptr, ld), mma(acc, a, b)
 //     (acc += a b), store(ptr, acc, ld) (row-major). Pointers 32-byte aligned, ld a multiple of 8
@@ -310,19 +311,25 @@ RA_FUSED_FN inline bool visible(const Args& a, const RowData& rows, const RowDat
   return true;
 }
 
-// Uniform: the largest query position of a tile, the smallest key position (ignoring rows past
-// the ends). A causal key tile whose smallest position exceeds the largest query position holds
-// nothing visible: skipped (positions need not be monotonic inside a tile: zigzag shards break).
-RA_FUSED_FN inline int64_t max_position(const RowData& rd) {
-  int64_t x = kNoPosition;
-  for (int r = 0; r < kTile; ++r) x = max64(x, rd.pos[r]);
-  return x;
+// Causal skips are decided from the positions in global memory (read-only), never from shared
+// memory: the code between phases may run in one thread while another already writes the next
+// interval's shared memory (a race the emulation could not show). Positions ascend within a shard
+// (core/attention_tile.h; zigzag shards jump, still upwards), so a tile's first position is its
+// smallest and its last its largest.
+RA_FUSED_FN inline int64_t last_position(const int64_t* pos, int64_t begin, int64_t n) {
+  return pos[begin + n - 1];
 }
-RA_FUSED_FN inline int64_t min_position(const RowData& rd) {
-  int64_t x = INT64_MAX;
-  for (int r = 0; r < kTile; ++r)
-    if (rd.pos[r] != kNoPosition) x = min64(x, rd.pos[r]);
-  return x;
+// The first index of an ascending pos[0, n) at or after `x` (n when none).
+RA_FUSED_FN inline int64_t first_at_least(const int64_t* pos, int64_t n, int64_t x) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (pos[mid] < x)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
 }
 
 // out[64 x 64] (float32, ld kLdScore) = X[64 x D] y[64 x D]^T, warp w computing rows 16w..16w+15:
@@ -418,7 +425,7 @@ RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_
     }
   });
   blk.sync();
-  const int64_t q_max = max_position(sm.rows);
+  const int64_t q_max = last_position(a.q_pos, q0, nq);
   blk.each_warp([&](int w) {
     RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
       if (dt >= D / kFrag) break;
@@ -429,12 +436,13 @@ RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_
   auto q_frag = [&qf](int w, int dt, typename Block::A& f) { f = qf.at(w)[dt]; };
 
   for (int64_t k0 = 0; k0 < a.sk; k0 += kTile) {
+    // This key tile, and every later one, all in the future of every query here.
+    if (a.causal && a.k_pos[k0] > q_max) break;
     const int64_t nk = min64(kTile, a.sk - k0);
     // The positions do not touch what the last tile's products still read; the sync after them
     // ends those products before K and V are overwritten.
     load_positions(blk, sm.keys, a.k_pos, a.k_seg, b, a.sk, k0, nk);
     blk.sync();
-    if (a.causal && min_position(sm.keys) > q_max) continue;  // all in the future
     load_rows(blk, sm.k, a.k, a.k16, b, a.sk, k0, nk, a.kv_heads, hk, D);
     load_rows(blk, sm.v, a.v, a.v16, b, a.sk, k0, nk, a.kv_heads, hk, D);
     blk.sync();
@@ -583,15 +591,16 @@ RA_FUSED_FN void backward_dkdv_block(Block& blk, const Args& a, int64_t k_tile, 
     }
   });
   blk.sync();
-  const int64_t k_min = min_position(sm.keys);
+  // Causal: the query tiles before the first query at or after this tile's first key see none
+  // of its keys; they are skipped (a prefix: positions ascend).
+  const int64_t q_start = a.causal ? first_at_least(a.q_pos, a.sq, a.k_pos[k0]) / kTile * kTile : 0;
 
   for (int g = 0; g < G; ++g) {
     const int h = hk * G + g;
-    for (int64_t q0 = 0; q0 < a.sq; q0 += kTile) {
+    for (int64_t q0 = q_start; q0 < a.sq; q0 += kTile) {
       const int64_t nq = min64(kTile, a.sq - q0);
-      load_positions(blk, sm.rows, a.q_pos, a.q_seg, b, a.sq, q0, nq);  // (as in the forward)
-      blk.sync();
-      if (a.causal && max_position(sm.rows) < k_min) continue;  // sees none of these keys
+      blk.sync();  // the last tile's products are done with Q, dO, P and dS
+      load_positions(blk, sm.rows, a.q_pos, a.q_seg, b, a.sq, q0, nq);
       load_query_tile(blk, a, sm.rows, sm.q, sm.dout, b, h, q0, nq);
       blk.sync();
       backward_scores(blk, a, sm, SmemRows<Block>{sm.q, ld16(D)},
@@ -643,7 +652,7 @@ RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, in
     }
   });
   blk.sync();
-  const int64_t q_max = max_position(sm.rows);
+  const int64_t q_max = last_position(a.q_pos, q0, nq);
   blk.each_warp([&](int w) {
     RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
       if (dt >= D / kFrag) break;
@@ -656,10 +665,10 @@ RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, in
   auto dout_frag = [&dof](int w, int dt, typename Block::A& f) { f = dof.at(w)[dt]; };
 
   for (int64_t k0 = 0; k0 < a.sk; k0 += kTile) {
+    if (a.causal && a.k_pos[k0] > q_max) break;  // (as in the forward)
     const int64_t nk = min64(kTile, a.sk - k0);
     load_positions(blk, sm.keys, a.k_pos, a.k_seg, b, a.sk, k0, nk);  // (as in the forward)
     blk.sync();
-    if (a.causal && min_position(sm.keys) > q_max) continue;
     load_rows(blk, sm.k, a.k, a.k16, b, a.sk, k0, nk, a.kv_heads, hk, D);
     load_rows(blk, sm.v, a.v, a.v16, b, a.sk, k0, nk, a.kv_heads, hk, D);
     blk.sync();

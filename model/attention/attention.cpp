@@ -143,8 +143,16 @@ struct Attention::Shapes {
   std::vector<int32_t> seg;  // [B, Sl] segment ids in host memory; empty without
 };
 
-Attention::Attention(AttentionOptions options, Backend& backend, Communicator* sp)
-    : opt_(options), backend_(backend), sp_(sp) {
+Attention::Attention(AttentionOptions options, Backend& backend, Communicator* sp,
+                     Communicator* host_sp)
+    : opt_(options), backend_(backend), sp_(sp), token_comm_(host_sp ? host_sp : sp) {
+  RA_CHECK(!host_sp || !sp ||
+               (host_sp->size() == sp->size() && host_sp->rank() == sp->rank() &&
+                host_sp->accepts_host_buffers()),
+           "attention: the host communicator for token tables ({}, rank {} of {}) must be a host "
+           "one over the ranks of the sequence-parallel one (rank {} of {})",
+           host_sp ? host_sp->name() : "", host_sp ? host_sp->rank() : 0,
+           host_sp ? host_sp->size() : 0, sp ? sp->rank() : 0, sp ? sp->size() : 0);
   RA_CHECK(opt_.impl != AttentionImpl::Ring || sp_ != nullptr,
            "ring attention needs the sequence-parallel communicator");
   if (opt_.impl != AttentionImpl::Ring && sp_ != nullptr && sp_->size() > 1)
@@ -292,7 +300,7 @@ std::shared_ptr<const RingTokens> Attention::share_tokens(const std::vector<int6
     seg.resize(size_t(c.numel()));
     allocator_for(c.device()).copy_to_host(seg.data(), c.raw(), seg.size() * sizeof(int32_t));
   }
-  return std::make_shared<const RingTokens>(*sp_, backend_, positions, seg, batch);
+  return std::make_shared<const RingTokens>(*token_comm_, backend_, positions, seg, batch);
 }
 
 // The caller's shared table (check_input checked it against this input), or one gathered for
@@ -300,7 +308,7 @@ std::shared_ptr<const RingTokens> Attention::share_tokens(const std::vector<int6
 std::shared_ptr<const RingTokens> Attention::ring_tokens(const AttentionInput& in,
                                                          const Shapes& s) const {
   if (in.ring_tokens) return in.ring_tokens;
-  return std::make_shared<const RingTokens>(*sp_, backend_, in.positions, s.seg, s.batch);
+  return std::make_shared<const RingTokens>(*token_comm_, backend_, in.positions, s.seg, s.batch);
 }
 
 size_t Attention::ring_bytes_sent() const {

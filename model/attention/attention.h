@@ -90,8 +90,11 @@ struct AttentionTimings {
 class Attention {
  public:
   // `sp` is the sequence-parallel communicator (ring only; may be null for vanilla/blockwise,
-  // which need the whole sequence on this rank).
-  Attention(AttentionOptions options, Backend& backend, Communicator* sp = nullptr);
+  // which need the whole sequence on this rank). `host_sp`, optional: the same ranks in the same
+  // order over host memory (MPI), for the small tables of every rank's tokens (RingTokens), so
+  // that gathering them never waits for the device when `sp` takes device buffers only (NCCL).
+  Attention(AttentionOptions options, Backend& backend, Communicator* sp = nullptr,
+            Communicator* host_sp = nullptr);
   ~Attention();
 
   AttentionOutput forward(const AttentionInput& in);
@@ -133,6 +136,7 @@ class Attention {
   AttentionOptions opt_;
   Backend& backend_;
   Communicator* sp_;
+  Communicator* token_comm_;  // host_sp, or sp_
   std::unique_ptr<RingExchange> kv_ring_, grad_ring_;
   AttentionTimings timings_;
 };

@@ -21,11 +21,15 @@ RingTokens::RingTokens(Communicator& sp, Backend& be, const std::vector<int64_t>
   std::vector<unsigned char> mine(record, 0), all(record * size_t(n));
   std::memcpy(mine.data(), positions.data(), pos_bytes);
   if (!segments.empty()) std::memcpy(mine.data() + pos_bytes, segments.data(), seg_bytes);
-  Tensor send = Tensor::empty({int64_t(record)}, DType::U8, be.device(), "ring token table");
-  Tensor recv = Tensor::empty({int64_t(record) * n}, DType::U8, be.device(), "ring token table");
-  be.copy_from_host(send.raw(), mine.data(), record);
-  sp.all_gather(send.raw(), recv.raw(), record, DType::U8);
-  be.copy_to_host(all.data(), recv.raw(), all.size());
+  if (sp.accepts_host_buffers()) {
+    sp.all_gather(mine.data(), all.data(), record, DType::U8);
+  } else {
+    Tensor send = Tensor::empty({int64_t(record)}, DType::U8, be.device(), "ring token table");
+    Tensor recv = Tensor::empty({int64_t(record) * n}, DType::U8, be.device(), "ring token table");
+    be.copy_from_host(send.raw(), mine.data(), record);
+    sp.all_gather(send.raw(), recv.raw(), record, DType::U8);
+    be.copy_to_host(all.data(), recv.raw(), all.size());
+  }
   pos_.resize(size_t(n * sl_));
   if (!segments.empty()) seg_.resize(size_t(n) * segments.size());
   for (int q = 0; q < n; ++q) {

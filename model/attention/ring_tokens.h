@@ -19,8 +19,9 @@ class RingTokens {
  public:
   // Collective over `sp` (every rank passes its own shard's tokens): `positions` [Sl] global,
   // ascending; `segments` [B, Sl] in host memory, empty without segment ids. Shards have equal
-  // lengths on every rank. The all-gather runs through device buffers of `be` (a device transport
-  // takes nothing else): two synchronous copies.
+  // lengths on every rank. A communicator that takes host buffers (MPI, host-staged) gathers
+  // them as they are; a device one (NCCL) through device buffers of `be`, which costs two
+  // synchronous copies (Attention avoids that with a host communicator over the same ranks).
   RingTokens(Communicator& sp, Backend& be, const std::vector<int64_t>& positions,
              const std::vector<int32_t>& segments, int64_t batch);
 

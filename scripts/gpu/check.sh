@@ -115,14 +115,32 @@ stage_1() {
 
 stage_2() {
   # Both the tests and the tool run, whichever fails (the first GPU run lost the tool's check).
-  stage 2 cuda_tests 120 "rc=0; $tests '[cuda]' || rc=1; \
-  $ra attention --make-input $out/attn_in.safetensors --seq 4096 --heads 8 --kv-heads 2 \
-    --head-dim 64 --with-grad && \
-  $mpi -np 2 $ra attention --input $out/attn_in.safetensors --output $out/attn_gpu.safetensors \
+  # Then the fused kernels at scale (8K tokens, D = 128, GQA, documents) against the bf16 tiles,
+  # on one rank and as a 2-rank ring, and under compute-sanitizer's racecheck and synccheck
+  # (shared-memory hazards: a missing __syncthreads).
+  local in=$out/attn_in.safetensors big=$out/attn_big.safetensors
+  local fused_test="'CUDA attention: the fused kernels match the CPU*'"
+  stage 2 cuda_tests 240 "rc=0; $tests '[cuda]' || rc=1; \
+  $ra attention --make-input $in --seq 4096 --heads 8 --kv-heads 2 --head-dim 64 --with-grad && \
+  $mpi -np 2 $ra attention --input $in --output $out/attn_gpu.safetensors \
     --impl ring --layout zigzag --causal --device cuda && \
-  $ra attention --input $out/attn_in.safetensors --output $out/attn_cpu.safetensors \
-    --impl blockwise --causal && \
-  $ra attention --compare $out/attn_gpu.safetensors $out/attn_cpu.safetensors || rc=1; exit \$rc"
+  $ra attention --input $in --output $out/attn_cpu.safetensors --impl blockwise --causal && \
+  $ra attention --compare $out/attn_gpu.safetensors $out/attn_cpu.safetensors || rc=1; \
+  echo '== fused kernels at 8K'; \
+  $ra attention --make-input $big --seq 8192 --heads 8 --kv-heads 2 --head-dim 128 --with-grad \
+    --segments 3 && \
+  $ra attention --input $big --output $out/big_tiles.safetensors --impl blockwise --causal \
+    --device cuda --precision bf16 --q-chunk 512 --k-chunk 512 && \
+  $ra attention --input $big --output $out/big_fused.safetensors --impl blockwise --causal \
+    --device cuda --precision bf16 --kernel fused && \
+  $mpi -np 2 $ra attention --input $big --output $out/big_fused_ring.safetensors --impl ring \
+    --layout zigzag --causal --device cuda --precision bf16 --kernel fused && \
+  $ra attention --compare $out/big_fused.safetensors $out/big_tiles.safetensors --tolerance 2e-2 && \
+  $ra attention --compare $out/big_fused_ring.safetensors $out/big_tiles.safetensors \
+    --tolerance 2e-2 || rc=1; \
+  for tool in racecheck synccheck; do echo \"== compute-sanitizer \$tool, fused kernels\"; \
+    compute-sanitizer --tool \$tool --error-exitcode 9 $tests $fused_test || rc=1; done; \
+  exit \$rc"
 }
 stage_3() {
   stage 3 device_tests 150 "rc=0; for np in 1 2 4; do echo \"== [device] on \$np rank(s)\"; \

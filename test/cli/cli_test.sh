@@ -25,6 +25,18 @@ for np in 1 2 4; do
   done
 done
 
+# bf16 precision: ring on 2 ranks == blockwise on 1 (both bf16; the same roundings, other orders),
+# and bf16 is not f32 (the flag reaches the tiles). --kernel fused runs the CPU's tiles here.
+expect_ok "bf16 blockwise" "$bin" attention --input "$tmp/in.safetensors" \
+  --output "$tmp/bw16.safetensors" --impl blockwise --causal --precision bf16 --kernel fused
+expect_ok "bf16 ring np=2" mpirun -np 2 "$bin" attention --input "$tmp/in.safetensors" \
+  --output "$tmp/ring16.safetensors" --impl ring --causal --precision bf16 --q-chunk 16 --k-chunk 8
+expect_ok "bf16 ring == bf16 blockwise" "$bin" attention --compare "$tmp/ring16.safetensors" \
+  "$tmp/bw16.safetensors" --tolerance 1e-2
+expect_error "bf16 is not f32" "MISMATCH" "$bin" attention --compare "$tmp/bw16.safetensors" \
+  "$tmp/bw.safetensors" --tolerance 1e-4
+expect_error "fused needs bf16" "needs --precision bf16" "$bin" attention --input "$tmp/in.safetensors" \
+  --output "$tmp/o.safetensors" --kernel fused
 expect_error "missing input file" "nothere.safetensors" "$bin" attention --input "$tmp/nothere.safetensors" --output "$tmp/o.safetensors"
 printf 'garbage' >"$tmp/bad.safetensors"
 expect_error "malformed input file" "bad.safetensors" "$bin" attention --input "$tmp/bad.safetensors" --output "$tmp/o.safetensors"
