@@ -7,19 +7,25 @@
 //     descending. The body's contract makes the phases of one sync interval independent (no
 //     thread reads there what another writes, and the body's phases never pass data to a later
 //     phase of the same interval, not even within one thread), so both orders give the same bits;
-//     a missing sync() changes them. What this cannot see: code between phases that reads shared
-//     memory (it runs here once, after its interval; on a GPU a thread may still be reading while
-//     another writes the next interval's data), which the contract therefore forbids. Because
-//     phases run late, helpers that return before the next sync() capture by value, and a body
-//     ends with sync() (run_grid checks that nothing is left queued);
+//     a missing sync() changes them. Because phases run late, helpers that return before the next
+//     sync() capture by value, and a body ends with sync() (run_grid checks that nothing is left
+//     queued);
+//   - shared memory is readable and writable only while sync() runs the phases (mprotect): code
+//     between phases that touches it faults at once. The contract forbids that because on a GPU
+//     a thread may still be reading there while another writes the next interval's data, a race
+//     that running the code once, after its interval, could not show otherwise;
 //   - fragment operands must follow wmma's alignment rules (checked: a logic_error otherwise);
 //   - fragments are plain 16 x 16 matrices; mma sums in float32 in k order (tensor cores sum in
 //     another order: a tolerance, not bits, separates the GPU from this);
-//   - shared memory is a fresh buffer per block, filled with 0xff bytes (NaN floats, huge
+//   - shared memory is fresh pages per block, filled with 0xff bytes (NaN floats, huge
 //     integers) so that reading what no phase wrote shows up.
 // Blocks of a grid run one after the other (they never share data: each owns its output rows).
 #pragma once
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -32,14 +38,19 @@ namespace ringattn::test {
 
 class HostBlock {
  public:
-  HostBlock(size_t smem_bytes, bool reverse)
-      : mem_(smem_bytes + fused::kSmemAlign, 0xff), reverse_(reverse) {}
-
-  void* smem() {
-    const uintptr_t p = reinterpret_cast<uintptr_t>(mem_.data());
-    const uintptr_t a = fused::kSmemAlign;
-    return reinterpret_cast<void*>((p + a - 1) / a * a);
+  HostBlock(size_t smem_bytes, bool reverse) : reverse_(reverse) {
+    const size_t page = size_t(sysconf(_SC_PAGESIZE));
+    bytes_ = (std::max<size_t>(smem_bytes, 1) + page - 1) / page * page;
+    mem_ = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem_ == MAP_FAILED) throw std::runtime_error("HostBlock: mmap of shared memory failed");
+    std::memset(mem_, 0xff, bytes_);
+    protect(PROT_NONE);
   }
+  ~HostBlock() { munmap(mem_, bytes_); }
+  HostBlock(const HostBlock&) = delete;
+  HostBlock& operator=(const HostBlock&) = delete;
+
+  void* smem() { return mem_; }  // page-aligned
   template <typename F>
   void each_thread(F&& f) {
     queued_.push_back({false, std::function<void(int)>(f)});
@@ -49,6 +60,7 @@ class HostBlock {
     queued_.push_back({true, std::function<void(int)>(f)});
   }
   void sync() {
+    protect(PROT_READ | PROT_WRITE);
     const size_t n = queued_.size();
     for (size_t k = 0; k < n; ++k) {
       const Phase& ph = queued_[reverse_ ? n - 1 - k : k];
@@ -57,6 +69,7 @@ class HostBlock {
     }
     queued_.clear();
     ++syncs_;
+    protect(PROT_NONE);
   }
   size_t queued() const { return queued_.size(); }
   size_t syncs() const { return syncs_; }
@@ -127,7 +140,12 @@ class HostBlock {
     bool warp;
     std::function<void(int)> f;
   };
-  std::vector<unsigned char> mem_;
+  void protect(int prot) {
+    if (mprotect(mem_, bytes_, prot) != 0)
+      throw std::runtime_error("HostBlock: mprotect of shared memory failed");
+  }
+  void* mem_ = nullptr;
+  size_t bytes_ = 0;
   bool reverse_;
   std::vector<Phase> queued_;
   size_t syncs_ = 0;
