@@ -81,7 +81,7 @@ int run_bench_attention(const BenchAttentionArgs& a) {
     for (Tensor* t : {&in.q, &in.k, &in.v}) *t = t->to(DType::BF16);
   for (Tensor* t : {&in.q, &in.k, &in.v, &dout}) *t = t->to_device(dev, "bench input");
 
-  Attention attn(opt, be, &ring);
+  Attention attn(opt, be, &ring, &sp);  // token tables over host MPI: no device waits
   Allocator& alloc = be.allocator();
   const size_t live_before = alloc.live_bytes();
   alloc.reset_peak();

@@ -125,7 +125,7 @@ int run_check(const AttentionArgs& a) {
   in.positions = pos;
   if (seg.defined()) in.segment_ids = shard(seg);
 
-  Attention attn(opt, be, staged ? staged.get() : &sp);
+  Attention attn(opt, be, staged ? staged.get() : &sp, &sp);  // token tables over host MPI
   // Timed to the end of the device's work: a GPU returns from the calls once it is queued.
   using Clock = std::chrono::steady_clock;
   auto t0 = Clock::now();

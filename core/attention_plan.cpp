@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "core/cuda/fused_attention_body.h"
 #include "core/error.h"
 
 namespace ringattn {
@@ -110,6 +111,16 @@ TileKind TilePlan::classify(int64_t b, size_t qi, size_t ki) const {
     mask = mask || !(a.lo == a.hi && c.lo == c.hi && a.lo == c.lo);
   }
   return mask ? TileKind::Masked : TileKind::Full;
+}
+
+bool runs_fused(const AttentionTileProblem& p) {
+  RA_CHECK(!p.fused || p.bf16,
+           "attention: the fused kernels are bf16 kernels (AttentionTileProblem::bf16 unset)");
+  RA_CHECK(!p.fused || fused::head_dim_fits(p.head_dim),
+           "attention: the fused kernels need head_dim to be a multiple of 16 and at most {}, got "
+           "{}",
+           fused::kMaxHeadDim, p.head_dim);
+  return p.fused;
 }
 
 void count_tile(AttentionTileStats& stats, TileKind kind, double flops) {

@@ -45,6 +45,11 @@ struct TilePlan {
   TileKind classify(int64_t b, size_t qi, size_t ki) const;
 };
 
+// AttentionTileProblem::fused: whether the call runs the fused kernels, after checking that they
+// can (bf16; head_dim a multiple of 16, at most 128): an Error naming what is wrong otherwise.
+// Shared by the CUDA backend and the emulated device of the tests.
+bool runs_fused(const AttentionTileProblem& p);
+
 // A host copy of n values at a host pointer; empty for a null pointer (or n <= 0).
 template <typename T>
 std::vector<T> host_values(const T* p, int64_t n) {

@@ -159,6 +159,9 @@ struct DeferredProblem {
   AttentionTileProblem p;
   HostOrDevice<int64_t> q_pos, k_pos;
   HostOrDevice<int32_t> q_seg, k_seg;
+  // AttentionTileProblem::fused: the plan (its checks, and its host positions, 0..n-1 where the
+  // problem gives none), as core/cuda/cuda_attention.cu makes it before launching.
+  std::shared_ptr<const TilePlan> plan;
   explicit DeferredProblem(const AttentionTileProblem& in)
       : p(in),
         q_pos(in.q_pos, in.sq),
@@ -233,10 +236,11 @@ class EmulatedBackend final : public Backend {
   void attention_forward_block(const AttentionTileProblem& p, const AttentionForwardState& st,
                                AttentionTileStats* stats) override {
     auto dp = std::make_shared<DeferredProblem>(p);
+    plan_fused(*dp);
     count_now(*dp, stats, 4.0);
     defer([=, st = untag_state(st)] {
-      if (dp->p.fused && dp->p.bf16) {  // the CUDA kernels' own body, emulated
-        fused::Args a = fused::args_for(dp->p);
+      if (dp->plan) {  // the CUDA kernels' own body, emulated
+        fused::Args a = fused_args(*dp);
         a.acc = st.acc;
         a.m = st.m;
         a.l = st.l;
@@ -261,10 +265,11 @@ class EmulatedBackend final : public Backend {
   void attention_backward_block(const AttentionTileProblem& p, const AttentionBackwardArgs& a,
                                 AttentionTileStats* stats) override {
     auto dp = std::make_shared<DeferredProblem>(p);
+    plan_fused(*dp);
     count_now(*dp, stats, 10.0);
     defer([=, a = untag_args(a)] {
-      if (dp->p.fused && dp->p.bf16) {
-        fused::Args f = fused::args_for(dp->p);
+      if (dp->plan) {
+        fused::Args f = fused_args(*dp);
         f.dout = a.dout;
         f.lse = a.lse;
         f.delta = a.delta;
@@ -362,17 +367,39 @@ class EmulatedBackend final : public Backend {
   // Tile statistics are known when the call is made (the tiles are planned on the host, as the
   // CUDA backend does), so the caller's `stats` is complete when the call returns, and the
   // deferred operation never writes through a pointer that may be gone by then.
-  static void count_now(const DeferredProblem& dp, AttentionTileStats* stats, double per_elem) {
-    if (!stats) return;
+  // The plan of a call, made now (the statistics and the checks happen at call time, as on CUDA).
+  static std::shared_ptr<const TilePlan> make_plan(const DeferredProblem& dp) {
     const AttentionTileProblem& p = dp.p;
-    if (p.batch == 0 || p.sq == 0 || p.sk == 0) return;
     // Device positions or segment ids (untagged by now) are read after the queue ran, as
     // CUDA's planning copies them back after a synchronisation.
     if (dp.q_pos.device || dp.k_pos.device || dp.q_seg.device || dp.k_seg.device)
       stream().synchronize();
-    const TilePlan plan(p, host_values(p.q_pos, p.sq), host_values(p.k_pos, p.sk),
-                        host_values(p.q_seg, p.batch * p.sq), host_values(p.k_seg, p.batch * p.sk));
-    add_tile_stats(stats, plan_stats(plan, p.batch, p.heads, p.head_dim, per_elem));
+    return std::make_shared<const TilePlan>(
+        p, host_values(p.q_pos, p.sq), host_values(p.k_pos, p.sk),
+        host_values(p.q_seg, p.batch * p.sq), host_values(p.k_seg, p.batch * p.sk));
+  }
+  // AttentionTileProblem::fused: checked and planned as the CUDA backend does (zero sizes:
+  // nothing).
+  static void plan_fused(DeferredProblem& dp) {
+    const AttentionTileProblem& p = dp.p;
+    if (p.batch == 0 || p.sq == 0 || p.sk == 0 || !runs_fused(p)) return;
+    dp.plan = make_plan(dp);
+  }
+  // The fused kernels' arguments with the plan's host positions and segment ids.
+  static fused::Args fused_args(const DeferredProblem& dp) {
+    fused::Args a = fused::args_for(dp.p);
+    a.q_pos = dp.plan->q_pos.data();
+    a.k_pos = dp.plan->k_pos.data();
+    a.q_seg = dp.plan->segmented ? dp.plan->q_seg.data() : nullptr;
+    a.k_seg = dp.plan->segmented ? dp.plan->k_seg.data() : nullptr;
+    return a;
+  }
+  static void count_now(const DeferredProblem& dp, AttentionTileStats* stats, double per_elem) {
+    if (!stats) return;
+    const AttentionTileProblem& p = dp.p;
+    if (p.batch == 0 || p.sq == 0 || p.sk == 0) return;
+    const std::shared_ptr<const TilePlan> plan = dp.plan ? dp.plan : make_plan(dp);
+    add_tile_stats(stats, plan_stats(*plan, p.batch, p.heads, p.head_dim, per_elem));
   }
   static void defer(std::function<void()> op) { stream().enqueue(std::move(op)); }
 };

@@ -362,11 +362,19 @@ TEST_CASE("CUDA attention: the fused kernels match the CPU's bf16 tiles", "[cuda
     c.q_seg = test::packed_segments(2, 128, 5);
     c.k_seg = c.q_seg;
     compare_backends(c);
-    c.q_seg.clear();
-    c.k_seg.clear();
-    c.q_pos = layout_positions(RingLayout::Zigzag, 256, 2, 1);
-    c.k_pos = layout_positions(RingLayout::Zigzag, 256, 2, 0);
-    compare_backends(c);
+  }
+  {
+    // Zigzag shards of 400 tokens over 2 ranks: rank 0's positions jump inside its second 64-row
+    // tile (0..99, then 300..399); against its own keys and rank 1's (100..299).
+    Case c = make_case(2, 200, 200, 2, 1, 32, true, 16, 16, 98);
+    c.bf16 = true;
+    c.fused = true;
+    c.q_pos = layout_positions(RingLayout::Zigzag, 400, 2, 0);
+    for (int kr : {0, 1}) {
+      INFO("keys of rank " << kr);
+      c.k_pos = layout_positions(RingLayout::Zigzag, 400, 2, kr);
+      compare_backends(c);
+    }
   }
   // Fragments of 16: other head dims are refused with a message, as is float32.
   Case odd = make_case(1, 8, 8, 2, 2, 24, false, 0, 0, 7);

@@ -720,6 +720,9 @@ TEST_CASE("ring attention waits for the device a fixed number of times, whatever
     opt.impl = AttentionImpl::Ring;
     Attention through_device(opt, *dut.backend, sp.get());
     Attention over_host(opt, *dut.backend, sp.get(), &mesh.axis(Axis::SP));
+    // (The first table over the host communicator checks its ranks against sp's, once, through
+    // the device transport: not counted.)
+    over_host.share_tokens(pos, seg, B);
     const size_t w0 = ringattn::test::emulated_host_waits();
     const auto a = through_device.share_tokens(pos, seg, B);
     const size_t w1 = ringattn::test::emulated_host_waits();
@@ -732,10 +735,39 @@ TEST_CASE("ring attention waits for the device a fixed number of times, whatever
       CHECK(a->segments(q, 0, Sl) == b->segments(q, 0, Sl));
       CHECK(b->positions(q)[0] == q * Sl);
     }
-    // Not a host communicator of the same ranks: refused.
+    // Not a host communicator: refused.
     CHECK_THROWS_WITH(Attention(opt, *dut.backend, sp.get(), sp.get()),
                       Catch::Contains("host communicator for token tables"));
   }
+}
+
+TEST_CASE("a host communicator for token tables must hold the sp ranks in their order",
+          "[device]") {
+  const int n = world_size(), r = world_rank();
+  if (n != 4) return;  // needs two groups of two
+  // sp: {0, 1} and {2, 3}. The host one: {0, 3} and {2, 1}: every rank has the same index in
+  // both (0, 1, 0, 1), but the groups differ, which only the gathered world ranks show.
+  MPI_Comm sp_comm = MPI_COMM_NULL, host_comm = MPI_COMM_NULL;
+  MPI_Comm_split(MPI_COMM_WORLD, r / 2, r, &sp_comm);
+  const int color = (r == 0 || r == 3) ? 0 : 1;
+  const int key = (r == 0 || r == 2) ? 0 : 1;
+  MPI_Comm_split(MPI_COMM_WORLD, color, key, &host_comm);
+  {
+    std::unique_ptr<Communicator> sp = make_mpi_communicator(sp_comm);
+    std::unique_ptr<Communicator> host = make_mpi_communicator(host_comm);
+    REQUIRE(sp->rank() == host->rank());
+    AttentionOptions opt;
+    opt.impl = AttentionImpl::Ring;
+    Attention attn(opt, cpu_backend(), sp.get(), host.get());
+    const std::vector<int64_t> pos = {int64_t(2 * sp->rank()), int64_t(2 * sp->rank() + 1)};
+    CHECK_THROWS_WITH(attn.share_tokens(pos, Tensor(), 1),
+                      Catch::Contains("must be the same ranks in the same order"));
+    // The right one (the sp ranks themselves over host memory) passes.
+    Attention fine(opt, cpu_backend(), sp.get(), sp.get());
+    CHECK(fine.share_tokens(pos, Tensor(), 1)->positions(1)[1] == 3);
+  }
+  MPI_Comm_free(&sp_comm);
+  MPI_Comm_free(&host_comm);
 }
 
 namespace {

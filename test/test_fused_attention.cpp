@@ -11,6 +11,8 @@
 // rounding boundary. -inf must match exactly. Each case also runs with the emulation's reverse
 // order (each sync interval's phases last to first, threads descending) and must give the same
 // bits: a missing sync changes them.
+#include <setjmp.h>
+#include <signal.h>
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -283,17 +285,82 @@ TEST_CASE("Fused attention body (emulated): segment ids, empty rows, zigzag shar
     c.blocks = {iota(128)};
     compare(c);
   }
-  SECTION("zigzag shard of rank 1 of 2 against rank 0's keys: a break inside a tile") {
-    const int64_t seq = 256;
-    Case c = make_case(128, 128, 2, 1, 32, true, 13);
-    c.q_pos = layout_positions(RingLayout::Zigzag, seq, 2, 1);
-    c.k_pos = layout_positions(RingLayout::Zigzag, seq, 2, 0);
-    c.blocks = {iota(128)};
-    compare(c);
+  SECTION("zigzag shards whose positions jump inside a 64-row tile") {
+    // 400 tokens over 2 ranks: chunks of 100; rank 0 holds 0..99 and 300..399, a jump at row 100
+    // (inside the second tile); rank 1 holds 100..299. Rank 0's queries against its own keys
+    // and against rank 1's.
+    Case c = make_case(200, 200, 2, 1, 32, true, 13);
+    c.q_pos = layout_positions(RingLayout::Zigzag, 400, 2, 0);
+    c.blocks = {iota(200)};
+    for (int kr : {0, 1}) {
+      INFO("keys of rank " << kr);
+      c.k_pos = layout_positions(RingLayout::Zigzag, 400, 2, kr);
+      compare(c);
+    }
   }
   SECTION("q, k and v handed over as bf16 (the model's q, the ring's blocks)") {
     Case c = make_case(80, 150, 4, 2, 32, true, 14);
     c.bf16_operands = true;
     compare(c);
   }
+}
+
+namespace {
+
+sigjmp_buf g_fault_jump;
+volatile unsigned char g_sink = 0;
+void jump_back(int) {
+  siglongjmp(g_fault_jump, 1);
+}
+
+// Whether reading *p faults (SIGSEGV caught for the read only, Catch's handler put back).
+bool read_faults(const volatile unsigned char* p) {
+  struct sigaction mine = {}, old = {};
+  mine.sa_handler = jump_back;
+  sigemptyset(&mine.sa_mask);
+  sigaction(SIGSEGV, &mine, &old);
+  volatile bool faulted = true;  // (a local changed between sigsetjmp and siglongjmp)
+  if (sigsetjmp(g_fault_jump, 1) == 0) {
+    const unsigned char x = *p;
+    g_sink = x;
+    faulted = false;
+  }
+  sigaction(SIGSEGV, &old, nullptr);
+  return faulted;
+}
+
+}  // namespace
+
+TEST_CASE("Fused attention body (emulated): the emulation enforces the Block contract",
+          "[attention]") {
+  test::HostBlock blk(4096, false);
+  auto* smem = static_cast<unsigned char*>(blk.smem());
+  // Between phases shared memory is out of reach (the race the contract forbids); inside the
+  // phases run by sync() it is there.
+  CHECK(read_faults(smem));
+  unsigned char seen = 0;
+  blk.each_thread([&](int t) {
+    if (t == 0) smem[0] = 7;
+  });
+  blk.each_thread([&](int t) {
+    if (t == 5) seen = smem[1];
+  });
+  blk.sync();
+  CHECK(seen == 0xff);  // never written: the 0xff fill
+  CHECK(read_faults(smem));
+  // A phase queued after the last sync is an error of the body, reported by run_grid.
+  CHECK_THROWS_WITH(
+      test::run_grid(1, 1, 64, false,
+                     [](test::HostBlock& b, int64_t, int64_t) { b.each_thread([](int) {}); }),
+      Catch::Contains("after its last sync"));
+  // wmma's rules: 256-bit aligned operands, leading dimensions of 16 bytes.
+  alignas(64) uint16_t tile[64 * 24] = {};
+  test::HostBlock::A a;
+  CHECK_NOTHROW(test::HostBlock::load(a, tile, 24));
+  CHECK_THROWS_WITH(test::HostBlock::load(a, tile + 8, 24), Catch::Contains("alignment"));
+  CHECK_THROWS_WITH(test::HostBlock::load(a, tile, 20), Catch::Contains("alignment"));
+  alignas(64) float acc_tile[16 * 20] = {};
+  test::HostBlock::Acc c;
+  CHECK_NOTHROW(test::HostBlock::store(acc_tile, c, 20));
+  CHECK_THROWS_WITH(test::HostBlock::store(acc_tile, c, 18), Catch::Contains("alignment"));
 }

@@ -471,16 +471,6 @@ fused::Args fused_args(cudaStream_t stream, const Plan& pl, DeviceScratch& dev, 
   return a;
 }
 
-bool runs_fused(const AttentionTileProblem& p) {
-  RA_CHECK(!p.fused || p.bf16,
-           "attention: the fused kernels are bf16 kernels (AttentionTileProblem::bf16 unset)");
-  RA_CHECK(!p.fused || fused::head_dim_fits(p.head_dim),
-           "attention: the fused kernels need head_dim to be a multiple of 16 and at most {}, got "
-           "{}",
-           fused::kMaxHeadDim, p.head_dim);
-  return p.fused;
-}
-
 }  // namespace
 
 void attention_forward_init(cudaStream_t stream, const AttentionForwardState& st, int64_t batch,

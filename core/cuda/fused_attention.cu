@@ -96,12 +96,13 @@ void allow_smem(const void* kernel, size_t bytes) {
   static std::mutex mu;
   static std::set<std::pair<const void*, int>> done;
   const std::lock_guard<std::mutex> lock(mu);
-  if (!done.insert({kernel, device}).second) return;
+  if (done.count({kernel, device})) return;
   const size_t most = std::max({fused::ForwardSmem(nullptr, fused::kMaxHeadDim).bytes,
                                 fused::BackwardSmem(nullptr, fused::kMaxHeadDim).bytes,
                                 fused::DqSmem(nullptr, fused::kMaxHeadDim).bytes});
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(std::min(most, size_t(optin)))));
+  done.insert({kernel, device});  // only once it is set
 }
 
 dim3 grid(int64_t rows, int64_t groups) {

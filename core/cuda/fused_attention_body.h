@@ -190,6 +190,9 @@ struct RowData {
   }
 };
 
+static_assert(kTile * (kMaxHeadDim + 8) * 2 <= kTile * kLdScore * 4,
+              "a bf16 tile (Q, dO) fits in a float32 score tile's bytes (s, dp) on its way in");
+
 // The forward keeps its queries in registers (one bf16 fragment per 16 columns and warp), which
 // frees a tile of shared memory: at head_dim 128 two blocks then fit on an H100 multiprocessor.
 // They pass through s on their way in (a bf16 [64][ld16] tile fits in s's bytes for every head
@@ -246,17 +249,17 @@ struct BackwardSmem {
 // The dQ kernel's: its Q and dO stay in registers (as the forward's queries do, passing through
 // s and dp on their way in), so two blocks fit on an H100 multiprocessor at head_dim 128.
 struct DqSmem {
-  uint16_t *k, *v;     // [64][ld16]
-  uint16_t *p, *ds;    // [64][kLdProb]
-  float *s, *dp;       // [64][kLdScore]
-  float* stage;        // [kWarps][16 * 16]
-  RowData rows, keys;  // rows: lse in a, delta in b
+  uint16_t *k, *v;        // [64][ld16]
+  uint16_t* p = nullptr;  // not kept: dQ needs only dS
+  uint16_t* ds;           // [64][kLdProb]
+  float *s, *dp;          // [64][kLdScore]
+  float* stage;           // [kWarps][16 * 16]
+  RowData rows, keys;     // rows: lse in a, delta in b
   size_t bytes = 0;
   RA_FUSED_FN DqSmem(void* base, int head_dim) {
     Carver c(base);
     k = c.take<uint16_t>(kTile * ld16(head_dim));
     v = c.take<uint16_t>(kTile * ld16(head_dim));
-    p = c.take<uint16_t>(kTile * kLdProb);
     ds = c.take<uint16_t>(kTile * kLdProb);
     s = c.take<float>(kTile * kLdScore);
     dp = c.take<float>(kTile * kLdScore);
@@ -267,8 +270,7 @@ struct DqSmem {
   }
 };
 
-// ---- phases shared by the kernels
-// ----------------------------------------------------------------
+// ---- phases shared by the kernels ----------------------------------------------------------
 
 // Rows [r0, r0 + 64) of a [B, S, heads, D] operand, head `head`, batch row b, into a bf16 tile
 // (zeros past row n). One of f32 / b16 is given.
@@ -393,8 +395,7 @@ RA_FUSED_FN void add_rows_out(Block& blk, float* stage, AccRow& acc, float* dst,
   }
 }
 
-// ---- forward
-// -------------------------------------------------------------------------------------
+// ---- forward -------------------------------------------------------------------------
 
 template <class Block>
 RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_t bh) {
@@ -404,7 +405,6 @@ RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_
   const int h = int(bh % a.heads), hk = h / (a.heads / a.kv_heads);
   const int64_t q0 = q_tile * kTile, nq = min64(kTile, a.sq - q0);
 
-  static_assert(kTile * (kMaxHeadDim + 8) * 2 <= kTile * kLdScore * 4, "Q passes through s");
   using QFrags = typename Block::A[kMaxHeadDim / kFrag];
   typename Block::template PerWarp<QFrags> qf;  // warp w: queries 16w..16w+15, all of D
 
@@ -525,8 +525,7 @@ RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_
   blk.sync();
 }
 
-// ---- backward
-// ------------------------------------------------------------------------------------
+// ---- backward ------------------------------------------------------------------------
 
 // With Q, dO, K, V tiles, positions, lse and delta loaded: S = Q K^T and dP = dO V^T (warps by
 // query rows), then P = exp(scale S - lse) (0 where masked and on rows that saw no key) and
@@ -548,7 +547,7 @@ RA_FUSED_FN void backward_scores(Block& blk, const Args& a, Smem& sm, LoadQ load
                            ? expf(a.scale * sm.s[r * kLdScore + j] - lse)
                            : 0.0f;
       const float ds = pj == 0.0f ? 0.0f : pj * (sm.dp[r * kLdScore + j] - delta);
-      sm.p[r * kLdProb + j] = bf16_bits(pj);
+      if (sm.p) sm.p[r * kLdProb + j] = bf16_bits(pj);  // (the dQ kernel keeps no P)
       sm.ds[r * kLdProb + j] = bf16_bits(ds);
     }
   });

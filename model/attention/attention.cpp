@@ -6,6 +6,7 @@
 #include <cstring>
 #include <utility>
 
+#include "comm/mpi_env.h"
 #include "core/error.h"
 
 namespace ringattn {
@@ -148,7 +149,7 @@ Attention::Attention(AttentionOptions options, Backend& backend, Communicator* s
     : opt_(options), backend_(backend), sp_(sp), token_comm_(host_sp ? host_sp : sp) {
   RA_CHECK(!host_sp || !sp ||
                (host_sp->size() == sp->size() && host_sp->rank() == sp->rank() &&
-                host_sp->accepts_host_buffers()),
+                host_sp->device() == Device::CPU),
            "attention: the host communicator for token tables ({}, rank {} of {}) must be a host "
            "one over the ranks of the sequence-parallel one (rank {} of {})",
            host_sp ? host_sp->name() : "", host_sp ? host_sp->rank() : 0,
@@ -286,6 +287,21 @@ double Attention::ring_wait_seconds() const {
          (grad_ring_ ? grad_ring_->wait_seconds() : 0.0);
 }
 
+// Every rank's world rank gathered over both communicators must agree: the same processes in
+// the same order. Once, at the first token table (a collective anyway).
+void Attention::check_token_comm() const {
+  if (token_comm_checked_ || token_comm_ == sp_) return;
+  const int32_t me = MpiEnv::world_rank();
+  std::vector<int32_t> over_host(size_t(sp_->size())), over_sp(size_t(sp_->size()));
+  all_gather_host_bytes(*token_comm_, backend_, &me, sizeof(me), over_host.data());
+  all_gather_host_bytes(*sp_, backend_, &me, sizeof(me), over_sp.data());
+  RA_CHECK(over_host == over_sp,
+           "attention: the host communicator for token tables ({}) holds world ranks [{}], the "
+           "sequence-parallel one ({}) [{}]: they must be the same ranks in the same order",
+           token_comm_->name(), fmt::join(over_host, ", "), sp_->name(), fmt::join(over_sp, ", "));
+  token_comm_checked_ = true;
+}
+
 std::shared_ptr<const RingTokens> Attention::share_tokens(const std::vector<int64_t>& positions,
                                                           const Tensor& segment_ids,
                                                           int64_t batch) const {
@@ -300,6 +316,7 @@ std::shared_ptr<const RingTokens> Attention::share_tokens(const std::vector<int6
     seg.resize(size_t(c.numel()));
     allocator_for(c.device()).copy_to_host(seg.data(), c.raw(), seg.size() * sizeof(int32_t));
   }
+  check_token_comm();
   return std::make_shared<const RingTokens>(*token_comm_, backend_, positions, seg, batch);
 }
 
@@ -308,6 +325,7 @@ std::shared_ptr<const RingTokens> Attention::share_tokens(const std::vector<int6
 std::shared_ptr<const RingTokens> Attention::ring_tokens(const AttentionInput& in,
                                                          const Shapes& s) const {
   if (in.ring_tokens) return in.ring_tokens;
+  check_token_comm();
   return std::make_shared<const RingTokens>(*token_comm_, backend_, in.positions, s.seg, s.batch);
 }
 

@@ -92,7 +92,8 @@ class Attention {
   // `sp` is the sequence-parallel communicator (ring only; may be null for vanilla/blockwise,
   // which need the whole sequence on this rank). `host_sp`, optional: the same ranks in the same
   // order over host memory (MPI), for the small tables of every rank's tokens (RingTokens), so
-  // that gathering them never waits for the device when `sp` takes device buffers only (NCCL).
+  // that gathering them never waits for the device (NCCL takes device buffers only; host staging
+  // waits for the device at every copy). Its ranks are checked against sp's at its first use.
   Attention(AttentionOptions options, Backend& backend, Communicator* sp = nullptr,
             Communicator* host_sp = nullptr);
   ~Attention();
@@ -137,6 +138,9 @@ class Attention {
   Backend& backend_;
   Communicator* sp_;
   Communicator* token_comm_;  // host_sp, or sp_
+  // Whether token_comm_ was found to hold sp_'s ranks in sp_'s order (at its first use).
+  mutable bool token_comm_checked_ = false;
+  void check_token_comm() const;
   std::unique_ptr<RingExchange> kv_ring_, grad_ring_;
   AttentionTimings timings_;
 };

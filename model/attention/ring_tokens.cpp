@@ -7,6 +7,21 @@
 
 namespace ringattn {
 
+void all_gather_host_bytes(Communicator& comm, Backend& be, const void* mine, size_t bytes,
+                           void* all) {
+  if (comm.accepts_host_buffers()) {
+    comm.all_gather(mine, all, bytes, DType::U8);
+    return;
+  }
+  const int64_t n = comm.size();
+  Tensor send = Tensor::empty({int64_t(bytes)}, DType::U8, be.device(), "host bytes in transit");
+  Tensor recv =
+      Tensor::empty({int64_t(bytes) * n}, DType::U8, be.device(), "host bytes in transit");
+  be.copy_from_host(send.raw(), mine, bytes);
+  comm.all_gather(send.raw(), recv.raw(), bytes, DType::U8);
+  be.copy_to_host(all, recv.raw(), bytes * size_t(n));
+}
+
 RingTokens::RingTokens(Communicator& sp, Backend& be, const std::vector<int64_t>& positions,
                        const std::vector<int32_t>& segments, int64_t batch)
     : ranks_(sp.size()), batch_(batch), sl_(int64_t(positions.size())) {
@@ -21,15 +36,7 @@ RingTokens::RingTokens(Communicator& sp, Backend& be, const std::vector<int64_t>
   std::vector<unsigned char> mine(record, 0), all(record * size_t(n));
   std::memcpy(mine.data(), positions.data(), pos_bytes);
   if (!segments.empty()) std::memcpy(mine.data() + pos_bytes, segments.data(), seg_bytes);
-  if (sp.accepts_host_buffers()) {
-    sp.all_gather(mine.data(), all.data(), record, DType::U8);
-  } else {
-    Tensor send = Tensor::empty({int64_t(record)}, DType::U8, be.device(), "ring token table");
-    Tensor recv = Tensor::empty({int64_t(record) * n}, DType::U8, be.device(), "ring token table");
-    be.copy_from_host(send.raw(), mine.data(), record);
-    sp.all_gather(send.raw(), recv.raw(), record, DType::U8);
-    be.copy_to_host(all.data(), recv.raw(), all.size());
-  }
+  all_gather_host_bytes(sp, be, mine.data(), record, all.data());
   pos_.resize(size_t(n * sl_));
   if (!segments.empty()) seg_.resize(size_t(n) * segments.size());
   for (int q = 0; q < n; ++q) {

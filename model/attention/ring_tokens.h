@@ -15,13 +15,19 @@
 
 namespace ringattn {
 
+// All-gather of `bytes` host bytes per rank into `all` (size x bytes, rank order), over any
+// communicator: as they are when it takes host buffers (MPI; a host-staged one copies them
+// through the device, which waits for it), else through device buffers of `be` (NCCL: two
+// synchronous copies). Collective over `comm`.
+void all_gather_host_bytes(Communicator& comm, Backend& be, const void* mine, size_t bytes,
+                           void* all);
+
 class RingTokens {
  public:
   // Collective over `sp` (every rank passes its own shard's tokens): `positions` [Sl] global,
   // ascending; `segments` [B, Sl] in host memory, empty without segment ids. Shards have equal
-  // lengths on every rank. A communicator that takes host buffers (MPI, host-staged) gathers
-  // them as they are; a device one (NCCL) through device buffers of `be`, which costs two
-  // synchronous copies (Attention avoids that with a host communicator over the same ranks).
+  // lengths on every rank. Gathered by all_gather_host_bytes below (Attention passes a host MPI
+  // communicator over the sp ranks, so that nothing waits for the device).
   RingTokens(Communicator& sp, Backend& be, const std::vector<int64_t>& positions,
              const std::vector<int32_t>& segments, int64_t batch);
 

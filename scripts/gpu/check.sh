@@ -21,6 +21,7 @@
 #            allocator's peak
 #
 #   stage 8  the demo (configs/demo.json) on 4 ranks sharing the GPU, timed
+#   stage 9  the fused attention kernels under compute-sanitizer racecheck and synccheck
 #
 # Usage on the device machine (from the repository root; .debs carried, see the README above;
 # scripts/gpu/unpack-deps.sh says why not `dpkg -x` straight onto /):
@@ -28,7 +29,7 @@
 # Options (environment):
 #   RINGATTN_GPU_BIN       prebuilt bin directory (built here for sm_90 and carried); rebuilt on
 #                          the machine when its libraries do not resolve there
-#   RINGATTN_GPU_STAGES    the stages to run, in that order (default "0 1 2 3 4 5 6 7 8")
+#   RINGATTN_GPU_STAGES    the stages to run, in that order (default "0 1 2 9 3 4 5 6 7 8")
 #   RINGATTN_GPU_DEADLINE  seconds for the whole script: each stage's limit is cut to what is
 #                          left, and a stage with under 15 s left is skipped, so the summary and
 #                          the pack below always get written inside a device lease
@@ -45,7 +46,7 @@ export OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_hwloc_base_binding_policy=no
 export OMPI_MCA_btl_base_warn_component_unused=0 OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-4}
 # Sandboxed kernels (gVisor) refuse the cross-memory-attach syscalls of Open MPI's shared memory.
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
-stages=${RINGATTN_GPU_STAGES:-0 1 2 3 4 5 6 7 8}
+stages=${RINGATTN_GPU_STAGES:-0 1 2 9 3 4 5 6 7 8}
 quick=${RINGATTN_GPU_QUICK:-0}
 start=$(date +%s)
 deadline=$((start + ${RINGATTN_GPU_DEADLINE:-100000}))
@@ -116,11 +117,10 @@ stage_1() {
 stage_2() {
   # Both the tests and the tool run, whichever fails (the first GPU run lost the tool's check).
   # Then the fused kernels at scale (8K tokens, D = 128, GQA, documents) against the bf16 tiles,
-  # on one rank and as a 2-rank ring, and under compute-sanitizer's racecheck and synccheck
-  # (shared-memory hazards: a missing __syncthreads).
+  # on one rank and as a 2-rank ring. --compare's bound is max |diff| <= tol * max(1, max |ref|);
+  # the tests' per-element 4e-3 * (1 + |ref|) gives at most 8e-3 * max(1, max |ref|).
   local in=$out/attn_in.safetensors big=$out/attn_big.safetensors
-  local fused_test="'CUDA attention: the fused kernels match the CPU*'"
-  stage 2 cuda_tests 240 "rc=0; $tests '[cuda]' || rc=1; \
+  stage 2 cuda_tests 180 "rc=0; $tests '[cuda]' || rc=1; \
   $ra attention --make-input $in --seq 4096 --heads 8 --kv-heads 2 --head-dim 64 --with-grad && \
   $mpi -np 2 $ra attention --input $in --output $out/attn_gpu.safetensors \
     --impl ring --layout zigzag --causal --device cuda && \
@@ -135,12 +135,18 @@ stage_2() {
     --device cuda --precision bf16 --kernel fused && \
   $mpi -np 2 $ra attention --input $big --output $out/big_fused_ring.safetensors --impl ring \
     --layout zigzag --causal --device cuda --precision bf16 --kernel fused && \
-  $ra attention --compare $out/big_fused.safetensors $out/big_tiles.safetensors --tolerance 2e-2 && \
+  $ra attention --compare $out/big_fused.safetensors $out/big_tiles.safetensors --tolerance 8e-3 && \
   $ra attention --compare $out/big_fused_ring.safetensors $out/big_tiles.safetensors \
-    --tolerance 2e-2 || rc=1; \
-  for tool in racecheck synccheck; do echo \"== compute-sanitizer \$tool, fused kernels\"; \
-    compute-sanitizer --tool \$tool --error-exitcode 9 $tests $fused_test || rc=1; done; \
+    --tolerance 8e-3 || rc=1; \
   exit \$rc"
+}
+# Stage 9: the fused kernels under compute-sanitizer's racecheck and synccheck (shared-memory
+# hazards: a missing __syncthreads, which the CPU emulation of their body cannot fully show).
+stage_9() {
+  local fused_test="'CUDA attention: the fused kernels match the CPU*'"
+  stage 9 fused_races 180 "rc=0; for tool in racecheck synccheck; do \
+    echo \"== compute-sanitizer \$tool\"; \
+    compute-sanitizer --tool \$tool --error-exitcode 9 $tests $fused_test || rc=1; done; exit \$rc"
 }
 stage_3() {
   stage 3 device_tests 150 "rc=0; for np in 1 2 4; do echo \"== [device] on \$np rank(s)\"; \
@@ -183,12 +189,13 @@ stage_6() {
     --heads 16 --head-dim 128 --causal --dtype float32 --json $out/sdpa_float32.json; \
   python3 scripts/gpu/sdpa_bench.py --seqs \$(echo $seqs | tr ' ' ,) --heads 16 --head-dim 128 \
     --causal --dtype bfloat16 --json $out/sdpa_bfloat16.json; \
-  for mode in fused bf16 f32; do for S in $seqs; do \
+  rc=0; for mode in fused bf16 f32; do for S in $seqs; do \
     flag=; name=ringattn_S\$S; [ \$mode = bf16 ] && flag=--bf16 && name=ringattn_bf16_S\$S; \
     [ \$mode = fused ] && flag=--fused && name=ringattn_fused_S\$S; \
     $ra bench attention --device cuda --impl blockwise --seq \$S --heads 16 --kv-heads 16 \
-      --head-dim 128 --causal --q-chunk 1024 --k-chunk 1024 \$flag --json $out/\$name.json; \
-  done; done"
+      --head-dim 128 --causal --q-chunk 1024 --k-chunk 1024 \$flag --json $out/\$name.json \
+      || rc=1; \
+  done; done; exit \$rc"
 }
 
 # Stage 7: one GPU, the 1B shape at S = 32K with layer checkpointing: model.dtype = bf16 with the
