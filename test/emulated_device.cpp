@@ -240,11 +240,7 @@ class EmulatedBackend final : public Backend {
     count_now(*dp, stats, 4.0);
     defer([=, st = untag_state(st)] {
       if (dp->plan) {  // the CUDA kernels' own body, emulated
-        fused::Args a = fused_args(*dp);
-        a.acc = st.acc;
-        a.m = st.m;
-        a.l = st.l;
-        run_fused_forward(a);
+        run_fused_forward(with_plan(fused::forward_args(dp->p, st), *dp->plan));
       } else {
         cpu().attention_forward_block(dp->p, st, nullptr);
       }
@@ -269,14 +265,7 @@ class EmulatedBackend final : public Backend {
     count_now(*dp, stats, 10.0);
     defer([=, a = untag_args(a)] {
       if (dp->plan) {
-        fused::Args f = fused_args(*dp);
-        f.dout = a.dout;
-        f.lse = a.lse;
-        f.delta = a.delta;
-        f.dq = a.dq;
-        f.dk = a.dk;
-        f.dv = a.dv;
-        run_fused_backward(f);
+        run_fused_backward(with_plan(fused::backward_args(dp->p, a), *dp->plan));
       } else {
         cpu().attention_backward_block(dp->p, a, nullptr);
       }
@@ -386,12 +375,11 @@ class EmulatedBackend final : public Backend {
     dp.plan = make_plan(dp);
   }
   // The fused kernels' arguments with the plan's host positions and segment ids.
-  static fused::Args fused_args(const DeferredProblem& dp) {
-    fused::Args a = fused::args_for(dp.p);
-    a.q_pos = dp.plan->q_pos.data();
-    a.k_pos = dp.plan->k_pos.data();
-    a.q_seg = dp.plan->segmented ? dp.plan->q_seg.data() : nullptr;
-    a.k_seg = dp.plan->segmented ? dp.plan->k_seg.data() : nullptr;
+  static fused::Args with_plan(fused::Args a, const TilePlan& plan) {
+    a.q_pos = plan.q_pos.data();
+    a.k_pos = plan.k_pos.data();
+    a.q_seg = plan.segmented ? plan.q_seg.data() : nullptr;
+    a.k_seg = plan.segmented ? plan.k_seg.data() : nullptr;
     return a;
   }
   static void count_now(const DeferredProblem& dp, AttentionTileStats* stats, double per_elem) {

@@ -24,10 +24,14 @@
 #include "core/cpu/attention_kernels.h"
 #include "core/dtype.h"
 #include "model/attention/layout.h"
+#include "test/close_vectors.h"
 #include "test/reference_attention.h"
 
 using namespace ringattn;
+using ringattn::test::check_close;
+using ringattn::test::iota;
 using ringattn::test::packed_segments;
+using ringattn::test::randn;
 using ringattn::test::reference_attention;
 using ringattn::test::RefProblem;
 using ringattn::test::RefResult;
@@ -36,20 +40,6 @@ namespace {
 
 constexpr double kOutTol = 2e-5;
 constexpr double kGradTol = 5e-5;
-
-std::vector<float> randn(size_t n, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> x(n);
-  for (float& e : x) e = dist(gen);
-  return x;
-}
-
-std::vector<int64_t> iota(int64_t n, int64_t start = 0) {
-  std::vector<int64_t> v(static_cast<size_t>(n));
-  std::iota(v.begin(), v.end(), start);
-  return v;
-}
 
 struct Inputs {
   RefProblem p;
@@ -178,30 +168,6 @@ Result run_tiles(const Inputs& in, int64_t q_chunk, int64_t k_chunk,
 
 bool all_finite(const std::vector<float>& x) {
   return std::all_of(x.begin(), x.end(), [](float e) { return std::isfinite(e); });
-}
-
-// Every element within atol + rtol * |want|; -inf must match exactly; never NaN.
-template <typename W>
-void check_close(const std::vector<float>& got, const std::vector<W>& want, double tol,
-                 const char* what) {
-  REQUIRE(got.size() == want.size());
-  double worst = 0;
-  size_t worst_at = 0, bad = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double g = got[i], w = double(want[i]);
-    if (std::isinf(w) || std::isinf(g) || std::isnan(g)) {
-      if (!(std::isinf(w) && g == w)) ++bad;
-      continue;
-    }
-    const double ratio = std::abs(g - w) / (tol + tol * std::abs(w));
-    if (ratio > worst) worst = ratio, worst_at = i;
-  }
-  INFO(what << ": worst error " << worst << " x tolerance " << tol << " at " << worst_at << " (got "
-            << (got.empty() ? 0.0 : got[worst_at]) << ", want "
-            << (want.empty() ? 0.0 : double(want[worst_at])) << "), " << bad
-            << " inf/NaN mismatches");
-  CHECK(bad == 0);
-  CHECK(worst <= 1.0);
 }
 
 void check_against_reference(const Inputs& in, const Result& r, bool backward = true) {

@@ -25,19 +25,15 @@
 #include "core/tensor.h"
 #include "cuda_test_util.h"
 #include "model/attention/layout.h"
+#include "test/close_vectors.h"
 #include "test/reference_attention.h"
 
 using namespace ringattn;
+using ringattn::test::iota;
 
 namespace {
 
 constexpr double kAttnTol = 1e-4;
-
-std::vector<int64_t> iota(int64_t n, int64_t start = 0) {
-  std::vector<int64_t> v(static_cast<size_t>(n));
-  std::iota(v.begin(), v.end(), start);
-  return v;
-}
 
 // One attention problem: queries at q_pos against all keys, fed as KV blocks (lists of key
 // indices, in the order they arrive, as the ring does).

@@ -25,28 +25,17 @@
 #include "core/backend.h"
 #include "core/dtype.h"
 #include "model/attention/layout.h"
+#include "test/close_vectors.h"
 #include "test/emulated_block.h"
 #include "test/reference_attention.h"
 
 using namespace ringattn;
+using ringattn::test::iota;
+using ringattn::test::randn;
 
 namespace {
 
 constexpr double kTol = 4e-3;
-
-std::vector<float> randn(size_t n, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> x(n);
-  for (float& e : x) e = dist(gen);
-  return x;
-}
-
-std::vector<int64_t> iota(int64_t n, int64_t start = 0) {
-  std::vector<int64_t> v(static_cast<size_t>(n));
-  std::iota(v.begin(), v.end(), start);
-  return v;
-}
 
 struct Case {
   int64_t batch = 2, sq = 0, sk = 0;
@@ -145,15 +134,10 @@ Result run(const Case& c, bool fused, bool reverse) {
   be.attention_forward_init(st, B, Sq, int(H), int(D));
   for (const Block& blk : blocks) {
     const AttentionTileProblem p = problem(blk);
-    if (!fused) {
+    if (fused)
+      test::run_fused_forward(fused::forward_args(p, st), reverse);
+    else
       be.attention_forward_block(p, st, nullptr);
-      continue;
-    }
-    fused::Args a = fused::args_for(p);
-    a.acc = st.acc;
-    a.m = st.m;
-    a.l = st.l;
-    test::run_fused_forward(a, reverse);
   }
   r.o.resize(acc.size());
   r.lse.resize(m.size());
@@ -165,18 +149,10 @@ Result run(const Case& c, bool fused, bool reverse) {
     const AttentionTileProblem p = problem(blk);
     const AttentionBackwardArgs ba{dout.data(), r.lse.data(),  delta.data(),
                                    r.dq.data(), blk.dk.data(), blk.dv.data()};
-    if (!fused) {
+    if (fused)
+      test::run_fused_backward(fused::backward_args(p, ba), reverse);
+    else
       be.attention_backward_block(p, ba, nullptr);
-    } else {
-      fused::Args a = fused::args_for(p);
-      a.dout = ba.dout;
-      a.lse = ba.lse;
-      a.delta = ba.delta;
-      a.dq = ba.dq;
-      a.dk = ba.dk;
-      a.dv = ba.dv;
-      test::run_fused_backward(a, reverse);
-    }
     r.dk.push_back(blk.dk);
     r.dv.push_back(blk.dv);
   }
@@ -184,22 +160,7 @@ Result run(const Case& c, bool fused, bool reverse) {
 }
 
 void check_close(const std::vector<float>& got, const std::vector<float>& want, const char* what) {
-  REQUIRE(got.size() == want.size());
-  double worst = 0;
-  size_t worst_at = 0, bad = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (std::isinf(want[i]) || std::isinf(got[i]) || std::isnan(got[i]) || std::isnan(want[i])) {
-      if (!(std::isinf(want[i]) && got[i] == want[i])) ++bad;
-      continue;
-    }
-    const double ratio =
-        std::abs(double(got[i]) - double(want[i])) / (kTol * (1 + std::abs(want[i])));
-    if (ratio > worst) worst = ratio, worst_at = i;
-  }
-  INFO(what << ": worst " << worst << " x tolerance at " << worst_at << ": fused " << got[worst_at]
-            << ", cpu " << want[worst_at] << "; " << bad << " inf/NaN mismatches");
-  CHECK(bad == 0);
-  CHECK(worst <= 1.0);
+  test::check_close(got, want, kTol, what);
 }
 
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {

@@ -458,17 +458,21 @@ MaskArgs mask_args(const Plan& pl, const Staging& sg, const DeviceScratch& dev, 
   return a;
 }
 
-// AttentionTileProblem::fused: the fused kernels' arguments, with the plan's positions and
-// segment ids uploaded (the kernels read them on the device; `dev` must outlive the launches,
-// which stream-ordered freeing guarantees). The statistics are the plan's, as the tiles' would be.
-fused::Args fused_args(cudaStream_t stream, const Plan& pl, DeviceScratch& dev, Staging& sg) {
+// AttentionTileProblem::fused: the plan's statistics, its positions and segment ids uploaded into
+// `a` (the kernels read them on the device; the upload's buffer is freed in stream order after
+// the launches), then launch(stream, a).
+template <typename Launch>
+void run_fused(cudaStream_t stream, const Plan& pl, fused::Args a, double flops_per_elem,
+               AttentionTileStats* stats, Launch launch) {
+  add_tile_stats(stats, plan_stats(pl, pl.p.batch, pl.p.heads, pl.p.head_dim, flops_per_elem));
+  Staging sg(pl, 0, 0);
+  DeviceScratch dev(stream, sg.lay.bytes(), "attention positions");
   upload_async(stream, dev.at<void>(), sg.host.data(), sg.host.size());
-  fused::Args a = fused::args_for(pl.p);
   a.q_pos = dev.at<int64_t>(sg.q_pos_at);
   a.k_pos = dev.at<int64_t>(sg.k_pos_at);
   a.q_seg = pl.segmented ? dev.at<int32_t>(sg.q_seg_at) : nullptr;
   a.k_seg = pl.segmented ? dev.at<int32_t>(sg.k_seg_at) : nullptr;
-  return a;
+  launch(stream, a);
 }
 
 }  // namespace
@@ -487,17 +491,8 @@ void attention_forward_block(cudaStream_t stream, cublasHandle_t cublas,
                              AttentionTileStats* stats) {
   if (p.batch == 0 || p.sq == 0 || p.sk == 0) return;
   const Plan pl(stream, p);
-  if (runs_fused(p)) {
-    add_tile_stats(stats, plan_stats(pl, p.batch, p.heads, p.head_dim, 4.0));
-    Staging sg(pl, 0, 0);
-    DeviceScratch dev(stream, sg.lay.bytes(), "attention positions");
-    fused::Args a = fused_args(stream, pl, dev, sg);
-    a.acc = st.acc;
-    a.m = st.m;
-    a.l = st.l;
-    launch_fused_forward(stream, a);
-    return;
-  }
+  if (runs_fused(p))
+    return run_fused(stream, pl, fused::forward_args(p, st), 4.0, stats, launch_fused_forward);
   CUBLAS_CHECK(cublasSetStream(cublas, stream));
 
   // Every (batch, head) tile of a chunk pair in one run of launches.
@@ -597,20 +592,8 @@ void attention_backward_block(cudaStream_t stream, cublasHandle_t cublas,
   const Plan pl(stream, p);
   RA_CHECK(a.dout && a.lse && a.delta && a.dq && a.dk && a.dv,
            "attention backward: dout, lse, delta, dq, dk and dv must be given");
-  if (runs_fused(p)) {
-    add_tile_stats(stats, plan_stats(pl, p.batch, p.heads, p.head_dim, 10.0));
-    Staging sg(pl, 0, 0);
-    DeviceScratch dev(stream, sg.lay.bytes(), "attention positions");
-    fused::Args f = fused_args(stream, pl, dev, sg);
-    f.dout = a.dout;
-    f.lse = a.lse;
-    f.delta = a.delta;
-    f.dq = a.dq;
-    f.dk = a.dk;
-    f.dv = a.dv;
-    launch_fused_backward(stream, f);
-    return;
-  }
+  if (runs_fused(p))
+    return run_fused(stream, pl, fused::backward_args(p, a), 10.0, stats, launch_fused_backward);
   CUBLAS_CHECK(cublasSetStream(cublas, stream));
 
   // Per chunk pair, one group of launches per query head index g within the kv groups: a launch

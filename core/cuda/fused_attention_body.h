@@ -133,6 +133,27 @@ inline Args args_for(const AttentionTileProblem& p) {
   return a;
 }
 
+// The arguments of a forward call: its keys folded into the running state `st`.
+inline Args forward_args(const AttentionTileProblem& p, const AttentionForwardState& st) {
+  Args a = args_for(p);
+  a.acc = st.acc;
+  a.m = st.m;
+  a.l = st.l;
+  return a;
+}
+
+// The arguments of a backward call: dout, lse and delta read; dq, dk and dv added to.
+inline Args backward_args(const AttentionTileProblem& p, const AttentionBackwardArgs& b) {
+  Args a = args_for(p);
+  a.dout = b.dout;
+  a.lse = b.lse;
+  a.delta = b.delta;
+  a.dq = b.dq;
+  a.dk = b.dk;
+  a.dv = b.dv;
+  return a;
+}
+
 // core/dtype.h's f32_to_bf16 (round to nearest even, NaN kept quiet), usable on both sides.
 RA_FUSED_FN inline uint16_t bf16_bits(float x) {
   uint32_t u;
