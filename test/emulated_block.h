@@ -168,13 +168,20 @@ inline int64_t fused_tiles(int64_t n) {
   return (n + fused::kTile - 1) / fused::kTile;
 }
 
-inline void run_fused_forward(const fused::Args& a, bool reverse = false) {
+// The order the emulated device runs the fused kernels' bodies in (HostBlock's `reverse`); tests
+// flip it to compare both orders through the whole backend.
+inline bool& emulated_block_reverse() {
+  static bool reverse = false;
+  return reverse;
+}
+
+inline void run_fused_forward(const fused::Args& a, bool reverse = emulated_block_reverse()) {
   const fused::ForwardSmem sm(nullptr, a.head_dim);
   run_grid(fused_tiles(a.sq), a.batch * a.heads, sm.bytes, reverse,
            [&](HostBlock& blk, int64_t t, int64_t bh) { fused::forward_block(blk, a, t, bh); });
 }
 
-inline void run_fused_backward(const fused::Args& a, bool reverse = false) {
+inline void run_fused_backward(const fused::Args& a, bool reverse = emulated_block_reverse()) {
   run_grid(fused_tiles(a.sk), a.batch * a.kv_heads, fused::BackwardSmem(nullptr, a.head_dim).bytes,
            reverse, [&](HostBlock& blk, int64_t t, int64_t bhk) {
              fused::backward_dkdv_block(blk, a, t, bhk);
