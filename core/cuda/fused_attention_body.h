@@ -293,22 +293,44 @@ struct DqSmem {
 
 // ---- phases shared by the kernels ----------------------------------------------------------
 
+// 16 bytes from src to dst, both 16-byte aligned: one vector load and store on the GPU.
+RA_FUSED_FN inline void copy16(void* dst, const void* src) {
+#if defined(__CUDA_ARCH__)
+  *static_cast<uint4*>(dst) = *static_cast<const uint4*>(src);
+#else
+  memcpy(dst, src, 16);
+#endif
+}
+
 // Rows [r0, r0 + 64) of a [B, S, heads, D] operand, head `head`, batch row b, into a bf16 tile
-// (zeros past row n). One of f32 / b16 is given.
+// (zeros past row n). One of f32 / b16 is given. Each thread moves 16 bytes of the operand at a
+// time (8 bf16 or 4 float32 values; D is a multiple of 16, so every row slice stays 16-byte
+// aligned when the operand is); an operand that is not 16-byte aligned goes value by value.
 template <class Block>
 RA_FUSED_FN void load_rows(Block& blk, uint16_t* tile, const float* f32, const uint16_t* b16,
                            int64_t b, int64_t seq, int64_t r0, int64_t n, int heads, int head,
                            int head_dim) {
   const int ld = ld16(head_dim);
+  const void* src = b16 ? static_cast<const void*>(b16) : static_cast<const void*>(f32);
+  const bool vector = reinterpret_cast<uintptr_t>(src) % 16 == 0;
+  const int per = vector ? (b16 ? 8 : 4) : 1;  // values per move
   blk.each_thread([=](int t) {
-    for (int e = t; e < kTile * head_dim; e += kThreads) {
-      const int r = e / head_dim, d = e % head_dim;
-      uint16_t x = 0;
-      if (r < n) {
-        const int64_t g = ((b * seq + r0 + r) * heads + head) * int64_t(head_dim) + d;
-        x = b16 ? b16[g] : bf16_bits(f32[g]);
+    const int chunks = head_dim / per;
+    for (int e = t; e < kTile * chunks; e += kThreads) {
+      const int r = e / chunks, d = (e % chunks) * per;
+      uint16_t* out = tile + r * ld + d;
+      const int64_t g = ((b * seq + r0 + r) * heads + head) * int64_t(head_dim) + d;
+      if (r >= n) {
+        for (int i = 0; i < per; ++i) out[i] = 0;
+      } else if (per == 8) {
+        copy16(out, b16 + g);
+      } else if (per == 4) {
+        alignas(16) float x[4];
+        copy16(x, f32 + g);
+        for (int i = 0; i < 4; ++i) out[i] = bf16_bits(x[i]);
+      } else {
+        out[0] = b16 ? b16[g] : bf16_bits(f32[g]);
       }
-      tile[r * ld + d] = x;
     }
   });
 }

@@ -6,8 +6,9 @@
 #
 #   stage 0  machine facts (nvidia-smi, MPI, CUDA libraries)
 #   stage 1  build (CUDA on, sm_90) unless $RINGATTN_GPU_BIN already holds the binaries
-#   stage 2  [cuda] tests: every CUDA operation against the CPU backend, random inputs; and the
-#            attention tool: ring on 2 ranks on the GPU against blockwise on the CPU
+#   stage 2  [cuda] tests: every CUDA operation against the CPU backend, random inputs, and the
+#            fused attention kernels' sequence tests (on the GPU there); the attention tool: ring
+#            on 2 ranks on the GPU against blockwise on the CPU, and the fused kernels at 8K
 #   stage 3  [device] tests on the real GPU: tensors, optimizer ops, host-staged collectives, ring
 #            attention, training and checkpoints against the CPU (1 rank; 2 and 4 ranks share
 #            the GPU through the MPI transport)
@@ -120,7 +121,7 @@ stage_2() {
   # on one rank and as a 2-rank ring. --compare's bound is max |diff| <= tol * max(1, max |ref|);
   # the tests' per-element 4e-3 * (1 + |ref|) gives at most 8e-3 * max(1, max |ref|).
   local in=$out/attn_in.safetensors big=$out/attn_big.safetensors
-  stage 2 cuda_tests 180 "rc=0; $tests '[cuda]' || rc=1; \
+  stage 2 cuda_tests 180 "rc=0; $tests '[cuda]' || rc=1; $tests 'Fused attention kernels*' || rc=1; \
   $ra attention --make-input $in --seq 4096 --heads 8 --kv-heads 2 --head-dim 64 --with-grad && \
   $mpi -np 2 $ra attention --input $in --output $out/attn_gpu.safetensors \
     --impl ring --layout zigzag --causal --device cuda && \
