@@ -48,10 +48,11 @@ Result run_fused(const Case& c, bool reverse) {
   Case f = c;
   f.bf16 = true;
   f.fused = true;
+  struct Reset {  // even when the run throws
+    ~Reset() { test::emulated_block_reverse() = false; }
+  } reset;
   test::emulated_block_reverse() = reverse;
-  Result r = test::run(*test::device_under_test().backend, f, false);
-  test::emulated_block_reverse() = false;
-  return r;
+  return test::run(*test::device_under_test().backend, f, false);
 }
 
 void check_stats(const AttentionTileStats& g, const AttentionTileStats& w) {
@@ -214,6 +215,14 @@ TEST_CASE("Fused attention body (emulated): the emulation enforces the Block con
   test::HostBlock::Acc c;
   CHECK_NOTHROW(test::HostBlock::store(acc_tile, c, 20));
   CHECK_THROWS_WITH(test::HostBlock::store(acc_tile, c, 18), Catch::Contains("alignment"));
+  // The operands' 16-byte moves (vector loads and stores on the GPU).
+  alignas(16) unsigned char bytes[48] = {};
+  CHECK_NOTHROW(fused::copy16(bytes, bytes + 16));
+  CHECK_THROWS_WITH(fused::copy16(bytes + 2, bytes + 16), Catch::Contains("alignment"));
+  CHECK_THROWS_WITH(fused::copy16(bytes, bytes + 8), Catch::Contains("alignment"));
+  float four[4];
+  CHECK_THROWS_WITH(fused::load4(reinterpret_cast<const float*>(bytes + 4), four),
+                    Catch::Contains("alignment"));
 }
 
 TEST_CASE("Fused attention body (emulated): operands load the same at any alignment",
@@ -221,7 +230,7 @@ TEST_CASE("Fused attention body (emulated): operands load the same at any alignm
   // Forward and backward on operands 16-byte aligned (moved 16 bytes at a time) and the same
   // values one element off (moved value by value): the same bits.
   const int64_t B = 1, S = 80;
-  const int H = 2, D = 32;
+  const int H = 2, D = GENERATE(16, 32);
   const size_t n = size_t(B * S * H * D);
   const std::vector<float> q = test::randn(n, 1), k = test::randn(n, 2), v = test::randn(n, 3),
                            dout = test::randn(n, 4);
@@ -229,7 +238,9 @@ TEST_CASE("Fused attention body (emulated): operands load the same at any alignm
   auto run = [&](bool offset, bool bf16) {
     // Operands at element 0 (aligned) or 1 of their buffers.
     const size_t at = offset ? 1 : 0;
-    std::vector<float> qf(n + 8), kf(n + 8), vf(n + 8);
+    std::vector<float> qf(n + 8), kf(n + 8), vf(n + 8), df(n + 8);
+    REQUIRE(reinterpret_cast<uintptr_t>(qf.data()) % 16 == 0);  // offset 0: the vector path
+    std::copy(dout.begin(), dout.end(), df.begin() + long(at));
     std::copy(q.begin(), q.end(), qf.begin() + long(at));
     std::copy(k.begin(), k.end(), kf.begin() + long(at));
     std::copy(v.begin(), v.end(), vf.begin() + long(at));
@@ -265,7 +276,7 @@ TEST_CASE("Fused attention body (emulated): operands load the same at any alignm
     std::vector<float> lse(m.size()), delta(m.size(), 0.5f), dq(n, 0), dk(n, 0), dv(n, 0);
     for (size_t i = 0; i < m.size(); ++i) lse[i] = m[i] + std::log(l[i]);
     fused::Args g = a;
-    g.dout = dout.data();
+    g.dout = df.data() + at;
     g.lse = lse.data();
     g.delta = delta.data();
     g.dq = dq.data();

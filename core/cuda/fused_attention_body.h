@@ -48,6 +48,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
 
 #include "core/attention_tile.h"
 
@@ -293,12 +294,30 @@ struct DqSmem {
 
 // ---- phases shared by the kernels ----------------------------------------------------------
 
-// 16 bytes from src to dst, both 16-byte aligned: one vector load and store on the GPU.
+// 16 bytes from src to dst, both 16-byte aligned: one vector load and store on the GPU. The host
+// (the tests' emulation) refuses unaligned addresses, which the GPU would fault on.
 RA_FUSED_FN inline void copy16(void* dst, const void* src) {
 #if defined(__CUDA_ARCH__)
   *static_cast<uint4*>(dst) = *static_cast<const uint4*>(src);
 #else
+  if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || reinterpret_cast<uintptr_t>(src) % 16 != 0)
+    throw std::logic_error("fused attention body: a 16-byte move breaks its alignment");
   memcpy(dst, src, 16);
+#endif
+}
+
+// Four float32 values from a 16-byte aligned address (one vector load on the GPU).
+RA_FUSED_FN inline void load4(const float* src, float out[4]) {
+#if defined(__CUDA_ARCH__)
+  const float4 v = *reinterpret_cast<const float4*>(src);
+  out[0] = v.x;
+  out[1] = v.y;
+  out[2] = v.z;
+  out[3] = v.w;
+#else
+  if (reinterpret_cast<uintptr_t>(src) % 16 != 0)
+    throw std::logic_error("fused attention body: a 16-byte move breaks its alignment");
+  memcpy(out, src, 16);
 #endif
 }
 
@@ -325,8 +344,8 @@ RA_FUSED_FN void load_rows(Block& blk, uint16_t* tile, const float* f32, const u
       } else if (per == 8) {
         copy16(out, b16 + g);
       } else if (per == 4) {
-        alignas(16) float x[4];
-        copy16(x, f32 + g);
+        float x[4];
+        load4(f32 + g, x);
         for (int i = 0; i < 4; ++i) out[i] = bf16_bits(x[i]);
       } else {
         out[0] = b16 ? b16[g] : bf16_bits(f32[g]);
