@@ -68,11 +68,9 @@ class HostBlock {
       for (int i = 0; i < count; ++i) ph.f(reverse_ ? count - 1 - i : i);
     }
     queued_.clear();
-    ++syncs_;
     protect(PROT_NONE);
   }
   size_t queued() const { return queued_.size(); }
-  size_t syncs() const { return syncs_; }
 
   template <typename T, int Tag>
   struct Frag {
@@ -148,7 +146,6 @@ class HostBlock {
   size_t bytes_ = 0;
   bool reverse_;
   std::vector<Phase> queued_;
-  size_t syncs_ = 0;
 };
 
 // The grids of the three kernels, as core/cuda/fused_attention.cu launches them, on host memory.
@@ -176,17 +173,18 @@ inline bool& emulated_block_reverse() {
 }
 
 inline void run_fused_forward(const fused::Args& a, bool reverse = emulated_block_reverse()) {
-  const fused::ForwardSmem sm(nullptr, a.head_dim);
-  run_grid(fused_tiles(a.sq), a.batch * a.heads, sm.bytes, reverse,
+  const fused::ForwardSmem sm(nullptr, a.p.head_dim);
+  run_grid(fused_tiles(a.p.sq), a.p.batch * a.p.heads, sm.bytes, reverse,
            [&](HostBlock& blk, int64_t t, int64_t bh) { fused::forward_block(blk, a, t, bh); });
 }
 
 inline void run_fused_backward(const fused::Args& a, bool reverse = emulated_block_reverse()) {
-  run_grid(fused_tiles(a.sk), a.batch * a.kv_heads, fused::BackwardSmem(nullptr, a.head_dim).bytes,
-           reverse, [&](HostBlock& blk, int64_t t, int64_t bhk) {
-             fused::backward_dkdv_block(blk, a, t, bhk);
-           });
-  run_grid(fused_tiles(a.sq), a.batch * a.heads, fused::DqSmem(nullptr, a.head_dim).bytes, reverse,
+  run_grid(
+      fused_tiles(a.p.sk), a.p.batch * a.p.kv_heads,
+      fused::BackwardSmem(nullptr, a.p.head_dim).bytes, reverse,
+      [&](HostBlock& blk, int64_t t, int64_t bhk) { fused::backward_dkdv_block(blk, a, t, bhk); });
+  run_grid(fused_tiles(a.p.sq), a.p.batch * a.p.heads, fused::DqSmem(nullptr, a.p.head_dim).bytes,
+           reverse,
            [&](HostBlock& blk, int64_t t, int64_t bh) { fused::backward_dq_block(blk, a, t, bh); });
 }
 

@@ -240,7 +240,7 @@ class EmulatedBackend final : public Backend {
     count_now(*dp, stats, 4.0);
     defer([=, st = untag_state(st)] {
       if (dp->plan) {  // the CUDA kernels' own body, emulated
-        run_fused_forward(with_plan(fused::forward_args(dp->p, st), *dp->plan));
+        run_fused_forward(with_plan(fused::Args{dp->p, st, {}}, *dp->plan));
       } else {
         cpu().attention_forward_block(dp->p, st, nullptr);
       }
@@ -265,7 +265,7 @@ class EmulatedBackend final : public Backend {
     count_now(*dp, stats, 10.0);
     defer([=, a = untag_args(a)] {
       if (dp->plan) {
-        run_fused_backward(with_plan(fused::backward_args(dp->p, a), *dp->plan));
+        run_fused_backward(with_plan(fused::Args{dp->p, {}, a}, *dp->plan));
       } else {
         cpu().attention_backward_block(dp->p, a, nullptr);
       }
@@ -376,10 +376,10 @@ class EmulatedBackend final : public Backend {
   }
   // The fused kernels' arguments with the plan's host positions and segment ids.
   static fused::Args with_plan(fused::Args a, const TilePlan& plan) {
-    a.q_pos = plan.q_pos.data();
-    a.k_pos = plan.k_pos.data();
-    a.q_seg = plan.segmented ? plan.q_seg.data() : nullptr;
-    a.k_seg = plan.segmented ? plan.k_seg.data() : nullptr;
+    a.p.q_pos = plan.q_pos.data();
+    a.p.k_pos = plan.k_pos.data();
+    a.p.q_seg = plan.segmented ? plan.q_seg.data() : nullptr;
+    a.p.k_seg = plan.segmented ? plan.k_seg.data() : nullptr;
     return a;
   }
   static void count_now(const DeferredProblem& dp, AttentionTileStats* stats, double per_elem) {

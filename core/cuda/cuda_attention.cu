@@ -468,10 +468,10 @@ void run_fused(cudaStream_t stream, const Plan& pl, fused::Args a, double flops_
   Staging sg(pl, 0, 0);
   DeviceScratch dev(stream, sg.lay.bytes(), "attention positions");
   upload_async(stream, dev.at<void>(), sg.host.data(), sg.host.size());
-  a.q_pos = dev.at<int64_t>(sg.q_pos_at);
-  a.k_pos = dev.at<int64_t>(sg.k_pos_at);
-  a.q_seg = pl.segmented ? dev.at<int32_t>(sg.q_seg_at) : nullptr;
-  a.k_seg = pl.segmented ? dev.at<int32_t>(sg.k_seg_at) : nullptr;
+  a.p.q_pos = dev.at<int64_t>(sg.q_pos_at);
+  a.p.k_pos = dev.at<int64_t>(sg.k_pos_at);
+  a.p.q_seg = pl.segmented ? dev.at<int32_t>(sg.q_seg_at) : nullptr;
+  a.p.k_seg = pl.segmented ? dev.at<int32_t>(sg.k_seg_at) : nullptr;
   launch(stream, a);
 }
 
@@ -492,7 +492,7 @@ void attention_forward_block(cudaStream_t stream, cublasHandle_t cublas,
   if (p.batch == 0 || p.sq == 0 || p.sk == 0) return;
   const Plan pl(stream, p);
   if (runs_fused(p))
-    return run_fused(stream, pl, fused::forward_args(p, st), 4.0, stats, launch_fused_forward);
+    return run_fused(stream, pl, fused::Args{p, st, {}}, 4.0, stats, launch_fused_forward);
   CUBLAS_CHECK(cublasSetStream(cublas, stream));
 
   // Every (batch, head) tile of a chunk pair in one run of launches.
@@ -593,7 +593,7 @@ void attention_backward_block(cudaStream_t stream, cublasHandle_t cublas,
   RA_CHECK(a.dout && a.lse && a.delta && a.dq && a.dk && a.dv,
            "attention backward: dout, lse, delta, dq, dk and dv must be given");
   if (runs_fused(p))
-    return run_fused(stream, pl, fused::backward_args(p, a), 10.0, stats, launch_fused_backward);
+    return run_fused(stream, pl, fused::Args{p, {}, a}, 10.0, stats, launch_fused_backward);
   CUBLAS_CHECK(cublasSetStream(cublas, stream));
 
   // Per chunk pair, one group of launches per query head index g within the kv groups: a launch

@@ -113,34 +113,35 @@ dim3 grid(int64_t rows, int64_t groups) {
 }
 
 void check_args(const fused::Args& a) {
-  RA_CHECK(fused::head_dim_fits(a.head_dim),
+  RA_CHECK(fused::head_dim_fits(a.p.head_dim),
            "fused attention needs head_dim to be a multiple of 16 and at most {}, got {}",
-           fused::kMaxHeadDim, a.head_dim);
-  RA_CHECK(a.kv_heads > 0 && a.heads % a.kv_heads == 0,
-           "fused attention: {} heads over {} kv heads", a.heads, a.kv_heads);
+           fused::kMaxHeadDim, a.p.head_dim);
+  RA_CHECK(a.p.kv_heads > 0 && a.p.heads % a.p.kv_heads == 0,
+           "fused attention: {} heads over {} kv heads", a.p.heads, a.p.kv_heads);
 }
 
 }  // namespace
 
 void launch_fused_forward(cudaStream_t stream, const fused::Args& a) {
   check_args(a);
-  if (a.batch == 0 || a.sq == 0 || a.sk == 0) return;
-  const size_t smem = fused::ForwardSmem(nullptr, a.head_dim).bytes;
+  if (a.p.batch == 0 || a.p.sq == 0 || a.p.sk == 0) return;
+  const size_t smem = fused::ForwardSmem(nullptr, a.p.head_dim).bytes;
   allow_smem(reinterpret_cast<const void*>(&forward_kernel), smem);
-  forward_kernel<<<grid(a.sq, a.batch * a.heads), fused::kThreads, smem, stream>>>(a);
+  forward_kernel<<<grid(a.p.sq, a.p.batch * a.p.heads), fused::kThreads, smem, stream>>>(a);
   CUDA_CHECK(cudaGetLastError());
 }
 
 void launch_fused_backward(cudaStream_t stream, const fused::Args& a) {
   check_args(a);
-  if (a.batch == 0 || a.sq == 0 || a.sk == 0) return;
-  const size_t dkdv_smem = fused::BackwardSmem(nullptr, a.head_dim).bytes;
-  const size_t dq_smem = fused::DqSmem(nullptr, a.head_dim).bytes;
+  if (a.p.batch == 0 || a.p.sq == 0 || a.p.sk == 0) return;
+  const size_t dkdv_smem = fused::BackwardSmem(nullptr, a.p.head_dim).bytes;
+  const size_t dq_smem = fused::DqSmem(nullptr, a.p.head_dim).bytes;
   allow_smem(reinterpret_cast<const void*>(&backward_dkdv_kernel), dkdv_smem);
   allow_smem(reinterpret_cast<const void*>(&backward_dq_kernel), dq_smem);
-  backward_dkdv_kernel<<<grid(a.sk, a.batch * a.kv_heads), fused::kThreads, dkdv_smem, stream>>>(a);
+  backward_dkdv_kernel<<<grid(a.p.sk, a.p.batch * a.p.kv_heads), fused::kThreads, dkdv_smem,
+                         stream>>>(a);
   CUDA_CHECK(cudaGetLastError());
-  backward_dq_kernel<<<grid(a.sq, a.batch * a.heads), fused::kThreads, dq_smem, stream>>>(a);
+  backward_dq_kernel<<<grid(a.p.sq, a.p.batch * a.p.heads), fused::kThreads, dq_smem, stream>>>(a);
   CUDA_CHECK(cudaGetLastError());
 }
 

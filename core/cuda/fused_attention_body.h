@@ -78,82 +78,16 @@ RA_FUSED_FN inline bool head_dim_fits(int head_dim) {
   return head_dim > 0 && head_dim % kFrag == 0 && head_dim <= kMaxHeadDim;
 }
 
-// Everything a fused kernel reads and writes, in device memory (host memory under HostBlock).
+// Everything a fused kernel reads and writes: the structures of core/attention_tile.h, passed
+// by value to the kernels. The problem's positions and segment ids are in device memory here (the
+// launcher uploads them; host memory under HostBlock); of each operand pair (q and q_bf16, ...)
+// the bf16 one is used when given, as AttentionTileProblem says. A forward call uses `st`, a
+// backward call `bw`.
 struct Args {
-  int64_t batch = 0, sq = 0, sk = 0;
-  int heads = 0, kv_heads = 0, head_dim = 0;
-  float scale = 1.0f;
-  bool causal = false;
-  const int64_t* q_pos = nullptr;  // [sq]
-  const int64_t* k_pos = nullptr;  // [sk]
-  const int32_t* q_seg = nullptr;  // [B, sq] or null (then k_seg is null too)
-  const int32_t* k_seg = nullptr;  // [B, sk]
-  // Operands: float32 (rounded to bf16 on load) or already bf16, one of each pair.
-  const float* q = nullptr;
-  const uint16_t* q16 = nullptr;
-  const float* k = nullptr;
-  const uint16_t* k16 = nullptr;
-  const float* v = nullptr;
-  const uint16_t* v16 = nullptr;
-  // Forward: the running state (AttentionForwardState), read and written.
-  float* acc = nullptr;
-  float* m = nullptr;
-  float* l = nullptr;
-  // Backward (AttentionBackwardArgs): dout is float32; dq, dk, dv are added to.
-  const float* dout = nullptr;
-  const float* lse = nullptr;
-  const float* delta = nullptr;
-  float* dq = nullptr;
-  float* dk = nullptr;
-  float* dv = nullptr;
+  AttentionTileProblem p;
+  AttentionForwardState st;
+  AttentionBackwardArgs bw;
 };
-
-// The sizes, positions and operands of a tile problem (pointers as the problem has them; the
-// outputs are the caller's to set).
-inline Args args_for(const AttentionTileProblem& p) {
-  Args a;
-  a.batch = p.batch;
-  a.sq = p.sq;
-  a.sk = p.sk;
-  a.heads = p.heads;
-  a.kv_heads = p.kv_heads;
-  a.head_dim = p.head_dim;
-  a.scale = p.scale;
-  a.causal = p.causal;
-  a.q_pos = p.q_pos;
-  a.k_pos = p.k_pos;
-  a.q_seg = p.q_seg;
-  a.k_seg = p.k_seg;
-  // Operands given as bf16 are used as they are (AttentionTileProblem::q_bf16 and the others).
-  a.q = p.q_bf16 ? nullptr : p.q;
-  a.q16 = p.q_bf16;
-  a.k = p.k_bf16 ? nullptr : p.k;
-  a.k16 = p.k_bf16;
-  a.v = p.v_bf16 ? nullptr : p.v;
-  a.v16 = p.v_bf16;
-  return a;
-}
-
-// The arguments of a forward call: its keys folded into the running state `st`.
-inline Args forward_args(const AttentionTileProblem& p, const AttentionForwardState& st) {
-  Args a = args_for(p);
-  a.acc = st.acc;
-  a.m = st.m;
-  a.l = st.l;
-  return a;
-}
-
-// The arguments of a backward call: dout, lse and delta read; dq, dk and dv added to.
-inline Args backward_args(const AttentionTileProblem& p, const AttentionBackwardArgs& b) {
-  Args a = args_for(p);
-  a.dout = b.dout;
-  a.lse = b.lse;
-  a.delta = b.delta;
-  a.dq = b.dq;
-  a.dk = b.dk;
-  a.dv = b.dv;
-  return a;
-}
 
 // core/dtype.h's f32_to_bf16 (round to nearest even, NaN kept quiet), usable on both sides.
 RA_FUSED_FN inline uint16_t bf16_bits(float x) {
@@ -370,8 +304,8 @@ RA_FUSED_FN void load_positions(Block& blk, RowData& rd, const int64_t* pos, con
 RA_FUSED_FN inline bool visible(const Args& a, const RowData& rows, const RowData& keys, int r,
                                 int j) {
   if (rows.pos[r] == kNoPosition || keys.pos[j] == kNoPosition) return false;
-  if (a.causal && keys.pos[j] > rows.pos[r]) return false;
-  if (a.q_seg && keys.seg[j] != rows.seg[r]) return false;
+  if (a.p.causal && keys.pos[j] > rows.pos[r]) return false;
+  if (a.p.q_seg && keys.seg[j] != rows.seg[r]) return false;
   return true;
 }
 
@@ -461,11 +395,11 @@ RA_FUSED_FN void add_rows_out(Block& blk, float* stage, AccRow& acc, float* dst,
 
 template <class Block>
 RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_t bh) {
-  const int D = a.head_dim, ldo = D + 4;
+  const int D = a.p.head_dim, ldo = D + 4;
   ForwardSmem sm(blk.smem(), D);
-  const int64_t b = bh / a.heads;
-  const int h = int(bh % a.heads), hk = h / (a.heads / a.kv_heads);
-  const int64_t q0 = q_tile * kTile, nq = min64(kTile, a.sq - q0);
+  const int64_t b = bh / a.p.heads;
+  const int h = int(bh % a.p.heads), hk = h / (a.p.heads / a.p.kv_heads);
+  const int64_t q0 = q_tile * kTile, nq = min64(kTile, a.p.sq - q0);
 
   using QFrags = typename Block::A[kMaxHeadDim / kFrag];
   typename Block::template PerWarp<QFrags> qf;  // warp w: queries 16w..16w+15, all of D
@@ -473,21 +407,22 @@ RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_
   // The tile's queries (through s into registers), positions and running state (rows past the
   // shard: empty, never written).
   uint16_t* q_in = reinterpret_cast<uint16_t*>(sm.s);
-  load_rows(blk, q_in, a.q, a.q16, b, a.sq, q0, nq, a.heads, h, D);
-  load_positions(blk, sm.rows, a.q_pos, a.q_seg, b, a.sq, q0, nq);
+  load_rows(blk, q_in, a.p.q, a.p.q_bf16, b, a.p.sq, q0, nq, a.p.heads, h, D);
+  load_positions(blk, sm.rows, a.p.q_pos, a.p.q_seg, b, a.p.sq, q0, nq);
   blk.each_thread([&](int t) {
     for (int e = t; e < kTile * D; e += kThreads) {
       const int r = e / D, d = e % D;
-      sm.o[r * ldo + d] = r < nq ? a.acc[((b * a.sq + q0 + r) * a.heads + h) * int64_t(D) + d] : 0;
+      sm.o[r * ldo + d] =
+          r < nq ? a.st.acc[((b * a.p.sq + q0 + r) * a.p.heads + h) * int64_t(D) + d] : 0;
     }
     if (t < kTile) {
-      const int64_t stat = (b * a.heads + h) * a.sq + q0 + t;
-      sm.rows.a[t] = t < nq ? a.m[stat] : kMaskedScore;
-      sm.rows.b[t] = t < nq ? a.l[stat] : 0.0f;
+      const int64_t stat = (b * a.p.heads + h) * a.p.sq + q0 + t;
+      sm.rows.a[t] = t < nq ? a.st.m[stat] : kMaskedScore;
+      sm.rows.b[t] = t < nq ? a.st.l[stat] : 0.0f;
     }
   });
   blk.sync();
-  const int64_t q_max = last_position(a.q_pos, q0, nq);
+  const int64_t q_max = last_position(a.p.q_pos, q0, nq);
   blk.each_warp([&](int w) {
     RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
       if (dt >= D / kFrag) break;
@@ -497,16 +432,16 @@ RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_
   // (The loop's first sync, after the key positions, ends that load before s is written again.)
   auto q_frag = [&qf](int w, int dt, typename Block::A& f) { f = qf.at(w)[dt]; };
 
-  for (int64_t k0 = 0; k0 < a.sk; k0 += kTile) {
+  for (int64_t k0 = 0; k0 < a.p.sk; k0 += kTile) {
     // This key tile, and every later one, all in the future of every query here.
-    if (a.causal && a.k_pos[k0] > q_max) break;
-    const int64_t nk = min64(kTile, a.sk - k0);
+    if (a.p.causal && a.p.k_pos[k0] > q_max) break;
+    const int64_t nk = min64(kTile, a.p.sk - k0);
     // The positions do not touch what the last tile's products still read; the sync after them
     // ends those products before K and V are overwritten.
-    load_positions(blk, sm.keys, a.k_pos, a.k_seg, b, a.sk, k0, nk);
+    load_positions(blk, sm.keys, a.p.k_pos, a.p.k_seg, b, a.p.sk, k0, nk);
     blk.sync();
-    load_rows(blk, sm.k, a.k, a.k16, b, a.sk, k0, nk, a.kv_heads, hk, D);
-    load_rows(blk, sm.v, a.v, a.v16, b, a.sk, k0, nk, a.kv_heads, hk, D);
+    load_rows(blk, sm.k, a.p.k, a.p.k_bf16, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
+    load_rows(blk, sm.v, a.p.v, a.p.v_bf16, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
     blk.sync();
 
     tile_scores(blk, sm.s, q_frag, sm.k, D);  // S = Q K^T (scaled below)
@@ -518,7 +453,7 @@ RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_
       float mx = kMaskedScore;
       for (int j = c0; j < c0 + kTile / 2; ++j) {
         float& s = sm.s[r * kLdScore + j];
-        s = visible(a, sm.rows, sm.keys, r, j) ? a.scale * s : kMaskedScore;
+        s = visible(a, sm.rows, sm.keys, r, j) ? a.p.scale * s : kMaskedScore;
         mx = fmaxf(mx, s);
       }
       sm.red[t] = mx;
@@ -576,12 +511,12 @@ RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_
   blk.each_thread([&](int t) {
     for (int e = t; e < nq * D; e += kThreads) {
       const int r = e / D, d = e % D;
-      a.acc[((b * a.sq + q0 + r) * a.heads + h) * int64_t(D) + d] = sm.o[r * ldo + d];
+      a.st.acc[((b * a.p.sq + q0 + r) * a.p.heads + h) * int64_t(D) + d] = sm.o[r * ldo + d];
     }
     if (t < nq) {
-      const int64_t stat = (b * a.heads + h) * a.sq + q0 + t;
-      a.m[stat] = sm.rows.a[t];
-      a.l[stat] = sm.rows.b[t];
+      const int64_t stat = (b * a.p.heads + h) * a.p.sq + q0 + t;
+      a.st.m[stat] = sm.rows.a[t];
+      a.st.l[stat] = sm.rows.b[t];
     }
   });
   blk.sync();
@@ -596,7 +531,7 @@ RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_
 template <class Block, class Smem, class LoadQ, class LoadDout>
 RA_FUSED_FN void backward_scores(Block& blk, const Args& a, Smem& sm, LoadQ load_q,
                                  LoadDout load_dout) {
-  const int D = a.head_dim;
+  const int D = a.p.head_dim;
   tile_scores(blk, sm.s, load_q, sm.k, D);
   tile_scores(blk, sm.dp, load_dout, sm.v, D);
   blk.sync();
@@ -606,7 +541,7 @@ RA_FUSED_FN void backward_scores(Block& blk, const Args& a, Smem& sm, LoadQ load
     const bool sees_any = lse > kMaskedScore;
     for (int j = c0; j < c0 + kTile / 2; ++j) {
       const float pj = sees_any && visible(a, sm.rows, sm.keys, r, j)
-                           ? expf(a.scale * sm.s[r * kLdScore + j] - lse)
+                           ? expf(a.p.scale * sm.s[r * kLdScore + j] - lse)
                            : 0.0f;
       const float ds = pj == 0.0f ? 0.0f : pj * (sm.dp[r * kLdScore + j] - delta);
       if (sm.p) sm.p[r * kLdProb + j] = bf16_bits(pj);  // (the dQ kernel keeps no P)
@@ -623,26 +558,26 @@ RA_FUSED_FN void load_query_tile(Block& blk, const Args& a, RowData rows, uint16
                                  uint16_t* dout_to, int64_t b, int h, int64_t q0, int64_t nq) {
   blk.each_thread([=](int t) {
     if (t >= kTile) return;
-    const int64_t stat = (b * a.heads + h) * a.sq + q0 + t;
-    rows.a[t] = t < nq ? a.lse[stat] : -INFINITY;
-    rows.b[t] = t < nq ? a.delta[stat] : 0.0f;
+    const int64_t stat = (b * a.p.heads + h) * a.p.sq + q0 + t;
+    rows.a[t] = t < nq ? a.bw.lse[stat] : -INFINITY;
+    rows.b[t] = t < nq ? a.bw.delta[stat] : 0.0f;
   });
-  load_rows(blk, q_to, a.q, a.q16, b, a.sq, q0, nq, a.heads, h, a.head_dim);
-  load_rows(blk, dout_to, a.dout, nullptr, b, a.sq, q0, nq, a.heads, h, a.head_dim);
+  load_rows(blk, q_to, a.p.q, a.p.q_bf16, b, a.p.sq, q0, nq, a.p.heads, h, a.p.head_dim);
+  load_rows(blk, dout_to, a.bw.dout, nullptr, b, a.p.sq, q0, nq, a.p.heads, h, a.p.head_dim);
 }
 
 template <class Block>
 RA_FUSED_FN void backward_dkdv_block(Block& blk, const Args& a, int64_t k_tile, int64_t bhk) {
   using AccRow = typename Block::Acc[kMaxHeadDim / kFrag];
-  const int D = a.head_dim, G = a.heads / a.kv_heads;
+  const int D = a.p.head_dim, G = a.p.heads / a.p.kv_heads;
   BackwardSmem sm(blk.smem(), D);
-  const int64_t b = bhk / a.kv_heads;
-  const int hk = int(bhk % a.kv_heads);
-  const int64_t k0 = k_tile * kTile, nk = min64(kTile, a.sk - k0);
+  const int64_t b = bhk / a.p.kv_heads;
+  const int hk = int(bhk % a.p.kv_heads);
+  const int64_t k0 = k_tile * kTile, nk = min64(kTile, a.p.sk - k0);
 
-  load_positions(blk, sm.keys, a.k_pos, a.k_seg, b, a.sk, k0, nk);
-  load_rows(blk, sm.k, a.k, a.k16, b, a.sk, k0, nk, a.kv_heads, hk, D);
-  load_rows(blk, sm.v, a.v, a.v16, b, a.sk, k0, nk, a.kv_heads, hk, D);
+  load_positions(blk, sm.keys, a.p.k_pos, a.p.k_seg, b, a.p.sk, k0, nk);
+  load_rows(blk, sm.k, a.p.k, a.p.k_bf16, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
+  load_rows(blk, sm.v, a.p.v, a.p.v_bf16, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
   typename Block::template PerWarp<AccRow> dk, dv;  // warp w: keys 16w..16w+15, all of D
   blk.each_warp([&](int w) {
     RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
@@ -654,14 +589,15 @@ RA_FUSED_FN void backward_dkdv_block(Block& blk, const Args& a, int64_t k_tile, 
   blk.sync();
   // Causal: the query tiles before the first query at or after this tile's first key see none
   // of its keys; they are skipped (a prefix: positions ascend).
-  const int64_t q_start = a.causal ? first_at_least(a.q_pos, a.sq, a.k_pos[k0]) / kTile * kTile : 0;
+  const int64_t q_start =
+      a.p.causal ? first_at_least(a.p.q_pos, a.p.sq, a.p.k_pos[k0]) / kTile * kTile : 0;
 
   for (int g = 0; g < G; ++g) {
     const int h = hk * G + g;
-    for (int64_t q0 = q_start; q0 < a.sq; q0 += kTile) {
-      const int64_t nq = min64(kTile, a.sq - q0);
+    for (int64_t q0 = q_start; q0 < a.p.sq; q0 += kTile) {
+      const int64_t nq = min64(kTile, a.p.sq - q0);
       blk.sync();  // the last tile's products are done with Q, dO, P and dS
-      load_positions(blk, sm.rows, a.q_pos, a.q_seg, b, a.sq, q0, nq);
+      load_positions(blk, sm.rows, a.p.q_pos, a.p.q_seg, b, a.p.sq, q0, nq);
       load_query_tile(blk, a, sm.rows, sm.q, sm.dout, b, h, q0, nq);
       blk.sync();
       backward_scores(blk, a, sm, SmemRows<Block>{sm.q, ld16(D)},
@@ -685,24 +621,24 @@ RA_FUSED_FN void backward_dkdv_block(Block& blk, const Args& a, int64_t k_tile, 
     }
   }
   blk.sync();
-  add_rows_out(blk, sm.stage, dv, a.dv, 1.0f, b, a.sk, k0, nk, a.kv_heads, hk, D);
-  add_rows_out(blk, sm.stage, dk, a.dk, a.scale, b, a.sk, k0, nk, a.kv_heads, hk, D);
+  add_rows_out(blk, sm.stage, dv, a.bw.dv, 1.0f, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
+  add_rows_out(blk, sm.stage, dk, a.bw.dk, a.p.scale, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
 }
 
 template <class Block>
 RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, int64_t bh) {
   using AccRow = typename Block::Acc[kMaxHeadDim / kFrag];
   using Frags = typename Block::A[kMaxHeadDim / kFrag];
-  const int D = a.head_dim;
+  const int D = a.p.head_dim;
   DqSmem sm(blk.smem(), D);
-  const int64_t b = bh / a.heads;
-  const int h = int(bh % a.heads), hk = h / (a.heads / a.kv_heads);
-  const int64_t q0 = q_tile * kTile, nq = min64(kTile, a.sq - q0);
+  const int64_t b = bh / a.p.heads;
+  const int h = int(bh % a.p.heads), hk = h / (a.p.heads / a.p.kv_heads);
+  const int64_t q0 = q_tile * kTile, nq = min64(kTile, a.p.sq - q0);
 
   // Q and dO through s and dp into registers (warp w: queries 16w..16w+15, all of D).
   uint16_t* q_in = reinterpret_cast<uint16_t*>(sm.s);
   uint16_t* dout_in = reinterpret_cast<uint16_t*>(sm.dp);
-  load_positions(blk, sm.rows, a.q_pos, a.q_seg, b, a.sq, q0, nq);
+  load_positions(blk, sm.rows, a.p.q_pos, a.p.q_seg, b, a.p.sq, q0, nq);
   load_query_tile(blk, a, sm.rows, q_in, dout_in, b, h, q0, nq);
   typename Block::template PerWarp<AccRow> dq;
   typename Block::template PerWarp<Frags> qf, dof;
@@ -713,7 +649,7 @@ RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, in
     }
   });
   blk.sync();
-  const int64_t q_max = last_position(a.q_pos, q0, nq);
+  const int64_t q_max = last_position(a.p.q_pos, q0, nq);
   blk.each_warp([&](int w) {
     RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
       if (dt >= D / kFrag) break;
@@ -725,13 +661,13 @@ RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, in
   auto q_frag = [&qf](int w, int dt, typename Block::A& f) { f = qf.at(w)[dt]; };
   auto dout_frag = [&dof](int w, int dt, typename Block::A& f) { f = dof.at(w)[dt]; };
 
-  for (int64_t k0 = 0; k0 < a.sk; k0 += kTile) {
-    if (a.causal && a.k_pos[k0] > q_max) break;  // (as in the forward)
-    const int64_t nk = min64(kTile, a.sk - k0);
-    load_positions(blk, sm.keys, a.k_pos, a.k_seg, b, a.sk, k0, nk);  // (as in the forward)
+  for (int64_t k0 = 0; k0 < a.p.sk; k0 += kTile) {
+    if (a.p.causal && a.p.k_pos[k0] > q_max) break;  // (as in the forward)
+    const int64_t nk = min64(kTile, a.p.sk - k0);
+    load_positions(blk, sm.keys, a.p.k_pos, a.p.k_seg, b, a.p.sk, k0, nk);  // (as in the forward)
     blk.sync();
-    load_rows(blk, sm.k, a.k, a.k16, b, a.sk, k0, nk, a.kv_heads, hk, D);
-    load_rows(blk, sm.v, a.v, a.v16, b, a.sk, k0, nk, a.kv_heads, hk, D);
+    load_rows(blk, sm.k, a.p.k, a.p.k_bf16, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
+    load_rows(blk, sm.v, a.p.v, a.p.v_bf16, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
     blk.sync();
     backward_scores(blk, a, sm, q_frag, dout_frag);
     // dQ += bf16(dS) K: warp w's queries are rows 16w.. of dS.
@@ -749,7 +685,7 @@ RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, in
     });
   }
   blk.sync();
-  add_rows_out(blk, sm.stage, dq, a.dq, a.scale, b, a.sq, q0, nq, a.heads, h, D);
+  add_rows_out(blk, sm.stage, dq, a.bw.dq, a.p.scale, b, a.p.sq, q0, nq, a.p.heads, h, D);
 }
 
 }  // namespace ringattn::fused
