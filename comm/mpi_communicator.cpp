@@ -19,6 +19,7 @@
 #include "comm/mesh.h"
 #include "comm/mpi_check.h"
 #include "comm/watchdog.h"
+#include "comm/world_ranks.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -71,31 +72,6 @@ bool thread_multiple_granted() {
   int provided = MPI_THREAD_SINGLE;
   MPI_CHECK(MPI_Query_thread(&provided));
   return provided >= MPI_THREAD_MULTIPLE;
-}
-
-// World ranks of ranks `ranks` of `comm`, for the watchdog's messages (-1: not in the world).
-std::vector<int> world_ranks_of(MPI_Comm comm, std::vector<int> ranks) {
-  std::vector<int> out(ranks.size(), MPI_UNDEFINED);
-  MPI_Group g = MPI_GROUP_NULL, w = MPI_GROUP_NULL;
-  if (MPI_Comm_group(comm, &g) == MPI_SUCCESS && MPI_Comm_group(MPI_COMM_WORLD, &w) == MPI_SUCCESS)
-    MPI_Group_translate_ranks(g, int(ranks.size()), ranks.data(), w, out.data());
-  if (g != MPI_GROUP_NULL) MPI_Group_free(&g);
-  if (w != MPI_GROUP_NULL) MPI_Group_free(&w);
-  for (int& r : out) r = r == MPI_UNDEFINED ? -1 : r;
-  return out;
-}
-
-// "4-rank group, world ranks 0-3" or "... world ranks 0,2,4": which ranks a hung collective
-// waits for.
-std::string group_text(MPI_Comm comm, int size) {
-  std::vector<int> all(static_cast<size_t>(size));
-  for (int i = 0; i < size; ++i) all[size_t(i)] = i;
-  const std::vector<int> r = world_ranks_of(comm, all);
-  bool contiguous = true;
-  for (int i = 1; i < size; ++i) contiguous = contiguous && r[size_t(i)] == r[0] + i;
-  if (contiguous && size > 1)
-    return fmt::format("{}-rank group, world ranks {}-{}", size, r[0], r.back());
-  return fmt::format("{}-rank group, world ranks {}", size, fmt::join(r, ","));
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {

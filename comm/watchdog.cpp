@@ -32,10 +32,12 @@ struct Open {
 struct State {
   std::mutex mu;
   std::condition_variable cv;
-  std::map<long long, Open> open;  // guarded by mu
-  long long next_id = 0;           // guarded by mu
-  bool stop = false;               // guarded by mu
-  double timeout_s = 0;            // guarded by mu
+  std::map<long long, Open> open;        // guarded by mu
+  long long next_id = 0;                 // guarded by mu
+  bool stop = false;                     // guarded by mu
+  double timeout_s = 0;                  // guarded by mu
+  std::vector<WatchdogSource*> sources;  // guarded by mu
+  Watchdog::HangHandler handler;         // guarded by mu; empty: end_job
   std::thread thread;
 };
 
@@ -64,8 +66,8 @@ std::string describe(const Open& o, double blocked_s) {
   }
   for (const std::string& w : what)
     log::rank_error(
-        "comm watchdog: rank {} of {}: {}; no progress within comm.timeout_s = {} s (a rank "
-        "died, was stopped, or is far behind); ending the job",
+        "comm watchdog: rank {} of {}: {}; comm.timeout_s = {} s (a rank died, was stopped, or "
+        "is far behind); ending the job",
         rank, size, w, timeout_s);
   spdlog::default_logger()->flush();
   // MPI_Abort from this thread while another thread is inside MPI may never return if the
@@ -90,10 +92,22 @@ void watch_loop() {
       const double blocked = std::chrono::duration<double>(now - o.since).count();
       if (blocked > s.timeout_s) late.push_back(describe(o, blocked));
     }
+    for (WatchdogSource* source : s.sources) {
+      std::vector<std::string> lines;
+      try {
+        lines = source->overdue(s.timeout_s);
+      } catch (const std::exception& e) {
+        lines.push_back(fmt::format("the watchdog could not query an operation: {}", e.what()));
+      }
+      late.insert(late.end(), lines.begin(), lines.end());
+    }
     if (!late.empty()) {
       const double t = s.timeout_s;
+      Watchdog::HangHandler handler = s.handler;
       lock.unlock();
-      end_job(late, t);
+      if (!handler) end_job(late, t);
+      handler(late, t);
+      lock.lock();
     }
   }
 }
@@ -133,6 +147,25 @@ double Watchdog::timeout_s() {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
   return s.timeout_s;
+}
+
+void Watchdog::add_source(WatchdogSource* source) {
+  RA_CHECK(source, "Watchdog::add_source: null source");
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  s.sources.push_back(source);
+}
+
+void Watchdog::remove_source(WatchdogSource* source) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);  // the watchdog thread holds it while it polls
+  s.sources.erase(std::remove(s.sources.begin(), s.sources.end(), source), s.sources.end());
+}
+
+void Watchdog::set_hang_handler(HangHandler handler) {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  s.handler = std::move(handler);
 }
 
 WatchdogScope::WatchdogScope(const char* op, int peer, const char* group) {

@@ -15,15 +15,34 @@
 // example rank 0 writing a large checkpoint while the others wait in a barrier) looks the same
 // as one whose peer died, so comm.timeout_s must exceed the longest wait a healthy job has.
 //
+// Work that no host thread blocks in is watched through sources: a collective queued on a GPU's
+// communication stream (the NCCL transport) keeps the device waiting, not the host, and the host
+// blocks later, somewhere unrelated (reading the loss back). A WatchdogSource registered with the
+// watchdog reports such work when it has *run* for longer than the timeout; work still queued
+// behind computation is not counted (comm/stream_watch.h).
+//
 // Disarmed (the default, and in the unit tests) a scope costs one relaxed atomic load.
 #pragma once
 
+#include <functional>
 #include <string>
+#include <vector>
 
 namespace ringattn {
 
 // Exit code of a job ended by the watchdog (what mpirun reports).
 inline constexpr int kWatchdogExitCode = 14;
+
+// Something that runs operations without a thread blocked in them. The watchdog thread calls
+// overdue() a few times per timeout while it is armed; it must not block (it queries, it does not
+// wait), and it runs while the watchdog's lock is held, so a source must not open scopes in it.
+class WatchdogSource {
+ public:
+  virtual ~WatchdogSource() = default;
+  // One line per operation that has run for longer than `timeout_s` or has failed, naming it and
+  // its group; empty when all is well.
+  virtual std::vector<std::string> overdue(double timeout_s) = 0;
+};
 
 class Watchdog {
  public:
@@ -33,6 +52,17 @@ class Watchdog {
   static void disarm();
   static bool armed();
   static double timeout_s();
+
+  // Registers a source (idle while disarmed). remove_source returns only once no overdue() call
+  // on it is running, so the source may be destroyed right after.
+  static void add_source(WatchdogSource* source);
+  static void remove_source(WatchdogSource* source);
+
+  // What the watchdog does with what it found (one line per late scope or overdue operation).
+  // The default ends the job (log, MPI_Abort, exit kWatchdogExitCode); tests install a recorder.
+  // An empty function restores the default.
+  using HangHandler = std::function<void(const std::vector<std::string>& what, double timeout_s)>;
+  static void set_hang_handler(HangHandler handler);
 };
 
 // RAII: arms the watchdog for a scope (a command's run) and disarms it at the end.

@@ -19,6 +19,12 @@
 //    queueing. Buffers freed afterwards are safe: the allocator frees in compute-stream order,
 //    which now follows the transfer. Without a compute backend, wait() blocks the host on `done`.
 //  * As with every NCCL communicator, all ranks must issue operations in the same order.
+//  * Nothing here blocks the host for long except the blocking collectives' stream
+//    synchronisations, and the stream-ordered work blocks nothing: a peer that dies leaves a
+//    collective running for ever on the device. While the comm watchdog is armed every operation
+//    queued on the communication stream is bracketed by events and watched
+//    (comm/nccl/watched_stream.h): one that has run longer than comm.timeout_s, or an error NCCL
+//    reports asynchronously, ends the job with a message naming the operation and the group.
 #include <mpi.h>
 
 #include <chrono>
@@ -28,6 +34,8 @@
 #include "comm/mpi_check.h"
 #include "comm/mpi_env.h"
 #include "comm/nccl/nccl_check.h"
+#include "comm/nccl/watched_stream.h"
+#include "comm/world_ranks.h"
 #include "core/backend.h"
 #include "core/cuda/cuda_check.h"
 #include "core/error.h"
@@ -86,11 +94,19 @@ class DeviceGuard {
 class NcclRing final : public RingExchange {
  public:
   // `compute`: the compute stream to order against, or null (see the file comment).
-  NcclRing(ncclComm_t comm, cudaStream_t stream, cudaStream_t compute, int device, int rank,
-           int size)
-      : comm_(comm), stream_(stream), compute_(compute), device_(device), size_(size) {
-    next_ = (rank + 1) % size;
-    prev_ = (rank + size - 1) % size;
+  // `watched`: the communicator's stream as the watchdog sees it; `world`: the group's world ranks.
+  NcclRing(ncclComm_t comm, cudaStream_t stream, WatchedStream* watched, cudaStream_t compute,
+           int device, int rank, const std::vector<int>& world)
+      : comm_(comm),
+        stream_(stream),
+        watched_(watched),
+        compute_(compute),
+        device_(device),
+        size_(int(world.size())) {
+    next_ = (rank + 1) % size_;
+    prev_ = (rank + size_ - 1) % size_;
+    what_ = fmt::format("NCCL ring exchange (send to world rank {}, receive from world rank {})",
+                        world[size_t(next_)], world[size_t(prev_)]);
     DeviceGuard g(device_);
     CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
     if (compute_) CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
@@ -126,12 +142,14 @@ class NcclRing final : public RingExchange {
     } else if (bytes) {
       // Send and receive in one group so NCCL schedules them together (no ordering deadlock
       // around the ring). The group is always closed, even when an enqueue fails.
-      NCCL_CHECK(ncclGroupStart());
-      ncclResult_t st = ncclSend(send, bytes, ncclUint8, next_, comm_, stream_);
-      if (st == ncclSuccess) st = ncclRecv(recv, bytes, ncclUint8, prev_, comm_, stream_);
-      const ncclResult_t end = ncclGroupEnd();
-      NCCL_CHECK(st);
-      NCCL_CHECK(end);
+      watched_->run(what_, [&] {
+        NCCL_CHECK(ncclGroupStart());
+        ncclResult_t st = ncclSend(send, bytes, ncclUint8, next_, comm_, stream_);
+        if (st == ncclSuccess) st = ncclRecv(recv, bytes, ncclUint8, prev_, comm_, stream_);
+        const ncclResult_t end = ncclGroupEnd();
+        NCCL_CHECK(st);
+        NCCL_CHECK(end);
+      });
       bytes_moved_ += bytes;
     }
     CUDA_CHECK(cudaEventRecord(done_, stream_));
@@ -166,9 +184,11 @@ class NcclRing final : public RingExchange {
  private:
   ncclComm_t comm_;
   cudaStream_t stream_;
+  WatchedStream* watched_;
   cudaStream_t compute_;  // null: no ordering against a compute stream
   int device_;
   int size_;
+  std::string what_;  // names the exchange in the watchdog's reports
   cudaEvent_t done_ = nullptr, ready_ = nullptr;
   bool in_flight_ = false;
 };
@@ -210,6 +230,9 @@ class NcclCommunicator final : public Communicator {
   explicit NcclCommunicator(MPI_Comm comm) {
     MPI_CHECK(MPI_Comm_rank(comm, &rank_));
     MPI_CHECK(MPI_Comm_size(comm, &size_));
+    std::vector<int> all(static_cast<size_t>(size_));
+    for (int i = 0; i < size_; ++i) all[size_t(i)] = i;
+    world_ = world_ranks_of(comm, all);
 
     // Every rank learns whether every rank can run NCCL before anyone blocks in a collective
     // call, so a missing GPU raises the same Error everywhere instead of hanging the others.
@@ -253,6 +276,7 @@ class NcclCommunicator final : public Communicator {
       CUDA_CHECK(cudaMalloc(&scratch_, sizeof(float)));
       CUDA_CHECK(cudaMemsetAsync(scratch_, 0, sizeof(float), stream_));
       CUDA_CHECK(cudaStreamSynchronize(stream_));
+      watched_ = std::make_unique<WatchedStream>(comm_, stream_, device_, group_text(comm, size_));
     } catch (...) {
       release(/*graceful=*/false);
       throw;
@@ -277,7 +301,9 @@ class NcclCommunicator final : public Communicator {
   void all_reduce(void* buf, size_t count, DType dtype, ReduceOp op) override {
     if (count == 0) return;
     DeviceGuard g(device_);
-    NCCL_CHECK(ncclAllReduce(buf, buf, count, nccl_type(dtype), nccl_op(op), comm_, stream_));
+    watched_->run("NCCL all_reduce", [&] {
+      NCCL_CHECK(ncclAllReduce(buf, buf, count, nccl_type(dtype), nccl_op(op), comm_, stream_));
+    });
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
@@ -285,7 +311,9 @@ class NcclCommunicator final : public Communicator {
     if (count == 0) return;
     DeviceGuard g(device_);
     // send == recv + rank * count is NCCL's in-place form and works as is.
-    NCCL_CHECK(ncclAllGather(send, recv, count, nccl_type(dtype), comm_, stream_));
+    watched_->run("NCCL all_gather", [&] {
+      NCCL_CHECK(ncclAllGather(send, recv, count, nccl_type(dtype), comm_, stream_));
+    });
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
@@ -293,7 +321,10 @@ class NcclCommunicator final : public Communicator {
                       ReduceOp op) override {
     if (count == 0) return;
     DeviceGuard g(device_);
-    NCCL_CHECK(ncclReduceScatter(send, recv, count, nccl_type(dtype), nccl_op(op), comm_, stream_));
+    watched_->run("NCCL reduce_scatter", [&] {
+      NCCL_CHECK(
+          ncclReduceScatter(send, recv, count, nccl_type(dtype), nccl_op(op), comm_, stream_));
+    });
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
@@ -304,14 +335,14 @@ class NcclCommunicator final : public Communicator {
   bool orders_on_device() const override { return true; }
   std::unique_ptr<StreamPoint> all_gather_ordered(const void* send, void* recv, size_t count,
                                                   DType dtype, Backend& compute) override {
-    return ordered(compute, [&] {
+    return ordered(compute, "NCCL all_gather (stream-ordered)", [&] {
       if (count) NCCL_CHECK(ncclAllGather(send, recv, count, nccl_type(dtype), comm_, stream_));
     });
   }
   std::unique_ptr<StreamPoint> reduce_scatter_ordered(const void* send, void* recv, size_t count,
                                                       DType dtype, ReduceOp op,
                                                       Backend& compute) override {
-    return ordered(compute, [&] {
+    return ordered(compute, "NCCL reduce_scatter (stream-ordered)", [&] {
       if (count)
         NCCL_CHECK(
             ncclReduceScatter(send, recv, count, nccl_type(dtype), nccl_op(op), comm_, stream_));
@@ -323,14 +354,18 @@ class NcclCommunicator final : public Communicator {
              root, size_);
     if (count == 0) return;
     DeviceGuard g(device_);
-    NCCL_CHECK(ncclBroadcast(buf, buf, count, nccl_type(dtype), root, comm_, stream_));
+    watched_->run("NCCL broadcast", [&] {
+      NCCL_CHECK(ncclBroadcast(buf, buf, count, nccl_type(dtype), root, comm_, stream_));
+    });
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
   // NCCL has no barrier: a one-element all-reduce completes only when every rank has joined.
   void barrier() override {
     DeviceGuard g(device_);
-    NCCL_CHECK(ncclAllReduce(scratch_, scratch_, 1, ncclFloat32, ncclSum, comm_, stream_));
+    watched_->run("NCCL barrier (a one-element all_reduce)", [&] {
+      NCCL_CHECK(ncclAllReduce(scratch_, scratch_, 1, ncclFloat32, ncclSum, comm_, stream_));
+    });
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
@@ -346,12 +381,13 @@ class NcclCommunicator final : public Communicator {
                "NCCL ring: the compute backend runs on GPU {}, this communicator on GPU {}",
                stream_device, device_);
     }
-    return std::make_unique<NcclRing>(comm_, stream_, compute_stream, device_, rank_, size_);
+    return std::make_unique<NcclRing>(comm_, stream_, watched_.get(), compute_stream, device_,
+                                      rank_, world_);
   }
 
  private:
   template <typename Enqueue>
-  std::unique_ptr<StreamPoint> ordered(Backend& compute, Enqueue enqueue) {
+  std::unique_ptr<StreamPoint> ordered(Backend& compute, const char* what, Enqueue enqueue) {
     RA_CHECK(compute.device() == Device::CUDA && compute.native_stream(),
              "NCCL: stream-ordered collectives need a CUDA compute backend, got '{}'",
              compute.name());
@@ -364,7 +400,7 @@ class NcclCommunicator final : public Communicator {
              device_);
     CUDA_CHECK(cudaEventRecord(ready_, cs));
     CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
-    enqueue();
+    watched_->run(what, enqueue);
     auto point = std::make_unique<NcclPoint>(cs, device_);
     CUDA_CHECK(cudaEventRecord(point->done(), stream_));
     return point;
@@ -376,6 +412,7 @@ class NcclCommunicator final : public Communicator {
   // it aborts.
   void release(bool graceful) noexcept {
     if (stream_) (void)cudaStreamSynchronize(stream_);
+    watched_.reset();  // the watchdog stops querying the communicator before it goes
     if (comm_) {
       if (graceful && ncclCommFinalize(comm_) == ncclSuccess)
         (void)ncclCommDestroy(comm_);
@@ -395,7 +432,9 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   float* scratch_ = nullptr;
-  cudaEvent_t ready_ = nullptr;  // the stream-ordered collectives' start
+  cudaEvent_t ready_ = nullptr;             // the stream-ordered collectives' start
+  std::vector<int> world_;                  // world rank of each rank of the group
+  std::unique_ptr<WatchedStream> watched_;  // the stream as the watchdog sees it
 };
 
 }  // namespace

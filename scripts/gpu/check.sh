@@ -164,7 +164,8 @@ stage_5() {
   stage 5 trainer 120 "set -e; \
   $ra train $tiny --set run_dir=$out/tiny_cpu; \
   $ra train $tiny --set run_dir=$out/tiny_gpu --set device=cuda; \
-  $ra train $tiny --set run_dir=$out/tiny_nccl --set device=cuda --set comm.transport=nccl; \
+  $ra train $tiny --set run_dir=$out/tiny_nccl --set device=cuda --set comm.transport=nccl \
+    --set comm.timeout_s=5; \
   python3 - $out <<'PY'
 import json, sys
 out = sys.argv[1]
