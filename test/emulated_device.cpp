@@ -10,10 +10,12 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <unordered_map>
 #include <vector>
 
 #include "core/attention_plan.h"
+#include "core/dtype.h"
 #include "core/error.h"
 #include "test/emulated_block.h"
 
@@ -423,6 +425,59 @@ class DirectRing final : public RingExchange {
   bool ordered_;
 };
 
+// A stream-ordered collective on the emulated device, as strict as a GPU may be. On a GPU the
+// collective runs on the communication stream beside whatever the compute stream runs until
+// order() (or the point's destruction) makes the compute stream wait for it. So until then its
+// output is not there yet, and its input must not change. Here the collective has already run
+// into a private buffer, and the output buffer holds NaN (all-ones bytes) until order(). The
+// input stays as it is where it lies inside the output (the in-place all-gather).
+//
+// order() runs what was queued meanwhile, then checks that the input is unchanged (a
+// std::logic_error otherwise), then writes the output. Work queued in between that reads the
+// output sees NaN. Work that writes the output is overwritten. Work that writes the input, or
+// frees it for reuse, fails the check.
+class DeferredPoint final : public StreamPoint {
+ public:
+  DeferredPoint(const void* send, size_t send_bytes, void* recv, std::vector<unsigned char> result)
+      : send_(static_cast<const unsigned char*>(untag(send))),
+        recv_(static_cast<unsigned char*>(untag(recv))),
+        input_(send_, send_ + send_bytes),
+        result_(std::move(result)) {
+    // The bytes of recv outside the input: the communication stream writes them at any time now.
+    unsigned char* end = recv_ + result_.size();
+    const unsigned char* in_end = send_ + send_bytes;
+    for (unsigned char* q = recv_; q < end; ++q)
+      if (q < send_ || q >= in_end) *q = 0xFF;
+  }
+  ~DeferredPoint() override {
+    try {
+      order();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "emulated device: %s\n", e.what());
+      std::abort();  // a destructor cannot throw; the test run must fail
+    }
+  }
+  DeferredPoint(const DeferredPoint&) = delete;
+  DeferredPoint& operator=(const DeferredPoint&) = delete;
+
+  void order() override {
+    if (ordered_) return;
+    ordered_ = true;
+    stream().drain();  // on a GPU this work may run before the collective is over
+    if (!input_.empty() && std::memcmp(send_, input_.data(), input_.size()) != 0)
+      throw std::logic_error(
+          "emulated device: work queued between a stream-ordered collective and its order() "
+          "changed the collective's input (a race with the communication stream on a GPU)");
+    if (!result_.empty()) std::memcpy(recv_, result_.data(), result_.size());
+  }
+
+ private:
+  const unsigned char* send_;
+  unsigned char* recv_;
+  std::vector<unsigned char> input_, result_;
+  bool ordered_ = false;
+};
+
 class DirectCommunicator final : public Communicator {
  public:
   explicit DirectCommunicator(Communicator& host) : host_(host) {}
@@ -447,21 +502,25 @@ class DirectCommunicator final : public Communicator {
     host_.broadcast(untag(buf), count, dtype, root);
   }
   void barrier() override { host_.barrier(); }
-  // The `ready` event: the stream runs first; the collective is then complete (no point to
-  // order). Work queued between the call and a GPU's order() runs after the collective here,
-  // where a GPU runs it beside the collective: touching the buffers in between is not caught.
+  // The `ready` event: the stream runs first, then the collective reads its input. Its output is
+  // held back until the point is ordered (DeferredPoint), so work queued in between that touches
+  // the buffers shows, as it could on a GPU.
   bool orders_on_device() const override { return true; }
   std::unique_ptr<StreamPoint> all_gather_ordered(const void* send, void* recv, size_t count,
                                                   DType dtype, Backend&) override {
     stream().drain();
-    all_gather(send, recv, count, dtype);
-    return nullptr;
+    const size_t bytes = count * dtype_size(dtype);
+    std::vector<unsigned char> result(bytes * size_t(size()));
+    host_.all_gather(untag(send), result.data(), count, dtype);
+    return std::make_unique<DeferredPoint>(send, bytes, recv, std::move(result));
   }
   std::unique_ptr<StreamPoint> reduce_scatter_ordered(const void* send, void* recv, size_t count,
                                                       DType dtype, ReduceOp op, Backend&) override {
     stream().drain();
-    reduce_scatter(send, recv, count, dtype, op);
-    return nullptr;
+    const size_t bytes = count * dtype_size(dtype);
+    std::vector<unsigned char> result(bytes);
+    host_.reduce_scatter(untag(send), result.data(), count, dtype, op);
+    return std::make_unique<DeferredPoint>(send, bytes * size_t(size()), recv, std::move(result));
   }
   std::unique_ptr<RingExchange> make_ring(Backend* compute) override {
     return std::make_unique<DirectRing>(host_.make_ring(), compute != nullptr);

@@ -64,7 +64,10 @@ size_t emulated_host_waits();
 // buffers go to it directly (no staging) and collectives do not wait for the emulated stream, so
 // code that forgets to synchronise before a collective reads stale data, as it would on NCCL.
 // Rings made with the compute backend run the stream before each transfer (the NCCL ring's
-// event). `host` must outlive the result. Emulated device only.
+// event). Stream-ordered collectives hold their output back until their point is ordered, and
+// refuse an input changed before then (DeferredPoint in the .cpp): what a GPU running the
+// collective beside the compute stream could show. `host` must outlive the result. Emulated
+// device only.
 std::unique_ptr<Communicator> make_emulated_direct_communicator(Communicator& host);
 
 }  // namespace ringattn::test

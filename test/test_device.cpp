@@ -456,6 +456,53 @@ TEST_CASE("stream-ordered collectives read what the compute stream queued before
   }
 }
 
+TEST_CASE("the emulated NCCL transport catches work that touches an ordered collective's buffers",
+          "[device]") {
+  const auto dut = device_under_test();
+  if (!dut.emulated) return;  // on a GPU such a race may or may not show: nothing to assert
+  Backend& be = *dut.backend;
+  const int n = world_size(), r = world_rank();
+  Mesh mesh(MeshShape{1, n, 1, 1});
+  std::unique_ptr<Communicator> comm = make_emulated_direct_communicator(mesh.axis(Axis::FSDP));
+  const int64_t c = 33;
+  Tensor mine = Tensor::empty({c}, DType::F32, Device::CUDA);
+  Tensor all = Tensor::empty({c * n}, DType::F32, Device::CUDA);
+  Tensor early = Tensor::empty({c * n}, DType::F32, Device::CUDA);
+  Tensor part = Tensor::empty({c}, DType::F32, Device::CUDA);
+  be.fill(mine.data<float>(), c, float(r + 1));
+  std::vector<float> want_all;
+  for (int q = 0; q < n; ++q) want_all.insert(want_all.end(), size_t(c), float(q + 1));
+
+  // Reading the output before order(): not there yet (NaN); after order(): the gathered values.
+  std::unique_ptr<StreamPoint> point =
+      comm->all_gather_ordered(mine.raw(), all.raw(), size_t(c), DType::F32, be);
+  be.copy(early.raw(), all.raw(), size_t(c * n) * sizeof(float));
+  point->order();
+  for (float v : to_vector(early)) CHECK(std::isnan(v));
+  CHECK(to_vector(all) == want_all);
+
+  // In place (the input is the rank's own piece of the output): that piece is kept meanwhile.
+  be.fill(all.data<float>(), c * n, 0.0f);
+  be.fill(all.data<float>() + r * c, c, float(r + 1));
+  point = comm->all_gather_ordered(all.data<float>() + r * c, all.raw(), size_t(c), DType::F32, be);
+  be.copy(early.raw(), all.raw(), size_t(c * n) * sizeof(float));
+  point.reset();  // dropping the point orders it too
+  const std::vector<float> seen = to_vector(early);
+  for (int64_t i = 0; i < c * n; ++i) {
+    if (i / c == r)
+      CHECK(seen[size_t(i)] == float(r + 1));
+    else
+      CHECK(std::isnan(seen[size_t(i)]));
+  }
+  CHECK(to_vector(all) == want_all);
+
+  // Writing the input before order(): a race with the communication stream, refused.
+  point =
+      comm->reduce_scatter_ordered(all.raw(), part.raw(), size_t(c), DType::F32, ReduceOp::Sum, be);
+  be.fill(all.data<float>(), c * n, 0.0f);
+  CHECK_THROWS_WITH(point->order(), Catch::Contains("changed the collective's input"));
+}
+
 TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
   const auto dut = device_under_test();
   INFO(dut.backend->name());
