@@ -8,6 +8,7 @@
 #include <deque>
 #include <functional>
 #include <limits>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -81,9 +82,9 @@ Stream& stream() {
 
 // Like CUDA's allocator here: copies wait for the device first (cudaDeviceSynchronize), and
 // memory is stream-ordered as with cudaMallocAsync / cudaFreeAsync: a block freed while queued
-// operations still use it is handed out again at once (of the same size), so later work on the
-// stream reuses it in order, but a transfer that writes a fresh buffer without waiting for the
-// stream clobbers what those queued operations will read, as it could on a GPU.
+// operations still use it is handed out again at once (to a request of up to its size), so later
+// work on the stream reuses it in order, but a transfer that writes a fresh buffer without waiting
+// for the stream clobbers what those queued operations will read, as it could on a GPU.
 class EmulatedAllocator final : public Allocator {
  public:
   EmulatedAllocator() : Allocator(Device::CUDA, "emulated-cuda") {}
@@ -110,16 +111,20 @@ class EmulatedAllocator final : public Allocator {
     if (bytes > std::numeric_limits<size_t>::max() - 63) return nullptr;
     const size_t rounded = std::max<size_t>(64, (bytes + 63) / 64 * 64);
     std::lock_guard<std::mutex> lock(mu_);
-    std::vector<void*>& cached = freed_[rounded];
+    // The smallest cached block that fits (up to twice the size, so small requests do not pin
+    // large blocks), as a stream-ordered pool carves its free blocks: work that still uses a
+    // freed buffer meets new data even when the next request is not of the same size.
     void* p = nullptr;
-    if (!cached.empty()) {
-      p = cached.back();
-      cached.pop_back();
+    size_t size = rounded;
+    if (auto it = freed_.lower_bound(rounded); it != freed_.end() && it->first / 2 <= rounded) {
+      size = it->first;
+      p = it->second;
+      freed_.erase(it);
     } else {
       p = std::aligned_alloc(64, rounded);
       if (!p) return nullptr;
     }
-    sizes_[p] = rounded;
+    sizes_[p] = size;
     return tag(p);
   }
   // Kept for reuse, never returned to the system (the process ends first).
@@ -128,14 +133,14 @@ class EmulatedAllocator final : public Allocator {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = sizes_.find(p);
     if (it == sizes_.end()) return;
-    freed_[it->second].push_back(p);
+    freed_.emplace(it->second, p);
     sizes_.erase(it);
   }
 
  private:
   std::mutex mu_;
-  std::unordered_map<void*, size_t> sizes_;               // live blocks
-  std::unordered_map<size_t, std::vector<void*>> freed_;  // reusable blocks by size
+  std::unordered_map<void*, size_t> sizes_;  // live blocks
+  std::multimap<size_t, void*> freed_;       // reusable blocks by size
 };
 
 // Host arrays an operation reads must be read when it is called (the CUDA backend copies them
