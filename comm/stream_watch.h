@@ -17,7 +17,8 @@
 //
 // Finished operations are released (their probes' `release`, e.g. returning events to a pool) by
 // whichever thread sees them finished first: the watchdog thread, or the issuing thread on its
-// next add(), so the list stays short while the watchdog is disarmed too. Thread-safe. The probes
+// next add(), so the list stays short even when the watchdog polls rarely. (What is pending when
+// the watchdog is disarmed stays until the next add() or the destructor.) Thread-safe. The probes
 // must not block.
 #pragma once
 

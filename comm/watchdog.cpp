@@ -38,6 +38,9 @@ struct State {
   double timeout_s = 0;                  // guarded by mu
   std::vector<WatchdogSource*> sources;  // guarded by mu
   Watchdog::HangHandler handler;         // guarded by mu; empty: end_job
+  bool polling = false;                  // guarded by mu: sources are being polled
+  bool handling = false;                 // guarded by mu: the handler is running
+  std::condition_variable idle;          // polling and handling ended
   std::thread thread;
 };
 
@@ -92,23 +95,42 @@ void watch_loop() {
       const double blocked = std::chrono::duration<double>(now - o.since).count();
       if (blocked > s.timeout_s) late.push_back(describe(o, blocked));
     }
-    for (WatchdogSource* source : s.sources) {
-      std::vector<std::string> lines;
+    // Sources are polled without the lock: a slow device query must not hold up the threads
+    // opening and closing scopes. remove_source() waits for the poll to end instead.
+    const std::vector<WatchdogSource*> sources = s.sources;
+    const double t = s.timeout_s;
+    s.polling = true;
+    lock.unlock();
+    for (WatchdogSource* source : sources) {
       try {
-        lines = source->overdue(s.timeout_s);
-      } catch (const std::exception& e) {
-        lines.push_back(fmt::format("the watchdog could not query an operation: {}", e.what()));
+        const std::vector<std::string> lines = source->overdue(t);
+        late.insert(late.end(), lines.begin(), lines.end());
+      } catch (...) {
+        // A failed query is not a hang; the thread that uses the failing device raises it.
+        static std::once_flag warned;
+        std::call_once(warned, [] {
+          log::rank_warn("comm watchdog: querying the device's queued operations failed");
+        });
       }
-      late.insert(late.end(), lines.begin(), lines.end());
     }
+    lock.lock();
+    s.polling = false;
     if (!late.empty()) {
-      const double t = s.timeout_s;
       Watchdog::HangHandler handler = s.handler;
+      if (!handler) {
+        lock.unlock();
+        end_job(late, t);
+      }
+      s.handling = true;
       lock.unlock();
-      if (!handler) end_job(late, t);
-      handler(late, t);
+      try {
+        handler(late, t);
+      } catch (...) {
+      }
       lock.lock();
+      s.handling = false;
     }
+    s.idle.notify_all();
   }
 }
 
@@ -158,13 +180,15 @@ void Watchdog::add_source(WatchdogSource* source) {
 
 void Watchdog::remove_source(WatchdogSource* source) {
   State& s = state();
-  std::lock_guard<std::mutex> lock(s.mu);  // the watchdog thread holds it while it polls
+  std::unique_lock<std::mutex> lock(s.mu);
   s.sources.erase(std::remove(s.sources.begin(), s.sources.end(), source), s.sources.end());
+  s.idle.wait(lock, [&] { return !s.polling; });  // a poll in progress may still hold it
 }
 
 void Watchdog::set_hang_handler(HangHandler handler) {
   State& s = state();
-  std::lock_guard<std::mutex> lock(s.mu);
+  std::unique_lock<std::mutex> lock(s.mu);
+  s.idle.wait(lock, [&] { return !s.handling; });  // the old one may be running
   s.handler = std::move(handler);
 }
 

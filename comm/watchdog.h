@@ -34,8 +34,9 @@ namespace ringattn {
 inline constexpr int kWatchdogExitCode = 14;
 
 // Something that runs operations without a thread blocked in them. The watchdog thread calls
-// overdue() a few times per timeout while it is armed; it must not block (it queries, it does not
-// wait), and it runs while the watchdog's lock is held, so a source must not open scopes in it.
+// overdue() a few times per timeout while it is armed, without holding its lock (so scopes open
+// and close meanwhile); it must not block: it queries, it does not wait. An exception from it is
+// logged once and counts as nothing late.
 class WatchdogSource {
  public:
   virtual ~WatchdogSource() = default;
@@ -60,7 +61,8 @@ class Watchdog {
 
   // What the watchdog does with what it found (one line per late scope or overdue operation).
   // The default ends the job (log, MPI_Abort, exit kWatchdogExitCode); tests install a recorder.
-  // An empty function restores the default.
+  // An empty function restores the default. Setting waits for a running handler to return, so
+  // the old one may be destroyed afterwards; a handler must not set one itself.
   using HangHandler = std::function<void(const std::vector<std::string>& what, double timeout_s)>;
   static void set_hang_handler(HangHandler handler);
 };

@@ -35,6 +35,7 @@
 #include "comm/mpi_env.h"
 #include "comm/nccl/nccl_check.h"
 #include "comm/nccl/watched_stream.h"
+#include "comm/watchdog.h"
 #include "comm/world_ranks.h"
 #include "core/backend.h"
 #include "core/cuda/cuda_check.h"
@@ -142,7 +143,7 @@ class NcclRing final : public RingExchange {
     } else if (bytes) {
       // Send and receive in one group so NCCL schedules them together (no ordering deadlock
       // around the ring). The group is always closed, even when an enqueue fails.
-      watched_->run(what_, [&] {
+      watched_->run(what_.c_str(), [&] {
         NCCL_CHECK(ncclGroupStart());
         ncclResult_t st = ncclSend(send, bytes, ncclUint8, next_, comm_, stream_);
         if (st == ncclSuccess) st = ncclRecv(recv, bytes, ncclUint8, prev_, comm_, stream_);
@@ -276,7 +277,8 @@ class NcclCommunicator final : public Communicator {
       CUDA_CHECK(cudaMalloc(&scratch_, sizeof(float)));
       CUDA_CHECK(cudaMemsetAsync(scratch_, 0, sizeof(float), stream_));
       CUDA_CHECK(cudaStreamSynchronize(stream_));
-      watched_ = std::make_unique<WatchedStream>(comm_, stream_, device_, group_text(comm, size_));
+      group_ = group_text(comm, size_);
+      watched_ = std::make_unique<WatchedStream>(comm_, stream_, device_, group_);
     } catch (...) {
       release(/*graceful=*/false);
       throw;
@@ -414,6 +416,8 @@ class NcclCommunicator final : public Communicator {
     if (stream_) (void)cudaStreamSynchronize(stream_);
     watched_.reset();  // the watchdog stops querying the communicator before it goes
     if (comm_) {
+      // Finalize waits for the other ranks: watched like any blocking wait.
+      const WatchdogScope watch("NCCL communicator finalize", -1, group_.c_str());
       if (graceful && ncclCommFinalize(comm_) == ncclSuccess)
         (void)ncclCommDestroy(comm_);
       else
@@ -434,6 +438,7 @@ class NcclCommunicator final : public Communicator {
   float* scratch_ = nullptr;
   cudaEvent_t ready_ = nullptr;             // the stream-ordered collectives' start
   std::vector<int> world_;                  // world rank of each rank of the group
+  std::string group_;                       // names the group in the watchdog's reports
   std::unique_ptr<WatchedStream> watched_;  // the stream as the watchdog sees it
 };
 

@@ -37,30 +37,47 @@ class WatchedStream {
   WatchedStream& operator=(const WatchedStream&) = delete;
 
   // Queues `enqueue()` (the NCCL calls) on the stream, watched as `what` when the watchdog is
-  // armed. The caller has made the stream's device current.
+  // armed (`what` names it in reports: "NCCL all_gather"). The caller has made the stream's
+  // device current.
   template <typename Enqueue>
-  void run(const std::string& what, Enqueue&& enqueue) {
+  void run(const char* what, Enqueue&& enqueue) {
     if (!Watchdog::armed()) {
       enqueue();
       return;
     }
-    cudaEvent_t begin = take(), end = take();
-    try {
-      CUDA_CHECK(cudaEventRecord(begin, stream_));
-      enqueue();
-      CUDA_CHECK(cudaEventRecord(end, stream_));
-    } catch (...) {
-      give(begin);
-      give(end);
-      throw;
-    }
-    watch_->add(what, probe(begin, end));
+    Bracket b(*this);
+    CUDA_CHECK(cudaEventRecord(b.begin, stream_));
+    enqueue();
+    CUDA_CHECK(cudaEventRecord(b.end, stream_));
+    watch_->add(what, probe(b.begin, b.end));  // the probe owns the events from here on
+    b.begin = b.end = nullptr;
   }
 
   // Operations handed to the watchdog and not yet seen finished (for tests).
   size_t pending() const { return watch_->pending(); }
 
  private:
+  // Two events from the pool, returned to it unless handed over (null) first.
+  struct Bracket {
+    explicit Bracket(WatchedStream& w) : owner(w) {
+      begin = owner.take();
+      try {
+        end = owner.take();
+      } catch (...) {
+        owner.give(begin);
+        throw;
+      }
+    }
+    ~Bracket() {
+      if (begin) owner.give(begin);
+      if (end) owner.give(end);
+    }
+    Bracket(const Bracket&) = delete;
+    Bracket& operator=(const Bracket&) = delete;
+    WatchedStream& owner;
+    cudaEvent_t begin = nullptr, end = nullptr;
+  };
+
   cudaEvent_t take();
   void give(cudaEvent_t e);
   StreamWatch::Probe probe(cudaEvent_t begin, cudaEvent_t end);

@@ -165,7 +165,7 @@ stage_5() {
   $ra train $tiny --set run_dir=$out/tiny_cpu; \
   $ra train $tiny --set run_dir=$out/tiny_gpu --set device=cuda; \
   $ra train $tiny --set run_dir=$out/tiny_nccl --set device=cuda --set comm.transport=nccl \
-    --set comm.timeout_s=5; \
+    --set comm.timeout_s=10; \
   python3 - $out <<'PY'
 import json, sys
 out = sys.argv[1]
