@@ -59,6 +59,12 @@ class Backend {
   // for transports that order their own stream against it with events (the NCCL ring); null on
   // synchronous backends.
   virtual void* native_stream() { return nullptr; }
+  // True when every call returns only once its work is done, so the device is idle whenever the
+  // host is between calls: the CPU, and a ProfilingBackend, which synchronises after each call.
+  // Transports that order themselves against the compute stream with events (NCCL) then wait on
+  // the host instead, so that a transfer the compute did not hide shows as time waiting for it,
+  // not inside the next operation's time (`ringattn bench train`'s communication share).
+  virtual bool calls_complete_on_return() const { return device() == Device::CPU; }
   // Device memory in use as the driver sees it (CUDA: cudaMemGetInfo's total - free: the
   // allocator's pool with its cached blocks, the context, cuBLAS' workspace, NCCL's buffers).
   // 0 on the CPU, whose figure is the allocator's alone.

@@ -66,6 +66,7 @@ class ProfilingBackend final : public Backend {
   size_t device_memory_used() override { return inner_.device_memory_used(); }
   void bind_thread() override { inner_.bind_thread(); }
   void* native_stream() override { return inner_.native_stream(); }
+  bool calls_complete_on_return() const override { return true; }  // see synchronizes()
 
   void attention_forward_init(const AttentionForwardState& st, int64_t batch, int64_t sq, int heads,
                               int head_dim) override;

@@ -96,12 +96,15 @@ class NcclRing final : public RingExchange {
  public:
   // `compute`: the compute stream to order against, or null (see the file comment).
   // `watched`: the communicator's stream as the watchdog sees it; `world`: the group's world ranks.
+  // `host_wait`: the compute backend's calls complete on return (calls_complete_on_return), so
+  // wait() blocks the host on the transfer and counts it.
   NcclRing(ncclComm_t comm, cudaStream_t stream, WatchedStream* watched, cudaStream_t compute,
-           int device, int rank, const std::vector<int>& world)
+           bool host_wait, int device, int rank, const std::vector<int>& world)
       : comm_(comm),
         stream_(stream),
         watched_(watched),
         compute_(compute),
+        host_wait_(host_wait),
         device_(device),
         size_(int(world.size())) {
     next_ = (rank + 1) % size_;
@@ -171,6 +174,9 @@ class NcclRing final : public RingExchange {
     const auto t0 = std::chrono::steady_clock::now();
     if (compute_) {
       DeviceGuard g(device_);
+      // The compute stream is idle here when the backend completes its calls: the host waits for
+      // the rest of the transfer, which is then what it left exposed (bench train's figure).
+      if (host_wait_) CUDA_CHECK(cudaEventSynchronize(done_));
       CUDA_CHECK(cudaStreamWaitEvent(compute_, done_, 0));  // the device waits, not the host
       // NCCL reports a failed peer asynchronously; surface it here rather than as a hang later.
       ncclResult_t async = ncclSuccess;
@@ -187,6 +193,7 @@ class NcclRing final : public RingExchange {
   cudaStream_t stream_;
   WatchedStream* watched_;
   cudaStream_t compute_;  // null: no ordering against a compute stream
+  bool host_wait_;
   int device_;
   int size_;
   std::string what_;  // names the exchange in the watchdog's reports
@@ -198,7 +205,10 @@ class NcclRing final : public RingExchange {
 // stream waits for at order() (or when the point is dropped).
 class NcclPoint final : public StreamPoint {
  public:
-  NcclPoint(cudaStream_t compute, int device) : compute_(compute), device_(device) {
+  // `host_wait`: as for the ring, order() first waits on the host when the compute backend's
+  // calls complete on return.
+  NcclPoint(cudaStream_t compute, bool host_wait, int device)
+      : compute_(compute), host_wait_(host_wait), device_(device) {
     CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
   }
   ~NcclPoint() override {
@@ -215,12 +225,14 @@ class NcclPoint final : public StreamPoint {
   void order() override {
     if (ordered_) return;
     DeviceGuard g(device_);
+    if (host_wait_) CUDA_CHECK(cudaEventSynchronize(done_));
     CUDA_CHECK(cudaStreamWaitEvent(compute_, done_, 0));
     ordered_ = true;
   }
 
  private:
   cudaStream_t compute_;
+  bool host_wait_;
   int device_;
   cudaEvent_t done_ = nullptr;
   bool ordered_ = false;
@@ -383,8 +395,9 @@ class NcclCommunicator final : public Communicator {
                "NCCL ring: the compute backend runs on GPU {}, this communicator on GPU {}",
                stream_device, device_);
     }
-    return std::make_unique<NcclRing>(comm_, stream_, watched_.get(), compute_stream, device_,
-                                      rank_, world_);
+    const bool host_wait = compute && compute->calls_complete_on_return();
+    return std::make_unique<NcclRing>(comm_, stream_, watched_.get(), compute_stream, host_wait,
+                                      device_, rank_, world_);
   }
 
  private:
@@ -403,7 +416,7 @@ class NcclCommunicator final : public Communicator {
     CUDA_CHECK(cudaEventRecord(ready_, cs));
     CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
     watched_->run(what, enqueue);
-    auto point = std::make_unique<NcclPoint>(cs, device_);
+    auto point = std::make_unique<NcclPoint>(cs, compute.calls_complete_on_return(), device_);
     CUDA_CHECK(cudaEventRecord(point->done(), stream_));
     return point;
   }

@@ -180,7 +180,12 @@ void FlatShard::wait_full() {
     // Everything queued on the compute stream from here on runs after the gather; under bf16 the
     // widening is the first of it, and the bf16 buffer is freed after it (stream order).
     full_ordered_ = false;
-    if (full_point_) full_point_->order();
+    {
+      // ~0 on a GPU; where the backend completes its calls (bench train's profiling) order()
+      // waits on the host, and this is the gather's exposed part.
+      WaitTimer timer(group_.wait_times().gather_s);
+      if (full_point_) full_point_->order();
+    }
     full_point_.reset();
     if (full_half_.defined() && layout_.padded_numel > 0)
       group_.backend().from_bf16(full_half_.data<uint16_t>(), full_.data<float>(),
