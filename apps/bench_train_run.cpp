@@ -97,8 +97,14 @@ TrainMeasurement measure_training(const TrainConfig& cfg, Mesh& mesh, int steps,
   opt.write_metrics = false;
   opt.peak_flops = peak_gflops * 1e9;
   opt.backend = &prof;
-  Trainer trainer(cfg, mesh, opt);
   Allocator& alloc = prof.allocator();  // the device the model computes on
+  // Named from the first parameter on, so the peak's composition names every block.
+  struct Tracking {
+    Allocator& a;
+    explicit Tracking(Allocator& x) : a(x) { a.track_peak_composition(true); }
+    ~Tracking() { a.track_peak_composition(false); }
+  } tracking(alloc);
+  Trainer trainer(cfg, mesh, opt);
 
   TrainMeasurement m;
   m.ranks = world.size();
@@ -111,6 +117,7 @@ TrainMeasurement measure_training(const TrainConfig& cfg, Mesh& mesh, int steps,
   m.peak_gflops = peak_gflops;
   m.peak_gemm = gemm_name(cfg.model.dtype);
   m.memory_limit_bytes = alloc.limit();
+  m.memory_plan_bytes = trainer.memory_estimate_bytes();
 
   RankBreakdown mine;
   double gemm_flops = 0, job_s = 0;
@@ -123,7 +130,10 @@ TrainMeasurement measure_training(const TrainConfig& cfg, Mesh& mesh, int steps,
     const double wall = seconds_since(t0);
     const Snapshot b = snapshot(prof, trainer.model());
     // train_step() resets the peak when it starts: this is the step's peak on this rank.
-    my_peak = std::max(my_peak, alloc.peak_bytes());
+    if (alloc.peak_bytes() > my_peak) {
+      my_peak = alloc.peak_bytes();
+      m.peak_composition = alloc.peak_composition();
+    }
     m.loss = sm.loss;
     const double slowest = max_over_ranks(wall);
     if (s == 0) continue;  // warm-up: first touches of buffers, AdamW state allocation
@@ -186,6 +196,11 @@ nlohmann::ordered_json to_json(const TrainMeasurement& m) {
   j["loss"] = m.loss;
   j["peak_bytes"] = m.peak_bytes;
   j["rank_peak_bytes"] = m.rank_peak_bytes;
+  j["memory_plan_bytes"] = m.memory_plan_bytes;
+  nlohmann::ordered_json parts = nlohmann::ordered_json::array();
+  for (const Allocator::PeakPart& p : m.peak_composition)
+    parts.push_back({{"what", p.what}, {"bytes", p.bytes}, {"blocks", p.blocks}});
+  j["rank0_peak_composition"] = parts;
   j["device_memory_used_bytes"] = m.device_memory_used_bytes;
   j["memory_limit_bytes"] = m.memory_limit_bytes;
   // Fractions of the mean rank's step: where the time goes.
@@ -234,6 +249,25 @@ std::string format_report(const TrainMeasurement& m, const std::string& title) {
       }(),
       m.memory_limit_bytes ? fmt::format("   limit {}", format_bytes(m.memory_limit_bytes))
                            : std::string());
+  if (m.memory_plan_bytes)
+    out += fmt::format("  memory plan (checked against memory_limit_gb): {} = {:.2f} x the peak\n",
+                       format_bytes(m.memory_plan_bytes),
+                       double(m.memory_plan_bytes) / double(std::max<size_t>(m.peak_bytes, 1)));
+  if (!m.peak_composition.empty()) {
+    out += "  rank 0's peak is made of (largest first):";
+    size_t shown = 0, rest = 0;
+    for (const Allocator::PeakPart& p : m.peak_composition) {
+      if (shown < 8) {
+        out += fmt::format("{} {} {}", shown ? "," : "", p.what, format_bytes(p.bytes));
+        if (p.blocks > 1) out += fmt::format(" ({} blocks)", p.blocks);
+        ++shown;
+      } else {
+        rest += p.bytes;
+      }
+    }
+    if (rest) out += fmt::format(", others {}", format_bytes(rest));
+    out += "\n";
+  }
   if (m.device_memory_used_bytes)
     out += fmt::format("  device memory in use (driver, cudaMemGetInfo, max over ranks): {}\n",
                        format_bytes(m.device_memory_used_bytes));

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "comm/mesh.h"
+#include "core/allocator.h"
 #include "model/train_config.h"
 
 namespace ringattn::apps {
@@ -50,7 +51,10 @@ struct TrainMeasurement {
   // GPU: the driver's figure after the last step (cudaMemGetInfo, max over ranks; it includes
   // the pool's cached blocks and the CUDA context); 0 on the CPU.
   size_t device_memory_used_bytes = 0;
-  size_t memory_limit_bytes = 0;              // the configured limit (0: none)
+  size_t memory_limit_bytes = 0;  // the configured limit (0: none)
+  size_t memory_plan_bytes = 0;   // the trainer's plan (checked against memory_limit_gb), rank 0
+  // What rank 0's peak is made of, at its step with the highest peak (largest first).
+  std::vector<Allocator::PeakPart> peak_composition;
   std::vector<RankBreakdown> rank_breakdown;  // per rank, in world rank order
   RankBreakdown mean;                         // mean over ranks
 };

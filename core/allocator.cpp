@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -34,6 +35,12 @@ void* Allocator::allocate(size_t bytes, std::string_view what) {
     RA_FAIL("out of memory on {}: request '{}' of {} failed with {} live", name_, what,
             format_bytes(bytes), format_bytes(live_));
   }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (compose_) {
+    named_[p] = {std::string(what), bytes};
+    named_live_ += bytes;
+    if (live_ > composed_peak_) record_peak_locked();
+  }
   return p;
 }
 
@@ -42,6 +49,66 @@ void Allocator::deallocate(void* ptr, size_t bytes) {
   raw_free(ptr);
   std::lock_guard<std::mutex> lock(mu_);
   live_ -= bytes;
+  if (compose_) {
+    if (auto it = named_.find(ptr); it != named_.end()) {
+      named_live_ -= it->second.second;
+      named_.erase(it);
+    }
+  }
+}
+
+namespace {
+
+// "layer.12 full params" -> "layer.N full params": one row for every layer's.
+std::string fold_digits(const std::string& s) {
+  std::string out;
+  bool in_number = false;
+  for (char c : s) {
+    const bool digit = c >= '0' && c <= '9';
+    if (!digit)
+      out += c;
+    else if (!in_number)
+      out += 'N';
+    in_number = digit;
+  }
+  return out;
+}
+
+}  // namespace
+
+void Allocator::record_peak_locked() {
+  composed_peak_ = live_;
+  std::unordered_map<std::string, PeakPart> parts;
+  for (const auto& [ptr, named] : named_) {
+    PeakPart& part = parts[fold_digits(named.first)];
+    part.bytes += named.second;
+    ++part.blocks;
+  }
+  if (live_ > named_live_) {  // blocks from before tracking was turned on
+    PeakPart& part = parts["(allocated before tracking started)"];
+    part.bytes = live_ - named_live_;
+  }
+  at_peak_.clear();
+  for (auto& [what, part] : parts) {
+    part.what = what.empty() ? "(unnamed)" : what;
+    at_peak_.push_back(part);
+  }
+  std::sort(at_peak_.begin(), at_peak_.end(), [](const PeakPart& a, const PeakPart& b) {
+    return a.bytes != b.bytes ? a.bytes > b.bytes : a.what < b.what;
+  });
+}
+
+void Allocator::track_peak_composition(bool on) {
+  std::lock_guard<std::mutex> lock(mu_);
+  compose_ = on;
+  named_.clear();
+  named_live_ = composed_peak_ = 0;
+  at_peak_.clear();
+}
+
+std::vector<Allocator::PeakPart> Allocator::peak_composition() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return at_peak_;
 }
 
 void Allocator::copy_to_host(void* host_dst, const void* src, size_t bytes) {
@@ -68,6 +135,7 @@ size_t Allocator::peak_bytes() const {
 void Allocator::reset_peak() {
   std::lock_guard<std::mutex> lock(mu_);
   peak_ = live_;
+  if (compose_) record_peak_locked();
 }
 void Allocator::set_limit(size_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);

@@ -6,9 +6,13 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "core/device.h"
 
@@ -29,7 +33,20 @@ class Allocator {
 
   size_t live_bytes() const;
   size_t peak_bytes() const;
-  void reset_peak();  // peak := live
+  void reset_peak();  // peak := live (and the composition is taken afresh)
+
+  // What the peak is made of, for a user asking where the memory went (`ringattn bench train`).
+  // Off by default: while on, every live block is kept with its request's name, and each new
+  // peak records the live bytes per name, digits folded ("layer.N full params": every layer's);
+  // blocks allocated before tracking was turned on are one part of their own.
+  struct PeakPart {
+    std::string what;
+    size_t bytes = 0;
+    int64_t blocks = 0;
+  };
+  void track_peak_composition(bool on);
+  // Largest first; empty when tracking is off or nothing was allocated since it was turned on.
+  std::vector<PeakPart> peak_composition() const;
   // 0 means no limit.
   void set_limit(size_t bytes);
   size_t limit() const;
@@ -38,10 +55,13 @@ class Allocator {
   const std::string& name() const { return name_; }
 
   // Moving bytes in and out of this allocator's memory, for code that does not know the device
-  // (tensors, checkpoints, host-staged communication). Synchronous: each waits for the work
-  // already queued on the device before it copies, and returns when the copy is complete. Safe
-  // to call from any thread (the FSDP helper thread stages through them). The base versions
-  // are for host memory (memcpy, memset).
+  // (tensors, checkpoints, host-staged communication). The copies are synchronous: each waits
+  // for the work already queued on the device before it copies, and returns when the copy is
+  // complete. zero() is not: on a device it is queued on the compute stream like a kernel (a
+  // gradient buffer zeroed in every backward layer must not stall the device's queue), so later
+  // work on that stream, the copies above and anything ordered after the stream (NCCL's `ready`
+  // event, a synchronize) see zeros. Safe to call from any thread (the FSDP helper thread stages
+  // through them). The base versions are for host memory (memcpy, memset).
   virtual void copy_to_host(void* host_dst, const void* src, size_t bytes);
   virtual void copy_from_host(void* dst, const void* host_src, size_t bytes);
   virtual void copy_within(void* dst, const void* src, size_t bytes);
@@ -56,6 +76,12 @@ class Allocator {
   std::string name_;
   mutable std::mutex mu_;
   size_t live_ = 0, peak_ = 0, limit_ = 0;
+  // Composition tracking (guarded by mu_): live blocks with their names, the peak they made.
+  bool compose_ = false;
+  std::unordered_map<const void*, std::pair<std::string, size_t>> named_;
+  size_t named_live_ = 0, composed_peak_ = 0;
+  std::vector<PeakPart> at_peak_;
+  void record_peak_locked();
 };
 
 // The process-wide allocator of a device. The CPU one always exists; the CUDA one exists when the

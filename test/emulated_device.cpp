@@ -101,9 +101,12 @@ class EmulatedAllocator final : public Allocator {
     stream().synchronize();
     if (bytes) std::memmove(untag(dst), untag(src), bytes);
   }
+  // Queued like a kernel, as on CUDA (core/allocator.h): code that reads the zeros before the
+  // stream has run sees what was there.
   void zero(void* dst, size_t bytes) override {
-    stream().synchronize();
-    if (bytes) std::memset(untag(dst), 0, bytes);
+    if (!bytes) return;
+    void* p = untag(dst);
+    stream().enqueue([p, bytes] { std::memset(p, 0, bytes); });
   }
 
  protected:

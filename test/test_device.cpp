@@ -384,6 +384,23 @@ TEST_CASE("host staging over a group of one rank copies on the device", "[device
   CHECK(to_vector(received) == values);
 }
 
+TEST_CASE("zeroing device memory is queued on the stream, not waited for", "[device]") {
+  const auto dut = device_under_test();
+  Backend& be = *dut.backend;
+  Tensor t = Tensor::empty({4096}, DType::F32, Device::CUDA);
+  be.fill(t.data<float>(), 4096, 3.0f);
+  be.synchronize();
+  const size_t waits = dut.emulated ? ringattn::test::emulated_host_waits() : 0;
+  be.fill(t.data<float>(), 4096, 5.0f);
+  t.fill_zero();  // the allocator's zero(): after the fill, in stream order
+  if (dut.emulated) {
+    CHECK(ringattn::test::emulated_host_waits() == waits);      // no host wait
+    CHECK(ringattn::test::emulated_pending_operations() >= 2);  // both still queued
+  }
+  be.scale(t.data<float>(), 4096, 2.0f);  // later work sees the zeros
+  CHECK(to_vector(t) == std::vector<float>(4096, 0.0f));
+}
+
 TEST_CASE("the emulated stream defers work; only an ordered ring sees it", "[device]") {
   const auto dut = device_under_test();
   if (!dut.emulated) {

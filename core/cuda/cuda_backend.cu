@@ -4,6 +4,7 @@
 // Compiles and links without a GPU; cuda_device_count() returns 0 when no driver/device is usable.
 #include <fmt/format.h>
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -13,6 +14,7 @@
 #include "core/cuda/cuda_check.h"
 #include "core/cuda/cuda_layers.h"
 #include "core/cuda/cuda_optim.h"
+#include "core/log.h"
 
 namespace ringattn {
 
@@ -33,12 +35,12 @@ class CudaAllocator final : public Allocator {
     copy(dst, host_src, bytes);
   }
   void copy_within(void* dst, const void* src, size_t bytes) override { copy(dst, src, bytes); }
+  // Queued on the compute stream, no host wait (core/allocator.h): Tensor::zeros in the
+  // backward's layer loop would otherwise wait for every queued kernel and collective.
   void zero(void* dst, size_t bytes) override {
     if (!bytes) return;
     CUDA_CHECK(cudaSetDevice(device_));
-    CUDA_CHECK(cudaDeviceSynchronize());
-    CUDA_CHECK(cudaMemset(dst, 0, bytes));
-    CUDA_CHECK(cudaDeviceSynchronize());
+    CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, stream_));
   }
 
  protected:
@@ -53,15 +55,22 @@ class CudaAllocator final : public Allocator {
   void* raw_allocate(size_t bytes) override {
     void* p = nullptr;
     CUDA_CHECK(cudaSetDevice(device_));  // the caller may be a helper thread
-    if (cudaMallocAsync(&p, bytes, stream_) != cudaSuccess) {
-      (void)cudaGetLastError();  // clear the error so later calls are not poisoned
-      return nullptr;
+    const cudaError_t st = cudaMallocAsync(&p, bytes, stream_);
+    if (st == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();  // clear it so later calls are not poisoned
+      return nullptr;            // the allocator raises "out of memory", naming the request
     }
+    CUDA_CHECK(st);  // anything else (an earlier kernel's sticky fault) is reported as itself
     return p;
   }
-  void raw_free(void* ptr) override {
-    CUDA_CHECK(cudaSetDevice(device_));
-    CUDA_CHECK(cudaFreeAsync(ptr, stream_));
+  // Called from destructors (Storage, scratch buffers), so it never throws: after a device fault
+  // every call fails, and the fault is reported by the next checked call, not as a terminate here.
+  void raw_free(void* ptr) noexcept override {
+    cudaError_t st = cudaSetDevice(device_);
+    if (st == cudaSuccess) st = cudaFreeAsync(ptr, stream_);
+    if (st != cudaSuccess && !free_failed_.exchange(true))
+      log::rank_error("cuda:{}: freeing device memory failed: {} (further failures not logged)",
+                      device_, cudaGetErrorString(st));
   }
 
  public:
@@ -85,6 +94,7 @@ class CudaAllocator final : public Allocator {
 
   int device_;
   cudaStream_t stream_ = nullptr;
+  std::atomic<bool> free_failed_{false};
 };
 
 class CudaBackend final : public Backend {

@@ -83,10 +83,12 @@ class Layout {
 // True when p is device (or managed) memory; false for ordinary host memory, pinned or not.
 inline bool is_device_memory(const void* p) {
   cudaPointerAttributes attr{};
-  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
-    (void)cudaGetLastError();  // older drivers report unregistered host memory as an error
+  const cudaError_t st = cudaPointerGetAttributes(&attr, p);
+  if (st == cudaErrorInvalidValue) {
+    (void)cudaGetLastError();  // older drivers report unregistered host memory so
     return false;
   }
+  CUDA_CHECK(st);  // a sticky fault is not "host memory": memcpy from the device would crash
   return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
 }
 
