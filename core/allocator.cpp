@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -59,12 +60,19 @@ void Allocator::deallocate(void* ptr, size_t bytes) {
 
 namespace {
 
-// "layer.12 full params" -> "layer.N full params": one row for every layer's.
+// "layer.12 full params" -> "layer.N full params": one row for every layer's. Digits that follow a
+// letter are part of a word and kept ("bf16").
 std::string fold_digits(const std::string& s) {
   std::string out;
   bool in_number = false;
-  for (char c : s) {
+  for (size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
     const bool digit = c >= '0' && c <= '9';
+    if (digit && !in_number && i > 0 && std::isalpha(static_cast<unsigned char>(s[i - 1]))) {
+      out += c;  // a word's digits: copied, and so are the rest of them
+      while (i + 1 < s.size() && s[i + 1] >= '0' && s[i + 1] <= '9') out += s[++i];
+      continue;
+    }
     if (!digit)
       out += c;
     else if (!in_number)

@@ -105,11 +105,17 @@ double Trainer::flops_per_token(int64_t seq_len) const {
 }
 
 size_t Trainer::memory_estimate_bytes(std::string* plan) const {
-  int64_t full = 0, shard = 0, largest = 0;
+  int64_t full = 0, shard = 0, largest = 0, second = 0;
   for (const ModelUnit& u : model_->units()) {
     full += u.layout.numel();
     shard += u.shard->layout().shard_numel;
-    largest = std::max(largest, u.shard->layout().padded_numel);
+    const int64_t padded = u.shard->layout().padded_numel;
+    if (padded > largest) {
+      second = largest;
+      largest = padded;
+    } else {
+      second = std::max(second, padded);
+    }
   }
   const ModelDims& d = model_->dims();
   const int64_t rows = cfg_.train.batch_size / (mesh_.size(Axis::DP) * mesh_.size(Axis::FSDP)) /
@@ -121,20 +127,46 @@ size_t Trainer::memory_estimate_bytes(std::string* plan) const {
   const double act =
       double(rows) * double(d.hidden) * 4.0 *
       (per_layer * d.layers + (cfg_.model.checkpointing == Checkpointing::Layer ? 8.0 : 0.0));
-  const size_t b = sizeof(float);
-  // model.dtype = bf16: a unit's bf16 copy while it is gathered (half a full unit).
-  const size_t in_transit =
-      cfg_.model.dtype == DType::BF16 ? size_t(largest) * sizeof(uint16_t) : 0;
-  const size_t total = 4 * size_t(shard) * b + 2 * size_t(largest) * b + in_transit + size_t(act);
+  const size_t b = sizeof(float), h = sizeof(uint16_t);
+  const bool bf16 = cfg_.model.dtype == DType::BF16;
+  // Gathered units: the one computing (its full parameters and, in backward, its full
+  // gradients; the largest, the tied embedding, bounds it) and the next one prefetched; under
+  // bf16 one more unit's bf16 copy in transit.
+  const size_t gathered =
+      (2 * size_t(largest) + size_t(second)) * b + (bf16 ? size_t(largest) * h : 0);
+  // The LM head's loss chunk: float32 logits of `chunk` rows (the peak of most configurations
+  // is here, in the backward, with the embedding's full gradients live); under bf16 the
+  // gradient's and the weight's bf16 copies for the head's GEMMs, and on the CPU the float32
+  // widening of both that its bf16 GEMM emulation makes (core/cpu/cpu_optim.cpp).
+  const size_t chunk =
+      size_t(cfg_.model.loss_chunk > 0 ? std::min(cfg_.model.loss_chunk, rows) : rows);
+  const size_t logits = chunk * size_t(d.vocab);
+  const size_t head_weight = size_t(d.vocab) * size_t(d.hidden);
+  size_t head = logits * b;
+  if (bf16) head += (logits + head_weight) * h;
+  if (bf16 && cfg_.device == Device::CPU) head += (logits + head_weight) * b;
+  // Ring attention over sp > 1 ranks keeps its transfers in flight: two K/V blocks (the one
+  // computed on, the one arriving; bf16 under bf16) and, in backward, three float32 dK/dV
+  // accumulators (computing, sending, arriving), each of the local shard's size.
+  const size_t kv = size_t(rows) * size_t(d.kv_heads) * size_t(d.head_dim) * 2;
+  const size_t ring = cfg_.attention.impl == AttentionImpl::Ring && mesh_.size(Axis::SP) > 1
+                          ? 2 * kv * (bf16 ? h : b) + 3 * kv * b
+                          : 0;
+  const size_t total = 4 * size_t(shard) * b + gathered + head + ring + size_t(act);
   if (plan == nullptr) return total;
   *plan = fmt::format(
       "memory plan per rank: parameters (full model) {}; parameter + gradient shards {}; AdamW "
-      "state {}; gathered units in flight (2 x largest{}) {}; activations (estimate) {}; total "
-      "about {}",
+      "state {}; gathered units in flight (2 x largest + the next{}) {}; LM head and loss chunk "
+      "({} rows{}) {}; {}activations (estimate) {}; total about {}",
       format_bytes(size_t(full) * b), format_bytes(2 * size_t(shard) * b),
-      format_bytes(2 * size_t(shard) * b), in_transit ? ", plus one in bf16 in transit" : "",
-      format_bytes(2 * size_t(largest) * b + in_transit), format_bytes(size_t(act)),
-      format_bytes(total));
+      format_bytes(2 * size_t(shard) * b), bf16 ? ", plus one in bf16 in transit" : "",
+      format_bytes(gathered), chunk,
+      bf16 ? (cfg_.device == Device::CPU ? ", bf16 operands and their CPU widening"
+                                         : ", bf16 operands")
+           : "",
+      format_bytes(head),
+      ring ? fmt::format("ring buffers in flight {}; ", format_bytes(ring)) : std::string(),
+      format_bytes(size_t(act)), format_bytes(total));
   return total;
 }
 

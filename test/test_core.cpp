@@ -102,6 +102,40 @@ TEST_CASE("allocator counts live and peak bytes", "[core]") {
   CHECK(a.peak_bytes() == live0);
 }
 
+TEST_CASE("allocator says what its peak is made of", "[core]") {
+  Allocator& a = allocator_for(Device::CPU);
+  Tensor before = Tensor::empty({256}, DType::F32, Device::CPU, "from before");  // 1024 bytes
+  a.track_peak_composition(true);
+  const size_t live0 = a.live_bytes();
+  {
+    Tensor l0 = Tensor::empty({100}, DType::F32, Device::CPU, "layer.0 full params");
+    Tensor l12 = Tensor::empty({150}, DType::F32, Device::CPU, "layer.12 full params");
+    Tensor w = Tensor::empty({50}, DType::BF16, Device::CPU, "linear weight (bf16)");
+    Tensor gone = Tensor::empty({20}, DType::F32, Device::CPU, "freed before the peak");
+    gone = Tensor();
+    Tensor peak = Tensor::empty({30}, DType::F32, Device::CPU, "");  // the peak: 1220 bytes
+  }
+  Tensor later = Tensor::empty({1}, DType::F32, Device::CPU, "after the peak");  // no new peak
+  const std::vector<Allocator::PeakPart> parts = a.peak_composition();
+  a.track_peak_composition(false);
+  CHECK(a.peak_composition().empty());
+  auto part = [&](const std::string& what) {
+    for (const Allocator::PeakPart& p : parts)
+      if (p.what == what) return p;
+    return Allocator::PeakPart{"(absent)", 0, 0};
+  };
+  CHECK(parts.size() == 4);
+  CHECK(part("layer.N full params").bytes == 1000);  // digits after a dot folded: every layer's
+  CHECK(part("layer.N full params").blocks == 2);
+  CHECK(part("linear weight (bf16)").bytes == 100);  // a word's digits are kept
+  CHECK(part("(unnamed)").bytes == 120);
+  CHECK(part("(allocated before tracking started)").bytes == live0);  // `before` and the rest
+  CHECK(live0 >= 1024);
+  CHECK(part("freed before the peak").bytes == 0);
+  CHECK(part("after the peak").bytes == 0);
+  for (size_t i = 1; i < parts.size(); ++i) CHECK(parts[i - 1].bytes >= parts[i].bytes);
+}
+
 TEST_CASE("allocator memory limit", "[core]") {
   Allocator& a = allocator_for(Device::CPU);
   LimitGuard guard{a};

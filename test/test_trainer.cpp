@@ -391,3 +391,35 @@ TEST_CASE(
   CHECK_THROWS_WITH(validate(bad, n),
                     Catch::Matchers::Contains("train.curriculum_seq_lens[0] = 128 must be <="));
 }
+
+TEST_CASE("the memory plan is close to the measured peak", "[train]") {
+  // The plan is what memory_limit_gb is checked against before training: an underestimate lets a
+  // run start that then fails at its first peak, a gross overestimate refuses runs that fit.
+  TempRun tmp;
+  const int n = world_size();
+  for (DType dtype : {DType::F32, DType::BF16})
+    for (AttentionImpl impl : {AttentionImpl::Blockwise, AttentionImpl::Ring}) {
+      TrainConfig c = tiny(tmp.dir, impl, RingLayout::Zigzag);
+      // Large enough that the model's buffers, not fixed small ones, make the peak.
+      c.model.vocab_size = 8192;
+      c.model.hidden_size = 64;
+      c.model.intermediate_size = 128;
+      c.model.loss_chunk = 256;
+      c.model.dtype = dtype;
+      c.train.seq_len = 256;
+      c.train.batch_size = 4;
+      c.attention.q_chunk = 32;
+      c.attention.k_chunk = 32;
+      const bool ring = impl == AttentionImpl::Ring;
+      Mesh mesh(ring ? MeshShape{1, 1, n, 1} : MeshShape{1, n, 1, 1});
+      Trainer t(c, mesh, quiet());
+      t.train_step();  // the first step allocates AdamW's state after its peak
+      t.train_step();
+      const size_t peak = cpu_backend().allocator().peak_bytes();  // the step's (reset at start)
+      const double ratio = double(t.memory_estimate_bytes()) / double(peak);
+      INFO(dtype_name(dtype) << (ring ? " ring" : " blockwise") << " on " << n
+                             << " rank(s): plan / peak = " << ratio << "; " << t.memory_plan());
+      CHECK(ratio >= 0.95);
+      CHECK(ratio <= 1.3);
+    }
+}
