@@ -29,6 +29,9 @@ check_json "bench train: throughput and MFU" "$tmp/train.json" \
   "j['tokens_per_s'] > 0 and 0 < j['mfu'] < 1 and j['sgemm_gflops'] > 0 and j['timed_steps'] == 1"
 check_json "bench train: peak bytes per rank" "$tmp/train.json" \
   "len(j['rank_peak_bytes']) == 2 and j['peak_bytes'] == max(j['rank_peak_bytes']) > 0"
+check_json "bench train: the peak's composition adds up to rank 0's peak; the plan is near it" \
+  "$tmp/train.json" \
+  "sum(p['bytes'] for p in j['rank0_peak_composition']) <= j['rank_peak_bytes'][0] and sum(p['bytes'] for p in j['rank0_peak_composition']) >= 0.95 * j['rank_peak_bytes'][0] and 0.9 < j['memory_plan_bytes'] / j['rank_peak_bytes'][0] < 1.5"
 check_json "bench train: time breakdown" "$tmp/train.json" \
   "all(k in j['time_fraction'] for k in ('gemm','attention','elementwise','communication','other')) and j['breakdown_mean_s']['gemm_s'] > 0 and j['breakdown_mean_s']['attention_s'] > 0 and len(j['rank_breakdown_s']) == 2 and all(k in j['breakdown_mean_s'] for k in ('fsdp_gather_wait_s','fsdp_reduce_scatter_wait_s','dp_all_reduce_s','ring_kv_wait_s','other_s'))"
 check_json "bench train: categories within the step" "$tmp/train.json" \
