@@ -13,51 +13,6 @@
 
 namespace ringattn {
 
-void* Allocator::allocate(size_t bytes, std::string_view what) {
-  if (bytes == 0) return nullptr;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    // Written so that sizes near SIZE_MAX (from overflowed arithmetic upstream) cannot wrap.
-    if (bytes > std::numeric_limits<size_t>::max() - live_) {
-      RA_FAIL("out of memory on {}: request '{}' of {} cannot be satisfied with {} live", name_,
-              what, format_bytes(bytes), format_bytes(live_));
-    }
-    if (limit_ != 0 && (live_ > limit_ || bytes > limit_ - live_)) {
-      RA_FAIL("memory limit exceeded on {}: request '{}' of {} with {} live, limit {}", name_, what,
-              format_bytes(bytes), format_bytes(live_), format_bytes(limit_));
-    }
-    live_ += bytes;
-    if (live_ > peak_) peak_ = live_;
-  }
-  void* p = raw_allocate(bytes);
-  if (!p) {
-    std::lock_guard<std::mutex> lock(mu_);
-    live_ -= bytes;
-    RA_FAIL("out of memory on {}: request '{}' of {} failed with {} live", name_, what,
-            format_bytes(bytes), format_bytes(live_));
-  }
-  std::lock_guard<std::mutex> lock(mu_);
-  if (compose_) {
-    named_[p] = {std::string(what), bytes};
-    named_live_ += bytes;
-    if (live_ > composed_peak_) record_peak_locked();
-  }
-  return p;
-}
-
-void Allocator::deallocate(void* ptr, size_t bytes) {
-  if (!ptr) return;
-  raw_free(ptr);
-  std::lock_guard<std::mutex> lock(mu_);
-  live_ -= bytes;
-  if (compose_) {
-    if (auto it = named_.find(ptr); it != named_.end()) {
-      named_live_ -= it->second.second;
-      named_.erase(it);
-    }
-  }
-}
-
 namespace {
 
 // "layer.12 full params" -> "layer.N full params": one row for every layer's. Digits that follow a
@@ -84,23 +39,90 @@ std::string fold_digits(const std::string& s) {
 
 }  // namespace
 
+void* Allocator::allocate(size_t bytes, std::string_view what) {
+  if (bytes == 0) return nullptr;
+  std::string folded;  // the composition's name of this block, when tracking
+  uint64_t generation = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    // Written so that sizes near SIZE_MAX (from overflowed arithmetic upstream) cannot wrap.
+    if (bytes > std::numeric_limits<size_t>::max() - live_) {
+      RA_FAIL("out of memory on {}: request '{}' of {} cannot be satisfied with {} live", name_,
+              what, format_bytes(bytes), format_bytes(live_));
+    }
+    if (limit_ != 0 && (live_ > limit_ || bytes > limit_ - live_)) {
+      RA_FAIL("memory limit exceeded on {}: request '{}' of {} with {} live, limit {}", name_, what,
+              format_bytes(bytes), format_bytes(live_), format_bytes(limit_));
+    }
+    live_ += bytes;
+    if (compose_) {
+      // Counted under its name now, with the bytes, so a peak it makes is named at once.
+      folded = fold_digits(std::string(what));
+      PeakPart& part = totals_[folded];
+      part.bytes += bytes;
+      ++part.blocks;
+      named_live_ += bytes;
+      generation = generation_;
+    }
+    if (live_ > peak_) {
+      peak_ = live_;
+      if (compose_) record_peak_locked();
+    }
+  }
+  // Takes the reservation back (and out of the composition) when the allocation fails.
+  auto undo = [&] {
+    live_ -= bytes;
+    if (generation != 0 && generation == generation_) uncount_locked(folded, bytes);
+  };
+  void* p = nullptr;
+  try {
+    p = raw_allocate(bytes);
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(mu_);
+    undo();
+    throw;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!p) {
+    undo();
+    RA_FAIL("out of memory on {}: request '{}' of {} failed with {} live", name_, what,
+            format_bytes(bytes), format_bytes(live_));
+  }
+  if (generation != 0 && generation == generation_) named_[p] = {std::move(folded), bytes};
+  return p;
+}
+
+void Allocator::deallocate(void* ptr, size_t bytes) {
+  if (!ptr) return;
+  {
+    // Before the block goes back: once freed, its address may be handed out again (to another
+    // thread) and must not find this block's entry.
+    std::lock_guard<std::mutex> lock(mu_);
+    live_ -= bytes;
+    if (auto it = named_.find(ptr); it != named_.end()) {
+      uncount_locked(it->second.first, it->second.second);
+      named_.erase(it);
+    }
+  }
+  raw_free(ptr);
+}
+
+void Allocator::uncount_locked(const std::string& folded, size_t bytes) {
+  auto it = totals_.find(folded);
+  if (it == totals_.end()) return;
+  it->second.bytes -= bytes;
+  if (--it->second.blocks == 0) totals_.erase(it);
+  named_live_ -= bytes;
+}
+
 void Allocator::record_peak_locked() {
-  composed_peak_ = live_;
-  std::unordered_map<std::string, PeakPart> parts;
-  for (const auto& [ptr, named] : named_) {
-    PeakPart& part = parts[fold_digits(named.first)];
-    part.bytes += named.second;
-    ++part.blocks;
-  }
-  if (live_ > named_live_) {  // blocks from before tracking was turned on
-    PeakPart& part = parts["(allocated before tracking started)"];
-    part.bytes = live_ - named_live_;
-  }
   at_peak_.clear();
-  for (auto& [what, part] : parts) {
-    part.what = what.empty() ? "(unnamed)" : what;
+  for (const auto& [what, part] : totals_) {
     at_peak_.push_back(part);
+    at_peak_.back().what = what.empty() ? "(unnamed)" : what;
   }
+  if (live_ > named_live_)  // blocks from before tracking was turned on
+    at_peak_.push_back(PeakPart{"(allocated before tracking started)", live_ - named_live_, 0});
   std::sort(at_peak_.begin(), at_peak_.end(), [](const PeakPart& a, const PeakPart& b) {
     return a.bytes != b.bytes ? a.bytes > b.bytes : a.what < b.what;
   });
@@ -109,8 +131,10 @@ void Allocator::record_peak_locked() {
 void Allocator::track_peak_composition(bool on) {
   std::lock_guard<std::mutex> lock(mu_);
   compose_ = on;
+  ++generation_;  // allocations in flight from before do not enter the new tables
+  totals_.clear();
   named_.clear();
-  named_live_ = composed_peak_ = 0;
+  named_live_ = 0;
   at_peak_.clear();
 }
 
@@ -143,7 +167,7 @@ size_t Allocator::peak_bytes() const {
 void Allocator::reset_peak() {
   std::lock_guard<std::mutex> lock(mu_);
   peak_ = live_;
-  if (compose_) record_peak_locked();
+  if (compose_) record_peak_locked();  // the composition of the new (current) peak
 }
 void Allocator::set_limit(size_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);

@@ -76,12 +76,17 @@ class Allocator {
   std::string name_;
   mutable std::mutex mu_;
   size_t live_ = 0, peak_ = 0, limit_ = 0;
-  // Composition tracking (guarded by mu_): live blocks with their names, the peak they made.
+  // Composition tracking (guarded by mu_): bytes and blocks per folded name, counted when a
+  // block is reserved; each live block's name (to uncount it when freed); the peak's copy.
   bool compose_ = false;
+  uint64_t generation_ = 1;  // bumped by track_peak_composition: in-flight requests of an
+                             // earlier table are not entered in the new one
+  std::unordered_map<std::string, PeakPart> totals_;
   std::unordered_map<const void*, std::pair<std::string, size_t>> named_;
-  size_t named_live_ = 0, composed_peak_ = 0;
+  size_t named_live_ = 0;
   std::vector<PeakPart> at_peak_;
   void record_peak_locked();
+  void uncount_locked(const std::string& folded, size_t bytes);
 };
 
 // The process-wide allocator of a device. The CPU one always exists; the CUDA one exists when the

@@ -105,7 +105,7 @@ double Trainer::flops_per_token(int64_t seq_len) const {
 }
 
 size_t Trainer::memory_estimate_bytes(std::string* plan) const {
-  int64_t full = 0, shard = 0, largest = 0, second = 0;
+  int64_t full = 0, shard = 0, largest = 0, second = 0, layer = 0, embedding = 0;
   for (const ModelUnit& u : model_->units()) {
     full += u.layout.numel();
     shard += u.shard->layout().shard_numel;
@@ -116,6 +116,8 @@ size_t Trainer::memory_estimate_bytes(std::string* plan) const {
     } else {
       second = std::max(second, padded);
     }
+    if (u.name.rfind("layer.", 0) == 0) layer = std::max(layer, padded);
+    if (u.name == "embedding") embedding = padded;
   }
   const ModelDims& d = model_->dims();
   const int64_t rows = cfg_.train.batch_size / (mesh_.size(Axis::DP) * mesh_.size(Axis::FSDP)) /
@@ -129,11 +131,15 @@ size_t Trainer::memory_estimate_bytes(std::string* plan) const {
       (per_layer * d.layers + (cfg_.model.checkpointing == Checkpointing::Layer ? 8.0 : 0.0));
   const size_t b = sizeof(float), h = sizeof(uint16_t);
   const bool bf16 = cfg_.model.dtype == DType::BF16;
-  // Gathered units: the one computing (its full parameters and, in backward, its full
-  // gradients; the largest, the tied embedding, bounds it) and the next one prefetched; under
-  // bf16 one more unit's bf16 copy in transit.
-  const size_t gathered =
-      (2 * size_t(largest) + size_t(second)) * b + (bf16 ? size_t(largest) * h : 0);
+  // Gathered units, the larger of two moments; under bf16 plus one unit's bf16 copy in transit.
+  // At the largest unit (the embedding or the head): its full parameters and full gradients,
+  // and the next unit prefetched. In a layer's backward: its full parameters and gradients, the
+  // layer below prefetched, the layer above's full gradients still held for their
+  // reduce-scatter (FlatShard::start_rs retires one behind), and with tied embeddings the
+  // embedding's full gradients, live from the head's backward to the embedding's.
+  const size_t at_largest = 2 * size_t(largest) + size_t(second);
+  const size_t in_layers = 4 * size_t(layer) + (d.tie_embeddings ? size_t(embedding) : 0);
+  const size_t gathered = std::max(at_largest, in_layers) * b + (bf16 ? size_t(largest) * h : 0);
   // The LM head's loss chunk: float32 logits of `chunk` rows (the peak of most configurations
   // is here, in the backward, with the embedding's full gradients live); under bf16 the
   // gradient's and the weight's bf16 copies for the head's GEMMs, and on the CPU the float32
@@ -156,11 +162,12 @@ size_t Trainer::memory_estimate_bytes(std::string* plan) const {
   if (plan == nullptr) return total;
   *plan = fmt::format(
       "memory plan per rank: parameters (full model) {}; parameter + gradient shards {}; AdamW "
-      "state {}; gathered units in flight (2 x largest + the next{}) {}; LM head and loss chunk "
+      "state {}; gathered units in flight ({}{}) {}; LM head and loss chunk "
       "({} rows{}) {}; {}activations (estimate) {}; total about {}",
       format_bytes(size_t(full) * b), format_bytes(2 * size_t(shard) * b),
-      format_bytes(2 * size_t(shard) * b), bf16 ? ", plus one in bf16 in transit" : "",
-      format_bytes(gathered), chunk,
+      format_bytes(2 * size_t(shard) * b),
+      at_largest >= in_layers ? "2 x largest + the next" : "4 x the largest layer",
+      bf16 ? ", plus one in bf16 in transit" : "", format_bytes(gathered), chunk,
       bf16 ? (cfg_.device == Device::CPU ? ", bf16 operands and their CPU widening"
                                          : ", bf16 operands")
            : "",

@@ -136,7 +136,9 @@ class EmulatedAllocator final : public Allocator {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = sizes_.find(p);
     if (it == sizes_.end()) return;
-    freed_.emplace(it->second, p);
+    // Newest first among blocks of a size (lower_bound finds it): the block queued work is the
+    // most likely to still be reading is the one handed out next.
+    freed_.emplace_hint(freed_.lower_bound(it->second), it->second, p);
     sizes_.erase(it);
   }
 

@@ -60,6 +60,7 @@ class CudaAllocator final : public Allocator {
       (void)cudaGetLastError();  // clear it so later calls are not poisoned
       return nullptr;            // the allocator raises "out of memory", naming the request
     }
+    (void)cudaGetLastError();  // a non-sticky error must not surface again at an unrelated check
     CUDA_CHECK(st);  // anything else (an earlier kernel's sticky fault) is reported as itself
     return p;
   }
@@ -68,9 +69,13 @@ class CudaAllocator final : public Allocator {
   void raw_free(void* ptr) noexcept override {
     cudaError_t st = cudaSetDevice(device_);
     if (st == cudaSuccess) st = cudaFreeAsync(ptr, stream_);
-    if (st != cudaSuccess && !free_failed_.exchange(true))
-      log::rank_error("cuda:{}: freeing device memory failed: {} (further failures not logged)",
-                      device_, cudaGetErrorString(st));
+    if (st != cudaSuccess && !free_failed_.exchange(true)) {
+      try {
+        log::rank_error("cuda:{}: freeing device memory failed: {} (further failures not logged)",
+                        device_, cudaGetErrorString(st));
+      } catch (...) {
+      }
+    }
   }
 
  public:

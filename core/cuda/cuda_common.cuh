@@ -88,6 +88,7 @@ inline bool is_device_memory(const void* p) {
     (void)cudaGetLastError();  // older drivers report unregistered host memory so
     return false;
   }
+  if (st != cudaSuccess) (void)cudaGetLastError();  // reported here, not again later
   CUDA_CHECK(st);  // a sticky fault is not "host memory": memcpy from the device would crash
   return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
 }

@@ -78,8 +78,8 @@ struct KvBlockLayout {
   }
 };
 
-// A float32 tensor of zeros filled on the backend's stream: Tensor::zeros goes through the
-// allocator's synchronous zero, which would make the host wait for the device.
+// A float32 tensor of zeros filled by the backend: ordered on its stream, as the allocator's
+// zero() is too, and counted among the backend's operations (bench train's profile).
 Tensor zeros_on(Backend& be, const Shape& shape, const char* what) {
   Tensor t = Tensor::empty(shape, DType::F32, be.device(), what);
   be.fill(t.data<float>(), t.numel(), 0.0f);
