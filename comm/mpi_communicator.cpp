@@ -262,7 +262,7 @@ class MpiCommunicator final : public Communicator {
     opt_.max_chunk_bytes = std::min<size_t>(opt_.max_chunk_bytes, INT_MAX);
     MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
     MPI_CHECK(MPI_Comm_size(comm_, &size_));
-    group_ = group_text(comm_, size_);
+    group_ = group_text(world_ranks_of(comm_));
   }
 
   int rank() const override { return rank_; }

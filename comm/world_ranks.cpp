@@ -16,12 +16,18 @@ std::vector<int> world_ranks_of(MPI_Comm comm, std::vector<int> ranks) {
   return out;
 }
 
-std::string group_text(MPI_Comm comm, int size) {
+std::vector<int> world_ranks_of(MPI_Comm comm) {
+  int size = 0;
+  MPI_Comm_size(comm, &size);
   std::vector<int> all(static_cast<size_t>(size));
   for (int i = 0; i < size; ++i) all[size_t(i)] = i;
-  const std::vector<int> r = world_ranks_of(comm, all);
+  return world_ranks_of(comm, all);
+}
+
+std::string group_text(const std::vector<int>& r) {
+  const size_t size = r.size();
   bool contiguous = true;
-  for (int i = 1; i < size; ++i) contiguous = contiguous && r[size_t(i)] == r[0] + i;
+  for (size_t i = 1; i < size; ++i) contiguous = contiguous && r[i] == r[0] + int(i);
   if (contiguous && size > 1)
     return fmt::format("{}-rank group, world ranks {}-{}", size, r[0], r.back());
   return fmt::format("{}-rank group, world ranks {}", size, fmt::join(r, ","));

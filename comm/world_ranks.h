@@ -12,7 +12,10 @@ namespace ringattn {
 // World ranks of ranks `ranks` of `comm` (-1: not in the world).
 std::vector<int> world_ranks_of(MPI_Comm comm, std::vector<int> ranks);
 
-// "4-rank group, world ranks 0-3" or "3-rank group, world ranks 0,2,4" (`size` is comm's size).
-std::string group_text(MPI_Comm comm, int size);
+// World ranks of every rank of `comm`, in its rank order.
+std::vector<int> world_ranks_of(MPI_Comm comm);
+
+// "4-rank group, world ranks 0-3" or "3-rank group, world ranks 0,2,4", from world_ranks_of(comm).
+std::string group_text(const std::vector<int>& world);
 
 }  // namespace ringattn

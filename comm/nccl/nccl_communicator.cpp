@@ -243,9 +243,7 @@ class NcclCommunicator final : public Communicator {
   explicit NcclCommunicator(MPI_Comm comm) {
     MPI_CHECK(MPI_Comm_rank(comm, &rank_));
     MPI_CHECK(MPI_Comm_size(comm, &size_));
-    std::vector<int> all(static_cast<size_t>(size_));
-    for (int i = 0; i < size_; ++i) all[size_t(i)] = i;
-    world_ = world_ranks_of(comm, all);
+    world_ = world_ranks_of(comm);
 
     // Every rank learns whether every rank can run NCCL before anyone blocks in a collective
     // call, so a missing GPU raises the same Error everywhere instead of hanging the others.
@@ -289,7 +287,7 @@ class NcclCommunicator final : public Communicator {
       CUDA_CHECK(cudaMalloc(&scratch_, sizeof(float)));
       CUDA_CHECK(cudaMemsetAsync(scratch_, 0, sizeof(float), stream_));
       CUDA_CHECK(cudaStreamSynchronize(stream_));
-      group_ = group_text(comm, size_);
+      group_ = group_text(world_);
       watched_ = std::make_unique<WatchedStream>(comm_, stream_, device_, group_);
     } catch (...) {
       release(/*graceful=*/false);

@@ -1,34 +1,15 @@
 #include "model/fsdp/flat_shard.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <exception>
 
 #include "comm/watchdog.h"
 #include "core/error.h"
+#include "model/fsdp/wait_timer.h"
 
 namespace ringattn {
-
-namespace {
-
-// Adds the seconds from construction to destruction to `sink` (FsdpGroup::WaitTimes).
-class WaitTimer {
- public:
-  explicit WaitTimer(double& sink) : sink_(sink), t0_(std::chrono::steady_clock::now()) {}
-  ~WaitTimer() {
-    sink_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
-  }
-  WaitTimer(const WaitTimer&) = delete;
-  WaitTimer& operator=(const WaitTimer&) = delete;
-
- private:
-  double& sink_;
-  std::chrono::steady_clock::time_point t0_;
-};
-
-}  // namespace
 
 ShardLayout ShardLayout::make(int64_t numel, int group_size, int rank) {
   RA_CHECK(numel >= 0, "shard layout: negative element count {}", numel);

@@ -1,10 +1,9 @@
 #include "model/fsdp/fsdp_group.h"
 
-#include <chrono>
-
 #include "comm/mpi_env.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "model/fsdp/wait_timer.h"
 
 namespace ringattn {
 
@@ -75,10 +74,8 @@ void FsdpGroup::retire(size_t keep) {
     deferred_.pop_front();
     if (d.point) {
       // As FlatShard::wait_full: time only where order() waits on the host (bench train).
-      const auto t0 = std::chrono::steady_clock::now();
+      const WaitTimer timer(waits_.reduce_scatter_s);
       d.point->order();
-      waits_.reduce_scatter_s +=
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
     if (d.then) d.then();
   }
