@@ -131,25 +131,29 @@ size_t Trainer::memory_estimate_bytes(std::string* plan) const {
       (per_layer * d.layers + (cfg_.model.checkpointing == Checkpointing::Layer ? 8.0 : 0.0));
   const size_t b = sizeof(float), h = sizeof(uint16_t);
   const bool bf16 = cfg_.model.dtype == DType::BF16;
-  // Gathered units, the larger of two moments; under bf16 plus one unit's bf16 copy in transit.
-  // At the largest unit (the embedding or the head): its full parameters and full gradients,
-  // and the next unit prefetched. In a layer's backward: its full parameters and gradients, the
-  // layer below prefetched, the layer above's full gradients still held for their
-  // reduce-scatter (FlatShard::start_rs retires one behind), and with tied embeddings the
-  // embedding's full gradients, live from the head's backward to the embedding's.
-  const size_t at_largest = 2 * size_t(largest) + size_t(second);
-  const size_t in_layers = 4 * size_t(layer) + (d.tie_embeddings ? size_t(embedding) : 0);
-  const size_t gathered = std::max(at_largest, in_layers) * b + (bf16 ? size_t(largest) * h : 0);
+  // Gathered units, the larger of two moments: full parameters in the gather type (bf16 under
+  // bf16: the GEMMs read them as gathered), full gradients in float32.
+  // At the largest unit (the embedding or the head): its full parameters and full gradients
+  // (or, for the embedding's forward, its bf16 table widened for the lookup), and the next unit
+  // prefetched. In a layer's backward: its full parameters and gradients, the layer below
+  // prefetched, the layer above's full gradients still held for their reduce-scatter
+  // (FlatShard::start_rs retires one behind), and with tied embeddings the embedding's full
+  // gradients, live from the head's backward to the embedding's.
+  const size_t p = bf16 ? h : b;
+  const size_t at_largest = size_t(largest) * (p + b) + size_t(second) * p;
+  const size_t in_layers =
+      size_t(layer) * 2 * (p + b) + (d.tie_embeddings ? size_t(embedding) * b : 0);
+  const size_t gathered = std::max(at_largest, in_layers);
   // The LM head's loss chunk: float32 logits of `chunk` rows (the peak of most configurations
   // is here, in the backward, with the embedding's full gradients live); under bf16 the
-  // gradient's and the weight's bf16 copies for the head's GEMMs, and on the CPU the float32
-  // widening of both that its bf16 GEMM emulation makes (core/cpu/cpu_optim.cpp).
+  // gradient's bf16 copy for the head's GEMMs, and on the CPU the float32 widening of it and of
+  // the weight that its bf16 GEMM emulation makes (core/cpu/cpu_optim.cpp).
   const size_t chunk =
       size_t(cfg_.model.loss_chunk > 0 ? std::min(cfg_.model.loss_chunk, rows) : rows);
   const size_t logits = chunk * size_t(d.vocab);
   const size_t head_weight = size_t(d.vocab) * size_t(d.hidden);
   size_t head = logits * b;
-  if (bf16) head += (logits + head_weight) * h;
+  if (bf16) head += logits * h;
   if (bf16 && cfg_.device == Device::CPU) head += (logits + head_weight) * b;
   // Ring attention over sp > 1 ranks keeps its transfers in flight: two K/V blocks (the one
   // computed on, the one arriving; bf16 under bf16) and, in backward, three float32 dK/dV
@@ -167,7 +171,7 @@ size_t Trainer::memory_estimate_bytes(std::string* plan) const {
       format_bytes(size_t(full) * b), format_bytes(2 * size_t(shard) * b),
       format_bytes(2 * size_t(shard) * b),
       at_largest >= in_layers ? "2 x largest + the next" : "4 x the largest layer",
-      bf16 ? ", plus one in bf16 in transit" : "", format_bytes(gathered), chunk,
+      bf16 ? ", parameters in bf16" : "", format_bytes(gathered), chunk,
       bf16 ? (cfg_.device == Device::CPU ? ", bf16 operands and their CPU widening"
                                          : ", bf16 operands")
            : "",

@@ -23,19 +23,24 @@ class GatheredHead {
         emb_(embedding),
         tied_(tied),
         norm_(head.layout.find("model.norm.weight").offset),
+        norm_numel_(head.layout.find("model.norm.weight").numel()),
         lm_(tied ? 0 : head.layout.find("lm_head.weight").offset),
         hp_(head.shard->gather_full()),
         ep_(tied ? embedding.gather_full() : Tensor()) {}
   ~GatheredHead() {
-    hp_ = ep_ = hg_ = eg_ = Tensor();
+    hp_ = ep_ = hg_ = eg_ = norm_f32_ = Tensor();
     head_.shard->release_full();
     if (tied_) emb_.release_full();
   }
   GatheredHead(const GatheredHead&) = delete;
   GatheredHead& operator=(const GatheredHead&) = delete;
 
+  // The norm's weight as float32 (widened from a bf16 gather); the head's as gathered.
   LmHead::Weights weights() {
-    return {hp_.data<float>() + norm_, tied_ ? ep_.data<float>() : hp_.data<float>() + lm_};
+    const F32OrBf16 hp = F32OrBf16::of(hp_);
+    return {as_f32(head_.shard->group().backend(), hp.offset(norm_), norm_numel_, norm_f32_,
+                   "final norm weight (f32)"),
+            tied_ ? F32OrBf16::of(ep_) : hp.offset(lm_)};
   }
   LmHead::Grads grads() {
     hg_ = head_.shard->full_grad();
@@ -47,8 +52,8 @@ class GatheredHead {
   ModelUnit& head_;
   FlatShard& emb_;
   bool tied_;
-  int64_t norm_, lm_;  // offsets in the head unit
-  Tensor hp_, ep_, hg_, eg_;
+  int64_t norm_, norm_numel_, lm_;  // offsets in the head unit, the norm's size
+  Tensor hp_, ep_, hg_, eg_, norm_f32_;
 };
 
 }  // namespace
@@ -243,7 +248,11 @@ Tensor Transformer::run_forward(const DeviceBatch& batch, const ShardTokens& t,
   {
     Tensor e = emb.gather_full();
     units_[1].shard->prefetch_full();
-    embedding_.forward(be_, e.data<float>(), batch.tokens.data<int32_t>(), n, x.data<float>());
+    // The lookup reads float32 rows: a bf16 table is widened for it (as large as the float32
+    // gather it replaces; the tied head's GEMMs read the bf16 table itself).
+    Tensor keep;
+    const float* table = as_f32(be_, F32OrBf16::of(e), e.numel(), keep, "embedding table (f32)");
+    embedding_.forward(be_, table, batch.tokens.data<int32_t>(), n, x.data<float>());
   }
   emb.release_full();
   for (int64_t l = 0; l < L; ++l) {
@@ -253,7 +262,7 @@ Tensor Transformer::run_forward(const DeviceBatch& batch, const ShardTokens& t,
     if (l + 1 == L && dims_.tie_embeddings) emb.prefetch_full();  // the tied head reads it
     DecoderCache scratch;
     DecoderCache& cache = caches ? (*caches)[size_t(l)] : scratch;
-    Tensor y = layers_[size_t(l)]->forward(p.data<float>(), x, t, cache);
+    Tensor y = layers_[size_t(l)]->forward(F32OrBf16::of(p), x, t, cache);
     if (training) (*inputs)[size_t(l)] = std::move(x);  // backward needs the layer's input
     x = std::move(y);
     p = Tensor();
@@ -301,7 +310,7 @@ StepStats Transformer::forward_backward(const Batch& batch, float grad_scale) {
       Tensor p = s.gather_full();
       if (l > 0) units_[size_t(l)].shard->prefetch_full();
       Tensor g = s.full_grad();
-      layers_[size_t(l)]->backward(p.data<float>(), g.data<float>(), inputs[size_t(l)], t,
+      layers_[size_t(l)]->backward(F32OrBf16::of(p), g.data<float>(), inputs[size_t(l)], t,
                                    caches[size_t(l)], grad);
     }
     inputs[size_t(l)] = Tensor();

@@ -129,7 +129,7 @@ TEST_CASE("bf16 Linear: float32 sums of the bf16-rounded operands' products", "[
   std::vector<float> dx2 = dy;  // any start values of the right size
   dx2.resize(size_t(n) * in, 0.5f);
   const std::vector<float> dx2_start = dx2;
-  mixed.backward(be, w.data(), LinearInput{}, dy.data(), n, dx2.data(), nullptr,
+  mixed.backward(be, w.data(), F32OrBf16{}, dy.data(), n, dx2.data(), nullptr,
                  /*accumulate_dx=*/true);
   CHECK(worst(dx2, dx2_start, rdx) <= 1.0);
 }
@@ -154,10 +154,34 @@ TEST_CASE("bf16 activations: a Linear fed bf16 rows equals one fed the float32 r
   mixed.backward(be, w.data(), x16.data(), dy.data(), n, dx16.data(), dw16.data());
   CHECK(dw16 == dw);
   CHECK(dx16 == dx);
-  // A float32 Linear does not take bf16 rows.
+  // The weight given in bf16 (as FSDP gathers it) is read as it is: the same bits as the float32
+  // weight the Linear rounds itself, with no rounded copy made.
+  std::vector<uint16_t> w16(w.size());
+  for (size_t i = 0; i < w.size(); ++i) w16[i] = f32_to_bf16(w[i]);
+  std::vector<float> yw(y.size()), dww = dw, dxw(x.size());
+  std::fill(dww.begin(), dww.end(), 0.25f);
+  std::fill(dw.begin(), dw.end(), 0.25f);
+  mixed.backward(be, w.data(), x16.data(), dy.data(), n, dx.data(), dw.data());
+  // Scratch of one forward: the float32 weight needs a bf16 copy (out x in x 2 bytes), the bf16
+  // one none. (Both runs also count the CPU emulation's float32 widening of the operands.)
+  Allocator& host = allocator_for(Device::CPU);
+  auto scratch = [&](F32OrBf16 wv) {
+    const size_t live = host.live_bytes();
+    host.reset_peak();
+    mixed.forward(be, wv, x16.data(), n, yw.data());
+    return host.peak_bytes() - live;
+  };
+  CHECK(scratch(w.data()) - scratch(w16.data()) == size_t(out) * in * 2);
+  mixed.backward(be, w16.data(), x16.data(), dy.data(), n, dxw.data(), dww.data());
+  CHECK(yw == y);
+  CHECK(dww == dw);
+  CHECK(dxw == dx);
+  // A float32 Linear takes neither bf16 rows nor a bf16 weight.
   const Linear plain{in, out, false};
   CHECK_THROWS_WITH(plain.forward(be, w.data(), x16.data(), n, y.data()),
-                    Catch::Contains("needs a bf16"));
+                    Catch::Contains("need a bf16"));
+  CHECK_THROWS_WITH(plain.forward(be, w16.data(), x.data(), n, y.data()),
+                    Catch::Contains("need a bf16"));
 }
 
 TEST_CASE("bf16 activations: attention fed bf16 q, k, v equals attention fed float32 ones",
@@ -253,6 +277,113 @@ TEST_CASE("bf16 activations: the decoder keeps its GEMM inputs in bf16", "[bf16]
   CHECK(norm > 0);
 }
 
+TEST_CASE("bf16 weights: a decoder layer reading its bf16 gather equals one reading float32",
+          "[bf16]") {
+  // FSDP gathers a bf16 unit (FlatShard::set_gather_dtype) and the layer reads it as it is: its
+  // GEMMs take the bf16 weights, its norms widen theirs (exact). The float32 buffer of the same
+  // bf16 values must give the same bits, forward and backward, with and without checkpointing.
+  ModelDims d;
+  d.vocab = 32;
+  d.hidden = 16;
+  d.intermediate = 24;
+  d.layers = 1;
+  d.heads = 2;
+  d.kv_heads = 1;
+  d.head_dim = 8;
+  d.matmul = DType::BF16;
+  Backend& be = cpu_backend();
+  AttentionOptions ao;
+  ao.bf16 = true;
+  Attention attention(ao, be);
+  const int64_t S = 8;
+  ShardTokens t;
+  t.seq = S;
+  for (int64_t i = 0; i < S; ++i) t.positions.push_back(i);
+  Tensor x = Tensor::empty({1, S, d.hidden}, DType::F32);
+  const std::vector<float> xv = random_floats(size_t(S * d.hidden), 93);
+  std::copy(xv.begin(), xv.end(), x.data<float>());
+  for (Checkpointing ck : {Checkpointing::None, Checkpointing::Layer}) {
+    INFO("checkpointing " << (ck == Checkpointing::Layer ? "layer" : "none"));
+    DecoderLayer layer(d, 0, be, attention, DecoderOptions{4, ck});
+    std::vector<float> p32 = random_floats(size_t(layer.layout().numel()), 94);
+    std::vector<uint16_t> p16(p32.size());
+    for (size_t i = 0; i < p32.size(); ++i) {
+      p16[i] = f32_to_bf16(p32[i] * 0.2f + (i % 7 == 0 ? 1.0f : 0.0f));
+      p32[i] = bf16_to_f32(p16[i]);
+    }
+    struct Run {
+      std::vector<float> out, dx, grads;
+    };
+    auto run = [&](F32OrBf16 params) {
+      DecoderCache cache;
+      const Tensor out = layer.forward(params, x, t, cache);
+      Run r;
+      r.out.assign(out.data<float>(), out.data<float>() + out.numel());
+      Tensor grad = Tensor::empty({1, S, d.hidden}, DType::F32);
+      const std::vector<float> gv = random_floats(size_t(grad.numel()), 95);
+      std::copy(gv.begin(), gv.end(), grad.data<float>());
+      r.grads.assign(p32.size(), 0.0f);
+      layer.backward(params, r.grads.data(), x, t, cache, grad);
+      r.dx.assign(grad.data<float>(), grad.data<float>() + grad.numel());
+      return r;
+    };
+    const Run a = run(p32.data()), b = run(p16.data());
+    CHECK(a.out == b.out);
+    CHECK(a.dx == b.dx);
+    CHECK(a.grads == b.grads);
+    double norm = 0;
+    for (float g : b.grads) norm += double(g) * g;
+    CHECK(norm > 0);
+  }
+}
+
+TEST_CASE("bf16 weights: the LM head reading a bf16 head weight equals one reading float32",
+          "[bf16]") {
+  ModelDims d;
+  d.vocab = 40;
+  d.hidden = 16;
+  d.intermediate = 24;
+  d.layers = 1;
+  d.heads = 2;
+  d.kv_heads = 1;
+  d.head_dim = 8;
+  d.matmul = DType::BF16;
+  Backend& be = cpu_backend();
+  const int64_t n = 11;
+  LmHead head(d, be, /*loss_chunk=*/4);
+  std::vector<float> w32 = random_floats(size_t(d.vocab * d.hidden), 96);
+  std::vector<uint16_t> w16(w32.size());
+  for (size_t i = 0; i < w32.size(); ++i) {
+    w16[i] = f32_to_bf16(w32[i]);
+    w32[i] = bf16_to_f32(w16[i]);
+  }
+  std::vector<float> norm(size_t(d.hidden), 1.0f);
+  const std::vector<float> x = random_floats(size_t(n * d.hidden), 97);
+  std::vector<int32_t> targets(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) targets[size_t(i)] = int32_t((i * 7) % d.vocab);
+  targets[3] = -1;
+  struct Run {
+    double loss;
+    std::vector<float> dx, dnorm, dhead;
+  };
+  auto run = [&](F32OrBf16 w) {
+    Run r;
+    r.dx.assign(x.size(), 0.0f);
+    r.dnorm.assign(norm.size(), 0.0f);
+    r.dhead.assign(w32.size(), 0.0f);
+    r.loss = head.forward_backward({norm.data(), w}, {r.dnorm.data(), r.dhead.data()}, x.data(),
+                                   targets.data(), nullptr, n, 0.5f, r.dx.data())
+                 .loss_sum;
+    return r;
+  };
+  const Run a = run(w32.data()), b = run(w16.data());
+  CHECK(a.loss == b.loss);
+  CHECK(a.loss > 0);
+  CHECK(a.dx == b.dx);
+  CHECK(a.dnorm == b.dnorm);
+  CHECK(a.dhead == b.dhead);
+}
+
 TEST_CASE("FSDP bf16 gather: every rank's shard rounded to bf16, masters kept", "[bf16]") {
   Mesh mesh(MeshShape{1, -1, 1, 1});
   FsdpGroup group(mesh.fsdp_sp());
@@ -270,16 +401,17 @@ TEST_CASE("FSDP bf16 gather: every rank's shard rounded to bf16, masters kept", 
     host.reset_peak();
     const Tensor got = layer.gather_full();
     REQUIRE(got.numel() == n);
+    REQUIRE(got.dtype() == DType::BF16);  // the GEMMs read it as it is: no float32 widening
     size_t rounded = 0;
     for (int64_t i = 0; i < n; ++i) {
-      const float want = round_bf16(full[size_t(i)]);
-      CHECK(got.data<float>()[i] == want);
-      rounded += want != full[size_t(i)];
+      const uint16_t want = f32_to_bf16(full[size_t(i)]);
+      CHECK(got.data<uint16_t>()[i] == want);
+      rounded += bf16_to_f32(want) != full[size_t(i)];
     }
     CHECK(rounded > 0);  // random floats: almost all of them lose bits
-    // While gathering: the float32 full buffer and the bf16 one; afterwards only the former.
-    CHECK(host.peak_bytes() - live == size_t(l.padded_numel) * (4 + 2));
-    CHECK(host.live_bytes() - live == size_t(l.padded_numel) * 4);
+    // The bf16 full buffer is all there is, while gathering and after: half the float32 bytes.
+    CHECK(host.peak_bytes() - live == size_t(l.padded_numel) * 2);
+    CHECK(host.live_bytes() - live == size_t(l.padded_numel) * 2);
     layer.release_full();
     CHECK(std::memcmp(layer.params().data<float>(), master.data(), master.size() * sizeof(float)) ==
           0);

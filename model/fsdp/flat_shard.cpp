@@ -89,77 +89,51 @@ void FlatShard::prefetch_full() {
   if (full_state_ != FullState::Absent) return;
   // Allocated here, on the caller's thread, so that a memory-limit error surfaces at the call
   // and the bytes count from the moment the prefetch is issued.
-  full_ = Tensor::empty({layout_.padded_numel}, DType::F32, device(), name_ + " full params");
+  const bool bf16 = gather_dtype_ == DType::BF16;
+  full_ = Tensor::empty({layout_.padded_numel}, gather_dtype_, device(),
+                        name_ + (bf16 ? " full params (bf16)" : " full params"));
   Backend& be = group_.backend();
   Communicator& comm = group_.comm();
   const float* shard = params_.data<float>();
   const size_t count = size_t(layout_.shard_numel);
+  // What this rank contributes: its float32 master shard, or under bf16 that shard rounded
+  // straight into its own block of the full buffer, which the gather then fills in place.
   // Raw pointers, no Tensor copies: full_ is only dropped after this job is waited for
   // (release_full, the destructor), and a copy held by the job would free the buffer whenever
   // the helper thread gets round to destroying the job, not at release_full().
-  float* full = full_.data<float>();
-  if (comm.orders_on_device()) {
-    // NCCL: queued on the communication stream behind what the compute stream holds now (AdamW's
-    // update), running beside what is queued next (the current layer); wait_full() makes the
-    // compute stream wait for it. Nothing waits on the host; no helper thread is involved.
-    try {
-      if (gather_dtype_ == DType::BF16) {
-        full_half_ = Tensor::empty({layout_.padded_numel}, DType::BF16, device(),
-                                   name_ + " full params (bf16, in transit)");
-        uint16_t* mine = full_half_.data<uint16_t>() + layout_.shard_begin();
-        if (count > 0) be.to_bf16(shard, mine, int64_t(count));
-        full_point_ =
-            comm.all_gather_ordered(mine, full_half_.data<uint16_t>(), count, DType::BF16, be);
-      } else {
-        full_point_ = comm.all_gather_ordered(shard, full, count, DType::F32, be);
-      }
-    } catch (...) {
-      full_point_.reset();  // orders the compute stream after whatever was queued
-      full_half_ = Tensor();
-      full_ = Tensor();
-      throw;
+  void* full = full_.raw();
+  uint16_t* mine = bf16 ? full_.data<uint16_t>() + layout_.shard_begin() : nullptr;
+  const void* send = bf16 ? static_cast<const void*>(mine) : shard;
+  const DType type = gather_dtype_;
+  try {
+    if (bf16 && count > 0) be.to_bf16(shard, mine, int64_t(count));
+    if (comm.orders_on_device()) {
+      // NCCL: queued on the communication stream behind what the compute stream holds now
+      // (AdamW's update, the rounding), running beside what is queued next (the current layer);
+      // wait_full() makes the compute stream wait for it. Nothing waits on the host; no helper
+      // thread is involved.
+      full_point_ = comm.all_gather_ordered(send, full, count, type, be);
+      full_ordered_ = true;
+      full_state_ = FullState::Pending;
+      return;
     }
-    full_ordered_ = true;
-    full_state_ = FullState::Pending;
-    return;
+    // The job reads what the compute stream wrote (AdamW's update, the rounding): wait.
+    be.synchronize();
+  } catch (...) {
+    full_point_.reset();  // orders the compute stream after whatever was queued
+    full_ = Tensor();     // nothing runs: leave no full buffer behind
+    throw;
   }
   WaitTimer timer(group_.wait_times().gather_s);  // the whole gather in Sync mode
-  if (gather_dtype_ == DType::BF16) {
-    // This rank's rounded shard goes straight into its block of the bf16 full buffer, and the
-    // gather runs in place. The job frees that buffer once the values are widened into full_.
-    Tensor half;
-    try {
-      half = Tensor::empty({layout_.padded_numel}, DType::BF16, device(),
-                           name_ + " full params (bf16, in transit)");
-      if (count > 0)
-        be.to_bf16(shard, half.data<uint16_t>() + layout_.shard_begin(), int64_t(count));
-      // The job reads what the compute stream wrote (AdamW's update, the rounding): wait.
-      be.synchronize();
-    } catch (...) {
-      full_ = Tensor();  // nothing was submitted: leave no full buffer behind
-      throw;
-    }
-    uint16_t* mine = half.data<uint16_t>() + layout_.shard_begin();
-    const int64_t n = layout_.padded_numel;
-    full_job_ = group_.submit([&comm, &be, half, mine, count, full, n]() mutable {
-      comm.all_gather(mine, half.data<uint16_t>(), count, DType::BF16);
-      if (n > 0) be.from_bf16(half.data<uint16_t>(), full, n);
-      half = Tensor();
-    });
-  } else {
-    // The job reads params_ off the compute stream: what AdamW queued must be done.
-    be.synchronize();
-    full_job_ = group_.submit(
-        [&comm, shard, count, full] { comm.all_gather(shard, full, count, DType::F32); });
-  }
+  full_job_ =
+      group_.submit([&comm, send, full, count, type] { comm.all_gather(send, full, count, type); });
   full_state_ = FullState::Pending;
 }
 
 void FlatShard::wait_full() {
   if (full_state_ != FullState::Pending) return;
   if (full_ordered_) {
-    // Everything queued on the compute stream from here on runs after the gather; under bf16 the
-    // widening is the first of it, and the bf16 buffer is freed after it (stream order).
+    // Everything queued on the compute stream from here on runs after the gather.
     full_ordered_ = false;
     {
       // ~0 on a GPU; where the backend completes its calls (bench train's profiling) order()
@@ -168,10 +142,6 @@ void FlatShard::wait_full() {
       if (full_point_) full_point_->order();
     }
     full_point_.reset();
-    if (full_half_.defined() && layout_.padded_numel > 0)
-      group_.backend().from_bf16(full_half_.data<uint16_t>(), full_.data<float>(),
-                                 layout_.padded_numel);
-    full_half_ = Tensor();
     full_state_ = FullState::Ready;
     return;
   }

@@ -27,8 +27,8 @@
 // wait_grads() (FsdpGroup::defer / retire). The group's wait times stay at zero: no host waits.
 //
 // Memory: every buffer comes from the device's allocator, so it counts in live and peak bytes. The
-// full parameter buffer (N_pad floats) exists from prefetch_full()/gather_full() until
-// release_full(); the full gradient buffer from full_grad() until its reduce-scatter has run.
+// full parameter buffer (N_pad values of the gather type) exists from prefetch_full()/gather_full()
+// until release_full(); the full gradient buffer from full_grad() until its reduce-scatter has run.
 // Tensors returned by gather_full() and full_grad() are views sharing that storage: a view the
 // caller still holds keeps the memory alive after release, so drop views with the layer.
 #pragma once
@@ -89,12 +89,13 @@ class FlatShard {
   std::span<float> param_span();
   std::span<float> grad_span();
 
-  // The type parameters travel in through the all-gather. F32 (the default) is exact. BF16 is
-  // mixed precision: each rank rounds its float32 master shard to bfloat16 (nearest even), the
-  // gather moves half the bytes, and the full buffer holds the gathered values widened back to
-  // float32 (exactly), so the layers compute with bf16 weights while the masters, gradients and
-  // optimizer state stay float32. The bf16 buffer (N_pad x 2 bytes) lives for the gather only.
-  // Set before the first gather; not collective, but every rank of the group must agree.
+  // The type of the full parameters, which the all-gather moves. F32 (the default) is exact.
+  // BF16 is mixed precision: each rank rounds its float32 master shard to bfloat16 (nearest
+  // even) straight into its block of the full buffer, the gather fills the rest in place at half
+  // the bytes, and the full buffer stays bf16 (N_pad x 2 bytes): the layers' GEMMs read it as
+  // it is (F32OrBf16, model/layers/layers.h), while the masters, gradients and optimizer state
+  // stay float32. Set before the first gather; not collective, but every rank of the group must
+  // agree.
   void set_gather_dtype(DType t);
   DType gather_dtype() const { return gather_dtype_; }
 
@@ -102,19 +103,19 @@ class FlatShard {
   // init or a checkpoint's tensor) into params(); padding stays zero. Not collective.
   void load_full(const float* full, int64_t n);
   // --- full parameters --------------------------------------------------------------------------
-  // Allocates the full buffer (N_pad floats) and starts the all-gather of every rank's shard
-  // into it on the group's helper thread (NCCL: on its stream, ordered by events; see above);
-  // returns at once (in Sync mode: after the gather).
-  // Collective (every rank of the group, same order). A no-op when the full buffer is already
-  // present or in flight.
+  // Allocates the full buffer (N_pad values of gather_dtype()) and starts the all-gather of every
+  // rank's shard into it on the group's helper thread (NCCL: on its stream, ordered by events; see
+  // above); returns at once (in Sync mode: after the gather). Collective (every rank of the group,
+  // same order). A no-op when the full buffer is already present or in flight.
   void prefetch_full();
-  // The full parameters, F32 [N], complete on return: waits for a prefetch in flight, or
-  // gathers now (collective) when none was started. Rethrows an error of the gather.
+  // The full parameters, [N] of gather_dtype(), complete on return: waits for a prefetch in flight,
+  // or gathers now (collective) when none was started. Rethrows an error of the gather.
   Tensor gather_full();
   // True between a completed gather_full() and release_full().
   bool has_full() const { return full_state_ == FullState::Ready; }
   // Frees the full buffer (after waiting for a gather in flight, which the other ranks take
-  // part in). The allocator's live bytes drop by N_pad * 4 unless the caller still holds views.
+  // part in). The allocator's live bytes drop by the buffer's bytes unless the caller still holds
+  // views.
   void release_full();
 
   // --- gradients --------------------------------------------------------------------------------
@@ -168,14 +169,12 @@ class FlatShard {
   ShardLayout layout_;
   std::string name_;
   Tensor params_, grads_;
-  Tensor full_;  // F32 [N_pad] while present
+  Tensor full_;  // [N_pad] of gather_dtype() while present
   FullState full_state_ = FullState::Absent;
   std::future<void> full_job_;
-  // A stream-ordered gather in flight (orders_on_device()): its point, and under bf16 the bf16
-  // buffer it gathers into, widened into full_ by wait_full().
+  // A stream-ordered gather in flight (orders_on_device()): its point.
   bool full_ordered_ = false;
   std::unique_ptr<StreamPoint> full_point_;
-  Tensor full_half_;
   Tensor full_grad_;                          // F32 [N_pad] while allocated
   std::vector<std::future<void>> grad_jobs_;  // reduce-scatters in flight, oldest first
   std::vector<IndexRange> no_decay_local_;

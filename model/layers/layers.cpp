@@ -20,10 +20,10 @@ Tensor bf16_operand(Backend& be, const float* src, int64_t n, std::string_view w
   return t;
 }
 
-// A bf16 Linear's input as bf16: as given, or a rounded copy held in `keep`.
-const uint16_t* bf16_input(Backend& be, LinearInput x, int64_t n, Tensor& keep) {
-  if (x.bf16) return x.bf16;
-  keep = bf16_operand(be, x.f32, n, "linear input (bf16)");
+// A bf16 GEMM operand: as given, or a rounded copy held in `keep`.
+const uint16_t* as_bf16(Backend& be, F32OrBf16 v, int64_t n, Tensor& keep, std::string_view what) {
+  if (v.bf16) return v.bf16;
+  keep = bf16_operand(be, v.f32, n, what);
   return keep.data<uint16_t>();
 }
 
@@ -50,46 +50,56 @@ void check_rows(const Tensor& x, int64_t rows, int64_t hidden, const char* what)
 
 }  // namespace
 
+const float* as_f32(Backend& be, F32OrBf16 v, int64_t n, Tensor& keep, std::string_view what) {
+  if (!v.bf16) return v.f32;
+  keep = Tensor::empty({n}, DType::F32, be.device(), what);
+  if (n > 0) be.from_bf16(v.bf16, keep.data<float>(), n);
+  return keep.data<float>();
+}
+
 // ---- Linear, RmsNorm, Embedding -----------------------------------------------------------------
 
-LinearInput LinearInput::of(const Tensor& t) {
+F32OrBf16 F32OrBf16::of(const Tensor& t) {
   if (!t.defined()) return {};
   if (t.dtype() == DType::BF16) return t.data<uint16_t>();
   return t.data<float>();
 }
 
-void Linear::forward(Backend& be, const float* w, LinearInput x, int64_t n, float* y,
+void Linear::forward(Backend& be, F32OrBf16 w, F32OrBf16 x, int64_t n, float* y,
                      bool accumulate) const {
   check_gemm_size(n, out, in, "linear");
-  RA_CHECK(bf16 || !x.bf16, "linear: a bf16 input needs a bf16 (mixed-precision) Linear");
+  RA_CHECK(bf16 || (!x.bf16 && !w.bf16),
+           "linear: bf16 operands need a bf16 (mixed-precision) Linear");
   if (bf16) {
-    Tensor copy;
-    const uint16_t* xb = bf16_input(be, x, n * in, copy);
-    const Tensor wb = bf16_operand(be, w, out * in, "linear weight (bf16)");
-    be.gemm_bf16(false, true, int(n), int(out), int(in), 1.0f, xb, int(in), wb.data<uint16_t>(),
-                 int(in), accumulate ? 1.0f : 0.0f, y, int(out));
+    Tensor xkeep, wkeep;
+    const uint16_t* xb = as_bf16(be, x, n * in, xkeep, "linear input (bf16)");
+    const uint16_t* wb = as_bf16(be, w, out * in, wkeep, "linear weight (bf16)");
+    be.gemm_bf16(false, true, int(n), int(out), int(in), 1.0f, xb, int(in), wb, int(in),
+                 accumulate ? 1.0f : 0.0f, y, int(out));
     return;
   }
-  be.gemm(false, true, int(n), int(out), int(in), 1.0f, x.f32, int(in), w, int(in),
+  be.gemm(false, true, int(n), int(out), int(in), 1.0f, x.f32, int(in), w.f32, int(in),
           accumulate ? 1.0f : 0.0f, y, int(out));
 }
 
-void Linear::backward(Backend& be, const float* w, LinearInput x, const float* dy, int64_t n,
-                      float* dx, float* dw, bool accumulate_dx) const {
+void Linear::backward(Backend& be, F32OrBf16 w, F32OrBf16 x, const float* dy, int64_t n, float* dx,
+                      float* dw, bool accumulate_dx) const {
   check_gemm_size(n, out, in, "linear backward");
-  RA_CHECK(bf16 || !x.bf16, "linear: a bf16 input needs a bf16 (mixed-precision) Linear");
+  RA_CHECK(bf16 || (!x.bf16 && !w.bf16),
+           "linear: bf16 operands need a bf16 (mixed-precision) Linear");
   if (bf16) {
     const Tensor dyb = bf16_operand(be, dy, n * out, "linear output gradient (bf16)");
     if (dw && n > 0) {
-      Tensor copy;
-      const uint16_t* xb = bf16_input(be, x, n * in, copy);
+      Tensor xkeep;
+      const uint16_t* xb = as_bf16(be, x, n * in, xkeep, "linear input (bf16)");
       be.gemm_bf16(true, false, int(out), int(in), int(n), 1.0f, dyb.data<uint16_t>(), int(out), xb,
                    int(in), 1.0f, dw, int(in));
     }
     if (dx) {  // dw has used x (or its bf16 copy) already, so dx may be x itself here too
-      const Tensor wb = bf16_operand(be, w, out * in, "linear weight (bf16)");
+      Tensor wkeep;
+      const uint16_t* wb = as_bf16(be, w, out * in, wkeep, "linear weight (bf16)");
       be.gemm_bf16(false, false, int(n), int(in), int(out), 1.0f, dyb.data<uint16_t>(), int(out),
-                   wb.data<uint16_t>(), int(in), accumulate_dx ? 1.0f : 0.0f, dx, int(in));
+                   wb, int(in), accumulate_dx ? 1.0f : 0.0f, dx, int(in));
     }
     return;
   }
@@ -98,7 +108,7 @@ void Linear::backward(Backend& be, const float* w, LinearInput x, const float* d
     be.gemm(true, false, int(out), int(in), int(n), 1.0f, dy, int(out), x.f32, int(in), 1.0f, dw,
             int(in));
   if (dx)
-    be.gemm(false, false, int(n), int(in), int(out), 1.0f, dy, int(out), w, int(in),
+    be.gemm(false, false, int(n), int(in), int(out), 1.0f, dy, int(out), w.f32, int(in),
             accumulate_dx ? 1.0f : 0.0f, dx, int(in));
 }
 
@@ -128,7 +138,7 @@ FeedForward::FeedForward(Backend& be, int64_t hidden, int64_t intermediate, int6
                          bool bf16)
     : be_(be), hidden_(hidden), intermediate_(intermediate), ffn_chunk_(ffn_chunk), bf16_(bf16) {}
 
-void FeedForward::forward(const Weights& w, LinearInput x, int64_t n, float* y) const {
+void FeedForward::forward(const Weights& w, F32OrBf16 x, int64_t n, float* y) const {
   if (n == 0) return;
   const int64_t c = chunk_rows(n), I = intermediate_, Hd = hidden_;
   const Linear gate{Hd, I, bf16_}, up{Hd, I, bf16_}, down{I, Hd, bf16_};
@@ -138,7 +148,7 @@ void FeedForward::forward(const Weights& w, LinearInput x, int64_t n, float* y) 
   float* up_ = u.data<float>();
   for (int64_t r0 = 0; r0 < n; r0 += c) {
     const int64_t rows = std::min(c, n - r0);
-    const LinearInput xc = x.offset(r0 * Hd);
+    const F32OrBf16 xc = x.offset(r0 * Hd);
     gate.forward(be_, w.gate, xc, rows, gp);
     up.forward(be_, w.up, xc, rows, up_);
     be_.swiglu_forward(gp, up_, rows * I, gp);  // h = silu(g) * u, over g
@@ -146,7 +156,7 @@ void FeedForward::forward(const Weights& w, LinearInput x, int64_t n, float* y) 
   }
 }
 
-void FeedForward::backward(const Weights& w, LinearInput x, const float* dy, int64_t n, float* dx,
+void FeedForward::backward(const Weights& w, F32OrBf16 x, const float* dy, int64_t n, float* dx,
                            const Grads& gr) const {
   if (n == 0) return;
   const int64_t c = chunk_rows(n), I = intermediate_, Hd = hidden_;
@@ -159,7 +169,7 @@ void FeedForward::backward(const Weights& w, LinearInput x, const float* dy, int
   float* hp = h.data<float>();
   for (int64_t r0 = 0; r0 < n; r0 += c) {
     const int64_t rows = std::min(c, n - r0);
-    const LinearInput xc = x.offset(r0 * Hd);
+    const F32OrBf16 xc = x.offset(r0 * Hd);
     const float* dyc = dy + r0 * Hd;
     // Recompute this chunk's gate, up and h (see the memory note in the header).
     gate.forward(be_, w.gate, xc, rows, gp);
@@ -199,7 +209,7 @@ Tensor AttentionBlock::forward(const Weights& w, const Tensor& x, const ShardTok
   Tensor q = activation(be_, {B, S, d_.heads, d_.head_dim}, "q");
   Tensor k = activation(be_, {B, S, d_.kv_heads, d_.head_dim}, "k");
   Tensor v = activation(be_, {B, S, d_.kv_heads, d_.head_dim}, "v");
-  const LinearInput xin = LinearInput::of(c.xn);
+  const F32OrBf16 xin = F32OrBf16::of(c.xn);
   q_.forward(be_, w.q, xin, n, q.data<float>());
   k_.forward(be_, w.k, xin, n, k.data<float>());
   v_.forward(be_, w.v, xin, n, v.data<float>());
@@ -234,7 +244,7 @@ void AttentionBlock::backward(const Weights& w, const Grads& g, const Tensor& x,
   be_.rope_backward(ag.dk.data<float>(), B, S, d_.kv_heads, d_.head_dim, c.in.positions.data(),
                     d_.rope_theta);
   Tensor dxn = activation(be_, {B, S, Hd}, "attention norm output grad");
-  const LinearInput xn = LinearInput::of(c.xn);
+  const F32OrBf16 xn = F32OrBf16::of(c.xn);
   q_.backward(be_, w.q, xn, ag.dq.data<float>(), n, dxn.data<float>(), g.q, false);
   k_.backward(be_, w.k, xn, ag.dk.data<float>(), n, dxn.data<float>(), g.k, true);
   v_.backward(be_, w.v, xn, ag.dv.data<float>(), n, dxn.data<float>(), g.v, true);
@@ -258,34 +268,43 @@ DecoderLayer::DecoderLayer(const ModelDims& d, int index, Backend& be, Attention
   d.validate();
 }
 
-Tensor DecoderLayer::run_forward(const float* p, const Tensor& x, const ShardTokens& t,
+AttentionBlock::Weights DecoderLayer::attention_weights(F32OrBf16 p, Tensor& norm_keep) const {
+  return {as_f32(be_, p.offset(off_.input_norm), d_.hidden, norm_keep, "input norm weight (f32)"),
+          p.offset(off_.q), p.offset(off_.k), p.offset(off_.v), p.offset(off_.o)};
+}
+
+Tensor DecoderLayer::run_forward(F32OrBf16 p, const Tensor& x, const ShardTokens& t,
                                  DecoderCache& c, bool output) {
   const int64_t n = t.rows(), Hd = d_.hidden;
-  const AttentionBlock::Weights aw{p + off_.input_norm, p + off_.q, p + off_.k, p + off_.v,
-                                   p + off_.o};
-  c.h1 = attn_.forward(aw, x, t, c.attn);
+  {
+    Tensor norm_keep;
+    c.h1 = attn_.forward(attention_weights(p, norm_keep), x, t, c.attn);
+  }
   c.inv_rms = activation(be_, {n}, "ffn norm inv_rms");
   Tensor xn = activation(be_, {t.batch, t.seq, Hd}, "ffn norm output");
-  norm_.forward(be_, p + off_.post_norm, c.h1.data<float>(), n, xn.data<float>(),
-                c.inv_rms.data<float>());
+  {
+    Tensor norm_keep;
+    const float* nw = as_f32(be_, p.offset(off_.post_norm), Hd, norm_keep, "ffn norm weight (f32)");
+    norm_.forward(be_, nw, c.h1.data<float>(), n, xn.data<float>(), c.inv_rms.data<float>());
+  }
   c.xn = kept_for_gemms(be_, std::move(xn), d_.matmul == DType::BF16, "ffn norm output (bf16)");
   c.filled = true;
   if (!output) return Tensor();
   Tensor out = activation(be_, {t.batch, t.seq, Hd}, "decoder output");
-  ffn_.forward({p + off_.gate, p + off_.up, p + off_.down}, LinearInput::of(c.xn), n,
-               out.data<float>());
+  ffn_.forward({p.offset(off_.gate), p.offset(off_.up), p.offset(off_.down)}, F32OrBf16::of(c.xn),
+               n, out.data<float>());
   be_.axpy(n * Hd, 1.0f, c.h1.data<float>(), out.data<float>());  // residual
   return out;
 }
 
-Tensor DecoderLayer::forward(const float* params, const Tensor& x, const ShardTokens& t,
+Tensor DecoderLayer::forward(F32OrBf16 params, const Tensor& x, const ShardTokens& t,
                              DecoderCache& cache) {
   Tensor out = run_forward(params, x, t, cache, true);
   if (opt_.checkpointing == Checkpointing::Layer) cache = DecoderCache();
   return out;
 }
 
-void DecoderLayer::backward(const float* p, float* grads, const Tensor& x, const ShardTokens& t,
+void DecoderLayer::backward(F32OrBf16 p, float* grads, const Tensor& x, const ShardTokens& t,
                             DecoderCache& cache, Tensor& grad) {
   // Under layer checkpointing the cache is empty: the same forward runs again to refill it, up to
   // the FFN's input (the FFN's output is not needed, and its backward recomputes its own
@@ -295,18 +314,21 @@ void DecoderLayer::backward(const float* p, float* grads, const Tensor& x, const
   check_rows(grad, n, Hd, "decoder backward");
   float* g = grads;
   Tensor dxn = activation(be_, {t.batch, t.seq, Hd}, "ffn input grad");
-  ffn_.backward({p + off_.gate, p + off_.up, p + off_.down}, LinearInput::of(cache.xn),
-                grad.data<float>(), n, dxn.data<float>(),
+  ffn_.backward({p.offset(off_.gate), p.offset(off_.up), p.offset(off_.down)},
+                F32OrBf16::of(cache.xn), grad.data<float>(), n, dxn.data<float>(),
                 {g + off_.gate, g + off_.up, g + off_.down});
-  norm_.backward(be_, p + off_.post_norm, cache.h1.data<float>(), cache.inv_rms.data<float>(),
-                 dxn.data<float>(), n, grad.data<float>(), g + off_.post_norm);
+  {
+    Tensor norm_keep;
+    const float* nw = as_f32(be_, p.offset(off_.post_norm), Hd, norm_keep, "ffn norm weight (f32)");
+    norm_.backward(be_, nw, cache.h1.data<float>(), cache.inv_rms.data<float>(), dxn.data<float>(),
+                   n, grad.data<float>(), g + off_.post_norm);
+  }
   dxn = Tensor();
   cache.h1 = cache.xn = cache.inv_rms = Tensor();
-  const AttentionBlock::Weights aw{p + off_.input_norm, p + off_.q, p + off_.k, p + off_.v,
-                                   p + off_.o};
   const AttentionBlock::Grads ag{g + off_.input_norm, g + off_.q, g + off_.k, g + off_.v,
                                  g + off_.o};
-  attn_.backward(aw, ag, x, cache.attn, grad);
+  Tensor norm_keep;
+  attn_.backward(attention_weights(p, norm_keep), ag, x, cache.attn, grad);
   cache = DecoderCache();
 }
 
@@ -364,9 +386,9 @@ LossStats LmHead::run(const Weights& w, const Grads* g, const float* x, const in
     for (int64_t i = 0; i < rows; ++i) st.correct += host_correct[size_t(i)];
     if (correct_rows) std::copy_n(host_correct.data(), rows, correct_rows + r0);
     if (!g) continue;
-    // dW_head += dlogits^T xn_c first; then xn_c is free to receive dxn_c = dlogits W_head.
-    head_.backward(be_, w.head, xc, lg, rows, nullptr, g->head);
-    head_.backward(be_, w.head, LinearInput{}, lg, rows, xc, nullptr);
+    // dW_head += dlogits^T xn_c, then dxn_c = dlogits W_head over xn_c (Linear::backward runs
+    // them in that order, so xn_c may receive its own gradient).
+    head_.backward(be_, w.head, xc, lg, rows, xc, g->head);
   }
   if (g) {
     be_.fill(dx, n * Hd, 0.0f);

@@ -45,42 +45,47 @@ struct ShardTokens {
   int64_t rows() const { return batch * seq; }
 };
 
-// The input rows of a Linear: float32, or already bfloat16 (mixed precision keeps the activations
-// that feed GEMMs in bf16: the GEMMs would round them to those values anyway). Converts from
-// either pointer type; a null input is LinearInput{}.
-struct LinearInput {
+// Values a GEMM reads, float32 or already bfloat16: a Linear's input rows, its weight, or a whole
+// unit's gathered parameters. Mixed precision keeps what only feeds GEMMs in bf16: activations
+// (the GEMMs would round them to those values anyway) and the weights FSDP gathers in bf16
+// (FlatShard::set_gather_dtype), which the GEMMs then read as they arrive, with no float32
+// widening and no rounding again per call. Converts from either pointer type; null is {}.
+struct F32OrBf16 {
   const float* f32 = nullptr;
   const uint16_t* bf16 = nullptr;
-  LinearInput() = default;
-  LinearInput(const float* x) : f32(x) {}      // NOLINT: implicit, the float32 case reads as before
-  LinearInput(const uint16_t* x) : bf16(x) {}  // NOLINT
+  F32OrBf16() = default;
+  F32OrBf16(const float* x) : f32(x) {}      // NOLINT: implicit, the float32 case reads as before
+  F32OrBf16(const uint16_t* x) : bf16(x) {}  // NOLINT
   // A float32 tensor's data, or a bf16 one's.
-  static LinearInput of(const Tensor& t);
+  static F32OrBf16 of(const Tensor& t);
   bool empty() const { return !f32 && !bf16; }
-  // The rows from element `elems` on.
-  LinearInput offset(int64_t elems) const {
-    return bf16 ? LinearInput(bf16 + elems) : LinearInput(f32 ? f32 + elems : nullptr);
+  // The values from element `elems` on.
+  F32OrBf16 offset(int64_t elems) const {
+    return bf16 ? F32OrBf16(bf16 + elems) : F32OrBf16(f32 ? f32 + elems : nullptr);
   }
 };
 
+// n values as float32: `v` itself, or (bf16) a widened copy held in `keep` (exact). For the few
+// parameters that are not GEMM operands (RMSNorm weights, the embedding table's rows).
+const float* as_f32(Backend& be, F32OrBf16 v, int64_t n, Tensor& keep, std::string_view what);
+
 // y = x W^T with W [out, in] row-major (the Hugging Face nn.Linear layout), no bias.
-// Mixed precision (`bf16`): every GEMM rounds its two operands (x, W, dy) to bfloat16, nearest
-// even, into scratch buffers and runs Backend::gemm_bf16 (products of the rounded operands
-// exact, sums in float32, the result float32, and weight gradients accumulate in float32). In the
-// model W arrives already bf16-valued (FSDP gathers bf16, FlatShard::set_gather_dtype), so its
-// rounding here is exact. The scratch copies are counted by the allocator: bf16 x (unless given
-// in bf16) and W in forward; bf16 dy, x (unless given in bf16) and W in backward. A bf16 input
-// needs `bf16`.
+// Mixed precision (`bf16`): every GEMM reads bfloat16 operands (x, W, dy) and runs
+// Backend::gemm_bf16 (products of the bf16 values exact, sums in float32, the result float32,
+// and weight gradients accumulate in float32). An operand given in float32 is rounded to bf16,
+// nearest even, into a scratch buffer the allocator counts; one given in bf16 is read as it is.
+// In the model W arrives in bf16 (FSDP gathers it so) and so do the kept activations; dy is
+// rounded per call. bf16 operands need `bf16`.
 struct Linear {
   int64_t in = 0, out = 0;
   bool bf16 = false;
   // y[n, out] = x[n, in] W^T, added to y when `accumulate`.
-  void forward(Backend& be, const float* w, LinearInput x, int64_t n, float* y,
+  void forward(Backend& be, F32OrBf16 w, F32OrBf16 x, int64_t n, float* y,
                bool accumulate = false) const;
   // dx[n, in] = dy[n, out] W (added to dx when `accumulate_dx`; skipped when dx is null);
   // dw[out, in] += dy^T x (skipped when dw is null). dw is computed before dx, so dx may be the
   // buffer x itself (both are [n, in]).
-  void backward(Backend& be, const float* w, LinearInput x, const float* dy, int64_t n, float* dx,
+  void backward(Backend& be, F32OrBf16 w, F32OrBf16 x, const float* dy, int64_t n, float* dx,
                 float* dw, bool accumulate_dx = false) const;
 };
 
@@ -113,9 +118,9 @@ struct Embedding {
 class FeedForward {
  public:
   struct Weights {
-    const float* gate;  // [intermediate, hidden]
-    const float* up;    // [intermediate, hidden]
-    const float* down;  // [hidden, intermediate]
+    F32OrBf16 gate;  // [intermediate, hidden]
+    F32OrBf16 up;    // [intermediate, hidden]
+    F32OrBf16 down;  // [hidden, intermediate]
   };
   struct Grads {
     float *gate, *up, *down;  // accumulated
@@ -125,9 +130,9 @@ class FeedForward {
   FeedForward(Backend& be, int64_t hidden, int64_t intermediate, int64_t ffn_chunk,
               bool bf16 = false);
   // y[n, hidden] (overwritten). x float32, or bf16 under `bf16`.
-  void forward(const Weights& w, LinearInput x, int64_t n, float* y) const;
+  void forward(const Weights& w, F32OrBf16 x, int64_t n, float* y) const;
   // dx[n, hidden] (overwritten); gradients of the weights accumulated.
-  void backward(const Weights& w, LinearInput x, const float* dy, int64_t n, float* dx,
+  void backward(const Weights& w, F32OrBf16 x, const float* dy, int64_t n, float* dx,
                 const Grads& g) const;
   int64_t chunk_rows(int64_t n) const { return ffn_chunk_ > 0 ? std::min(ffn_chunk_, n) : n; }
 
@@ -153,7 +158,8 @@ struct AttentionBlockCache {
 class AttentionBlock {
  public:
   struct Weights {
-    const float *norm, *q, *k, *v, *o;
+    const float* norm;  // float32 (as_f32 widens a bf16 unit's)
+    F32OrBf16 q, k, v, o;
   };
   struct Grads {
     float *norm, *q, *k, *v, *o;
@@ -187,7 +193,8 @@ struct DecoderOptions {
 };
 
 // One LLaMA decoder layer: h1 = x + attention block(x); out = h1 + FFN(rmsnorm(h1)).
-// Parameters: one flat buffer laid out by decoder_layout(dims, index).
+// Parameters: one flat buffer laid out by decoder_layout(dims, index), float32, or bf16 as FSDP
+// gathers it under mixed precision (the GEMMs read it as it is, the norms' weights are widened).
 class DecoderLayer {
  public:
   DecoderLayer(const ModelDims& d, int index, Backend& be, Attention& attention,
@@ -196,16 +203,17 @@ class DecoderLayer {
   const DecoderOptions& options() const { return opt_; }
   // x [B, S, hidden] -> out [B, S, hidden]. `cache` receives the activations backward needs
   // (nothing under layer checkpointing).
-  Tensor forward(const float* params, const Tensor& x, const ShardTokens& t, DecoderCache& cache);
+  Tensor forward(F32OrBf16 params, const Tensor& x, const ShardTokens& t, DecoderCache& cache);
   // x: the same input as forward. grad: dL/d(out) in, dL/dx out. Parameter gradients are added
   // into `grads` (flat, same layout). Releases the cache.
-  void backward(const float* params, float* grads, const Tensor& x, const ShardTokens& t,
+  void backward(F32OrBf16 params, float* grads, const Tensor& x, const ShardTokens& t,
                 DecoderCache& cache, Tensor& grad);
 
  private:
   // Fills the cache; computes the block's output only when `output` (recomputation skips the FFN).
-  Tensor run_forward(const float* params, const Tensor& x, const ShardTokens& t, DecoderCache& c,
+  Tensor run_forward(F32OrBf16 params, const Tensor& x, const ShardTokens& t, DecoderCache& c,
                      bool output);
+  AttentionBlock::Weights attention_weights(F32OrBf16 p, Tensor& norm_keep) const;
 
   ModelDims d_;
   Backend& be_;
@@ -231,8 +239,8 @@ struct LossStats {
 class LmHead {
  public:
   struct Weights {
-    const float* norm;  // [hidden] model.norm.weight
-    const float* head;  // [vocab, hidden] lm_head.weight, or model.embed_tokens.weight when tied
+    const float* norm;  // [hidden] model.norm.weight, float32
+    F32OrBf16 head;     // [vocab, hidden] lm_head.weight, or model.embed_tokens.weight when tied
   };
   struct Grads {
     float* norm;  // accumulated
