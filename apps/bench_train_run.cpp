@@ -153,6 +153,8 @@ TrainMeasurement measure_training(const TrainConfig& cfg, Mesh& mesh, int steps,
   for (double p : gather_doubles(world, double(my_peak))) m.rank_peak_bytes.push_back(size_t(p));
   m.peak_bytes = *std::max_element(m.rank_peak_bytes.begin(), m.rank_peak_bytes.end());
   m.device_memory_used_bytes = size_t(max_over_ranks(double(prof.device_memory_used())));
+  m.host_memory_held_bytes = size_t(
+      max_over_ranks(double(prof.device() == Device::CPU ? prof.allocator().held_bytes() : 0)));
   m.rank_breakdown = gather_breakdowns(world, mine);
   m.mean = mean_of(m.rank_breakdown);
   return m;
@@ -202,6 +204,7 @@ nlohmann::ordered_json to_json(const TrainMeasurement& m) {
     parts.push_back({{"what", p.what}, {"bytes", p.bytes}, {"blocks", p.blocks}});
   j["rank0_peak_composition"] = parts;
   j["device_memory_used_bytes"] = m.device_memory_used_bytes;
+  j["host_memory_held_bytes"] = m.host_memory_held_bytes;
   j["memory_limit_bytes"] = m.memory_limit_bytes;
   // Fractions of the mean rank's step: where the time goes.
   const RankBreakdown& b = m.mean;
@@ -271,6 +274,11 @@ std::string format_report(const TrainMeasurement& m, const std::string& title) {
   if (m.device_memory_used_bytes)
     out += fmt::format("  device memory in use (driver, cudaMemGetInfo, max over ranks): {}\n",
                        format_bytes(m.device_memory_used_bytes));
+  if (m.host_memory_held_bytes)
+    out += fmt::format(
+        "  host memory held in large blocks (the allocator's block cache included, max over "
+        "ranks): {}\n",
+        format_bytes(m.host_memory_held_bytes));
   out += row("GEMM (projections, FFN, LM head)", b.gemm_s);
   out += row("attention kernels", b.attention_s);
   out += row("elementwise (norms, RoPE, SwiGLU, loss)", b.elementwise_s);

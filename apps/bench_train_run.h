@@ -51,6 +51,9 @@ struct TrainMeasurement {
   // GPU: the driver's figure after the last step (cudaMemGetInfo, max over ranks; it includes
   // the pool's cached blocks and the CUDA context); 0 on the CPU.
   size_t device_memory_used_bytes = 0;
+  // CPU: what the host allocator holds from the system after the last step, its block cache
+  // included (Allocator::held_bytes, max over ranks); 0 on a GPU.
+  size_t host_memory_held_bytes = 0;
   size_t memory_limit_bytes = 0;  // the configured limit (0: none)
   size_t memory_plan_bytes = 0;   // the trainer's plan (checked against memory_limit_gb), rank 0
   // What rank 0's peak is made of, at its step with the highest peak (largest first).

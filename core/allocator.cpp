@@ -10,6 +10,7 @@
 #include <new>
 
 #include "core/error.h"
+#include "core/host_block_cache.h"
 
 namespace ringattn {
 
@@ -180,18 +181,18 @@ size_t Allocator::limit() const {
 
 namespace {
 
+// Host memory: large blocks go through a cache (core/host_block_cache.h says why).
 class CpuAllocator final : public Allocator {
  public:
   CpuAllocator() : Allocator(Device::CPU, "cpu") {}
+  size_t held_bytes() const override { return cache_.held_bytes(); }
 
  protected:
-  void* raw_allocate(size_t bytes) override {
-    // Rounding up would wrap to a tiny size and "succeed".
-    if (bytes > std::numeric_limits<size_t>::max() - 63) return nullptr;
-    size_t rounded = (bytes + 63) / 64 * 64;
-    return std::aligned_alloc(64, rounded);
-  }
-  void raw_free(void* ptr) override { std::free(ptr); }
+  void* raw_allocate(size_t bytes) override { return cache_.allocate(bytes); }
+  void raw_free(void* ptr) override { cache_.free(ptr); }
+
+ private:
+  HostBlockCache cache_;
 };
 
 Allocator* g_cuda_allocator = nullptr;

@@ -47,6 +47,10 @@ class Allocator {
   void track_peak_composition(bool on);
   // Largest first; empty when tracking is off or nothing was allocated since it was turned on.
   std::vector<PeakPart> peak_composition() const;
+  // Memory this allocator holds from the system for large blocks, reused or not: the host
+  // allocator's block cache (core/host_block_cache.h); 0 where the allocator keeps no such figure
+  // (a device's pool: Backend::device_memory_used asks the driver instead).
+  virtual size_t held_bytes() const { return 0; }
   // 0 means no limit.
   void set_limit(size_t bytes);
   size_t limit() const;
