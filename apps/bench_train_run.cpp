@@ -98,6 +98,8 @@ TrainMeasurement measure_training(const TrainConfig& cfg, Mesh& mesh, int steps,
   opt.peak_flops = peak_gflops * 1e9;
   opt.backend = &prof;
   Allocator& alloc = prof.allocator();  // the device the model computes on
+  // The host cache holds up to the most ever out at once: not the GEMM calibration's matrices.
+  alloc.release_cached();
   // Named from the first parameter on, so the peak's composition names every block.
   struct Tracking {
     Allocator& a;

@@ -186,6 +186,7 @@ class CpuAllocator final : public Allocator {
  public:
   CpuAllocator() : Allocator(Device::CPU, "cpu") {}
   size_t held_bytes() const override { return cache_.held_bytes(); }
+  void release_cached() override { cache_.trim(); }
 
  protected:
   void* raw_allocate(size_t bytes) override { return cache_.allocate(bytes); }

@@ -51,6 +51,8 @@ class Allocator {
   // allocator's block cache (core/host_block_cache.h); 0 where the allocator keeps no such figure
   // (a device's pool: Backend::device_memory_used asks the driver instead).
   virtual size_t held_bytes() const { return 0; }
+  // Gives cached blocks back to the system (HostBlockCache::trim); a no-op elsewhere.
+  virtual void release_cached() {}
   // 0 means no limit.
   void set_limit(size_t bytes);
   size_t limit() const;

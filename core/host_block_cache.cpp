@@ -113,6 +113,7 @@ size_t HostBlockCache::held_bytes() const {
 void HostBlockCache::trim() {
   std::lock_guard<std::mutex> lock(mu_);
   release_cached_above_locked(0);
+  stats_.high_water = stats_.out;
 }
 
 }  // namespace ringattn

@@ -50,7 +50,8 @@ class HostBlockCache {
   Stats stats() const;
   // out + cached: the large blocks this cache holds from the system.
   size_t held_bytes() const;
-  // Releases every cached block.
+  // Releases every cached block, and restarts the high water from what is out now (a program
+  // whose phases differ, a benchmark after its calibration, holds only what comes next).
   void trim();
 
  private:

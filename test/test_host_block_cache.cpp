@@ -91,6 +91,13 @@ TEST_CASE("host block cache: never holds more than the most ever handed out", "[
   for (void* p : {c, d, e}) cache.free(p);
   CHECK(cache.held_bytes() == 42 * MiB);
   CHECK(cache.stats().out == 0);
+  // trim() gives everything back and restarts the high water from what is out.
+  void* f = cache.allocate(2 * MiB);
+  CHECK(f == c);
+  cache.trim();
+  CHECK(cache.held_bytes() == 2 * MiB);
+  CHECK(cache.stats().high_water == 2 * MiB);
+  cache.free(f);
 }
 
 TEST_CASE("host block cache: threads allocating and freeing at once", "[core]") {
