@@ -202,8 +202,10 @@ Allocator* g_cuda_allocator = nullptr;
 
 Allocator& allocator_for(Device device) {
   if (device == Device::CPU) {
-    static CpuAllocator cpu;
-    return cpu;
+    // Never destroyed: a buffer freed late at exit (a helper thread's, a static's) must still
+    // find its block cache. Its blocks stay reachable, so leak checkers do not report them.
+    static CpuAllocator* cpu = new CpuAllocator;
+    return *cpu;
   }
   RA_CHECK(g_cuda_allocator != nullptr,
            "no CUDA allocator: the CUDA backend is not compiled in or no GPU is present");

@@ -1,6 +1,7 @@
 #include "core/host_block_cache.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
 
@@ -36,10 +37,18 @@ void* HostBlockCache::allocate(size_t bytes) {
     return std::aligned_alloc(kAlign, std::max(kAlign, round_up(bytes, kAlign)));
   const size_t rounded = round_up(bytes, kPage);
   std::lock_guard<std::mutex> lock(mu_);
+  // The bookkeeping's own nodes may fail to allocate: every path enters the block among those out
+  // before anything else changes, so such a failure leaves the cache as it was (and the request
+  // fails as out of memory does, with null).
   // The smallest cached block that fits, if it wastes at most a fifth of itself.
   if (auto it = by_size_.lower_bound(rounded);
       it != by_size_.end() && it->first <= rounded + rounded / 4) {
     const Block b = *it->second;
+    try {
+      out_blocks_.emplace(b.ptr, b.bytes);
+    } catch (...) {
+      return nullptr;
+    }
     lru_.erase(it->second);
     by_size_.erase(it);
     index_.erase(b.ptr);
@@ -47,7 +56,6 @@ void* HostBlockCache::allocate(size_t bytes) {
     stats_.out += b.bytes;
     stats_.high_water = std::max(stats_.high_water, stats_.out);
     ++stats_.hits;
-    out_blocks_.emplace(b.ptr, b.bytes);
     RA_UNPOISON(b.ptr, b.bytes);
     return b.ptr;
   }
@@ -62,7 +70,12 @@ void* HostBlockCache::allocate(size_t bytes) {
     p = std::aligned_alloc(kAlign, rounded);
   }
   if (!p) return nullptr;
-  out_blocks_.emplace(p, rounded);
+  try {
+    out_blocks_.emplace(p, rounded);
+  } catch (...) {
+    std::free(p);
+    return nullptr;
+  }
   stats_.out = out_after;
   stats_.high_water = std::max(stats_.high_water, stats_.out);
   return p;
@@ -72,16 +85,42 @@ void HostBlockCache::free(void* ptr) {
   if (!ptr) return;
   std::unique_lock<std::mutex> lock(mu_);
   const auto it = out_blocks_.find(ptr);
-  if (it == out_blocks_.end()) {  // a small block
+  if (it == out_blocks_.end()) {
+    // A block freed twice would otherwise be released while the cache still hands it out.
+    if (index_.count(ptr)) {
+      std::fprintf(stderr, "ringattn: host block %p freed twice\n", ptr);
+      std::abort();
+    }
     lock.unlock();
-    std::free(ptr);
+    std::free(ptr);  // a small block
     return;
   }
   const size_t bytes = it->second;
+  // Runs in destructors: when the bookkeeping cannot grow, the block goes back to the system.
+  bool cached = false;
+  try {
+    lru_.push_back(Block{ptr, bytes});
+    try {
+      const auto by_size = by_size_.emplace(bytes, std::prev(lru_.end()));
+      try {
+        index_.emplace(ptr, by_size);
+        cached = true;
+      } catch (...) {
+        by_size_.erase(by_size);
+        throw;
+      }
+    } catch (...) {
+      lru_.pop_back();
+      throw;
+    }
+  } catch (...) {
+  }
   out_blocks_.erase(it);
   stats_.out -= bytes;
-  lru_.push_back(Block{ptr, bytes});
-  index_.emplace(ptr, by_size_.emplace(bytes, std::prev(lru_.end())));
+  if (!cached) {
+    std::free(ptr);
+    return;
+  }
   stats_.cached += bytes;
   RA_POISON(ptr, bytes);
 }

@@ -100,7 +100,9 @@ ConfigSchema make_schema() {
              "in backward (less memory, same results).");
   s.add_enum("model.dtype", std::string(model_dtype_name(m.dtype)),
              names(kDTypes, model_dtype_name),
-             "`bf16`: mixed precision. FSDP gathers the weights as bfloat16 (half the traffic); "
+             "`bf16`: mixed precision. FSDP gathers the weights as bfloat16 (half the traffic "
+             "and half the gathered units' memory; the GEMMs read them as gathered, only the "
+             "norms' weights and the embedding rows are widened); "
              "the projection, FFN, LM-head and attention-tile GEMMs take bfloat16 operands "
              "(float32 accumulation and results; tensor cores on a GPU), and the ring's key/value "
              "blocks travel as bfloat16 (half the bytes, the same results). The activations "

@@ -170,7 +170,8 @@ size_t Trainer::memory_estimate_bytes(std::string* plan) const {
       "({} rows{}) {}; {}activations (estimate) {}; total about {}",
       format_bytes(size_t(full) * b), format_bytes(2 * size_t(shard) * b),
       format_bytes(2 * size_t(shard) * b),
-      at_largest >= in_layers ? "2 x largest + the next" : "4 x the largest layer",
+      at_largest >= in_layers ? "the largest unit and its gradients, the next unit"
+                              : "two layers and their gradients",
       bf16 ? ", parameters in bf16" : "", format_bytes(gathered), chunk,
       bf16 ? (cfg_.device == Device::CPU ? ", bf16 operands and their CPU widening"
                                          : ", bf16 operands")

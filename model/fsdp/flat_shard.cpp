@@ -42,8 +42,8 @@ Device FlatShard::device() const {
 }
 
 FlatShard::~FlatShard() {
-  // The helper thread may still be using our buffers (the jobs hold their own references to the
-  // full buffers, but write the gathered parameters and grads_ through raw pointers): wait, and
+  // The helper thread may still be using our buffers (its jobs write the gathered parameters and
+  // grads_ through raw pointers): wait, and
   // swallow errors, as a destructor cannot report them. A stream-ordered gather is ordered before
   // its buffers go, and deferred reduce-scatters (which add into grads_) are retired.
   try {
