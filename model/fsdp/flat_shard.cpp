@@ -87,6 +87,14 @@ void FlatShard::set_gather_dtype(DType t) {
 
 void FlatShard::prefetch_full() {
   if (full_state_ != FullState::Absent) return;
+  // A group of one has nothing to gather: in float32 its master shard is the full buffer (the
+  // same values, N_pad = N), so the layers read it in place, with no copy and no memory. (AdamW
+  // writes the shard only between steps, when no full buffer exists.)
+  if (layout_.group_size == 1 && gather_dtype_ == DType::F32) {
+    full_ = params_;
+    full_state_ = FullState::Ready;
+    return;
+  }
   // Allocated here, on the caller's thread, so that a memory-limit error surfaces at the call
   // and the bytes count from the moment the prefetch is issued.
   const bool bf16 = gather_dtype_ == DType::BF16;

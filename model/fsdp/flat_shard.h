@@ -29,6 +29,8 @@
 // Memory: every buffer comes from the device's allocator, so it counts in live and peak bytes. The
 // full parameter buffer (N_pad values of the gather type) exists from prefetch_full()/gather_full()
 // until release_full(); the full gradient buffer from full_grad() until its reduce-scatter has run.
+// A group of one (G = 1) gathering float32 has nothing to gather: gather_full() is then a view of
+// params() itself, and allocates nothing.
 // Tensors returned by gather_full() and full_grad() are views sharing that storage: a view the
 // caller still holds keeps the memory alive after release, so drop views with the layer.
 #pragma once
