@@ -87,19 +87,26 @@ void FlatShard::set_gather_dtype(DType t) {
 
 void FlatShard::prefetch_full() {
   if (full_state_ != FullState::Absent) return;
-  // A group of one has nothing to gather: in float32 its master shard is the full buffer (the
-  // same values, N_pad = N), so the layers read it in place, with no copy and no memory. (AdamW
-  // writes the shard only between steps, when no full buffer exists.)
-  if (layout_.group_size == 1 && gather_dtype_ == DType::F32) {
+  // A group of one has nothing to gather: its master shard is the full buffer (N_pad = N). In
+  // float32 the layers read it in place, with no copy and no memory (AdamW writes the shard only
+  // between steps, when no full buffer exists); in bf16 it is rounded into the full buffer in
+  // stream order. Either way no host wait and no job.
+  const bool bf16 = gather_dtype_ == DType::BF16;
+  if (layout_.group_size == 1 && !bf16) {
     full_ = params_;
     full_state_ = FullState::Ready;
     return;
   }
   // Allocated here, on the caller's thread, so that a memory-limit error surfaces at the call
   // and the bytes count from the moment the prefetch is issued.
-  const bool bf16 = gather_dtype_ == DType::BF16;
   full_ = Tensor::empty({layout_.padded_numel}, gather_dtype_, device(),
                         name_ + (bf16 ? " full params (bf16)" : " full params"));
+  if (layout_.group_size == 1) {
+    if (layout_.padded_numel > 0)
+      group_.backend().to_bf16(params_.data<float>(), full_.data<uint16_t>(), layout_.padded_numel);
+    full_state_ = FullState::Ready;
+    return;
+  }
   Backend& be = group_.backend();
   Communicator& comm = group_.comm();
   const float* shard = params_.data<float>();
@@ -187,10 +194,18 @@ Tensor FlatShard::full_grad() {
 void FlatShard::start_rs(Tensor padded_full, float scale) {
   Communicator& comm = group_.comm();
   const size_t count = size_t(layout_.shard_numel);
-  Tensor reduced =
-      Tensor::empty({layout_.shard_numel}, DType::F32, device(), name_ + " reduced grads");
   float* out = grads_.data<float>();
   Backend& be = group_.backend();
+  if (layout_.group_size == 1) {
+    // A group of one reduces nothing (a one-rank sum is a copy): the full gradient is added
+    // straight into the shard in stream order, with no collective, no host wait and no job.
+    // The same bits as the collective path's copy-then-add. padded_full is freed on return,
+    // after the addition in stream order.
+    if (count > 0) be.axpy(int64_t(count), scale, padded_full.data<float>(), out);
+    return;
+  }
+  Tensor reduced =
+      Tensor::empty({layout_.shard_numel}, DType::F32, device(), name_ + " reduced grads");
   if (comm.orders_on_device()) {
     // NCCL: queued after the backward that wrote the gradients, running beside the next layer's
     // backward. The previous reduce-scatter is retired now (the compute stream waits for it, then

@@ -29,8 +29,9 @@
 // Memory: every buffer comes from the device's allocator, so it counts in live and peak bytes. The
 // full parameter buffer (N_pad values of the gather type) exists from prefetch_full()/gather_full()
 // until release_full(); the full gradient buffer from full_grad() until its reduce-scatter has run.
-// A group of one (G = 1) gathering float32 has nothing to gather: gather_full() is then a view of
-// params() itself, and allocates nothing.
+// A group of one (G = 1) has nothing to communicate: gathering float32, gather_full() is a view of
+// params() itself and allocates nothing (in bf16, the rounded copy); the reduce-scatter is one
+// addition into grads() in stream order. No host waits, no helper-thread jobs.
 // Tensors returned by gather_full() and full_grad() are views sharing that storage: a view the
 // caller still holds keeps the memory alive after release, so drop views with the layer.
 #pragma once
