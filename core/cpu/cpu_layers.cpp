@@ -12,20 +12,12 @@
 
 #include "core/allocator.h"
 #include "core/backend.h"
+#include "core/cpu/parallel.h"
 #include "core/error.h"
 
 namespace ringattn::cpu {
 
 namespace {
-
-// Below this many elements a call runs on one thread: waking a team costs a few microseconds,
-// about what one thread needs for this much elementwise work.
-constexpr int64_t kParallelMin = 1 << 15;
-
-int threads_for(int64_t elements) {
-  if (elements < kParallelMin) return 1;
-  return std::max(1, cpu_threads());
-}
 
 // Scratch memory from the project allocator, so it shows in the peak-bytes accounting.
 template <typename T>

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/cpu/parallel.h"
 #include "core/dtype.h"
 #include "core/tensor.h"
 
@@ -21,6 +22,8 @@ double sum_squares(const float* x, int64_t n) {
 }
 
 void scale_f64(float* x, int64_t n, double s) {
+  const int threads = threads_for(n);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t i = 0; i < n; ++i) x[i] = float(double(x[i]) * s);
 }
 
@@ -55,7 +58,10 @@ void gemm_bf16(bool ta, bool tb, int m, int n, int k, float alpha, const uint16_
 void adamw_update(const AdamWConstants& k, float* p, const float* g, float* m, float* v,
                   int64_t n) {
   // Every element goes through exactly the same operations wherever it sits, which is what
-  // makes a sharded step bitwise equal to an unsharded one (and the CUDA kernel to this loop).
+  // makes a sharded step bitwise equal to an unsharded one (and the CUDA kernel to this loop),
+  // and lets threads split the elements.
+  const int threads = threads_for(n);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t i = 0; i < n; ++i) {
     const double gi = g[i];
     const double mi = k.b1 * double(m[i]) + k.one_minus_b1 * gi;
