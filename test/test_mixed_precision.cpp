@@ -46,6 +46,20 @@ std::vector<float> random_floats(size_t n, uint64_t seed) {
   return v;
 }
 
+// A one-layer mixed-precision decoder shape small enough to check bit for bit.
+ModelDims bf16_dims(int64_t vocab) {
+  ModelDims d;
+  d.vocab = vocab;
+  d.hidden = 16;
+  d.intermediate = 24;
+  d.layers = 1;
+  d.heads = 2;
+  d.kv_heads = 1;
+  d.head_dim = 8;
+  d.matmul = DType::BF16;
+  return d;
+}
+
 float round_bf16(float x) {
   return bf16_to_f32(f32_to_bf16(x));
 }
@@ -233,15 +247,7 @@ TEST_CASE("bf16 activations: attention fed bf16 q, k, v equals attention fed flo
 }
 
 TEST_CASE("bf16 activations: the decoder keeps its GEMM inputs in bf16", "[bf16]") {
-  ModelDims d;
-  d.vocab = 32;
-  d.hidden = 16;
-  d.intermediate = 24;
-  d.layers = 1;
-  d.heads = 2;
-  d.kv_heads = 1;
-  d.head_dim = 8;
-  d.matmul = DType::BF16;
+  const ModelDims d = bf16_dims(32);
   Backend& be = cpu_backend();
   AttentionOptions ao;
   ao.bf16 = true;
@@ -282,15 +288,7 @@ TEST_CASE("bf16 weights: a decoder layer reading its bf16 gather equals one read
   // FSDP gathers a bf16 unit (FlatShard::set_gather_dtype) and the layer reads it as it is: its
   // GEMMs take the bf16 weights, its norms widen theirs (exact). The float32 buffer of the same
   // bf16 values must give the same bits, forward and backward, with and without checkpointing.
-  ModelDims d;
-  d.vocab = 32;
-  d.hidden = 16;
-  d.intermediate = 24;
-  d.layers = 1;
-  d.heads = 2;
-  d.kv_heads = 1;
-  d.head_dim = 8;
-  d.matmul = DType::BF16;
+  const ModelDims d = bf16_dims(32);
   Backend& be = cpu_backend();
   AttentionOptions ao;
   ao.bf16 = true;
@@ -339,15 +337,7 @@ TEST_CASE("bf16 weights: a decoder layer reading its bf16 gather equals one read
 
 TEST_CASE("bf16 weights: the LM head reading a bf16 head weight equals one reading float32",
           "[bf16]") {
-  ModelDims d;
-  d.vocab = 40;
-  d.hidden = 16;
-  d.intermediate = 24;
-  d.layers = 1;
-  d.heads = 2;
-  d.kv_heads = 1;
-  d.head_dim = 8;
-  d.matmul = DType::BF16;
+  const ModelDims d = bf16_dims(40);
   Backend& be = cpu_backend();
   const int64_t n = 11;
   LmHead head(d, be, /*loss_chunk=*/4);
