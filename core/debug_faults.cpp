@@ -12,8 +12,9 @@ namespace ringattn {
 namespace {
 
 constexpr const char* kVar = "RINGATTN_DEBUG_FAULTS";
-constexpr const char* kKeys[] = {"nan_grad_step", "nan_grad_rank",         "stop_step",
-                                 "stop_rank",     "checkpoint_crash_step", "step_sleep_ms"};
+constexpr const char* kKeys[] = {
+    "nan_grad_step", "nan_grad_rank",         "stop_step", "stop_rank", "checkpoint_crash_step",
+    "step_sleep_ms", "fsdp_communicate_alone"};
 
 std::map<std::string, int64_t, std::less<>> parse() {
   std::map<std::string, int64_t, std::less<>> out;

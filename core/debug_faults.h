@@ -14,6 +14,10 @@
 //                           directory: a writer that dies mid-save
 //   step_sleep_ms=N         every training step sleeps N ms first (slow steps, so that a test
 //                           can signal, kill or stop a rank while training is under way)
+//   fsdp_communicate_alone=1  an FSDP group of one runs its gathers and reduce-scatters
+//                           through the communicator like a larger group, instead of reading and
+//                           adding in place (FlatShard): keeps the collective path (NCCL's on one
+//                           GPU, say) under test, and shows that both give the same bits
 //
 // Unset (the normal case) every query is one load of a cached, empty table.
 #pragma once

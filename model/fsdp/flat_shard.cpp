@@ -6,6 +6,7 @@
 #include <exception>
 
 #include "comm/watchdog.h"
+#include "core/debug_faults.h"
 #include "core/error.h"
 #include "model/fsdp/wait_timer.h"
 
@@ -32,6 +33,7 @@ int64_t ShardLayout::shard_valid() const {
 FlatShard::FlatShard(FsdpGroup& group, int64_t numel, std::string name)
     : group_(group),
       layout_(ShardLayout::make(numel, group.size(), group.rank())),
+      alone_(group.size() == 1 && debug_fault("fsdp_communicate_alone") != 1),
       name_(std::move(name)) {
   params_ = Tensor::zeros({layout_.shard_numel}, DType::F32, device(), name_ + " params shard");
   grads_ = Tensor::zeros({layout_.shard_numel}, DType::F32, device(), name_ + " grads shard");
@@ -92,7 +94,7 @@ void FlatShard::prefetch_full() {
   // between steps, when no full buffer exists); in bf16 it is rounded into the full buffer in
   // stream order. Either way no host wait and no job.
   const bool bf16 = gather_dtype_ == DType::BF16;
-  if (layout_.group_size == 1 && !bf16) {
+  if (alone_ && !bf16) {
     full_ = params_;
     full_state_ = FullState::Ready;
     return;
@@ -101,7 +103,7 @@ void FlatShard::prefetch_full() {
   // and the bytes count from the moment the prefetch is issued.
   full_ = Tensor::empty({layout_.padded_numel}, gather_dtype_, device(),
                         name_ + (bf16 ? " full params (bf16)" : " full params"));
-  if (layout_.group_size == 1) {
+  if (alone_) {
     if (layout_.padded_numel > 0)
       group_.backend().to_bf16(params_.data<float>(), full_.data<uint16_t>(), layout_.padded_numel);
     full_state_ = FullState::Ready;
@@ -196,7 +198,7 @@ void FlatShard::start_rs(Tensor padded_full, float scale) {
   const size_t count = size_t(layout_.shard_numel);
   float* out = grads_.data<float>();
   Backend& be = group_.backend();
-  if (layout_.group_size == 1) {
+  if (alone_) {
     // A group of one reduces nothing (a one-rank sum is a copy): the full gradient is added
     // straight into the shard in stream order, with no collective, no host wait and no job.
     // The same bits as the collective path's copy-then-add. padded_full is freed on return,

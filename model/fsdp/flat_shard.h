@@ -170,6 +170,9 @@ class FlatShard {
 
   FsdpGroup& group_;
   ShardLayout layout_;
+  // A group of one, which reads and adds in place instead of communicating (the debug fault
+  // fsdp_communicate_alone turns that off, core/debug_faults.h).
+  bool alone_ = false;
   std::string name_;
   Tensor params_, grads_;
   Tensor full_;  // [N_pad] of gather_dtype() while present

@@ -159,11 +159,14 @@ stage_4() {
 }
 
 # Stage 5: the same tiny run on the CPU and on the GPU; their final losses must agree to 1e-3.
+# The NCCL run's FSDP group is one rank, which would read and add in place: the debug fault
+# fsdp_communicate_alone makes it gather and reduce-scatter through NCCL's stream all the same.
 stage_5() {
   tiny="--config configs/tiny.json --set train.steps=20 --set checkpoint.every=0 --set mesh.sp=1"
   stage 5 trainer 120 "set -e; \
   $ra train $tiny --set run_dir=$out/tiny_cpu; \
   $ra train $tiny --set run_dir=$out/tiny_gpu --set device=cuda; \
+  RINGATTN_DEBUG_FAULTS=fsdp_communicate_alone=1 \
   $ra train $tiny --set run_dir=$out/tiny_nccl --set device=cuda --set comm.transport=nccl \
     --set comm.timeout_s=10; \
   python3 - $out <<'PY'

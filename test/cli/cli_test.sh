@@ -96,6 +96,22 @@ expect_ok "launch check: SLURM_NTASKS of the batch script (no step) is not check
   env SLURM_JOB_ID=1 SLURM_NTASKS=4 "$bin" config --config "$cfgdir/tiny.json"
 [ ! -e "$tmp/launch" ] && pass "launch check: refused before writing anything" || fail "launch check: refused before writing anything"
 
+# An FSDP group of one reads and adds in place; forced through the communicator (the debug fault
+# fsdp_communicate_alone, core/debug_faults.h) it must give the same bits, in f32 and bf16.
+for dt in f32 bf16; do
+  one=("${train_cfg[@]}" --set train.steps=3 --set eval.every=0 --set checkpoint.every=3
+    --set train.micro_batches=2 --set model.dtype=$dt --set model.tie_embeddings=true)
+  expect_ok "group of one, $dt: in place" "$bin" train "${one[@]}" --set run_dir="$tmp/alone_$dt"
+  expect_ok "group of one, $dt: through the communicator" env RINGATTN_DEBUG_FAULTS=fsdp_communicate_alone=1 \
+    "$bin" train "${one[@]}" --set run_dir="$tmp/comm_$dt"
+  if cmp -s "$tmp/alone_$dt/checkpoints/step_3/model.safetensors" "$tmp/comm_$dt/checkpoints/step_3/model.safetensors" &&
+    cmp -s "$tmp/alone_$dt/checkpoints/step_3/optim_rank0.safetensors" "$tmp/comm_$dt/checkpoints/step_3/optim_rank0.safetensors"; then
+    pass "group of one, $dt: the same weights and optimizer state, bit for bit"
+  else
+    fail "group of one, $dt: the same weights and optimizer state, bit for bit"
+  fi
+done
+
 # A short run of a preset whose warm-up is longer than the run (allowed: it stays in warm-up).
 expect_ok "short demo run, warm-up longer than the run" mpirun -np 4 "$bin" train --config "$cfgdir/demo.json" \
   --set train.steps=2 --set train.seq_len=512 --set run_dir="$tmp/short" --set eval.every=0 --set checkpoint.every=0
