@@ -126,15 +126,24 @@ class Backend {
   virtual void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n,
                                float* dgate, float* dup) = 0;
   // Softmax cross-entropy over logits [rows, vocab] with targets [rows] (int32; -1 = ignored) and
-  // per-row loss weights [rows] (null: every row weighs 1). Returns sum_r weight[r] *
-  // (logsumexp(logits[r]) - logits[r, target[r]]) over rows that are not ignored (a
-  // synchronising result on asynchronous backends). When dlogits is not null it receives
-  // (softmax(logits[r]) - onehot(target[r])) * weight[r] * grad_scale (0 for ignored rows); it may
-  // alias logits. When correct is not null, correct[r] = 1 if the row is not ignored and its first
-  // maximal logit is the target, else 0.
-  virtual double cross_entropy(const float* logits, const int32_t* targets, const float* weights,
-                               int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
-                               uint8_t* correct) = 0;
+  // per-row loss weights [rows] (null: every row weighs 1), queued like the other calls (no host
+  // wait): row_loss[r] (float64, this backend's memory) receives weight[r] *
+  // (logsumexp(logits[r]) - logits[r, target[r]]), 0 for ignored rows. When dlogits is not null
+  // it receives (softmax(logits[r]) - onehot(target[r])) * weight[r] * grad_scale (0 for ignored
+  // rows); it may alias logits. When correct is not null, correct[r] = 1 if the row is not
+  // ignored and its first maximal logit is the target, else 0.
+  // Targets outside [-1, vocab) are the caller's to rule out (the trainer checks its batches on
+  // the host): the CPU raises an Error naming the row, a GPU kernel treats such a row as ignored
+  // rather than read outside the row (it cannot raise without a host wait).
+  virtual void cross_entropy_rows(const float* logits, const int32_t* targets, const float* weights,
+                                  int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
+                                  uint8_t* correct, double* row_loss) = 0;
+  // The same, checked and summed: targets outside [-1, vocab) raise an Error naming the row on
+  // every backend; returns sum_r row_loss[r], added in row order on the host (a synchronising
+  // result). For tests and tools; the trainer's loss loop uses cross_entropy_rows.
+  double cross_entropy(const float* logits, const int32_t* targets, const float* weights,
+                       int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
+                       uint8_t* correct);
   // Elementwise helpers over n floats: y += alpha * x; x *= alpha; x = value.
   virtual void axpy(int64_t n, float alpha, const float* x, float* y) = 0;
   virtual void scale(float* x, int64_t n, float alpha) = 0;

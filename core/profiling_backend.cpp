@@ -201,11 +201,13 @@ void ProfilingBackend::swiglu_backward(const float* gate, const float* up, const
   inner_.swiglu_backward(gate, up, dout, n, dgate, dup);
 }
 
-double ProfilingBackend::cross_entropy(const float* logits, const int32_t* targets,
-                                       const float* weights, int64_t rows, int64_t vocab,
-                                       float grad_scale, float* dlogits, uint8_t* correct) {
+void ProfilingBackend::cross_entropy_rows(const float* logits, const int32_t* targets,
+                                          const float* weights, int64_t rows, int64_t vocab,
+                                          float grad_scale, float* dlogits, uint8_t* correct,
+                                          double* row_loss) {
   Scope s(*this, OpCategory::Elementwise);
-  return inner_.cross_entropy(logits, targets, weights, rows, vocab, grad_scale, dlogits, correct);
+  inner_.cross_entropy_rows(logits, targets, weights, rows, vocab, grad_scale, dlogits, correct,
+                            row_loss);
 }
 
 void ProfilingBackend::axpy(int64_t n, float alpha, const float* x, float* y) {

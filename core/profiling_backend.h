@@ -94,9 +94,9 @@ class ProfilingBackend final : public Backend {
   void swiglu_forward(const float* gate, const float* up, int64_t n, float* out) override;
   void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n,
                        float* dgate, float* dup) override;
-  double cross_entropy(const float* logits, const int32_t* targets, const float* weights,
-                       int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
-                       uint8_t* correct) override;
+  void cross_entropy_rows(const float* logits, const int32_t* targets, const float* weights,
+                          int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
+                          uint8_t* correct, double* row_loss) override;
   void axpy(int64_t n, float alpha, const float* x, float* y) override;
   void scale(float* x, int64_t n, float alpha) override;
   void fill(float* x, int64_t n, float value) override;

@@ -186,6 +186,19 @@ void Transformer::check_batch(const Batch& batch) const {
   RA_CHECK(batch.targets.defined() && batch.targets.dtype() == DType::I32 &&
                batch.targets.numel() == B * Sl && batch.targets.is_contiguous(),
            "model: batch targets must be a contiguous [B, Sl] I32 tensor");
+  // Token ids and targets are checked here, on the host, once per batch: the GPU's loss kernels
+  // take them as given (an id check there would wait for the device once per loss chunk).
+  const int32_t* tok = batch.tokens.data<int32_t>();
+  const int32_t* tgt = batch.targets.data<int32_t>();
+  for (int64_t i = 0; i < B * Sl; ++i) {
+    RA_CHECK(tok[i] >= 0 && tok[i] < dims_.vocab,
+             "model: batch token {} at row {}, position {} is outside the vocabulary [0, {})",
+             tok[i], i / Sl, i % Sl, dims_.vocab);
+    RA_CHECK(tgt[i] >= -1 && tgt[i] < dims_.vocab,
+             "model: batch target {} at row {}, position {} is outside the vocabulary [0, {}) "
+             "(-1 = not counted)",
+             tgt[i], i / Sl, i % Sl, dims_.vocab);
+  }
   RA_CHECK(batch.loss_mask.defined() && batch.loss_mask.dtype() == DType::F32 &&
                batch.loss_mask.numel() == B * Sl && batch.loss_mask.is_contiguous(),
            "model: batch loss_mask must be a contiguous [B, Sl] F32 tensor");

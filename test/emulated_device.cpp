@@ -202,7 +202,7 @@ AttentionBackwardArgs untag_args(const AttentionBackwardArgs& a) {
 }
 
 // Every operation is the CPU backend's, on untagged pointers, queued on the emulated stream.
-// Operations that return a value (cross_entropy, sum_squares) and the synchronous copies drain the
+// Operations that return a value (sum_squares) and the synchronous copies drain the
 // stream first and run at once, as they synchronise on a GPU.
 class EmulatedBackend final : public Backend {
  public:
@@ -330,12 +330,14 @@ class EmulatedBackend final : public Backend {
     defer([=, gate = untag(gate), up = untag(up), dout = untag(dout), dgate = untag(dgate),
            dup = untag(dup)] { cpu().swiglu_backward(gate, up, dout, n, dgate, dup); });
   }
-  double cross_entropy(const float* logits, const int32_t* targets, const float* weights,
-                       int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
-                       uint8_t* correct) override {
-    stream().synchronize();
-    return cpu().cross_entropy(untag(logits), untag(targets), untag(weights), rows, vocab,
-                               grad_scale, untag(dlogits), untag(correct));
+  void cross_entropy_rows(const float* logits, const int32_t* targets, const float* weights,
+                          int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
+                          uint8_t* correct, double* row_loss) override {
+    defer([=, logits = untag(logits), targets = untag(targets), weights = untag(weights),
+           dlogits = untag(dlogits), correct = untag(correct), row_loss = untag(row_loss)] {
+      cpu().cross_entropy_rows(logits, targets, weights, rows, vocab, grad_scale, dlogits, correct,
+                               row_loss);
+    });
   }
   void axpy(int64_t n, float alpha, const float* x, float* y) override {
     defer([=, x = untag(x), y = untag(y)] { cpu().axpy(n, alpha, x, y); });

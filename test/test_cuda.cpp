@@ -326,4 +326,18 @@ TEST_CASE("CUDA cross-entropy matches the CPU backend (weights, ignored rows, ti
   CHECK_THROWS_WITH(gpu.cross_entropy(logits.data<float>(), dtgt.data<int32_t>(), nullptr, 2, 5,
                                       1.0f, nullptr, nullptr),
                     Catch::Contains("row 1"));
+  // The queued form does not check (the trainer checks its batches on the host): the kernel
+  // takes such a row as ignored, and reads nothing outside the row.
+  Tensor rows_loss = Tensor::empty({2 * int64_t(sizeof(double))}, DType::U8, Device::CUDA);
+  Tensor ok = Tensor::empty({2}, DType::U8, Device::CUDA);
+  Tensor dl = Tensor::empty({2, 5}, DType::F32, Device::CUDA);
+  gpu.cross_entropy_rows(logits.data<float>(), dtgt.data<int32_t>(), nullptr, 2, 5, 1.0f,
+                         dl.data<float>(), ok.data<uint8_t>(),
+                         reinterpret_cast<double*>(rows_loss.raw()));
+  const Tensor loss_back = to_host(gpu, rows_loss), dl_back = to_host(gpu, dl);
+  const double* l = reinterpret_cast<const double*>(loss_back.raw());
+  CHECK(l[0] > 0);
+  CHECK(l[1] == 0.0);
+  CHECK(to_host(gpu, ok).data<uint8_t>()[1] == 0);
+  for (int j = 0; j < 5; ++j) CHECK(dl_back.data<float>()[5 + j] == 0.0f);
 }

@@ -395,3 +395,32 @@ TEST_CASE("Transformer: forward_logits gives forward_only's loss, f32 and bf16",
     CHECK(std::abs(got - want) <= 1e-9 * want);
   }
 }
+
+TEST_CASE("Transformer: a batch token or target outside the vocabulary is refused on the host",
+          "[model]") {
+  // The GPU's loss kernels take the targets as given (checking them there would wait for the
+  // device once per loss chunk), so the batch is checked before anything runs.
+  TrainConfig c = tiny_config();
+  Mesh mesh(one_rank(), MPI_COMM_SELF);
+  Transformer model(c, mesh, cpu_backend());
+  const Batch good = batches_for(c, mesh, 1).front();
+  const int64_t V = c.model.vocab_size, Sl = good.local_len();
+  REQUIRE(good.targets.numel() > Sl + 3);
+  CHECK(model.forward_only(good).loss_sum > 0);
+  Batch bad = good;
+  bad.targets = good.targets.clone();
+  bad.targets.data<int32_t>()[Sl + 3] = int32_t(V);
+  CHECK_THROWS_WITH(
+      model.forward_backward(bad, 1.0f),
+      Catch::Contains("batch target " + std::to_string(V) + " at row 1, position 3") &&
+          Catch::Contains("outside the vocabulary"));
+  bad.targets.data<int32_t>()[Sl + 3] = -2;
+  CHECK_THROWS_WITH(model.forward_only(bad), Catch::Contains("batch target -2"));
+  bad = good;
+  bad.tokens = good.tokens.clone();
+  bad.tokens.data<int32_t>()[2] = -1;  // -1 ignores a target, never a token
+  CHECK_THROWS_WITH(model.forward_only(bad),
+                    Catch::Contains("batch token -1 at row 0, position 2"));
+  // The model is still usable afterwards.
+  CHECK(model.forward_only(good).loss_sum > 0);
+}

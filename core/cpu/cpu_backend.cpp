@@ -102,10 +102,11 @@ class CpuBackend final : public Backend {
                        float* dgate, float* dup) override {
     cpu::swiglu_backward(gate, up, dout, n, dgate, dup);
   }
-  double cross_entropy(const float* logits, const int32_t* targets, const float* weights,
-                       int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
-                       uint8_t* correct) override {
-    return cpu::cross_entropy(logits, targets, weights, rows, vocab, grad_scale, dlogits, correct);
+  void cross_entropy_rows(const float* logits, const int32_t* targets, const float* weights,
+                          int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
+                          uint8_t* correct, double* row_loss) override {
+    cpu::cross_entropy_rows(logits, targets, weights, rows, vocab, grad_scale, dlogits, correct,
+                            row_loss);
   }
   void axpy(int64_t n, float alpha, const float* x, float* y) override {
     cpu::axpy(n, alpha, x, y);

@@ -206,13 +206,11 @@ void swiglu_backward(const float* gate, const float* up, const float* dout, int6
   }
 }
 
-double cross_entropy(const float* logits, const int32_t* targets, const float* weights,
-                     int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
-                     uint8_t* correct) {
+void cross_entropy_rows(const float* logits, const int32_t* targets, const float* weights,
+                        int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
+                        uint8_t* correct, double* row_loss) {
   RA_CHECK(vocab > 0 || rows == 0, "cross entropy: empty vocabulary");
   check_tokens(targets, rows, vocab, true, "cross entropy target");
-  // Per-row losses, summed in row order afterwards, so the sum does not depend on the threads.
-  Scratch<double> row_loss(size_t(rows), "cross entropy row losses");
   const int threads = threads_for(rows * vocab);
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t r = 0; r < rows; ++r) {
@@ -228,7 +226,7 @@ double cross_entropy(const float* logits, const int32_t* targets, const float* w
       }
     if (correct) correct[r] = uint8_t(t >= 0 && arg == int64_t(t));
     if (t < 0) {
-      row_loss.data()[r] = 0;
+      row_loss[r] = 0;
       if (dlogits) std::fill(dlogits + r * vocab, dlogits + (r + 1) * vocab, 0.0f);
       continue;
     }
@@ -237,7 +235,7 @@ double cross_entropy(const float* logits, const int32_t* targets, const float* w
     double sum = 0;
     for (int64_t j = 0; j < vocab; ++j) sum += std::exp(double(x[j]) - double(m));
     const double lse = double(m) + std::log(sum);
-    row_loss.data()[r] = double(w) * (lse - double(x[t]));
+    row_loss[r] = double(w) * (lse - double(x[t]));
     if (dlogits) {
       const double coef = double(w) * double(grad_scale);
       float* dl = dlogits + r * vocab;  // may be x itself: each j reads x[j] before writing dl[j]
@@ -248,9 +246,6 @@ double cross_entropy(const float* logits, const int32_t* targets, const float* w
       }
     }
   }
-  double total = 0;
-  for (int64_t r = 0; r < rows; ++r) total += row_loss.data()[r];
-  return total;
 }
 
 void axpy(int64_t n, float alpha, const float* x, float* y) {

@@ -23,9 +23,9 @@ void rope_backward(float* dx, int64_t batch, int64_t seq, int heads, int head_di
 void swiglu_forward(const float* gate, const float* up, int64_t n, float* out);
 void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n, float* dgate,
                      float* dup);
-double cross_entropy(const float* logits, const int32_t* targets, const float* weights,
-                     int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
-                     uint8_t* correct);
+void cross_entropy_rows(const float* logits, const int32_t* targets, const float* weights,
+                        int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
+                        uint8_t* correct, double* row_loss);
 void axpy(int64_t n, float alpha, const float* x, float* y);
 void scale(float* x, int64_t n, float alpha);
 void fill(float* x, int64_t n, float value);

@@ -222,11 +222,11 @@ class CudaBackend final : public Backend {
                        float* dgate, float* dup) override {
     cuda::swiglu_backward(stream_, gate, up, dout, n, dgate, dup);
   }
-  double cross_entropy(const float* logits, const int32_t* targets, const float* weights,
-                       int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
-                       uint8_t* correct) override {
-    return cuda::cross_entropy(stream_, logits, targets, weights, rows, vocab, grad_scale, dlogits,
-                               correct);
+  void cross_entropy_rows(const float* logits, const int32_t* targets, const float* weights,
+                          int64_t rows, int64_t vocab, float grad_scale, float* dlogits,
+                          uint8_t* correct, double* row_loss) override {
+    cuda::cross_entropy_rows(stream_, logits, targets, weights, rows, vocab, grad_scale, dlogits,
+                             correct, row_loss);
   }
   void axpy(int64_t n, float alpha, const float* x, float* y) override {
     cuda::axpy(stream_, n, alpha, x, y);

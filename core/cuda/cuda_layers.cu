@@ -239,7 +239,8 @@ __global__ void cross_entropy_kernel(const float* logits, const int32_t* targets
   constexpr int64_t kNone = LLONG_MAX;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const float* x = logits + r * vocab;
-    const int32_t t = targets[r];
+    // A target outside [0, vocab) counts as ignored (-1): never read outside the row.
+    const int32_t t = targets[r] < vocab ? targets[r] : -1;
     const float w = weights ? weights[r] : 1.0f;
     const float xt = t >= 0 ? x[t] : 0.0f;
     // This thread's first maximum over its columns (ascending j, strict >).
@@ -378,25 +379,17 @@ void swiglu_backward(cudaStream_t stream, const float* gate, const float* up, co
   CUDA_CHECK(cudaGetLastError());
 }
 
-double cross_entropy(cudaStream_t stream, const float* logits, const int32_t* targets,
-                     const float* weights, int64_t rows, int64_t vocab, float grad_scale,
-                     float* dlogits, uint8_t* correct) {
+void cross_entropy_rows(cudaStream_t stream, const float* logits, const int32_t* targets,
+                        const float* weights, int64_t rows, int64_t vocab, float grad_scale,
+                        float* dlogits, uint8_t* correct, double* row_loss) {
   RA_CHECK(vocab > 0 || rows == 0, "cross entropy: empty vocabulary");
-  check_tokens(stream, targets, rows, vocab, true, "cross entropy target");
-  if (rows <= 0) return 0.0;
-  DeviceScratch losses(stream, size_t(rows) * sizeof(double), "cross entropy row losses");
+  if (rows <= 0) return;
+  // No target check here: it would wait for the device once per loss chunk. The trainer checks
+  // its batches on the host, Backend::cross_entropy checks for other callers, and the kernel
+  // treats a target outside [0, vocab) as an ignored row instead of reading outside the row.
   cross_entropy_kernel<<<grid_for_rows(rows), kThreads, 0, stream>>>(
-      logits, targets, weights, rows, vocab, grad_scale, dlogits, correct, losses.at<double>());
+      logits, targets, weights, rows, vocab, grad_scale, dlogits, correct, row_loss);
   CUDA_CHECK(cudaGetLastError());
-  // The per-row losses come back and are summed in row order, as on the CPU: the total does not
-  // depend on the launch shape.
-  std::vector<double> host(static_cast<size_t>(rows));
-  CUDA_CHECK(cudaMemcpyAsync(host.data(), losses.at<double>(), host.size() * sizeof(double),
-                             cudaMemcpyDeviceToHost, stream));
-  CUDA_CHECK(cudaStreamSynchronize(stream));
-  double total = 0;
-  for (double l : host) total += l;
-  return total;
 }
 
 void axpy(cudaStream_t stream, int64_t n, float alpha, const float* x, float* y) {

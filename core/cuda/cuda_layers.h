@@ -5,10 +5,10 @@
 //
 // Deterministic like the CPU backend: sums across rows (RMSNorm's dw, the embedding gradient, the
 // loss) run in a fixed order, never with floating-point atomics.
-// Synchronising calls: the ones that validate token ids (embedding, cross-entropy: an invalid id
-// raises an Error with the row, as on the CPU), cross_entropy (returns the loss on the host), and
-// RoPE with positions in device memory (read back to build its angle table). Scratch memory
-// (RMSNorm backward, RoPE) goes back to the allocator in stream order, without a wait.
+// Synchronising calls: the embedding's, which validate token ids (an invalid id raises an Error
+// with the row, as on the CPU), and RoPE with positions in device memory (read back to build its
+// angle table). Scratch memory (RMSNorm backward, RoPE) goes back to the allocator in stream order,
+// without a wait.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -32,9 +32,9 @@ void rope_backward(cudaStream_t stream, float* dx, int64_t batch, int64_t seq, i
 void swiglu_forward(cudaStream_t stream, const float* gate, const float* up, int64_t n, float* out);
 void swiglu_backward(cudaStream_t stream, const float* gate, const float* up, const float* dout,
                      int64_t n, float* dgate, float* dup);
-double cross_entropy(cudaStream_t stream, const float* logits, const int32_t* targets,
-                     const float* weights, int64_t rows, int64_t vocab, float grad_scale,
-                     float* dlogits, uint8_t* correct);
+void cross_entropy_rows(cudaStream_t stream, const float* logits, const int32_t* targets,
+                        const float* weights, int64_t rows, int64_t vocab, float grad_scale,
+                        float* dlogits, uint8_t* correct, double* row_loss);
 void axpy(cudaStream_t stream, int64_t n, float alpha, const float* x, float* y);
 void scale(cudaStream_t stream, float* x, int64_t n, float alpha);
 void fill(cudaStream_t stream, float* x, int64_t n, float value);

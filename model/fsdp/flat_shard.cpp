@@ -104,8 +104,14 @@ void FlatShard::prefetch_full() {
   full_ = Tensor::empty({layout_.padded_numel}, gather_dtype_, device(),
                         name_ + (bf16 ? " full params (bf16)" : " full params"));
   if (alone_) {
-    if (layout_.padded_numel > 0)
-      group_.backend().to_bf16(params_.data<float>(), full_.data<uint16_t>(), layout_.padded_numel);
+    try {
+      if (layout_.padded_numel > 0)
+        group_.backend().to_bf16(params_.data<float>(), full_.data<uint16_t>(),
+                                 layout_.padded_numel);
+    } catch (...) {
+      full_ = Tensor();  // leave no full buffer behind
+      throw;
+    }
     full_state_ = FullState::Ready;
     return;
   }

@@ -82,7 +82,8 @@ class FlatShard {
 
   // --- the persistent shards: F32 [S], padding included (and zero) ---------------------------
   // Master weights and gradient of this rank's shard. Not to be touched while a gather of this
-  // shard (reads params) or a reduce-scatter (writes grads) is in flight.
+  // shard (reads params) or a reduce-scatter (writes grads) is in flight, nor params while full
+  // parameters exist (a group of one's gather_full() is a view of them).
   Tensor& params() { return params_; }
   const Tensor& params() const { return params_; }
   Tensor& grads() { return grads_; }
@@ -109,7 +110,8 @@ class FlatShard {
   // Allocates the full buffer (N_pad values of gather_dtype()) and starts the all-gather of every
   // rank's shard into it on the group's helper thread (NCCL: on its stream, ordered by events; see
   // above); returns at once (in Sync mode: after the gather). Collective (every rank of the group,
-  // same order). A no-op when the full buffer is already present or in flight.
+  // same order). A no-op when the full buffer is already present or in flight. A group of one
+  // communicates nothing (see the memory note above).
   void prefetch_full();
   // The full parameters, [N] of gather_dtype(), complete on return: waits for a prefetch in flight,
   // or gathers now (collective) when none was started. Rethrows an error of the gather.
@@ -137,7 +139,8 @@ class FlatShard {
   //    tensor whose N is not a multiple of G is first copied into a zero-padded buffer.
   // The blocking forms return when grads() is updated. The start_ forms queue the job on the
   // group's helper thread (NCCL: on its stream) and return at once; wait_grads() completes them
-  // (rethrowing errors).
+  // (rethrowing errors). A group of one queues the addition on the compute stream instead (done
+  // on return on the CPU), and holds nothing.
   // `full` is kept alive by the job, but must not be written until wait_grads().
   void reduce_scatter_grads(float scale = 1.0f);
   void reduce_scatter_grads(const Tensor& full, float scale = 1.0f);

@@ -371,20 +371,20 @@ LossStats LmHead::run(const Weights& w, const Grads* g, const float* x, const in
   // once the head's weight gradient has used them, so one [n, hidden] buffer serves both.
   Tensor xn = activation(be_, {n, Hd}, "final norm output");
   Tensor logits = activation(be_, {c, d_.vocab}, "logits chunk");
-  Tensor correct = Tensor::empty({c}, DType::U8, be_.device(), "correct rows chunk");
-  std::vector<uint8_t> host_correct(static_cast<size_t>(c));
+  // Per-row losses (float64, as bytes) and correctness of every row, read back once at the end:
+  // the chunks queue one after the other with no host wait between them.
+  Tensor row_loss =
+      Tensor::empty({n * int64_t(sizeof(double))}, DType::U8, be_.device(), "loss per row");
+  Tensor correct = Tensor::empty({n}, DType::U8, be_.device(), "correct rows");
+  double* losses = reinterpret_cast<double*>(row_loss.raw());
   norm_.forward(be_, w.norm, x, n, xn.data<float>(), inv.data<float>());
   for (int64_t r0 = 0; r0 < n; r0 += c) {
     const int64_t rows = std::min(c, n - r0);
     float* xc = xn.data<float>() + r0 * Hd;
     float* lg = logits.data<float>();
-    uint8_t* ok = correct.data<uint8_t>();
     head_.forward(be_, w.head, xc, rows, lg);
-    st.loss_sum += be_.cross_entropy(lg, targets + r0, weights ? weights + r0 : nullptr, rows,
-                                     d_.vocab, grad_scale, g ? lg : nullptr, ok);
-    be_.copy_to_host(host_correct.data(), ok, size_t(rows));
-    for (int64_t i = 0; i < rows; ++i) st.correct += host_correct[size_t(i)];
-    if (correct_rows) std::copy_n(host_correct.data(), rows, correct_rows + r0);
+    be_.cross_entropy_rows(lg, targets + r0, weights ? weights + r0 : nullptr, rows, d_.vocab,
+                           grad_scale, g ? lg : nullptr, correct.data<uint8_t>() + r0, losses + r0);
     if (!g) continue;
     // dW_head += dlogits^T xn_c, then dxn_c = dlogits W_head over xn_c (Linear::backward runs
     // them in that order, so xn_c may receive its own gradient).
@@ -394,6 +394,19 @@ LossStats LmHead::run(const Weights& w, const Grads* g, const float* x, const in
     be_.fill(dx, n * Hd, 0.0f);
     norm_.backward(be_, w.norm, x, inv.data<float>(), xn.data<float>(), n, dx, g->norm);
   }
+  // The one host wait: every row's loss and correctness. The sum goes chunk by chunk in row
+  // order, the same additions as when each chunk's total came back on its own.
+  std::vector<double> host_loss(static_cast<size_t>(n));
+  std::vector<uint8_t> host_correct(static_cast<size_t>(n));
+  be_.copy_to_host(host_loss.data(), losses, host_loss.size() * sizeof(double));
+  be_.copy_to_host(host_correct.data(), correct.data<uint8_t>(), host_correct.size());
+  for (int64_t r0 = 0; r0 < n; r0 += c) {
+    double chunk = 0;
+    for (int64_t r = r0; r < std::min(n, r0 + c); ++r) chunk += host_loss[size_t(r)];
+    st.loss_sum += chunk;
+  }
+  for (uint8_t ok : host_correct) st.correct += ok;
+  if (correct_rows) std::copy(host_correct.begin(), host_correct.end(), correct_rows);
   return st;
 }
 

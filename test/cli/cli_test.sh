@@ -6,6 +6,7 @@ set -uo pipefail
 bin=${1:?usage: cli_test.sh RINGATTN_BINARY}
 # shellcheck source=test/cli/lib.sh
 source "$(dirname "$0")/lib.sh"
+unset RINGATTN_DEBUG_FAULTS  # the group-of-one check below sets it itself
 
 "$bin" --version | grep -q "CUDA backend" && pass "--version" || fail "--version"
 
