@@ -155,8 +155,8 @@ TrainMeasurement measure_training(const TrainConfig& cfg, Mesh& mesh, int steps,
   for (double p : gather_doubles(world, double(my_peak))) m.rank_peak_bytes.push_back(size_t(p));
   m.peak_bytes = *std::max_element(m.rank_peak_bytes.begin(), m.rank_peak_bytes.end());
   m.device_memory_used_bytes = size_t(max_over_ranks(double(prof.device_memory_used())));
-  m.host_memory_held_bytes = size_t(
-      max_over_ranks(double(prof.device() == Device::CPU ? prof.allocator().held_bytes() : 0)));
+  // Only the host allocator keeps this figure (a device's reports 0).
+  m.host_memory_held_bytes = size_t(max_over_ranks(double(prof.allocator().held_bytes())));
   m.rank_breakdown = gather_breakdowns(world, mine);
   m.mean = mean_of(m.rank_breakdown);
   return m;

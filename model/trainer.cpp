@@ -139,9 +139,8 @@ size_t Trainer::memory_estimate_bytes(std::string* plan) const {
   // prefetched, the layer above's full gradients still held for their reduce-scatter
   // (FlatShard::start_rs retires one behind), and with tied embeddings the embedding's full
   // gradients, live from the head's backward to the embedding's.
-  // (A group of one reads float32 parameters in place: FlatShard::prefetch_full.)
-  const bool in_place = !bf16 && mesh_.size(Axis::FSDP) * mesh_.size(Axis::SP) == 1 &&
-                        debug_fault("fsdp_communicate_alone") != 1;
+  // (A group of one reads float32 parameters in place: FlatShard::reads_params_in_place.)
+  const bool in_place = model_->units().front().shard->reads_params_in_place();
   const size_t p = bf16 ? h : in_place ? 0 : b;
   const size_t at_largest = size_t(largest) * (p + b) + size_t(second) * p;
   const size_t in_layers =

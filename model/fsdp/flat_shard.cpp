@@ -94,7 +94,7 @@ void FlatShard::prefetch_full() {
   // between steps, when no full buffer exists); in bf16 it is rounded into the full buffer in
   // stream order. Either way no host wait and no job.
   const bool bf16 = gather_dtype_ == DType::BF16;
-  if (alone_ && !bf16) {
+  if (reads_params_in_place()) {
     full_ = params_;
     full_state_ = FullState::Ready;
     return;

@@ -102,6 +102,9 @@ class FlatShard {
   // agree.
   void set_gather_dtype(DType t);
   DType gather_dtype() const { return gather_dtype_; }
+  // True when the full parameters are the master shard itself (a group of one gathering float32,
+  // see the memory note above): gather_full() then allocates nothing.
+  bool reads_params_in_place() const { return alone_ && gather_dtype_ == DType::F32; }
 
   // Copies this rank's slice of the full parameters (N floats, the same on every rank: a seeded
   // init or a checkpoint's tensor) into params(); padding stays zero. Not collective.
