@@ -96,9 +96,18 @@ class Backend {
   // layers, chunks and micro-batches); every other output is overwritten.
   //
   // out[n, dim] = table[tokens[n], :]; table [vocab, dim]; tokens int32 in [0, vocab).
+  // Tokens outside the vocabulary are the caller's to rule out (the trainer checks its batches
+  // on the host, as for cross_entropy_rows): the CPU raises an Error naming the row; a GPU kernel
+  // writes a zero row for such a token (and backward skips it) rather than read or write outside
+  // the table, since raising would cost a host wait.
   virtual void embedding_forward(const int32_t* tokens, int64_t n, const float* table,
                                  int64_t vocab, int64_t dim, float* out) = 0;
-  // dtable[tokens[n], :] += dout[n, :] (a token seen twice gets both rows).
+  // The same lookup from a bfloat16 table, each row widened to float32 (exact) as it is copied:
+  // a bf16 model reads the rows it needs, never a float32 copy of the whole table.
+  virtual void embedding_forward_bf16(const int32_t* tokens, int64_t n, const uint16_t* table,
+                                      int64_t vocab, int64_t dim, float* out) = 0;
+  // dtable[tokens[n], :] += dout[n, :] (a token seen twice gets both rows, added in token order
+  // on every backend: bitwise the same sums).
   virtual void embedding_backward(const int32_t* tokens, int64_t n, const float* dout,
                                   int64_t vocab, int64_t dim, float* dtable) = 0;
   // RMSNorm over rows of x [rows, dim]: inv_rms[r] = 1 / sqrt(mean(x[r]^2) + eps) (float32,

@@ -159,6 +159,13 @@ void ProfilingBackend::embedding_forward(const int32_t* tokens, int64_t n, const
   inner_.embedding_forward(tokens, n, table, vocab, dim, out);
 }
 
+void ProfilingBackend::embedding_forward_bf16(const int32_t* tokens, int64_t n,
+                                              const uint16_t* table, int64_t vocab, int64_t dim,
+                                              float* out) {
+  Scope s(*this, OpCategory::Elementwise);
+  inner_.embedding_forward_bf16(tokens, n, table, vocab, dim, out);
+}
+
 void ProfilingBackend::embedding_backward(const int32_t* tokens, int64_t n, const float* dout,
                                           int64_t vocab, int64_t dim, float* dtable) {
   Scope s(*this, OpCategory::Elementwise);

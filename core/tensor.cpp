@@ -69,6 +69,13 @@ bool Tensor::is_contiguous() const {
   return strides_ == packed_strides(shape_);
 }
 
+void Tensor::bad_element_type(const char* type) const {
+  static constexpr const char* kAs[] = {"float",   "uint16_t", "uint16_t",
+                                        "int32_t", "int64_t",  "bytes"};
+  RA_FAIL("tensor {}: its elements read as {}, but {} elements are read as {}", str(), type,
+          dtype_name(dtype_), kAs[int(dtype_)]);
+}
+
 void* Tensor::raw() const {
   RA_CHECK(storage_, "use of an undefined tensor");
   return static_cast<char*>(storage_->data()) + offset_ * int64_t(dtype_size(dtype_));

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/allocator.h"
@@ -64,8 +65,18 @@ class Tensor {
   void* raw() const;  // pointer to the first element of this view
   // The allocator of the storage: its copies move this tensor's bytes whatever the device.
   Allocator& allocator() const;
+  // The elements as T, which must be the dtype's type: float for F32, uint16_t for BF16 and F16,
+  // int32_t for I32, int64_t for I64. Bytes (uint8_t, char) view any tensor, and a U8 tensor is
+  // a raw byte buffer any type may view (a float64 buffer, a KV block of either precision).
+  // Anything else raises an Error: a float read of bf16 bits would be silently wrong.
   template <typename T>
   T* data() const {
+    using E = std::remove_cv_t<T>;
+    constexpr bool bytes = std::is_same_v<E, uint8_t> || std::is_same_v<E, char>;
+    if constexpr (!bytes && !std::is_void_v<E>) {
+      if (dtype_ != DType::U8 && !element_type_is<E>(dtype_))
+        bad_element_type(element_type_name<E>());
+    }
     return static_cast<T*>(raw());
   }
 
@@ -92,6 +103,25 @@ class Tensor {
   std::string str() const;  // "F32[2, 3] cpu"
 
  private:
+  template <typename E>
+  static constexpr bool element_type_is(DType t) {
+    if constexpr (std::is_same_v<E, float>) return t == DType::F32;
+    if constexpr (std::is_same_v<E, uint16_t>) return t == DType::BF16 || t == DType::F16;
+    if constexpr (std::is_same_v<E, int32_t>) return t == DType::I32;
+    if constexpr (std::is_same_v<E, int64_t>) return t == DType::I64;
+    return false;
+  }
+  template <typename E>
+  static constexpr const char* element_type_name() {
+    if constexpr (std::is_same_v<E, float>) return "float";
+    if constexpr (std::is_same_v<E, double>) return "double";
+    if constexpr (std::is_same_v<E, uint16_t>) return "uint16_t";
+    if constexpr (std::is_same_v<E, int32_t>) return "int32_t";
+    if constexpr (std::is_same_v<E, int64_t>) return "int64_t";
+    return "another type";
+  }
+  [[noreturn]] void bad_element_type(const char* type) const;
+
   std::shared_ptr<Storage> storage_;
   Shape shape_, strides_;
   int64_t offset_ = 0;  // in elements

@@ -133,10 +133,9 @@ size_t Trainer::memory_estimate_bytes(std::string* plan) const {
   const bool bf16 = cfg_.model.dtype == DType::BF16;
   // Gathered units, the larger of two moments: full parameters in the gather type (bf16 under
   // bf16: the GEMMs read them as gathered), full gradients in float32.
-  // At the largest unit (the embedding or the head): its full parameters and full gradients
-  // (or, for the embedding's forward, its bf16 table widened for the lookup), and the next unit
-  // prefetched. In a layer's backward: its full parameters and gradients, the layer below
-  // prefetched, the layer above's full gradients still held for their reduce-scatter
+  // At the largest unit (the embedding or the head): its full parameters and full gradients,
+  // and the next unit prefetched. In a layer's backward: its full parameters and gradients, the
+  // layer below prefetched, the layer above's full gradients still held for their reduce-scatter
   // (FlatShard::start_rs retires one behind), and with tied embeddings the embedding's full
   // gradients, live from the head's backward to the embedding's.
   // (A group of one reads float32 parameters in place: FlatShard::reads_params_in_place.)

@@ -261,11 +261,8 @@ Tensor Transformer::run_forward(const DeviceBatch& batch, const ShardTokens& t,
   {
     Tensor e = emb.gather_full();
     units_[1].shard->prefetch_full();
-    // The lookup reads float32 rows: a bf16 table is widened for it (as large as the float32
-    // gather it replaces; the tied head's GEMMs read the bf16 table itself).
-    Tensor keep;
-    const float* table = as_f32(be_, F32OrBf16::of(e), e.numel(), keep, "embedding table (f32)");
-    embedding_.forward(be_, table, batch.tokens.data<int32_t>(), n, x.data<float>());
+    // A bf16 table's rows are widened as they are looked up: no float32 copy of the table.
+    embedding_.forward(be_, F32OrBf16::of(e), batch.tokens.data<int32_t>(), n, x.data<float>());
   }
   emb.release_full();
   for (int64_t l = 0; l < L; ++l) {

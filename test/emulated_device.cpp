@@ -290,6 +290,12 @@ class EmulatedBackend final : public Backend {
       cpu().embedding_forward(tokens, n, table, vocab, dim, out);
     });
   }
+  void embedding_forward_bf16(const int32_t* tokens, int64_t n, const uint16_t* table,
+                              int64_t vocab, int64_t dim, float* out) override {
+    defer([=, tokens = untag(tokens), table = untag(table), out = untag(out)] {
+      cpu().embedding_forward_bf16(tokens, n, table, vocab, dim, out);
+    });
+  }
   void embedding_backward(const int32_t* tokens, int64_t n, const float* dout, int64_t vocab,
                           int64_t dim, float* dtable) override {
     defer([=, tokens = untag(tokens), dout = untag(dout), dtable = untag(dtable)] {

@@ -281,6 +281,24 @@ TEST_CASE("tensor contiguous, clone, to and copy_from", "[core]") {
   CHECK_THROWS_AS(Tensor::empty({2, -1}, DType::F32), Error);
 }
 
+TEST_CASE("tensor data<T>() refuses a type that is not its dtype's", "[core]") {
+  const Tensor f = Tensor::zeros({3}, DType::F32), h = Tensor::zeros({3}, DType::BF16),
+               i = Tensor::zeros({3}, DType::I32), u = Tensor::zeros({24}, DType::U8);
+  CHECK(f.data<float>() == f.raw());
+  CHECK(f.data<const float>() == f.raw());
+  CHECK(h.data<uint16_t>() == h.raw());
+  CHECK(i.data<int32_t>() == i.raw());
+  CHECK(f.data<uint8_t>() == f.raw());  // bytes view anything
+  CHECK(u.data<double>() == u.raw());   // a U8 tensor is a raw byte buffer
+  CHECK(u.data<float>() == u.raw());
+  CHECK_THROWS_WITH(h.data<float>(), Catch::Contains("BF16[3]") && Catch::Contains("as float") &&
+                                         Catch::Contains("BF16 elements are read as uint16_t"));
+  CHECK_THROWS_AS(f.data<uint16_t>(), Error);
+  CHECK_THROWS_AS(f.data<int32_t>(), Error);
+  CHECK_THROWS_AS(i.data<float>(), Error);
+  CHECK_THROWS_WITH(f.data<double>(), Catch::Contains("as double"));
+}
+
 TEST_CASE("dtype names and sizes", "[core]") {
   for (DType t : {DType::F32, DType::BF16, DType::F16, DType::I32, DType::I64, DType::U8})
     CHECK(dtype_from_name(dtype_name(t)) == t);

@@ -16,6 +16,7 @@
 
 #include "comm/mesh.h"
 #include "core/backend.h"
+#include "core/dtype.h"
 #include "core/error.h"
 #include "core/random.h"
 #include "model/attention/attention.h"
@@ -339,8 +340,24 @@ TEST_CASE("embedding op: lookup and scatter-add against float64", "[layers]") {
   be.embedding_backward(tokens.data(), n, dout.data(), vocab, dim, dtable.data());
   CHECK(max_err(dtable.data(), want) < 1e-6);
 
+  // A bf16 table: each looked-up row is the widened bf16 row, bit for bit.
+  std::vector<uint16_t> table_bf16(table.size());
+  for (size_t i = 0; i < table.size(); ++i) table_bf16[i] = f32_to_bf16(table[i]);
+  VecF out16 = randn(out.size(), 4);  // overwritten
+  be.embedding_forward_bf16(tokens.data(), n, table_bf16.data(), vocab, dim, out16.data());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t d = 0; d < dim; ++d) {
+      const float want16 = bf16_to_f32(table_bf16[size_t(tokens[size_t(i)] * dim + d)]);
+      REQUIRE(std::memcmp(&out16[size_t(i * dim + d)], &want16, sizeof(float)) == 0);
+    }
+
   const std::vector<int32_t> bad{1, 9};
-  CHECK_THROWS_AS(be.embedding_forward(bad.data(), 2, table.data(), vocab, dim, out.data()), Error);
+  CHECK_THROWS_WITH(be.embedding_forward(bad.data(), 2, table.data(), vocab, dim, out.data()),
+                    Catch::Contains("row 1") && Catch::Contains("outside the vocabulary"));
+  CHECK_THROWS_AS(
+      be.embedding_forward_bf16(bad.data(), 2, table_bf16.data(), vocab, dim, out.data()), Error);
+  CHECK_THROWS_AS(be.embedding_backward(bad.data(), 2, dout.data(), vocab, dim, dtable.data()),
+                  Error);
 }
 
 TEST_CASE("rmsnorm op: forward, inverse rms and backward against float64", "[layers]") {

@@ -75,6 +75,10 @@ class CpuBackend final : public Backend {
                          int64_t dim, float* out) override {
     cpu::embedding_forward(tokens, n, table, vocab, dim, out);
   }
+  void embedding_forward_bf16(const int32_t* tokens, int64_t n, const uint16_t* table,
+                              int64_t vocab, int64_t dim, float* out) override {
+    cpu::embedding_forward_bf16(tokens, n, table, vocab, dim, out);
+  }
   void embedding_backward(const int32_t* tokens, int64_t n, const float* dout, int64_t vocab,
                           int64_t dim, float* dtable) override {
     cpu::embedding_backward(tokens, n, dout, vocab, dim, dtable);

@@ -13,6 +13,7 @@
 #include "core/allocator.h"
 #include "core/backend.h"
 #include "core/cpu/parallel.h"
+#include "core/dtype.h"
 #include "core/error.h"
 
 namespace ringattn::cpu {
@@ -107,6 +108,18 @@ void embedding_forward(const int32_t* tokens, int64_t n, const float* table, int
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t i = 0; i < n; ++i)
     std::memcpy(out + i * dim, table + int64_t(tokens[i]) * dim, size_t(dim) * sizeof(float));
+}
+
+void embedding_forward_bf16(const int32_t* tokens, int64_t n, const uint16_t* table, int64_t vocab,
+                            int64_t dim, float* out) {
+  check_tokens(tokens, n, vocab, false, "embedding");
+  const int threads = threads_for(n * dim);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t* src = table + int64_t(tokens[i]) * dim;
+    float* dst = out + i * dim;
+    for (int64_t d = 0; d < dim; ++d) dst[d] = bf16_to_f32(src[d]);
+  }
 }
 
 void embedding_backward(const int32_t* tokens, int64_t n, const float* dout, int64_t vocab,

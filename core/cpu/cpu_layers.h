@@ -10,6 +10,8 @@ namespace ringattn::cpu {
 
 void embedding_forward(const int32_t* tokens, int64_t n, const float* table, int64_t vocab,
                        int64_t dim, float* out);
+void embedding_forward_bf16(const int32_t* tokens, int64_t n, const uint16_t* table, int64_t vocab,
+                            int64_t dim, float* out);
 void embedding_backward(const int32_t* tokens, int64_t n, const float* dout, int64_t vocab,
                         int64_t dim, float* dtable);
 void rmsnorm_forward(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* y,

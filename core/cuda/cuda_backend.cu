@@ -195,6 +195,10 @@ class CudaBackend final : public Backend {
                          int64_t dim, float* out) override {
     cuda::embedding_forward(stream_, tokens, n, table, vocab, dim, out);
   }
+  void embedding_forward_bf16(const int32_t* tokens, int64_t n, const uint16_t* table,
+                              int64_t vocab, int64_t dim, float* out) override {
+    cuda::embedding_forward_bf16(stream_, tokens, n, table, vocab, dim, out);
+  }
   void embedding_backward(const int32_t* tokens, int64_t n, const float* dout, int64_t vocab,
                           int64_t dim, float* dtable) override {
     cuda::embedding_backward(stream_, tokens, n, dout, vocab, dim, dtable);

@@ -5,10 +5,11 @@
 //
 // Deterministic like the CPU backend: sums across rows (RMSNorm's dw, the embedding gradient, the
 // loss) run in a fixed order, never with floating-point atomics.
-// Synchronising calls: the embedding's, which validate token ids (an invalid id raises an Error
-// with the row, as on the CPU), and RoPE with positions in device memory (read back to build its
-// angle table). Scratch memory (RMSNorm backward, RoPE) goes back to the allocator in stream order,
-// without a wait.
+// Token ids and targets are not validated here (that would be a host wait per call): an id
+// outside the vocabulary gives a zero row or is skipped (core/backend.h); the trainer checks its
+// batches on the host. The one synchronising call is RoPE with positions in device memory (read
+// back to build its angle table). Scratch memory (RMSNorm backward, RoPE, the embedding
+// gradient's sort) goes back to the allocator in stream order, without a wait.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -19,6 +20,8 @@ namespace ringattn::cuda {
 
 void embedding_forward(cudaStream_t stream, const int32_t* tokens, int64_t n, const float* table,
                        int64_t vocab, int64_t dim, float* out);
+void embedding_forward_bf16(cudaStream_t stream, const int32_t* tokens, int64_t n,
+                            const uint16_t* table, int64_t vocab, int64_t dim, float* out);
 void embedding_backward(cudaStream_t stream, const int32_t* tokens, int64_t n, const float* dout,
                         int64_t vocab, int64_t dim, float* dtable);
 void rmsnorm_forward(cudaStream_t stream, const float* x, const float* w, int64_t rows, int64_t dim,

@@ -122,9 +122,12 @@ void RmsNorm::backward(Backend& be, const float* w, const float* x, const float*
   be.rmsnorm_backward(x, w, inv_rms, dy, n, dim, dx, dw);
 }
 
-void Embedding::forward(Backend& be, const float* table, const int32_t* tokens, int64_t n,
+void Embedding::forward(Backend& be, F32OrBf16 table, const int32_t* tokens, int64_t n,
                         float* out) const {
-  be.embedding_forward(tokens, n, table, vocab, dim, out);
+  if (table.bf16)
+    be.embedding_forward_bf16(tokens, n, table.bf16, vocab, dim, out);
+  else
+    be.embedding_forward(tokens, n, table.f32, vocab, dim, out);
 }
 
 void Embedding::backward(Backend& be, const int32_t* tokens, const float* dout, int64_t n,

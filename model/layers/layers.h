@@ -101,10 +101,11 @@ struct RmsNorm {
                 int64_t n, float* dx, float* dw) const;
 };
 
-// Token embedding: row lookup, and scatter-add of the gradient.
+// Token embedding: row lookup (from a float32 or bf16 table; rows come out float32), and
+// scatter-add of the gradient.
 struct Embedding {
   int64_t vocab = 0, dim = 0;
-  void forward(Backend& be, const float* table, const int32_t* tokens, int64_t n, float* out) const;
+  void forward(Backend& be, F32OrBf16 table, const int32_t* tokens, int64_t n, float* out) const;
   void backward(Backend& be, const int32_t* tokens, const float* dout, int64_t n,
                 float* dtable) const;
 };
