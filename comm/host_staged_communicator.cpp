@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "core/backend.h"
 #include "core/error.h"
 #include "core/tensor.h"
 
@@ -16,9 +17,15 @@ Tensor host_buffer(size_t bytes, std::string_view what) {
 
 class StagedRing final : public RingExchange {
  public:
-  // `alone`: a ring of one rank, whose exchange is a copy on the device.
-  StagedRing(std::unique_ptr<RingExchange> inner, Allocator& device, bool alone)
-      : inner_(std::move(inner)), device_(device), alone_(alone) {
+  // `alone`: a ring of one rank, whose exchange is a copy on the device: queued on `compute`'s
+  // stream when the ring was made with the backend that computes (ordered like its other
+  // operations, no host wait: a one-GPU ring attention sends dK/dV once per layer), else the
+  // allocator's synchronous copy.
+  StagedRing(std::unique_ptr<RingExchange> inner, Allocator& device, bool alone, Backend* compute)
+      : inner_(std::move(inner)),
+        device_(device),
+        alone_(alone),
+        compute_(compute && compute->device() == device.device() ? compute : nullptr) {
     next_ = inner_->next();
     prev_ = inner_->prev();
   }
@@ -26,7 +33,12 @@ class StagedRing final : public RingExchange {
   void start(const void* send, void* recv, size_t bytes) override {
     RA_CHECK(recv_ == nullptr, "ring exchange: start() while an exchange is in flight");
     if (alone_) {
-      if (bytes && send != recv) device_.copy_within(recv, send, bytes);
+      if (bytes && send != recv) {
+        if (compute_)
+          compute_->copy(recv, send, bytes);
+        else
+          device_.copy_within(recv, send, bytes);
+      }
       return;
     }
     if (size_t(send_host_.numel()) < bytes) {
@@ -59,6 +71,7 @@ class StagedRing final : public RingExchange {
   std::unique_ptr<RingExchange> inner_;
   Allocator& device_;
   const bool alone_;
+  Backend* compute_;  // null: copies through device_
   Tensor send_host_, recv_host_;
   void* recv_ = nullptr;  // the caller's receive buffer while an exchange is in flight
   size_t bytes_ = 0;
@@ -129,9 +142,10 @@ class HostStagedCommunicator final : public Communicator {
   void barrier() override { host_.barrier(); }
 
   // The staging copies wait for the device's queued work and are synchronous: both orders of
-  // RingExchange::start hold without the compute backend.
-  std::unique_ptr<RingExchange> make_ring(Backend* /*compute*/) override {
-    return std::make_unique<StagedRing>(host_.make_ring(), device_, alone());
+  // RingExchange::start hold without the compute backend. A ring of one copies on `compute`'s
+  // stream instead, which keeps the same orders (RingExchange).
+  std::unique_ptr<RingExchange> make_ring(Backend* compute) override {
+    return std::make_unique<StagedRing>(host_.make_ring(), device_, alone(), compute);
   }
 
  private:

@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(cmake ninja-build g++ pkg-config libopenmpi-dev openmpi-bin libcli11-dev
           nlohmann-json3-dev libspdlog-dev catch2 libopenblas-dev
+          libopenblas-openmp-dev  # OpenBLAS threaded by OpenMP, preferred by CMakeLists.txt
           python3-matplotlib)  # scripts/plot.py (and python3 for the CLI tests' JSON checks)
 # Extra packages a caller asks for (e.g. the Slurm test): scripts/install-deps.sh slurm-wlm munge
 packages+=("$@")

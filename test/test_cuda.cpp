@@ -3,10 +3,12 @@
 // inputs (the attention tiles: test/test_cuda_attention.cpp).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "core/backend.h"
@@ -14,6 +16,13 @@
 #include "core/random.h"
 #include "core/tensor.h"
 #include "cuda_test_util.h"
+
+#ifdef RINGATTN_WITH_CUDA
+#include <atomic>
+#include <thread>
+
+#include "core/cuda/cuda_check.h"
+#endif
 
 using namespace ringattn;
 using test::check_close;
@@ -367,4 +376,73 @@ TEST_CASE("CUDA cross-entropy matches the CPU backend (weights, ignored rows, ti
   CHECK(l[1] == 0.0);
   CHECK(to_host(gpu, ok).data<uint8_t>()[1] == 0);
   for (int j = 0; j < 5; ++j) CHECK(dl_back.data<float>()[5 + j] == 0.0f);
+
+  // NaN logits: the loss is NaN on both backends; `correct` follows the CPU's scan, which takes
+  // column 0 when it is NaN and otherwise passes over NaNs. Rows: NaN before the maximum, NaN at
+  // column 0 (target 0, then 2), every column NaN. 300 columns: more than one per thread.
+  const int64_t nv = 300;
+  Tensor nanl = randn({4, nv}, 45);
+  float* nl = nanl.data<float>();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  nl[3] = nan;
+  nl[7] = 50.0f;  // row 0's maximum, after the NaN
+  nl[nv] = nan;
+  nl[nv + 2] = 50.0f;  // row 1: the CPU still answers column 0
+  nl[2 * nv] = nan;
+  nl[2 * nv + 2] = 50.0f;  // row 2: the same logits, target 2
+  for (int64_t j = 0; j < nv; ++j) nl[3 * nv + j] = nan;
+  Tensor nt = Tensor::empty({4}, DType::I32);
+  const int32_t want_t[4] = {7, 0, 2, 0};
+  std::copy(want_t, want_t + 4, nt.data<int32_t>());
+  Tensor ok_cpu = Tensor::empty({4}, DType::U8);
+  std::vector<double> loss_cpu(4);
+  cpu.cross_entropy_rows(nanl.data<float>(), nt.data<int32_t>(), nullptr, 4, nv, 1.0f, nullptr,
+                         ok_cpu.data<uint8_t>(), loss_cpu.data());
+  const Tensor dnan = to_device(gpu, nanl), dnt = to_device(gpu, nt);
+  Tensor ok4 = Tensor::empty({4}, DType::U8, Device::CUDA);
+  Tensor loss4 = Tensor::empty({4 * int64_t(sizeof(double))}, DType::U8, Device::CUDA);
+  gpu.cross_entropy_rows(dnan.data<float>(), dnt.data<int32_t>(), nullptr, 4, nv, 1.0f, nullptr,
+                         ok4.data<uint8_t>(), loss4.data<double>());
+  const Tensor ok4_back = to_host(gpu, ok4);
+  for (int r = 0; r < 4; ++r) CHECK(ok4_back.data<uint8_t>()[r] == ok_cpu.data<uint8_t>()[r]);
+  CHECK(ok_cpu.data<uint8_t>()[0] == 1);  // the CPU's answers, as described above
+  CHECK(ok_cpu.data<uint8_t>()[1] == 1);
+  CHECK(ok_cpu.data<uint8_t>()[2] == 0);
+  CHECK(ok_cpu.data<uint8_t>()[3] == 1);
+}
+
+// The NCCL ring and the watchdog poll events (cuda::query_event). A pending event's "not ready"
+// must not stay behind as the thread's last error: every kernel launch is checked with
+// cudaGetLastError, and would throw "device not ready" for a launch that went fine.
+TEST_CASE("CUDA: polling a pending event leaves no error for the next launch's check", "[cuda]") {
+#ifdef RINGATTN_WITH_CUDA
+  if (test::skip_without_gpu()) return;
+  Backend& gpu = cuda_backend(0);
+  cudaStream_t s = nullptr;
+  cudaEvent_t e = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaEventCreateWithFlags(&e, cudaEventDisableTiming) == cudaSuccess);
+  static std::atomic<bool> release{false};
+  release = false;
+  // The stream is held by a host function until released: the event after it is pending.
+  REQUIRE(cudaLaunchHostFunc(
+              s,
+              [](void*) {
+                while (!release.load()) std::this_thread::yield();
+              },
+              nullptr) == cudaSuccess);
+  REQUIRE(cudaEventRecord(e, s) == cudaSuccess);
+  CHECK(cuda::query_event(e) == cudaErrorNotReady);
+  CHECK(cudaPeekAtLastError() == cudaSuccess);
+  Tensor x = Tensor::empty({64}, DType::F32, Device::CUDA);
+  CHECK_NOTHROW(gpu.fill(x.data<float>(), 64, 1.0f));  // a launch checked by cudaGetLastError
+  release = true;
+  REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+  CHECK(cuda::query_event(e) == cudaSuccess);
+  gpu.synchronize();
+  cudaEventDestroy(e);
+  cudaStreamDestroy(s);
+#else
+  SUCCEED("built without CUDA");
+#endif
 }

@@ -435,6 +435,40 @@ TEST_CASE("the emulated stream defers work; only an ordered ring sees it", "[dev
   }
 }
 
+TEST_CASE("a host-staged ring of one rank copies on the compute stream, without a host wait",
+          "[device]") {
+  const auto dut = device_under_test();
+  if (!dut.emulated) {
+    WARN("a real GPU is present: the emulated stream is not under test");
+    return;
+  }
+  Backend& be = *dut.backend;
+  Mesh mesh(MeshShape{world_size(), 1, 1, 1});  // every rank's SP group is itself alone
+  std::unique_ptr<Communicator> comm =
+      make_host_staged_communicator(mesh.axis(Axis::SP), allocator_for(Device::CUDA));
+  REQUIRE(comm->size() == 1);
+  const int64_t c = 1000;
+  const size_t bytes = size_t(c) * sizeof(float);
+  for (bool ordered : {false, true}) {
+    INFO((ordered ? "ring made with the backend" : "ring made without it"));
+    auto ring = comm->make_ring(ordered ? &be : nullptr);
+    Tensor send = Tensor::empty({c}, DType::F32, Device::CUDA);
+    Tensor recv = Tensor::empty({c}, DType::F32, Device::CUDA);
+    be.fill(send.data<float>(), c, 1.0f);
+    be.fill(recv.data<float>(), c, 0.0f);
+    be.synchronize();
+    be.fill(send.data<float>(), c, 2.0f);  // queued, not run yet
+    ring->start(send.raw(), recv.raw(), bytes);
+    // With the backend the copy is queued behind the fill (nothing has run); without it the
+    // allocator's synchronous copy ran the queue first.
+    CHECK((ringattn::test::emulated_pending_operations() > 0) == ordered);
+    ring->wait();
+    be.fill(send.data<float>(), c, 3.0f);  // after wait() the sender may reuse its buffer
+    CHECK(to_vector(recv) == std::vector<float>(size_t(c), 2.0f));
+    CHECK(ring->bytes_moved() == 0);
+  }
+}
+
 TEST_CASE("stream-ordered collectives read what the compute stream queued before them",
           "[device]") {
   const auto dut = device_under_test();

@@ -104,10 +104,12 @@ TEST_CASE("Fused attention kernels: match the CPU's bf16 tiles", "[attention]") 
     int heads, kv_heads, head_dim;
     int64_t sq, sk;
   };
-  const Shape s = GENERATE(Shape{4, 2, 32, 80, 150},  // GQA; neither length a multiple of 64
-                           Shape{2, 1, 64, 64, 64},   // exactly one tile each way
-                           Shape{3, 3, 16, 130, 70},  // three query tiles, 16-wide heads
-                           Shape{2, 2, 128, 40, 100}  // the largest head the kernels take
+  const Shape s = GENERATE(Shape{4, 2, 32, 80, 150},   // GQA; neither length a multiple of 64
+                           Shape{2, 1, 64, 64, 64},    // exactly one tile each way
+                           Shape{3, 3, 16, 130, 70},   // three query tiles, 16-wide heads
+                           Shape{2, 2, 128, 40, 100},  // the largest head the kernels take
+                           Shape{2, 1, 80, 70, 90},    // a head width that is no power of two
+                           Shape{2, 2, 48, 65, 64}     // another (one query row past a tile)
   );
   const bool causal = GENERATE(false, true);
   INFO("H " << s.heads << " Hkv " << s.kv_heads << " D " << s.head_dim << " sq " << s.sq << " sk "

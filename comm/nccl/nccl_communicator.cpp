@@ -162,7 +162,7 @@ class NcclRing final : public RingExchange {
 
   bool test() override {
     if (!in_flight_) return true;
-    const cudaError_t st = cudaEventQuery(done_);
+    const cudaError_t st = cuda::query_event(done_);
     if (st == cudaErrorNotReady) return false;
     CUDA_CHECK(st);
     return true;

@@ -49,7 +49,7 @@ bool WatchedStream::complete(cudaEvent_t e) const {
   // The watchdog thread has no current device of its own; events belong to device_'s context.
   int current = -1;
   if (cudaGetDevice(&current) == cudaSuccess && current != device_) (void)cudaSetDevice(device_);
-  return cudaEventQuery(e) != cudaErrorNotReady;
+  return cuda::query_event(e) != cudaErrorNotReady;
 }
 
 StreamWatch::Probe WatchedStream::probe(cudaEvent_t begin, cudaEvent_t end) {

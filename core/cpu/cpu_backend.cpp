@@ -2,6 +2,7 @@
 #include <cblas.h>
 #include <fmt/format.h>
 
+#include <cstdlib>
 #include <cstring>
 
 #ifdef _OPENMP
@@ -22,8 +23,13 @@ class CpuBackend final : public Backend {
  public:
   Device device() const override { return Device::CPU; }
   std::string name() const override {
-    return fmt::format("cpu ({}, {} thread{})", openblas_get_config(), cpu_threads(),
-                       cpu_threads() == 1 ? "" : "s");
+    // openblas_get_parallel: 0 sequential, 1 pthreads, 2 OpenMP (the build CMake prefers).
+    const int par = openblas_get_parallel();
+    return fmt::format("cpu ({}, {} threads, {} thread{})", openblas_get_config(),
+                       par == 2   ? "OpenMP"
+                       : par == 1 ? "pthread"
+                                  : "no",
+                       cpu_threads(), cpu_threads() == 1 ? "" : "s");
   }
 
   void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda,
@@ -147,6 +153,31 @@ void set_cpu_threads(int threads) {
 int cpu_threads() {
   return openblas_get_num_threads();
 }
+
+namespace {
+
+// OPENBLAS_NUM_THREADS is how users and the scripts give each rank its threads (1 when several
+// ranks share the cores). The pthread OpenBLAS reads it; the OpenMP build (CMakeLists.txt
+// prefers it) follows OpenMP's count at every call instead, OMP_NUM_THREADS or else every core,
+// so 4 ranks on 2 cores ran 2-thread GEMMs with spinning OpenMP teams (the [device] tests took
+// 9x as long). At startup both counts are set from OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS.
+int threads_from_environment() {
+  for (const char* name : {"OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"}) {
+    const char* v = std::getenv(name);
+    if (v == nullptr || *v == '\0') continue;
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    if (end != v && n > 0 && n < 100000) return int(n);
+  }
+  return 0;
+}
+
+[[maybe_unused]] const bool threads_set_at_startup = [] {
+  set_cpu_threads(threads_from_environment());  // 0: both libraries keep their defaults
+  return true;
+}();
+
+}  // namespace
 
 #ifndef RINGATTN_WITH_CUDA
 bool cuda_compiled() {

@@ -460,11 +460,16 @@ MaskArgs mask_args(const Plan& pl, const Staging& sg, const DeviceScratch& dev, 
 
 // AttentionTileProblem::fused: the plan's statistics, its positions and segment ids uploaded into
 // `a` (the kernels read them on the device; the upload's buffer is freed in stream order after
-// the launches), then launch(stream, a).
+// the launches), then launch(stream, a). A block the plan masks entirely (a causal ring step
+// whose keys all lie ahead) launches nothing, as on the cuBLAS path: the kernels would only read
+// and rewrite the running state, or add zeros.
 template <typename Launch>
 void run_fused(cudaStream_t stream, const Plan& pl, fused::Args a, double flops_per_elem,
                AttentionTileStats* stats, Launch launch) {
-  add_tile_stats(stats, plan_stats(pl, pl.p.batch, pl.p.heads, pl.p.head_dim, flops_per_elem));
+  const AttentionTileStats ps =
+      plan_stats(pl, pl.p.batch, pl.p.heads, pl.p.head_dim, flops_per_elem);
+  add_tile_stats(stats, ps);
+  if (ps.tiles_computed == 0) return;
   Staging sg(pl, 0, 0);
   DeviceScratch dev(stream, sg.lay.bytes(), "attention positions");
   upload_async(stream, dev.at<void>(), sg.host.data(), sg.host.size());

@@ -278,14 +278,17 @@ int cuda_device_count() {
 
 Backend& cuda_backend(int device_index) {
   static std::mutex mu;
-  static std::map<int, std::unique_ptr<CudaBackend>> backends;
+  // Never destroyed (like the CPU allocator): a CUDA tensor owned by a static may be freed during
+  // static destruction, after a destroyed backend's allocator and stream would be gone. The
+  // driver releases everything at exit.
+  static auto* backends = new std::map<int, CudaBackend*>;
   std::lock_guard<std::mutex> lock(mu);
   const int n = cuda_device_count();
   RA_CHECK(n > 0, "no usable CUDA device (no GPU, or the driver is missing or too old)");
   RA_CHECK(device_index >= 0 && device_index < n, "CUDA device {} requested, {} present",
            device_index, n);
-  auto& b = backends[device_index];
-  if (!b) b = std::make_unique<CudaBackend>(device_index);
+  CudaBackend*& b = (*backends)[device_index];
+  if (!b) b = new CudaBackend(device_index);
   return *b;
 }
 

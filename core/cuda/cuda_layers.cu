@@ -28,15 +28,18 @@ __device__ inline float table_value(const uint16_t* t, int64_t i) {
   return __uint_as_float(uint32_t(t[i]) << 16);  // bf16 -> f32: exact
 }
 
-// Ids outside the vocabulary are the caller's to rule out (core/backend.h); such a row is written
-// as zeros rather than read from outside the table.
+// One block per token row (no 64-bit division per element). Ids outside the vocabulary are the
+// caller's to rule out (core/backend.h); such a row is written as zeros rather than read from
+// outside the table.
 template <typename T>
 __global__ void embedding_forward_kernel(const int32_t* tokens, int64_t n, const T* table,
                                          int64_t vocab, int64_t dim, float* out) {
-  for (int64_t e = global_thread(); e < n * dim; e += grid_stride()) {
-    const int64_t i = e / dim, d = e % dim;
+  for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
     const int64_t t = tokens[i];
-    out[e] = (t >= 0 && t < vocab) ? table_value(table, t * dim + d) : 0.0f;
+    const bool ok = t >= 0 && t < vocab;
+    float* o = out + i * dim;
+    for (int64_t d = threadIdx.x; d < dim; d += blockDim.x)
+      o[d] = ok ? table_value(table, t * dim + d) : 0.0f;
   }
 }
 
@@ -236,11 +239,12 @@ __global__ void cross_entropy_kernel(const float* logits, const int32_t* targets
     const int32_t t = targets[r] < vocab ? targets[r] : -1;
     const float w = weights ? weights[r] : 1.0f;
     const float xt = t >= 0 ? x[t] : 0.0f;
-    // This thread's first maximum over its columns (ascending j, strict >).
+    // This thread's first maximum over its columns (ascending j, strict >), NaNs skipped: the
+    // CPU's scan (m = x[0], then x[j] > m) passes over every NaN after column 0.
     float v = 0.0f;
     int64_t arg = kNone;
     for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x)
-      if (arg == kNone || x[j] > v) v = x[j], arg = j;
+      if (!isnan(x[j]) && (arg == kNone || x[j] > v)) v = x[j], arg = j;
     best_v[threadIdx.x] = v;
     best_i[threadIdx.x] = arg;
     __syncthreads();
@@ -258,7 +262,9 @@ __global__ void cross_entropy_kernel(const float* logits, const int32_t* targets
       __syncthreads();
     }
     const float m = best_v[0];
-    const int64_t argmax = best_i[0];
+    // The CPU's answer is column 0 when x[0] is NaN (nothing compares greater) or all are NaN.
+    // (The loss is NaN then on both backends; the argmax only feeds `correct`.)
+    const int64_t argmax = (best_i[0] == kNone || isnan(x[0])) ? 0 : best_i[0];
     __syncthreads();  // best_v/best_i are rewritten for the next row
     if (correct && threadIdx.x == 0) correct[r] = uint8_t(t >= 0 && argmax == int64_t(t));
     float* dl = dlogits ? dlogits + r * vocab : nullptr;
@@ -304,16 +310,16 @@ __global__ void fill_kernel(float* x, int64_t n, float value) {
 void embedding_forward(cudaStream_t stream, const int32_t* tokens, int64_t n, const float* table,
                        int64_t vocab, int64_t dim, float* out) {
   if (n <= 0 || dim <= 0) return;
-  embedding_forward_kernel<<<grid_for(n * dim), kThreads, 0, stream>>>(tokens, n, table, vocab, dim,
-                                                                       out);
+  embedding_forward_kernel<<<grid_for_rows(n), kThreads, 0, stream>>>(tokens, n, table, vocab, dim,
+                                                                      out);
   CUDA_CHECK(cudaGetLastError());
 }
 
 void embedding_forward_bf16(cudaStream_t stream, const int32_t* tokens, int64_t n,
                             const uint16_t* table, int64_t vocab, int64_t dim, float* out) {
   if (n <= 0 || dim <= 0) return;
-  embedding_forward_kernel<<<grid_for(n * dim), kThreads, 0, stream>>>(tokens, n, table, vocab, dim,
-                                                                       out);
+  embedding_forward_kernel<<<grid_for_rows(n), kThreads, 0, stream>>>(tokens, n, table, vocab, dim,
+                                                                      out);
   CUDA_CHECK(cudaGetLastError());
 }
 

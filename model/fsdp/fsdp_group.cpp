@@ -65,7 +65,7 @@ std::future<void> FsdpGroup::submit(std::function<void()> job) {
 }
 
 void FsdpGroup::defer(std::unique_ptr<StreamPoint> point, std::function<void()> then) {
-  deferred_.push_back({std::move(point), std::move(then)});
+  deferred_.push_back({std::move(then), std::move(point)});
 }
 
 void FsdpGroup::retire(size_t keep) {

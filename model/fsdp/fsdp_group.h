@@ -107,8 +107,11 @@ class FsdpGroup {
   std::deque<std::packaged_task<void()>> queue_;  // guarded by mu_
   bool stop_ = false;                             // guarded by mu_
   struct Deferred {
-    std::unique_ptr<StreamPoint> point;  // null: the collective was complete on return
+    // Declared before the point, so destroyed after it: a Deferred dropped unretired (an error
+    // unwinding) has its point order the compute stream (StreamPoint's destructor) before the
+    // buffers `then` holds go back to the allocator in stream order.
     std::function<void()> then;
+    std::unique_ptr<StreamPoint> point;  // null: the collective was complete on return
   };
   std::deque<Deferred> deferred_;  // oldest first; the model's thread only
   WaitTimes waits_;
