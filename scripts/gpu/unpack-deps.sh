@@ -7,7 +7,11 @@
 # scratch root). So everything is unpacked into /opt/deps, ./lib is folded into ./usr/lib, and
 # the tree is merged into / without overwriting anything the image already has (its libgfortran,
 # for one, is newer than Debian 12's). /usr/bin/mpirun is an alternatives link that dpkg -x does
-# not create; it is made here unless the image has its own.
+# not create; it is made here unless the image has its own. So is libopenblas.so.0 in the
+# library directory: binaries built here look for OpenBLAS first in the RUNPATH directory of the
+# build they linked (openblas-openmp/ when libopenblas-openmp-dev is installed), which the
+# carried packages may not have; the loader then falls back to that link, to whichever build was
+# carried (the interface is the same).
 #
 #   source scripts/gpu/unpack-deps.sh [DEBS_DIR]     # default .debs
 set -u
@@ -24,5 +28,14 @@ mkdir -p "$root/usr" "$root/etc"
 cp -an "$deps/usr/." "$root/usr/"
 [ -d "$deps/etc" ] && cp -an "$deps/etc/." "$root/etc/"
 [ -e "$root/usr/bin/mpirun" ] || ln -s mpirun.openmpi "$root/usr/bin/mpirun"
+libdir=$root/usr/lib/x86_64-linux-gnu
+if [ ! -e "$libdir/libopenblas.so.0" ]; then
+  for variant in openblas-openmp openblas-pthread; do
+    if [ -e "$libdir/$variant/libopenblas.so.0" ]; then
+      ln -s "$variant/libopenblas.so.0" "$libdir/libopenblas.so.0"
+      break
+    fi
+  done
+fi
 [ -z "$root" ] && ldconfig
 true
