@@ -58,7 +58,7 @@ int run_forward(const ForwardArgs& a) {
   apply_hf_config(read_hf_config(a.init_from), json);
   TrainConfig cfg = to_train_config(json);
   log::set_level(cfg.log_level);
-  if (std::getenv("OPENBLAS_NUM_THREADS") == nullptr) configure_bench_threads(0);
+  if (cpu_threads_from_environment() == 0) configure_bench_threads(0);
 
   const Tensor ids = read_input_ids(a.tokens, a.seq_len);
   const int64_t B = ids.dim(0), S = ids.dim(1);

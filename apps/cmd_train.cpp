@@ -63,9 +63,10 @@ Setup resolve(const std::string& file, const std::vector<std::string>& sets,
   log::set_level(cfg.log_level);
   // The limit applies where the model lives (the GPU's memory with device = cuda).
   backend_for(cfg).allocator().set_limit(cfg.memory_limit_bytes());
-  // An explicit OPENBLAS_NUM_THREADS wins (the tests pin it to 1); otherwise the node's cores
-  // are shared evenly by its ranks, as oversubscribed BLAS threads slow every rank down.
-  if (std::getenv("OPENBLAS_NUM_THREADS") == nullptr) configure_bench_threads(0);
+  // An explicit OPENBLAS_NUM_THREADS (or OMP_NUM_THREADS) wins (the tests pin it to 1);
+  // otherwise the node's cores are shared evenly by its ranks, as oversubscribed BLAS threads
+  // slow every rank down.
+  if (cpu_threads_from_environment() == 0) configure_bench_threads(0);
   return {std::move(json), std::move(cfg), shape};
 }
 

@@ -59,9 +59,10 @@ class RingExchange {
   // compute and communication streams, without blocking the host: its wait() returns at once
   // and the compute stream waits instead (wait_seconds() then counts host blocking only, ~0).
   // The CPU backend is synchronous and host-staged transports copy through the device's
-  // synchronous copies, so both orders hold there anyway. A ring made without a backend (null)
-  // reads `send` when start() is called (its producer must be complete) and wait() blocks the
-  // host until the transfer is done.
+  // synchronous copies, so both orders hold there anyway (a host-staged ring of one rank queues
+  // its copy on the backend's stream instead, which keeps them too). A ring made without a backend
+  // (null) reads `send` when start() is called (its producer must be complete) and wait() blocks
+  // the host until the transfer is done.
   virtual void start(const void* send, void* recv, size_t bytes) = 0;
   // Lets the transfer progress (cheap; call between compute tiles). True once it is complete;
   // wait() must still be called. True when nothing is in flight.

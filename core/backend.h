@@ -175,10 +175,14 @@ class Backend {
                             float* v, int64_t n) = 0;
 };
 
-// The CPU backend. set_cpu_threads sets the OpenBLAS and OpenMP thread counts (0 leaves them).
+// The CPU backend. set_cpu_threads sets the OpenBLAS and OpenMP thread counts (0 leaves them);
+// cpu_threads() is that count (OpenBLAS's own until set). At startup it is set from the
+// environment: cpu_threads_from_environment() reads OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS,
+// capped at the machine's processors (0 when neither is set).
 Backend& cpu_backend();
 void set_cpu_threads(int threads);
 int cpu_threads();
+int cpu_threads_from_environment();
 
 // True when the CUDA backend is compiled into this build.
 bool cuda_compiled();

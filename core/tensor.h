@@ -72,12 +72,13 @@ class Tensor {
   template <typename T>
   T* data() const {
     using E = std::remove_cv_t<T>;
+    void* p = raw();  // an undefined tensor raises here first
     constexpr bool bytes = std::is_same_v<E, uint8_t> || std::is_same_v<E, char>;
     if constexpr (!bytes && !std::is_void_v<E>) {
       if (dtype_ != DType::U8 && !element_type_is<E>(dtype_))
         bad_element_type(element_type_name<E>());
     }
-    return static_cast<T*>(raw());
+    return static_cast<T*>(p);
   }
 
   // Same storage, new shape; the view must be contiguous. One dimension may be -1.

@@ -197,12 +197,26 @@ TEST_CASE("CUDA embedding forward and backward match the CPU backend", "[cuda]")
           (i == 17 || i == 18) ? 0.0f : table.data<float>()[bad.data<int32_t>()[i] * dim + d];
       REQUIRE(got.data<float>()[i * dim + d] == want);
     }
-  const Tensor before = randn({vocab, dim}, 17);
-  Tensor dtab = to_device(gpu, before);
-  const Tensor zeros = to_device(gpu, Tensor::zeros({n, dim}, DType::F32));
-  gpu.embedding_backward(dbad.data<int32_t>(), n, zeros.data<float>(), vocab, dim,
+  // Backward: exactly the CPU's scatter-add of the other rows (rows 17 and 18 dropped), so a bad
+  // id added into any row (clamped to 0 or vocab - 1, say) shows.
+  const Tensor grad = randn({n, dim}, 18);
+  Tensor want = randn({vocab, dim}, 17);
+  Tensor dtab = to_device(gpu, want);
+  Tensor good_tokens = Tensor::empty({n - 2}, DType::I32);
+  Tensor good_grad = Tensor::empty({n - 2, dim}, DType::F32);
+  for (int64_t i = 0, j = 0; i < n; ++i) {
+    if (i == 17 || i == 18) continue;
+    good_tokens.data<int32_t>()[j] = bad.data<int32_t>()[i];
+    std::memcpy(good_grad.data<float>() + j * dim, grad.data<float>() + i * dim,
+                size_t(dim) * sizeof(float));
+    ++j;
+  }
+  cpu.embedding_backward(good_tokens.data<int32_t>(), n - 2, good_grad.data<float>(), vocab, dim,
+                         want.data<float>());
+  const Tensor dgrad_bad = to_device(gpu, grad);
+  gpu.embedding_backward(dbad.data<int32_t>(), n, dgrad_bad.data<float>(), vocab, dim,
                          dtab.data<float>());
-  check_close(to_host(gpu, dtab), before, 0, 0, "embedding backward skips bad ids (adds zeros)");
+  check_close(to_host(gpu, dtab), want, 0, 0, "embedding backward skips bad ids");
 }
 
 TEST_CASE("CUDA RMSNorm forward and backward match the CPU backend", "[cuda]") {
@@ -424,6 +438,10 @@ TEST_CASE("CUDA: polling a pending event leaves no error for the next launch's c
   REQUIRE(cudaEventCreateWithFlags(&e, cudaEventDisableTiming) == cudaSuccess);
   static std::atomic<bool> release{false};
   release = false;
+  // Released on every way out, so a failing check cannot leave the host function spinning.
+  struct Release {
+    ~Release() { release = true; }
+  } guard;
   // The stream is held by a host function until released: the event after it is pending.
   REQUIRE(cudaLaunchHostFunc(
               s,

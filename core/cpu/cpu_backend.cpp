@@ -2,8 +2,11 @@
 #include <cblas.h>
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -19,28 +22,43 @@ namespace ringattn {
 
 namespace {
 
+std::atomic<int> g_cpu_threads{0};  // set_cpu_threads' count; 0 until set
+
+// The OpenMP build of OpenBLAS sizes each GEMM's team from the calling thread's OpenMP setting,
+// which set_cpu_threads changed on its own thread only: a GEMM from another thread (a helper, a
+// queue drained elsewhere) would use every core. Cheap: a thread-local read per call.
+void match_thread_count() {
+#ifdef _OPENMP
+  const int n = g_cpu_threads.load(std::memory_order_relaxed);
+  if (n > 0 && omp_get_max_threads() != n) omp_set_num_threads(n);
+#endif
+}
+
 class CpuBackend final : public Backend {
  public:
   Device device() const override { return Device::CPU; }
   std::string name() const override {
     // openblas_get_parallel: 0 sequential, 1 pthreads, 2 OpenMP (the build CMake prefers).
     const int par = openblas_get_parallel();
-    return fmt::format("cpu ({}, {} threads, {} thread{})", openblas_get_config(),
-                       par == 2   ? "OpenMP"
-                       : par == 1 ? "pthread"
-                                  : "no",
+    return fmt::format("cpu ({}; {}{} thread{})", openblas_get_config(),
+                       par == 2   ? "threaded by OpenMP, "
+                       : par == 1 ? "threaded by pthreads, "
+                                  : "",
                        cpu_threads(), cpu_threads() == 1 ? "" : "s");
   }
+  void bind_thread() override { match_thread_count(); }
 
   void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda,
             const float* b, int ldb, float beta, float* c, int ldc) override {
     if (m == 0 || n == 0) return;
+    match_thread_count();
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m, n,
                 k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
 
   void gemm_bf16(bool ta, bool tb, int m, int n, int k, float alpha, const uint16_t* a, int lda,
                  const uint16_t* b, int ldb, float beta, float* c, int ldc) override {
+    match_thread_count();
     cpu::gemm_bf16(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
   void to_bf16(const float* src, uint16_t* dst, int64_t n) override { cpu::to_bf16(src, dst, n); }
@@ -141,9 +159,12 @@ Backend& cpu_backend() {
 }
 
 // The attention kernels parallelise over tiles with OpenMP and call single-threaded sgemm inside;
-// plain GEMMs use OpenBLAS's own threads. Both follow this one setting.
+// plain GEMMs use OpenBLAS's own threads. Both follow this one setting, kept here: the OpenMP
+// build of OpenBLAS rewrites its own count (openblas_get_num_threads) from the calling thread's
+// OpenMP setting on every call, so a GEMM on another thread would change it for everyone.
 void set_cpu_threads(int threads) {
   if (threads <= 0) return;
+  g_cpu_threads.store(threads);
   openblas_set_num_threads(threads);
 #ifdef _OPENMP
   omp_set_num_threads(threads);
@@ -151,29 +172,33 @@ void set_cpu_threads(int threads) {
 }
 
 int cpu_threads() {
-  return openblas_get_num_threads();
+  const int n = g_cpu_threads.load();
+  return n > 0 ? n : openblas_get_num_threads();
 }
-
-namespace {
 
 // OPENBLAS_NUM_THREADS is how users and the scripts give each rank its threads (1 when several
 // ranks share the cores). The pthread OpenBLAS reads it; the OpenMP build (CMakeLists.txt
 // prefers it) follows OpenMP's count at every call instead, OMP_NUM_THREADS or else every core,
 // so 4 ranks on 2 cores ran 2-thread GEMMs with spinning OpenMP teams (the [device] tests took
-// 9x as long). At startup both counts are set from OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS.
-int threads_from_environment() {
+// 9x as long). At startup both counts are set from OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS,
+// capped at the processors as OpenBLAS itself caps them.
+int cpu_threads_from_environment() {
   for (const char* name : {"OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"}) {
     const char* v = std::getenv(name);
     if (v == nullptr || *v == '\0') continue;
     char* end = nullptr;
     const long n = std::strtol(v, &end, 10);
-    if (end != v && n > 0 && n < 100000) return int(n);
+    if (end == v || n <= 0) continue;
+    const long procs = long(std::max(1u, std::thread::hardware_concurrency()));
+    return int(std::min(n, procs));
   }
   return 0;
 }
 
+namespace {
+
 [[maybe_unused]] const bool threads_set_at_startup = [] {
-  set_cpu_threads(threads_from_environment());  // 0: both libraries keep their defaults
+  set_cpu_threads(cpu_threads_from_environment());  // 0: both libraries keep their defaults
   return true;
 }();
 

@@ -20,7 +20,7 @@ namespace ringattn::cuda {
 // cudaEventQuery for polling: cudaSuccess when done, cudaErrorNotReady while pending, any other
 // status is an error. "Not ready" is also left behind as the thread's last error, where the next
 // CUDA_CHECK(cudaGetLastError()) after a kernel launch would report it as the launch's failure
-// ("device not ready"); it is cleared here (only it: an earlier error stays for its check).
+// ("device not ready"); it is cleared here, and only when it is what the slot holds.
 inline cudaError_t query_event(cudaEvent_t e) {
   const cudaError_t st = cudaEventQuery(e);
   if (st == cudaErrorNotReady && cudaPeekAtLastError() == cudaErrorNotReady)
