@@ -537,7 +537,7 @@ TEST_CASE("attention tiles: several threads give the single-thread result", "[at
     int heads, kv_heads;
   };
   // kv_heads = 1 leaves too few (batch, kv head) items for the threads: the backward then splits
-  // key chunks and adds dq under locks.
+  // key chunks and adds dq's parts in key-chunk order (next test).
   const Case c = GENERATE(Case{4, 4}, Case{4, 1}, Case{3, 3});
   const int threads = GENERATE(2, 3);
   INFO("H " << c.heads << " Hkv " << c.kv_heads << ", " << threads << " threads");
@@ -555,6 +555,29 @@ TEST_CASE("attention tiles: several threads give the single-thread result", "[at
   check_close(many.dv, one.dv, kGradTol, "dv");
   CHECK(many.fwd.tiles_computed == one.fwd.tiles_computed);
   CHECK(many.bwd.tiles_skipped == one.bwd.tiles_skipped);
+}
+
+TEST_CASE("attention tiles: the key-chunk-parallel backward gives the same bits on every run",
+          "[attention]") {
+  // One (batch, kv head) item: with 2 or more threads the backward splits the key chunks, and
+  // the dq parts of 13 key chunks meet in the same rows. They are added in key-chunk order
+  // whichever thread finishes first (added as threads finished, the sums differed between runs).
+  // Causal, so some tiles are skipped and the order passes over them.
+  const Inputs in = make_inputs(1, 100, 100, 4, 1, 16, true, 98);
+  Result first;
+  {
+    ThreadsFor guard(2);
+    first = run_tiles(in, 16, 8);
+  }
+  for (int threads : {2, 3, 5})
+    for (int run = 0; run < 4; ++run) {
+      INFO(threads << " threads, run " << run);
+      ThreadsFor guard(threads);
+      const Result r = run_tiles(in, 16, 8);
+      CHECK(r.dq == first.dq);
+      CHECK(r.dk == first.dk);
+      CHECK(r.dv == first.dv);
+    }
 }
 
 // Not part of the suite: `ringattn_tests "[.bench]"` with OPENBLAS_NUM_THREADS set to the cores.

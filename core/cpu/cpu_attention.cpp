@@ -18,11 +18,14 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <optional>
+#include <thread>
 #include <vector>
 
 #include "core/allocator.h"
@@ -273,16 +276,48 @@ struct BackwardScratch {
   float* dp;       // [max_q, ld_s] dP, then dS
   float* dk;       // [max_k, D]
   float* dv;       // [max_k, D]
-  float* dq;       // [max_q, D] (locked mode only)
+  float* dq;       // [max_q, D] (key-chunk-parallel mode only)
   int64_t* valid;  // [max_q]
 };
 
-// dq locks for the key-chunk-parallel mode: a small pool, indexed by the dq rows' query chunk.
-constexpr size_t kDqLocks = 64;
+// The key-chunk-parallel mode's dq sums. The rows of one (batch, query head, query chunk) get one
+// part per key chunk that sees them, and the parts are added in key-chunk order, whichever thread
+// computes one first: a thread waits for its turn, so the sum is the same on every run (as in the
+// (batch, kv head) mode, where one thread adds all of them in that order). Items are handed out
+// key chunk by key chunk, so a wait is always for an item already being computed: no deadlock.
+class DqTurns {
+ public:
+  explicit DqTurns(const Plan& pl)
+      : pl_(pl), nqc_(pl.qc.size()), next_(size_t(pl.p.batch * pl.p.heads) * nqc_) {}
+
+  // Returns once the key chunks before `ki` that compute (b, qi) have added their parts.
+  void wait(int64_t b, int64_t h, size_t qi, size_t ki) const {
+    int64_t prev = -1;  // the last key chunk before ki whose tile with qi is computed
+    for (size_t j = ki; j-- > 0;)
+      if (pl_.classify(b, qi, j) != TileKind::Skip) {
+        prev = int64_t(j);
+        break;
+      }
+    if (prev < 0) return;
+    const std::atomic<int64_t>& n = turn(b, h, qi);
+    while (n.load(std::memory_order_acquire) <= prev) std::this_thread::yield();
+  }
+  void done(int64_t b, int64_t h, size_t qi, size_t ki) {
+    turn(b, h, qi).store(int64_t(ki) + 1, std::memory_order_release);
+  }
+
+ private:
+  std::atomic<int64_t>& turn(int64_t b, int64_t h, size_t qi) const {
+    return next_[size_t(b * pl_.p.heads + h) * nqc_ + qi];
+  }
+  const Plan& pl_;
+  size_t nqc_;
+  mutable std::vector<std::atomic<int64_t>> next_;  // per rows: 1 + the last key chunk added
+};
 
 // One (batch, kv head, key chunk): every query head of the group, every query chunk.
 void backward_item(const Plan& pl, const AttentionBackwardArgs& a, int64_t b, int64_t hk, size_t ki,
-                   const BackwardScratch& w, std::mutex* dq_locks, AttentionTileStats& stats) {
+                   const BackwardScratch& w, DqTurns* dq_turns, AttentionTileStats& stats) {
   const AttentionTileProblem& p = pl.p;
   const RowKernels& rk = row_kernels();
   const TileChunk& k = pl.kc[ki];
@@ -332,15 +367,15 @@ void backward_item(const Plan& pl, const AttentionBackwardArgs& a, int64_t b, in
       }
       if (p.bf16) round_bf16_rows(w.dp, nq, nk, ld, w.dp);  // dS for the dQ and dK GEMMs
       // dQ += scale dS K
-      if (!dq_locks) {
+      if (!dq_turns) {
         gemm(false, false, nq, D, nk, p.scale, w.dp, ld, kt, pl.ldk, 1.0f, a.dq + row0, pl.ldq);
       } else {
         gemm(false, false, nq, D, nk, p.scale, w.dp, ld, kt, pl.ldk, 0.0f, w.dq, D);
-        std::lock_guard<std::mutex> lock(
-            dq_locks[size_t((b * p.heads + h) * int64_t(pl.qc.size()) + int64_t(qi)) % kDqLocks]);
+        dq_turns->wait(b, h, qi, ki);
         float* dq = a.dq + row0;
         for (int64_t r = 0; r < nq; ++r)
           for (int64_t d = 0; d < D; ++d) dq[r * pl.ldq + d] += w.dq[r * D + d];
+        dq_turns->done(b, h, qi, ki);
       }
       gemm(true, false, nk, D, nq, p.scale, w.dp, ld, qt, pl.ldq, 1.0f, w.dk,
            D);  // dK += scale dS^T Q
@@ -442,7 +477,8 @@ void attention_backward_block(const AttentionTileProblem& prob, const AttentionB
   const Plan pl(p);
   const int64_t heads = p.batch * p.kv_heads;
   const int64_t nkc = int64_t(pl.kc.size());
-  // (batch, kv head) items when they fill the threads evenly, else key chunks too (locked dq).
+  // (batch, kv head) items when they fill the threads evenly, else key chunks too (dq parts
+  // added in key-chunk order, DqTurns).
   const int want = cpu_threads();
   const bool split_keys = want > 1 && heads % want != 0 && heads < 8 * int64_t(want);
   const int64_t items = split_keys ? heads * nkc : heads;
@@ -450,7 +486,8 @@ void attention_backward_block(const AttentionTileProblem& prob, const AttentionB
   const int64_t q_area = pl.max_q * pl.ld_s;
   Workspace ws(2 * padded(q_area) + 2 * padded(pl.max_k * pl.D) + padded(pl.max_q * pl.D),
                size_t(pl.max_q), threads, "attention backward workspace");
-  std::vector<std::mutex> locks(split_keys ? kDqLocks : 0);
+  std::optional<DqTurns> turns;
+  if (split_keys) turns.emplace(pl);
   AttentionTileStats total;
   BlasSingleThreaded blas(threads > 1);
 #pragma omp parallel num_threads(threads) if (threads > 1)
@@ -469,7 +506,7 @@ void attention_backward_block(const AttentionTileProblem& prob, const AttentionB
       if (split_keys) {
         // Early key chunks first: under a causal mask they are seen by the most queries.
         const int64_t bh = it % heads;
-        backward_item(pl, a, bh / p.kv_heads, bh % p.kv_heads, size_t(it / heads), w, locks.data(),
+        backward_item(pl, a, bh / p.kv_heads, bh % p.kv_heads, size_t(it / heads), w, &*turns,
                       mine);
       } else {
         for (size_t ki = 0; ki < pl.kc.size(); ++ki)
