@@ -115,11 +115,9 @@ void embedding_forward_bf16(const int32_t* tokens, int64_t n, const uint16_t* ta
   check_tokens(tokens, n, vocab, false, "embedding");
   const int threads = threads_for(n * dim);
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (int64_t i = 0; i < n; ++i) {
-    const uint16_t* src = table + int64_t(tokens[i]) * dim;
-    float* dst = out + i * dim;
-    for (int64_t d = 0; d < dim; ++d) dst[d] = bf16_to_f32(src[d]);
-  }
+  for (int64_t i = 0; i < n; ++i)
+    convert_floats(table + int64_t(tokens[i]) * dim, DType::BF16, out + i * dim, DType::F32,
+                   size_t(dim));
 }
 
 void embedding_backward(const int32_t* tokens, int64_t n, const float* dout, int64_t vocab,

@@ -307,20 +307,27 @@ __global__ void fill_kernel(float* x, int64_t n, float value) {
 
 }  // namespace
 
-void embedding_forward(cudaStream_t stream, const int32_t* tokens, int64_t n, const float* table,
-                       int64_t vocab, int64_t dim, float* out) {
+namespace {
+
+template <typename T>
+void launch_embedding_forward(cudaStream_t stream, const int32_t* tokens, int64_t n, const T* table,
+                              int64_t vocab, int64_t dim, float* out) {
   if (n <= 0 || dim <= 0) return;
   embedding_forward_kernel<<<grid_for_rows(n), kThreads, 0, stream>>>(tokens, n, table, vocab, dim,
                                                                       out);
   CUDA_CHECK(cudaGetLastError());
 }
 
+}  // namespace
+
+void embedding_forward(cudaStream_t stream, const int32_t* tokens, int64_t n, const float* table,
+                       int64_t vocab, int64_t dim, float* out) {
+  launch_embedding_forward(stream, tokens, n, table, vocab, dim, out);
+}
+
 void embedding_forward_bf16(cudaStream_t stream, const int32_t* tokens, int64_t n,
                             const uint16_t* table, int64_t vocab, int64_t dim, float* out) {
-  if (n <= 0 || dim <= 0) return;
-  embedding_forward_kernel<<<grid_for_rows(n), kThreads, 0, stream>>>(tokens, n, table, vocab, dim,
-                                                                      out);
-  CUDA_CHECK(cudaGetLastError());
+  launch_embedding_forward(stream, tokens, n, table, vocab, dim, out);
 }
 
 void embedding_backward(cudaStream_t stream, const int32_t* tokens, int64_t n, const float* dout,
