@@ -14,7 +14,8 @@
 //     between phases that touches it faults at once. The contract forbids that because on a GPU
 //     a thread may still be reading there while another writes the next interval's data, a race
 //     that running the code once, after its interval, could not show otherwise;
-//   - fragment operands must follow wmma's alignment rules (checked: a logic_error otherwise);
+//   - fragment operands must follow wmma's alignment rules, and bf16 ones lie in the block's
+//     shared memory (checked: a logic_error otherwise);
 //   - fragments are plain 16 x 16 matrices; mma sums in float32 in k order (tensor cores sum in
 //     another order: a tolerance, not bits, separates the GPU from this);
 //   - shared memory is fresh pages per block, filled with 0xff bytes (NaN floats, huge
@@ -61,6 +62,7 @@ class HostBlock {
   }
   void sync() {
     protect(PROT_READ | PROT_WRITE);
+    running_ = this;
     const size_t n = queued_.size();
     for (size_t k = 0; k < n; ++k) {
       const Phase& ph = queued_[reverse_ ? n - 1 - k : k];
@@ -68,6 +70,7 @@ class HostBlock {
       for (int i = 0; i < count; ++i) ph.f(reverse_ ? count - 1 - i : i);
     }
     queued_.clear();
+    running_ = nullptr;
     protect(PROT_NONE);
   }
   size_t queued() const { return queued_.size(); }
@@ -99,9 +102,18 @@ class HostBlock {
     if (reinterpret_cast<uintptr_t>(p) % 32 != 0 || (size_t(ld) * elem) % 16 != 0)
       throw std::logic_error("fused attention body: a fragment operand breaks wmma's alignment");
   }
+  // bf16 fragments come from the running block's shared memory only: the GPU's DeviceBlock loads
+  // them with wmma.load's .shared form (ldmatrix), which cannot read global memory.
   template <int Tag>
   static void load(Frag<uint16_t, Tag>& f, const uint16_t* p, int ld) {
     check_operand(p, ld, sizeof(uint16_t));
+    const auto* first = reinterpret_cast<const unsigned char*>(p);
+    const auto* last =
+        reinterpret_cast<const unsigned char*>(p + (fused::kFrag - 1) * ld + fused::kFrag);
+    const auto* base = running_ ? static_cast<const unsigned char*>(running_->mem_) : nullptr;
+    if (!base || first < base || last > base + running_->bytes_)
+      throw std::logic_error(
+          "fused attention body: a bf16 fragment loads from outside shared memory");
     const bool col = Tag == 1 || Tag == 3;
     for (int r = 0; r < fused::kFrag; ++r)
       for (int c = 0; c < fused::kFrag; ++c) f.x[r][c] = col ? p[c * ld + r] : p[r * ld + c];
@@ -142,6 +154,7 @@ class HostBlock {
     if (mprotect(mem_, bytes_, prot) != 0)
       throw std::runtime_error("HostBlock: mprotect of shared memory failed");
   }
+  static inline thread_local const HostBlock* running_ = nullptr;  // whose sync() runs phases
   void* mem_ = nullptr;
   size_t bytes_ = 0;
   bool reverse_;

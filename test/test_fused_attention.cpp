@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "core/backend.h"
@@ -207,14 +208,43 @@ TEST_CASE("Fused attention body (emulated): the emulation enforces the Block con
       test::run_grid(1, 1, 64, false,
                      [](test::HostBlock& b, int64_t, int64_t) { b.each_thread([](int) {}); }),
       Catch::Contains("after its last sync"));
-  // wmma's rules: 256-bit aligned operands, leading dimensions of 16 bytes.
-  alignas(64) uint16_t tile[64 * 24] = {};
+  // wmma's rules: 256-bit aligned operands, leading dimensions of 16 bytes; bf16 fragments from
+  // the block's shared memory only (the GPU loads them with ldmatrix), inside its phases.
+  auto* tile = reinterpret_cast<uint16_t*>(smem);
+  alignas(64) uint16_t global_tile[64 * 24] = {};
   test::HostBlock::A a;
-  CHECK_NOTHROW(test::HostBlock::load(a, tile, 24));
-  CHECK_THROWS_WITH(test::HostBlock::load(a, tile + 8, 24), Catch::Contains("alignment"));
-  CHECK_THROWS_WITH(test::HostBlock::load(a, tile, 20), Catch::Contains("alignment"));
+  test::HostBlock::BCol b;
+  std::vector<std::string> errors;
+  auto attempt = [&errors](auto&& f) {
+    try {
+      f();
+      errors.push_back("");
+    } catch (const std::logic_error& e) {
+      errors.push_back(e.what());
+    }
+  };
+  blk.each_warp([&](int w) {
+    if (w != 0) return;
+    attempt([&] { test::HostBlock::load(a, tile, 24); });
+    attempt([&] { test::HostBlock::load(b, tile + 64 * 24, 24); });
+    attempt([&] { test::HostBlock::load(a, tile + 8, 24); });
+    attempt([&] { test::HostBlock::load(a, tile, 20); });
+    attempt([&] { test::HostBlock::load(a, global_tile, 24); });
+    // the fragment's last row would end past the block's 4096 bytes
+    attempt([&] { test::HostBlock::load(b, tile + 2048 - 16 * 24 + 16, 24); });
+  });
+  blk.sync();
+  REQUIRE(errors.size() == 6);
+  CHECK(errors[0].empty());
+  CHECK(errors[1].empty());
+  CHECK_THAT(errors[2], Catch::Contains("alignment"));
+  CHECK_THAT(errors[3], Catch::Contains("alignment"));
+  CHECK_THAT(errors[4], Catch::Contains("outside shared memory"));
+  CHECK_THAT(errors[5], Catch::Contains("outside shared memory"));
+  CHECK_THROWS_WITH(test::HostBlock::load(a, tile, 24), Catch::Contains("outside shared memory"));
   alignas(64) float acc_tile[16 * 20] = {};
   test::HostBlock::Acc c;
+  test::HostBlock::fill(c, 0.0f);
   CHECK_NOTHROW(test::HostBlock::store(acc_tile, c, 20));
   CHECK_THROWS_WITH(test::HostBlock::store(acc_tile, c, 18), Catch::Contains("alignment"));
   // The operands' 16-byte moves (vector loads and stores on the GPU).

@@ -50,10 +50,15 @@ struct DeviceBlock {
   __device__ void sync() { __syncthreads(); }
 
   static __device__ void fill(Acc& c, float x) { wmma::fill_fragment(c, x); }
-  template <typename Frag>
-  static __device__ void load(Frag& f, const uint16_t* p, int ld) {
-    wmma::load_matrix_sync(f, reinterpret_cast<const __nv_bfloat16*>(p), unsigned(ld));
-  }
+  // bf16 operands come from shared memory only (the body's contract). wmma::load_matrix_sync
+  // compiles them to generic-address loads (four LD.E and, for a transposed layout, MOVMs per
+  // fragment in the SASS, nvcc 13.0), so they are loaded with wmma.load's .shared form, which
+  // becomes one ldmatrix (LDSM) per fragment. Same instruction, same fragment registers: the
+  // fragments stay those of wmma::mma_sync.
+  static __device__ void load(A& f, const uint16_t* p, int ld) { load_shared<0>(f, p, ld); }
+  static __device__ void load(ACol& f, const uint16_t* p, int ld) { load_shared<1>(f, p, ld); }
+  static __device__ void load(BRow& f, const uint16_t* p, int ld) { load_shared<2>(f, p, ld); }
+  static __device__ void load(BCol& f, const uint16_t* p, int ld) { load_shared<3>(f, p, ld); }
   static __device__ void load(Acc& f, const float* p, int ld) {
     wmma::load_matrix_sync(f, p, unsigned(ld), wmma::mem_row_major);
   }
@@ -63,6 +68,38 @@ struct DeviceBlock {
   template <typename FA, typename FB>
   static __device__ void mma(Acc& c, const FA& a, const FB& b) {
     wmma::mma_sync(c, a, b, c);
+  }
+
+ private:
+  // Kind: 0 A row-major, 1 A column-major, 2 B row-major, 3 B column-major. A bf16 16x16x16
+  // fragment is four 32-bit registers (two elements each). volatile and "memory": the load must
+  // stay between the __syncthreads that fence the shared memory it reads.
+  template <int Kind, typename Frag>
+  static __device__ void load_shared(Frag& f, const uint16_t* p, int ld) {
+    static_assert(sizeof(f.x) == 4 * sizeof(uint32_t), "a bf16 fragment is four registers");
+    uint32_t* r = reinterpret_cast<uint32_t*>(&f.x[0]);
+    const uint32_t at = uint32_t(__cvta_generic_to_shared(p));
+    if constexpr (Kind == 0) {
+      asm volatile("wmma.load.a.sync.aligned.row.m16n16k16.shared.bf16 {%0,%1,%2,%3}, [%4], %5;"
+                   : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                   : "r"(at), "r"(ld)
+                   : "memory");
+    } else if constexpr (Kind == 1) {
+      asm volatile("wmma.load.a.sync.aligned.col.m16n16k16.shared.bf16 {%0,%1,%2,%3}, [%4], %5;"
+                   : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                   : "r"(at), "r"(ld)
+                   : "memory");
+    } else if constexpr (Kind == 2) {
+      asm volatile("wmma.load.b.sync.aligned.row.m16n16k16.shared.bf16 {%0,%1,%2,%3}, [%4], %5;"
+                   : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                   : "r"(at), "r"(ld)
+                   : "memory");
+    } else {
+      asm volatile("wmma.load.b.sync.aligned.col.m16n16k16.shared.bf16 {%0,%1,%2,%3}, [%4], %5;"
+                   : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                   : "r"(at), "r"(ld)
+                   : "memory");
+    }
   }
 };
 

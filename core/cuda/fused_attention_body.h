@@ -39,7 +39,7 @@
 //   Fragments of 16 x 16: A (bf16, row-major) and ACol (bf16, column-major) left operands, BRow /
 //     BCol right operands, Acc (float32); fill(acc, 0), load(frag, ptr, ld), mma(acc, a, b)
 //     (acc += a b), store(ptr, acc, ld) (row-major). Pointers 32-byte aligned, ld a multiple of 8
-//     (bf16) or 4 (float32).
+//     (bf16) or 4 (float32); bf16 fragments are loaded from shared memory only (ldmatrix).
 //   PerWarp<T>: one T per warp that lives across phases (registers on the GPU): at(w).
 //   smem(): the block's dynamic shared memory (kSmemAlign-aligned).
 #pragma once
@@ -492,15 +492,17 @@ RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_
       sm.rows.a[t] = sm.m_new[t];
     });
     blk.each_warp([&](int w) {
+      // The warp's rows of P, loaded once for every column block of V.
+      typename Block::A fp[kTile / kFrag];
+      RA_FUSED_UNROLL for (int j = 0; j < kTile / kFrag; ++j)
+          Block::load(fp[j], sm.p + w * kFrag * kLdProb + j * kFrag, kLdProb);
       for (int d0 = 0; d0 < D; d0 += kFrag) {
         typename Block::Acc c;
         Block::load(c, sm.o + w * kFrag * ldo + d0, ldo);
-        for (int j0 = 0; j0 < kTile; j0 += kFrag) {
-          typename Block::A fp;
+        RA_FUSED_UNROLL for (int j = 0; j < kTile / kFrag; ++j) {
           typename Block::BRow fv;
-          Block::load(fp, sm.p + w * kFrag * kLdProb + j0, kLdProb);
-          Block::load(fv, sm.v + j0 * ld16(D) + d0, ld16(D));
-          Block::mma(c, fp, fv);
+          Block::load(fv, sm.v + j * kFrag * ld16(D) + d0, ld16(D));
+          Block::mma(c, fp[j], fv);
         }
         Block::store(sm.o + w * kFrag * ldo + d0, c, ldo);
       }
@@ -603,16 +605,18 @@ RA_FUSED_FN void backward_dkdv_block(Block& blk, const Args& a, int64_t k_tile, 
       backward_scores(blk, a, sm, SmemRows<Block>{sm.q, ld16(D)},
                       SmemRows<Block>{sm.dout, ld16(D)});
       // dV += bf16(P)^T dO and dK += bf16(dS)^T Q: warp w's keys are columns 16w.. of P and dS.
+      // Each accumulator still sums its query blocks i0 in ascending order; the P and dS
+      // fragments of a query block are loaded once for all of D.
       blk.each_warp([&](int w) {
-        RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
-          if (dt >= D / kFrag) break;
-          for (int i0 = 0; i0 < kTile; i0 += kFrag) {
-            typename Block::ACol fp, fds;
+        for (int i0 = 0; i0 < kTile; i0 += kFrag) {
+          typename Block::ACol fp, fds;
+          Block::load(fp, sm.p + i0 * kLdProb + w * kFrag, kLdProb);
+          Block::load(fds, sm.ds + i0 * kLdProb + w * kFrag, kLdProb);
+          RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
+            if (dt >= D / kFrag) break;
             typename Block::BRow fdo, fq;
-            Block::load(fp, sm.p + i0 * kLdProb + w * kFrag, kLdProb);
             Block::load(fdo, sm.dout + i0 * ld16(D) + dt * kFrag, ld16(D));
             Block::mma(dv.at(w)[dt], fp, fdo);
-            Block::load(fds, sm.ds + i0 * kLdProb + w * kFrag, kLdProb);
             Block::load(fq, sm.q + i0 * ld16(D) + dt * kFrag, ld16(D));
             Block::mma(dk.at(w)[dt], fds, fq);
           }
@@ -671,13 +675,14 @@ RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, in
     blk.sync();
     backward_scores(blk, a, sm, q_frag, dout_frag);
     // dQ += bf16(dS) K: warp w's queries are rows 16w.. of dS.
+    // (Each accumulator sums its key blocks j0 in ascending order; a dS fragment is loaded once.)
     blk.each_warp([&](int w) {
-      RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
-        if (dt >= D / kFrag) break;
-        for (int j0 = 0; j0 < kTile; j0 += kFrag) {
-          typename Block::A fds;
+      for (int j0 = 0; j0 < kTile; j0 += kFrag) {
+        typename Block::A fds;
+        Block::load(fds, sm.ds + w * kFrag * kLdProb + j0, kLdProb);
+        RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
+          if (dt >= D / kFrag) break;
           typename Block::BRow fk;
-          Block::load(fds, sm.ds + w * kFrag * kLdProb + j0, kLdProb);
           Block::load(fk, sm.k + j0 * ld16(D) + dt * kFrag, ld16(D));
           Block::mma(dq.at(w)[dt], fds, fk);
         }
