@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What nvcc makes of the CUDA kernels, checked without a GPU (the ctest cuda_kernel_code):
 #   - no kernel spills registers to local memory (ptxas for the build's architecture);
+#   - no load or store goes through a generic address (nvcc could not tell the memory);
 #   - the fused attention kernels load their bf16 fragments with wmma.load's .shared form, which
 #     becomes ldmatrix. The generic form (what wmma::load_matrix_sync compiles to) turns each
 #     fragment into four generic-address loads, and each transposed one into MOVMs as well.
@@ -37,6 +38,13 @@ for ptx in "$@"; do
   while read -r line; do
     case "$line" in *"spill_stores=0 spill_loads=0") ;; "") ;; *) fail "register spills: $line" ;; esac
   done <<<"$report"
+
+  # Loads and stores through generic addresses: every one of the kernels' pointers is known to
+  # be global, shared or local memory, and a generic access costs an address-space test (and
+  # for shared memory, the wider 64-bit addressing).
+  generic_ls=$({ grep -E '^[[:space:]]*(@!?%p[0-9]+[[:space:]]+)?(ld|st)\.' "$ptx" || true; } |
+    awk '{ op = ($1 ~ /^@/) ? $2 : $1; if (op !~ /\.(global|shared|param|local|const)(\.|$)/) n++ } END { print n + 0 }')
+  [ "$generic_ls" = 0 ] || fail "$name: $generic_ls loads or stores through generic addresses"
 
   if [ "$name" = fused_attention.ptx ]; then
     bf16_loads=$(grep -cE 'wmma\.load\.[ab]\..*\.bf16' "$ptx" || true)

@@ -114,9 +114,18 @@ class Carver {
   RA_FUSED_FN T* take(int64_t count) {
     const size_t at = used_;
     used_ += (size_t(count) * sizeof(T) + kSmemAlign - 1) / kSmemAlign * kSmemAlign;
+#if defined(__CUDA_ARCH__)
+    // Kernels always carve their shared memory, never a null base. Without the select nvcc can
+    // tell that every section is shared memory (with it, the first section's stores were
+    // generic-address ST in the SASS).
+    return reinterpret_cast<T*>(base_ + at);
+#else
     return base_ ? reinterpret_cast<T*>(base_ + at) : nullptr;
+#endif
   }
-  RA_FUSED_FN size_t used() const { return used_; }
+  RA_FUSED_FN size_t used() const {
+    return used_;
+  }
 
  private:
   unsigned char* base_;
