@@ -350,40 +350,48 @@ __global__ void forward_softmax_kernel(MaskArgs a, const int2* items, float* sco
   }
 }
 
-// One thread per (b, h, i) row: o = acc / l, lse = m + log(l); a row that saw no key: o = 0,
-// lse = -inf. o may be acc (each element is read before it is written, by the same thread).
+// One warp per row of o ([b, i, h]), its lanes over d: o = acc / l, lse = m + log(l); a row that
+// saw no key: o = 0, lse = -inf. Lanes touch consecutive floats (one thread per row read its own
+// row, 32 rows apart per load). o may be acc (each element is read before it is written, by the
+// same lane).
 __global__ void forward_finish_kernel(const float* acc, const float* m, const float* l, float* o,
                                       float* lse, int64_t batch, int64_t sq, int heads,
                                       int head_dim) {
-  const int64_t rows = batch * heads * sq;
-  for (int64_t row = global_thread(); row < rows; row += grid_stride()) {
-    const int64_t i = row % sq, bh = row / sq;
-    const int64_t h = bh % heads, b = bh / heads;
-    const int64_t off = ((b * sq + i) * heads + h) * head_dim;
-    const float lv = l[row];
+  const int lane = int(threadIdx.x % 32);
+  const int64_t rows = batch * sq * heads;
+  for (int64_t r = global_thread() / 32; r < rows; r += grid_stride() / 32) {
+    const int64_t h = r % heads, bi = r / heads;
+    const int64_t i = bi % sq, b = bi / sq;
+    const int64_t stat = (b * heads + h) * sq + i;
+    const float lv = l[stat];
+    const float* arow = acc + r * head_dim;
+    float* orow = o + r * head_dim;
     if (lv > 0.0f) {
-      lse[row] = m[row] + logf(lv);
       const float inv = 1.0f / lv;
-      for (int64_t d = 0; d < head_dim; ++d) o[off + d] = acc[off + d] * inv;
+      for (int64_t d = lane; d < head_dim; d += 32) orow[d] = arow[d] * inv;
+      if (lane == 0) lse[stat] = m[stat] + logf(lv);
     } else {
-      lse[row] = -INFINITY;
-      for (int64_t d = 0; d < head_dim; ++d) o[off + d] = 0.0f;
+      for (int64_t d = lane; d < head_dim; d += 32) orow[d] = 0.0f;
+      if (lane == 0) lse[stat] = -INFINITY;
     }
   }
 }
 
-// One thread per (b, i, h): delta[b, h, i] = sum_d dout * o, summed in d order as on the CPU.
+// One warp per (b, i, h) row: delta[b, h, i] = sum_d dout * o, each lane summing d = lane,
+// lane + 32, ... and the lanes' sums added by a fixed butterfly (the same bits on every run).
 __global__ void backward_delta_kernel(const float* dout, const float* o, float* delta,
                                       int64_t batch, int64_t sq, int heads, int head_dim) {
+  const int lane = int(threadIdx.x % 32);
   const int64_t rows = batch * sq * heads;
-  for (int64_t e = global_thread(); e < rows; e += grid_stride()) {
+  for (int64_t e = global_thread() / 32; e < rows; e += grid_stride() / 32) {
     const int64_t h = e % heads, bi = e / heads;
     const int64_t i = bi % sq, b = bi / sq;
     const float* dr = dout + e * head_dim;
     const float* orow = o + e * head_dim;
     float sum = 0.0f;
-    for (int64_t d = 0; d < head_dim; ++d) sum += dr[d] * orow[d];
-    delta[(b * heads + h) * sq + i] = sum;
+    for (int64_t d = lane; d < head_dim; d += 32) sum += dr[d] * orow[d];
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (lane == 0) delta[(b * heads + h) * sq + i] = sum;
   }
 }
 
@@ -576,8 +584,8 @@ void attention_forward_finish(cudaStream_t stream, const AttentionForwardState& 
                               float* lse, int64_t batch, int64_t sq, int heads, int head_dim) {
   const int64_t rows = batch * sq * heads;
   if (rows <= 0) return;
-  forward_finish_kernel<<<grid_for(rows), kThreads, 0, stream>>>(st.acc, st.m, st.l, o, lse, batch,
-                                                                 sq, heads, head_dim);
+  forward_finish_kernel<<<grid_for(rows * 32), kThreads, 0, stream>>>(st.acc, st.m, st.l, o, lse,
+                                                                      batch, sq, heads, head_dim);
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -585,8 +593,8 @@ void attention_backward_delta(cudaStream_t stream, const float* dout, const floa
                               int64_t batch, int64_t sq, int heads, int head_dim) {
   const int64_t rows = batch * sq * heads;
   if (rows <= 0) return;
-  backward_delta_kernel<<<grid_for(rows), kThreads, 0, stream>>>(dout, o, delta, batch, sq, heads,
-                                                                 head_dim);
+  backward_delta_kernel<<<grid_for(rows * 32), kThreads, 0, stream>>>(dout, o, delta, batch, sq,
+                                                                      heads, head_dim);
   CUDA_CHECK(cudaGetLastError());
 }
 
