@@ -185,20 +185,40 @@ inline bool& emulated_block_reverse() {
   return reverse;
 }
 
-inline void run_fused_forward(const fused::Args& a, bool reverse = emulated_block_reverse()) {
-  const fused::ForwardSmem sm(nullptr, a.p.head_dim);
-  run_grid(fused_tiles(a.p.sq), a.p.batch * a.p.heads, sm.bytes, reverse,
-           [&](HostBlock& blk, int64_t t, int64_t bh) { fused::forward_block(blk, a, t, bh); });
+// The MaxD of the kernels the emulated device runs: 0 for the one fused::with_max_head_dim picks,
+// as the launcher does; tests set kMaxHeadDim to run the large kernels on small heads too.
+inline int& emulated_block_max_head_dim() {
+  static int max_head_dim = 0;
+  return max_head_dim;
 }
 
-inline void run_fused_backward(const fused::Args& a, bool reverse = emulated_block_reverse()) {
-  run_grid(
-      fused_tiles(a.p.sk), a.p.batch * a.p.kv_heads,
-      fused::BackwardSmem(nullptr, a.p.head_dim).bytes, reverse,
-      [&](HostBlock& blk, int64_t t, int64_t bhk) { fused::backward_dkdv_block(blk, a, t, bhk); });
-  run_grid(fused_tiles(a.p.sq), a.p.batch * a.p.heads, fused::DqSmem(nullptr, a.p.head_dim).bytes,
-           reverse,
-           [&](HostBlock& blk, int64_t t, int64_t bh) { fused::backward_dq_block(blk, a, t, bh); });
+inline void run_fused_forward(const fused::Args& a, bool reverse = emulated_block_reverse(),
+                              int max_head_dim = emulated_block_max_head_dim()) {
+  const fused::ForwardSmem sm(nullptr, a.p.head_dim);
+  fused::with_max_head_dim(max_head_dim ? max_head_dim : a.p.head_dim, [&](auto max_d) {
+    constexpr int kMaxD = decltype(max_d)::value;
+    if (a.p.head_dim > kMaxD) throw std::logic_error("fused attention: head dim above MaxD");
+    run_grid(
+        fused_tiles(a.p.sq), a.p.batch * a.p.heads, sm.bytes, reverse,
+        [&](HostBlock& blk, int64_t t, int64_t bh) { fused::forward_block<kMaxD>(blk, a, t, bh); });
+  });
+}
+
+inline void run_fused_backward(const fused::Args& a, bool reverse = emulated_block_reverse(),
+                               int max_head_dim = emulated_block_max_head_dim()) {
+  fused::with_max_head_dim(max_head_dim ? max_head_dim : a.p.head_dim, [&](auto max_d) {
+    constexpr int kMaxD = decltype(max_d)::value;
+    if (a.p.head_dim > kMaxD) throw std::logic_error("fused attention: head dim above MaxD");
+    run_grid(fused_tiles(a.p.sk), a.p.batch * a.p.kv_heads,
+             fused::BackwardSmem(nullptr, a.p.head_dim).bytes, reverse,
+             [&](HostBlock& blk, int64_t t, int64_t bhk) {
+               fused::backward_dkdv_block<kMaxD>(blk, a, t, bhk);
+             });
+    run_grid(fused_tiles(a.p.sq), a.p.batch * a.p.heads, fused::DqSmem(nullptr, a.p.head_dim).bytes,
+             reverse, [&](HostBlock& blk, int64_t t, int64_t bh) {
+               fused::backward_dq_block<kMaxD>(blk, a, t, bh);
+             });
+  });
 }
 
 }  // namespace ringattn::test

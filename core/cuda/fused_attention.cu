@@ -103,19 +103,23 @@ struct DeviceBlock {
   }
 };
 
+// MaxD: the largest head dim the kernel takes (fused::with_max_head_dim picks it).
+template <int MaxD>
 __global__ void __launch_bounds__(fused::kThreads) forward_kernel(fused::Args a) {
   DeviceBlock blk;
-  fused::forward_block(blk, a, blockIdx.x, blockIdx.y);
+  fused::forward_block<MaxD>(blk, a, blockIdx.x, blockIdx.y);
 }
 
+template <int MaxD>
 __global__ void __launch_bounds__(fused::kThreads) backward_dkdv_kernel(fused::Args a) {
   DeviceBlock blk;
-  fused::backward_dkdv_block(blk, a, blockIdx.x, blockIdx.y);
+  fused::backward_dkdv_block<MaxD>(blk, a, blockIdx.x, blockIdx.y);
 }
 
+template <int MaxD>
 __global__ void __launch_bounds__(fused::kThreads) backward_dq_kernel(fused::Args a) {
   DeviceBlock blk;
-  fused::backward_dq_block(blk, a, blockIdx.x, blockIdx.y);
+  fused::backward_dq_block<MaxD>(blk, a, blockIdx.x, blockIdx.y);
 }
 
 // Kernels with more than 48 KiB of dynamic shared memory must say so first, on each device; the
@@ -163,9 +167,12 @@ void launch_fused_forward(cudaStream_t stream, const fused::Args& a) {
   check_args(a);
   if (a.p.batch == 0 || a.p.sq == 0 || a.p.sk == 0) return;
   const size_t smem = fused::ForwardSmem(nullptr, a.p.head_dim).bytes;
-  allow_smem(reinterpret_cast<const void*>(&forward_kernel), smem);
-  forward_kernel<<<grid(a.p.sq, a.p.batch * a.p.heads), fused::kThreads, smem, stream>>>(a);
-  CUDA_CHECK(cudaGetLastError());
+  fused::with_max_head_dim(a.p.head_dim, [&](auto max_d) {
+    const auto kernel = &forward_kernel<decltype(max_d)::value>;
+    allow_smem(reinterpret_cast<const void*>(kernel), smem);
+    kernel<<<grid(a.p.sq, a.p.batch * a.p.heads), fused::kThreads, smem, stream>>>(a);
+    CUDA_CHECK(cudaGetLastError());
+  });
 }
 
 void launch_fused_backward(cudaStream_t stream, const fused::Args& a) {
@@ -173,13 +180,16 @@ void launch_fused_backward(cudaStream_t stream, const fused::Args& a) {
   if (a.p.batch == 0 || a.p.sq == 0 || a.p.sk == 0) return;
   const size_t dkdv_smem = fused::BackwardSmem(nullptr, a.p.head_dim).bytes;
   const size_t dq_smem = fused::DqSmem(nullptr, a.p.head_dim).bytes;
-  allow_smem(reinterpret_cast<const void*>(&backward_dkdv_kernel), dkdv_smem);
-  allow_smem(reinterpret_cast<const void*>(&backward_dq_kernel), dq_smem);
-  backward_dkdv_kernel<<<grid(a.p.sk, a.p.batch * a.p.kv_heads), fused::kThreads, dkdv_smem,
-                         stream>>>(a);
-  CUDA_CHECK(cudaGetLastError());
-  backward_dq_kernel<<<grid(a.p.sq, a.p.batch * a.p.heads), fused::kThreads, dq_smem, stream>>>(a);
-  CUDA_CHECK(cudaGetLastError());
+  fused::with_max_head_dim(a.p.head_dim, [&](auto max_d) {
+    const auto dkdv = &backward_dkdv_kernel<decltype(max_d)::value>;
+    const auto dq = &backward_dq_kernel<decltype(max_d)::value>;
+    allow_smem(reinterpret_cast<const void*>(dkdv), dkdv_smem);
+    allow_smem(reinterpret_cast<const void*>(dq), dq_smem);
+    dkdv<<<grid(a.p.sk, a.p.batch * a.p.kv_heads), fused::kThreads, dkdv_smem, stream>>>(a);
+    CUDA_CHECK(cudaGetLastError());
+    dq<<<grid(a.p.sq, a.p.batch * a.p.heads), fused::kThreads, dq_smem, stream>>>(a);
+    CUDA_CHECK(cudaGetLastError());
+  });
 }
 
 }  // namespace ringattn::cuda

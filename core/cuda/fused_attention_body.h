@@ -49,6 +49,7 @@
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
+#include <type_traits>
 
 #include "core/attention_tile.h"
 
@@ -76,6 +77,21 @@ inline constexpr int64_t kNoPosition = INT64_MIN;
 // Whether a problem can run here: bf16, head_dim a multiple of 16 (fragments), at most 128.
 RA_FUSED_FN inline bool head_dim_fits(int head_dim) {
   return head_dim > 0 && head_dim % kFrag == 0 && head_dim <= kMaxHeadDim;
+}
+
+// The blocks' register arrays (the queries, dQ, dK, dV: one fragment per 16 head columns) are
+// sized at compile time by MaxD, the largest head dim a compiled kernel takes. Head dims up to
+// 64 run kernels compiled for 64, the rest for kMaxHeadDim: at 64 they need fewer registers
+// (ptxas, sm_90: forward 168 -> 128, dK/dV 218 -> 153, dQ 208 -> 168), which lets three dQ blocks
+// share an H100 multiprocessor instead of two. f(std::integral_constant<int, MaxD>) runs the one
+// for head_dim.
+inline constexpr int kSmallHeadDim = 64;
+template <class F>
+inline void with_max_head_dim(int head_dim, F&& f) {
+  if (head_dim <= kSmallHeadDim)
+    f(std::integral_constant<int, kSmallHeadDim>());
+  else
+    f(std::integral_constant<int, kMaxHeadDim>());
 }
 
 // Everything a fused kernel reads and writes: the structures of core/attention_tile.h, passed
@@ -342,7 +358,7 @@ RA_FUSED_FN inline int64_t first_at_least(const int64_t* pos, int64_t n, int64_t
 // out[64 x 64] (float32, ld kLdScore) = X[64 x D] y[64 x D]^T, warp w computing rows 16w..16w+15:
 // load_x(w, dt, frag) gives the warp's fragment of X's columns 16 dt.. (from shared memory or
 // registers), each loaded once against the four column blocks.
-template <class Block, class LoadX>
+template <int MaxD, class Block, class LoadX>
 RA_FUSED_FN void tile_scores(Block& blk, float* out, LoadX load_x, const uint16_t* y,
                              int head_dim) {
   const int ld = ld16(head_dim);
@@ -350,7 +366,7 @@ RA_FUSED_FN void tile_scores(Block& blk, float* out, LoadX load_x, const uint16_
     constexpr int kBlocks = kTile / kFrag;
     typename Block::Acc c[kBlocks];
     RA_FUSED_UNROLL for (int n = 0; n < kBlocks; ++n) Block::fill(c[n], 0.0f);
-    RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
+    RA_FUSED_UNROLL for (int dt = 0; dt < MaxD / kFrag; ++dt) {
       if (dt >= head_dim / kFrag) break;
       typename Block::A fx;
       load_x(w, dt, fx);
@@ -378,11 +394,11 @@ struct SmemRows {
 // Adds a warp's accumulators [16 x D] (rows 16w.. of a 64-row tile), times `factor`, into
 // dst rows [r0, r0 + n) of a [B, S, heads, D] gradient, head `head`: through one 16 x 16 stage per
 // warp, one column block at a time.
-template <class Block, class AccRow>
+template <int MaxD, class Block, class AccRow>
 RA_FUSED_FN void add_rows_out(Block& blk, float* stage, AccRow& acc, float* dst, float factor,
                               int64_t b, int64_t seq, int64_t r0, int64_t n, int heads, int head,
                               int head_dim) {
-  RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
+  RA_FUSED_UNROLL for (int dt = 0; dt < MaxD / kFrag; ++dt) {
     if (dt >= head_dim / kFrag) break;  // unrolled to the most: fragment indices stay static
     blk.each_warp([&](int w) { Block::store(stage + w * kFrag * kFrag, acc.at(w)[dt], kFrag); });
     blk.sync();
@@ -402,7 +418,7 @@ RA_FUSED_FN void add_rows_out(Block& blk, float* stage, AccRow& acc, float* dst,
 
 // ---- forward -------------------------------------------------------------------------
 
-template <class Block>
+template <int MaxD, class Block>
 RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_t bh) {
   const int D = a.p.head_dim, ldo = D + 4;
   ForwardSmem sm(blk.smem(), D);
@@ -410,7 +426,7 @@ RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_
   const int h = int(bh % a.p.heads), hk = h / (a.p.heads / a.p.kv_heads);
   const int64_t q0 = q_tile * kTile, nq = min64(kTile, a.p.sq - q0);
 
-  using QFrags = typename Block::A[kMaxHeadDim / kFrag];
+  using QFrags = typename Block::A[MaxD / kFrag];
   typename Block::template PerWarp<QFrags> qf;  // warp w: queries 16w..16w+15, all of D
 
   // The tile's queries (through s into registers), positions and running state (rows past the
@@ -433,7 +449,7 @@ RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_
   blk.sync();
   const int64_t q_max = last_position(a.p.q_pos, q0, nq);
   blk.each_warp([&](int w) {
-    RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
+    RA_FUSED_UNROLL for (int dt = 0; dt < MaxD / kFrag; ++dt) {
       if (dt >= D / kFrag) break;
       Block::load(qf.at(w)[dt], q_in + w * kFrag * ld16(D) + dt * kFrag, ld16(D));
     }
@@ -453,7 +469,7 @@ RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_
     load_rows(blk, sm.v, a.p.v, a.p.v_bf16, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
     blk.sync();
 
-    tile_scores(blk, sm.s, q_frag, sm.k, D);  // S = Q K^T (scaled below)
+    tile_scores<MaxD>(blk, sm.s, q_frag, sm.k, D);  // S = Q K^T (scaled below)
     blk.sync();
 
     // Two threads per row, 32 keys each: mask and scale, then the row's two partial maxima.
@@ -539,12 +555,12 @@ RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_
 // query rows), then P = exp(scale S - lse) (0 where masked and on rows that saw no key) and
 // dS = P (dP - delta) (exactly 0 where P is), both rounded to bf16 for their products.
 // load_q and load_dout give the warps' fragments of Q and dO (tile_scores' load_x).
-template <class Block, class Smem, class LoadQ, class LoadDout>
+template <int MaxD, class Block, class Smem, class LoadQ, class LoadDout>
 RA_FUSED_FN void backward_scores(Block& blk, const Args& a, Smem& sm, LoadQ load_q,
                                  LoadDout load_dout) {
   const int D = a.p.head_dim;
-  tile_scores(blk, sm.s, load_q, sm.k, D);
-  tile_scores(blk, sm.dp, load_dout, sm.v, D);
+  tile_scores<MaxD>(blk, sm.s, load_q, sm.k, D);
+  tile_scores<MaxD>(blk, sm.dp, load_dout, sm.v, D);
   blk.sync();
   blk.each_thread([&](int t) {
     const int r = t / 2, c0 = (t % 2) * (kTile / 2);
@@ -577,9 +593,9 @@ RA_FUSED_FN void load_query_tile(Block& blk, const Args& a, RowData rows, uint16
   load_rows(blk, dout_to, a.bw.dout, nullptr, b, a.p.sq, q0, nq, a.p.heads, h, a.p.head_dim);
 }
 
-template <class Block>
+template <int MaxD, class Block>
 RA_FUSED_FN void backward_dkdv_block(Block& blk, const Args& a, int64_t k_tile, int64_t bhk) {
-  using AccRow = typename Block::Acc[kMaxHeadDim / kFrag];
+  using AccRow = typename Block::Acc[MaxD / kFrag];
   const int D = a.p.head_dim, G = a.p.heads / a.p.kv_heads;
   BackwardSmem sm(blk.smem(), D);
   const int64_t b = bhk / a.p.kv_heads;
@@ -591,7 +607,7 @@ RA_FUSED_FN void backward_dkdv_block(Block& blk, const Args& a, int64_t k_tile, 
   load_rows(blk, sm.v, a.p.v, a.p.v_bf16, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
   typename Block::template PerWarp<AccRow> dk, dv;  // warp w: keys 16w..16w+15, all of D
   blk.each_warp([&](int w) {
-    RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
+    RA_FUSED_UNROLL for (int dt = 0; dt < MaxD / kFrag; ++dt) {
       if (dt >= D / kFrag) break;
       Block::fill(dk.at(w)[dt], 0.0f);
       Block::fill(dv.at(w)[dt], 0.0f);
@@ -611,8 +627,8 @@ RA_FUSED_FN void backward_dkdv_block(Block& blk, const Args& a, int64_t k_tile, 
       load_positions(blk, sm.rows, a.p.q_pos, a.p.q_seg, b, a.p.sq, q0, nq);
       load_query_tile(blk, a, sm.rows, sm.q, sm.dout, b, h, q0, nq);
       blk.sync();
-      backward_scores(blk, a, sm, SmemRows<Block>{sm.q, ld16(D)},
-                      SmemRows<Block>{sm.dout, ld16(D)});
+      backward_scores<MaxD>(blk, a, sm, SmemRows<Block>{sm.q, ld16(D)},
+                            SmemRows<Block>{sm.dout, ld16(D)});
       // dV += bf16(P)^T dO and dK += bf16(dS)^T Q: warp w's keys are columns 16w.. of P and dS.
       // Each accumulator still sums its query blocks i0 in ascending order; the P and dS
       // fragments of a query block are loaded once for all of D.
@@ -621,7 +637,7 @@ RA_FUSED_FN void backward_dkdv_block(Block& blk, const Args& a, int64_t k_tile, 
           typename Block::ACol fp, fds;
           Block::load(fp, sm.p + i0 * kLdProb + w * kFrag, kLdProb);
           Block::load(fds, sm.ds + i0 * kLdProb + w * kFrag, kLdProb);
-          RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
+          RA_FUSED_UNROLL for (int dt = 0; dt < MaxD / kFrag; ++dt) {
             if (dt >= D / kFrag) break;
             typename Block::BRow fdo, fq;
             Block::load(fdo, sm.dout + i0 * ld16(D) + dt * kFrag, ld16(D));
@@ -634,14 +650,14 @@ RA_FUSED_FN void backward_dkdv_block(Block& blk, const Args& a, int64_t k_tile, 
     }
   }
   blk.sync();
-  add_rows_out(blk, sm.stage, dv, a.bw.dv, 1.0f, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
-  add_rows_out(blk, sm.stage, dk, a.bw.dk, a.p.scale, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
+  add_rows_out<MaxD>(blk, sm.stage, dv, a.bw.dv, 1.0f, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
+  add_rows_out<MaxD>(blk, sm.stage, dk, a.bw.dk, a.p.scale, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
 }
 
-template <class Block>
+template <int MaxD, class Block>
 RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, int64_t bh) {
-  using AccRow = typename Block::Acc[kMaxHeadDim / kFrag];
-  using Frags = typename Block::A[kMaxHeadDim / kFrag];
+  using AccRow = typename Block::Acc[MaxD / kFrag];
+  using Frags = typename Block::A[MaxD / kFrag];
   const int D = a.p.head_dim;
   DqSmem sm(blk.smem(), D);
   const int64_t b = bh / a.p.heads;
@@ -656,7 +672,7 @@ RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, in
   typename Block::template PerWarp<AccRow> dq;
   typename Block::template PerWarp<Frags> qf, dof;
   blk.each_warp([&](int w) {
-    RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
+    RA_FUSED_UNROLL for (int dt = 0; dt < MaxD / kFrag; ++dt) {
       if (dt >= D / kFrag) break;
       Block::fill(dq.at(w)[dt], 0.0f);
     }
@@ -664,7 +680,7 @@ RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, in
   blk.sync();
   const int64_t q_max = last_position(a.p.q_pos, q0, nq);
   blk.each_warp([&](int w) {
-    RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
+    RA_FUSED_UNROLL for (int dt = 0; dt < MaxD / kFrag; ++dt) {
       if (dt >= D / kFrag) break;
       Block::load(qf.at(w)[dt], q_in + w * kFrag * ld16(D) + dt * kFrag, ld16(D));
       Block::load(dof.at(w)[dt], dout_in + w * kFrag * ld16(D) + dt * kFrag, ld16(D));
@@ -682,14 +698,14 @@ RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, in
     load_rows(blk, sm.k, a.p.k, a.p.k_bf16, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
     load_rows(blk, sm.v, a.p.v, a.p.v_bf16, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
     blk.sync();
-    backward_scores(blk, a, sm, q_frag, dout_frag);
+    backward_scores<MaxD>(blk, a, sm, q_frag, dout_frag);
     // dQ += bf16(dS) K: warp w's queries are rows 16w.. of dS.
     // (Each accumulator sums its key blocks j0 in ascending order; a dS fragment is loaded once.)
     blk.each_warp([&](int w) {
       for (int j0 = 0; j0 < kTile; j0 += kFrag) {
         typename Block::A fds;
         Block::load(fds, sm.ds + w * kFrag * kLdProb + j0, kLdProb);
-        RA_FUSED_UNROLL for (int dt = 0; dt < kMaxHeadDim / kFrag; ++dt) {
+        RA_FUSED_UNROLL for (int dt = 0; dt < MaxD / kFrag; ++dt) {
           if (dt >= D / kFrag) break;
           typename Block::BRow fk;
           Block::load(fk, sm.k + j0 * ld16(D) + dt * kFrag, ld16(D));
@@ -699,7 +715,7 @@ RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, in
     });
   }
   blk.sync();
-  add_rows_out(blk, sm.stage, dq, a.bw.dq, a.p.scale, b, a.p.sq, q0, nq, a.p.heads, h, D);
+  add_rows_out<MaxD>(blk, sm.stage, dq, a.bw.dq, a.p.scale, b, a.p.sq, q0, nq, a.p.heads, h, D);
 }
 
 }  // namespace ringattn::fused
