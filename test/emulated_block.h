@@ -39,7 +39,7 @@ namespace ringattn::test {
 
 class HostBlock {
  public:
-  HostBlock(size_t smem_bytes, bool reverse) : reverse_(reverse) {
+  HostBlock(size_t smem_bytes, bool reverse) : smem_bytes_(smem_bytes), reverse_(reverse) {
     const size_t page = size_t(sysconf(_SC_PAGESIZE));
     bytes_ = (std::max<size_t>(smem_bytes, 1) + page - 1) / page * page;
     mem_ = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -63,6 +63,9 @@ class HostBlock {
   void sync() {
     protect(PROT_READ | PROT_WRITE);
     running_ = this;
+    struct Stop {  // also when a phase throws
+      ~Stop() { running_ = nullptr; }
+    } stop;
     const size_t n = queued_.size();
     for (size_t k = 0; k < n; ++k) {
       const Phase& ph = queued_[reverse_ ? n - 1 - k : k];
@@ -70,7 +73,6 @@ class HostBlock {
       for (int i = 0; i < count; ++i) ph.f(reverse_ ? count - 1 - i : i);
     }
     queued_.clear();
-    running_ = nullptr;
     protect(PROT_NONE);
   }
   size_t queued() const { return queued_.size(); }
@@ -111,7 +113,7 @@ class HostBlock {
     const auto* last =
         reinterpret_cast<const unsigned char*>(p + (fused::kFrag - 1) * ld + fused::kFrag);
     const auto* base = running_ ? static_cast<const unsigned char*>(running_->mem_) : nullptr;
-    if (!base || first < base || last > base + running_->bytes_)
+    if (!base || first < base || last > base + running_->smem_bytes_)
       throw std::logic_error(
           "fused attention body: a bf16 fragment loads from outside shared memory");
     const bool col = Tag == 1 || Tag == 3;
@@ -156,7 +158,8 @@ class HostBlock {
   }
   static inline thread_local const HostBlock* running_ = nullptr;  // whose sync() runs phases
   void* mem_ = nullptr;
-  size_t bytes_ = 0;
+  size_t bytes_ = 0;       // mapped: whole pages
+  size_t smem_bytes_ = 0;  // asked for: what a kernel launch would get
   bool reverse_;
   std::vector<Phase> queued_;
 };

@@ -199,7 +199,7 @@ bool read_faults(const volatile unsigned char* p) {
 
 TEST_CASE("Fused attention body (emulated): the emulation enforces the Block contract",
           "[attention]") {
-  test::HostBlock blk(4096, false);
+  test::HostBlock blk(4000, false);  // mapped as a whole page; a kernel would get 4000 bytes
   auto* smem = static_cast<unsigned char*>(blk.smem());
   // Between phases shared memory is out of reach (the race the contract forbids); inside the
   // phases run by sync() it is there.
@@ -241,17 +241,19 @@ TEST_CASE("Fused attention body (emulated): the emulation enforces the Block con
     attempt([&] { test::HostBlock::load(a, tile + 8, 24); });
     attempt([&] { test::HostBlock::load(a, tile, 20); });
     attempt([&] { test::HostBlock::load(a, global_tile, 24); });
-    // the fragment's last row would end past the block's 4096 bytes
+    // the fragment's last row would end past the page, or inside it past the block's 4000 bytes
     attempt([&] { test::HostBlock::load(b, tile + 2048 - 16 * 24 + 16, 24); });
+    attempt([&] { test::HostBlock::load(b, tile + 2040 - 15 * 24 - 16, 24); });
   });
   blk.sync();
-  REQUIRE(errors.size() == 6);
+  REQUIRE(errors.size() == 7);
   CHECK(errors[0].empty());
   CHECK(errors[1].empty());
   CHECK_THAT(errors[2], Catch::Contains("alignment"));
   CHECK_THAT(errors[3], Catch::Contains("alignment"));
   CHECK_THAT(errors[4], Catch::Contains("outside shared memory"));
   CHECK_THAT(errors[5], Catch::Contains("outside shared memory"));
+  CHECK_THAT(errors[6], Catch::Contains("outside shared memory"));
   CHECK_THROWS_WITH(test::HostBlock::load(a, tile, 24), Catch::Contains("outside shared memory"));
   alignas(64) float acc_tile[16 * 20] = {};
   test::HostBlock::Acc c;
