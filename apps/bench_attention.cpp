@@ -142,6 +142,11 @@ int run_bench_attention(const BenchAttentionArgs& a) {
   j["gflops_fwdbwd"] = flops_fwdbwd / fwdbwd * 1e-9;
   j["tile_gemm_operands"] = opt.bf16 ? "bf16" : "f32";
   j["kernel"] = kernel_name(opt.kernel);
+  // What the device runs of the fused kernels at once (empty on the CPU, whose fused path is
+  // the bf16 tiles).
+  const std::string occupancy =
+      opt.kernel == AttentionKernel::Fused ? be.fused_attention_occupancy(a.head_dim) : "";
+  if (!occupancy.empty()) j["fused_occupancy"] = occupancy;
   j["peak_gemm"] = gemm;
   j["peak_gemm_gflops"] = sgemm;
   j["fraction_of_peak_gemm"] = flops_fwdbwd / fwdbwd * 1e-9 / sgemm;
@@ -171,7 +176,7 @@ int run_bench_attention(const BenchAttentionArgs& a) {
         "  peak bytes per rank (max)  {}   (inputs {}, attention's own {})\n"
         "  KV wait fraction (max over ranks) {:.1f}%   rank compute ms: {}  (slowest/fastest "
         "{:.2f})\n"
-        "  FLOPs: {}\n",
+        "  FLOPs: {}\n{}",
         a.impl, opt.impl == AttentionImpl::Ring ? a.layout : "whole sequence", be.name(), world,
         threads, a.batch, a.seq, a.heads, a.kv_heads, a.head_dim, a.causal, a.q_chunk, a.k_chunk,
         a.fused  ? ", fused bf16 kernels"
@@ -182,7 +187,8 @@ int run_bench_attention(const BenchAttentionArgs& a) {
         format_bytes(j["peak_bytes"].get<size_t>()), format_bytes(live_before),
         format_bytes(j["workspace_peak_bytes"].get<size_t>()),
         100 * j["kv_wait_fraction"].get<double>(), fmt::join(rank_ms, " "),
-        fast > 0 ? slow / fast : 0.0, j["flop_convention"].get<std::string>());
+        fast > 0 ? slow / fast : 0.0, j["flop_convention"].get<std::string>(),
+        occupancy.empty() ? "" : fmt::format("  fused kernels: {}\n", occupancy));
     if (!a.json.empty()) {
       std::ofstream f(a.json);
       RA_CHECK(f.good(), "cannot write --json file '{}'", a.json);

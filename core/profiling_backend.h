@@ -53,6 +53,9 @@ class ProfilingBackend final : public Backend {
 
   Device device() const override { return inner_.device(); }
   std::string name() const override { return "profiling(" + inner_.name() + ")"; }
+  std::string fused_attention_occupancy(int head_dim) override {
+    return inner_.fused_attention_occupancy(head_dim);
+  }
 
   void gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float* a, int lda,
             const float* b, int ldb, float beta, float* c, int ldc) override;

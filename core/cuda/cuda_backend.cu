@@ -14,6 +14,7 @@
 #include "core/cuda/cuda_check.h"
 #include "core/cuda/cuda_layers.h"
 #include "core/cuda/cuda_optim.h"
+#include "core/cuda/fused_attention.h"
 #include "core/log.h"
 
 namespace ringattn {
@@ -123,6 +124,10 @@ class CudaBackend final : public Backend {
     if (cudaGetDeviceProperties(&prop, device_) != cudaSuccess)
       return fmt::format("cuda:{}", device_);
     return fmt::format("cuda:{} ({})", device_, prop.name);
+  }
+  std::string fused_attention_occupancy(int head_dim) override {
+    bind_thread();
+    return cuda::fused_occupancy(head_dim);
   }
 
   // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.

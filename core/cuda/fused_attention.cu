@@ -143,6 +143,11 @@ void allow_smem(const void* kernel, size_t bytes) {
                                 fused::DqSmem(nullptr, fused::kMaxHeadDim).bytes});
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(std::min(most, size_t(optin)))));
+  // Shared memory is what limits how many blocks share a multiprocessor (two dK/dV blocks of
+  // 106.5 KiB at head_dim 128 need all 228 KiB an H100 can give), L1 matters little here: ask
+  // for the largest carveout rather than leave it to the driver's choice.
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                  int(cudaSharedmemCarveoutMaxShared)));
   done.insert({kernel, device});  // only once it is set
 }
 
@@ -161,7 +166,35 @@ void check_args(const fused::Args& a) {
            "fused attention: {} heads over {} kv heads", a.p.heads, a.p.kv_heads);
 }
 
+int blocks_per_sm(const void* kernel, size_t smem) {
+  allow_smem(kernel, smem);
+  int blocks = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, fused::kThreads, smem));
+  return blocks;
+}
+
 }  // namespace
+
+std::string fused_occupancy(int head_dim) {
+  RA_CHECK(fused::head_dim_fits(head_dim),
+           "fused attention needs head_dim a multiple of 16 and at most {}, got {}",
+           fused::kMaxHeadDim, head_dim);
+  const size_t fwd = fused::ForwardSmem(nullptr, head_dim).bytes;
+  const size_t dkdv = fused::BackwardSmem(nullptr, head_dim).bytes;
+  const size_t dq = fused::DqSmem(nullptr, head_dim).bytes;
+  std::string out;
+  fused::with_max_head_dim(head_dim, [&](auto max_d) {
+    constexpr int kMaxD = decltype(max_d)::value;
+    out = fmt::format(
+        "forward {}, dK/dV {}, dQ {} blocks of {} threads per SM (shared memory {:.1f} / {:.1f} / "
+        "{:.1f} KiB; kernels for head dims up to {})",
+        blocks_per_sm(reinterpret_cast<const void*>(&forward_kernel<kMaxD>), fwd),
+        blocks_per_sm(reinterpret_cast<const void*>(&backward_dkdv_kernel<kMaxD>), dkdv),
+        blocks_per_sm(reinterpret_cast<const void*>(&backward_dq_kernel<kMaxD>), dq),
+        fused::kThreads, fwd / 1024.0, dkdv / 1024.0, dq / 1024.0, kMaxD);
+  });
+  return out;
+}
 
 void launch_fused_forward(cudaStream_t stream, const fused::Args& a) {
   check_args(a);

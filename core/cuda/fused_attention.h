@@ -5,6 +5,8 @@
 
 #include <cuda_runtime.h>
 
+#include <string>
+
 #include "core/cuda/fused_attention_body.h"
 
 namespace ringattn::cuda {
@@ -13,5 +15,9 @@ namespace ringattn::cuda {
 void launch_fused_forward(cudaStream_t stream, const fused::Args& a);
 // Adds this block's gradients into a.dq, a.dk, a.dv (two kernels: dK/dV, then dQ).
 void launch_fused_backward(cudaStream_t stream, const fused::Args& a);
+// Blocks of each kernel one multiprocessor of the current device runs at once at this head dim
+// (cudaOccupancyMaxActiveBlocksPerMultiprocessor: registers and shared memory), as text:
+// "forward 2, dK/dV 2, dQ 2 blocks of 128 threads per SM (shared memory 97.0 / 106.5 / 79.5 KiB)".
+std::string fused_occupancy(int head_dim);
 
 }  // namespace ringattn::cuda

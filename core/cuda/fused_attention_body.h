@@ -154,8 +154,12 @@ class Carver {
 RA_FUSED_FN inline int ld16(int head_dim) {
   return head_dim + 8;
 }
-inline constexpr int kLdScore = kTile + 4;  // float32 score tiles
-inline constexpr int kLdProb = kTile + 8;   // bf16 P and dS tiles
+// float32 score tiles of `cols` columns (all 64, or the dK/dV kernel's halves)
+RA_FUSED_FN constexpr int ld_score(int cols) {
+  return cols + 4;
+}
+inline constexpr int kLdScore = ld_score(kTile);
+inline constexpr int kLdProb = kTile + 8;  // bf16 P and dS tiles
 
 // Per-row data of a 64-row tile (queries or keys).
 struct RowData {
@@ -202,12 +206,16 @@ struct ForwardSmem {
   }
 };
 
-// The dK/dV kernel's: Q and dO change with every query tile it visits.
+// The dK/dV kernel's: Q and dO change with every query tile it visits. Its float32 S and dP
+// tiles hold half the keys at a time (kScoreCols; backward_scores computes the halves in turn):
+// 16 KiB less (and the stage kept in s: 4 KiB), which at head_dim 128 brings it to 106.5 KiB, so
+// that two blocks fit on an H100 multiprocessor instead of one (three at head_dim 64).
 struct BackwardSmem {
+  static constexpr int kScoreCols = kTile / 2;
   uint16_t *q, *dout, *k, *v;  // [64][ld16]
-  uint16_t *p, *ds;            // [64][kLdProb] bf16(P), bf16(dS)
-  float *s, *dp;               // [64][kLdScore]
-  float* stage;                // [kWarps][16 * 16]: one fragment per warp on its way out
+  uint16_t *p, *ds;            // [64][kLdProb] bf16(P), bf16(dS): all 64 keys
+  float *s, *dp;               // [64][ld_score(kScoreCols)]
+  float* stage;                // [kWarps][16 * 16]: one fragment per warp on its way out (in s)
   RowData rows, keys;          // rows: lse in a, delta in b
   size_t bytes = 0;
   RA_FUSED_FN BackwardSmem(void* base, int head_dim) {
@@ -218,23 +226,26 @@ struct BackwardSmem {
     v = c.take<uint16_t>(kTile * ld16(head_dim));
     p = c.take<uint16_t>(kTile * kLdProb);
     ds = c.take<uint16_t>(kTile * kLdProb);
-    s = c.take<float>(kTile * kLdScore);
-    dp = c.take<float>(kTile * kLdScore);
-    stage = c.take<float>(kWarps * kFrag * kFrag);
+    s = c.take<float>(kTile * ld_score(kScoreCols));
+    dp = c.take<float>(kTile * ld_score(kScoreCols));
+    stage = s;  // used after the last scores only
     rows.carve(c);
     keys.carve(c);
     bytes = c.used();
   }
 };
+static_assert(kWarps * kFrag * kFrag <= kTile * ld_score(BackwardSmem::kScoreCols),
+              "the stage fits in s");
 
 // The dQ kernel's: its Q and dO stay in registers (as the forward's queries do, passing through
 // s and dp on their way in), so two blocks fit on an H100 multiprocessor at head_dim 128.
 struct DqSmem {
+  static constexpr int kScoreCols = kTile;
   uint16_t *k, *v;        // [64][ld16]
   uint16_t* p = nullptr;  // not kept: dQ needs only dS
   uint16_t* ds;           // [64][kLdProb]
   float *s, *dp;          // [64][kLdScore]
-  float* stage;           // [kWarps][16 * 16]
+  float* stage;           // [kWarps][16 * 16] (in s)
   RowData rows, keys;     // rows: lse in a, delta in b
   size_t bytes = 0;
   RA_FUSED_FN DqSmem(void* base, int head_dim) {
@@ -244,7 +255,7 @@ struct DqSmem {
     ds = c.take<uint16_t>(kTile * kLdProb);
     s = c.take<float>(kTile * kLdScore);
     dp = c.take<float>(kTile * kLdScore);
-    stage = c.take<float>(kWarps * kFrag * kFrag);
+    stage = s;  // used after the last scores only
     rows.carve(c);
     keys.carve(c);
     bytes = c.used();
@@ -355,15 +366,15 @@ RA_FUSED_FN inline int64_t first_at_least(const int64_t* pos, int64_t n, int64_t
   return lo;
 }
 
-// out[64 x 64] (float32, ld kLdScore) = X[64 x D] y[64 x D]^T, warp w computing rows 16w..16w+15:
-// load_x(w, dt, frag) gives the warp's fragment of X's columns 16 dt.. (from shared memory or
-// registers), each loaded once against the four column blocks.
-template <int MaxD, class Block, class LoadX>
+// out[64 x Cols] (float32, ld ld_score(Cols)) = X[64 x D] y[Cols x D]^T, warp w computing rows
+// 16w..16w+15: load_x(w, dt, frag) gives the warp's fragment of X's columns 16 dt.. (from shared
+// memory or registers), each loaded once against the Cols / 16 column blocks.
+template <int MaxD, int Cols = kTile, class Block, class LoadX>
 RA_FUSED_FN void tile_scores(Block& blk, float* out, LoadX load_x, const uint16_t* y,
                              int head_dim) {
   const int ld = ld16(head_dim);
   blk.each_warp([=](int w) {
-    constexpr int kBlocks = kTile / kFrag;
+    constexpr int kBlocks = Cols / kFrag, kLdOut = ld_score(Cols);
     typename Block::Acc c[kBlocks];
     RA_FUSED_UNROLL for (int n = 0; n < kBlocks; ++n) Block::fill(c[n], 0.0f);
     RA_FUSED_UNROLL for (int dt = 0; dt < MaxD / kFrag; ++dt) {
@@ -377,7 +388,7 @@ RA_FUSED_FN void tile_scores(Block& blk, float* out, LoadX load_x, const uint16_
       }
     }
     RA_FUSED_UNROLL for (int n = 0; n < kBlocks; ++n)
-        Block::store(out + w * kFrag * kLdScore + n * kFrag, c[n], kLdScore);
+        Block::store(out + w * kFrag * kLdOut + n * kFrag, c[n], kLdOut);
   });
 }
 
@@ -553,29 +564,35 @@ RA_FUSED_FN void forward_block(Block& blk, const Args& a, int64_t q_tile, int64_
 
 // With Q, dO, K, V tiles, positions, lse and delta loaded: S = Q K^T and dP = dO V^T (warps by
 // query rows), then P = exp(scale S - lse) (0 where masked and on rows that saw no key) and
-// dS = P (dP - delta) (exactly 0 where P is), both rounded to bf16 for their products.
-// load_q and load_dout give the warps' fragments of Q and dO (tile_scores' load_x).
+// dS = P (dP - delta) (exactly 0 where P is), both rounded to bf16 for their products. S and dP
+// are made Smem::kScoreCols keys at a time (the dK/dV kernel's halves: a sync more each); P and
+// dS are whole. load_q and load_dout give the warps' fragments of Q and dO (tile_scores' load_x).
 template <int MaxD, class Block, class Smem, class LoadQ, class LoadDout>
 RA_FUSED_FN void backward_scores(Block& blk, const Args& a, Smem& sm, LoadQ load_q,
                                  LoadDout load_dout) {
   const int D = a.p.head_dim;
-  tile_scores<MaxD>(blk, sm.s, load_q, sm.k, D);
-  tile_scores<MaxD>(blk, sm.dp, load_dout, sm.v, D);
-  blk.sync();
-  blk.each_thread([&](int t) {
-    const int r = t / 2, c0 = (t % 2) * (kTile / 2);
-    const float lse = sm.rows.a[r], delta = sm.rows.b[r];
-    const bool sees_any = lse > kMaskedScore;
-    for (int j = c0; j < c0 + kTile / 2; ++j) {
-      const float pj = sees_any && visible(a, sm.rows, sm.keys, r, j)
-                           ? expf(a.p.scale * sm.s[r * kLdScore + j] - lse)
-                           : 0.0f;
-      const float ds = pj == 0.0f ? 0.0f : pj * (sm.dp[r * kLdScore + j] - delta);
-      if (sm.p) sm.p[r * kLdProb + j] = bf16_bits(pj);  // (the dQ kernel keeps no P)
-      sm.ds[r * kLdProb + j] = bf16_bits(ds);
-    }
-  });
-  blk.sync();
+  constexpr int kCols = Smem::kScoreCols, kLd = ld_score(kCols);
+  static_assert(kTile % kCols == 0 && kCols % (2 * kFrag) == 0, "whole fragments per thread pair");
+  for (int c0 = 0; c0 < kTile; c0 += kCols) {
+    tile_scores<MaxD, kCols>(blk, sm.s, load_q, sm.k + c0 * ld16(D), D);
+    tile_scores<MaxD, kCols>(blk, sm.dp, load_dout, sm.v + c0 * ld16(D), D);
+    blk.sync();
+    // (The phase runs before this iteration's closing sync: capturing c0 by reference is safe.)
+    blk.each_thread([&](int t) {
+      const int r = t / 2, j0 = c0 + (t % 2) * (kCols / 2);
+      const float lse = sm.rows.a[r], delta = sm.rows.b[r];
+      const bool sees_any = lse > kMaskedScore;
+      for (int j = j0; j < j0 + kCols / 2; ++j) {
+        const float pj = sees_any && visible(a, sm.rows, sm.keys, r, j)
+                             ? expf(a.p.scale * sm.s[r * kLd + j - c0] - lse)
+                             : 0.0f;
+        const float ds = pj == 0.0f ? 0.0f : pj * (sm.dp[r * kLd + j - c0] - delta);
+        if (sm.p) sm.p[r * kLdProb + j] = bf16_bits(pj);  // (the dQ kernel keeps no P)
+        sm.ds[r * kLdProb + j] = bf16_bits(ds);
+      }
+    });
+    blk.sync();  // the products read P and dS; the next keys' S and dP overwrite s and dp
+  }
 }
 
 // Query rows [q0, q0 + nq) of head h: lse and delta, and Q and dO into bf16 tiles q_to, dout_to
