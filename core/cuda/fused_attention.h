@@ -17,7 +17,8 @@ void launch_fused_forward(cudaStream_t stream, const fused::Args& a);
 void launch_fused_backward(cudaStream_t stream, const fused::Args& a);
 // Blocks of each kernel one multiprocessor of the current device runs at once at this head dim
 // (cudaOccupancyMaxActiveBlocksPerMultiprocessor: registers and shared memory), as text:
-// "forward 2, dK/dV 2, dQ 2 blocks of 128 threads per SM (shared memory 97.0 / 106.5 / 79.5 KiB)".
+// "forward 2, dK/dV 2, dQ 2 blocks of 128 threads per SM (shared memory 97.0 / 106.5 / 79.5 KiB;
+// kernels for head dims up to 128)".
 std::string fused_occupancy(int head_dim);
 
 }  // namespace ringattn::cuda
