@@ -2,14 +2,16 @@
 // its indexing, masks, skips, online softmax and gradient sums are tested on machines without a
 // GPU. HostBlock is the body's Block contract on the host:
 //   - each_thread / each_warp only queue their phase; sync() runs what was queued since the last
-//     one, as a GPU block would between two barriers. In order (reverse = false): phase by phase,
-//     threads (warps) ascending. In reverse: the queued phases last to first, threads (warps)
-//     descending. The body's contract makes the phases of one sync interval independent (no
-//     thread reads there what another writes, and the body's phases never pass data to a later
-//     phase of the same interval, not even within one thread), so both orders give the same bits;
-//     a missing sync() changes them. Because phases run late, helpers that return before the next
-//     sync() capture by value, and a body ends with sync() (run_grid checks that nothing is left
-//     queued);
+//     one, as a GPU block would between two barriers, in one of three orders (BlockOrder).
+//     Forward: phase by phase, threads (warps) ascending. Reverse: the queued phases last to
+//     first, threads (warps) descending. Isolated: every (phase, thread or warp) runs on the
+//     shared memory as it was when the interval began, and what they wrote is merged afterwards;
+//     two of them writing the same byte is an error (a logic_error). The body's contract makes the
+//     phases of one sync interval independent (no thread reads there what another writes, and
+//     the body's phases never pass data to a later phase of the same interval, not even within
+//     one thread), so all three orders give the same bits; a missing sync() changes them. Because
+//     phases run late, helpers that return before the next sync() capture by value, and a body ends
+//     with sync() (run_grid checks that nothing is left queued);
 //   - shared memory is readable and writable only while sync() runs the phases (mprotect): code
 //     between phases that touches it faults at once. The contract forbids that because on a GPU
 //     a thread may still be reading there while another writes the next interval's data, a race
@@ -37,9 +39,11 @@
 
 namespace ringattn::test {
 
+enum class BlockOrder { Forward, Reverse, Isolated };
+
 class HostBlock {
  public:
-  HostBlock(size_t smem_bytes, bool reverse) : smem_bytes_(smem_bytes), reverse_(reverse) {
+  HostBlock(size_t smem_bytes, BlockOrder order) : smem_bytes_(smem_bytes), order_(order) {
     const size_t page = size_t(sysconf(_SC_PAGESIZE));
     bytes_ = (std::max<size_t>(smem_bytes, 1) + page - 1) / page * page;
     mem_ = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -66,11 +70,16 @@ class HostBlock {
     struct Stop {  // also when a phase throws
       ~Stop() { running_ = nullptr; }
     } stop;
-    const size_t n = queued_.size();
-    for (size_t k = 0; k < n; ++k) {
-      const Phase& ph = queued_[reverse_ ? n - 1 - k : k];
-      const int count = ph.warp ? fused::kWarps : fused::kThreads;
-      for (int i = 0; i < count; ++i) ph.f(reverse_ ? count - 1 - i : i);
+    if (order_ == BlockOrder::Isolated) {
+      run_isolated();
+    } else {
+      const bool reverse = order_ == BlockOrder::Reverse;
+      const size_t n = queued_.size();
+      for (size_t k = 0; k < n; ++k) {
+        const Phase& ph = queued_[reverse ? n - 1 - k : k];
+        const int count = ph.warp ? fused::kWarps : fused::kThreads;
+        for (int i = 0; i < count; ++i) ph.f(reverse ? count - 1 - i : i);
+      }
     }
     queued_.clear();
     protect(PROT_NONE);
@@ -152,6 +161,36 @@ class HostBlock {
     bool warp;
     std::function<void(int)> f;
   };
+  // BlockOrder::Isolated: each unit (a phase's thread or warp) starts from the interval's
+  // shared memory; the bytes it changed are its writes.
+  void run_isolated() {
+    auto* mem = static_cast<unsigned char*>(mem_);
+    const std::vector<unsigned char> start(mem, mem + smem_bytes_);
+    std::vector<unsigned char> merged = start;
+    std::vector<bool> written(smem_bytes_, false);
+    for (const Phase& ph : queued_) {
+      const int count = ph.warp ? fused::kWarps : fused::kThreads;
+      for (int i = 0; i < count; ++i) {
+        std::memcpy(mem, start.data(), smem_bytes_);
+        ph.f(i);
+        for (size_t b = 0; b < smem_bytes_; ++b) {
+          // (whole 64-byte runs that did not change are skipped at once)
+          if (b % 64 == 0 && b + 64 <= smem_bytes_ && std::memcmp(mem + b, &start[b], 64) == 0) {
+            b += 63;
+            continue;
+          }
+          if (mem[b] == start[b]) continue;
+          if (written[b])
+            throw std::logic_error(
+                "fused attention body: two threads (or warps, or phases) of one sync interval "
+                "write the same shared-memory byte");
+          written[b] = true;
+          merged[b] = mem[b];
+        }
+      }
+    }
+    std::memcpy(mem, merged.data(), smem_bytes_);
+  }
   void protect(int prot) {
     if (mprotect(mem_, bytes_, prot) != 0)
       throw std::runtime_error("HostBlock: mprotect of shared memory failed");
@@ -160,17 +199,18 @@ class HostBlock {
   void* mem_ = nullptr;
   size_t bytes_ = 0;       // mapped: whole pages
   size_t smem_bytes_ = 0;  // asked for: what a kernel launch would get
-  bool reverse_;
+  BlockOrder order_;
   std::vector<Phase> queued_;
 };
 
 // The grids of the three kernels, as core/cuda/fused_attention.cu launches them, on host memory.
-// Blocks in ascending order, or all in descending order (and threads too) when `reverse`.
+// Blocks in ascending order, or all in descending order (and threads too) under
+// BlockOrder::Reverse.
 template <typename Body>
-void run_grid(int64_t tiles, int64_t rows, size_t smem, bool reverse, Body body) {
+void run_grid(int64_t tiles, int64_t rows, size_t smem, BlockOrder order, Body body) {
   for (int64_t i = 0; i < tiles * rows; ++i) {
-    const int64_t at = reverse ? tiles * rows - 1 - i : i;
-    HostBlock blk(smem, reverse);
+    const int64_t at = order == BlockOrder::Reverse ? tiles * rows - 1 - i : i;
+    HostBlock blk(smem, order);
     body(blk, at % tiles, at / tiles);
     if (blk.queued() != 0)
       throw std::logic_error("fused attention body: phases after its last sync");
@@ -181,11 +221,11 @@ inline int64_t fused_tiles(int64_t n) {
   return (n + fused::kTile - 1) / fused::kTile;
 }
 
-// The order the emulated device runs the fused kernels' bodies in (HostBlock's `reverse`); tests
-// flip it to compare both orders through the whole backend.
-inline bool& emulated_block_reverse() {
-  static bool reverse = false;
-  return reverse;
+// The order the emulated device runs the fused kernels' bodies in (HostBlock's BlockOrder); tests
+// set it to compare the orders through the whole backend.
+inline BlockOrder& emulated_block_order() {
+  static BlockOrder order = BlockOrder::Forward;
+  return order;
 }
 
 // The MaxD of the kernels the emulated device runs: 0 for the one fused::with_max_head_dim picks,
@@ -195,30 +235,30 @@ inline int& emulated_block_max_head_dim() {
   return max_head_dim;
 }
 
-inline void run_fused_forward(const fused::Args& a, bool reverse = emulated_block_reverse(),
+inline void run_fused_forward(const fused::Args& a, BlockOrder order = emulated_block_order(),
                               int max_head_dim = emulated_block_max_head_dim()) {
   const fused::ForwardSmem sm(nullptr, a.p.head_dim);
   fused::with_max_head_dim(max_head_dim ? max_head_dim : a.p.head_dim, [&](auto max_d) {
     constexpr int kMaxD = decltype(max_d)::value;
     if (a.p.head_dim > kMaxD) throw std::logic_error("fused attention: head dim above MaxD");
     run_grid(
-        fused_tiles(a.p.sq), a.p.batch * a.p.heads, sm.bytes, reverse,
+        fused_tiles(a.p.sq), a.p.batch * a.p.heads, sm.bytes, order,
         [&](HostBlock& blk, int64_t t, int64_t bh) { fused::forward_block<kMaxD>(blk, a, t, bh); });
   });
 }
 
-inline void run_fused_backward(const fused::Args& a, bool reverse = emulated_block_reverse(),
+inline void run_fused_backward(const fused::Args& a, BlockOrder order = emulated_block_order(),
                                int max_head_dim = emulated_block_max_head_dim()) {
   fused::with_max_head_dim(max_head_dim ? max_head_dim : a.p.head_dim, [&](auto max_d) {
     constexpr int kMaxD = decltype(max_d)::value;
     if (a.p.head_dim > kMaxD) throw std::logic_error("fused attention: head dim above MaxD");
     run_grid(fused_tiles(a.p.sk), a.p.batch * a.p.kv_heads,
-             fused::BackwardSmem(nullptr, a.p.head_dim).bytes, reverse,
+             fused::BackwardSmem(nullptr, a.p.head_dim).bytes, order,
              [&](HostBlock& blk, int64_t t, int64_t bhk) {
                fused::backward_dkdv_block<kMaxD>(blk, a, t, bhk);
              });
     run_grid(fused_tiles(a.p.sq), a.p.batch * a.p.heads, fused::DqSmem(nullptr, a.p.head_dim).bytes,
-             reverse, [&](HostBlock& blk, int64_t t, int64_t bh) {
+             order, [&](HostBlock& blk, int64_t t, int64_t bh) {
                fused::backward_dq_block<kMaxD>(blk, a, t, bh);
              });
   });

@@ -46,17 +46,17 @@ constexpr double kTol = 4e-3;
 // The device under test with the fused kernels: the emulated one runs their body in the order
 // asked for.
 // max_head_dim: the kernels' MaxD on the emulated device (0: the launcher's choice).
-Result run_fused(const Case& c, bool reverse, int max_head_dim = 0) {
+Result run_fused(const Case& c, test::BlockOrder order, int max_head_dim = 0) {
   Case f = c;
   f.bf16 = true;
   f.fused = true;
   struct Reset {  // even when the run throws
     ~Reset() {
-      test::emulated_block_reverse() = false;
+      test::emulated_block_order() = test::BlockOrder::Forward;
       test::emulated_block_max_head_dim() = 0;
     }
   } reset;
-  test::emulated_block_reverse() = reverse;
+  test::emulated_block_order() = order;
   test::emulated_block_max_head_dim() = max_head_dim;
   return test::run(*test::device_under_test().backend, f, false);
 }
@@ -67,11 +67,13 @@ void check_stats(const AttentionTileStats& g, const AttentionTileStats& w) {
   CHECK(g.flops == Approx(w.flops));
 }
 
-// The fused kernels against the CPU's bf16 tiles, and again in the reverse order, bitwise.
-void compare(Case c) {
+// The fused kernels against the CPU's bf16 tiles, and again in the reverse order, bitwise; with
+// `isolated`, also with every thread of a sync interval on the interval's starting memory
+// (test/emulated_block.h: slow, so for small cases).
+void compare(Case c, bool isolated = false) {
   c.bf16 = true;
   const Result want = test::run(cpu_backend(), c, false);
-  const Result got = run_fused(c, false);
+  const Result got = run_fused(c, test::BlockOrder::Forward);
   test::check_close(got.o, want.o, kTol, kTol, "o");
   test::check_close(got.lse, want.lse, kTol, kTol, "lse");
   test::check_close(got.dq, want.dq, kTol, kTol, "dq");
@@ -92,11 +94,13 @@ void compare(Case c) {
       CHECK(test::same_bits(r.dv[i], got.dv[i]));
     }
   };
-  same(run_fused(c, true));
+  same(run_fused(c, test::BlockOrder::Reverse));
+  if (isolated) same(run_fused(c, test::BlockOrder::Isolated));
   // Small heads run kernels compiled for head dims up to 64 (fused::with_max_head_dim); on the
   // emulated device those compiled for the largest must give the same bits (on a GPU, which
   // always runs the launcher's choice, this repeats the run: a determinism check).
-  if (c.head_dim <= fused::kSmallHeadDim) same(run_fused(c, false, fused::kMaxHeadDim));
+  if (c.head_dim <= fused::kSmallHeadDim)
+    same(run_fused(c, test::BlockOrder::Forward, fused::kMaxHeadDim));
 }
 
 // Queries at the end of the keys (a KV cache), keys in three blocks arriving reversed (a ring).
@@ -115,19 +119,21 @@ TEST_CASE("Fused attention kernels: match the CPU's bf16 tiles", "[attention]") 
   struct Shape {
     int heads, kv_heads, head_dim;
     int64_t sq, sk;
+    bool isolated;  // also in BlockOrder::Isolated (a few seconds each)
   };
-  const Shape s = GENERATE(Shape{4, 2, 32, 80, 150},   // GQA; neither length a multiple of 64
-                           Shape{2, 1, 64, 64, 64},    // exactly one tile each way
-                           Shape{3, 3, 16, 130, 70},   // three query tiles, 16-wide heads
-                           Shape{2, 2, 128, 40, 100},  // the largest head the kernels take
-                           Shape{2, 1, 80, 70, 90},    // a head width that is no power of two
-                           Shape{2, 2, 48, 65, 64}     // another (one query row past a tile)
+  const Shape s = GENERATE(Shape{4, 2, 32, 80, 150, true},   // GQA; neither length a multiple of 64
+                           Shape{2, 1, 64, 64, 64, false},   // exactly one tile each way
+                           Shape{3, 3, 16, 130, 70, true},   // three query tiles, 16-wide heads
+                           Shape{2, 2, 128, 40, 100, true},  // the largest head the kernels take
+                           Shape{2, 1, 80, 70, 90, false},   // a head width that is no power of two
+                           Shape{2, 2, 48, 65, 64, false}    // another (one query row past a tile)
   );
   const bool causal = GENERATE(false, true);
   INFO("H " << s.heads << " Hkv " << s.kv_heads << " D " << s.head_dim << " sq " << s.sq << " sk "
             << s.sk << " causal " << causal);
   compare(make_case(s.sq, s.sk, s.heads, s.kv_heads, s.head_dim, causal,
-                    uint64_t(500 + s.sq + s.sk + s.head_dim)));
+                    uint64_t(500 + s.sq + s.sk + s.head_dim)),
+          s.isolated && causal);
 }
 
 TEST_CASE("Fused attention kernels: segment ids, empty rows, zigzag shards, bf16 operands",
@@ -199,7 +205,8 @@ bool read_faults(const volatile unsigned char* p) {
 
 TEST_CASE("Fused attention body (emulated): the emulation enforces the Block contract",
           "[attention]") {
-  test::HostBlock blk(4000, false);  // mapped as a whole page; a kernel would get 4000 bytes
+  test::HostBlock blk(
+      4000, test::BlockOrder::Forward);  // mapped as a whole page; a kernel would get 4000 bytes
   auto* smem = static_cast<unsigned char*>(blk.smem());
   // Between phases shared memory is out of reach (the race the contract forbids); inside the
   // phases run by sync() it is there.
@@ -214,9 +221,29 @@ TEST_CASE("Fused attention body (emulated): the emulation enforces the Block con
   blk.sync();
   CHECK(seen == 0xff);  // never written: the 0xff fill
   CHECK(read_faults(smem));
+  // Isolated: every thread sees the interval's starting memory; two writers of a byte are an error.
+  {
+    test::HostBlock iso(256, test::BlockOrder::Isolated);
+    auto* m = static_cast<unsigned char*>(iso.smem());
+    unsigned char read_by_1 = 0;
+    iso.each_thread([&](int t) {
+      if (t == 0) m[0] = 1;
+      if (t == 1) read_by_1 = m[0];  // another thread's write of the same interval: not seen
+      if (t == 2) m[1] = 2;
+    });
+    iso.sync();
+    CHECK(read_by_1 == 0xff);
+    iso.each_thread([&](int t) { read_by_1 = t == 1 ? m[0] : read_by_1; });  // the next interval
+    iso.sync();
+    CHECK(read_by_1 == 1);
+    iso.each_thread([&](int t) {
+      if (t == 3 || t == 4) m[2] = 7;  // the same value, still two writers
+    });
+    CHECK_THROWS_WITH(iso.sync(), Catch::Contains("write the same shared-memory byte"));
+  }
   // A phase queued after the last sync is an error of the body, reported by run_grid.
   CHECK_THROWS_WITH(
-      test::run_grid(1, 1, 64, false,
+      test::run_grid(1, 1, 64, test::BlockOrder::Forward,
                      [](test::HostBlock& b, int64_t, int64_t) { b.each_thread([](int) {}); }),
       Catch::Contains("after its last sync"));
   // wmma's rules: 256-bit aligned operands, leading dimensions of 16 bytes; bf16 fragments from
