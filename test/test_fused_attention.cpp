@@ -367,3 +367,25 @@ TEST_CASE("Fused attention body (emulated): operands load the same at any alignm
     CHECK(std::any_of(aligned.begin() + long(n), aligned.end(), [](float x) { return x != 0; }));
   }
 }
+
+// The blocks per multiprocessor that docs/benchmarks.md and the kernels' __launch_bounds__
+// (core/cuda/fused_attention.cu) count on, from the shared memory each kernel asks for, on an
+// H100/H200: 228 KiB per SM, 1 KiB reserved per block. (Registers are held to the same counts
+// by __launch_bounds__; the cuda_kernel_code ctest fails if that makes ptxas spill.)
+TEST_CASE(
+    "Fused attention kernels: shared memory lets 3 blocks share an SM up to head dim 64, 2 "
+    "above",
+    "[attention]") {
+  constexpr size_t kSmPerSm = 228 * 1024, kReserved = 1024, kMaxPerBlock = 227 * 1024;
+  auto fit = [&](size_t bytes) {
+    REQUIRE(bytes <= kMaxPerBlock);
+    return int(kSmPerSm / (bytes + kReserved));
+  };
+  for (int d = 16; d <= fused::kMaxHeadDim; d += 16) {
+    INFO("head_dim " << d);
+    const int want = d <= fused::kSmallHeadDim ? 3 : 2;
+    CHECK(fit(fused::ForwardSmem(nullptr, d).bytes) >= want);
+    CHECK(fit(fused::BackwardSmem(nullptr, d).bytes) >= want);
+    CHECK(fit(fused::DqSmem(nullptr, d).bytes) >= want);
+  }
+}
