@@ -23,7 +23,7 @@ for ptx in "$@"; do
   info=$("$ptxas" -arch="$arch" -v "$ptx" -o /dev/null 2>&1) || { echo "$info"; fail "ptxas failed on $name"; continue; }
   # ptxas -v: per kernel a "Compiling entry function" line, then its frame/spill and register lines.
   report=$(awk -v file="$name" '
-    /Compiling entry function/ { match($0, /function .[^ ]+/); kernel = substr($0, RSTART + 10, RLENGTH - 11) }
+    /Compiling entry function/ { match($0, /function .[^ ]+/); kernel = substr($0, RSTART + 10, RLENGTH - 11); fr = st = ld = "?" }
     /spill stores/ { n = split($0, w, " "); for (i = 4; i <= n; ++i) { if (w[i] == "stores,") st = w[i - 3]; if (w[i] == "loads") ld = w[i - 3]; if (w[i] == "frame,") fr = w[i - 3] } }
     /Used [0-9]+ registers/ {
       match($0, /Used [0-9]+ registers/); regs = substr($0, RSTART + 5, RLENGTH - 15)
@@ -67,7 +67,9 @@ for ptx in "$@"; do
     [ "$bf16_loads" -gt 0 ] || fail "$name: no bf16 wmma.load at all (is this the fused kernels' PTX?)"
     [ "$generic" = 0 ] || fail "$name: $generic bf16 fragment loads through generic addresses"
     for k in forward_kernel backward_dkdv_kernel backward_dq_kernel; do
-      grep -qE " $k(<| )" <<<"$report" || fail "$name: no $k in ptxas's report"
+      for d in 64 128; do
+        grep -q " $k<$d> " <<<"$report" || fail "$name: no $k<$d> in ptxas's report"
+      done
     done
   fi
 done

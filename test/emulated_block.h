@@ -6,12 +6,13 @@
 //     Forward: phase by phase, threads (warps) ascending. Reverse: the queued phases last to
 //     first, threads (warps) descending. Isolated: every (phase, thread or warp) runs on the
 //     shared memory as it was when the interval began, and what they wrote is merged afterwards;
-//     two of them writing the same byte is an error (a logic_error). The body's contract makes the
-//     phases of one sync interval independent (no thread reads there what another writes, and
-//     the body's phases never pass data to a later phase of the same interval, not even within
-//     one thread), so all three orders give the same bits; a missing sync() changes them. Because
-//     phases run late, helpers that return before the next sync() capture by value, and a body ends
-//     with sync() (run_grid checks that nothing is left queued);
+//     two of them changing the same byte is an error (a logic_error; a write of the byte's
+//     starting value is not seen). The body's contract makes the phases of one sync interval
+//     independent (no thread reads there what another writes, no two write the same byte, and the
+//     body's phases never pass data to a later phase of the same interval, not even within one
+//     thread), so all three orders give the same bits; a missing sync() changes them. Because
+//     phases run late, helpers that return before the next sync() capture by value, and a body
+//     ends with sync() (run_grid checks that nothing is left queued);
 //   - shared memory is readable and writable only while sync() runs the phases (mprotect): code
 //     between phases that touches it faults at once. The contract forbids that because on a GPU
 //     a thread may still be reading there while another writes the next interval's data, a race
@@ -235,12 +236,22 @@ inline int& emulated_block_max_head_dim() {
   return max_head_dim;
 }
 
+// f(std::integral_constant<int, MaxD>) for the kernels the emulated device runs on `a`:
+// max_head_dim's (when not 0, and if a's head dim fits them), else the launcher's choice.
+template <class F>
+void with_emulated_max_head_dim(const fused::Args& a, int max_head_dim, F&& f) {
+  fused::with_max_head_dim(max_head_dim ? max_head_dim : a.p.head_dim, [&](auto max_d) {
+    if (a.p.head_dim > decltype(max_d)::value)
+      throw std::logic_error("fused attention: head dim above the kernels' MaxD");
+    f(max_d);
+  });
+}
+
 inline void run_fused_forward(const fused::Args& a, BlockOrder order = emulated_block_order(),
                               int max_head_dim = emulated_block_max_head_dim()) {
   const fused::ForwardSmem sm(nullptr, a.p.head_dim);
-  fused::with_max_head_dim(max_head_dim ? max_head_dim : a.p.head_dim, [&](auto max_d) {
+  with_emulated_max_head_dim(a, max_head_dim, [&](auto max_d) {
     constexpr int kMaxD = decltype(max_d)::value;
-    if (a.p.head_dim > kMaxD) throw std::logic_error("fused attention: head dim above MaxD");
     run_grid(
         fused_tiles(a.p.sq), a.p.batch * a.p.heads, sm.bytes, order,
         [&](HostBlock& blk, int64_t t, int64_t bh) { fused::forward_block<kMaxD>(blk, a, t, bh); });
@@ -249,9 +260,8 @@ inline void run_fused_forward(const fused::Args& a, BlockOrder order = emulated_
 
 inline void run_fused_backward(const fused::Args& a, BlockOrder order = emulated_block_order(),
                                int max_head_dim = emulated_block_max_head_dim()) {
-  fused::with_max_head_dim(max_head_dim ? max_head_dim : a.p.head_dim, [&](auto max_d) {
+  with_emulated_max_head_dim(a, max_head_dim, [&](auto max_d) {
     constexpr int kMaxD = decltype(max_d)::value;
-    if (a.p.head_dim > kMaxD) throw std::logic_error("fused attention: head dim above MaxD");
     run_grid(fused_tiles(a.p.sk), a.p.batch * a.p.kv_heads,
              fused::BackwardSmem(nullptr, a.p.head_dim).bytes, order,
              [&](HostBlock& blk, int64_t t, int64_t bhk) {

@@ -103,28 +103,25 @@ struct DeviceBlock {
   }
 };
 
-// MaxD: the largest head dim the kernel takes (fused::with_max_head_dim picks it). The blocks that
-// shared memory lets share a multiprocessor (docs/benchmarks.md: three at head dims up to 64, two
-// above) are asked of the register allocator too, so that registers never become the limit.
-constexpr int min_blocks(int max_d) {
-  return max_d <= fused::kSmallHeadDim ? 3 : 2;
-}
-
+// MaxD: the largest head dim the kernel takes (fused::with_max_head_dim picks it). The blocks per
+// multiprocessor that shared memory allows (fused::blocks_per_sm_target) are asked of the register
+// allocator too, so that registers never become the limit.
 template <int MaxD>
-__global__ void __launch_bounds__(fused::kThreads, min_blocks(MaxD)) forward_kernel(fused::Args a) {
+__global__ void __launch_bounds__(fused::kThreads, fused::blocks_per_sm_target(MaxD))
+    forward_kernel(fused::Args a) {
   DeviceBlock blk;
   fused::forward_block<MaxD>(blk, a, blockIdx.x, blockIdx.y);
 }
 
 template <int MaxD>
-__global__ void __launch_bounds__(fused::kThreads, min_blocks(MaxD))
+__global__ void __launch_bounds__(fused::kThreads, fused::blocks_per_sm_target(MaxD))
     backward_dkdv_kernel(fused::Args a) {
   DeviceBlock blk;
   fused::backward_dkdv_block<MaxD>(blk, a, blockIdx.x, blockIdx.y);
 }
 
 template <int MaxD>
-__global__ void __launch_bounds__(fused::kThreads, min_blocks(MaxD))
+__global__ void __launch_bounds__(fused::kThreads, fused::blocks_per_sm_target(MaxD))
     backward_dq_kernel(fused::Args a) {
   DeviceBlock blk;
   fused::backward_dq_block<MaxD>(blk, a, blockIdx.x, blockIdx.y);
@@ -209,7 +206,6 @@ void launch_fused_forward(cudaStream_t stream, const fused::Args& a) {
   if (a.p.batch == 0 || a.p.sq == 0 || a.p.sk == 0) return;
   const size_t smem = fused::ForwardSmem(nullptr, a.p.head_dim).bytes;
   fused::with_max_head_dim(a.p.head_dim, [&](auto max_d) {
-    RA_CHECK(a.p.head_dim <= decltype(max_d)::value, "fused attention: head dim above MaxD");
     const auto kernel = &forward_kernel<decltype(max_d)::value>;
     allow_smem(reinterpret_cast<const void*>(kernel), smem);
     kernel<<<grid(a.p.sq, a.p.batch * a.p.heads), fused::kThreads, smem, stream>>>(a);
@@ -223,7 +219,6 @@ void launch_fused_backward(cudaStream_t stream, const fused::Args& a) {
   const size_t dkdv_smem = fused::BackwardSmem(nullptr, a.p.head_dim).bytes;
   const size_t dq_smem = fused::DqSmem(nullptr, a.p.head_dim).bytes;
   fused::with_max_head_dim(a.p.head_dim, [&](auto max_d) {
-    RA_CHECK(a.p.head_dim <= decltype(max_d)::value, "fused attention: head dim above MaxD");
     const auto dkdv = &backward_dkdv_kernel<decltype(max_d)::value>;
     const auto dq = &backward_dq_kernel<decltype(max_d)::value>;
     allow_smem(reinterpret_cast<const void*>(dkdv), dkdv_smem);

@@ -1,8 +1,9 @@
 // Fused bf16 attention tiles (AttentionTileProblem::fused): the flash-attention way of running
-// the tile steps of core/attention_tile.h. One kernel per call; each block keeps its 64 x 64 score
-// tile in shared memory between the tensor-core products and the softmax, so no score tile makes a
-// round trip through GPU memory (the cuBLAS tile path of core/cuda/cuda_attention.cu writes and
-// reads each one several times, which is what limits it).
+// the tile steps of core/attention_tile.h. One kernel per call; each block keeps its score tile
+// (64 x 64; the dK/dV kernel's float32 S and dP 64 x 32 at a time) in shared memory between the
+// tensor-core products and the softmax, so no score tile makes a round trip through GPU memory (the
+// cuBLAS tile path of core/cuda/cuda_attention.cu writes and reads each one several times, which is
+// what limits it).
 //
 //   forward   block (query tile of 64 rows, batch row b, query head h): loads acc, m, l of its
 //             rows, folds every visible key tile in (S = scale Q K^T, masked online softmax,
@@ -28,10 +29,12 @@
 //   kThreads (128) threads in kWarps (4) warps of 32;
 //   each_thread(f): f(t) for every thread t; each_warp(f): f(w) for every warp w, on all of its
 //     lanes together (fragment operations are warp-collective). Between two sync()s
-//     (__syncthreads) no thread reads what another thread of the block writes, and no phase reads
+//     (__syncthreads) no thread reads what another thread of the block writes, no two threads
+//     (or phases) write the same shared-memory byte, even with the same value, and no phase reads
 //     what an earlier phase of the same interval wrote, even in the same thread (the emulation
-//     runs an interval's phases in either order, and as late as its closing sync(): helpers that
-//     return before it capture by value, and every kernel body ends with sync()).
+//     runs an interval's phases in three orders, test/emulated_block.h, and as late as its closing
+//     sync(): helpers that return before it capture by value, and every kernel body ends with
+//     sync()).
 //   Code between phases runs in every thread on the GPU and once on the host, so it computes only
 //     values that are the same for every thread, and every thread takes the same branches. It
 //     reads arguments and read-only global memory, never shared memory: on the GPU one thread may
@@ -70,7 +73,7 @@ inline constexpr int kTile = 64;  // query rows and keys of a tile
 inline constexpr int kThreads = 128;
 inline constexpr int kWarps = 4;  // each owns 16 rows of a 64-row tile
 inline constexpr int kFrag = 16;
-inline constexpr int kMaxHeadDim = 128;  // registers and shared memory are sized for it
+inline constexpr int kMaxHeadDim = 128;  // the largest head dim the kernels take
 inline constexpr int kSmemAlign = 128;
 inline constexpr int64_t kNoPosition = INT64_MIN;
 
@@ -82,16 +85,25 @@ RA_FUSED_FN inline bool head_dim_fits(int head_dim) {
 // The blocks' register arrays (the queries, dQ, dK, dV: one fragment per 16 head columns) are
 // sized at compile time by MaxD, the largest head dim a compiled kernel takes. Head dims up to
 // 64 run kernels compiled for 64, the rest for kMaxHeadDim: at 64 they need fewer registers
-// (ptxas, sm_90: forward 168 -> 128, dK/dV 218 -> 153, dQ 208 -> 168), which lets three dQ blocks
-// share an H100 multiprocessor instead of two. f(std::integral_constant<int, MaxD>) runs the one
-// for head_dim.
+// (ptxas's figures are in docs/benchmarks.md), so that as many blocks share an H100
+// multiprocessor as shared memory allows. f(std::integral_constant<int, MaxD>) runs the one for
+// head_dim (which must fit: head_dim_fits).
 inline constexpr int kSmallHeadDim = 64;
 template <class F>
 inline void with_max_head_dim(int head_dim, F&& f) {
+  if (!head_dim_fits(head_dim))
+    throw std::invalid_argument("fused attention: no kernels for this head dim");
   if (head_dim <= kSmallHeadDim)
     f(std::integral_constant<int, kSmallHeadDim>());
   else
     f(std::integral_constant<int, kMaxHeadDim>());
+}
+
+// The blocks of each kernel meant to share an H100 multiprocessor (228 KiB of shared memory):
+// three for the kernels of head dims up to 64, two above. The kernels' __launch_bounds__ hold
+// their registers to it, and a test checks that their shared memory allows it at every head dim.
+RA_FUSED_FN constexpr int blocks_per_sm_target(int max_head_dim) {
+  return max_head_dim <= kSmallHeadDim ? 3 : 2;
 }
 
 // Everything a fused kernel reads and writes: the structures of core/attention_tile.h, passed
