@@ -16,7 +16,9 @@
 #   stage 5  the trainer end to end on the GPU: tiny config (CPU vs GPU losses), NCCL transport
 #            on one rank, and the demo on 4 ranks sharing the GPU (timed)
 #   stage 6  attention benchmark: ringattn blockwise (fused bf16 kernels, bf16 tile GEMMs, fp32)
-#            vs PyTorch SDPA (fp32 and bf16), S = 8K..64K, H = 16, D = 128, causal, in the same run
+#            vs PyTorch SDPA (fp32 and bf16), S = 8K..64K, H = 16, D = 128, causal, in the same run;
+#            then the fused kernels on the 1B shape's heads (32 over 4, D = 64) at 32K, and the
+#            blocks per SM the driver gives each fused kernel
 #   stage 7  training benchmark: 1B-shaped model (bf16 with the fused attention kernels, bf16, f32)
 #            at S = 32K on one GPU, with the driver's memory use sampled by nvidia-smi beside the
 #            allocator's peak
@@ -200,7 +202,13 @@ stage_6() {
     $ra bench attention --device cuda --impl blockwise --seq \$S --heads 16 --kv-heads 16 \
       --head-dim 128 --causal --q-chunk 1024 --k-chunk 1024 \$flag --json $out/\$name.json \
       || rc=1; \
-  done; done; exit \$rc"
+  done; done; \
+  $ra bench attention --device cuda --impl blockwise --seq 32768 --heads 32 --kv-heads 4 \
+    --head-dim 64 --causal --q-chunk 1024 --k-chunk 1024 --fused \
+    --json $out/ringattn_fused_1b_heads_S32768.json || rc=1; \
+  echo '== the fused kernels per SM (expected: 2, 2, 2 at D = 128; 3, 3, 3 at D = 64)'; \
+  grep -ho '\"fused_occupancy\": \"[^\"]*\"' $out/ringattn_fused_*.json | sort -u; \
+  exit \$rc"
 }
 
 # Stage 7: one GPU, the 1B shape at S = 32K with layer checkpointing: model.dtype = bf16 with the
