@@ -79,27 +79,21 @@ struct DeviceBlock {
     static_assert(sizeof(f.x) == 4 * sizeof(uint32_t), "a bf16 fragment is four registers");
     uint32_t* r = reinterpret_cast<uint32_t*>(&f.x[0]);
     const uint32_t at = uint32_t(__cvta_generic_to_shared(p));
+#define RA_WMMA_LOAD_SHARED(ab_layout)                                                  \
+  asm volatile("wmma.load." ab_layout ".m16n16k16.shared.bf16 {%0,%1,%2,%3}, [%4], %5;" \
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])                         \
+               : "r"(at), "r"(ld)                                                       \
+               : "memory")
     if constexpr (Kind == 0) {
-      asm volatile("wmma.load.a.sync.aligned.row.m16n16k16.shared.bf16 {%0,%1,%2,%3}, [%4], %5;"
-                   : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                   : "r"(at), "r"(ld)
-                   : "memory");
+      RA_WMMA_LOAD_SHARED("a.sync.aligned.row");
     } else if constexpr (Kind == 1) {
-      asm volatile("wmma.load.a.sync.aligned.col.m16n16k16.shared.bf16 {%0,%1,%2,%3}, [%4], %5;"
-                   : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                   : "r"(at), "r"(ld)
-                   : "memory");
+      RA_WMMA_LOAD_SHARED("a.sync.aligned.col");
     } else if constexpr (Kind == 2) {
-      asm volatile("wmma.load.b.sync.aligned.row.m16n16k16.shared.bf16 {%0,%1,%2,%3}, [%4], %5;"
-                   : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                   : "r"(at), "r"(ld)
-                   : "memory");
+      RA_WMMA_LOAD_SHARED("b.sync.aligned.row");
     } else {
-      asm volatile("wmma.load.b.sync.aligned.col.m16n16k16.shared.bf16 {%0,%1,%2,%3}, [%4], %5;"
-                   : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                   : "r"(at), "r"(ld)
-                   : "memory");
+      RA_WMMA_LOAD_SHARED("b.sync.aligned.col");
     }
+#undef RA_WMMA_LOAD_SHARED
   }
 };
 
@@ -149,8 +143,8 @@ void allow_smem(const void* kernel, size_t bytes) {
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(std::min(most, size_t(optin)))));
   // Shared memory is what limits how many blocks share a multiprocessor (two dK/dV blocks of
-  // 106.5 KiB at head_dim 128 need all 228 KiB an H100 can give), L1 matters little here: ask
-  // for the largest carveout rather than leave it to the driver's choice.
+  // 106.5 KiB at head_dim 128 need 215 KiB, more than the next smaller carveout's 196), L1
+  // matters little here: ask for the largest carveout rather than leave it to the driver.
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                   int(cudaSharedmemCarveoutMaxShared)));
   done.insert({kernel, device});  // only once it is set
@@ -163,10 +157,14 @@ dim3 grid(int64_t rows, int64_t groups) {
   return dim3(unsigned(tiles), unsigned(groups));
 }
 
-void check_args(const fused::Args& a) {
-  RA_CHECK(fused::head_dim_fits(a.p.head_dim),
+void check_head_dim(int head_dim) {
+  RA_CHECK(fused::head_dim_fits(head_dim),
            "fused attention needs head_dim to be a multiple of 16 and at most {}, got {}",
-           fused::kMaxHeadDim, a.p.head_dim);
+           fused::kMaxHeadDim, head_dim);
+}
+
+void check_args(const fused::Args& a) {
+  check_head_dim(a.p.head_dim);
   RA_CHECK(a.p.kv_heads > 0 && a.p.heads % a.p.kv_heads == 0,
            "fused attention: {} heads over {} kv heads", a.p.heads, a.p.kv_heads);
 }
@@ -181,9 +179,7 @@ int blocks_per_sm(const void* kernel, size_t smem) {
 }  // namespace
 
 std::string fused_occupancy(int head_dim) {
-  RA_CHECK(fused::head_dim_fits(head_dim),
-           "fused attention needs head_dim a multiple of 16 and at most {}, got {}",
-           fused::kMaxHeadDim, head_dim);
+  check_head_dim(head_dim);
   const size_t fwd = fused::ForwardSmem(nullptr, head_dim).bytes;
   const size_t dkdv = fused::BackwardSmem(nullptr, head_dim).bytes;
   const size_t dq = fused::DqSmem(nullptr, head_dim).bytes;

@@ -220,14 +220,13 @@ struct ForwardSmem {
 
 // The dK/dV kernel's: Q and dO change with every query tile it visits. Its float32 S and dP
 // tiles hold half the keys at a time (kScoreCols; backward_scores computes the halves in turn):
-// 16 KiB less (and the stage kept in s: 4 KiB), which at head_dim 128 brings it to 106.5 KiB, so
-// that two blocks fit on an H100 multiprocessor instead of one (three at head_dim 64).
+// 16 KiB less (and add_rows_out's stage kept in s: 4 KiB), which at head_dim 128 brings it to 106.5
+// KiB, so that two blocks fit on an H100 multiprocessor instead of one (three at head_dim 64).
 struct BackwardSmem {
   static constexpr int kScoreCols = kTile / 2;
   uint16_t *q, *dout, *k, *v;  // [64][ld16]
   uint16_t *p, *ds;            // [64][kLdProb] bf16(P), bf16(dS): all 64 keys
-  float *s, *dp;               // [64][ld_score(kScoreCols)]
-  float* stage;                // [kWarps][16 * 16]: one fragment per warp on its way out (in s)
+  float *s, *dp;               // [64][ld_score(kScoreCols)]; s is add_rows_out's stage at the end
   RowData rows, keys;          // rows: lse in a, delta in b
   size_t bytes = 0;
   RA_FUSED_FN BackwardSmem(void* base, int head_dim) {
@@ -240,14 +239,13 @@ struct BackwardSmem {
     ds = c.take<uint16_t>(kTile * kLdProb);
     s = c.take<float>(kTile * ld_score(kScoreCols));
     dp = c.take<float>(kTile * ld_score(kScoreCols));
-    stage = s;  // used after the last scores only
     rows.carve(c);
     keys.carve(c);
     bytes = c.used();
   }
 };
 static_assert(kWarps * kFrag * kFrag <= kTile * ld_score(BackwardSmem::kScoreCols),
-              "the stage fits in s");
+              "add_rows_out's stage fits in s");
 
 // The dQ kernel's: its Q and dO stay in registers (as the forward's queries do, passing through
 // s and dp on their way in), so two blocks fit on an H100 multiprocessor at head_dim 128.
@@ -256,8 +254,7 @@ struct DqSmem {
   uint16_t *k, *v;        // [64][ld16]
   uint16_t* p = nullptr;  // not kept: dQ needs only dS
   uint16_t* ds;           // [64][kLdProb]
-  float *s, *dp;          // [64][kLdScore]
-  float* stage;           // [kWarps][16 * 16] (in s)
+  float *s, *dp;          // [64][kLdScore]; s is add_rows_out's stage at the end
   RowData rows, keys;     // rows: lse in a, delta in b
   size_t bytes = 0;
   RA_FUSED_FN DqSmem(void* base, int head_dim) {
@@ -267,7 +264,6 @@ struct DqSmem {
     ds = c.take<uint16_t>(kTile * kLdProb);
     s = c.take<float>(kTile * kLdScore);
     dp = c.take<float>(kTile * kLdScore);
-    stage = s;  // used after the last scores only
     rows.carve(c);
     keys.carve(c);
     bytes = c.used();
@@ -416,6 +412,7 @@ struct SmemRows {
 
 // Adds a warp's accumulators [16 x D] (rows 16w.. of a 64-row tile), times `factor`, into
 // dst rows [r0, r0 + n) of a [B, S, heads, D] gradient, head `head`: through one 16 x 16 stage per
+// warp (kWarps x 256 floats of shared memory nothing else uses by then: the kernels pass s),
 // warp, one column block at a time.
 template <int MaxD, class Block, class AccRow>
 RA_FUSED_FN void add_rows_out(Block& blk, float* stage, AccRow& acc, float* dst, float factor,
@@ -679,8 +676,8 @@ RA_FUSED_FN void backward_dkdv_block(Block& blk, const Args& a, int64_t k_tile, 
     }
   }
   blk.sync();
-  add_rows_out<MaxD>(blk, sm.stage, dv, a.bw.dv, 1.0f, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
-  add_rows_out<MaxD>(blk, sm.stage, dk, a.bw.dk, a.p.scale, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
+  add_rows_out<MaxD>(blk, sm.s, dv, a.bw.dv, 1.0f, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
+  add_rows_out<MaxD>(blk, sm.s, dk, a.bw.dk, a.p.scale, b, a.p.sk, k0, nk, a.p.kv_heads, hk, D);
 }
 
 template <int MaxD, class Block>
@@ -744,7 +741,7 @@ RA_FUSED_FN void backward_dq_block(Block& blk, const Args& a, int64_t q_tile, in
     });
   }
   blk.sync();
-  add_rows_out<MaxD>(blk, sm.stage, dq, a.bw.dq, a.p.scale, b, a.p.sq, q0, nq, a.p.heads, h, D);
+  add_rows_out<MaxD>(blk, sm.s, dq, a.bw.dq, a.p.scale, b, a.p.sq, q0, nq, a.p.heads, h, D);
 }
 
 }  // namespace ringattn::fused
