@@ -97,7 +97,7 @@ Mesh::Mesh(MeshShape requested, MPI_Comm world, Transport transport) {
   MPI_CHECK(MPI_Comm_size(world, &world_size_));
   shape_ = resolve_mesh(requested, world_size_);
   transport_ = transport;
-#ifndef RINGATTN_WITH_CUDA
+#ifndef RINGATTN_WITH_NCCL
   RA_CHECK(transport != Transport::NCCL,
            "the NCCL transport was requested but this build has no CUDA/NCCL (configure with "
            "RINGATTN_CUDA=ON)");
@@ -133,7 +133,7 @@ Mesh::Mesh(MeshShape requested, MPI_Comm world, Transport transport) {
     world_comm_ = make_mpi_communicator(raw_[0]);
     for (size_t i = 0; i < kAxes.size(); ++i) axis_comm_[i] = make_mpi_communicator(raw_[1 + i]);
     fsdp_sp_comm_ = make_mpi_communicator(raw_[5]);
-#ifdef RINGATTN_WITH_CUDA
+#ifdef RINGATTN_WITH_NCCL
     if (transport == Transport::NCCL) {
       for (size_t i = 0; i < kAxes.size(); ++i)
         device_axis_comm_[i] = make_nccl_communicator(raw_[1 + i]);

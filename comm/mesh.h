@@ -97,7 +97,7 @@ struct MpiCommOptions {
 // An MPI communicator over host memory. Takes ownership of nothing; `comm` must outlive it (rings
 // made from it duplicate `comm` and do not need it afterwards).
 std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm, MpiCommOptions options = {});
-#ifdef RINGATTN_WITH_CUDA
+#ifdef RINGATTN_WITH_NCCL
 // An NCCL communicator over the ranks of `comm` (unique id broadcast over MPI), on device memory.
 std::unique_ptr<Communicator> make_nccl_communicator(MPI_Comm comm);
 #endif

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite (every ctest: unit tests on 1, 2 and 4 ranks, the CLI tests) built with
-# AddressSanitizer + UndefinedBehaviorSanitizer (-DRINGATTN_SANITIZE=ON, CUDA off) in its own
-# build directory, then run. Any ASan report or undefined behaviour fails the test it occurs in
+# AddressSanitizer + UndefinedBehaviorSanitizer (-DRINGATTN_SANITIZE=ON) in its own build
+# directory, then run. Any ASan report or undefined behaviour fails the test it occurs in
 # (-fno-sanitize-recover, halt_on_error).
+#
+# The CUDA backend is the simulated one (-DRINGATTN_CUDA=SIM, core/cuda_sim): its kernels and
+# cuBLAS calls run on the host here, so the sanitizers also watch every kernel's memory accesses
+# (what compute-sanitizer does on a GPU), and the [cuda] tests and the device tests' GPU branches
+# run. The other build (scripts/test.sh) keeps the emulated device of test/emulated_device.h.
 #
 # Leaks: OpenMPI (and OpenMP / OpenBLAS thread pools) keep allocations until exit; those are
 # suppressed by library name in scripts/sanitizers/lsan.supp. Leaks in ringattn code are still
@@ -19,7 +24,7 @@ jobs=${RINGATTN_JOBS:-$(nproc 2>/dev/null || echo 2)}
 source "$root/scripts/env.sh"
 
 # -O1: the sanitizers' own overhead dominates; higher levels only lengthen the build.
-cmake -S "$root" -B "$build" -G Ninja -DRINGATTN_CUDA=OFF -DRINGATTN_SANITIZE=ON \
+cmake -S "$root" -B "$build" -G Ninja -DRINGATTN_CUDA=SIM -DRINGATTN_SANITIZE=ON \
   -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O1 -g1 -DNDEBUG" >/dev/null
 start=$(date +%s)
 cmake --build "$build" -j "$jobs"

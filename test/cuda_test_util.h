@@ -9,15 +9,31 @@
 
 #include "core/backend.h"
 #include "core/tensor.h"
+#include "test_util.h"
 
 namespace ringattn::test {
 
-// True (after printing the skip line) when no GPU can be used: the caller returns.
+// True (after printing the skip line) when no GPU can be used: the caller returns. The simulated
+// GPU (RINGATTN_CUDA=SIM) is deterministic and slow: rank 0 alone runs the tests there.
 inline bool skip_without_gpu() {
+#ifdef RINGATTN_CUDA_SIM
+  if (world_rank() != 0) {
+    std::printf("[cuda] simulated GPU: rank 0 runs this test\n");
+    return true;
+  }
+#endif
   if (cuda_device_count() > 0) return false;
   std::printf("[cuda] skipped: no GPU\n");
   return true;
 }
+
+// Rows past the row kernels' grid (core/cuda/cuda_common.cuh's kMaxRowBlocks: 65535 on a GPU, 4
+// simulated), so that their grid-stride loop wraps.
+#ifdef RINGATTN_CUDA_SIM
+inline constexpr int64_t kRowsPastGrid = 70;
+#else
+inline constexpr int64_t kRowsPastGrid = 70000;
+#endif
 
 inline Tensor to_device(Backend& gpu, const Tensor& host) {
   Tensor d = Tensor::empty(host.shape(), host.dtype(), Device::CUDA, "test input");

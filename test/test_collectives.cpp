@@ -288,7 +288,7 @@ TEST_CASE("barrier waits for the slowest rank", "[collectives]") {
 }
 
 TEST_CASE("NCCL collectives (GPU only; a clear error without one)", "[collectives]") {
-#ifdef RINGATTN_WITH_CUDA
+#ifdef RINGATTN_WITH_NCCL
   auto c = test::nccl_world_or_skip(world_size());
   if (!c) return;
   CHECK(c->device() == Device::CUDA);

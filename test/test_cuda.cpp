@@ -226,8 +226,8 @@ TEST_CASE("CUDA RMSNorm forward and backward match the CPU backend", "[cuda]") {
   struct Size {
     int64_t rows, dim;
   };
-  // dim beyond one block's threads; rows beyond the 65535-block grid (the row loop wraps).
-  for (Size s : {Size{13, 300}, Size{3, 1}, Size{70000, 8}}) {
+  // dim beyond one block's threads; rows beyond the grid (the row loop wraps).
+  for (Size s : {Size{13, 300}, Size{3, 1}, Size{test::kRowsPastGrid, 8}}) {
     INFO("rows " << s.rows << " dim " << s.dim);
     const float eps = 1e-5f;
     const Tensor x = randn({s.rows, s.dim}, 20 + uint64_t(s.rows)),
@@ -308,8 +308,8 @@ TEST_CASE("CUDA cross-entropy matches the CPU backend (weights, ignored rows, ti
   struct Size {
     int64_t rows, vocab;
   };
-  // vocab beyond one block's threads; rows beyond the 65535-block grid.
-  for (Size s : {Size{9, 1000}, Size{5, 1}, Size{70000, 3}}) {
+  // vocab beyond one block's threads; rows beyond the grid.
+  for (Size s : {Size{9, 1000}, Size{5, 1}, Size{test::kRowsPastGrid, 3}}) {
     INFO("rows " << s.rows << " vocab " << s.vocab);
     const int64_t rows = s.rows, vocab = s.vocab;
     Tensor logits = randn({rows, vocab}, 40 + uint64_t(rows), 3.0f);
@@ -429,7 +429,7 @@ TEST_CASE("CUDA cross-entropy matches the CPU backend (weights, ignored rows, ti
 // must not stay behind as the thread's last error: every kernel launch is checked with
 // cudaGetLastError, and would throw "device not ready" for a launch that went fine.
 TEST_CASE("CUDA: polling a pending event leaves no error for the next launch's check", "[cuda]") {
-#ifdef RINGATTN_WITH_CUDA
+#if defined(RINGATTN_WITH_CUDA) && !defined(RINGATTN_CUDA_SIM)
   if (test::skip_without_gpu()) return;
   Backend& gpu = cuda_backend(0);
   cudaStream_t s = nullptr;
@@ -461,6 +461,6 @@ TEST_CASE("CUDA: polling a pending event leaves no error for the next launch's c
   cudaEventDestroy(e);
   cudaStreamDestroy(s);
 #else
-  SUCCEED("built without CUDA");
+  SUCCEED("built without CUDA, or with the simulated one (no pending work: every call runs at once)");
 #endif
 }

@@ -45,6 +45,12 @@ constexpr double kAttnTol = 1e-4;
 // scores differ by float32 ulps (other summation orders), which now and then moves a P or dS
 // element across a bf16 rounding boundary, a 2^-8 relative change of that one term.
 constexpr double kBf16Tol = 4e-3;
+// The fused kernels against the CPU's bf16 tiles: they round P and dS to bf16 from other running
+// statistics (their own 64-key tiles' maxima), so many more terms differ by a rounding than "now
+// and then"; the simulated GPU (RINGATTN_CUDA=SIM, whose fused kernels run their body on the host)
+// showed dq off by 1.06 x kBf16Tol in the zigzag case, and about 0.5-0.7 x kBf16Tol in most others.
+// A wrong mask or rescaling is off by 0.1 and more.
+constexpr double kFusedTol = 8e-3;
 double g_tol = kAttnTol;
 void check_close(const Tensor& got, const Tensor& want, const char* what) {
   test::check_close(got, want, g_tol, g_tol, what);
@@ -61,7 +67,7 @@ void check_stats(const AttentionTileStats& g, const AttentionTileStats& w, const
 // Both backends, then everything compared. Segment ids go to the GPU as host pointers, and (in
 // a second run) as device pointers.
 Result compare_backends(const Case& c) {
-  g_tol = c.bf16 ? kBf16Tol : kAttnTol;
+  g_tol = c.fused ? kFusedTol : c.bf16 ? kBf16Tol : kAttnTol;
   const Result want = run(cpu_backend(), c, false);
   Result got;
   for (bool seg_on_device : {false, true}) {

@@ -169,7 +169,7 @@ TEST_CASE("Mesh rejects a shape that does not match the world, on every rank", "
 }
 
 TEST_CASE("Mesh with the NCCL transport fails cleanly without a usable GPU", "[mesh]") {
-#ifdef RINGATTN_WITH_CUDA
+#ifdef RINGATTN_WITH_NCCL
   if (cuda_device_count() > 0) {
     SUCCEED("a GPU is present: the NCCL transport is tested in [collectives] and [ring]");
     return;

@@ -257,7 +257,7 @@ TEST_CASE("ring transfer progresses while the caller computes", "[ring]") {
 }
 
 TEST_CASE("NCCL ring rotation (GPU only; a clear error without one)", "[ring]") {
-#ifdef RINGATTN_WITH_CUDA
+#ifdef RINGATTN_WITH_NCCL
   auto c = test::nccl_world_or_skip(world_size());
   if (!c) return;
   const int n = c->size(), r = c->rank();

@@ -156,7 +156,7 @@ inline std::string read_bytes(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-#ifdef RINGATTN_WITH_CUDA
+#ifdef RINGATTN_WITH_NCCL
 // An NCCL communicator over the world when every rank has a GPU; otherwise checks that asking
 // for one is a clear error (no GPU) or warns that the test is skipped (fewer GPUs than ranks),
 // and returns null.

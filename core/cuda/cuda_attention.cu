@@ -563,9 +563,9 @@ void attention_forward_block(cudaStream_t stream, cublasHandle_t cublas,
     tile_gemm(bf16, cublas, false, true, nq, nk, pl.D, p.scale, Q, pl.ldq, K, pl.ldk, 0.0f, S,
               pl.ld_s, L.count);
     const dim3 grid(grid_for_rows(nq), unsigned(L.count));
-    forward_softmax_kernel<<<grid, kThreads, 0, stream>>>(
-        mask_args(pl, sg, dev, L), ditems + L.first, scores.at<float>(), tile_stride, pl.ld_s,
-        p.heads, p.head_dim, st.m, st.l, st.acc, bf16 ? ops.tile : nullptr);
+    RA_LAUNCH(grid, kThreads, 0, stream, forward_softmax_kernel)
+    (mask_args(pl, sg, dev, L), ditems + L.first, scores.at<float>(), tile_stride, pl.ld_s, p.heads,
+     p.head_dim, st.m, st.l, st.acc, bf16 ? ops.tile : nullptr);
     CUDA_CHECK(cudaGetLastError());
     if (bf16) {
       // acc += bf16(P) V: the kernel rounded P into ops.tile after summing it into l unrounded.
@@ -584,8 +584,8 @@ void attention_forward_finish(cudaStream_t stream, const AttentionForwardState& 
                               float* lse, int64_t batch, int64_t sq, int heads, int head_dim) {
   const int64_t rows = batch * sq * heads;
   if (rows <= 0) return;
-  forward_finish_kernel<<<grid_for(rows * 32), kThreads, 0, stream>>>(st.acc, st.m, st.l, o, lse,
-                                                                      batch, sq, heads, head_dim);
+  RA_LAUNCH(grid_for(rows * 32), kThreads, 0, stream, forward_finish_kernel)
+  (st.acc, st.m, st.l, o, lse, batch, sq, heads, head_dim);
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -593,8 +593,8 @@ void attention_backward_delta(cudaStream_t stream, const float* dout, const floa
                               int64_t batch, int64_t sq, int heads, int head_dim) {
   const int64_t rows = batch * sq * heads;
   if (rows <= 0) return;
-  backward_delta_kernel<<<grid_for(rows * 32), kThreads, 0, stream>>>(dout, o, delta, batch, sq,
-                                                                      heads, head_dim);
+  RA_LAUNCH(grid_for(rows * 32), kThreads, 0, stream, backward_delta_kernel)
+  (dout, o, delta, batch, sq, heads, head_dim);
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -680,9 +680,9 @@ void attention_backward_block(cudaStream_t stream, cublasHandle_t cublas,
     // P = exp(scale Q K^T - lse), masked.
     tile_gemm(bf16, cublas, false, true, nq, nk, pl.D, p.scale, Q, pl.ldq, K, pl.ldk, 0.0f, P,
               pl.ld_s, L.count);
-    backward_probs_kernel<<<grid, kThreads, 0, stream>>>(
-        mask_args(pl, sg, dev, L), ditems + L.first, probs, tile_stride, pl.ld_s, p.heads, a.lse,
-        bf16 ? ops.tile : nullptr);
+    RA_LAUNCH(grid, kThreads, 0, stream, backward_probs_kernel)
+    (mask_args(pl, sg, dev, L), ditems + L.first, probs, tile_stride, pl.ld_s, p.heads, a.lse,
+     bf16 ? ops.tile : nullptr);
     CUDA_CHECK(cudaGetLastError());
     // dV += P^T dO (bf16: the rounded P the kernel wrote; dS below needs P unrounded)
     tile_gemm(bf16, cublas, true, false, nk, pl.D, nq, 1.0f, bf16 ? XB : P, pl.ld_s, dO, pl.ldq,
@@ -690,9 +690,9 @@ void attention_backward_block(cudaStream_t stream, cublasHandle_t cublas,
     // dP = dO V^T, then dS = P (dP - delta) in its place.
     tile_gemm(bf16, cublas, false, true, nq, nk, pl.D, 1.0f, dO, pl.ldq, V, pl.ldk, 0.0f, dP,
               pl.ld_s, L.count);
-    backward_dscores_kernel<<<grid, kThreads, 0, stream>>>(
-        ditems + L.first, probs, dprobs, tile_stride, pl.ld_s, nq, nk, p.heads, p.sq,
-        pl.qc[L.qi].begin, a.delta, bf16 ? ops.tile : nullptr);
+    RA_LAUNCH(grid, kThreads, 0, stream, backward_dscores_kernel)
+    (ditems + L.first, probs, dprobs, tile_stride, pl.ld_s, nq, nk, p.heads, p.sq,
+     pl.qc[L.qi].begin, a.delta, bf16 ? ops.tile : nullptr);
     CUDA_CHECK(cudaGetLastError());
     // dQ += scale dS K; dK += scale dS^T Q (bf16: the rounded dS the kernel wrote over the
     // rounded P, whose GEMM is earlier on the same stream)

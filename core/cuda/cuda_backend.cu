@@ -269,7 +269,11 @@ bool cuda_compiled() {
   return true;
 }
 bool nccl_compiled() {
+#ifdef RINGATTN_CUDA_SIM
+  return false;  // the simulated build has no NCCL (core/cuda_sim)
+#else
   return true;
+#endif
 }
 
 int cuda_device_count() {

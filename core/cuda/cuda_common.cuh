@@ -15,19 +15,44 @@
 
 namespace ringattn::cuda {
 
+// kernel<<<grid, block, smem, stream>>>(args...), written RA_LAUNCH(grid, block, smem, stream,
+// kernel)(args...): the same launch under nvcc; in the simulated build (RINGATTN_CUDA=SIM,
+// core/cuda_sim/include/cuda_runtime.h), where the sources are C++, a call that runs the kernel's
+// threads on the host. A kernel template names its arguments (kernel<T>): the simulation cannot
+// deduce them from the call.
+#ifdef RINGATTN_CUDA_SIM
+#define RA_LAUNCH(grid, block, smem, stream, ...) \
+  ::ringattn::sim::Launch((grid), (block), (smem), (stream), &__VA_ARGS__)
+#else
+#define RA_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<(grid), (block), (smem), (stream)>>>
+#endif
+
 // Threads per block for every kernel. A power of two: block_reduce halves it.
+#ifdef RINGATTN_CUDA_SIM
+inline constexpr int kThreads = 64;
+#else
 inline constexpr int kThreads = 256;
+#endif
+
+// The most blocks grid_for and grid_for_rows give. The simulation (RINGATTN_CUDA=SIM) runs the
+// threads of a grid one after another, so there they are small: the grid-stride loops then take
+// several turns at the tests' sizes, instead of only past 65535 rows (minutes of simulation).
+#ifdef RINGATTN_CUDA_SIM
+inline constexpr int64_t kMaxGridBlocks = 64, kMaxRowBlocks = 4;
+#else
+inline constexpr int64_t kMaxGridBlocks = 4096, kMaxRowBlocks = 65535;
+#endif
 
 // Blocks for a grid-stride loop over n items: enough to fill an H100 several times over, never
 // more than the grid allows.
 inline unsigned grid_for(int64_t n) {
   const int64_t blocks = (n + kThreads - 1) / kThreads;
-  return unsigned(std::clamp<int64_t>(blocks, 1, 4096));
+  return unsigned(std::clamp<int64_t>(blocks, 1, kMaxGridBlocks));
 }
 
 // Blocks for kernels that give each block one row (grid-stride over rows).
 inline unsigned grid_for_rows(int64_t rows) {
-  return unsigned(std::clamp<int64_t>(rows, 1, 65535));
+  return unsigned(std::clamp<int64_t>(rows, 1, kMaxRowBlocks));
 }
 
 // core/dtype.h's f32_to_bf16 on the device, on the bits: round to nearest even, NaN kept (quiet).

@@ -187,12 +187,11 @@ void rope(cudaStream_t stream, float* x, int64_t batch, int64_t seq, int heads, 
   std::memcpy(table.data() + freq_at, inv_freq.data(), inv_freq.size() * sizeof(double));
   DeviceScratch scratch(stream, lay.bytes(), "rope angles");
   upload_async(stream, scratch.at<void>(), table.data(), table.size());
-  rope_table_kernel<<<grid_for(seq * half), kThreads, 0, stream>>>(scratch.at<int64_t>(pos_at),
-                                                                   scratch.at<double>(freq_at), seq,
-                                                                   half, scratch.at<float>(cs_at));
+  RA_LAUNCH(grid_for(seq * half), kThreads, 0, stream, rope_table_kernel)
+  (scratch.at<int64_t>(pos_at), scratch.at<double>(freq_at), seq, half, scratch.at<float>(cs_at));
   CUDA_CHECK(cudaGetLastError());
-  rope_rotate_kernel<<<grid_for(batch * seq * heads * half), kThreads, 0, stream>>>(
-      x, batch, seq, heads, half, scratch.at<float>(cs_at), sign);
+  RA_LAUNCH(grid_for(batch * seq * heads * half), kThreads, 0, stream, rope_rotate_kernel)
+  (x, batch, seq, heads, half, scratch.at<float>(cs_at), sign);
   CUDA_CHECK(cudaGetLastError());
   // scratch is freed in stream order after both kernels; the host does not wait.
 }
@@ -313,8 +312,8 @@ template <typename T>
 void launch_embedding_forward(cudaStream_t stream, const int32_t* tokens, int64_t n, const T* table,
                               int64_t vocab, int64_t dim, float* out) {
   if (n <= 0 || dim <= 0) return;
-  embedding_forward_kernel<<<grid_for_rows(n), kThreads, 0, stream>>>(tokens, n, table, vocab, dim,
-                                                                      out);
+  RA_LAUNCH(grid_for_rows(n), kThreads, 0, stream, embedding_forward_kernel<T>)
+  (tokens, n, table, vocab, dim, out);
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -343,7 +342,7 @@ void embedding_backward(cudaStream_t stream, const int32_t* tokens, int64_t n, c
   const size_t rows_in = lay.add(size_t(n) * 4), keys_out = lay.add(size_t(n) * 4),
                rows_out = lay.add(size_t(n) * 4), temp = lay.add(sort_bytes);
   DeviceScratch scratch(stream, lay.bytes(), "embedding backward sort");
-  iota_kernel<<<grid_for(n), kThreads, 0, stream>>>(scratch.at<int32_t>(rows_in), n);
+  RA_LAUNCH(grid_for(n), kThreads, 0, stream, iota_kernel)(scratch.at<int32_t>(rows_in), n);
   CUDA_CHECK(cudaGetLastError());
   // Radix sort is stable: equal ids keep their row order. All 32 bits, so that an id outside
   // the vocabulary (skipped below) never lands inside another id's run.
@@ -352,24 +351,24 @@ void embedding_backward(cudaStream_t stream, const int32_t* tokens, int64_t n, c
       scratch.at<const int32_t>(rows_in), scratch.at<int32_t>(rows_out), int(n), 0, 32, stream));
   const dim3 grid(unsigned((dim + kThreads - 1) / kThreads),
                   unsigned(std::min<int64_t>(n, 8192)));  // each block walks n / 8192 entries
-  embedding_backward_runs_kernel<<<grid, kThreads, 0, stream>>>(
-      scratch.at<int32_t>(keys_out), scratch.at<int32_t>(rows_out), n, dout, vocab, dim, dtable);
+  RA_LAUNCH(grid, kThreads, 0, stream, embedding_backward_runs_kernel)
+  (scratch.at<int32_t>(keys_out), scratch.at<int32_t>(rows_out), n, dout, vocab, dim, dtable);
   CUDA_CHECK(cudaGetLastError());
 }
 
 void rmsnorm_forward(cudaStream_t stream, const float* x, const float* w, int64_t rows, int64_t dim,
                      float eps, float* y, float* inv_rms) {
   if (rows <= 0) return;
-  rmsnorm_forward_kernel<<<grid_for_rows(rows), kThreads, 0, stream>>>(x, w, rows, dim, eps, y,
-                                                                       inv_rms);
+  RA_LAUNCH(grid_for_rows(rows), kThreads, 0, stream, rmsnorm_forward_kernel)
+  (x, w, rows, dim, eps, y, inv_rms);
   CUDA_CHECK(cudaGetLastError());
 }
 
 void rmsnorm_backward(cudaStream_t stream, const float* x, const float* w, const float* inv_rms,
                       const float* dy, int64_t rows, int64_t dim, float* dx, float* dw) {
   if (rows <= 0 || dim <= 0) return;
-  rmsnorm_backward_dx_kernel<<<grid_for_rows(rows), kThreads, 0, stream>>>(x, w, inv_rms, dy, rows,
-                                                                           dim, dx);
+  RA_LAUNCH(grid_for_rows(rows), kThreads, 0, stream, rmsnorm_backward_dx_kernel)
+  (x, w, inv_rms, dy, rows, dim, dx);
   CUDA_CHECK(cudaGetLastError());
   // Row chunks of at least 64 rows, and few enough to fit the grid's y limit.
   const int64_t rows_per_chunk = std::max<int64_t>(64, (rows + 65534) / 65535);
@@ -377,11 +376,11 @@ void rmsnorm_backward(cudaStream_t stream, const float* x, const float* w, const
   DeviceScratch partial(stream, size_t(chunks * dim) * sizeof(double),
                         "rmsnorm backward partial sums");
   const dim3 grid(unsigned((dim + kThreads - 1) / kThreads), unsigned(chunks));
-  rmsnorm_backward_dw_partial_kernel<<<grid, kThreads, 0, stream>>>(
-      x, inv_rms, dy, rows, dim, rows_per_chunk, partial.at<double>());
+  RA_LAUNCH(grid, kThreads, 0, stream, rmsnorm_backward_dw_partial_kernel)
+  (x, inv_rms, dy, rows, dim, rows_per_chunk, partial.at<double>());
   CUDA_CHECK(cudaGetLastError());
-  rmsnorm_backward_dw_sum_kernel<<<grid_for(dim), kThreads, 0, stream>>>(partial.at<double>(),
-                                                                         chunks, dim, dw);
+  RA_LAUNCH(grid_for(dim), kThreads, 0, stream, rmsnorm_backward_dw_sum_kernel)
+  (partial.at<double>(), chunks, dim, dw);
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -399,14 +398,15 @@ void rope_backward(cudaStream_t stream, float* dx, int64_t batch, int64_t seq, i
 void swiglu_forward(cudaStream_t stream, const float* gate, const float* up, int64_t n,
                     float* out) {
   if (n <= 0) return;
-  swiglu_forward_kernel<<<grid_for(n), kThreads, 0, stream>>>(gate, up, n, out);
+  RA_LAUNCH(grid_for(n), kThreads, 0, stream, swiglu_forward_kernel)(gate, up, n, out);
   CUDA_CHECK(cudaGetLastError());
 }
 
 void swiglu_backward(cudaStream_t stream, const float* gate, const float* up, const float* dout,
                      int64_t n, float* dgate, float* dup) {
   if (n <= 0) return;
-  swiglu_backward_kernel<<<grid_for(n), kThreads, 0, stream>>>(gate, up, dout, n, dgate, dup);
+  RA_LAUNCH(grid_for(n), kThreads, 0, stream, swiglu_backward_kernel)
+  (gate, up, dout, n, dgate, dup);
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -418,26 +418,26 @@ void cross_entropy_rows(cudaStream_t stream, const float* logits, const int32_t*
   // No target check here: it would wait for the device once per loss chunk. The trainer checks
   // its batches on the host, Backend::cross_entropy checks for other callers, and the kernel
   // treats a target outside [0, vocab) as an ignored row instead of reading outside the row.
-  cross_entropy_kernel<<<grid_for_rows(rows), kThreads, 0, stream>>>(
-      logits, targets, weights, rows, vocab, grad_scale, dlogits, correct, row_loss);
+  RA_LAUNCH(grid_for_rows(rows), kThreads, 0, stream, cross_entropy_kernel)
+  (logits, targets, weights, rows, vocab, grad_scale, dlogits, correct, row_loss);
   CUDA_CHECK(cudaGetLastError());
 }
 
 void axpy(cudaStream_t stream, int64_t n, float alpha, const float* x, float* y) {
   if (n <= 0) return;
-  axpy_kernel<<<grid_for(n), kThreads, 0, stream>>>(n, alpha, x, y);
+  RA_LAUNCH(grid_for(n), kThreads, 0, stream, axpy_kernel)(n, alpha, x, y);
   CUDA_CHECK(cudaGetLastError());
 }
 
 void scale(cudaStream_t stream, float* x, int64_t n, float alpha) {
   if (n <= 0) return;
-  scale_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, n, alpha);
+  RA_LAUNCH(grid_for(n), kThreads, 0, stream, scale_kernel)(x, n, alpha);
   CUDA_CHECK(cudaGetLastError());
 }
 
 void fill(cudaStream_t stream, float* x, int64_t n, float value) {
   if (n <= 0) return;
-  fill_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, n, value);
+  RA_LAUNCH(grid_for(n), kThreads, 0, stream, fill_kernel)(x, n, value);
   CUDA_CHECK(cudaGetLastError());
 }
 

@@ -59,13 +59,13 @@ void copy(cudaStream_t stream, void* dst, const void* src, size_t bytes) {
 
 void to_bf16(cudaStream_t stream, const float* src, uint16_t* dst, int64_t n) {
   if (n <= 0) return;
-  to_bf16_kernel<<<grid_for(n), kThreads, 0, stream>>>(src, dst, n);
+  RA_LAUNCH(grid_for(n), kThreads, 0, stream, to_bf16_kernel)(src, dst, n);
   CUDA_CHECK(cudaGetLastError());
 }
 
 void from_bf16(cudaStream_t stream, const uint16_t* src, float* dst, int64_t n) {
   if (n <= 0) return;
-  from_bf16_kernel<<<grid_for(n), kThreads, 0, stream>>>(src, dst, n);
+  RA_LAUNCH(grid_for(n), kThreads, 0, stream, from_bf16_kernel)(src, dst, n);
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -73,7 +73,7 @@ double sum_squares(cudaStream_t stream, const float* x, int64_t n) {
   if (n <= 0) return 0.0;
   const unsigned blocks = grid_for(n);
   DeviceScratch partial(stream, blocks * sizeof(double), "sum of squares partials");
-  sum_squares_kernel<<<blocks, kThreads, 0, stream>>>(x, n, partial.at<double>());
+  RA_LAUNCH(blocks, kThreads, 0, stream, sum_squares_kernel)(x, n, partial.at<double>());
   CUDA_CHECK(cudaGetLastError());
   const std::vector<double> parts = host_copy(stream, partial.at<double>(), int64_t(blocks));
   double sum = 0;
@@ -83,14 +83,14 @@ double sum_squares(cudaStream_t stream, const float* x, int64_t n) {
 
 void scale_f64(cudaStream_t stream, float* x, int64_t n, double s) {
   if (n <= 0) return;
-  scale_f64_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, n, s);
+  RA_LAUNCH(grid_for(n), kThreads, 0, stream, scale_f64_kernel)(x, n, s);
   CUDA_CHECK(cudaGetLastError());
 }
 
 void adamw_update(cudaStream_t stream, const AdamWConstants& k, float* params, const float* grads,
                   float* m, float* v, int64_t n) {
   if (n <= 0) return;
-  adamw_kernel<<<grid_for(n), kThreads, 0, stream>>>(k, params, grads, m, v, n);
+  RA_LAUNCH(grid_for(n), kThreads, 0, stream, adamw_kernel)(k, params, grads, m, v, n);
   CUDA_CHECK(cudaGetLastError());
 }
 

@@ -1,0 +1,365 @@
+// The simulated CUDA runtime's memory, streams, events and errors (RINGATTN_CUDA=SIM;
+// core/cuda_sim/include/cuda_runtime.h says what the simulation is and is not).
+//
+// Device memory: every allocation is registered with its exact size (so AddressSanitizer, in the
+// sanitizer build, also sees a kernel read or write past it). A copy, a memset or a cuBLAS operand
+// must lie inside one allocation, and a copy's kind must match where its pointers are: otherwise
+// the call fails with cudaErrorInvalidValue and says why on stderr, as a GPU would fault.
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <new>
+
+#include "core/cuda_sim/sim_memory.h"
+#include "cuda_runtime.h"
+
+struct CUstream_st {
+  unsigned flags = 0;
+};
+struct CUevent_st {
+  unsigned flags = 0;
+};
+struct CUmemPoolHandle_st {};
+
+namespace ringattn::sim {
+
+namespace {
+
+constexpr size_t kAlign = 256;                    // cudaMalloc's alignment
+constexpr size_t kTotalBytes = size_t(80) << 30;  // an H100's memory, for cudaMemGetInfo
+
+struct Registry {
+  std::mutex mu;
+  std::map<uintptr_t, size_t> device;  // start -> bytes
+  std::map<uintptr_t, size_t> pinned;
+  size_t device_bytes = 0;
+};
+
+// Never destroyed: device memory may be freed during static destruction.
+Registry& registry() {
+  static auto* r = new Registry;
+  return *r;
+}
+
+thread_local cudaError_t last_error = cudaSuccess;
+thread_local int current_device = 0;
+
+cudaError_t fail(cudaError_t e, const char* what, const void* p, size_t bytes) {
+  std::fprintf(stderr, "[cuda sim] %s (pointer %p, %zu bytes)\n", what, p, bytes);
+  last_error = e;
+  return e;
+}
+
+// The allocation in `m` that holds p, or m.end().
+std::map<uintptr_t, size_t>::const_iterator find(const std::map<uintptr_t, size_t>& m,
+                                                 const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  auto it = m.upper_bound(a);
+  if (it == m.begin()) return m.end();
+  --it;
+  return a < it->first + std::max<size_t>(it->second, 1) ? it : m.end();
+}
+
+cudaError_t allocate(void** p, size_t bytes) {
+  if (!p) return fail(cudaErrorInvalidValue, "allocation without a result pointer", p, bytes);
+  *p = nullptr;
+  if (bytes == 0) return cudaSuccess;
+  void* q = ::operator new(bytes, std::align_val_t(kAlign), std::nothrow);
+  if (!q) return fail(cudaErrorMemoryAllocation, "out of (host) memory", nullptr, bytes);
+  Registry& r = registry();
+  const std::lock_guard<std::mutex> lock(r.mu);
+  r.device[reinterpret_cast<uintptr_t>(q)] = bytes;
+  r.device_bytes += bytes;
+  *p = q;
+  return cudaSuccess;
+}
+
+cudaError_t release(void* p) {
+  if (!p) return cudaSuccess;
+  Registry& r = registry();
+  {
+    const std::lock_guard<std::mutex> lock(r.mu);
+    const auto it = r.device.find(reinterpret_cast<uintptr_t>(p));
+    if (it == r.device.end())
+      return fail(cudaErrorInvalidValue, "cudaFree of a pointer that cudaMalloc did not return", p,
+                  0);
+    r.device_bytes -= it->second;
+    r.device.erase(it);
+  }
+  ::operator delete(p, std::align_val_t(kAlign));
+  return cudaSuccess;
+}
+
+// [p, p + bytes) inside one device allocation; the caller holds the registry's lock.
+bool device_range(const void* p, size_t bytes) {
+  const auto& m = registry().device;
+  const auto it = find(m, p);
+  if (it == m.end()) return bytes == 0 && p == nullptr;
+  return reinterpret_cast<uintptr_t>(p) + bytes <= it->first + it->second;
+}
+
+// Checks one side of a copy: `device` says which memory the kind expects (-1: either).
+cudaError_t check_side(const void* p, size_t bytes, int device, const char* side) {
+  const bool is_device = find(registry().device, p) != registry().device.end();
+  if (device == 1 && !is_device)
+    return fail(cudaErrorInvalidValue,
+                side[0] == 'd' ? "copy: destination is not device memory"
+                               : "copy: source is not device memory",
+                p, bytes);
+  if (device == 0 && is_device)
+    return fail(cudaErrorInvalidValue,
+                side[0] == 'd' ? "copy: destination is device memory, the kind says host"
+                               : "copy: source is device memory, the kind says host",
+                p, bytes);
+  if (is_device && !device_range(p, bytes))
+    return fail(cudaErrorInvalidValue, "copy runs past the end of its device allocation", p, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  if (bytes == 0) return cudaSuccess;
+  int dst_device = -1, src_device = -1;
+  switch (kind) {
+    case cudaMemcpyHostToHost:
+      dst_device = src_device = 0;
+      break;
+    case cudaMemcpyHostToDevice:
+      dst_device = 1, src_device = 0;
+      break;
+    case cudaMemcpyDeviceToHost:
+      dst_device = 0, src_device = 1;
+      break;
+    case cudaMemcpyDeviceToDevice:
+      dst_device = src_device = 1;
+      break;
+    case cudaMemcpyDefault:
+      break;
+    default:
+      return fail(cudaErrorInvalidValue, "copy: unknown kind", dst, bytes);
+  }
+  {
+    const std::lock_guard<std::mutex> lock(registry().mu);
+    if (const cudaError_t e = check_side(dst, bytes, dst_device, "dst")) return e;
+    if (const cudaError_t e = check_side(src, bytes, src_device, "src")) return e;
+  }
+  std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+
+}  // namespace
+
+void set_last_error(cudaError_t e) {
+  last_error = e;
+}
+
+bool device_memory(const void* p, size_t bytes) {
+  const std::lock_guard<std::mutex> lock(registry().mu);
+  return device_range(p, bytes);
+}
+
+}  // namespace ringattn::sim
+
+using namespace ringattn::sim;
+
+const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorMemoryAllocation:
+      return "out of memory";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    case cudaErrorInvalidDevice:
+      return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle:
+      return "invalid resource handle";
+    case cudaErrorNotReady:
+      return "device not ready";
+    case cudaErrorLaunchFailure:
+      return "unspecified launch failure";
+  }
+  return "unknown error";
+}
+cudaError_t cudaGetLastError() {
+  const cudaError_t e = last_error;
+  last_error = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError() {
+  return last_error;
+}
+
+cudaError_t cudaGetDeviceCount(int* n) {
+  *n = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) {
+  if (device != 0)
+    return fail(cudaErrorInvalidDevice, "cudaSetDevice: one simulated GPU", nullptr, 0);
+  current_device = device;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int* device) {
+  *device = current_device;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (device != 0) return fail(cudaErrorInvalidDevice, "no such simulated GPU", nullptr, 0);
+  *prop = cudaDeviceProp{};
+  std::snprintf(prop->name, sizeof(prop->name), "simulated on the host (RINGATTN_CUDA=SIM)");
+  prop->totalGlobalMem = kTotalBytes;
+  prop->sharedMemPerBlockOptin = 227 << 10;
+  prop->multiProcessorCount = 132;
+  prop->major = 9;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (device != 0) return fail(cudaErrorInvalidDevice, "no such simulated GPU", nullptr, 0);
+  if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin)
+    return fail(cudaErrorInvalidValue, "device attribute not simulated", nullptr, 0);
+  *value = 227 << 10;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize() {
+  return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
+  Registry& r = registry();
+  const std::lock_guard<std::mutex> lock(r.mu);
+  *total = kTotalBytes;
+  *free = kTotalBytes - std::min(kTotalBytes, r.device_bytes);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void** p, size_t bytes) {
+  return allocate(p, bytes);
+}
+cudaError_t cudaFree(void* p) {
+  return release(p);
+}
+cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
+  return allocate(p, bytes);
+}
+cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
+  return release(p);
+}
+cudaError_t cudaMallocHost(void** p, size_t bytes) {
+  *p = ::operator new(std::max<size_t>(bytes, 1), std::align_val_t(kAlign), std::nothrow);
+  if (!*p) return fail(cudaErrorMemoryAllocation, "out of host memory", nullptr, bytes);
+  Registry& r = registry();
+  const std::lock_guard<std::mutex> lock(r.mu);
+  r.pinned[reinterpret_cast<uintptr_t>(*p)] = bytes;
+  return cudaSuccess;
+}
+cudaError_t cudaFreeHost(void* p) {
+  if (!p) return cudaSuccess;
+  Registry& r = registry();
+  {
+    const std::lock_guard<std::mutex> lock(r.mu);
+    if (!r.pinned.erase(reinterpret_cast<uintptr_t>(p)))
+      return fail(cudaErrorInvalidValue, "cudaFreeHost of memory cudaMallocHost did not return", p,
+                  0);
+  }
+  ::operator delete(p, std::align_val_t(kAlign));
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int device) {
+  static CUmemPoolHandle_st the_pool;
+  if (device != 0) return fail(cudaErrorInvalidDevice, "no such simulated GPU", nullptr, 0);
+  *pool = &the_pool;
+  return cudaSuccess;
+}
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void*) {
+  return cudaSuccess;
+}
+cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* p) {
+  Registry& r = registry();
+  const std::lock_guard<std::mutex> lock(r.mu);
+  *attr = cudaPointerAttributes{};
+  if (find(r.device, p) != r.device.end()) {
+    attr->type = cudaMemoryTypeDevice;
+    attr->devicePointer = const_cast<void*>(p);
+  } else if (find(r.pinned, p) != r.pinned.end()) {
+    attr->type = cudaMemoryTypeHost;
+    attr->hostPointer = const_cast<void*>(p);
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  return copy(dst, src, bytes, kind);
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t) {
+  return copy(dst, src, bytes, kind);
+}
+cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
+  if (bytes == 0) return cudaSuccess;
+  if (!device_memory(dst, bytes))
+    return fail(cudaErrorInvalidValue, "memset outside device memory", dst, bytes);
+  std::memset(dst, value, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) {
+  return cudaMemset(dst, value, bytes);
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t* s) {
+  *s = new CUstream_st{};
+  return cudaSuccess;
+}
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
+  *s = new CUstream_st{flags};
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  delete s;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  return cudaSuccess;
+}
+cudaError_t cudaStreamGetDevice(cudaStream_t, int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t e, unsigned) {
+  if (!e) return fail(cudaErrorInvalidResourceHandle, "wait on a null event", nullptr, 0);
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreate(cudaEvent_t* e) {
+  *e = new CUevent_st{};
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned flags) {
+  *e = new CUevent_st{flags};
+  return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  delete e;
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+  if (!e) return fail(cudaErrorInvalidResourceHandle, "record of a null event", nullptr, 0);
+  return cudaSuccess;
+}
+// Work runs when it is queued, so every event is complete.
+cudaError_t cudaEventQuery(cudaEvent_t e) {
+  if (!e) return fail(cudaErrorInvalidResourceHandle, "query of a null event", nullptr, 0);
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  return cudaEventQuery(e);
+}
+
+cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int) {
+  return cudaSuccess;
+}
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, const void*, int, size_t) {
+  *blocks = 1;
+  return cudaSuccess;
+}

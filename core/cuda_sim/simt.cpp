@@ -1,0 +1,337 @@
+// The simulated GPU's execution (RINGATTN_CUDA=SIM): a kernel launch runs its blocks one after
+// another on the calling thread, and the threads of a block as fibers, switched only where CUDA
+// threads wait for each other: __syncthreads and warp shuffles. On x86-64 a fiber switch is a few
+// instructions of our own (ucontext's swapcontext makes a system call per switch, which made a
+// launch of a million threads take seconds); elsewhere it is swapcontext. Between two such points
+// a thread runs alone, so the order is deterministic: thread 0 first, up to its next wait, then
+// thread 1, and so on.
+//
+// What it checks as a GPU would not (a GPU hangs or computes garbage instead):
+// - __syncthreads must be reached by every thread of the block: one reached while other threads
+//   exited, or wait at a shuffle, is a std::logic_error naming the kernel's block and the counts;
+// - a warp shuffle must be reached by all 32 lanes of the warp.
+// Launch configurations the driver refuses (more than 1024 threads, a grid too large in y or z,
+// an empty grid) leave cudaErrorInvalidConfiguration as the last error and run nothing.
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cuda_runtime.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define RINGATTN_SIM_ASAN 1
+#endif
+
+thread_local uint3 threadIdx;
+thread_local uint3 blockIdx;
+thread_local dim3 blockDim;
+thread_local dim3 gridDim;
+
+namespace ringattn::sim {
+
+void set_last_error(cudaError_t e);  // core/cuda_sim/runtime.cpp
+
+namespace {
+
+// Fiber stacks: kernels keep small frames, but the sanitizers' redzones make them larger.
+constexpr size_t kStackBytes = size_t(256) << 10;
+
+enum class State { Ready, AtBarrier, AtShuffle, Done };
+
+#if defined(__x86_64__)
+// A suspended fiber is its stack pointer, with the callee-saved registers on its stack (the
+// System V ABI's: nothing else survives a call). The x87 control word and MXCSR are callee-saved
+// too, but no kernel changes rounding modes, and saving them cost more than the rest together.
+struct Context {
+  void* sp = nullptr;
+};
+extern "C" void ringattn_sim_switch(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .p2align 4
+  .globl ringattn_sim_switch
+  .hidden ringattn_sim_switch
+  .type ringattn_sim_switch, @function
+ringattn_sim_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size ringattn_sim_switch, .-ringattn_sim_switch
+)");
+void switch_context(Context& from, Context& to) {
+  ringattn_sim_switch(&from.sp, to.sp);
+}
+// A fresh fiber whose first switch "returns" into entry, with the stack aligned as after a call.
+void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+  auto* sp =
+      reinterpret_cast<uint64_t*>(reinterpret_cast<uintptr_t>(stack + bytes) & ~uintptr_t(15));
+  *--sp = 0;                                  // entry never returns
+  *--sp = reinterpret_cast<uint64_t>(entry);  // popped by ret: 16-byte aligned slot
+  for (int i = 0; i < 6; ++i) *--sp = 0;      // rbp rbx r12 r13 r14 r15
+  c.sp = sp;
+}
+#else
+struct Context {
+  ucontext_t uc;
+};
+void switch_context(Context& from, Context& to) {
+  swapcontext(&from.uc, &to.uc);
+}
+void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = bytes;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
+#endif
+
+struct Fiber {
+  Context context;
+  State state = State::Ready;
+  uint3 index;
+  unsigned shuffles = 0;  // shuffles this thread has completed: pairs lanes' k-th exchanges
+  std::unique_ptr<char[]> stack;
+#ifdef RINGATTN_SIM_ASAN
+  void* fake_stack = nullptr;
+#endif
+};
+
+struct Block {
+  void (*thread)(const void*) = nullptr;
+  const void* closure = nullptr;
+  std::vector<Fiber> fibers;  // grown to the largest block seen, stacks reused
+  int threads = 0;
+  int current = -1;
+  Context scheduler;
+  // Shuffle slots, two generations (by a lane's shuffle count's parity): a lane that already
+  // went on to its next exchange never overwrites a value another lane has yet to read.
+  std::vector<uint64_t> slots;
+  std::exception_ptr error;
+#ifdef RINGATTN_SIM_ASAN
+  const void* scheduler_stack = nullptr;
+  size_t scheduler_stack_bytes = 0;
+  void* scheduler_fake_stack = nullptr;
+#endif
+};
+
+thread_local Block* running = nullptr;
+
+Block& current_block(const char* what) {
+  if (!running || running->current < 0)
+    throw std::logic_error(std::string(what) + " called outside a simulated kernel");
+  return *running;
+}
+
+// From a fiber back to the scheduler; `finished`: this fiber never resumes.
+void to_scheduler(Block& b, bool finished) {
+  Fiber& f = b.fibers[size_t(b.current)];
+#ifdef RINGATTN_SIM_ASAN
+  __sanitizer_start_switch_fiber(finished ? nullptr : &f.fake_stack, b.scheduler_stack,
+                                 b.scheduler_stack_bytes);
+#else
+  (void)finished;
+#endif
+  switch_context(f.context, b.scheduler);
+#ifdef RINGATTN_SIM_ASAN
+  __sanitizer_finish_switch_fiber(f.fake_stack, &b.scheduler_stack, &b.scheduler_stack_bytes);
+#endif
+}
+
+void fiber_main() {
+  Block& b = *running;
+#ifdef RINGATTN_SIM_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &b.scheduler_stack, &b.scheduler_stack_bytes);
+#endif
+  try {
+    b.thread(b.closure);
+  } catch (...) {
+    if (!b.error) b.error = std::current_exception();
+  }
+  b.fibers[size_t(b.current)].state = State::Done;
+  to_scheduler(b, true);
+}
+
+void resume(Block& b, int t) {
+  Fiber& f = b.fibers[size_t(t)];
+  b.current = t;
+  threadIdx = f.index;
+#ifdef RINGATTN_SIM_ASAN
+  __sanitizer_start_switch_fiber(&b.scheduler_fake_stack, f.stack.get(), kStackBytes);
+#endif
+  switch_context(b.scheduler, f.context);
+#ifdef RINGATTN_SIM_ASAN
+  __sanitizer_finish_switch_fiber(b.scheduler_fake_stack, nullptr, nullptr);
+#endif
+  b.current = -1;
+}
+
+std::string describe(const Block& b) {
+  int ready = 0, barrier = 0, shuffle = 0, done = 0;
+  for (int t = 0; t < b.threads; ++t) switch (b.fibers[size_t(t)].state) {
+      case State::Ready:
+        ++ready;
+        break;
+      case State::AtBarrier:
+        ++barrier;
+        break;
+      case State::AtShuffle:
+        ++shuffle;
+        break;
+      case State::Done:
+        ++done;
+        break;
+    }
+  return "block (" + std::to_string(blockIdx.x) + ", " + std::to_string(blockIdx.y) + ", " +
+         std::to_string(blockIdx.z) + ") of " + std::to_string(b.threads) +
+         " threads: " + std::to_string(barrier) + " at __syncthreads, " + std::to_string(shuffle) +
+         " at a warp shuffle, " + std::to_string(done) + " exited";
+}
+
+// Releases the warps whose lanes all wait at a shuffle; true if any was.
+bool release_shuffles(Block& b) {
+  bool released = false;
+  for (int w = 0; w * 32 < b.threads; ++w) {
+    const int first = w * 32, last = std::min(b.threads, first + 32);
+    int waiting = 0, exited = 0;
+    for (int t = first; t < last; ++t) {
+      waiting += b.fibers[size_t(t)].state == State::AtShuffle;
+      exited += b.fibers[size_t(t)].state == State::Done;
+    }
+    if (waiting == 0) continue;
+    if (exited > 0)
+      throw std::logic_error("simulated kernel: a warp shuffle that " + std::to_string(exited) +
+                             " lanes of warp " + std::to_string(w) + " exited before; " +
+                             describe(b));
+    if (waiting == last - first) {
+      for (int t = first; t < last; ++t) b.fibers[size_t(t)].state = State::Ready;
+      released = true;
+    }
+  }
+  return released;
+}
+
+void run_block(Block& b) {
+  const int n = b.threads;
+  for (int t = 0; t < n; ++t) {
+    Fiber& f = b.fibers[size_t(t)];
+    if (!f.stack) f.stack.reset(new char[kStackBytes]);
+    f.state = State::Ready;
+    f.shuffles = 0;
+    f.index = uint3{unsigned(t) % blockDim.x, unsigned(t) / blockDim.x % blockDim.y,
+                    unsigned(t) / (blockDim.x * blockDim.y)};
+    // Stack tops 1088 bytes apart modulo 4 KiB: equal offsets would put every fiber's frames in
+    // the same L1 cache sets, and each switch would miss.
+    make_context(f.context, f.stack.get(), kStackBytes - size_t(t % 64) * 1088 % 4096, &fiber_main);
+  }
+  for (;;) {
+    // One pass: run every ready thread up to its next wait, and count where they all are.
+    int barrier = 0, shuffle = 0, done = 0;
+    for (int t = 0; t < n; ++t) {
+      const Fiber& f = b.fibers[size_t(t)];
+      if (f.state == State::Ready) resume(b, t);
+      barrier += f.state == State::AtBarrier;
+      shuffle += f.state == State::AtShuffle;
+      done += f.state == State::Done;
+    }
+    if (b.error) std::rethrow_exception(b.error);
+    if (shuffle > 0 && release_shuffles(b)) continue;
+    if (done == n) return;
+    if (barrier == n) {
+      for (int t = 0; t < n; ++t) b.fibers[size_t(t)].state = State::Ready;
+      continue;
+    }
+    throw std::logic_error("simulated kernel: __syncthreads not reached by every thread; " +
+                           describe(b));
+  }
+}
+
+std::mutex& launch_mutex() {
+  static std::mutex mu;
+  return mu;
+}
+
+}  // namespace
+
+void block_barrier() {
+  Block& b = current_block("__syncthreads");
+  b.fibers[size_t(b.current)].state = State::AtBarrier;
+  to_scheduler(b, false);
+}
+
+uint64_t warp_exchange(uint64_t v, int lane) {
+  Block& b = current_block("__shfl_xor_sync");
+  const int t = b.current;
+  Fiber& f = b.fibers[size_t(t)];
+  const size_t generation = size_t(f.shuffles & 1u) * size_t(b.threads);
+  b.slots[generation + size_t(t)] = v;
+  f.state = State::AtShuffle;
+  to_scheduler(b, false);
+  ++b.fibers[size_t(t)].shuffles;
+  const int from = (t & ~31) + lane;
+  if (from >= b.threads)
+    throw std::logic_error("simulated kernel: shuffle from lane " + std::to_string(lane) +
+                           " of a warp cut short by the block size");
+  return b.slots[generation + size_t(from)];
+}
+
+void run_kernel(dim3 grid, dim3 block, size_t /*dynamic_smem*/, cudaStream_t /*stream*/,
+                void (*thread)(const void*), const void* closure) {
+  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+      grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
+    std::fprintf(stderr,
+                 "[cuda sim] launch refused: grid (%u, %u, %u), block (%u, %u, %u) threads\n",
+                 grid.x, grid.y, grid.z, block.x, block.y, block.z);
+    set_last_error(cudaErrorInvalidConfiguration);
+    return;
+  }
+  const std::lock_guard<std::mutex> lock(launch_mutex());
+  thread_local Block b;
+  b.thread = thread;
+  b.closure = closure;
+  b.threads = int(threads);
+  if (b.fibers.size() < threads) b.fibers.resize(threads);
+  b.slots.assign(2 * threads, 0);
+  b.error = nullptr;
+  Block* const outer = running;
+  running = &b;
+  gridDim = grid;
+  blockDim = block;
+  try {
+    for (unsigned z = 0; z < grid.z; ++z)
+      for (unsigned y = 0; y < grid.y; ++y)
+        for (unsigned x = 0; x < grid.x; ++x) {
+          blockIdx = uint3{x, y, z};
+          run_block(b);
+        }
+  } catch (...) {
+    running = outer;
+    throw;
+  }
+  running = outer;
+}
+
+}  // namespace ringattn::sim
