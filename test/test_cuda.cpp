@@ -461,6 +461,7 @@ TEST_CASE("CUDA: polling a pending event leaves no error for the next launch's c
   cudaEventDestroy(e);
   cudaStreamDestroy(s);
 #else
-  SUCCEED("built without CUDA, or with the simulated one (no pending work: every call runs at once)");
+  SUCCEED(
+      "built without CUDA, or with the simulated one (no pending work: every call runs at once)");
 #endif
 }
