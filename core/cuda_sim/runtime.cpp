@@ -1,10 +1,11 @@
 // The simulated CUDA runtime's memory, streams, events and errors (RINGATTN_CUDA=SIM;
 // core/cuda_sim/include/cuda_runtime.h says what the simulation is and is not).
 //
-// Device memory: every allocation is registered with its exact size (so AddressSanitizer, in the
-// sanitizer build, also sees a kernel read or write past it). A copy, a memset or a cuBLAS operand
-// must lie inside one allocation, and a copy's kind must match where its pointers are: otherwise
-// the call fails with cudaErrorInvalidValue and says why on stderr, as a GPU would fault.
+// Device memory: every allocation starts as all ones (NaN), and is registered with its exact size
+// (so AddressSanitizer, in the sanitizer build, also sees a kernel read or write past it). A copy,
+// a memset or a cuBLAS operand must lie inside one allocation, and a copy's kind must match where
+// its pointers are: otherwise the call fails with cudaErrorInvalidValue and says why on stderr, as
+// a GPU would fault.
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -68,6 +69,9 @@ cudaError_t allocate(void** p, size_t bytes) {
   if (bytes == 0) return cudaSuccess;
   void* q = ::operator new(bytes, std::align_val_t(kAlign), std::nothrow);
   if (!q) return fail(cudaErrorMemoryAllocation, "out of (host) memory", nullptr, bytes);
+  // Fresh device memory holds what the pool last held on a GPU, never zeros to rely on: here all
+  // bits set, a NaN in every float and double, so a kernel reading what nobody wrote shows.
+  std::memset(q, 0xff, bytes);
   Registry& r = registry();
   const std::lock_guard<std::mutex> lock(r.mu);
   r.device[reinterpret_cast<uintptr_t>(q)] = bytes;

@@ -2,9 +2,9 @@
 // another on the calling thread, and the threads of a block as fibers, switched only where CUDA
 // threads wait for each other: __syncthreads and warp shuffles. On x86-64 a fiber switch is a few
 // instructions of our own (ucontext's swapcontext makes a system call per switch, which made a
-// launch of a million threads take seconds); elsewhere it is swapcontext. Between two such points
-// a thread runs alone, so the order is deterministic: thread 0 first, up to its next wait, then
-// thread 1, and so on.
+// launch of a million threads take seconds); elsewhere it is swapcontext. Between two waits a
+// thread runs alone, so the order is deterministic: thread 0 first, up to its next wait, then
+// thread 1, and so on; in every other block from the last thread to the first.
 //
 // What it checks as a GPU would not (a GPU hangs or computes garbage instead):
 // - __syncthreads must be reached by every thread of the block: one reached while other threads
@@ -130,6 +130,10 @@ struct Block {
   // went on to its next exchange never overwrites a value another lane has yet to read.
   std::vector<uint64_t> slots;
   std::exception_ptr error;
+  // Threads run from the last to the first between two waits (every other block): a thread that
+  // reads another's write without a barrier in between then sees it in one order and not in the
+  // other, and the blocks disagree.
+  bool reverse = false;
 #ifdef RINGATTN_SIM_ASAN
   const void* scheduler_stack = nullptr;
   size_t scheduler_stack_bytes = 0;
@@ -249,7 +253,8 @@ void run_block(Block& b) {
   for (;;) {
     // One pass: run every ready thread up to its next wait, and count where they all are.
     int barrier = 0, shuffle = 0, done = 0;
-    for (int t = 0; t < n; ++t) {
+    for (int i = 0; i < n; ++i) {
+      const int t = b.reverse ? n - 1 - i : i;
       const Fiber& f = b.fibers[size_t(t)];
       if (f.state == State::Ready) resume(b, t);
       barrier += f.state == State::AtBarrier;
@@ -325,6 +330,7 @@ void run_kernel(dim3 grid, dim3 block, size_t /*dynamic_smem*/, cudaStream_t /*s
       for (unsigned y = 0; y < grid.y; ++y)
         for (unsigned x = 0; x < grid.x; ++x) {
           blockIdx = uint3{x, y, z};
+          b.reverse = ((x + y + z) & 1u) != 0;
           run_block(b);
         }
   } catch (...) {

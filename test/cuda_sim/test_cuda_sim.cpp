@@ -25,6 +25,14 @@ __global__ void rotate_kernel(const int* in, int* out) {
   out[blockIdx.x * n + t] = s[(t + 1) % n];
 }
 
+// rotate_kernel without its barrier: a race.
+__global__ void rotate_racy_kernel(const int* in, int* out) {
+  __shared__ int s[1024];
+  const int t = int(threadIdx.x), n = int(blockDim.x);
+  s[t] = in[blockIdx.x * n + t];
+  out[blockIdx.x * n + t] = s[(t + 1) % n];
+}
+
 // Every lane gets its warp's sum by a butterfly of shuffles.
 __global__ void warp_sum_kernel(const int* in, int* out) {
   const int t = int(blockIdx.x * blockDim.x + threadIdx.x);
@@ -71,6 +79,18 @@ TEST_CASE("simulated GPU: barriers wait for the whole block, shuffles for the wh
   for (int b = 0; b < blocks; ++b)
     for (int t = 0; t < threads; ++t)
       CHECK(got[size_t(b * threads + t)] == host[size_t(b * threads + (t + 1) % threads)]);
+
+  // Without the barrier the blocks disagree: threads run forwards in one, backwards in the next,
+  // so a read of a later thread's write sees it in one block only.
+  RA_LAUNCH(blocks, threads, 0, nullptr, rotate_racy_kernel)(in, out);
+  REQUIRE(cudaMemcpy(got.data(), out, got.size() * 4, cudaMemcpyDeviceToHost) == cudaSuccess);
+  int wrong[blocks] = {};
+  for (int b = 0; b < blocks; ++b)
+    for (int t = 0; t < threads; ++t)
+      wrong[b] += got[size_t(b * threads + t)] != host[size_t(b * threads + (t + 1) % threads)];
+  CHECK(wrong[0] == threads - 1);  // forwards: only the last thread reads a written value
+  CHECK(wrong[1] == 1);            // backwards: only the last thread reads an unwritten one
+  CHECK(wrong[2] == threads - 1);
 
   RA_LAUNCH(blocks, threads, 0, nullptr, warp_sum_kernel)(in, out);
   REQUIRE(cudaMemcpy(got.data(), out, got.size() * 4, cudaMemcpyDeviceToHost) == cudaSuccess);
