@@ -87,7 +87,8 @@ TEST_CASE("CUDA elementwise ops (axpy, scale, fill, swiglu) match the CPU backen
   if (test::skip_without_gpu()) return;
   Backend& gpu = cuda_backend(0);
   Backend& cpu = cpu_backend();
-  // Small, odd, and large enough that the grid-stride loops wrap (4096 blocks x 256 threads).
+  // Small, odd, and large enough that the grid-stride loops wrap (4096 blocks x 256 threads on a
+  // GPU, 64 x 64 simulated).
   for (int64_t n : {int64_t(1), int64_t(1001), int64_t(4096) * 256 * 2 + 37}) {
     INFO("n = " << n);
     const Tensor x = randn({n}, 100 + uint64_t(n));

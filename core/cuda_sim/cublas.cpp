@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "core/cuda_sim/sim_memory.h"
@@ -76,6 +77,16 @@ cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb
   if (const auto s = check_matrix(b, b_rows, b_cols, ldb, type_bytes(bt), "B")) return s;
   if (const auto s = check_matrix(c, m, n, ldc, 4, "C")) return s;
   if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+  // cuBLAS does not allow C to overlap A or B (here the operands are copied first, which would
+  // hide it).
+  const auto span = [](const void* p, int rows, int cols, int ld, size_t elem) {
+    const auto* lo = static_cast<const char*>(p);
+    return std::pair(lo, lo + (size_t(cols - 1) * size_t(ld) + size_t(rows)) * elem);
+  };
+  const auto cs = span(c, m, n, ldc, 4);
+  for (const auto& [lo, hi] :
+       {span(a, a_rows, a_cols, lda, type_bytes(at)), span(b, b_rows, b_cols, ldb, type_bytes(bt))})
+    if (k > 0 && lo < cs.second && cs.first < hi) return invalid("C overlaps A or B");
   float* cf = static_cast<float*>(c);
   if (beta == 0.0f)  // C is not read (NaN there must not survive), as cuBLAS documents
     for (int j = 0; j < n; ++j) std::memset(cf + size_t(j) * size_t(ldc), 0, size_t(m) * 4);

@@ -4,7 +4,8 @@
 // instructions of our own (ucontext's swapcontext makes a system call per switch, which made a
 // launch of a million threads take seconds); elsewhere it is swapcontext. Between two waits a
 // thread runs alone, so the order is deterministic: thread 0 first, up to its next wait, then
-// thread 1, and so on; in every other block from the last thread to the first.
+// thread 1, and so on; in every other block from the last thread to the first. Shared memory is
+// all ones (NaN) when a block starts.
 //
 // What it checks as a GPU would not (a GPU hangs or computes garbage instead):
 // - __syncthreads must be reached by every thread of the block: one reached while other threads
@@ -12,6 +13,7 @@
 // - a warp shuffle must be reached by all 32 lanes of the warp.
 // Launch configurations the driver refuses (more than 1024 threads, a grid too large in y or z,
 // an empty grid) leave cudaErrorInvalidConfiguration as the last error and run nothing.
+#include <sys/mman.h>
 #include <ucontext.h>
 
 #include <algorithm>
@@ -23,13 +25,20 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda_runtime.h"
 
 #if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/common_interface_defs.h>
 #define RINGATTN_SIM_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)  // clang
+#define RINGATTN_SIM_ASAN 1
+#endif
+#endif
+#ifdef RINGATTN_SIM_ASAN
+#include <sanitizer/common_interface_defs.h>
 #endif
 
 thread_local uint3 threadIdx;
@@ -57,7 +66,7 @@ struct Context {
 };
 extern "C" void ringattn_sim_switch(void** save_sp, void* load_sp);
 asm(R"(
-  .text
+  .pushsection .text
   .p2align 4
   .globl ringattn_sim_switch
   .hidden ringattn_sim_switch
@@ -79,6 +88,7 @@ ringattn_sim_switch:
   popq %rbp
   ret
   .size ringattn_sim_switch, .-ringattn_sim_switch
+  .popsection
 )");
 void switch_context(Context& from, Context& to) {
   ringattn_sim_switch(&from.sp, to.sp);
@@ -108,12 +118,38 @@ void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
 }
 #endif
 
+// A fiber's stack, with an inaccessible page below it: an overflow faults instead of writing
+// over whatever memory lies there.
+class FiberStack {
+ public:
+  FiberStack() = default;
+  FiberStack(FiberStack&& o) noexcept : base_(std::exchange(o.base_, nullptr)) {}
+  FiberStack& operator=(FiberStack&&) = delete;
+  ~FiberStack() {
+    if (base_) munmap(base_, kGuardBytes + kStackBytes);
+  }
+  char* get() {
+    if (!base_) {
+      void* p = mmap(nullptr, kGuardBytes + kStackBytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) throw std::bad_alloc();
+      base_ = static_cast<char*>(p);
+      mprotect(base_, kGuardBytes, PROT_NONE);
+    }
+    return base_ + kGuardBytes;
+  }
+
+ private:
+  static constexpr size_t kGuardBytes = 4096;
+  char* base_ = nullptr;
+};
+
 struct Fiber {
   Context context;
   State state = State::Ready;
   uint3 index;
   unsigned shuffles = 0;  // shuffles this thread has completed: pairs lanes' k-th exchanges
-  std::unique_ptr<char[]> stack;
+  FiberStack stack;
 #ifdef RINGATTN_SIM_ASAN
   void* fake_stack = nullptr;
 #endif
@@ -130,9 +166,9 @@ struct Block {
   // went on to its next exchange never overwrites a value another lane has yet to read.
   std::vector<uint64_t> slots;
   std::exception_ptr error;
-  // Threads run from the last to the first between two waits (every other block): a thread that
-  // reads another's write without a barrier in between then sees it in one order and not in the
-  // other, and the blocks disagree.
+  // Threads run from the last to the first between two waits (every other block, and the first
+  // block in every other launch): a thread that reads another's write without a barrier in between
+  // then sees it in one order and not in the other, and the blocks disagree.
   bool reverse = false;
 #ifdef RINGATTN_SIM_ASAN
   const void* scheduler_stack = nullptr;
@@ -241,7 +277,6 @@ void run_block(Block& b) {
   const int n = b.threads;
   for (int t = 0; t < n; ++t) {
     Fiber& f = b.fibers[size_t(t)];
-    if (!f.stack) f.stack.reset(new char[kStackBytes]);
     f.state = State::Ready;
     f.shuffles = 0;
     f.index = uint3{unsigned(t) % blockDim.x, unsigned(t) / blockDim.x % blockDim.y,
@@ -273,6 +308,16 @@ void run_block(Block& b) {
   }
 }
 
+// The kernels' __shared__ arrays (core/cuda_sim/include/cuda_runtime.h puts them in this section;
+// the linker names its bounds).
+extern "C" char __start_ringattn_sim_shared[] __attribute__((weak));
+extern "C" char __stop_ringattn_sim_shared[] __attribute__((weak));
+void poison_shared_memory() {
+  if (__start_ringattn_sim_shared && __stop_ringattn_sim_shared)
+    std::memset(__start_ringattn_sim_shared, 0xff,
+                size_t(__stop_ringattn_sim_shared - __start_ringattn_sim_shared));
+}
+
 std::mutex& launch_mutex() {
   static std::mutex mu;
   return mu;
@@ -286,7 +331,7 @@ void block_barrier() {
   to_scheduler(b, false);
 }
 
-uint64_t warp_exchange(uint64_t v, int lane) {
+uint64_t warp_exchange(uint64_t v, int lane_mask, int width) {
   Block& b = current_block("__shfl_xor_sync");
   const int t = b.current;
   Fiber& f = b.fibers[size_t(t)];
@@ -295,9 +340,10 @@ uint64_t warp_exchange(uint64_t v, int lane) {
   f.state = State::AtShuffle;
   to_scheduler(b, false);
   ++b.fibers[size_t(t)].shuffles;
-  const int from = (t & ~31) + lane;
+  const int lane = t & 31;
+  const int from = (t & ~31) + ((lane & ~(width - 1)) | ((lane ^ lane_mask) & (width - 1)));
   if (from >= b.threads)
-    throw std::logic_error("simulated kernel: shuffle from lane " + std::to_string(lane) +
+    throw std::logic_error("simulated kernel: shuffle from lane " + std::to_string(from & 31) +
                            " of a warp cut short by the block size");
   return b.slots[generation + size_t(from)];
 }
@@ -313,7 +359,11 @@ void run_kernel(dim3 grid, dim3 block, size_t /*dynamic_smem*/, cudaStream_t /*s
     set_last_error(cudaErrorInvalidConfiguration);
     return;
   }
+  if (running)  // a kernel cannot launch one (the launch lock and the block are taken)
+    throw std::logic_error("simulated kernel: a kernel launch from inside a kernel");
   const std::lock_guard<std::mutex> lock(launch_mutex());
+  static unsigned launches = 0;
+  const unsigned launch = launches++;
   thread_local Block b;
   b.thread = thread;
   b.closure = closure;
@@ -330,7 +380,8 @@ void run_kernel(dim3 grid, dim3 block, size_t /*dynamic_smem*/, cudaStream_t /*s
       for (unsigned y = 0; y < grid.y; ++y)
         for (unsigned x = 0; x < grid.x; ++x) {
           blockIdx = uint3{x, y, z};
-          b.reverse = ((x + y + z) & 1u) != 0;
+          b.reverse = ((x + y + z + launch) & 1u) != 0;
+          poison_shared_memory();
           run_block(b);
         }
   } catch (...) {

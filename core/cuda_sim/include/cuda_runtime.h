@@ -10,9 +10,9 @@
 //   between two streams are therefore NOT found here (test/emulated_device.h's deferred stream is
 //   the tool for those).
 // - Kernels run block after block; the threads of a block are fibers on the calling thread
-//   (core/cuda_sim/simt.h): __syncthreads is a real barrier over the block's threads (and an error
-//   when some threads of the block exited or wait elsewhere), warp shuffles exchange values among
-//   the warp's 32 lanes. Kernel arguments are copied per launch as the GPU does.
+//   (core/cuda_sim/simt.cpp): __syncthreads is a real barrier over the block's threads (and an
+//   error when some threads of the block exited or wait elsewhere), warp shuffles exchange values
+//   among the warp's 32 lanes. Kernel arguments are copied per launch as the GPU does.
 // - Arithmetic is the host's: float32 and float64 as IEEE, no fused multiply-add contraction
 //   (nvcc contracts by default), transcendentals from the C library. So results are close to the
 //   GPU's, not bitwise; the [cuda] tests compare against the CPU backend within their tolerances.
@@ -39,7 +39,9 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __shared__ static
+// Shared arrays are statics in a section of their own, which the scheduler fills with ones (NaN)
+// before every block: shared memory starts undefined on a GPU, never with the last block's data.
+#define __shared__ [[gnu::section("ringattn_sim_shared")]] static
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 
@@ -64,8 +66,10 @@ extern thread_local dim3 blockDim;
 extern thread_local dim3 gridDim;
 
 namespace ringattn::sim {
-void block_barrier();                          // __syncthreads
-uint64_t warp_exchange(uint64_t v, int lane);  // this lane's v out, lane `lane`'s back
+void block_barrier();  // __syncthreads
+// This thread's v out, and back the v of the lane (lane ^ lane_mask) of its segment of `width`
+// lanes; lanes are the thread's linear index in the block modulo 32, as on a GPU.
+uint64_t warp_exchange(uint64_t v, int lane_mask, int width);
 }  // namespace ringattn::sim
 
 inline void __syncthreads() {
@@ -78,9 +82,7 @@ T __shfl_xor_sync(unsigned /*mask*/, T v, int lane_mask, int width = 32) {
   static_assert(sizeof(T) <= sizeof(uint64_t), "a shuffled value is at most 64 bits");
   uint64_t bits = 0;
   std::memcpy(&bits, &v, sizeof(T));
-  const int lane = int(threadIdx.x % 32);
-  const int from = (lane & ~(width - 1)) | ((lane ^ lane_mask) & (width - 1));
-  bits = ::ringattn::sim::warp_exchange(bits, from);
+  bits = ::ringattn::sim::warp_exchange(bits, lane_mask, width);
   T out;
   std::memcpy(&out, &bits, sizeof(T));
   return out;

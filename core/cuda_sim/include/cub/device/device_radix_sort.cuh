@@ -1,7 +1,8 @@
 // The simulated cub::DeviceRadixSort (RINGATTN_CUDA=SIM): SortPairs as a stable sort on the host,
 // with cub's two-call protocol (a null temp_storage asks for the temporary bytes). Only what
 // core/cuda/cuda_layers.cu uses: int32 keys over all 32 bits, in ascending numeric order (cub
-// flips the sign bit of signed keys, which orders them as numbers), and int32 values.
+// flips the sign bit of signed keys, which orders them as numbers), and int32 values. Every array
+// must be device memory, and the temporary storage as large as the first call said.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -10,6 +11,10 @@
 #include <cstdint>
 #include <numeric>
 #include <vector>
+
+namespace ringattn::sim {
+bool device_memory(const void* p, size_t bytes);  // core/cuda_sim/sim_memory.h
+}  // namespace ringattn::sim
 
 namespace cub {
 
@@ -24,6 +29,12 @@ struct DeviceRadixSort {
       temp_bytes = size_t(std::max(n, 1)) * 8;  // what a real sort might ask for
       return cudaSuccess;
     }
+    const size_t bytes = size_t(std::max(n, 0)) * sizeof(int32_t);
+    using ringattn::sim::device_memory;
+    if (!device_memory(keys_in, bytes) || !device_memory(keys_out, bytes) ||
+        !device_memory(values_in, bytes) || !device_memory(values_out, bytes) ||
+        !device_memory(temp_storage, temp_bytes) || temp_bytes < size_t(std::max(n, 1)) * 8)
+      return cudaErrorInvalidValue;  // what would fault on a GPU
     std::vector<int> order(size_t(std::max(n, 0)));
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(),
