@@ -152,6 +152,19 @@ cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) 
   return cudaSuccess;
 }
 
+// Streams and events are names only (work runs when it is queued).
+template <typename Handle>
+cudaError_t create(Handle** h, unsigned flags) {
+  if (!h) return fail(cudaErrorInvalidValue, "create without a result pointer", h, 0);
+  *h = new Handle{flags};
+  return cudaSuccess;
+}
+template <typename Handle>
+cudaError_t destroy(Handle* h) {
+  delete h;
+  return cudaSuccess;
+}
+
 }  // namespace
 
 void set_last_error(cudaError_t e) {
@@ -313,16 +326,13 @@ cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) {
 }
 
 cudaError_t cudaStreamCreate(cudaStream_t* s) {
-  *s = new CUstream_st{};
-  return cudaSuccess;
+  return create(s, 0);
 }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
-  *s = new CUstream_st{flags};
-  return cudaSuccess;
+  return create(s, flags);
 }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  delete s;
-  return cudaSuccess;
+  return destroy(s);
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t) {
   return cudaSuccess;
@@ -336,16 +346,13 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t e, unsigned) {
   return cudaSuccess;
 }
 cudaError_t cudaEventCreate(cudaEvent_t* e) {
-  *e = new CUevent_st{};
-  return cudaSuccess;
+  return create(e, 0);
 }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned flags) {
-  *e = new CUevent_st{flags};
-  return cudaSuccess;
+  return create(e, flags);
 }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
-  delete e;
-  return cudaSuccess;
+  return destroy(e);
 }
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
   if (!e) return fail(cudaErrorInvalidResourceHandle, "record of a null event", nullptr, 0);

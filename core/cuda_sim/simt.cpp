@@ -229,25 +229,13 @@ void resume(Block& b, int t) {
 }
 
 std::string describe(const Block& b) {
-  int ready = 0, barrier = 0, shuffle = 0, done = 0;
-  for (int t = 0; t < b.threads; ++t) switch (b.fibers[size_t(t)].state) {
-      case State::Ready:
-        ++ready;
-        break;
-      case State::AtBarrier:
-        ++barrier;
-        break;
-      case State::AtShuffle:
-        ++shuffle;
-        break;
-      case State::Done:
-        ++done;
-        break;
-    }
+  int count[4] = {};  // by State
+  for (int t = 0; t < b.threads; ++t) ++count[int(b.fibers[size_t(t)].state)];
   return "block (" + std::to_string(blockIdx.x) + ", " + std::to_string(blockIdx.y) + ", " +
          std::to_string(blockIdx.z) + ") of " + std::to_string(b.threads) +
-         " threads: " + std::to_string(barrier) + " at __syncthreads, " + std::to_string(shuffle) +
-         " at a warp shuffle, " + std::to_string(done) + " exited";
+         " threads: " + std::to_string(count[int(State::AtBarrier)]) + " at __syncthreads, " +
+         std::to_string(count[int(State::AtShuffle)]) + " at a warp shuffle, " +
+         std::to_string(count[int(State::Done)]) + " exited";
 }
 
 // Releases the warps whose lanes all wait at a shuffle; true if any was.
