@@ -27,7 +27,8 @@ namespace ringattn::cuda {
 #define RA_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<(grid), (block), (smem), (stream)>>>
 #endif
 
-// Threads per block for every kernel. A power of two: block_reduce halves it.
+// Threads per block for every kernel. A power of two: block_reduce halves it. Simulated, two warps
+// (every barrier still spans warps): the simulation's cost is threads x barriers, 5x less.
 #ifdef RINGATTN_CUDA_SIM
 inline constexpr int kThreads = 64;
 #else
