@@ -31,6 +31,11 @@ size_t type_bytes(cudaDataType t) {
   return t == CUDA_R_32F ? 4 : 2;
 }
 
+// The bytes a rows x cols column-major matrix with leading dimension ld spans (rows, cols > 0).
+size_t extent_bytes(int rows, int cols, int ld, size_t elem) {
+  return (size_t(cols - 1) * size_t(ld) + size_t(rows)) * elem;
+}
+
 // A rows x cols column-major matrix with leading dimension ld, in device memory.
 cublasStatus_t check_matrix(const void* p, int rows, int cols, int ld, size_t elem,
                             const char* name) {
@@ -39,8 +44,7 @@ cublasStatus_t check_matrix(const void* p, int rows, int cols, int ld, size_t el
     return CUBLAS_STATUS_INVALID_VALUE;
   }
   if (rows == 0 || cols == 0) return CUBLAS_STATUS_SUCCESS;
-  const size_t bytes = (size_t(cols - 1) * size_t(ld) + size_t(rows)) * elem;
-  if (!device_memory(p, bytes)) {
+  if (!device_memory(p, extent_bytes(rows, cols, ld, elem))) {
     std::fprintf(stderr,
                  "[cuda sim] cuBLAS: %s (%p, %d x %d, ld %d) is not inside one device "
                  "allocation\n",
@@ -81,7 +85,7 @@ cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb
   // hide it).
   const auto span = [](const void* p, int rows, int cols, int ld, size_t elem) {
     const auto* lo = static_cast<const char*>(p);
-    return std::pair(lo, lo + (size_t(cols - 1) * size_t(ld) + size_t(rows)) * elem);
+    return std::pair(lo, lo + extent_bytes(rows, cols, ld, elem));
   };
   const auto cs = span(c, m, n, ldc, 4);
   for (const auto& [lo, hi] :

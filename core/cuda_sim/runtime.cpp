@@ -12,6 +12,7 @@
 #include <map>
 #include <mutex>
 #include <new>
+#include <string>
 
 #include "core/cuda_sim/sim_memory.h"
 #include "cuda_runtime.h"
@@ -106,18 +107,16 @@ bool device_range(const void* p, size_t bytes) {
 
 // Checks one side of a copy: `device` says which memory the kind expects (-1: either).
 cudaError_t check_side(const void* p, size_t bytes, int device, const char* side) {
-  const bool is_device = find(registry().device, p) != registry().device.end();
-  if (device == 1 && !is_device)
-    return fail(cudaErrorInvalidValue,
-                side[0] == 'd' ? "copy: destination is not device memory"
-                               : "copy: source is not device memory",
-                p, bytes);
-  if (device == 0 && is_device)
-    return fail(cudaErrorInvalidValue,
-                side[0] == 'd' ? "copy: destination is device memory, the kind says host"
-                               : "copy: source is device memory, the kind says host",
-                p, bytes);
-  if (is_device && !device_range(p, bytes))
+  const auto& m = registry().device;
+  const auto it = find(m, p);
+  const bool is_device = it != m.end();
+  if (device >= 0 && is_device != (device == 1)) {
+    const std::string what =
+        std::string("copy: ") + side +
+        (is_device ? " is device memory, the kind says host" : " is not device memory");
+    return fail(cudaErrorInvalidValue, what.c_str(), p, bytes);
+  }
+  if (is_device && reinterpret_cast<uintptr_t>(p) + bytes > it->first + it->second)
     return fail(cudaErrorInvalidValue, "copy runs past the end of its device allocation", p, bytes);
   return cudaSuccess;
 }
@@ -145,8 +144,8 @@ cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) 
   }
   {
     const std::lock_guard<std::mutex> lock(registry().mu);
-    if (const cudaError_t e = check_side(dst, bytes, dst_device, "dst")) return e;
-    if (const cudaError_t e = check_side(src, bytes, src_device, "src")) return e;
+    if (const cudaError_t e = check_side(dst, bytes, dst_device, "destination")) return e;
+    if (const cudaError_t e = check_side(src, bytes, src_device, "source")) return e;
   }
   std::memmove(dst, src, bytes);
   return cudaSuccess;

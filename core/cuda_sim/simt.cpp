@@ -359,7 +359,6 @@ void run_kernel(dim3 grid, dim3 block, size_t /*dynamic_smem*/, cudaStream_t /*s
   if (b.fibers.size() < threads) b.fibers.resize(threads);
   b.slots.assign(2 * threads, 0);
   b.error = nullptr;
-  Block* const outer = running;
   running = &b;
   gridDim = grid;
   blockDim = block;
@@ -373,10 +372,10 @@ void run_kernel(dim3 grid, dim3 block, size_t /*dynamic_smem*/, cudaStream_t /*s
           run_block(b);
         }
   } catch (...) {
-    running = outer;
+    running = nullptr;
     throw;
   }
-  running = outer;
+  running = nullptr;
 }
 
 }  // namespace ringattn::sim
