@@ -288,38 +288,43 @@ __device__ inline bool visible(const MaskArgs& a, int64_t b, int64_t qpos, int32
   return true;
 }
 
-// Block (row r of tile blockIdx.y): masks the row's scores, folds them into (m, l, acc) and leaves
-// P = exp(S - m_new) in place for the P V product (0 where masked). Follows the CPU exactly:
-// a row with nothing visible so far (m_new still kMaskedScore) gets P = 0 and keeps its state.
-// Reads of m[row] by every thread happen before the sum's barriers; thread 0 writes after them.
-// Under bf16 (`rounded` not null) P goes, rounded, into `rounded` instead (the same layout), which
-// the P V GEMM reads: no float32 P and no second rounding pass; l sums the unrounded P as before.
+// One warp per row r of tile blockIdx.y (a block's warps take consecutive rows; grid-stride over
+// rows): masks the row's scores, folds them into (m, l, acc) and leaves P = exp(S - m_new) in
+// place for the P V product (0 where masked). Follows the CPU exactly: a row with nothing visible
+// so far (m_new still kMaskedScore) gets P = 0 and keeps its state. A warp, not a block, per row:
+// a key chunk of up to a few thousand is 32-128 floats per lane, and the row's max and sum are
+// shuffles instead of a block reduction's barriers (two of them, nine barriers each, per row).
+// Every lane reads m[row] before the sum's shuffles, which all lanes must reach; lane 0 writes
+// after them. Under bf16 (`rounded` not null) P goes, rounded, into `rounded` instead (the same
+// layout), which the P V GEMM reads: no float32 P and no second rounding pass; l sums the
+// unrounded P as before.
 __global__ void forward_softmax_kernel(MaskArgs a, const int2* items, float* scores,
                                        int64_t tile_stride, int64_t ld_s, int heads, int head_dim,
                                        float* m, float* l, float* acc, uint16_t* rounded) {
-  __shared__ float red[kThreads];
+  const int lane = int(threadIdx.x % 32);
+  const int64_t warps = blockDim.x / 32;  // kWarps
   const int2 item = items[blockIdx.y];
   const int64_t b = item.x, h = item.y;
   float* tile = scores + int64_t(blockIdx.y) * tile_stride;
   uint16_t* tile16 = rounded ? rounded + int64_t(blockIdx.y) * tile_stride : nullptr;
-  for (int64_t r = blockIdx.x; r < a.nq; r += gridDim.x) {
+  for (int64_t r = blockIdx.x * warps + threadIdx.x / 32; r < a.nq; r += gridDim.x * warps) {
     const int64_t i = a.q_begin + r;
     const int64_t qpos = a.q_pos[i];
     const int32_t qseg = a.q_seg ? a.q_seg[b * a.sq + i] : 0;
     float* row = tile + r * ld_s;
     uint16_t* row16 = tile16 ? tile16 + r * ld_s : nullptr;
     float mx = kMaskedScore;
-    for (int64_t j = threadIdx.x; j < a.nk; j += blockDim.x) {
+    for (int64_t j = lane; j < a.nk; j += 32) {
       const float s = visible(a, b, qpos, qseg, j) ? row[j] : kMaskedScore;
       row[j] = s;
       mx = fmaxf(mx, s);
     }
-    mx = block_reduce(mx, red, MaxOp<float>());
+    mx = warp_reduce(mx, MaxOp<float>());
     const int64_t stat = (b * heads + h) * a.sq + i;
     const float m_old = m[stat];
     const float m_new = fmaxf(m_old, mx);
-    if (m_new <= kMaskedScore) {  // the same for every thread of the block
-      for (int64_t j = threadIdx.x; j < a.nk; j += blockDim.x) {
+    if (m_new <= kMaskedScore) {  // the same for every lane of the warp
+      for (int64_t j = lane; j < a.nk; j += 32) {
         if (row16)
           row16[j] = 0;
         else
@@ -328,7 +333,7 @@ __global__ void forward_softmax_kernel(MaskArgs a, const int2* items, float* sco
       continue;
     }
     float sum = 0.0f;
-    for (int64_t j = threadIdx.x; j < a.nk; j += blockDim.x) {
+    for (int64_t j = lane; j < a.nk; j += 32) {
       const float e = row[j] <= kMaskedScore ? 0.0f : expf(row[j] - m_new);
       if (row16)
         row16[j] = round_to_bf16(e);  // the only P the bf16 P V GEMM reads
@@ -336,16 +341,16 @@ __global__ void forward_softmax_kernel(MaskArgs a, const int2* items, float* sco
         row[j] = e;
       sum += e;
     }
-    sum = block_reduce(sum, red, SumOp<float>());
+    sum = warp_reduce(sum, SumOp<float>());
     const bool grows = m_new > m_old;
     const float alpha = grows ? expf(m_old - m_new) : 1.0f;
-    if (threadIdx.x == 0) {
+    if (lane == 0) {
       l[stat] = grows ? l[stat] * alpha + sum : l[stat] + sum;
       m[stat] = m_new;
     }
     if (grows) {
       float* acc_row = acc + ((b * a.sq + i) * heads + h) * head_dim;
-      for (int64_t d = threadIdx.x; d < head_dim; d += blockDim.x) acc_row[d] *= alpha;
+      for (int64_t d = lane; d < head_dim; d += 32) acc_row[d] *= alpha;
     }
   }
 }
@@ -390,7 +395,7 @@ __global__ void backward_delta_kernel(const float* dout, const float* o, float* 
     const float* orow = o + e * head_dim;
     float sum = 0.0f;
     for (int64_t d = lane; d < head_dim; d += 32) sum += dr[d] * orow[d];
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    sum = warp_reduce(sum, SumOp<float>());
     if (lane == 0) delta[(b * heads + h) * sq + i] = sum;
   }
 }
@@ -562,7 +567,7 @@ void attention_forward_block(cudaStream_t stream, cublasHandle_t cublas,
     float** ACC = arr + 4 * L.count;
     tile_gemm(bf16, cublas, false, true, nq, nk, pl.D, p.scale, Q, pl.ldq, K, pl.ldk, 0.0f, S,
               pl.ld_s, L.count);
-    const dim3 grid(grid_for_rows(nq), unsigned(L.count));
+    const dim3 grid(grid_for_rows((nq + kWarps - 1) / kWarps), unsigned(L.count));
     RA_LAUNCH(grid, kThreads, 0, stream, forward_softmax_kernel)
     (mask_args(pl, sg, dev, L), ditems + L.first, scores.at<float>(), tile_stride, pl.ld_s, p.heads,
      p.head_dim, st.m, st.l, st.acc, bf16 ? ops.tile : nullptr);

@@ -34,6 +34,8 @@ inline constexpr int kThreads = 64;
 #else
 inline constexpr int kThreads = 256;
 #endif
+// Warps per block: rows per block for the kernels that give each row a warp.
+inline constexpr int kWarps = kThreads / 32;
 
 // The most blocks grid_for and grid_for_rows give. The simulation (RINGATTN_CUDA=SIM) runs the
 // threads of a grid one after another, so there they are small: the grid-stride loops then take
@@ -158,6 +160,15 @@ __device__ T block_reduce(T v, T* shared, Op op) {
   const T r = shared[0];
   __syncthreads();
   return r;
+}
+
+// Reduces v over the warp's 32 lanes with op, by a butterfly of shuffles: every lane gets the
+// result, in the same bits on every lane and every run (op must be commutative: each level adds
+// the same pair on both of its lanes). All 32 lanes of the warp must call it; no barrier.
+template <typename T, typename Op>
+__device__ T warp_reduce(T v, Op op) {
+  for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
 }
 
 // Index of this thread in a 1-D grid-stride loop, and the stride, as 64-bit values.
