@@ -58,8 +58,9 @@ std::string gemm_name(DType operands) {
 double measure_gemm_gflops(Communicator& comm, Backend& be, DType operands) {
   RA_CHECK(operands == DType::F32 || operands == DType::BF16,
            "GEMM benchmark: operands are F32 or BF16, not {}", dtype_name(operands));
-  // Large enough to reach a GPU's float32 peak; the CPU's is reached at 2048 already.
-  const int n = be.device() == Device::CPU ? 2048 : 8192;
+  // Large enough to reach a GPU's float32 peak; the CPU's (and the simulated GPU's, which is the
+  // host's cores) is reached at 2048 already.
+  const int n = be.device() == Device::CPU || cuda_simulated() ? 2048 : 8192;
   Tensor a = Tensor::empty({n, n}, DType::F32, Device::CPU, "sgemm A");
   Tensor b = Tensor::empty({n, n}, DType::F32, Device::CPU, "sgemm B");
   fill_normal(a, 101);

@@ -193,6 +193,9 @@ int cpu_threads_from_environment();
 bool cuda_compiled();
 // True when NCCL is compiled into this build.
 bool nccl_compiled();
+// True when the CUDA backend runs on the simulated GPU (-DRINGATTN_CUDA=SIM, core/cuda_sim): the
+// host's cores, at host speed.
+bool cuda_simulated();
 // Number of usable GPUs; 0 when CUDA is not compiled in or no driver/device is present
 // (never an error: "CUDA driver version is insufficient" means no device).
 int cuda_device_count();

@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "core/attention_plan.h"
+#include "core/cuda_sim/host_block.h"
 #include "core/dtype.h"
 #include "core/error.h"
-#include "test/emulated_block.h"
 
 namespace ringattn::test {
 
@@ -252,7 +252,7 @@ class EmulatedBackend final : public Backend {
     count_now(*dp, stats, 4.0);
     defer([=, st = untag_state(st)] {
       if (dp->plan) {  // the CUDA kernels' own body, emulated
-        run_fused_forward(with_plan(fused::Args{dp->p, st, {}}, *dp->plan));
+        sim::run_fused_forward(with_plan(fused::Args{dp->p, st, {}}, *dp->plan));
       } else {
         cpu().attention_forward_block(dp->p, st, nullptr);
       }
@@ -277,7 +277,7 @@ class EmulatedBackend final : public Backend {
     count_now(*dp, stats, 10.0);
     defer([=, a = untag_args(a)] {
       if (dp->plan) {
-        run_fused_backward(with_plan(fused::Args{dp->p, {}, a}, *dp->plan));
+        sim::run_fused_backward(with_plan(fused::Args{dp->p, {}, a}, *dp->plan));
       } else {
         cpu().attention_backward_block(dp->p, a, nullptr);
       }

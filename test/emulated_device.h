@@ -8,8 +8,9 @@
 // Any host access to "device" memory outside the backend and the allocator's copies therefore
 // faults at once (SIGSEGV), while everything done through the interfaces computes exactly what
 // the CPU backend computes: a device run must equal the CPU run bit for bit. The one exception is
-// AttentionTileProblem::fused, which runs the CUDA fused kernels' own body (test/emulated_block.h)
-// as the GPU would: the same function, a bf16 tolerance away from the CPU's tiles.
+// AttentionTileProblem::fused, which runs the CUDA fused kernels' own body
+// (core/cuda_sim/host_block.h) as the GPU would: the same function, a bf16 tolerance away from the
+// CPU's tiles.
 //
 // The emulated device is also asynchronous, in the strictest way: its backend's operations queue
 // on an emulated stream and run only when something synchronises with the device (synchronize(),

@@ -696,7 +696,7 @@ TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
 }
 
 // attention.kernel = fused: on a GPU the fused bf16 kernels, on the emulated device their own
-// body run on the CPU (test/emulated_block.h). Ring attention on every rank, over the device
+// body run on the CPU (core/cuda_sim/host_block.h). Ring attention on every rank, over the device
 // transports, against the CPU's bf16 tiles on the same ranks: 4e-3 * (1 + |x|), the bf16 tile
 // tolerance of test_cuda_attention.cpp (both round the same operands; sums in other orders now
 // and then move a P or dS element across a bf16 rounding boundary).

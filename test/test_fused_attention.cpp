@@ -2,7 +2,7 @@
 // against the CPU backend's bf16 tiles (which test_attention_tiles.cpp checks against the float64
 // reference), through the blockwise sequence of test/attention_sequence.h (init, KV blocks
 // arriving in any order, finish, delta, backward per block). Without a GPU the device is the
-// emulated one, which runs the kernels' own body on the CPU (test/emulated_block.h); on a GPU,
+// emulated one, which runs the kernels' own body on the CPU (core/cuda_sim/host_block.h); on a GPU,
 // the kernels themselves. Grouped-query attention, causal masks by global positions (zigzag shards
 // whose positions jump inside a tile), segment ids, rows that see no key, lengths that are not
 // multiples of the kernels' 64-row tiles, head dims 16 to 128, operands given as bf16.
@@ -29,11 +29,11 @@
 
 #include "comm/mpi_env.h"
 #include "core/backend.h"
+#include "core/cuda_sim/host_block.h"
 #include "core/dtype.h"
 #include "cuda_test_util.h"
 #include "model/attention/layout.h"
 #include "test/attention_sequence.h"
-#include "test/emulated_block.h"
 #include "test/emulated_device.h"
 #include "test/reference_attention.h"
 
@@ -49,18 +49,18 @@ constexpr double kTol = 4e-3;
 // The device under test with the fused kernels: the emulated one runs their body in the order
 // asked for.
 // max_head_dim: the kernels' MaxD on the emulated device (0: the launcher's choice).
-Result run_fused(const Case& c, test::BlockOrder order, int max_head_dim = 0) {
+Result run_fused(const Case& c, sim::BlockOrder order, int max_head_dim = 0) {
   Case f = c;
   f.bf16 = true;
   f.fused = true;
   struct Reset {  // even when the run throws
     ~Reset() {
-      test::emulated_block_order() = test::BlockOrder::Forward;
-      test::emulated_block_max_head_dim() = 0;
+      sim::host_block_order() = sim::BlockOrder::Forward;
+      sim::host_block_max_head_dim() = 0;
     }
   } reset;
-  test::emulated_block_order() = order;
-  test::emulated_block_max_head_dim() = max_head_dim;
+  sim::host_block_order() = order;
+  sim::host_block_max_head_dim() = max_head_dim;
   return test::run(*test::device_under_test().backend, f, false);
 }
 
@@ -72,11 +72,11 @@ void check_stats(const AttentionTileStats& g, const AttentionTileStats& w) {
 
 // The fused kernels against the CPU's bf16 tiles, and again in the reverse order, bitwise; with
 // `isolated`, also with every thread of a sync interval on the interval's starting memory
-// (test/emulated_block.h: slow, so for small cases).
+// (core/cuda_sim/host_block.h: slow, so for small cases).
 void compare(Case c, bool isolated = false) {
   c.bf16 = true;
   const Result want = test::run(cpu_backend(), c, false);
-  const Result got = run_fused(c, test::BlockOrder::Forward);
+  const Result got = run_fused(c, sim::BlockOrder::Forward);
   test::check_close(got.o, want.o, kTol, kTol, "o");
   test::check_close(got.lse, want.lse, kTol, kTol, "lse");
   test::check_close(got.dq, want.dq, kTol, kTol, "dq");
@@ -97,13 +97,13 @@ void compare(Case c, bool isolated = false) {
       CHECK(test::same_bits(r.dv[i], got.dv[i]));
     }
   };
-  same(run_fused(c, test::BlockOrder::Reverse));
-  if (isolated) same(run_fused(c, test::BlockOrder::Isolated));
+  same(run_fused(c, sim::BlockOrder::Reverse));
+  if (isolated) same(run_fused(c, sim::BlockOrder::Isolated));
   // Small heads run kernels compiled for head dims up to 64 (fused::with_max_head_dim); on the
   // emulated device those compiled for the largest must give the same bits (on a GPU, which
   // always runs the launcher's choice, this repeats the run: a determinism check).
   if (c.head_dim <= fused::kSmallHeadDim)
-    same(run_fused(c, test::BlockOrder::Forward, fused::kMaxHeadDim));
+    same(run_fused(c, sim::BlockOrder::Forward, fused::kMaxHeadDim));
 }
 
 // Queries at the end of the keys (a KV cache), keys in three blocks arriving reversed (a ring).
@@ -209,7 +209,7 @@ bool read_faults(const volatile unsigned char* p) {
 TEST_CASE("Fused attention body (emulated): the emulation enforces the Block contract",
           "[attention]") {
   // Mapped as a whole page; a kernel would get 4000 bytes.
-  test::HostBlock blk(4000, test::BlockOrder::Forward);
+  sim::HostBlock blk(4000, sim::BlockOrder::Forward);
   auto* smem = static_cast<unsigned char*>(blk.smem());
   // Between phases shared memory is out of reach (the race the contract forbids); inside the
   // phases run by sync() it is there.
@@ -226,7 +226,7 @@ TEST_CASE("Fused attention body (emulated): the emulation enforces the Block con
   CHECK(read_faults(smem));
   // Isolated: every thread sees the interval's starting memory; two writers of a byte are an error.
   {
-    test::HostBlock iso(256, test::BlockOrder::Isolated);
+    sim::HostBlock iso(256, sim::BlockOrder::Isolated);
     auto* m = static_cast<unsigned char*>(iso.smem());
     unsigned char read_by_1 = 0;
     iso.each_thread([&](int t) {
@@ -246,15 +246,15 @@ TEST_CASE("Fused attention body (emulated): the emulation enforces the Block con
   }
   // A phase queued after the last sync is an error of the body, reported by run_grid.
   CHECK_THROWS_WITH(
-      test::run_grid(1, 1, 64, test::BlockOrder::Forward,
-                     [](test::HostBlock& b, int64_t, int64_t) { b.each_thread([](int) {}); }),
+      sim::run_grid(1, 1, 64, sim::BlockOrder::Forward,
+                    [](sim::HostBlock& b, int64_t, int64_t) { b.each_thread([](int) {}); }),
       Catch::Contains("after its last sync"));
   // wmma's rules: 256-bit aligned operands, leading dimensions of 16 bytes; bf16 fragments from
   // the block's shared memory only (the GPU loads them with ldmatrix), inside its phases.
   auto* tile = reinterpret_cast<uint16_t*>(smem);
   alignas(64) uint16_t global_tile[64 * 24] = {};
-  test::HostBlock::A a;
-  test::HostBlock::BCol b;
+  sim::HostBlock::A a;
+  sim::HostBlock::BCol b;
   std::vector<std::string> errors;
   auto attempt = [&errors](auto&& f) {
     try {
@@ -266,14 +266,14 @@ TEST_CASE("Fused attention body (emulated): the emulation enforces the Block con
   };
   blk.each_warp([&](int w) {
     if (w != 0) return;
-    attempt([&] { test::HostBlock::load(a, tile, 24); });
-    attempt([&] { test::HostBlock::load(b, tile + 64 * 24, 24); });
-    attempt([&] { test::HostBlock::load(a, tile + 8, 24); });
-    attempt([&] { test::HostBlock::load(a, tile, 20); });
-    attempt([&] { test::HostBlock::load(a, global_tile, 24); });
+    attempt([&] { sim::HostBlock::load(a, tile, 24); });
+    attempt([&] { sim::HostBlock::load(b, tile + 64 * 24, 24); });
+    attempt([&] { sim::HostBlock::load(a, tile + 8, 24); });
+    attempt([&] { sim::HostBlock::load(a, tile, 20); });
+    attempt([&] { sim::HostBlock::load(a, global_tile, 24); });
     // the fragment's last row would end past the page, or inside it past the block's 4000 bytes
-    attempt([&] { test::HostBlock::load(b, tile + 2048 - 16 * 24 + 16, 24); });
-    attempt([&] { test::HostBlock::load(b, tile + 2040 - 15 * 24 - 16, 24); });
+    attempt([&] { sim::HostBlock::load(b, tile + 2048 - 16 * 24 + 16, 24); });
+    attempt([&] { sim::HostBlock::load(b, tile + 2040 - 15 * 24 - 16, 24); });
   });
   blk.sync();
   REQUIRE(errors.size() == 7);
@@ -284,12 +284,12 @@ TEST_CASE("Fused attention body (emulated): the emulation enforces the Block con
   CHECK_THAT(errors[4], Catch::Contains("outside shared memory"));
   CHECK_THAT(errors[5], Catch::Contains("outside shared memory"));
   CHECK_THAT(errors[6], Catch::Contains("outside shared memory"));
-  CHECK_THROWS_WITH(test::HostBlock::load(a, tile, 24), Catch::Contains("outside shared memory"));
+  CHECK_THROWS_WITH(sim::HostBlock::load(a, tile, 24), Catch::Contains("outside shared memory"));
   alignas(64) float acc_tile[16 * 20] = {};
-  test::HostBlock::Acc c;
-  test::HostBlock::fill(c, 0.0f);
-  CHECK_NOTHROW(test::HostBlock::store(acc_tile, c, 20));
-  CHECK_THROWS_WITH(test::HostBlock::store(acc_tile, c, 18), Catch::Contains("alignment"));
+  sim::HostBlock::Acc c;
+  sim::HostBlock::fill(c, 0.0f);
+  CHECK_NOTHROW(sim::HostBlock::store(acc_tile, c, 20));
+  CHECK_THROWS_WITH(sim::HostBlock::store(acc_tile, c, 18), Catch::Contains("alignment"));
   // The operands' 16-byte moves (vector loads and stores on the GPU).
   alignas(16) unsigned char bytes[48] = {};
   CHECK_NOTHROW(fused::copy16(bytes, bytes + 16));
@@ -347,7 +347,7 @@ TEST_CASE("Fused attention body (emulated): operands load the same at any alignm
     f.st.acc = acc.data();
     f.st.m = m.data();
     f.st.l = l.data();
-    test::run_fused_forward(f);
+    sim::run_fused_forward(f);
     std::vector<float> lse(m.size()), delta(m.size(), 0.5f), dq(n, 0), dk(n, 0), dv(n, 0);
     for (size_t i = 0; i < m.size(); ++i) lse[i] = m[i] + std::log(l[i]);
     fused::Args g = a;
@@ -357,7 +357,7 @@ TEST_CASE("Fused attention body (emulated): operands load the same at any alignm
     g.bw.dq = dq.data();
     g.bw.dk = dk.data();
     g.bw.dv = dv.data();
-    test::run_fused_backward(g);
+    sim::run_fused_backward(g);
     std::vector<float> all = acc;
     for (const std::vector<float>* x : {&dq, &dk, &dv}) all.insert(all.end(), x->begin(), x->end());
     return all;

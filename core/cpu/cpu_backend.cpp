@@ -211,6 +211,9 @@ bool cuda_compiled() {
 bool nccl_compiled() {
   return false;
 }
+bool cuda_simulated() {
+  return false;
+}
 int cuda_device_count() {
   return 0;
 }

@@ -276,6 +276,14 @@ bool nccl_compiled() {
 #endif
 }
 
+bool cuda_simulated() {
+#ifdef RINGATTN_CUDA_SIM
+  return true;
+#else
+  return false;
+#endif
+}
+
 int cuda_device_count() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {

@@ -157,18 +157,6 @@ dim3 grid(int64_t rows, int64_t groups) {
   return dim3(unsigned(tiles), unsigned(groups));
 }
 
-void check_head_dim(int head_dim) {
-  RA_CHECK(fused::head_dim_fits(head_dim),
-           "fused attention needs head_dim to be a multiple of 16 and at most {}, got {}",
-           fused::kMaxHeadDim, head_dim);
-}
-
-void check_args(const fused::Args& a) {
-  check_head_dim(a.p.head_dim);
-  RA_CHECK(a.p.kv_heads > 0 && a.p.heads % a.p.kv_heads == 0,
-           "fused attention: {} heads over {} kv heads", a.p.heads, a.p.kv_heads);
-}
-
 int blocks_per_sm(const void* kernel, size_t smem) {
   allow_smem(kernel, smem);
   int blocks = 0;
@@ -179,7 +167,7 @@ int blocks_per_sm(const void* kernel, size_t smem) {
 }  // namespace
 
 std::string fused_occupancy(int head_dim) {
-  check_head_dim(head_dim);
+  RA_CHECK(fused::head_dim_fits(head_dim), "fused attention: no kernels for head_dim {}", head_dim);
   const size_t fwd = fused::ForwardSmem(nullptr, head_dim).bytes;
   const size_t dkdv = fused::BackwardSmem(nullptr, head_dim).bytes;
   const size_t dq = fused::DqSmem(nullptr, head_dim).bytes;
@@ -198,7 +186,7 @@ std::string fused_occupancy(int head_dim) {
 }
 
 void launch_fused_forward(cudaStream_t stream, const fused::Args& a) {
-  check_args(a);
+  check_fused_args(a);
   if (a.p.batch == 0 || a.p.sq == 0 || a.p.sk == 0) return;
   const size_t smem = fused::ForwardSmem(nullptr, a.p.head_dim).bytes;
   fused::with_max_head_dim(a.p.head_dim, [&](auto max_d) {
@@ -210,7 +198,7 @@ void launch_fused_forward(cudaStream_t stream, const fused::Args& a) {
 }
 
 void launch_fused_backward(cudaStream_t stream, const fused::Args& a) {
-  check_args(a);
+  check_fused_args(a);
   if (a.p.batch == 0 || a.p.sq == 0 || a.p.sk == 0) return;
   const size_t dkdv_smem = fused::BackwardSmem(nullptr, a.p.head_dim).bytes;
   const size_t dq_smem = fused::DqSmem(nullptr, a.p.head_dim).bytes;

@@ -8,8 +8,19 @@
 #include <string>
 
 #include "core/cuda/fused_attention_body.h"
+#include "core/error.h"
 
 namespace ringattn::cuda {
+
+// What both launchers refuse (on a GPU and simulated): a head dim without kernels, heads that do
+// not divide into the kv heads.
+inline void check_fused_args(const fused::Args& a) {
+  RA_CHECK(fused::head_dim_fits(a.p.head_dim),
+           "fused attention needs head_dim to be a multiple of 16 and at most {}, got {}",
+           fused::kMaxHeadDim, a.p.head_dim);
+  RA_CHECK(a.p.kv_heads > 0 && a.p.heads % a.p.kv_heads == 0,
+           "fused attention: {} heads over {} kv heads", a.p.heads, a.p.kv_heads);
+}
 
 // Folds the keys of `a` into the running state a.acc, a.m, a.l.
 void launch_fused_forward(cudaStream_t stream, const fused::Args& a);

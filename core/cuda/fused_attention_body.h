@@ -22,7 +22,7 @@
 //
 // Written once, compiled twice: by nvcc into the CUDA kernels (core/cuda/fused_attention.cu, whose
 // DeviceBlock runs it on 128 threads with wmma fragments) and by the host compiler into the tests
-// (test/emulated_block.h's HostBlock runs it on the CPU, phase by phase), so that its logic is
+// (core/cuda_sim/host_block.h's HostBlock runs it on the CPU, phase by phase), so that its logic is
 // checked on every machine while only its speed needs a GPU.
 //
 // What the body may use of a Block:
@@ -32,9 +32,9 @@
 //     (__syncthreads) no thread reads what another thread of the block writes, no two threads
 //     (or phases) write the same shared-memory byte, even with the same value, and no phase reads
 //     what an earlier phase of the same interval wrote, even in the same thread (the emulation
-//     runs an interval's phases in three orders, test/emulated_block.h, and as late as its closing
-//     sync(): helpers that return before it capture by value, and every kernel body ends with
-//     sync()).
+//     runs an interval's phases in three orders, core/cuda_sim/host_block.h, and as late as its
+//     closing sync(): helpers that return before it capture by value, and every kernel body ends
+//     with sync()).
 //   Code between phases runs in every thread on the GPU and once on the host, so it computes only
 //     values that are the same for every thread, and every thread takes the same branches. It
 //     reads arguments and read-only global memory, never shared memory: on the GPU one thread may

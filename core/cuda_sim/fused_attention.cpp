@@ -1,29 +1,31 @@
-// The fused bf16 attention kernels in the simulated CUDA build (RINGATTN_CUDA=SIM): not simulated
-// in the ringattn executable. Their tensor-core fragments (wmma) and inline PTX have no host form;
-// asking for them is an error that says so (attention.kernel = tiles runs the cuBLAS path, which
-// is simulated). Weak definitions: the test executable replaces them with the kernels' body on
-// test/emulated_block.h's host block (test/cuda_sim/fused_kernels_on_host.cpp).
+// The fused bf16 attention kernels on the simulated GPU (RINGATTN_CUDA=SIM): their tensor-core
+// fragments (wmma) and inline PTX have no host form, so instead of fused_attention.cu's kernels
+// their body (core/cuda/fused_attention_body.h) runs on core/cuda_sim/host_block.h's host block,
+// over the grids fused_attention.cu launches. So `attention.kernel = fused` runs in the simulated
+// build too: the CUDA backend's fused path (its plan, uploads and statistics in
+// core/cuda/cuda_attention.cu), in the tests and in the ringattn executable. The host block runs
+// a block's phases one after another (slowly: for tests and dry runs, not for speed), at the
+// moment of the launch, like every simulated kernel.
 #include "core/cuda/fused_attention.h"
-#include "core/error.h"
+#include "core/cuda_sim/host_block.h"
 
 namespace ringattn::cuda {
 
-namespace {
-[[noreturn]] void not_simulated() {
-  RA_FAIL(
-      "the fused attention kernels do not run in the simulated CUDA build (RINGATTN_CUDA=SIM): "
-      "they need a GPU's tensor cores; use attention.kernel = tiles");
+void launch_fused_forward(cudaStream_t, const fused::Args& a) {
+  check_fused_args(a);
+  if (a.p.batch == 0 || a.p.sq == 0 || a.p.sk == 0) return;
+  sim::run_fused_forward(a);
 }
-}  // namespace
 
-[[gnu::weak]] void launch_fused_forward(cudaStream_t, const fused::Args&) {
-  not_simulated();
+void launch_fused_backward(cudaStream_t, const fused::Args& a) {
+  check_fused_args(a);
+  if (a.p.batch == 0 || a.p.sq == 0 || a.p.sk == 0) return;
+  sim::run_fused_backward(a);
 }
-[[gnu::weak]] void launch_fused_backward(cudaStream_t, const fused::Args&) {
-  not_simulated();
-}
-[[gnu::weak]] std::string fused_occupancy(int) {
-  not_simulated();
+
+std::string fused_occupancy(int head_dim) {
+  RA_CHECK(fused::head_dim_fits(head_dim), "fused attention: no kernels for head_dim {}", head_dim);
+  return fmt::format("simulated GPU: no occupancy (head dim {})", head_dim);
 }
 
 }  // namespace ringattn::cuda

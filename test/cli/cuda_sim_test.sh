@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The ringattn executable on the simulated GPU (a -DRINGATTN_CUDA=SIM build, core/cuda_sim): the
 # attention tool with --device cuda, one rank and a ring of two ranks sharing the simulated GPU
-# through the MPI transport, against the CPU; and the fused kernels, which the simulated build
-# lacks, refused with a message that says so. (What scripts/gpu/check.sh's stage 2 does on a GPU,
-# at a size the simulation runs in seconds.)
+# through the MPI transport, against the CPU; the fused kernels (their body on the simulation's
+# host block) against the bf16 tiles, as on a GPU; and the fused path of `bench attention` and
+# `bench train`. (What scripts/gpu/check.sh's stages 2, 6 and 7 do on a GPU, at sizes the
+# simulation runs in seconds.)
 # Usage: cuda_sim_test.sh path/to/ringattn
 set -uo pipefail
 bin=${1:?usage: cuda_sim_test.sh RINGATTN_BINARY}
 # shellcheck source=test/cli/lib.sh
 source "$(dirname "$0")/lib.sh"
+root=$(cd "$(dirname "$0")/../.." && pwd)
 export OPENBLAS_NUM_THREADS=1
 
 "$bin" --version | grep -q "CUDA devices visible: 1" && pass "--version: one simulated GPU" ||
@@ -35,8 +37,36 @@ done
 # The compare itself can fail: a float32 result against the bf16 one differs beyond 1e-4.
 expect_error "bf16 GPU != f32 CPU at 1e-4" "MISMATCH" "$bin" attention \
   --compare "$tmp/ring.safetensors" "$tmp/cpu.safetensors" --tolerance 1e-4
-expect_error "no fused kernels simulated" "do not run in the simulated CUDA build" "$bin" attention \
-  --input "$tmp/in.safetensors" --output "$tmp/fused.safetensors" --impl blockwise --causal \
+# The fused kernels, as stage 2 of scripts/gpu/check.sh compares them: against the bf16 tiles
+# (8e-3, the tests' fused tolerance), on one rank and as a 2-rank ring.
+expect_ok "bf16 tiles on the GPU" "$bin" attention --input "$tmp/in.safetensors" \
+  --output "$tmp/tiles.safetensors" --impl blockwise --causal --device cuda --precision bf16 \
+  --q-chunk 64 --k-chunk 64
+expect_ok "fused kernels on the GPU" "$bin" attention --input "$tmp/in.safetensors" \
+  --output "$tmp/fused.safetensors" --impl blockwise --causal --device cuda --precision bf16 \
+  --kernel fused
+expect_ok "fused == bf16 tiles" "$bin" attention --compare "$tmp/fused.safetensors" \
+  "$tmp/tiles.safetensors" --tolerance 8e-3
+expect_ok "fused ring on 2 ranks" mpirun -np 2 "$bin" attention --input "$tmp/in.safetensors" \
+  --output "$tmp/fused_ring.safetensors" --impl ring --layout zigzag --causal --device cuda \
+  --precision bf16 --kernel fused
+expect_ok "fused ring == bf16 tiles" "$bin" attention --compare "$tmp/fused_ring.safetensors" \
+  "$tmp/tiles.safetensors" --tolerance 8e-3
+expect_ok "make input, head dim 40" "$bin" attention --make-input "$tmp/d40.safetensors" \
+  --seq 64 --heads 2 --kv-heads 2 --head-dim 40 --with-grad
+expect_error "fused kernels refuse head dim 40" "multiple of 16" "$bin" attention \
+  --input "$tmp/d40.safetensors" --output "$tmp/d40_out.safetensors" --impl blockwise \
   --device cuda --precision bf16 --kernel fused
+
+# The benchmarks' fused path, as stages 6 and 7 run it (the figures mean nothing here).
+expect_ok "bench attention --fused" "$bin" bench attention --device cuda --impl blockwise \
+  --seq 256 --heads 4 --kv-heads 2 --head-dim 32 --causal --q-chunk 64 --k-chunk 64 --fused \
+  --json "$tmp/bench_attention.json"
+grep -q '"kernel": "fused"' "$tmp/bench_attention.json" && pass "bench attention: fused in the JSON" ||
+  fail "bench attention: no fused kernel in $tmp/bench_attention.json"
+expect_ok "bench train, fused" "$bin" bench train --config "$root/configs/tiny.json" \
+  --set device=cuda --set model.dtype=bf16 --set attention.kernel=fused --set mesh.sp=1 \
+  --set train.seq_len=128 --set train.batch_size=1 --set run_dir="$tmp/bench_train" --steps 2 \
+  --json "$tmp/bench_train.json"
 
 cli_summary

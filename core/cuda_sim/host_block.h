@@ -1,6 +1,9 @@
 // Runs the fused attention kernels' body (core/cuda/fused_attention_body.h) on the CPU, so that
 // its indexing, masks, skips, online softmax and gradient sums are tested on machines without a
-// GPU. HostBlock is the body's Block contract on the host:
+// GPU, and so that the simulated GPU (RINGATTN_CUDA=SIM, core/cuda_sim/fused_attention.cpp) has
+// fused kernels: their tensor-core fragments and inline PTX have no host form, so the simulation's
+// fibers cannot run fused_attention.cu itself. Used there and by the tests' emulated device
+// (test/emulated_device.cpp), in every build. HostBlock is the body's Block contract on the host:
 //   - each_thread / each_warp only queue their phase; sync() runs what was queued since the last
 //     one, as a GPU block would between two barriers, in one of three orders (BlockOrder).
 //     Forward: phase by phase, threads (warps) ascending. Reverse: the queued phases last to
@@ -38,7 +41,7 @@
 
 #include "core/cuda/fused_attention_body.h"
 
-namespace ringattn::test {
+namespace ringattn::sim {
 
 enum class BlockOrder { Forward, Reverse, Isolated };
 
@@ -222,24 +225,24 @@ inline int64_t fused_tiles(int64_t n) {
   return (n + fused::kTile - 1) / fused::kTile;
 }
 
-// The order the emulated device runs the fused kernels' bodies in (HostBlock's BlockOrder); tests
-// set it to compare the orders through the whole backend.
-inline BlockOrder& emulated_block_order() {
+// The order the fused kernels' bodies run in, on the emulated device and the simulated GPU
+// (HostBlock's BlockOrder); tests set it to compare the orders through the whole backend.
+inline BlockOrder& host_block_order() {
   static BlockOrder order = BlockOrder::Forward;
   return order;
 }
 
-// The MaxD of the kernels the emulated device runs: 0 for the one fused::with_max_head_dim picks,
+// The MaxD of the kernels run on the host (as above): 0 for the one fused::with_max_head_dim picks,
 // as the launcher does; tests set kMaxHeadDim to run the large kernels on small heads too.
-inline int& emulated_block_max_head_dim() {
+inline int& host_block_max_head_dim() {
   static int max_head_dim = 0;
   return max_head_dim;
 }
 
-// f(std::integral_constant<int, MaxD>) for the kernels the emulated device runs on `a`:
+// f(std::integral_constant<int, MaxD>) for the kernels run on the host for `a`:
 // max_head_dim's (when not 0, and if a's head dim fits them), else the launcher's choice.
 template <class F>
-void with_emulated_max_head_dim(const fused::Args& a, int max_head_dim, F&& f) {
+void with_host_max_head_dim(const fused::Args& a, int max_head_dim, F&& f) {
   fused::with_max_head_dim(max_head_dim ? max_head_dim : a.p.head_dim, [&](auto max_d) {
     if (a.p.head_dim > decltype(max_d)::value)
       throw std::logic_error("fused attention: head dim above the kernels' MaxD");
@@ -247,10 +250,10 @@ void with_emulated_max_head_dim(const fused::Args& a, int max_head_dim, F&& f) {
   });
 }
 
-inline void run_fused_forward(const fused::Args& a, BlockOrder order = emulated_block_order(),
-                              int max_head_dim = emulated_block_max_head_dim()) {
+inline void run_fused_forward(const fused::Args& a, BlockOrder order = host_block_order(),
+                              int max_head_dim = host_block_max_head_dim()) {
   const fused::ForwardSmem sm(nullptr, a.p.head_dim);
-  with_emulated_max_head_dim(a, max_head_dim, [&](auto max_d) {
+  with_host_max_head_dim(a, max_head_dim, [&](auto max_d) {
     constexpr int kMaxD = decltype(max_d)::value;
     run_grid(
         fused_tiles(a.p.sq), a.p.batch * a.p.heads, sm.bytes, order,
@@ -258,9 +261,9 @@ inline void run_fused_forward(const fused::Args& a, BlockOrder order = emulated_
   });
 }
 
-inline void run_fused_backward(const fused::Args& a, BlockOrder order = emulated_block_order(),
-                               int max_head_dim = emulated_block_max_head_dim()) {
-  with_emulated_max_head_dim(a, max_head_dim, [&](auto max_d) {
+inline void run_fused_backward(const fused::Args& a, BlockOrder order = host_block_order(),
+                               int max_head_dim = host_block_max_head_dim()) {
+  with_host_max_head_dim(a, max_head_dim, [&](auto max_d) {
     constexpr int kMaxD = decltype(max_d)::value;
     run_grid(fused_tiles(a.p.sk), a.p.batch * a.p.kv_heads,
              fused::BackwardSmem(nullptr, a.p.head_dim).bytes, order,
@@ -274,4 +277,4 @@ inline void run_fused_backward(const fused::Args& a, BlockOrder order = emulated
   });
 }
 
-}  // namespace ringattn::test
+}  // namespace ringattn::sim
