@@ -2,7 +2,8 @@
 # The GPU session in one command: what only a GPU can show for the CUDA backend, run on the lent
 # GPU machine (../shared/device/README.md) and written under $OUT. Stages run in order, each
 # with its own time limit; a failing stage is recorded and the next one still runs. The summary
-# (stage, status, seconds) is $OUT/summary.txt and the script's last output.
+# (stage, status, seconds) is $OUT/summary.txt and the script's last output; the exit status is 0
+# only when every stage asked for ran and passed.
 #
 #   stage 0  machine facts (nvidia-smi, MPI, CUDA libraries)
 #   stage 1  build (CUDA on, sm_90) unless $RINGATTN_GPU_BIN already holds the binaries
@@ -39,6 +40,13 @@
 #   RINGATTN_GPU_QUICK=1   shorter benchmark sweeps
 #   RINGATTN_GPU_PACK=F    at the end, pack the logs and JSON results (no tensors, no
 #                          checkpoints) into the tar file F
+#   RINGATTN_GPU_REHEARSAL=1  a dry run without a GPU, so that a lease is not spent on a broken
+#                          command: RINGATTN_GPU_BIN is a simulated-GPU build (-DRINGATTN_CUDA=SIM),
+#                          every stage runs its commands at sizes the host runs in seconds,
+#                          nvidia-smi and compute-sanitizer are stand-ins that run the command
+#                          they wrap, PyTorch's side is skipped when it is not installed, and
+#                          stage 5's NCCL run uses the MPI transport (no NCCL simulated). Its
+#                          figures mean nothing; what it checks is that every stage passes.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -51,6 +59,7 @@ export OMPI_MCA_btl_base_warn_component_unused=0 OPENBLAS_NUM_THREADS=${OPENBLAS
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
 stages=${RINGATTN_GPU_STAGES:-0 1 2 9 3 4 5 6 7 8}
 quick=${RINGATTN_GPU_QUICK:-0}
+rehearsal=${RINGATTN_GPU_REHEARSAL:-0}
 start=$(date +%s)
 deadline=$((start + ${RINGATTN_GPU_DEADLINE:-100000}))
 summary=$out/summary.txt
@@ -103,6 +112,40 @@ fi
 tests=$bin/ringattn_tests
 ra=$bin/ringattn
 
+# The sizes each stage runs: a GPU's, or a rehearsal's. attn_seq and fused_seq: stage 2's
+# attention tool; seqs and chunk: stage 6's sweep, seq_1b_heads its run on the 1B shape's heads;
+# train_seq and train_shrink: stage 7's 1B-shaped step; tiny_steps: stage 5; demo_set: stage 8.
+attn_seq=4096 fused_seq=8192 seqs="8192 16384 32768 65536" chunk=1024 seq_1b_heads=32768
+train_seq=32768 train_shrink="" tiny_steps=20 demo_set="" nccl_transport=nccl torch=1
+[ "$quick" = 1 ] && seqs="8192 16384"
+if [ "$rehearsal" = 1 ]; then
+  attn_seq=256 fused_seq=256 seqs="256 512" chunk=128 seq_1b_heads=512 train_seq=256
+  # The 1B config's keys and head shape; one layer, a narrow FFN, a small vocabulary.
+  train_shrink="--set model.num_layers=1 --set model.intermediate_size=512 \
+    --set model.vocab_size=512 --set model.loss_chunk=256 --set attention.q_chunk=128 \
+    --set attention.k_chunk=128"
+  tiny_steps=3 demo_set="--set train.steps=3 --set eval.batches=1" nccl_transport=mpi
+  python3 -c 'import torch' 2>/dev/null || torch=0
+  stand_ins=$out/rehearsal_bin
+  mkdir -p "$stand_ins"
+  # nvidia-smi: a line for stage 0; as stage 7's sampler (-lms), a 0 every 200 ms until killed.
+  command -v nvidia-smi >/dev/null || cat >"$stand_ins/nvidia-smi" <<'SH'
+#!/usr/bin/env bash
+case "$*" in *-lms*) while sleep 0.2; do echo 0; done ;; *) echo "nvidia-smi (rehearsal stand-in)" ;; esac
+SH
+  # compute-sanitizer: its options dropped, the command it wraps run as it is.
+  command -v compute-sanitizer >/dev/null || cat >"$stand_ins/compute-sanitizer" <<'SH'
+#!/usr/bin/env bash
+while [ $# -gt 0 ]; do
+  case "$1" in --tool | --error-exitcode) shift 2 ;; --*) shift ;; *) break ;; esac
+done
+exec "$@"
+SH
+  chmod +x "$stand_ins"/* 2>/dev/null
+  export PATH=$stand_ins:$PATH
+  echo "== rehearsal: $bin, sizes for the host, stand-ins in $stand_ins"
+fi
+
 stage_0() {
   stage 0 machine 60 "nvidia-smi; echo; which mpirun mpirun.openmpi nvcc python3 compute-sanitizer; \
   $mpirun --version | head -1; nvcc --version | tail -2; cat /etc/os-release | head -2; nproc; \
@@ -124,13 +167,13 @@ stage_2() {
   # the tests' per-element 4e-3 * (1 + |ref|) gives at most 8e-3 * max(1, max |ref|).
   local in=$out/attn_in.safetensors big=$out/attn_big.safetensors
   stage 2 cuda_tests 180 "rc=0; $tests '[cuda]' || rc=1; $tests 'Fused attention kernels*' || rc=1; \
-  $ra attention --make-input $in --seq 4096 --heads 8 --kv-heads 2 --head-dim 64 --with-grad && \
+  $ra attention --make-input $in --seq $attn_seq --heads 8 --kv-heads 2 --head-dim 64 --with-grad && \
   $mpi -np 2 $ra attention --input $in --output $out/attn_gpu.safetensors \
     --impl ring --layout zigzag --causal --device cuda && \
   $ra attention --input $in --output $out/attn_cpu.safetensors --impl blockwise --causal && \
   $ra attention --compare $out/attn_gpu.safetensors $out/attn_cpu.safetensors || rc=1; \
-  echo '== fused kernels at 8K'; \
-  $ra attention --make-input $big --seq 8192 --heads 8 --kv-heads 2 --head-dim 128 --with-grad \
+  echo '== fused kernels at $fused_seq tokens'; \
+  $ra attention --make-input $big --seq $fused_seq --heads 8 --kv-heads 2 --head-dim 128 --with-grad \
     --segments 3 && \
   $ra attention --input $big --output $out/big_tiles.safetensors --impl blockwise --causal \
     --device cuda --precision bf16 --q-chunk 512 --k-chunk 512 && \
@@ -164,12 +207,13 @@ stage_4() {
 # The NCCL run's FSDP group is one rank, which would read and add in place: the debug fault
 # fsdp_communicate_alone makes it gather and reduce-scatter through NCCL's stream all the same.
 stage_5() {
-  tiny="--config configs/tiny.json --set train.steps=20 --set checkpoint.every=0 --set mesh.sp=1"
+  tiny="--config configs/tiny.json --set train.steps=$tiny_steps --set checkpoint.every=0 \
+  --set mesh.sp=1"
   stage 5 trainer 120 "set -e; \
   $ra train $tiny --set run_dir=$out/tiny_cpu; \
   $ra train $tiny --set run_dir=$out/tiny_gpu --set device=cuda; \
   RINGATTN_DEBUG_FAULTS=fsdp_communicate_alone=1 \
-  $ra train $tiny --set run_dir=$out/tiny_nccl --set device=cuda --set comm.transport=nccl \
+  $ra train $tiny --set run_dir=$out/tiny_nccl --set device=cuda --set comm.transport=$nccl_transport \
     --set comm.timeout_s=10; \
   python3 - $out <<'PY'
 import json, sys
@@ -184,28 +228,28 @@ PY"
 }
 stage_8() {
   stage 8 demo 420 "/usr/bin/time -v $mpi -np 4 $ra train --config configs/demo.json --set device=cuda \
-    --set run_dir=$out/demo_gpu 2>&1 | tail -40"
+    --set run_dir=$out/demo_gpu $demo_set 2>&1 | tail -40"
 }
 
 # Stage 6: ours and PyTorch's in the same run, same shapes and FLOP convention (PyTorch first:
 # it is quick, and a sweep of ours cut by the time limit still leaves the comparison rows).
 stage_6() {
-  local seqs="8192 16384 32768 65536"
-  [ "$quick" = 1 ] && seqs="8192 16384"
-  stage 6 attention 360 "python3 scripts/gpu/sdpa_bench.py --seqs \$(echo $seqs | tr ' ' ,) \
+  local sdpa=python3
+  [ "$torch" = 1 ] || sdpa="echo PyTorch not installed: skipped"
+  stage 6 attention 360 "$sdpa scripts/gpu/sdpa_bench.py --seqs \$(echo $seqs | tr ' ' ,) \
     --heads 16 --head-dim 128 --causal --dtype float32 --json $out/sdpa_float32.json; \
-  python3 scripts/gpu/sdpa_bench.py --seqs \$(echo $seqs | tr ' ' ,) --heads 16 --head-dim 128 \
+  $sdpa scripts/gpu/sdpa_bench.py --seqs \$(echo $seqs | tr ' ' ,) --heads 16 --head-dim 128 \
     --causal --dtype bfloat16 --json $out/sdpa_bfloat16.json; \
   rc=0; for mode in fused bf16 f32; do for S in $seqs; do \
     flag=; name=ringattn_S\$S; [ \$mode = bf16 ] && flag=--bf16 && name=ringattn_bf16_S\$S; \
     [ \$mode = fused ] && flag=--fused && name=ringattn_fused_S\$S; \
     $ra bench attention --device cuda --impl blockwise --seq \$S --heads 16 --kv-heads 16 \
-      --head-dim 128 --causal --q-chunk 1024 --k-chunk 1024 \$flag --json $out/\$name.json \
+      --head-dim 128 --causal --q-chunk $chunk --k-chunk $chunk \$flag --json $out/\$name.json \
       || rc=1; \
   done; done; \
-  $ra bench attention --device cuda --impl blockwise --seq 32768 --heads 32 --kv-heads 4 \
-    --head-dim 64 --causal --q-chunk 1024 --k-chunk 1024 --fused \
-    --json $out/ringattn_fused_1b_heads_S32768.json || rc=1; \
+  $ra bench attention --device cuda --impl blockwise --seq $seq_1b_heads --heads 32 --kv-heads 4 \
+    --head-dim 64 --causal --q-chunk $chunk --k-chunk $chunk --fused \
+    --json $out/ringattn_fused_1b_heads_S$seq_1b_heads.json || rc=1; \
   echo '== the fused kernels per SM (expected: 2, 2, 2 at D = 128; 3, 3, 3 at D = 64)'; \
   grep -ho '\"fused_occupancy\": \"[^\"]*\"' $out/ringattn_fused_*.json | sort -u; \
   exit \$rc"
@@ -217,14 +261,14 @@ stage_7() {
   big="--config configs/1b.json --set comm.transport=mpi --set mesh.fsdp=1 \
   --set mesh.sp=1 --set attention.impl=blockwise --set train.batch_size=1 \
   --set train.micro_batches=1 --set memory_limit_gb=0 --set run_dir=$out/bench_1b \
-  --set train.seq_len=32768 --steps 2"
+  --set train.seq_len=$train_seq $train_shrink --steps 2"
   # One nvidia-smi sampler per run, so each driver peak belongs to one dtype.
   stage 7 train_1b 360 "rc=0; for dt in fused bf16 f32; do \
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 \
       > $out/train_1b_\${dt}_nvsmi_mib.txt & smi=\$!; \
     set_dt=\"--set model.dtype=\$dt\"; \
     [ \$dt = fused ] && set_dt=\"--set model.dtype=bf16 --set attention.kernel=fused\"; \
-    $ra bench train $big \$set_dt --json $out/train_1b_\${dt}_S32768.json || rc=1; \
+    $ra bench train $big \$set_dt --json $out/train_1b_\${dt}_S$train_seq.json || rc=1; \
     kill \$smi; \
     echo \"\$dt: driver memory peak (MiB, nvidia-smi): \$(sort -n $out/train_1b_\${dt}_nvsmi_mib.txt | tail -1)\"; \
   done; exit \$rc"
@@ -240,3 +284,5 @@ if [ -n "${RINGATTN_GPU_PACK:-}" ]; then
     --exclude='step_*' --exclude="$(basename "$RINGATTN_GPU_PACK")" .
   ls -la "$RINGATTN_GPU_PACK"
 fi
+# Exit status: 0 when every stage that ran passed (a skipped one counts as not passed).
+! grep -qE 'FAILED|TIMEOUT|SKIPPED' "$summary"
