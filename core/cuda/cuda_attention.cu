@@ -234,6 +234,22 @@ struct Bf16Operands {
   }
   // The address `off` elements into a bf16 operand, as the pointer arrays store it.
   static float* addr(uint16_t* base, int64_t off) { return reinterpret_cast<float*>(base + off); }
+  // The address `off` elements into an operand for the GEMMs: its rounded copy (`rounded`, one of
+  // q, k, v, dout above) under bf16, else the float32 operand itself.
+  static float* pick(uint16_t* rounded, const float* f32, int64_t off) {
+    return rounded ? addr(rounded, off) : const_cast<float*>(f32) + off;
+  }
+};
+
+// Where one item (batch row b, query head h) of chunk pair (q, k) starts, in elements: its query
+// rows in q, dq, dout and acc; its key rows (kv head h / G) in k, v, dk and dv.
+struct ItemOffsets {
+  int64_t q = 0, k = 0;
+  ItemOffsets(const Plan& pl, const TileChunk& qc, const TileChunk& kc, int2 item) {
+    const int64_t b = item.x, h = item.y;
+    q = (b * pl.p.sq + qc.begin) * pl.ldq + h * pl.D;
+    k = (b * pl.p.sk + kc.begin) * pl.ldk + h / pl.G * pl.D;
+  }
 };
 
 // Positions, segment ids, tile items and GEMM pointer arrays for one call: built on the host,
@@ -538,18 +554,12 @@ void attention_forward_block(cudaStream_t stream, cublasHandle_t cublas,
     const TileChunk& k = pl.kc[L.ki];
     float** arr = ptrs + L.first * kArrays;
     for (int t = 0; t < L.count; ++t) {
-      const int2 it = items[L.first + size_t(t)];
-      const int64_t b = it.x, h = it.y, hk = h / pl.G;
-      const int64_t q_off = (b * p.sq + q.begin) * pl.ldq + h * pl.D;
-      const int64_t k_off = (b * p.sk + k.begin) * pl.ldk + hk * pl.D;
-      arr[0 * L.count + t] =
-          bf16 ? Bf16Operands::addr(ops.q, q_off) : const_cast<float*>(p.q) + q_off;
-      arr[1 * L.count + t] =
-          bf16 ? Bf16Operands::addr(ops.k, k_off) : const_cast<float*>(p.k) + k_off;
+      const ItemOffsets off(pl, q, k, items[L.first + size_t(t)]);
+      arr[0 * L.count + t] = Bf16Operands::pick(ops.q, p.q, off.q);
+      arr[1 * L.count + t] = Bf16Operands::pick(ops.k, p.k, off.k);
       arr[2 * L.count + t] = scores.at<float>() + int64_t(t) * tile_stride;
-      arr[3 * L.count + t] =
-          bf16 ? Bf16Operands::addr(ops.v, k_off) : const_cast<float*>(p.v) + k_off;
-      arr[4 * L.count + t] = st.acc + q_off;
+      arr[3 * L.count + t] = Bf16Operands::pick(ops.v, p.v, off.k);
+      arr[4 * L.count + t] = st.acc + off.q;
       if (bf16) arr[5 * L.count + t] = Bf16Operands::addr(ops.tile, int64_t(t) * tile_stride);
     }
   }
@@ -643,24 +653,17 @@ void attention_backward_block(cudaStream_t stream, cublasHandle_t cublas,
     const TileChunk& k = pl.kc[L.ki];
     float** arr = ptrs + L.first * kArrays;
     for (int t = 0; t < L.count; ++t) {
-      const int2 it = items[L.first + size_t(t)];
-      const int64_t b = it.x, h = it.y, hk = h / pl.G;
-      const int64_t q_off = (b * p.sq + q.begin) * pl.ldq + h * pl.D;
-      const int64_t k_off = (b * p.sk + k.begin) * pl.ldk + hk * pl.D;
-      arr[0 * L.count + t] =
-          bf16 ? Bf16Operands::addr(ops.q, q_off) : const_cast<float*>(p.q) + q_off;
-      arr[1 * L.count + t] =
-          bf16 ? Bf16Operands::addr(ops.k, k_off) : const_cast<float*>(p.k) + k_off;
-      arr[2 * L.count + t] =
-          bf16 ? Bf16Operands::addr(ops.v, k_off) : const_cast<float*>(p.v) + k_off;
-      arr[3 * L.count + t] =
-          bf16 ? Bf16Operands::addr(ops.dout, q_off) : const_cast<float*>(a.dout) + q_off;
+      const ItemOffsets off(pl, q, k, items[L.first + size_t(t)]);
+      arr[0 * L.count + t] = Bf16Operands::pick(ops.q, p.q, off.q);
+      arr[1 * L.count + t] = Bf16Operands::pick(ops.k, p.k, off.k);
+      arr[2 * L.count + t] = Bf16Operands::pick(ops.v, p.v, off.k);
+      arr[3 * L.count + t] = Bf16Operands::pick(ops.dout, a.dout, off.q);
       if (bf16) arr[9 * L.count + t] = Bf16Operands::addr(ops.tile, int64_t(t) * tile_stride);
       arr[4 * L.count + t] = probs + int64_t(t) * tile_stride;
       arr[5 * L.count + t] = dprobs + int64_t(t) * tile_stride;
-      arr[6 * L.count + t] = a.dq + q_off;
-      arr[7 * L.count + t] = a.dk + k_off;
-      arr[8 * L.count + t] = a.dv + k_off;
+      arr[6 * L.count + t] = a.dq + off.q;
+      arr[7 * L.count + t] = a.dk + off.k;
+      arr[8 * L.count + t] = a.dv + off.k;
     }
   }
   upload_async(stream, dev.at<void>(), sg.host.data(), sg.host.size());
