@@ -1,8 +1,20 @@
 #include "comm/communicator.h"
 
+#include <exception>
+
 #include "core/backend.h"
+#include "core/log.h"
 
 namespace ringattn {
+
+RingDrain::~RingDrain() {
+  try {
+    ring_.wait();
+  } catch (const std::exception& e) {
+    log::rank_error("a ring exchange failed while the scope that owns its buffers ended: {}",
+                    e.what());
+  }
+}
 
 std::unique_ptr<StreamPoint> Communicator::all_gather_ordered(const void* send, void* recv,
                                                               size_t count, DType dtype,

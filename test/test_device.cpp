@@ -849,6 +849,63 @@ TEST_CASE("ring attention waits for the device a fixed number of times, whatever
   }
 }
 
+TEST_CASE(
+    "a ring step that throws ends its exchanges before their buffers go; the ring is reusable",
+    "[device]") {
+  const auto dut = device_under_test();
+  if (!dut.emulated) {
+    WARN("a real GPU is present: failures are injected on the emulated device only");
+    return;
+  }
+  const int n = world_size(), r = world_rank();
+  Mesh mesh(MeshShape{1, 1, n, 1});
+  std::unique_ptr<Communicator> sp = make_emulated_direct_communicator(mesh.axis(Axis::SP));
+  const int64_t B = 1, Sl = 16;
+  const int H = 2, D = 8;
+  std::vector<int64_t> pos(static_cast<size_t>(Sl));
+  for (int64_t i = 0; i < Sl; ++i) pos[size_t(i)] = r * Sl + i;
+  auto dev = [&](uint64_t s, Shape shape) {
+    return host_tensor(random_floats(size_t(shape_numel(shape)), s), shape).to_device(Device::CUDA);
+  };
+  const AttentionInput in{dev(run_seed(), {B, Sl, H, D}),
+                          dev(run_seed() + 1, {B, Sl, H, D}),
+                          dev(run_seed() + 2, {B, Sl, H, D}),
+                          pos,
+                          Tensor(),
+                          nullptr};
+  const Tensor dout = dev(run_seed() + 3, {B, Sl, H, D});
+  AttentionOptions opt;
+  opt.impl = AttentionImpl::Ring;
+  opt.q_chunk = opt.k_chunk = 4;
+  opt.ring_pieces = 2;
+  Attention attn(opt, *dut.backend, sp.get());
+  const AttentionOutput ref = attn.forward(in);
+  const AttentionGrads ref_g = attn.backward(in, ref, dout);
+
+  // Every rank's first tile step fails: its KV exchange is in flight then (on more than one
+  // rank); in the backward, the second fails with this step's dK/dV exchange in flight as well.
+  // Each rank then waits for its exchanges, which its neighbours posted, before the buffers are
+  // freed; without that the next start() on the same rings would be refused.
+  struct Disarm {
+    ~Disarm() { ringattn::test::emulated_fail_attention_call(0); }
+  } disarm;
+  ringattn::test::emulated_fail_attention_call(1);
+  CHECK_THROWS_WITH(attn.forward(in), Catch::Contains("attention tile step failed"));
+  const AttentionOutput o = attn.forward(in);
+  CHECK(to_vector(o.o) == to_vector(ref.o));
+  CHECK(to_vector(o.lse) == to_vector(ref.lse));
+  for (int call : {1, 2}) {
+    if (call > 1 && n == 1) break;  // one rank: no ring, one tile call
+    INFO("the backward's tile step " << call << " fails");
+    ringattn::test::emulated_fail_attention_call(call);
+    CHECK_THROWS_WITH(attn.backward(in, o, dout), Catch::Contains("attention tile step failed"));
+    const AttentionGrads g = attn.backward(in, o, dout);
+    CHECK(to_vector(g.dq) == to_vector(ref_g.dq));
+    CHECK(to_vector(g.dk) == to_vector(ref_g.dk));
+    CHECK(to_vector(g.dv) == to_vector(ref_g.dv));
+  }
+}
+
 TEST_CASE("a host communicator for token tables must hold the sp ranks in their order",
           "[device]") {
   const int n = world_size(), r = world_rank();

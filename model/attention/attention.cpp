@@ -372,6 +372,7 @@ AttentionOutput Attention::forward_blocks(const AttentionInput& in, const Shapes
     // the one the next block arrives in.
     Tensor cur = Tensor::empty({int64_t(bytes)}, DType::U8, backend_.device(), "ring KV block");
     Tensor nxt = Tensor::empty({int64_t(bytes)}, DType::U8, backend_.device(), "ring KV block");
+    const RingDrain drain(*kv_ring_);  // before cur and nxt go, should a tile step throw
     for (int64_t c = 0; c < pieces; ++c) {
       const Piece pc = piece_of(c, pieces, s.sl);
       const KvBlockLayout lay(s.batch, pc.len, s.kv_heads, s.head_dim, opt_.bf16);
@@ -478,6 +479,8 @@ AttentionGrads Attention::backward_ring(const AttentionInput& in, const Attentio
   for (Tensor& t : local)
     t = Tensor::empty(piece_grads, DType::F32, backend_.device(), "ring dK/dV");
   Tensor incoming = Tensor::empty(piece_grads, DType::F32, backend_.device(), "ring dK/dV");
+  // Should a step throw, the exchanges in flight end before the buffers above are freed.
+  const RingDrain kv_drain(*kv_ring_), grad_drain(*grad_ring_);
 
   AttentionGrads g;
   g.dq = zeros_on(backend_, {s.batch, s.sl, s.heads, s.head_dim}, "attention dQ");
