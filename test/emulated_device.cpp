@@ -440,21 +440,26 @@ class DirectRing final : public RingExchange {
     if (ordered_) stream().drain();  // device-side ordering: not a wait of the host
     inner_->start(untag(send), untag(recv), bytes);
     bytes_moved_ = inner_->bytes_moved();
+    in_flight_ = true;
   }
   bool test() override { return inner_->test(); }
   // What was queued between start() and here runs now, while the transfer may still be in flight
   // (on a GPU the two streams run side by side), so touching the exchange's buffers in between
   // shows. Operations queued after this returns run at a later drain, after the transfer: the
-  // compute stream's wait on `done`.
+  // compute stream's wait on `done`. With nothing in flight it returns at once, as the contract
+  // says (a RingDrain ends every ring scope with a wait()).
   void wait() override {
+    if (!in_flight_) return;
     if (ordered_) stream().drain();
     inner_->wait();
+    in_flight_ = false;
     wait_seconds_ = inner_->wait_seconds();
   }
 
  private:
   std::unique_ptr<RingExchange> inner_;
   bool ordered_;
+  bool in_flight_ = false;
 };
 
 // A stream-ordered collective on the emulated device, as strict as a GPU may be. On a GPU the

@@ -310,10 +310,11 @@ __device__ inline bool visible(const MaskArgs& a, int64_t b, int64_t qpos, int32
 // so far (m_new still kMaskedScore) gets P = 0 and keeps its state. A warp, not a block, per row:
 // a key chunk of up to a few thousand is 32-128 floats per lane, and the row's max and sum are
 // shuffles instead of a block reduction's barriers (two of them, nine barriers each, per row).
-// Every lane reads m[row] before the sum's shuffles, which all lanes must reach; lane 0 writes
-// after them. Under bf16 (`rounded` not null) P goes, rounded, into `rounded` instead (the same
-// layout), which the P V GEMM reads: no float32 P and no second rounding pass; l sums the
-// unrounded P as before.
+// Every lane reads m[row]; lane 0 writes it after a __syncwarp (shuffles alone do not order
+// memory between lanes). The max is fmaxf's (FmaxOp): commutative even with NaN, so every lane
+// gets the same m_new and takes the same branches. Under bf16 (`rounded` not null) P goes, rounded,
+// into `rounded` instead (the same layout), which the P V GEMM reads: no float32 P and no second
+// rounding pass; l sums the unrounded P as before.
 __global__ void forward_softmax_kernel(MaskArgs a, const int2* items, float* scores,
                                        int64_t tile_stride, int64_t ld_s, int heads, int head_dim,
                                        float* m, float* l, float* acc, uint16_t* rounded) {
@@ -335,7 +336,7 @@ __global__ void forward_softmax_kernel(MaskArgs a, const int2* items, float* sco
       row[j] = s;
       mx = fmaxf(mx, s);
     }
-    mx = warp_reduce(mx, MaxOp<float>());
+    mx = warp_reduce(mx, FmaxOp());
     const int64_t stat = (b * heads + h) * a.sq + i;
     const float m_old = m[stat];
     const float m_new = fmaxf(m_old, mx);
@@ -360,6 +361,7 @@ __global__ void forward_softmax_kernel(MaskArgs a, const int2* items, float* sco
     sum = warp_reduce(sum, SumOp<float>());
     const bool grows = m_new > m_old;
     const float alpha = grows ? expf(m_old - m_new) : 1.0f;
+    __syncwarp();  // every lane's read of m[stat] before lane 0's write
     if (lane == 0) {
       l[stat] = grows ? l[stat] * alpha + sum : l[stat] + sum;
       m[stat] = m_new;

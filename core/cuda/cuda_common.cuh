@@ -53,7 +53,8 @@ inline unsigned grid_for(int64_t n) {
   return unsigned(std::clamp<int64_t>(blocks, 1, kMaxGridBlocks));
 }
 
-// Blocks for kernels that give each block one row (grid-stride over rows).
+// Blocks for kernels that give each block one row, or each warp one row when called with the
+// number of row groups (grid-stride over rows).
 inline unsigned grid_for_rows(int64_t rows) {
   return unsigned(std::clamp<int64_t>(rows, 1, kMaxRowBlocks));
 }
@@ -140,6 +141,10 @@ template <typename T>
 struct MaxOp {
   __device__ T operator()(T a, T b) const { return a > b ? a : b; }
 };
+// The larger of two floats, ignoring NaN (fmaxf): unlike MaxOp, the same for (a, b) and (b, a).
+struct FmaxOp {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
 template <typename T>
 struct SumOp {
   __device__ T operator()(T a, T b) const { return a + b; }
@@ -163,8 +168,9 @@ __device__ T block_reduce(T v, T* shared, Op op) {
 }
 
 // Reduces v over the warp's 32 lanes with op, by a butterfly of shuffles: every lane gets the
-// result, in the same bits on every lane and every run (op must be commutative: each level adds
-// the same pair on both of its lanes). All 32 lanes of the warp must call it; no barrier.
+// result, the same bits on every lane and every run, when op is commutative (each level combines
+// the same pair on both of its lanes): SumOp, FmaxOp; not MaxOp once NaN is possible. All 32
+// lanes of the warp must call it. No barrier: shuffles do not order memory between lanes.
 template <typename T, typename Op>
 __device__ T warp_reduce(T v, Op op) {
   for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));

@@ -167,7 +167,7 @@ int blocks_per_sm(const void* kernel, size_t smem) {
 }  // namespace
 
 std::string fused_occupancy(int head_dim) {
-  RA_CHECK(fused::head_dim_fits(head_dim), "fused attention: no kernels for head_dim {}", head_dim);
+  check_fused_head_dim(head_dim);
   const size_t fwd = fused::ForwardSmem(nullptr, head_dim).bytes;
   const size_t dkdv = fused::BackwardSmem(nullptr, head_dim).bytes;
   const size_t dq = fused::DqSmem(nullptr, head_dim).bytes;

@@ -12,12 +12,15 @@
 
 namespace ringattn::cuda {
 
-// What both launchers refuse (on a GPU and simulated): a head dim without kernels, heads that do
-// not divide into the kv heads.
-inline void check_fused_args(const fused::Args& a) {
-  RA_CHECK(fused::head_dim_fits(a.p.head_dim),
+// What the launchers and fused_occupancy refuse (on a GPU and simulated): a head dim without
+// kernels, heads that do not divide into the kv heads.
+inline void check_fused_head_dim(int head_dim) {
+  RA_CHECK(fused::head_dim_fits(head_dim),
            "fused attention needs head_dim to be a multiple of 16 and at most {}, got {}",
-           fused::kMaxHeadDim, a.p.head_dim);
+           fused::kMaxHeadDim, head_dim);
+}
+inline void check_fused_args(const fused::Args& a) {
+  check_fused_head_dim(a.p.head_dim);
   RA_CHECK(a.p.kv_heads > 0 && a.p.heads % a.p.kv_heads == 0,
            "fused attention: {} heads over {} kv heads", a.p.heads, a.p.kv_heads);
 }

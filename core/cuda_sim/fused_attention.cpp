@@ -24,7 +24,7 @@ void launch_fused_backward(cudaStream_t, const fused::Args& a) {
 }
 
 std::string fused_occupancy(int head_dim) {
-  RA_CHECK(fused::head_dim_fits(head_dim), "fused attention: no kernels for head_dim {}", head_dim);
+  check_fused_head_dim(head_dim);
   return fmt::format("simulated GPU: no occupancy (head dim {})", head_dim);
 }
 

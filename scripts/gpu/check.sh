@@ -126,6 +126,7 @@ if [ "$rehearsal" = 1 ]; then
     --set attention.k_chunk=128"
   tiny_steps=3 demo_set="--set train.steps=3 --set eval.batches=1" nccl_transport=mpi
   python3 -c 'import torch' 2>/dev/null || torch=0
+  python3 -m py_compile scripts/gpu/sdpa_bench.py || echo "stage 6 will fail: sdpa_bench.py does not compile"
   stand_ins=$out/rehearsal_bin
   mkdir -p "$stand_ins"
   # nvidia-smi: a line for stage 0; as stage 7's sampler (-lms), a 0 every 200 ms until killed.
@@ -144,6 +145,7 @@ SH
   chmod +x "$stand_ins"/* 2>/dev/null
   export PATH=$stand_ins:$PATH
   echo "== rehearsal: $bin, sizes for the host, stand-ins in $stand_ins"
+  echo "REHEARSAL on the simulated GPU ($bin): the figures mean nothing" >"$summary"
 fi
 
 stage_0() {
@@ -275,7 +277,11 @@ stage_7() {
 }
 
 for n in $stages; do
-  if declare -F "stage_$n" >/dev/null; then "stage_$n"; else echo "no stage $n"; fi
+  if declare -F "stage_$n" >/dev/null; then
+    "stage_$n"
+  else
+    printf 'stage %s %-12s %-14s\n' "$n" "?" "FAILED (no such stage)" | tee -a "$summary"
+  fi
 done
 echo "== summary ($summary, $(($(date +%s) - start)) s in all)"
 cat "$summary"

@@ -28,10 +28,30 @@ done
 [ $rc -eq 0 ] && pass "check.sh exits 0" || fail "check.sh exits $rc: $(tail -5 "$tmp/console.log")"
 tar -tzf "$tmp/gpu.tgz" >"$tmp/pack.txt" && grep -q "summary.txt" "$tmp/pack.txt" && pass "the pack holds the summary" ||
   fail "the pack $tmp/gpu.tgz has no summary.txt"
-# The exit status follows the summary: a stage that does not exist is reported, and a failing
-# stage makes it non-zero.
-OUT=$tmp/fail RINGATTN_GPU_REHEARSAL=1 RINGATTN_GPU_BIN=$bin RINGATTN_GPU_STAGES="2" \
-  RINGATTN_GPU_DEADLINE=1 bash "$root/scripts/gpu/check.sh" >"$tmp/fail.log" 2>&1 &&
-  fail "check.sh exits 0 with its only stage skipped" || pass "a skipped stage: non-zero exit"
+grep -q "^REHEARSAL" "$summary" && pass "the summary says it is a rehearsal" ||
+  fail "the summary does not say it is a rehearsal"
+# The exit status follows the summary: a stage skipped for the deadline, a stage that does not
+# exist and a failing stage each make it non-zero, and each is in the summary.
+exits_non_zero() {  # NAME PATTERN STAGES [ENV...]: check.sh fails and its summary has PATTERN
+  local name=$1 pattern=$2 stages=$3 dir=$tmp/$4
+  shift 4
+  env OUT="$dir" RINGATTN_GPU_REHEARSAL=1 RINGATTN_GPU_BIN="$bin" RINGATTN_GPU_STAGES="$stages" \
+    "$@" bash "$root/scripts/gpu/check.sh" >"$dir.log" 2>&1
+  local rc=$?
+  if [ $rc -ne 0 ] && grep -qE "$pattern" "$dir/summary.txt"; then
+    pass "$name: exit $rc"
+  else
+    fail "$name: exit $rc, summary: $(cat "$dir/summary.txt" 2>/dev/null)"
+  fi
+}
+exits_non_zero "a stage skipped for the deadline" "^stage 2 .*SKIPPED" 2 skipped \
+  RINGATTN_GPU_DEADLINE=1
+exits_non_zero "an unknown stage" "^stage 12 .*no such stage" "0 12" unknown
+# A test binary that fails: stage 9 runs it under the compute-sanitizer stand-in.
+mkdir -p "$tmp/bad_bin"
+ln -s "$bin/ringattn" "$tmp/bad_bin/ringattn"
+printf '#!/bin/sh\necho "failing on purpose"; exit 1\n' >"$tmp/bad_bin/ringattn_tests"
+chmod +x "$tmp/bad_bin/ringattn_tests"
+bin=$tmp/bad_bin exits_non_zero "a failing stage" "^stage 9 .*FAILED" 9 failing
 
 cli_summary

@@ -88,6 +88,11 @@ T __shfl_xor_sync(unsigned /*mask*/, T v, int lane_mask, int width = 32) {
   return out;
 }
 
+// Every lane of the warp waits for the others (an exchange whose value is dropped).
+inline void __syncwarp(unsigned /*mask*/ = 0xffffffffu) {
+  (void)::ringattn::sim::warp_exchange(0, 0, 32);
+}
+
 inline unsigned __float_as_uint(float x) {
   unsigned u;
   std::memcpy(&u, &x, sizeof(u));
