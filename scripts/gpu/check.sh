@@ -126,23 +126,31 @@ if [ "$rehearsal" = 1 ]; then
     --set attention.k_chunk=128"
   tiny_steps=3 demo_set="--set train.steps=3 --set eval.batches=1" nccl_transport=mpi
   python3 -c 'import torch' 2>/dev/null || torch=0
-  python3 -m py_compile scripts/gpu/sdpa_bench.py || echo "stage 6 will fail: sdpa_bench.py does not compile"
+  python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read())' scripts/gpu/sdpa_bench.py ||
+    echo "stage 6 will fail on a GPU: scripts/gpu/sdpa_bench.py does not parse"
   stand_ins=$out/rehearsal_bin
   mkdir -p "$stand_ins"
   # nvidia-smi: a line for stage 0; as stage 7's sampler (-lms), a 0 every 200 ms until killed.
-  command -v nvidia-smi >/dev/null || cat >"$stand_ins/nvidia-smi" <<'SH'
+  cat >"$stand_ins/nvidia-smi" <<'SH'
 #!/usr/bin/env bash
 case "$*" in *-lms*) while sleep 0.2; do echo 0; done ;; *) echo "nvidia-smi (rehearsal stand-in)" ;; esac
 SH
-  # compute-sanitizer: its options dropped, the command it wraps run as it is.
-  command -v compute-sanitizer >/dev/null || cat >"$stand_ins/compute-sanitizer" <<'SH'
+  # compute-sanitizer: the options checked and dropped, the command it wraps run as it is. (Even
+  # where the toolkit's own is on PATH: without a GPU it would only fail.)
+  cat >"$stand_ins/compute-sanitizer" <<'SH'
 #!/usr/bin/env bash
 while [ $# -gt 0 ]; do
-  case "$1" in --tool | --error-exitcode) shift 2 ;; --*) shift ;; *) break ;; esac
+  case "$1" in
+    --tool) case "$2" in memcheck | racecheck | synccheck | initcheck) ;; *)
+      echo "compute-sanitizer (stand-in): no tool '$2'" >&2; exit 2 ;; esac; shift 2 ;;
+    --error-exitcode) shift 2 ;;
+    --*) echo "compute-sanitizer (stand-in): option $1 not known here" >&2; exit 2 ;;
+    *) break ;;
+  esac
 done
 exec "$@"
 SH
-  chmod +x "$stand_ins"/* 2>/dev/null
+  chmod +x "$stand_ins"/*
   export PATH=$stand_ins:$PATH
   echo "== rehearsal: $bin, sizes for the host, stand-ins in $stand_ins"
   echo "REHEARSAL on the simulated GPU ($bin): the figures mean nothing" >"$summary"
