@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -198,6 +199,32 @@ TEST_CASE("ring misuse is an error and destruction waits for an exchange in flig
     ring->start(send.data(), recv.data(), send.size());
   }  // destroyed in flight: must complete the exchange, not hang or drop it
   CHECK(recv == block_of((r + n - 1) % n, 5000));
+}
+
+TEST_CASE("a scope left by an exception ends its ring exchange before its buffers go (RingDrain)",
+          "[ring]") {
+  auto c = make_mpi_communicator(MPI_COMM_WORLD);
+  const int n = c->size(), r = c->rank();
+  auto ring = c->make_ring();
+  const size_t bytes = 1 << 20;  // large enough that the transfer is still going when we throw
+  std::vector<uint8_t> seen;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    try {
+      // Owned by the scope, as the attention's ring buffers are (under ASan, a transfer still
+      // writing into `recv` after it is freed is a heap-use-after-free).
+      std::vector<uint8_t> send = block_of(r, bytes), recv(bytes, 0);
+      ring->start(send.data(), recv.data(), bytes);
+      const RingDrain drain(*ring);
+      if (attempt == 0) RA_FAIL("a tile step failed");
+      ring->wait();
+      seen = recv;
+    } catch (const Error& e) {
+      CHECK(std::string(e.what()).find("a tile step failed") != std::string::npos);
+    }
+  }
+  // The exchange the exception interrupted was ended by the drain, so the ring starts again.
+  CHECK(seen == block_of((r + n - 1) % n, bytes));
+  CHECK(ring->test());
 }
 
 TEST_CASE("ring transfer progresses while the caller computes", "[ring]") {
