@@ -26,18 +26,6 @@ namespace {
 
 constexpr uintptr_t kTag = uintptr_t(1) << 62;
 
-// emulated_fail_attention_call's countdown: 0 when disarmed.
-std::atomic<int> g_attention_calls_to_failure{0};
-
-// Raises at the armed call, when it is asked to queue it (a failure the caller sees at once).
-void count_attention_call() {
-  int left = g_attention_calls_to_failure.load();
-  while (left > 0 && !g_attention_calls_to_failure.compare_exchange_weak(left, left - 1)) {
-  }
-  if (left == 1)
-    RA_FAIL("emulated device: attention tile step failed (emulated_fail_attention_call)");
-}
-
 template <typename T>
 T* tag(T* p) {
   return p ? reinterpret_cast<T*>(reinterpret_cast<uintptr_t>(p) + kTag) : p;
@@ -259,7 +247,6 @@ class EmulatedBackend final : public Backend {
   }
   void attention_forward_block(const AttentionTileProblem& p, const AttentionForwardState& st,
                                AttentionTileStats* stats) override {
-    count_attention_call();
     auto dp = std::make_shared<DeferredProblem>(p);
     plan_fused(*dp);
     count_now(*dp, stats, 4.0);
@@ -285,7 +272,6 @@ class EmulatedBackend final : public Backend {
   }
   void attention_backward_block(const AttentionTileProblem& p, const AttentionBackwardArgs& a,
                                 AttentionTileStats* stats) override {
-    count_attention_call();
     auto dp = std::make_shared<DeferredProblem>(p);
     plan_fused(*dp);
     count_now(*dp, stats, 10.0);
@@ -579,10 +565,6 @@ void emulated_synchronize() {
 
 size_t emulated_host_waits() {
   return stream().host_waits();
-}
-
-void emulated_fail_attention_call(int n) {
-  g_attention_calls_to_failure.store(std::max(n, 0));
 }
 
 std::unique_ptr<Communicator> make_emulated_direct_communicator(Communicator& host) {

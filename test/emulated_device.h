@@ -60,10 +60,6 @@ void emulated_synchronize();
 // copies, results returned to the host); a ring's ordering before a transfer is not counted, as
 // it is an event on a GPU.
 size_t emulated_host_waits();
-// Makes the n-th call from now (1-based) to the emulated backend's attention_forward_block or
-// attention_backward_block raise an Error instead of queueing its tile step, as an allocation
-// failing inside a ring step would; 0 disarms it. For the tests of what a failed step leaves.
-void emulated_fail_attention_call(int n);
 
 // A transport with NCCL's semantics for the emulated device, over a host communicator: device
 // buffers go to it directly (no staging) and collectives do not wait for the emulated stream, so

@@ -18,6 +18,7 @@
 #include "comm/host_staged_communicator.h"
 #include "comm/mesh.h"
 #include "core/backend.h"
+#include "core/forwarding_backend.h"
 #include "core/profiling_backend.h"
 #include "core/tensor.h"
 #include "model/attention/attention.h"
@@ -849,17 +850,44 @@ TEST_CASE("ring attention waits for the device a fixed number of times, whatever
   }
 }
 
+namespace {
+
+// The device under test, with its n-th attention tile call from fail_call(n) (1-based) raising an
+// Error instead of running, as an allocation failing inside a ring step would.
+class FailingTiles final : public ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  void fail_call(int n) { left_ = n; }
+  void attention_forward_block(const AttentionTileProblem& p, const AttentionForwardState& st,
+                               AttentionTileStats* stats) override {
+    count();
+    ForwardingBackend::attention_forward_block(p, st, stats);
+  }
+  void attention_backward_block(const AttentionTileProblem& p, const AttentionBackwardArgs& a,
+                                AttentionTileStats* stats) override {
+    count();
+    ForwardingBackend::attention_backward_block(p, a, stats);
+  }
+
+ private:
+  void count() {
+    if (left_ > 0 && --left_ == 0) RA_FAIL("attention tile step failed (injected)");
+  }
+  int left_ = 0;
+};
+
+}  // namespace
+
 TEST_CASE(
     "a ring step that throws ends its exchanges before their buffers go; the ring is reusable",
     "[device]") {
   const auto dut = device_under_test();
-  if (!dut.emulated) {
-    WARN("a real GPU is present: failures are injected on the emulated device only");
-    return;
-  }
   const int n = world_size(), r = world_rank();
   Mesh mesh(MeshShape{1, 1, n, 1});
-  std::unique_ptr<Communicator> sp = make_emulated_direct_communicator(mesh.axis(Axis::SP));
+  std::unique_ptr<Communicator> sp_dev =
+      make_host_staged_communicator(mesh.axis(Axis::SP), allocator_for(Device::CUDA));
+  std::unique_ptr<Communicator> sp_direct;
+  if (dut.emulated) sp_direct = make_emulated_direct_communicator(mesh.axis(Axis::SP));
   const int64_t B = 1, Sl = 16;
   const int H = 2, D = 8;
   std::vector<int64_t> pos(static_cast<size_t>(Sl));
@@ -878,31 +906,33 @@ TEST_CASE(
   opt.impl = AttentionImpl::Ring;
   opt.q_chunk = opt.k_chunk = 4;
   opt.ring_pieces = 2;
-  Attention attn(opt, *dut.backend, sp.get());
-  const AttentionOutput ref = attn.forward(in);
-  const AttentionGrads ref_g = attn.backward(in, ref, dout);
+  FailingTiles failing(*dut.backend);
+  for (Communicator* transport : {sp_dev.get(), sp_direct.get()}) {
+    if (!transport) continue;
+    INFO("over " << transport->name());
+    Attention attn(opt, failing, transport);
+    const AttentionOutput ref = attn.forward(in);
+    const AttentionGrads ref_g = attn.backward(in, ref, dout);
 
-  // Every rank's first tile step fails: its KV exchange is in flight then (on more than one
-  // rank); in the backward, the second fails with this step's dK/dV exchange in flight as well.
-  // Each rank then waits for its exchanges, which its neighbours posted, before the buffers are
-  // freed; without that the next start() on the same rings would be refused.
-  struct Disarm {
-    ~Disarm() { ringattn::test::emulated_fail_attention_call(0); }
-  } disarm;
-  ringattn::test::emulated_fail_attention_call(1);
-  CHECK_THROWS_WITH(attn.forward(in), Catch::Contains("attention tile step failed"));
-  const AttentionOutput o = attn.forward(in);
-  CHECK(to_vector(o.o) == to_vector(ref.o));
-  CHECK(to_vector(o.lse) == to_vector(ref.lse));
-  for (int call : {1, 2}) {
-    if (call > 1 && n == 1) break;  // one rank: no ring, one tile call
-    INFO("the backward's tile step " << call << " fails");
-    ringattn::test::emulated_fail_attention_call(call);
-    CHECK_THROWS_WITH(attn.backward(in, o, dout), Catch::Contains("attention tile step failed"));
-    const AttentionGrads g = attn.backward(in, o, dout);
-    CHECK(to_vector(g.dq) == to_vector(ref_g.dq));
-    CHECK(to_vector(g.dk) == to_vector(ref_g.dk));
-    CHECK(to_vector(g.dv) == to_vector(ref_g.dv));
+    // Every rank's first tile step fails: its KV exchange is in flight then (on more than one
+    // rank); in the backward, the second fails with this step's dK/dV exchange in flight as well.
+    // Each rank then waits for its exchanges, which its neighbours posted, before the buffers are
+    // freed; without that the next start() on the same rings would be refused.
+    failing.fail_call(1);
+    CHECK_THROWS_WITH(attn.forward(in), Catch::Contains("attention tile step failed"));
+    const AttentionOutput o = attn.forward(in);
+    CHECK(to_vector(o.o) == to_vector(ref.o));
+    CHECK(to_vector(o.lse) == to_vector(ref.lse));
+    for (int call : {1, 2}) {
+      if (call > 1 && n == 1) break;  // one rank: no ring, one tile call
+      INFO("the backward's tile step " << call << " fails");
+      failing.fail_call(call);
+      CHECK_THROWS_WITH(attn.backward(in, o, dout), Catch::Contains("attention tile step failed"));
+      const AttentionGrads g = attn.backward(in, o, dout);
+      CHECK(to_vector(g.dq) == to_vector(ref_g.dq));
+      CHECK(to_vector(g.dk) == to_vector(ref_g.dk));
+      CHECK(to_vector(g.dv) == to_vector(ref_g.dv));
+    }
   }
 }
 
