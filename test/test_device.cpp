@@ -56,6 +56,22 @@ uint64_t run_seed() {
   return s;
 }
 
+// The device transports a [device] ring test runs over, on `mesh`'s sp axis: host staging, and
+// on the emulated device also the NCCL-like one (no staging; its ring ordered against the
+// deferred stream by the backend it was made with).
+struct SpTransports {
+  std::unique_ptr<Communicator> staged, direct;  // direct: null unless emulated
+  SpTransports(Mesh& mesh, const test::DeviceUnderTest& dut)
+      : staged(make_host_staged_communicator(mesh.axis(Axis::SP), allocator_for(Device::CUDA))) {
+    if (dut.emulated) direct = make_emulated_direct_communicator(mesh.axis(Axis::SP));
+  }
+  std::vector<Communicator*> all() const {
+    std::vector<Communicator*> v{staged.get()};
+    if (direct) v.push_back(direct.get());
+    return v;
+  }
+};
+
 Tensor host_tensor(const std::vector<float>& v, const Shape& shape) {
   Tensor t = Tensor::empty(shape, DType::F32);
   std::memcpy(t.data<float>(), v.data(), v.size() * sizeof(float));
@@ -570,8 +586,7 @@ TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
   INFO(dut.backend->name());
   const int n = world_size(), r = world_rank();
   Mesh mesh(MeshShape{1, 1, n, 1});
-  std::unique_ptr<Communicator> sp_dev =
-      make_host_staged_communicator(mesh.axis(Axis::SP), allocator_for(Device::CUDA));
+  const SpTransports sp(mesh, dut);
   const uint64_t seed = run_seed();
   const int64_t B = 2, S = 48, Sl = S / n;
   const int H = 4, Hkv = 2, D = 8;
@@ -621,20 +636,16 @@ TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
     return to_vector(take_positions(t.to_device(Device::CPU), dim, pos));
   };
 
-  // Device transports: host staging, and on the emulated device the NCCL-like one (no staging,
-  // its ring ordered against the deferred stream by the backend it was made with).
-  std::unique_ptr<Communicator> sp_direct;
-  if (dut.emulated) sp_direct = make_emulated_direct_communicator(mesh.axis(Axis::SP));
   struct Variant {
     int pieces;
     bool segments;
     Communicator* transport;
   };
   std::vector<Variant> variants = {
-      {1, false, sp_dev.get()}, {3, false, sp_dev.get()}, {2, true, sp_dev.get()}};
-  if (sp_direct) {
-    variants.push_back({1, false, sp_direct.get()});
-    variants.push_back({3, true, sp_direct.get()});
+      {1, false, sp.staged.get()}, {3, false, sp.staged.get()}, {2, true, sp.staged.get()}};
+  if (sp.direct) {
+    variants.push_back({1, false, sp.direct.get()});
+    variants.push_back({3, true, sp.direct.get()});
   }
   for (const Variant& var : variants) {
     const int pieces = var.pieces;
@@ -691,7 +702,7 @@ TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
   AttentionOptions opt;
   opt.impl = AttentionImpl::Ring;
   opt.q_chunk = opt.k_chunk = 4;
-  Attention dev_attn(opt, *dut.backend, sp_dev.get());
+  Attention dev_attn(opt, *dut.backend, sp.staged.get());
   const AttentionInput host_in{q, k, v, pos, Tensor(), nullptr};
   CHECK_THROWS_WITH(dev_attn.forward(host_in), Catch::Contains("backend's device"));
 }
@@ -706,10 +717,7 @@ TEST_CASE("ring attention with the fused kernels equals the CPU's bf16 tiles", "
   INFO(dut.backend->name());
   const int n = world_size(), r = world_rank();
   Mesh mesh(MeshShape{1, 1, n, 1});
-  std::unique_ptr<Communicator> sp_dev =
-      make_host_staged_communicator(mesh.axis(Axis::SP), allocator_for(Device::CUDA));
-  std::unique_ptr<Communicator> sp_direct;
-  if (dut.emulated) sp_direct = make_emulated_direct_communicator(mesh.axis(Axis::SP));
+  const SpTransports sp(mesh, dut);
   const uint64_t seed = run_seed();
   // 192 tokens: 3 of the kernels' 64-row tiles on one rank, 48 (a partial tile) on four.
   const int64_t B = 2, S = 192, Sl = S / n;
@@ -734,8 +742,7 @@ TEST_CASE("ring attention with the fused kernels equals the CPU's bf16 tiles", "
   const AttentionGrads hg = cpu_attn.backward(hin, ho, dout);
 
   opt.kernel = AttentionKernel::Fused;
-  for (Communicator* transport : {sp_dev.get(), sp_direct.get()}) {
-    if (!transport) continue;
+  for (Communicator* transport : sp.all()) {
     INFO("over " << transport->name());
     Attention dev_attn(opt, *dut.backend, transport);
     const AttentionInput din{q.to_device(Device::CUDA),
@@ -758,7 +765,7 @@ TEST_CASE("ring attention with the fused kernels equals the CPU's bf16 tiles", "
   // The fused kernels are bf16 kernels.
   AttentionOptions f32 = opt;
   f32.bf16 = false;
-  CHECK_THROWS_WITH(Attention(f32, *dut.backend, sp_dev.get()), Catch::Contains("bf16 kernels"));
+  CHECK_THROWS_WITH(Attention(f32, *dut.backend, sp.staged.get()), Catch::Contains("bf16 kernels"));
 }
 
 TEST_CASE("ring attention waits for the device a fixed number of times, whatever the steps",
@@ -884,10 +891,7 @@ TEST_CASE(
   const auto dut = device_under_test();
   const int n = world_size(), r = world_rank();
   Mesh mesh(MeshShape{1, 1, n, 1});
-  std::unique_ptr<Communicator> sp_dev =
-      make_host_staged_communicator(mesh.axis(Axis::SP), allocator_for(Device::CUDA));
-  std::unique_ptr<Communicator> sp_direct;
-  if (dut.emulated) sp_direct = make_emulated_direct_communicator(mesh.axis(Axis::SP));
+  const SpTransports sp(mesh, dut);
   const int64_t B = 1, Sl = 16;
   const int H = 2, D = 8;
   std::vector<int64_t> pos(static_cast<size_t>(Sl));
@@ -907,8 +911,7 @@ TEST_CASE(
   opt.q_chunk = opt.k_chunk = 4;
   opt.ring_pieces = 2;
   FailingTiles failing(*dut.backend);
-  for (Communicator* transport : {sp_dev.get(), sp_direct.get()}) {
-    if (!transport) continue;
+  for (Communicator* transport : sp.all()) {
     INFO("over " << transport->name());
     Attention attn(opt, failing, transport);
     const AttentionOutput ref = attn.forward(in);
