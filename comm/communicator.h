@@ -91,12 +91,12 @@ class RingExchange {
 // Held by a scope that owns a ring's buffers, declared after them: when the scope is left by an
 // exception while an exchange is in flight (a tile step that failed between start() and wait():
 // out of memory, say), waits for that exchange there, before the buffers are freed. Otherwise the
-// transfer would go on reading and writing freed memory, and the ring, which
-// outlives the scope, would refuse its next start(). The wait is the one the ring's destructor
-// would do later; it completes when the neighbours posted their side of the step, as the ranks
-// of a failing job do when they fail at the same point. On a normal exit every start() already
-// had its wait(), and this one returns at once. A failure of the wait is logged for this rank, not
-// thrown (the scope may be unwinding).
+// transfer would go on reading and writing freed memory, and the ring, which outlives the scope,
+// would refuse its next start(). The wait is the one the ring's destructor would do later; it
+// completes when the neighbours posted their side of the step, as the ranks of a failing job do
+// when they fail at the same point. On a normal exit every start() already had its wait(), and this
+// one returns at once. A failure of the wait is logged for this rank, not thrown (the scope may be
+// unwinding).
 class RingDrain {
  public:
   explicit RingDrain(RingExchange& ring) : ring_(ring) {}

@@ -56,6 +56,13 @@ uint64_t run_seed() {
   return s;
 }
 
+// Positions r * len .. r * len + len - 1: rank r's contiguous shard of a sequence.
+std::vector<int64_t> contiguous_positions(int64_t len, int r) {
+  std::vector<int64_t> pos(static_cast<size_t>(len));
+  for (int64_t i = 0; i < len; ++i) pos[size_t(i)] = r * len + i;
+  return pos;
+}
+
 // The device transports a [device] ring test runs over, on `mesh`'s sp axis: host staging, and
 // on the emulated device also the NCCL-like one (no staging; its ring ordered against the
 // deferred stream by the backend it was made with).
@@ -76,6 +83,12 @@ Tensor host_tensor(const std::vector<float>& v, const Shape& shape) {
   Tensor t = Tensor::empty(shape, DType::F32);
   std::memcpy(t.data<float>(), v.data(), v.size() * sizeof(float));
   return t;
+}
+
+// Random float32 values (random_floats) of `shape` on the device.
+Tensor device_random(uint64_t seed, const Shape& shape) {
+  return host_tensor(random_floats(size_t(shape_numel(shape)), seed), shape)
+      .to_device(Device::CUDA);
 }
 
 std::vector<float> to_vector(const Tensor& t) {
@@ -591,8 +604,7 @@ TEST_CASE("ring attention on the device equals the CPU's", "[device]") {
   const int64_t B = 2, S = 48, Sl = S / n;
   const int H = 4, Hkv = 2, D = 8;
   // Random global q, k, v, dO (the same on every rank) and this rank's contiguous shard of them.
-  std::vector<int64_t> pos(static_cast<size_t>(Sl));
-  for (int64_t i = 0; i < Sl; ++i) pos[size_t(i)] = r * Sl + i;
+  const std::vector<int64_t> pos = contiguous_positions(Sl, r);
   auto full = [&](uint64_t s, int heads) {
     return host_tensor(random_floats(size_t(B * S * heads * D), s), {B, S, heads, D});
   };
@@ -780,19 +792,19 @@ TEST_CASE("ring attention waits for the device a fixed number of times, whatever
   std::unique_ptr<Communicator> sp = make_emulated_direct_communicator(mesh.axis(Axis::SP));
   const int64_t B = 1, Sl = 24;
   const int H = 2, D = 8;
-  std::vector<int64_t> pos(static_cast<size_t>(Sl));
-  for (int64_t i = 0; i < Sl; ++i) pos[size_t(i)] = r * Sl + i;
-  auto dev = [&](uint64_t s, Shape shape) {
-    return host_tensor(random_floats(size_t(shape_numel(shape)), s), shape).to_device(Device::CUDA);
-  };
+  const std::vector<int64_t> pos = contiguous_positions(Sl, r);
+  const uint64_t seed = run_seed();
   std::vector<int32_t> seg_values(static_cast<size_t>(B * Sl));
   for (int64_t i = 0; i < Sl; ++i) seg_values[size_t(i)] = int32_t((r * Sl + i) / 10);
   Tensor seg = Tensor::empty({B, Sl}, DType::I32);
   std::copy(seg_values.begin(), seg_values.end(), seg.data<int32_t>());
-  const AttentionInput in{dev(run_seed(), {B, Sl, H, D}),     dev(run_seed() + 1, {B, Sl, H, D}),
-                          dev(run_seed() + 2, {B, Sl, H, D}), pos,
-                          seg.to_device(Device::CUDA),        nullptr};
-  const Tensor dout = dev(run_seed() + 3, {B, Sl, H, D});
+  const AttentionInput in{device_random(seed, {B, Sl, H, D}),
+                          device_random(seed + 1, {B, Sl, H, D}),
+                          device_random(seed + 2, {B, Sl, H, D}),
+                          pos,
+                          seg.to_device(Device::CUDA),
+                          nullptr};
+  const Tensor dout = device_random(seed + 3, {B, Sl, H, D});
   size_t waits[3][2] = {};  // [pieces 1, pieces 4, pieces 4 with shared tokens][fwd, bwd]
   for (int i = 0; i < 3; ++i) {
     AttentionOptions opt;
@@ -894,18 +906,15 @@ TEST_CASE(
   const SpTransports sp(mesh, dut);
   const int64_t B = 1, Sl = 16;
   const int H = 2, D = 8;
-  std::vector<int64_t> pos(static_cast<size_t>(Sl));
-  for (int64_t i = 0; i < Sl; ++i) pos[size_t(i)] = r * Sl + i;
-  auto dev = [&](uint64_t s, Shape shape) {
-    return host_tensor(random_floats(size_t(shape_numel(shape)), s), shape).to_device(Device::CUDA);
-  };
-  const AttentionInput in{dev(run_seed(), {B, Sl, H, D}),
-                          dev(run_seed() + 1, {B, Sl, H, D}),
-                          dev(run_seed() + 2, {B, Sl, H, D}),
+  const std::vector<int64_t> pos = contiguous_positions(Sl, r);
+  const uint64_t seed = run_seed();
+  const AttentionInput in{device_random(seed, {B, Sl, H, D}),
+                          device_random(seed + 1, {B, Sl, H, D}),
+                          device_random(seed + 2, {B, Sl, H, D}),
                           pos,
                           Tensor(),
                           nullptr};
-  const Tensor dout = dev(run_seed() + 3, {B, Sl, H, D});
+  const Tensor dout = device_random(seed + 3, {B, Sl, H, D});
   AttentionOptions opt;
   opt.impl = AttentionImpl::Ring;
   opt.q_chunk = opt.k_chunk = 4;

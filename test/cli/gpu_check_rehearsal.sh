@@ -26,13 +26,15 @@ for n in $stages; do
   esac
 done
 [ $rc -eq 0 ] && pass "check.sh exits 0" || fail "check.sh exits $rc: $(tail -5 "$tmp/console.log")"
-tar -tzf "$tmp/gpu.tgz" >"$tmp/pack.txt" && grep -q "summary.txt" "$tmp/pack.txt" && pass "the pack holds the summary" ||
-  fail "the pack $tmp/gpu.tgz has no summary.txt"
+tar -tzf "$tmp/gpu.tgz" >"$tmp/pack.txt" && grep -q "summary.txt" "$tmp/pack.txt" &&
+  pass "the pack holds the summary" || fail "the pack $tmp/gpu.tgz has no summary.txt"
 grep -q "^REHEARSAL" "$summary" && pass "the summary says it is a rehearsal" ||
   fail "the summary does not say it is a rehearsal"
 # The exit status follows the summary: a stage skipped for the deadline, a stage that does not
 # exist and a failing stage each make it non-zero, and each is in the summary.
-exits_non_zero() {  # NAME PATTERN STAGES [ENV...]: check.sh fails and its summary has PATTERN
+# exits_non_zero NAME PATTERN STAGES DIR [ENV...]: check.sh, run for STAGES into $tmp/DIR with
+# ENV set, exits non-zero and its summary has a line matching PATTERN.
+exits_non_zero() {
   local name=$1 pattern=$2 stages=$3 dir=$tmp/$4
   shift 4
   env OUT="$dir" RINGATTN_GPU_REHEARSAL=1 RINGATTN_GPU_BIN="$bin" RINGATTN_GPU_STAGES="$stages" \
