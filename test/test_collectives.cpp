@@ -109,10 +109,16 @@ class Buffer {
   void* ptr() {
     return device_ == Device::CUDA ? dev_ : host_.data();
   }
+  // cudaMemcpy from pageable memory may return before the data reaches the device, and the
+  // NCCL communicator's stream does not wait for the legacy stream (comm/nccl: inputs must be
+  // complete before a call): the device is synchronised. (The simulated GPU delivers such a copy
+  // only when something waits for it, which is how this was found.)
   void upload() {
 #ifdef RINGATTN_WITH_CUDA
-    if (device_ == Device::CUDA)
+    if (device_ == Device::CUDA) {
       REQUIRE(cudaMemcpy(dev_, host_.data(), host_.size(), cudaMemcpyHostToDevice) == cudaSuccess);
+      REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    }
 #endif
   }
   void download() {

@@ -512,10 +512,11 @@ TEST_CASE("stream-ordered collectives read what the compute stream queued before
   if (dut.emulated) owned.push_back(make_emulated_direct_communicator(mesh.axis(Axis::FSDP)));
   std::vector<Communicator*> comms;
   for (const auto& o : owned) comms.push_back(o.get());
-  // On a GPU, one rank: NCCL's own event-ordered collectives too (two ranks need two GPUs).
+  // On a GPU, one rank: NCCL's own event-ordered collectives too (two ranks need two GPUs); on
+  // the simulated GPU, whose simulated NCCL lets the ranks share it, on every rank.
   std::unique_ptr<Mesh> nccl_mesh;
-  if (!dut.emulated && nccl_compiled() && n == 1) {
-    nccl_mesh = std::make_unique<Mesh>(MeshShape{1, 1, 1, 1}, MPI_COMM_WORLD, Transport::NCCL);
+  if (!dut.emulated && nccl_compiled() && (n == 1 || cuda_simulated())) {
+    nccl_mesh = std::make_unique<Mesh>(MeshShape{1, n, 1, 1}, MPI_COMM_WORLD, Transport::NCCL);
     comms.push_back(nccl_mesh->device_axis(Axis::FSDP));
   }
   const int64_t c = 257;
@@ -996,10 +997,14 @@ struct Run {
 // `steps` steps on `backend` (null: the CPU), optionally resuming first and saving at the end.
 // `direct`: device buffers travel over the emulated device's NCCL-like transport instead of host
 // staging (emulated device only).
+// The device transport of a run: host staging (the mesh's default), the emulated device's
+// NCCL-like one, or NCCL (the simulated NCCL on the simulated GPU).
+enum class Via { Staged, NcclLike, Nccl };
+
 Run train(const TrainConfig& c, MeshShape shape, Backend* backend, int steps, bool resume = false,
-          bool save = false, bool direct = false) {
-  Mesh mesh(shape);
-  if (direct) mesh.set_device_transport(make_emulated_direct_communicator);
+          bool save = false, Via via = Via::Staged) {
+  Mesh mesh(shape, MPI_COMM_WORLD, via == Via::Nccl ? Transport::NCCL : Transport::MPI);
+  if (via == Via::NcclLike) mesh.set_device_transport(make_emulated_direct_communicator);
   TrainerOptions o;
   o.log_steps = false;
   o.write_metrics = false;
@@ -1089,7 +1094,7 @@ TEST_CASE("training on the device equals training on the CPU", "[device]") {
     AttentionImpl impl;
     MeshShape shape;
     DType dtype = DType::F32;
-    bool direct = false;  // the emulated NCCL-like transport (emulated device only)
+    Via via = Via::Staged;
     AttentionKernel kernel = AttentionKernel::Tiles;
   };
   std::vector<Case> cases = {
@@ -1102,7 +1107,7 @@ TEST_CASE("training on the device equals training on the CPU", "[device]") {
        AttentionImpl::Ring,
        {1, 1, n, 1},
        DType::BF16,
-       false,
+       Via::Staged,
        AttentionKernel::Fused}};
   if (n >= 2) cases.push_back({"data parallel x FSDP", AttentionImpl::Blockwise, {2, n / 2, 1, 1}});
   // With NCCL's semantics (no staging, collectives that do not wait for the compute stream) on a
@@ -1113,18 +1118,39 @@ TEST_CASE("training on the device equals training on the CPU", "[device]") {
                      AttentionImpl::Ring,
                      {1, 1, n, 1},
                      DType::F32,
-                     true});
+                     Via::NcclLike});
     cases.push_back({"NCCL-like transport: bf16 gathers, ring",
                      AttentionImpl::Ring,
                      {1, 1, n, 1},
                      DType::BF16,
-                     true});
+                     Via::NcclLike});
     if (n >= 4)
       cases.push_back({"NCCL-like transport: dp x fsdp x sp",
                        AttentionImpl::Ring,
                        {2, n / 4, 2, 1},
                        DType::F32,
-                       true});
+                       Via::NcclLike});
+  }
+  // The NCCL communicator's own code (its streams, events, stream-ordered FSDP collectives and the
+  // ring's event ordering) on the simulated GPU, over the simulated NCCL, whose streams run work
+  // as late as CUDA allows: a missing event or wait reads stale data there.
+  if (!dut.emulated && cuda_simulated()) {
+    cases.push_back({"NCCL transport: ring, FSDP over every rank",
+                     AttentionImpl::Ring,
+                     {1, 1, n, 1},
+                     DType::F32,
+                     Via::Nccl});
+    cases.push_back({"NCCL transport: bf16 gathers, ring",
+                     AttentionImpl::Ring,
+                     {1, 1, n, 1},
+                     DType::BF16,
+                     Via::Nccl});
+    if (n >= 4)
+      cases.push_back({"NCCL transport: dp x fsdp x sp",
+                       AttentionImpl::Ring,
+                       {2, n / 4, 2, 1},
+                       DType::F32,
+                       Via::Nccl});
   }
   for (const Case& k : cases) {
     INFO(k.name);
@@ -1136,7 +1162,7 @@ TEST_CASE("training on the device equals training on the CPU", "[device]") {
     c.train.micro_batches = 2;  // gradient accumulation across micro-batches too
     c.train.batch_size = 8;     // a multiple of dp x fsdp x micro_batches at 4 ranks
     const Run cpu = train(c, k.shape, nullptr, 4);
-    const Run dev = train(c, k.shape, dut.backend, 4, false, false, k.direct);
+    const Run dev = train(c, k.shape, dut.backend, 4, false, false, k.via);
     compare(dev, cpu, dut.emulated && k.kernel == AttentionKernel::Tiles, c.optim.lr, k.dtype);
     // Clipping happened, so the device path's norm and scaling were exercised.
     CHECK(cpu.grad_norm.front() > c.train.grad_clip);

@@ -294,6 +294,8 @@ TEST_CASE("NCCL ring rotation (GPU only; a clear error without one)", "[ring]") 
   REQUIRE(cudaMalloc(&nxt, bytes) == cudaSuccess);
   std::vector<uint8_t> host = block_of(r, bytes);
   REQUIRE(cudaMemcpy(cur, host.data(), bytes, cudaMemcpyHostToDevice) == cudaSuccess);
+  // A copy from pageable memory may still be on its way; the ring's stream does not wait for it.
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
   auto ring = c->make_ring();
   for (int t = 1; t <= n; ++t) {
     ring->start(cur, nxt, bytes);

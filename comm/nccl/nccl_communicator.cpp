@@ -255,7 +255,7 @@ class NcclCommunicator final : public Communicator {
              "the driver is missing or too old); use the MPI transport on CPUs",
              devices == 0 ? "this rank has none" : "another rank has none");
     device_ = MpiEnv::local_rank() % devices;
-    if (MpiEnv::local_size() > devices)
+    if (MpiEnv::local_size() > devices && !cuda_simulated())  // the simulated NCCL shares
       log::rank_warn(
           "{} ranks on this node share {} GPUs; NCCL rejects two ranks of one "
           "communicator on the same GPU",

@@ -268,12 +268,9 @@ class CudaBackend final : public Backend {
 bool cuda_compiled() {
   return true;
 }
+// The simulated build has a simulated NCCL over MPI (comm/nccl_sim).
 bool nccl_compiled() {
-#ifdef RINGATTN_CUDA_SIM
-  return false;  // the simulated build has no NCCL (core/cuda_sim)
-#else
   return true;
-#endif
 }
 
 bool cuda_simulated() {

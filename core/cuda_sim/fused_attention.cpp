@@ -4,23 +4,24 @@
 // over the grids fused_attention.cu launches. So `attention.kernel = fused` runs in the simulated
 // build too: the CUDA backend's fused path (its plan, uploads and statistics in
 // core/cuda/cuda_attention.cu), in the tests and in the ringattn executable. The host block runs
-// a block's phases one after another (slowly: for tests and dry runs, not for speed), at the
-// moment of the launch, like every simulated kernel.
+// a block's phases one after another (slowly: for tests and dry runs, not for speed), queued on
+// the launch's stream like every simulated kernel (core/cuda_sim/sim_streams.h).
 #include "core/cuda/fused_attention.h"
 #include "core/cuda_sim/host_block.h"
+#include "core/cuda_sim/sim_streams.h"
 
 namespace ringattn::cuda {
 
-void launch_fused_forward(cudaStream_t, const fused::Args& a) {
+void launch_fused_forward(cudaStream_t stream, const fused::Args& a) {
   check_fused_args(a);
   if (a.p.batch == 0 || a.p.sq == 0 || a.p.sk == 0) return;
-  sim::run_fused_forward(a);
+  sim::enqueue(stream, "fused attention forward", [a] { sim::run_fused_forward(a); });
 }
 
-void launch_fused_backward(cudaStream_t, const fused::Args& a) {
+void launch_fused_backward(cudaStream_t stream, const fused::Args& a) {
   check_fused_args(a);
   if (a.p.batch == 0 || a.p.sq == 0 || a.p.sk == 0) return;
-  sim::run_fused_backward(a);
+  sim::enqueue(stream, "fused attention backward", [a] { sim::run_fused_backward(a); });
 }
 
 std::string fused_occupancy(int head_dim) {

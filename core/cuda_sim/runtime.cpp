@@ -1,28 +1,36 @@
-// The simulated CUDA runtime's memory, streams, events and errors (RINGATTN_CUDA=SIM;
-// core/cuda_sim/include/cuda_runtime.h says what the simulation is and is not).
+// The simulated CUDA runtime's memory, copies and errors (RINGATTN_CUDA=SIM;
+// core/cuda_sim/include/cuda_runtime.h says what the simulation is and is not; streams and
+// events are core/cuda_sim/streams.cpp).
 //
 // Device memory: every allocation starts as all ones (NaN), and is registered with its exact size
 // (so AddressSanitizer, in the sanitizer build, also sees a kernel read or write past it). A copy,
 // a memset or a cuBLAS operand must lie inside one allocation, and a copy's kind must match where
 // its pointers are: otherwise the call fails with cudaErrorInvalidValue and says why on stderr, as
-// a GPU would fault.
+// a GPU would fault. Freed device memory is set to all ones before it goes, so queued work that
+// still reads it reads NaN (and AddressSanitizer reports it).
+//
+// Copies, memsets and stream-ordered frees are queued on their stream, and what each waits for is
+// what CUDA documents for its kind ("API synchronization behavior"): from pageable host memory the
+// source is taken at the call (staged), then the device write is queued; from pinned memory the
+// source is read when the copy runs; to pageable host memory the call waits for its stream first
+// and copies at once; to pinned memory it is queued. The synchronous cudaMemcpy is the same on
+// the legacy default stream, except that a copy to the host, or from pinned memory, completes
+// before it returns. Host to host copies run at once.
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <new>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "core/cuda_sim/sim_memory.h"
+#include "core/cuda_sim/sim_streams.h"
 #include "cuda_runtime.h"
 
-struct CUstream_st {
-  unsigned flags = 0;
-};
-struct CUevent_st {
-  unsigned flags = 0;
-};
 struct CUmemPoolHandle_st {};
 
 namespace ringattn::sim {
@@ -91,9 +99,27 @@ cudaError_t release(void* p) {
       return fail(cudaErrorInvalidValue, "cudaFree of a pointer that cudaMalloc did not return", p,
                   0);
     r.device_bytes -= it->second;
+    std::memset(p, 0xff, it->second);
     r.device.erase(it);
   }
   ::operator delete(p, std::align_val_t(kAlign));
+  return cudaSuccess;
+}
+
+// cudaFreeAsync: the pointer is checked at the call, the memory goes when the stream reaches it.
+cudaError_t release_async(void* p, cudaStream_t stream) {
+  if (!p) return cudaSuccess;
+  {
+    Registry& r = registry();
+    const std::lock_guard<std::mutex> lock(r.mu);
+    if (r.device.find(reinterpret_cast<uintptr_t>(p)) == r.device.end())
+      return fail(cudaErrorInvalidValue,
+                  "cudaFreeAsync of a pointer that cudaMalloc did not return", p, 0);
+  }
+  enqueue_release(stream, [p] {
+    if (release(p) != cudaSuccess)
+      std::fprintf(stderr, "[cuda sim] a queued cudaFreeAsync found its memory already freed\n");
+  });
   return cudaSuccess;
 }
 
@@ -121,8 +147,19 @@ cudaError_t check_side(const void* p, size_t bytes, int device, const char* side
   return cudaSuccess;
 }
 
-cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-  if (bytes == 0) return cudaSuccess;
+// Where a copy's pointer lies.
+enum class Side { Pageable, Pinned, Device };
+
+Side side_of(const void* p) {
+  const auto& r = registry();
+  if (find(r.device, p) != r.device.end()) return Side::Device;
+  if (find(r.pinned, p) != r.pinned.end()) return Side::Pinned;
+  return Side::Pageable;
+}
+
+// Checks a copy against its kind and the allocations; on success, says where each side lies.
+cudaError_t check_copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+                       Side* dst_side, Side* src_side) {
   int dst_device = -1, src_device = -1;
   switch (kind) {
     case cudaMemcpyHostToHost:
@@ -142,25 +179,63 @@ cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) 
     default:
       return fail(cudaErrorInvalidValue, "copy: unknown kind", dst, bytes);
   }
-  {
-    const std::lock_guard<std::mutex> lock(registry().mu);
-    if (const cudaError_t e = check_side(dst, bytes, dst_device, "destination")) return e;
-    if (const cudaError_t e = check_side(src, bytes, src_device, "source")) return e;
-  }
-  std::memmove(dst, src, bytes);
+  const std::lock_guard<std::mutex> lock(registry().mu);
+  if (const cudaError_t e = check_side(dst, bytes, dst_device, "destination")) return e;
+  if (const cudaError_t e = check_side(src, bytes, src_device, "source")) return e;
+  *dst_side = side_of(dst);
+  *src_side = side_of(src);
   return cudaSuccess;
 }
 
-// Streams and events are names only (work runs when it is queued).
-template <typename Handle>
-cudaError_t create(Handle** h, unsigned flags) {
-  if (!h) return fail(cudaErrorInvalidValue, "create without a result pointer", h, 0);
-  *h = new Handle{flags};
-  return cudaSuccess;
+// When queued work runs, the memory it was queued with must still be there: a stream-ordered free
+// that overtook it (a missing event between two streams) is the device's fault, named, instead of
+// a write into the host's heap.
+void require_live(const void* p, size_t bytes, Side side, const char* what) {
+  if (side == Side::Pageable) return;
+  const auto& r = registry();
+  const std::lock_guard<std::mutex> lock(registry().mu);
+  const auto& m = side == Side::Device ? r.device : r.pinned;
+  const auto it = find(m, p);
+  if (it == m.end() || reinterpret_cast<uintptr_t>(p) + bytes > it->first + it->second)
+    throw std::runtime_error(std::string(what) + " into or from memory freed before it ran");
 }
-template <typename Handle>
-cudaError_t destroy(Handle* h) {
-  delete h;
+
+// A copy on `stream` (null: the legacy default stream); `blocking`: the synchronous cudaMemcpy.
+cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream,
+                 bool blocking) {
+  if (bytes == 0) return cudaSuccess;
+  Side ds{}, ss{};
+  if (const cudaError_t e = check_copy(dst, src, bytes, kind, &ds, &ss)) return e;
+  if (const cudaError_t e = device_fault()) return e;
+  if (ds != Side::Device && ss != Side::Device) {  // host to host: at once
+    std::memmove(dst, src, bytes);
+    return cudaSuccess;
+  }
+  // To pageable memory the call waits for its stream and copies at once; the synchronous call
+  // also completes copies to pinned memory and from it.
+  const bool now =
+      ds == Side::Pageable || (blocking && ds == Side::Pinned) || (blocking && ss == Side::Pinned);
+  if (now) {
+    run_stream(stream);
+    if (const cudaError_t e = device_fault()) return e;
+    std::memmove(dst, src, bytes);
+    return cudaSuccess;
+  }
+  if (ss == Side::Pageable) {          // staged: the source is taken now
+    if (blocking) run_stream(stream);  // "a stream sync is performed before the copy is initiated"
+    auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src),
+                                                      static_cast<const char*>(src) + bytes);
+    enqueue(stream, "copy from pageable host memory", [dst, staged, ds] {
+      require_live(dst, staged->size(), ds, "a copy");
+      std::memcpy(dst, staged->data(), staged->size());
+    });
+    return cudaSuccess;
+  }
+  enqueue(stream, "copy", [dst, src, bytes, ds, ss] {
+    require_live(dst, bytes, ds, "a copy");
+    require_live(src, bytes, ss, "a copy");
+    std::memmove(dst, src, bytes);
+  });
   return cudaSuccess;
 }
 
@@ -200,12 +275,15 @@ const char* cudaGetErrorString(cudaError_t e) {
   }
   return "unknown error";
 }
+// A device fault is sticky: it is every later call's last error, and is never cleared.
 cudaError_t cudaGetLastError() {
+  if (const cudaError_t f = device_fault()) return f;
   const cudaError_t e = last_error;
   last_error = cudaSuccess;
   return e;
 }
 cudaError_t cudaPeekAtLastError() {
+  if (const cudaError_t f = device_fault()) return f;
   return last_error;
 }
 
@@ -240,9 +318,6 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
   *value = 227 << 10;
   return cudaSuccess;
 }
-cudaError_t cudaDeviceSynchronize() {
-  return cudaSuccess;
-}
 cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
   Registry& r = registry();
   const std::lock_guard<std::mutex> lock(r.mu);
@@ -254,14 +329,17 @@ cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
 cudaError_t cudaMalloc(void** p, size_t bytes) {
   return allocate(p, bytes);
 }
+// cudaFree waits for the whole device first, as CUDA's does.
 cudaError_t cudaFree(void* p) {
+  if (!p) return cudaSuccess;
+  run_device();
   return release(p);
 }
 cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
   return allocate(p, bytes);
 }
-cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
-  return release(p);
+cudaError_t cudaFreeAsync(void* p, cudaStream_t stream) {
+  return release_async(p, stream);
 }
 cudaError_t cudaMallocHost(void** p, size_t bytes) {
   *p = ::operator new(std::max<size_t>(bytes, 1), std::align_val_t(kAlign), std::nothrow);
@@ -307,63 +385,25 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* p)
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-  return copy(dst, src, bytes, kind);
+  return copy(dst, src, bytes, kind, nullptr, true);
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
-                            cudaStream_t) {
-  return copy(dst, src, bytes, kind);
+                            cudaStream_t stream) {
+  return copy(dst, src, bytes, kind, stream, false);
 }
-cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
+// Queued on the legacy default stream (cudaMemset) or the stream given (cudaMemsetAsync).
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t stream) {
   if (bytes == 0) return cudaSuccess;
   if (!device_memory(dst, bytes))
     return fail(cudaErrorInvalidValue, "memset outside device memory", dst, bytes);
-  std::memset(dst, value, bytes);
+  enqueue(stream, "memset", [dst, value, bytes] {
+    require_live(dst, bytes, Side::Device, "a memset");
+    std::memset(dst, value, bytes);
+  });
   return cudaSuccess;
 }
-cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) {
-  return cudaMemset(dst, value, bytes);
-}
-
-cudaError_t cudaStreamCreate(cudaStream_t* s) {
-  return create(s, 0);
-}
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
-  return create(s, flags);
-}
-cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  return destroy(s);
-}
-cudaError_t cudaStreamSynchronize(cudaStream_t) {
-  return cudaSuccess;
-}
-cudaError_t cudaStreamGetDevice(cudaStream_t, int* device) {
-  *device = 0;
-  return cudaSuccess;
-}
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t e, unsigned) {
-  if (!e) return fail(cudaErrorInvalidResourceHandle, "wait on a null event", nullptr, 0);
-  return cudaSuccess;
-}
-cudaError_t cudaEventCreate(cudaEvent_t* e) {
-  return create(e, 0);
-}
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned flags) {
-  return create(e, flags);
-}
-cudaError_t cudaEventDestroy(cudaEvent_t e) {
-  return destroy(e);
-}
-cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
-  if (!e) return fail(cudaErrorInvalidResourceHandle, "record of a null event", nullptr, 0);
-  return cudaSuccess;
-}
-// Work runs when it is queued, so every event is complete.
-cudaError_t cudaEventQuery(cudaEvent_t e) {
-  if (!e) return fail(cudaErrorInvalidResourceHandle, "query of a null event", nullptr, 0);
-  return cudaSuccess;
-}
-cudaError_t cudaEventSynchronize(cudaEvent_t e) {
-  return cudaEventQuery(e);
+cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
+  return cudaMemsetAsync(dst, value, bytes, nullptr);
 }
 
 cudaError_t cudaFuncSetAttribute(const void*, cudaFuncAttribute, int) {

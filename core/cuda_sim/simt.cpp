@@ -1,5 +1,6 @@
-// The simulated GPU's execution (RINGATTN_CUDA=SIM): a kernel launch runs its blocks one after
-// another on the calling thread, and the threads of a block as fibers, switched only where CUDA
+// The simulated GPU's execution (RINGATTN_CUDA=SIM): a kernel launch is queued on its stream
+// (core/cuda_sim/sim_streams.h); when it runs, it runs its blocks one after another on the thread
+// that waited for it, and the threads of a block as fibers, switched only where CUDA
 // threads wait for each other: __syncthreads and warp shuffles. On x86-64 a fiber switch is a few
 // instructions of our own (ucontext's swapcontext makes a system call per switch, which made a
 // launch of a million threads take seconds); elsewhere it is swapcontext. Between two waits a
@@ -11,6 +12,8 @@
 // - __syncthreads must be reached by every thread of the block: one reached while other threads
 //   exited, or wait at a shuffle, is a std::logic_error naming the kernel's block and the counts;
 // - a warp shuffle must be reached by all 32 lanes of the warp.
+// Such an error is the device's sticky fault (the stream scheduler catches it): stderr says what
+// it was, and synchronising calls return cudaErrorLaunchFailure, as a GPU's would.
 // Launch configurations the driver refuses (more than 1024 threads, a grid too large in y or z,
 // an empty grid) leave cudaErrorInvalidConfiguration as the last error and run nothing.
 #include <sys/mman.h>
@@ -28,6 +31,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/cuda_sim/sim_streams.h"
 #include "cuda_runtime.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -336,19 +340,13 @@ uint64_t warp_exchange(uint64_t v, int lane_mask, int width) {
   return b.slots[generation + size_t(from)];
 }
 
-void run_kernel(dim3 grid, dim3 block, size_t /*dynamic_smem*/, cudaStream_t /*stream*/,
-                void (*thread)(const void*), const void* closure) {
-  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
-  if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
-      grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
-    std::fprintf(stderr,
-                 "[cuda sim] launch refused: grid (%u, %u, %u), block (%u, %u, %u) threads\n",
-                 grid.x, grid.y, grid.z, block.x, block.y, block.z);
-    set_last_error(cudaErrorInvalidConfiguration);
-    return;
-  }
+namespace {
+
+// Runs a launch: every block in turn, the threads of each as fibers.
+void execute_kernel(dim3 grid, dim3 block, void (*thread)(const void*), const void* closure) {
   if (running)  // a kernel cannot launch one (the launch lock and the block are taken)
     throw std::logic_error("simulated kernel: a kernel launch from inside a kernel");
+  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   const std::lock_guard<std::mutex> lock(launch_mutex());
   static unsigned launches = 0;
   const unsigned launch = launches++;
@@ -376,6 +374,26 @@ void run_kernel(dim3 grid, dim3 block, size_t /*dynamic_smem*/, cudaStream_t /*s
     throw;
   }
   running = nullptr;
+}
+
+}  // namespace
+
+void run_kernel(dim3 grid, dim3 block, size_t /*dynamic_smem*/, cudaStream_t stream,
+                void (*thread)(const void*), std::shared_ptr<const void> closure) {
+  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+      grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
+    std::fprintf(stderr,
+                 "[cuda sim] launch refused: grid (%u, %u, %u), block (%u, %u, %u) threads\n",
+                 grid.x, grid.y, grid.z, block.x, block.y, block.z);
+    set_last_error(cudaErrorInvalidConfiguration);
+    return;
+  }
+  if (running)  // a kernel cannot launch one (the launch lock and the block are taken)
+    throw std::logic_error("simulated kernel: a kernel launch from inside a kernel");
+  enqueue(stream, "kernel", [grid, block, thread, closure = std::move(closure)] {
+    execute_kernel(grid, block, thread, closure.get());
+  });
 }
 
 }  // namespace ringattn::sim

@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "core/cuda/cuda_common.cuh"
+#include "core/cuda_sim/sim_memory.h"
+#include "core/cuda_sim/sim_streams.h"
 #include "test/cuda_test_util.h"
 
 using namespace ringattn;
@@ -52,6 +54,12 @@ __global__ void divergent_barrier_kernel(int* out) {
 __global__ void partial_shuffle_kernel(int* out) {
   if (threadIdx.x < 16) return;
   out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, int(threadIdx.x), 1);
+}
+
+// out[i] = v for i < n.
+__global__ void set_kernel(int* out, int n, int v) {
+  const int i = int(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i < n) out[i] = v;
 }
 
 template <typename T>
@@ -110,11 +118,26 @@ TEST_CASE("simulated GPU: divergent barriers and shuffles are errors, as are bad
           "[cuda]") {
   if (test::skip_without_gpu()) return;
   int* out = device_alloc<int>(64);
-  CHECK_THROWS_WITH(RA_LAUNCH(1, 64, 0, nullptr, divergent_barrier_kernel)(out),
-                    Catch::Contains("__syncthreads not reached by every thread") &&
-                        Catch::Contains("32 at __syncthreads") && Catch::Contains("32 exited"));
-  CHECK_THROWS_WITH(RA_LAUNCH(1, 32, 0, nullptr, partial_shuffle_kernel)(out),
-                    Catch::Contains("warp shuffle") && Catch::Contains("16 lanes"));
+  // A fault is found when the queued kernel runs, and is sticky, as on a GPU: every synchronising
+  // call and cudaGetLastError report it from then on, and later work is dropped.
+  RA_LAUNCH(1, 64, 0, nullptr, divergent_barrier_kernel)(out);
+  CHECK(cudaGetLastError() == cudaSuccess);  // the launch itself was fine
+  CHECK(cudaDeviceSynchronize() == cudaErrorLaunchFailure);
+  CHECK_THAT(sim::device_fault_message(),
+             Catch::Contains("__syncthreads not reached by every thread") &&
+                 Catch::Contains("32 at __syncthreads") && Catch::Contains("32 exited"));
+  CHECK(cudaGetLastError() == cudaErrorLaunchFailure);
+  CHECK(cudaGetLastError() == cudaErrorLaunchFailure);  // not cleared by reading it
+  CHECK(cudaMemsetAsync(out, 0, 4, nullptr) == cudaSuccess);
+  CHECK(cudaStreamSynchronize(nullptr) == cudaErrorLaunchFailure);
+  std::vector<int> host(64);
+  CHECK(cudaMemcpy(host.data(), out, 4, cudaMemcpyDeviceToHost) == cudaErrorLaunchFailure);
+  sim::clear_device_fault();  // a GPU would need a new process
+  RA_LAUNCH(1, 32, 0, nullptr, partial_shuffle_kernel)(out);
+  CHECK(cudaDeviceSynchronize() == cudaErrorLaunchFailure);
+  CHECK_THAT(sim::device_fault_message(),
+             Catch::Contains("warp shuffle") && Catch::Contains("16 lanes"));
+  sim::clear_device_fault();
   // The driver's limits: an invalid configuration, left as the last error, nothing run.
   RA_LAUNCH(1, 2048, 0, nullptr, divergent_barrier_kernel)(out);
   CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
@@ -188,4 +211,114 @@ TEST_CASE("simulated GPU: cuBLAS is column-major and checks its operands", "[cud
   cudaFree(db);
   cudaFree(dc);
   cublasDestroy(h);
+}
+
+// The streams (core/cuda_sim/sim_streams.h): queued work runs only when something waits for it,
+// and each kind of copy waits for what CUDA says it does. These are the rules the CUDA backend's
+// tests then run under: a missing wait reads stale data here every time.
+TEST_CASE("simulated GPU: queued work runs when the host or another stream waits for it",
+          "[cuda]") {
+  if (test::skip_without_gpu()) return;
+  constexpr int n = 64;
+  cudaStream_t s1 = nullptr, s2 = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking) == cudaSuccess);
+  int* x = device_alloc<int>(n);
+  int* y = device_alloc<int>(n);
+  int* pinned = nullptr;
+  REQUIRE(cudaMallocHost(reinterpret_cast<void**>(&pinned), n * sizeof(int)) == cudaSuccess);
+  std::fill(pinned, pinned + n, 0);
+  std::vector<int> host(n, 0);
+  const auto all = [](const int* p, int v) {
+    return std::all_of(p, p + n, [v](int e) { return e == v; });
+  };
+
+  SECTION("a kernel and a copy to pinned memory run at the stream's synchronisation") {
+    const size_t before = sim::queued_work();
+    RA_LAUNCH(1, n, 0, s1, set_kernel)(x, n, 7);
+    REQUIRE(cudaMemcpyAsync(pinned, x, n * sizeof(int), cudaMemcpyDeviceToHost, s1) == cudaSuccess);
+    CHECK(sim::queued_work() == before + 2);
+    CHECK(all(pinned, 0));  // nothing ran: a host reading it now reads stale data
+    REQUIRE(cudaStreamSynchronize(s1) == cudaSuccess);
+    CHECK(all(pinned, 7));
+    CHECK(sim::queued_work() == before);
+  }
+  SECTION("a copy to pageable host memory waits for its stream") {
+    RA_LAUNCH(1, n, 0, s1, set_kernel)(x, n, 8);
+    REQUIRE(cudaMemcpyAsync(host.data(), x, n * sizeof(int), cudaMemcpyDeviceToHost, s1) ==
+            cudaSuccess);
+    CHECK(all(host.data(), 8));
+  }
+  SECTION("a copy from pageable memory takes its source at the call, from pinned when it runs") {
+    std::fill(host.begin(), host.end(), 3);
+    std::fill(pinned, pinned + n, 3);
+    REQUIRE(cudaMemcpyAsync(x, host.data(), n * sizeof(int), cudaMemcpyHostToDevice, s1) ==
+            cudaSuccess);
+    REQUIRE(cudaMemcpyAsync(y, pinned, n * sizeof(int), cudaMemcpyHostToDevice, s1) == cudaSuccess);
+    std::fill(host.begin(), host.end(), 4);  // fine: the pageable source was staged
+    std::fill(pinned, pinned + n, 4);        // a race on a GPU: the copy has not read it yet
+    REQUIRE(cudaMemcpy(host.data(), x, n * sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess);
+    CHECK(all(host.data(), -1));  // the legacy stream does not wait for a non-blocking one
+    REQUIRE(cudaStreamSynchronize(s1) == cudaSuccess);
+    REQUIRE(cudaMemcpy(host.data(), x, n * sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess);
+    CHECK(all(host.data(), 3));
+    REQUIRE(cudaMemcpy(host.data(), y, n * sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess);
+    CHECK(all(host.data(), 4));
+  }
+  SECTION("a stream reads another's result only after waiting for its event") {
+    cudaEvent_t e = nullptr;
+    REQUIRE(cudaEventCreateWithFlags(&e, cudaEventDisableTiming) == cudaSuccess);
+    // No event: s2's copy runs when s2 is synchronised, before s1's kernel.
+    RA_LAUNCH(1, n, 0, s1, set_kernel)(x, n, 5);
+    REQUIRE(cudaMemcpyAsync(y, x, n * sizeof(int), cudaMemcpyDeviceToDevice, s2) == cudaSuccess);
+    REQUIRE(cudaStreamSynchronize(s2) == cudaSuccess);
+    REQUIRE(cudaMemcpy(host.data(), y, n * sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess);
+    CHECK(all(host.data(), -1));  // fresh device memory is all ones
+    // With it: synchronising s2 runs s1 up to the event first.
+    RA_LAUNCH(1, n, 0, s1, set_kernel)(x, n, 6);
+    REQUIRE(cudaEventRecord(e, s1) == cudaSuccess);
+    RA_LAUNCH(1, n, 0, s1, set_kernel)(x, n, 9);  // after the event: not waited for
+    REQUIRE(cudaStreamWaitEvent(s2, e, 0) == cudaSuccess);
+    REQUIRE(cudaMemcpyAsync(y, x, n * sizeof(int), cudaMemcpyDeviceToDevice, s2) == cudaSuccess);
+    REQUIRE(cudaStreamSynchronize(s2) == cudaSuccess);
+    REQUIRE(cudaMemcpy(host.data(), y, n * sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess);
+    CHECK(all(host.data(), 6));
+    // A pending event answers "not ready" once, then its work runs (pollers make progress).
+    RA_LAUNCH(1, n, 0, s1, set_kernel)(x, n, 2);
+    REQUIRE(cudaEventRecord(e, s1) == cudaSuccess);
+    CHECK(cuda::query_event(e) == cudaErrorNotReady);
+    CHECK(cudaGetLastError() == cudaSuccess);  // query_event cleared it
+    CHECK(cuda::query_event(e) == cudaSuccess);
+    REQUIRE(cudaMemcpyAsync(host.data(), x, n * sizeof(int), cudaMemcpyDeviceToHost, s2) ==
+            cudaSuccess);
+    CHECK(all(host.data(), 2));
+    REQUIRE(cudaStreamSynchronize(s1) == cudaSuccess);
+    cudaEventDestroy(e);
+  }
+  SECTION("a stream-ordered free happens when its stream reaches it") {
+    int* z = nullptr;
+    REQUIRE(cudaMallocAsync(reinterpret_cast<void**>(&z), n * sizeof(int), s1) == cudaSuccess);
+    RA_LAUNCH(1, n, 0, s1, set_kernel)(z, n, 1);
+    REQUIRE(cudaFreeAsync(z, s1) == cudaSuccess);
+    CHECK(sim::device_memory(z, n * sizeof(int)));  // the kernel before the free still uses it
+    REQUIRE(cudaStreamSynchronize(s1) == cudaSuccess);
+    CHECK_FALSE(sim::device_memory(z, n * sizeof(int)));
+    CHECK(cudaFreeAsync(z, s1) == cudaErrorInvalidValue);  // twice
+    (void)cudaGetLastError();
+  }
+  SECTION("a blocking stream and the legacy default stream wait for each other") {
+    cudaStream_t blocking = nullptr;
+    REQUIRE(cudaStreamCreate(&blocking) == cudaSuccess);
+    RA_LAUNCH(1, n, 0, blocking, set_kernel)(x, n, 11);
+    REQUIRE(cudaMemcpy(host.data(), x, n * sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess);
+    CHECK(all(host.data(), 11));
+    REQUIRE(cudaStreamDestroy(blocking) == cudaSuccess);
+  }
+  CHECK(cudaDeviceSynchronize() == cudaSuccess);
+  CHECK(sim::queued_work() == 0);
+  REQUIRE(cudaFreeHost(pinned) == cudaSuccess);
+  cudaFree(x);
+  cudaFree(y);
+  cudaStreamDestroy(s1);
+  cudaStreamDestroy(s2);
 }

@@ -6,9 +6,13 @@
 // - Device memory is host memory handed out by cudaMalloc / cudaMallocAsync and registered, so that
 //   cudaPointerGetAttributes tells it from host memory, copies check their direction (kind) and
 //   that each range lies inside one allocation, and frees of unknown pointers are errors.
-// - Streams and events are names: every call runs at once, in program order. Stream-ordering bugs
-//   between two streams are therefore NOT found here (test/emulated_device.h's deferred stream is
-//   the tool for those).
+// - Streams are queues: kernels, cuBLAS calls, asynchronous copies, memsets and stream-ordered
+//   frees run only when something waits for them (a synchronisation, a synchronous copy to the
+//   host, a cudaStreamWaitEvent reached by another stream), as late as CUDA allows
+//   (core/cuda_sim/sim_streams.h). So a missing wait reads stale data every time instead of
+//   rarely. Copies follow CUDA's rules on what each kind waits for: one from pageable host memory
+//   takes its source at the call, one from pinned memory when it runs, one to pageable host
+//   memory waits for its stream. A fault while queued work runs is sticky, as on a GPU.
 // - Kernels run block after block; the threads of a block are fibers on the calling thread
 //   (core/cuda_sim/simt.cpp): __syncthreads is a real barrier over the block's threads (and an
 //   error when some threads of the block exited or wait elsewhere), warp shuffles exchange values
@@ -18,8 +22,9 @@
 //   GPU's, not bitwise; the [cuda] tests compare against the CPU backend within their tolerances.
 //
 // Device-side language: __global__, __device__, __host__, __forceinline__, __launch_bounds__ and
-// __restrict__ mean nothing here; __shared__ is `static` (one block runs at a time, and launches
-// are serialised); threadIdx, blockIdx, blockDim, gridDim are set per fiber by the scheduler.
+// __restrict__ mean nothing here; __shared__ is `static` (one block runs at a time, and queued
+// work runs one item at a time); threadIdx, blockIdx, blockDim, gridDim are set per fiber by the
+// scheduler.
 #pragma once
 
 #include <math.h>
@@ -27,6 +32,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -212,6 +218,15 @@ cudaError_t cudaFreeHost(void* p);
 cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int device);
 cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* value);
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* p);
+// The runtime header's typed forms (T** for void**).
+template <typename T>
+cudaError_t cudaMalloc(T** p, size_t bytes) {
+  return cudaMalloc(reinterpret_cast<void**>(p), bytes);
+}
+template <typename T>
+cudaError_t cudaMallocAsync(T** p, size_t bytes, cudaStream_t stream) {
+  return cudaMallocAsync(reinterpret_cast<void**>(p), bytes, stream);
+}
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
@@ -232,6 +247,9 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr);
 cudaError_t cudaEventQuery(cudaEvent_t e);
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
 
+using cudaHostFn_t = void (*)(void* data);
+cudaError_t cudaLaunchHostFunc(cudaStream_t stream, cudaHostFn_t fn, void* data);
+
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value);
 cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, const void* func,
                                                           int block_size, size_t smem);
@@ -240,10 +258,11 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, const voi
 
 namespace ringattn::sim {
 
-// Runs `thread` once per thread of every block (core/cuda_sim/simt.cpp); checks the launch
-// configuration as the driver does (cudaErrorInvalidConfiguration, left as the last error).
+// Queues a launch on `stream` that runs `thread` once per thread of every block
+// (core/cuda_sim/simt.cpp); checks the launch configuration at once, as the driver does
+// (cudaErrorInvalidConfiguration, left as the last error, nothing queued).
 void run_kernel(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream,
-                void (*thread)(const void* closure), const void* closure);
+                void (*thread)(const void* closure), std::shared_ptr<const void> closure);
 
 // kernel<<<grid, block, smem, stream>>>(args...) is RA_LAUNCH(grid, block, smem, stream,
 // kernel)(args...) in the sources (core/cuda/cuda_common.cuh); here it is a Launch: the arguments
@@ -259,8 +278,11 @@ class Launch {
     struct Closure {
       void (*kernel)(Params...);
       std::tuple<std::decay_t<Params>...> args;
-    } closure{kernel_, std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)};
-    run_kernel(grid_, block_, smem_, stream_, &call<Closure>, &closure);
+    };
+    // Kept until the queued launch has run (the arguments are taken at the launch, as on a GPU).
+    auto closure = std::make_shared<const Closure>(
+        Closure{kernel_, std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)});
+    run_kernel(grid_, block_, smem_, stream_, &call<Closure>, closure);
   }
 
  private:

@@ -2,7 +2,8 @@
 // with cub's two-call protocol (a null temp_storage asks for the temporary bytes). Only what
 // core/cuda/cuda_layers.cu uses: int32 keys over all 32 bits, in ascending numeric order (cub
 // flips the sign bit of signed keys, which orders them as numbers), and int32 values. Every array
-// must be device memory, and the temporary storage as large as the first call said.
+// must be device memory, and the temporary storage as large as the first call said. The sort is
+// queued on `stream` (core/cuda_sim/sim_streams.h), as a GPU's would be.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -12,9 +13,8 @@
 #include <numeric>
 #include <vector>
 
-namespace ringattn::sim {
-bool device_memory(const void* p, size_t bytes);  // core/cuda_sim/sim_memory.h
-}  // namespace ringattn::sim
+#include "core/cuda_sim/sim_memory.h"
+#include "core/cuda_sim/sim_streams.h"
 
 namespace cub {
 
@@ -23,7 +23,6 @@ struct DeviceRadixSort {
                                int32_t* keys_out, const int32_t* values_in, int32_t* values_out,
                                int n, int begin_bit = 0, int end_bit = 32,
                                cudaStream_t stream = nullptr) {
-    (void)stream;
     if (begin_bit != 0 || end_bit != 32) return cudaErrorInvalidValue;  // not simulated
     if (!temp_storage) {
       temp_bytes = size_t(std::max(n, 1)) * 8;  // what a real sort might ask for
@@ -35,17 +34,19 @@ struct DeviceRadixSort {
         !device_memory(values_in, bytes) || !device_memory(values_out, bytes) ||
         !device_memory(temp_storage, temp_bytes) || temp_bytes < size_t(std::max(n, 1)) * 8)
       return cudaErrorInvalidValue;  // what would fault on a GPU
-    std::vector<int> order(size_t(std::max(n, 0)));
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int a, int b) { return keys_in[a] < keys_in[b]; });
-    std::vector<int32_t> keys(order.size()), values(order.size());
-    for (size_t i = 0; i < order.size(); ++i) {
-      keys[i] = keys_in[order[i]];
-      values[i] = values_in[order[i]];
-    }
-    std::copy(keys.begin(), keys.end(), keys_out);
-    std::copy(values.begin(), values.end(), values_out);
+    ringattn::sim::enqueue(stream, "cub radix sort", [=] {
+      std::vector<int> order(size_t(std::max(n, 0)));
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int a, int b) { return keys_in[a] < keys_in[b]; });
+      std::vector<int32_t> keys(order.size()), values(order.size());
+      for (size_t i = 0; i < order.size(); ++i) {
+        keys[i] = keys_in[order[i]];
+        values[i] = values_in[order[i]];
+      }
+      std::copy(keys.begin(), keys.end(), keys_out);
+      std::copy(values.begin(), values.end(), values_out);
+    });
     return cudaSuccess;
   }
 };
