@@ -44,8 +44,8 @@
 #                          command: RINGATTN_GPU_BIN is a simulated-GPU build (-DRINGATTN_CUDA=SIM),
 #                          every stage runs its commands at sizes the host runs in seconds,
 #                          nvidia-smi and compute-sanitizer are stand-ins that run the command
-#                          they wrap, PyTorch's side is skipped when it is not installed, and
-#                          stage 5's NCCL run uses the MPI transport (no NCCL simulated). Its
+#                          they wrap, and PyTorch's side is skipped when it is not installed
+#                          (stage 5's NCCL run uses the simulated NCCL, comm/nccl_sim). Its
 #                          figures mean nothing; what it checks is that every stage passes.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -116,7 +116,7 @@ ra=$bin/ringattn
 # attention tool; seqs and chunk: stage 6's sweep, seq_1b_heads its run on the 1B shape's heads;
 # train_seq and train_shrink: stage 7's 1B-shaped step; tiny_steps: stage 5; demo_set: stage 8.
 attn_seq=4096 fused_seq=8192 seqs="8192 16384 32768 65536" chunk=1024 seq_1b_heads=32768
-train_seq=32768 train_shrink="" tiny_steps=20 demo_set="" nccl_transport=nccl torch=1
+train_seq=32768 train_shrink="" tiny_steps=20 demo_set="" torch=1
 [ "$quick" = 1 ] && seqs="8192 16384"
 if [ "$rehearsal" = 1 ]; then
   attn_seq=256 fused_seq=256 seqs="256 512" chunk=128 seq_1b_heads=512 train_seq=256
@@ -124,7 +124,7 @@ if [ "$rehearsal" = 1 ]; then
   train_shrink="--set model.num_layers=1 --set model.intermediate_size=512 \
     --set model.vocab_size=512 --set model.loss_chunk=256 --set attention.q_chunk=128 \
     --set attention.k_chunk=128"
-  tiny_steps=3 demo_set="--set train.steps=3 --set eval.batches=1" nccl_transport=mpi
+  tiny_steps=3 demo_set="--set train.steps=3 --set eval.batches=1"
   python3 -c 'import torch' 2>/dev/null || torch=0
   python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read())' scripts/gpu/sdpa_bench.py ||
     echo "stage 6 will fail on a GPU: scripts/gpu/sdpa_bench.py does not parse"
@@ -223,7 +223,7 @@ stage_5() {
   $ra train $tiny --set run_dir=$out/tiny_cpu; \
   $ra train $tiny --set run_dir=$out/tiny_gpu --set device=cuda; \
   RINGATTN_DEBUG_FAULTS=fsdp_communicate_alone=1 \
-  $ra train $tiny --set run_dir=$out/tiny_nccl --set device=cuda --set comm.transport=$nccl_transport \
+  $ra train $tiny --set run_dir=$out/tiny_nccl --set device=cuda --set comm.transport=nccl \
     --set comm.timeout_s=10; \
   python3 - $out <<'PY'
 import json, sys
