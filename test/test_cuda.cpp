@@ -19,6 +19,7 @@
 
 #ifdef RINGATTN_WITH_CUDA
 #include <atomic>
+#include <chrono>
 #include <thread>
 
 #include "core/cuda/cuda_check.h"
@@ -479,8 +480,10 @@ TEST_CASE("CUDA: polling a pending event leaves no error for the next launch's c
   // The stream is held by a host function until released: the event after it is pending.
   REQUIRE(cudaLaunchHostFunc(
               s,
-              [](void*) {
-                while (!release.load()) std::this_thread::yield();
+              [](void*) {  // bounded: a hang here would otherwise never end
+                const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+                while (!release.load() && std::chrono::steady_clock::now() < until)
+                  std::this_thread::yield();
               },
               nullptr) == cudaSuccess);
   REQUIRE(cudaEventRecord(e, s) == cudaSuccess);

@@ -174,7 +174,8 @@ cublasStatus_t gemm_batched(cublasHandle_t h, const Gemm& g, const void* const a
       one.c = c[i];
       if (check_operands(one) != CUBLAS_STATUS_SUCCESS)
         throw std::runtime_error("product " + std::to_string(i) + " of " + std::to_string(count) +
-                                 ": an operand outside device memory (illegal address)");
+                                 ": an operand outside device memory (illegal address), or C "
+                                 "overlapping A or B");
       compute(one);
     }
   });

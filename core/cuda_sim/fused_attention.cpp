@@ -15,13 +15,20 @@ namespace ringattn::cuda {
 void launch_fused_forward(cudaStream_t stream, const fused::Args& a) {
   check_fused_args(a);
   if (a.p.batch == 0 || a.p.sq == 0 || a.p.sk == 0) return;
-  sim::enqueue(stream, "fused attention forward", [a] { sim::run_fused_forward(a); });
+  // The host block's test settings as they are at the launch, not when it runs.
+  sim::enqueue(stream, "fused attention forward",
+               [a, order = sim::host_block_order(), max_d = sim::host_block_max_head_dim()] {
+                 sim::run_fused_forward(a, order, max_d);
+               });
 }
 
 void launch_fused_backward(cudaStream_t stream, const fused::Args& a) {
   check_fused_args(a);
   if (a.p.batch == 0 || a.p.sq == 0 || a.p.sk == 0) return;
-  sim::enqueue(stream, "fused attention backward", [a] { sim::run_fused_backward(a); });
+  sim::enqueue(stream, "fused attention backward",
+               [a, order = sim::host_block_order(), max_d = sim::host_block_max_head_dim()] {
+                 sim::run_fused_backward(a, order, max_d);
+               });
 }
 
 std::string fused_occupancy(int head_dim) {

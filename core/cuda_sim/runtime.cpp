@@ -19,10 +19,12 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <new>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -30,6 +32,23 @@
 #include "core/cuda_sim/sim_memory.h"
 #include "core/cuda_sim/sim_streams.h"
 #include "cuda_runtime.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define RINGATTN_SIM_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)  // clang
+#define RINGATTN_SIM_ASAN 1
+#endif
+#endif
+#ifdef RINGATTN_SIM_ASAN
+#include <sanitizer/asan_interface.h>
+// Quarantined device memory is poisoned: a kernel touching it is a use after free to ASan.
+#define RINGATTN_SIM_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define RINGATTN_SIM_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define RINGATTN_SIM_POISON(p, n) ((void)(p), (void)(n))
+#define RINGATTN_SIM_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
 
 struct CUmemPoolHandle_st {};
 
@@ -40,10 +59,18 @@ namespace {
 constexpr size_t kAlign = 256;                    // cudaMalloc's alignment
 constexpr size_t kTotalBytes = size_t(80) << 30;  // an H100's memory, for cudaMemGetInfo
 
+// Freed device memory is held back (all ones) before it returns to the host's heap, so that a
+// later allocation does not get the same address at once: queued work that still names freed
+// memory then finds it unregistered (a fault), not someone else's live allocation.
+constexpr size_t kQuarantineBytes = size_t(256) << 20;
+
 struct Registry {
   std::mutex mu;
   std::map<uintptr_t, size_t> device;  // start -> bytes
   std::map<uintptr_t, size_t> pinned;
+  std::set<uintptr_t> free_queued;  // device allocations with a cudaFreeAsync not yet run
+  std::deque<std::pair<void*, size_t>> quarantine;
+  size_t quarantine_bytes = 0;
   size_t device_bytes = 0;
 };
 
@@ -89,36 +116,59 @@ cudaError_t allocate(void** p, size_t bytes) {
   return cudaSuccess;
 }
 
-cudaError_t release(void* p) {
+// `queued`: the free queued by cudaFreeAsync (its pointer is then among free_queued).
+cudaError_t release(void* p, bool queued = false) {
   if (!p) return cudaSuccess;
   Registry& r = registry();
+  std::vector<std::pair<void*, size_t>> to_delete;
   {
     const std::lock_guard<std::mutex> lock(r.mu);
-    const auto it = r.device.find(reinterpret_cast<uintptr_t>(p));
+    const auto key = reinterpret_cast<uintptr_t>(p);
+    const auto it = r.device.find(key);
     if (it == r.device.end())
       return fail(cudaErrorInvalidValue, "cudaFree of a pointer that cudaMalloc did not return", p,
                   0);
+    if (!queued && r.free_queued.count(key))
+      return fail(cudaErrorInvalidValue, "cudaFree of memory whose cudaFreeAsync is still queued",
+                  p, 0);
+    r.free_queued.erase(key);
     r.device_bytes -= it->second;
     std::memset(p, 0xff, it->second);
+    RINGATTN_SIM_POISON(p, it->second);
+    r.quarantine.emplace_back(p, it->second);
+    r.quarantine_bytes += it->second;
     r.device.erase(it);
+    while (r.quarantine_bytes > kQuarantineBytes) {
+      to_delete.push_back(r.quarantine.front());
+      r.quarantine_bytes -= r.quarantine.front().second;
+      r.quarantine.pop_front();
+    }
   }
-  ::operator delete(p, std::align_val_t(kAlign));
+  for (const auto& [q, bytes] : to_delete) {
+    RINGATTN_SIM_UNPOISON(q, bytes);
+    ::operator delete(q, std::align_val_t(kAlign));
+  }
   return cudaSuccess;
 }
 
-// cudaFreeAsync: the pointer is checked at the call, the memory goes when the stream reaches it.
+// cudaFreeAsync: the pointer is checked at the call (a second free of it while the first is
+// queued is refused there), the memory goes when the stream reaches it.
 cudaError_t release_async(void* p, cudaStream_t stream) {
   if (!p) return cudaSuccess;
   {
     Registry& r = registry();
     const std::lock_guard<std::mutex> lock(r.mu);
-    if (r.device.find(reinterpret_cast<uintptr_t>(p)) == r.device.end())
+    const auto key = reinterpret_cast<uintptr_t>(p);
+    if (r.device.find(key) == r.device.end())
       return fail(cudaErrorInvalidValue,
                   "cudaFreeAsync of a pointer that cudaMalloc did not return", p, 0);
+    if (!r.free_queued.insert(key).second)
+      return fail(cudaErrorInvalidValue, "cudaFreeAsync of memory whose cudaFreeAsync is queued", p,
+                  0);
   }
   enqueue_release(stream, [p] {
-    if (release(p) != cudaSuccess)
-      std::fprintf(stderr, "[cuda sim] a queued cudaFreeAsync found its memory already freed\n");
+    if (release(p, /*queued=*/true) != cudaSuccess)
+      throw std::runtime_error("a queued cudaFreeAsync found its memory already freed");
   });
   return cudaSuccess;
 }
@@ -349,6 +399,8 @@ cudaError_t cudaMallocHost(void** p, size_t bytes) {
   r.pinned[reinterpret_cast<uintptr_t>(*p)] = bytes;
   return cudaSuccess;
 }
+// Does not wait for queued copies from or to it (stricter than drivers that synchronise here):
+// code frees pinned memory only after waiting for its last copy, as pinned_upload does.
 cudaError_t cudaFreeHost(void* p) {
   if (!p) return cudaSuccess;
   Registry& r = registry();

@@ -13,6 +13,7 @@
 #include <exception>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -38,6 +39,7 @@ struct CUevent_st {
   CUstream_st* stream = nullptr;  // null: never recorded (complete)
   uint64_t point = 0;
   bool answered_not_ready = false;
+  std::thread::id recorder;  // the thread that recorded it
 };
 
 namespace ringattn::sim {
@@ -113,7 +115,7 @@ void order_against_legacy(CUstream_st* s) {
   };
   if (s == &st.legacy) {
     for (CUstream_st* other : st.all)
-      if (!other->destroyed && (other->flags & cudaStreamNonBlocking) == 0) wait_for(other);
+      if ((other->flags & cudaStreamNonBlocking) == 0) wait_for(other);
   } else if ((s->flags & cudaStreamNonBlocking) == 0) {
     wait_for(&st.legacy);
   }
@@ -142,8 +144,9 @@ void run_stream(cudaStream_t stream) {
   Streams& st = streams();
   const std::lock_guard<std::recursive_mutex> lock(st.mu);
   CUstream_st* s = resolve(stream);
-  // What the legacy stream does next (a synchronous copy) waits for the blocking streams.
-  if (s == &st.legacy) order_against_legacy(s);
+  // What the caller does next on the stream (a copy to the host, an NCCL call) comes after the
+  // work it is ordered after implicitly: the legacy stream's, or the blocking streams'.
+  order_against_legacy(s);
   run_until(s, s->queued);
 }
 
@@ -216,13 +219,13 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
   st.all.push_back(*s);
   return cudaSuccess;
 }
-// A stream destroyed with work queued finishes it first (CUDA runs it, then releases the stream).
-// The stream itself is kept, empty: a wait queued elsewhere may still name it.
+// cudaStreamDestroy returns at once; work still queued runs later, as CUDA runs it before it
+// releases the stream (here: when something waits for it, or the device is synchronised). The
+// stream itself is kept: its queue, and waits queued elsewhere, may still name it.
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
   if (!s) return null_handle("destroy of the null stream");
   Streams& st = streams();
   const std::lock_guard<std::recursive_mutex> lock(st.mu);
-  run_until(s, s->queued);
   s->destroyed = true;
   return cudaSuccess;
 }
@@ -262,6 +265,7 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t stream) {
   e->stream = s;
   e->point = s->queued;
   e->answered_not_ready = false;
+  e->recorder = std::this_thread::get_id();
   return cudaSuccess;
 }
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t e, unsigned) {
@@ -273,15 +277,17 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t e, unsigned) {
     push(s, CUstream_st::Item{{}, "event wait", false, e->stream, e->point});
   return cudaSuccess;
 }
-// A pending event answers "not ready" once, as a busy GPU would; asked again, its work runs, so
-// code polling it makes progress.
+// A pending event answers "not ready" once, as a busy GPU would; asked again by the thread that
+// recorded it, its work runs, so code polling it makes progress. Other threads (the watchdog's)
+// only ever see it pending until someone runs it: their polling must not decide when work runs.
 cudaError_t cudaEventQuery(cudaEvent_t e) {
   if (!e) return null_handle("query of a null event");
   Streams& st = streams();
   const std::lock_guard<std::recursive_mutex> lock(st.mu);
   if (e->stream && e->stream->done < e->point) {
-    if (!e->answered_not_ready) {
-      e->answered_not_ready = true;
+    const bool recorder = std::this_thread::get_id() == e->recorder;
+    if (!recorder || !e->answered_not_ready) {
+      if (recorder) e->answered_not_ready = true;
       set_last_error(cudaErrorNotReady);
       return cudaErrorNotReady;
     }

@@ -207,6 +207,21 @@ TEST_CASE("simulated GPU: cuBLAS is column-major and checks its operands", "[cud
   const float* bptrs[1] = {db};
   CHECK(cublasSgemmBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 3, &one, ptrs, 2, bptrs, 3, &zero,
                            cptrs, 2, 1) == CUBLAS_STATUS_INVALID_VALUE);
+  // Device pointer arrays are read when the product runs: an operand there that is host memory is
+  // the device's fault then (an illegal address on a GPU), not a status at the call.
+  void** arrays = device_alloc<void*>(3);
+  const void* host_ptrs[3] = {a.data(), db, dc};  // A in host memory
+  REQUIRE(cudaMemcpy(arrays, host_ptrs, sizeof(host_ptrs), cudaMemcpyHostToDevice) == cudaSuccess);
+  CHECK(cublasSgemmBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 3, &one,
+                           reinterpret_cast<const float* const*>(arrays), 2,
+                           reinterpret_cast<const float* const*>(arrays + 1), 3, &zero,
+                           reinterpret_cast<float* const*>(arrays + 2), 2,
+                           1) == CUBLAS_STATUS_SUCCESS);
+  CHECK(cudaDeviceSynchronize() == cudaErrorLaunchFailure);
+  CHECK_THAT(sim::device_fault_message(),
+             Catch::Contains("batched GEMM") && Catch::Contains("outside device memory"));
+  sim::clear_device_fault();
+  cudaFree(arrays);
   cudaFree(da);
   cudaFree(db);
   cudaFree(dc);
@@ -304,7 +319,22 @@ TEST_CASE("simulated GPU: queued work runs when the host or another stream waits
     REQUIRE(cudaStreamSynchronize(s1) == cudaSuccess);
     CHECK_FALSE(sim::device_memory(z, n * sizeof(int)));
     CHECK(cudaFreeAsync(z, s1) == cudaErrorInvalidValue);  // twice
+    // A second free while the first is still queued is refused at the call.
+    REQUIRE(cudaMallocAsync(reinterpret_cast<void**>(&z), n * sizeof(int), s1) == cudaSuccess);
+    REQUIRE(cudaFreeAsync(z, s1) == cudaSuccess);
+    CHECK(cudaFreeAsync(z, s2) == cudaErrorInvalidValue);
+    CHECK(cudaFree(z) == cudaErrorInvalidValue);
     (void)cudaGetLastError();
+    // Work queued on another stream that outlives the free, without an event: a named fault
+    // when it runs (the freed address is held back, so no new allocation can take it meanwhile).
+    REQUIRE(cudaMallocAsync(reinterpret_cast<void**>(&z), n * sizeof(int), s1) == cudaSuccess);
+    REQUIRE(cudaMemsetAsync(z, 0, n * sizeof(int), s2) == cudaSuccess);
+    REQUIRE(cudaFreeAsync(z, s1) == cudaSuccess);
+    REQUIRE(cudaStreamSynchronize(s1) == cudaSuccess);
+    CHECK(cudaStreamSynchronize(s2) == cudaErrorLaunchFailure);
+    CHECK_THAT(sim::device_fault_message(),
+               Catch::Contains("memset") && Catch::Contains("freed before it ran"));
+    sim::clear_device_fault();
   }
   SECTION("a blocking stream and the legacy default stream wait for each other") {
     cudaStream_t blocking = nullptr;
@@ -312,7 +342,18 @@ TEST_CASE("simulated GPU: queued work runs when the host or another stream waits
     RA_LAUNCH(1, n, 0, blocking, set_kernel)(x, n, 11);
     REQUIRE(cudaMemcpy(host.data(), x, n * sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess);
     CHECK(all(host.data(), 11));
+    // And the other way: a copy to the host on the blocking stream waits for the legacy one.
+    REQUIRE(cudaMemsetAsync(x, 0, n * sizeof(int), nullptr) == cudaSuccess);
+    REQUIRE(cudaMemcpyAsync(host.data(), x, n * sizeof(int), cudaMemcpyDeviceToHost, blocking) ==
+            cudaSuccess);
+    CHECK(all(host.data(), 0));
+    // Destroying a stream does not run its work: that happens later, as on a GPU.
+    RA_LAUNCH(1, n, 0, blocking, set_kernel)(x, n, 12);
     REQUIRE(cudaStreamDestroy(blocking) == cudaSuccess);
+    CHECK(sim::queued_work() > 0);
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    REQUIRE(cudaMemcpy(host.data(), x, n * sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess);
+    CHECK(all(host.data(), 12));
   }
   CHECK(cudaDeviceSynchronize() == cudaSuccess);
   CHECK(sim::queued_work() == 0);
