@@ -1110,47 +1110,26 @@ TEST_CASE("training on the device equals training on the CPU", "[device]") {
        Via::Staged,
        AttentionKernel::Fused}};
   if (n >= 2) cases.push_back({"data parallel x FSDP", AttentionImpl::Blockwise, {2, n / 2, 1, 1}});
-  // With NCCL's semantics (no staging, collectives that do not wait for the compute stream) on a
-  // stream that defers everything: the model's own synchronisation and the ring's event ordering
-  // are all that keeps these runs equal to the CPU's.
-  if (dut.emulated) {
-    cases.push_back({"NCCL-like transport: ring, FSDP over every rank",
-                     AttentionImpl::Ring,
-                     {1, 1, n, 1},
-                     DType::F32,
-                     Via::NcclLike});
-    cases.push_back({"NCCL-like transport: bf16 gathers, ring",
-                     AttentionImpl::Ring,
-                     {1, 1, n, 1},
-                     DType::BF16,
-                     Via::NcclLike});
-    if (n >= 4)
-      cases.push_back({"NCCL-like transport: dp x fsdp x sp",
-                       AttentionImpl::Ring,
-                       {2, n / 4, 2, 1},
-                       DType::F32,
-                       Via::NcclLike});
-  }
-  // The NCCL communicator's own code (its streams, events, stream-ordered FSDP collectives and the
-  // ring's event ordering) on the simulated GPU, over the simulated NCCL, whose streams run work
-  // as late as CUDA allows: a missing event or wait reads stale data there.
-  if (!dut.emulated && cuda_simulated()) {
-    cases.push_back({"NCCL transport: ring, FSDP over every rank",
-                     AttentionImpl::Ring,
-                     {1, 1, n, 1},
-                     DType::F32,
-                     Via::Nccl});
-    cases.push_back({"NCCL transport: bf16 gathers, ring",
-                     AttentionImpl::Ring,
-                     {1, 1, n, 1},
-                     DType::BF16,
-                     Via::Nccl});
-    if (n >= 4)
-      cases.push_back({"NCCL transport: dp x fsdp x sp",
-                       AttentionImpl::Ring,
-                       {2, n / 4, 2, 1},
-                       DType::F32,
-                       Via::Nccl});
+  // The same three runs over a transport with NCCL's semantics. On the emulated device, the
+  // NCCL-like one (no staging, collectives that do not wait for the compute stream) on a stream
+  // that defers everything: the model's own synchronisation and the ring's event ordering are all
+  // that keeps these runs equal to the CPU's. On the simulated GPU, the NCCL communicator's own
+  // code (its streams, events, stream-ordered FSDP collectives and the ring's event ordering) over
+  // the simulated NCCL, whose streams run work as late as CUDA allows: a missing event or wait
+  // reads stale data there.
+  const bool nccl_like = dut.emulated, nccl = !dut.emulated && cuda_simulated();
+  if (nccl_like || nccl) {
+    const Via via = nccl_like ? Via::NcclLike : Via::Nccl;
+    const char* const names[] = {"NCCL-like transport: ring, FSDP over every rank",
+                                 "NCCL-like transport: bf16 gathers, ring",
+                                 "NCCL-like transport: dp x fsdp x sp",
+                                 "NCCL transport: ring, FSDP over every rank",
+                                 "NCCL transport: bf16 gathers, ring",
+                                 "NCCL transport: dp x fsdp x sp"};
+    const char* const* name = names + (nccl_like ? 0 : 3);
+    cases.push_back({name[0], AttentionImpl::Ring, {1, 1, n, 1}, DType::F32, via});
+    cases.push_back({name[1], AttentionImpl::Ring, {1, 1, n, 1}, DType::BF16, via});
+    if (n >= 4) cases.push_back({name[2], AttentionImpl::Ring, {2, n / 4, 2, 1}, DType::F32, via});
   }
   for (const Case& k : cases) {
     INFO(k.name);

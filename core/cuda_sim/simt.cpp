@@ -31,16 +31,10 @@
 #include <utility>
 #include <vector>
 
+#include "core/cuda_sim/sim_asan.h"
 #include "core/cuda_sim/sim_streams.h"
 #include "cuda_runtime.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define RINGATTN_SIM_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)  // clang
-#define RINGATTN_SIM_ASAN 1
-#endif
-#endif
 #ifdef RINGATTN_SIM_ASAN
 #include <sanitizer/common_interface_defs.h>
 #endif
