@@ -31,7 +31,6 @@ struct CUstream_st {
   std::deque<Item> queue;
   uint64_t queued = 0;  // items ever queued
   uint64_t done = 0;    // items run (or dropped after a fault)
-  bool destroyed = false;
 };
 
 struct CUevent_st {
@@ -51,8 +50,8 @@ namespace {
 struct Streams {
   std::recursive_mutex mu;
   CUstream_st legacy;
-  // Every stream made, destroyed ones included: a wait queued on another stream may still name
-  // one (destroyed streams are drained and empty, so such a wait is met at once).
+  // Every stream made, destroyed ones included: their queued work still runs, and a wait queued
+  // on another stream may still name one.
   std::vector<CUstream_st*> all{&legacy};
   cudaError_t fault = cudaSuccess;
   std::string fault_message;
@@ -224,9 +223,6 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
 // stream itself is kept: its queue, and waits queued elsewhere, may still name it.
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
   if (!s) return null_handle("destroy of the null stream");
-  Streams& st = streams();
-  const std::lock_guard<std::recursive_mutex> lock(st.mu);
-  s->destroyed = true;
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
