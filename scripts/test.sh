@@ -15,7 +15,9 @@ source scripts/env.sh
 scripts/install-deps.sh
 ringattn_build
 "$RINGATTN_BUILD/bin/ringattn" --version
-(cd "$RINGATTN_BUILD" && ctest --output-on-failure --timeout 900 "$@")
+# -j: the tests declare how many processes they start (PROCESSORS), so ctest pairs one-rank
+# groups and runs the 4-rank ones and the CLI scripts alone.
+(cd "$RINGATTN_BUILD" && ctest --output-on-failure --timeout 900 -j "${RINGATTN_JOBS:-$(nproc 2>/dev/null || echo 2)}" "$@")
 
 if [ "${RINGATTN_SKIP_SLURM_TEST:-0}" != 1 ]; then
   echo "== Slurm: one-node cluster on localhost, submit, resume, preempt (scripts/slurm/test-local.sh)"
