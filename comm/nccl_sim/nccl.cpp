@@ -182,14 +182,62 @@ ncclResult_t check(const Op& op) {
   return ncclSuccess;
 }
 
-// The results reach the output buffer when the stream gets there.
-void deliver(const Op& op, Bytes data) {
+const char* name_of(Kind k) {
+  switch (k) {
+    case Kind::AllReduce:
+      return "ncclAllReduce";
+    case Kind::AllGather:
+      return "ncclAllGather";
+    case Kind::ReduceScatter:
+      return "ncclReduceScatter";
+    case Kind::Broadcast:
+      return "ncclBroadcast";
+    case Kind::Send:
+      return "ncclSend";
+    case Kind::Recv:
+      return "ncclRecv";
+  }
+  return "an NCCL operation";
+}
+
+// The memory an operation reads (`send`) and writes (`recv`), in bytes.
+std::vector<ringattn::sim::Range> memory_of(const Op& op) {
+  const size_t bytes = op.count * type_bytes(op.type), n = size_t(op.comm->size);
+  switch (op.kind) {
+    case Kind::AllReduce:
+      return {{op.send, bytes}, {op.recv, bytes}};
+    case Kind::AllGather:
+      return {{op.send, bytes}, {op.recv, bytes * n}};
+    case Kind::ReduceScatter:
+      return {{op.send, bytes * n}, {op.recv, bytes}};
+    case Kind::Broadcast:
+      if (op.comm->rank == op.peer) return {{op.send, bytes}, {op.recv, bytes}};
+      return {{op.recv, bytes}};
+    case Kind::Send:
+      return {{op.send, bytes}};
+    case Kind::Recv:
+      return {{op.recv, bytes}};
+  }
+  return {};
+}
+
+// The operation is over when its stream gets to it: its results (if any) reach the output buffer
+// then. Until that point is known to be passed, work on other streams must leave its input and
+// output alone: the data moved when it was called, but on a GPU it moves while the stream runs it
+// (core/cuda_sim/sim_streams.h, watch_last_item).
+void complete(const Op& op, Bytes data) {
   void* dst = op.recv;
-  ringattn::sim::enqueue(op.stream, "NCCL result", [dst, data] {
-    if (!ringattn::sim::device_memory(dst, data->size()))
-      throw std::runtime_error("delivered into device memory freed before it arrived");
-    std::memcpy(dst, data->data(), data->size());
-  });
+  if (data) {
+    ringattn::sim::enqueue(op.stream, "NCCL result", [dst, data] {
+      if (!ringattn::sim::device_memory(dst, data->size()))
+        throw std::runtime_error("delivered into device memory freed before it arrived");
+      std::memcpy(dst, data->data(), data->size());
+    });
+  } else {
+    ringattn::sim::enqueue(op.stream, "NCCL send", [] {});
+  }
+  const std::string what = std::string(name_of(op.kind)) + " (its input or output)";
+  ringattn::sim::watch_last_item(op.stream, what.c_str(), memory_of(op));
 }
 
 bool mpi_ok(int rc) {
@@ -208,7 +256,7 @@ ncclResult_t collective(const Op& op) {
       if (!mpi_ok(MPI_Allgather(in->data(), int(bytes), MPI_BYTE, out->data(), int(bytes), MPI_BYTE,
                                 c.mpi)))
         return fail(ncclSystemError, "MPI_Allgather failed");
-      deliver(op, out);
+      complete(op, out);
       return ncclSuccess;
     }
     case Kind::AllReduce:
@@ -225,7 +273,7 @@ ncclResult_t collective(const Op& op) {
                                                      all.begin() + long(at + bytes));
       for (int q = 1; q < n; ++q)
         combine_any(out->data(), all.data() + in_bytes * size_t(q) + at, op.count, op.type, op.red);
-      deliver(op, out);
+      complete(op, out);
       return ncclSuccess;
     }
     case Kind::Broadcast: {
@@ -233,7 +281,7 @@ ncclResult_t collective(const Op& op) {
           c.rank == op.peer ? copy_of(op.send, bytes) : std::make_shared<std::vector<char>>(bytes);
       if (!mpi_ok(MPI_Bcast(buf->data(), int(bytes), MPI_BYTE, op.peer, c.mpi)))
         return fail(ncclSystemError, "MPI_Bcast failed");
-      deliver(op, buf);
+      complete(op, buf);
       return ncclSuccess;
     }
     case Kind::Send:
@@ -246,7 +294,7 @@ ncclResult_t collective(const Op& op) {
 // A group's operations (or one outside a group): every stream run up to its operation, the sends
 // and receives posted, the collectives run in order, then the receives completed and delivered.
 ncclResult_t run_ops(const std::vector<Op>& ops) {
-  for (const Op& op : ops) ringattn::sim::run_stream(op.stream);
+  for (const Op& op : ops) ringattn::sim::run_stream(op.stream, /*host_waits=*/false);
   if (ringattn::sim::device_fault() != cudaSuccess)
     return fail(ncclUnhandledCudaError, "the (simulated) device has faulted");
   std::vector<MPI_Request> requests;
@@ -275,7 +323,9 @@ ncclResult_t run_ops(const std::vector<Op>& ops) {
   if (!requests.empty() &&
       !mpi_ok(MPI_Waitall(int(requests.size()), requests.data(), MPI_STATUSES_IGNORE)))
     return fail(ncclSystemError, "MPI_Waitall failed");
-  for (const auto& [op, data] : received) deliver(*op, data);
+  for (const Op& op : ops)
+    if (op.kind == Kind::Send && op.count > 0) complete(op, nullptr);
+  for (const auto& [op, data] : received) complete(*op, data);
   return ncclSuccess;
 }
 

@@ -62,7 +62,9 @@ struct Registry {
   std::mutex mu;
   std::map<uintptr_t, size_t> device;  // start -> bytes
   std::map<uintptr_t, size_t> pinned;
-  std::set<uintptr_t> free_queued;  // device allocations with a cudaFreeAsync not yet run
+  std::set<uintptr_t> free_queued;       // device allocations with a cudaFreeAsync not yet run
+  std::map<uintptr_t, uint64_t> serial;  // device allocation start -> its number (from 1)
+  uint64_t allocations = 0;
   std::deque<std::pair<void*, size_t>> quarantine;
   size_t quarantine_bytes = 0;
   size_t device_bytes = 0;
@@ -105,6 +107,7 @@ cudaError_t allocate(void** p, size_t bytes) {
   Registry& r = registry();
   const std::lock_guard<std::mutex> lock(r.mu);
   r.device[reinterpret_cast<uintptr_t>(q)] = bytes;
+  r.serial[reinterpret_cast<uintptr_t>(q)] = ++r.allocations;
   r.device_bytes += bytes;
   *p = q;
   return cudaSuccess;
@@ -126,6 +129,7 @@ cudaError_t release(void* p, bool queued = false) {
       return fail(cudaErrorInvalidValue, "cudaFree of memory whose cudaFreeAsync is still queued",
                   p, 0);
     r.free_queued.erase(key);
+    r.serial.erase(key);
     r.device_bytes -= it->second;
     std::memset(p, 0xff, it->second);
     RINGATTN_SIM_POISON(p, it->second);
@@ -292,6 +296,13 @@ void set_last_error(cudaError_t e) {
 bool device_memory(const void* p, size_t bytes) {
   const std::lock_guard<std::mutex> lock(registry().mu);
   return device_range(p, bytes);
+}
+
+uint64_t device_allocation(const void* p, size_t bytes) {
+  Registry& r = registry();
+  const std::lock_guard<std::mutex> lock(r.mu);
+  if (!p || !device_range(p, bytes)) return 0;
+  return r.serial.at(find(r.device, p)->first);
 }
 
 }  // namespace ringattn::sim

@@ -3,10 +3,14 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 namespace ringattn::sim {
 
 // True when [p, p + bytes) lies inside one live device allocation (or bytes == 0 and p == null).
 bool device_memory(const void* p, size_t bytes);
+// The number of the live device allocation that holds [p, p + bytes) (allocations are numbered
+// from 1 as they are made, so a later one at the same address has another), or 0 without one.
+uint64_t device_allocation(const void* p, size_t bytes);
 
 }  // namespace ringattn::sim

@@ -24,6 +24,7 @@
 #include <cstddef>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace ringattn::sim {
 
@@ -36,8 +37,38 @@ void enqueue(cudaStream_t s, const char* what, std::function<void()> work);
 // Queues a free: it runs in stream order even after a fault, so no memory is lost.
 void enqueue_release(cudaStream_t s, std::function<void()> release);
 
-// Runs everything queued on s so far, and what it waits for.
-void run_stream(cudaStream_t s);
+// A memory range an operation reads or writes.
+struct Range {
+  const void* p;
+  size_t bytes;
+};
+
+// Watches the item just queued on s, an operation that reads or writes `ranges` (device memory)
+// at some time before it completes, for work on other streams that is not ordered after it and
+// changes those ranges: on a GPU the two may run at the same time. `what` names it in the fault.
+//
+// The simulated NCCL needs this because it reads an operation's inputs when it is called (its
+// data moves over MPI then), not when its stream reaches it: a kernel that overwrites an input
+// (or a cudaFreeAsync that frees it) on the compute stream without waiting for the communication
+// stream's event would, on a GPU, race with the transfer; here it would come too late to matter.
+// So while the operation is watched, every item that runs on a stream not ordered after it (no
+// chain of event waits and host synchronisations from the operation's completion to the item)
+// has the ranges hashed before and after it, and a change, or a range freed, is a fault naming
+// both. Ordered work may change them freely. "Ordered after" is tracked per watched operation:
+// the first item of each stream that an event wait (or the legacy stream's implicit one) or a
+// host synchronisation placed after it.
+//
+// Precondition: everything the operation is ordered after has run (call it after run_stream(s)),
+// so that any item that runs later is either ordered after the operation or concurrent with it.
+void watch_last_item(cudaStream_t s, const char* what, std::vector<Range> ranges);
+// How many operations are watched now (for the tests of the simulation).
+size_t watched_operations();
+
+// Runs everything queued on s so far, and what it waits for. `host_waits`: the call stands for a
+// host synchronisation with s (what follows on the host is ordered after it); false for the
+// simulated NCCL, which runs a stream to read an operation's inputs, where a GPU would not make
+// the host wait.
+void run_stream(cudaStream_t s, bool host_waits = true);
 // Runs everything queued on every stream.
 void run_device();
 

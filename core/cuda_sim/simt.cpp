@@ -36,6 +36,7 @@
 #include "cuda_runtime.h"
 
 #ifdef RINGATTN_SIM_ASAN
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -95,6 +96,10 @@ void switch_context(Context& from, Context& to) {
 void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
   auto* sp =
       reinterpret_cast<uint64_t*>(reinterpret_cast<uintptr_t>(stack + bytes) & ~uintptr_t(15));
+#ifdef RINGATTN_SIM_ASAN
+  // The slots below may hold the redzones of a frame the stack's last fiber never returned from.
+  __asan_unpoison_memory_region(sp - 8, 8 * sizeof(uint64_t));
+#endif
   *--sp = 0;                                  // entry never returns
   *--sp = reinterpret_cast<uint64_t>(entry);  // popped by ret: 16-byte aligned slot
   for (int i = 0; i < 6; ++i) *--sp = 0;      // rbp rbx r12 r13 r14 r15
@@ -118,13 +123,22 @@ void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
 
 // A fiber's stack, with an inaccessible page below it: an overflow faults instead of writing
 // over whatever memory lies there.
+//
+// Under AddressSanitizer its shadow is cleared when it is mapped and before it is unmapped: a
+// fiber's outermost frames never return (fiber_main switches away), so their redzones stay
+// poisoned, and munmap does not clear them. A later mapping at the same address (another host
+// thread's block, whose fibers' stack tops lie elsewhere) would then meet them at its first write.
 class FiberStack {
  public:
   FiberStack() = default;
   FiberStack(FiberStack&& o) noexcept : base_(std::exchange(o.base_, nullptr)) {}
   FiberStack& operator=(FiberStack&&) = delete;
   ~FiberStack() {
-    if (base_) munmap(base_, kGuardBytes + kStackBytes);
+    if (!base_) return;
+#ifdef RINGATTN_SIM_ASAN
+    __asan_unpoison_memory_region(base_ + kGuardBytes, kStackBytes);
+#endif
+    munmap(base_, kGuardBytes + kStackBytes);
   }
   char* get() {
     if (!base_) {
@@ -133,6 +147,9 @@ class FiberStack {
       if (p == MAP_FAILED) throw std::bad_alloc();
       base_ = static_cast<char*>(p);
       mprotect(base_, kGuardBytes, PROT_NONE);
+#ifdef RINGATTN_SIM_ASAN
+      __asan_unpoison_memory_region(base_ + kGuardBytes, kStackBytes);
+#endif
     }
     return base_ + kGuardBytes;
   }

@@ -8,15 +8,29 @@
 // before it, so this cannot cycle. One lock (recursive: running an item may queue a wait's work)
 // covers every queue; work runs under it, on whichever host thread waited, one item at a time,
 // as the launches were already serialised.
+//
+// Watched operations (watch_last_item, for the simulated NCCL): which items are ordered after an
+// operation is tracked per operation as, for each stream, the first of its items that is. An
+// event wait (or the legacy stream's implicit wait) on a point at or past an item that is ordered
+// after the operation makes the stream's next items so; a host synchronisation with such a point
+// makes every item queued afterwards so. Items on the operation's own stream are ordered by
+// position. An item that runs while the operation is watched and is not ordered after it was
+// queued concurrently with it (everything the operation was ordered after had run when it was
+// watched); its effect on the operation's memory is checked. A watch ends once the host knows the
+// operation completed and every item that was not ordered after it has run.
+#include <algorithm>
 #include <cstdio>
 #include <deque>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "core/cuda_sim/sim_memory.h"
 #include "core/cuda_sim/sim_streams.h"
 
 struct CUstream_st {
@@ -47,6 +61,27 @@ void set_last_error(cudaError_t e);  // core/cuda_sim/runtime.cpp
 
 namespace {
 
+// One watched operation: item `op` of `stream`, and the memory it reads or writes.
+struct Watch {
+  CUstream_st* stream = nullptr;
+  uint64_t op = 0;
+  std::string what;
+  struct Part {
+    Range range;
+    uint64_t allocation = 0;  // the device allocation it lies in (sim_memory.h)
+    bool live = true;         // still in that allocation when last hashed
+    uint64_t hash = 0;        // of its contents then
+  };
+  std::vector<Part> parts;
+  bool hashed = false;  // parts' hashes are current
+  // Per stream, the first item that is ordered after the operation (none yet: not in the map).
+  std::unordered_map<const CUstream_st*, uint64_t> first;
+  bool host_knows = false;  // the host has synchronised with a point ordered after it
+};
+
+// More than this many watched operations at once: the oldest is no longer watched.
+constexpr size_t kMaxWatches = 256;
+
 struct Streams {
   std::recursive_mutex mu;
   CUstream_st legacy;
@@ -55,6 +90,7 @@ struct Streams {
   std::vector<CUstream_st*> all{&legacy};
   cudaError_t fault = cudaSuccess;
   std::string fault_message;
+  std::deque<std::unique_ptr<Watch>> watches;
 };
 
 // Never destroyed: streams may be used during static destruction.
@@ -78,14 +114,127 @@ void record_fault(const char* what, const std::string& why) {
                st.fault_message.c_str());
 }
 
+// ---- watched operations ---------------------------------------------------------------------
+
+// Whether item k of stream t is ordered after w's operation.
+// (On the operation's own stream, item `op` is the operation: a point past it is past its end.)
+bool ordered_after(const Watch& w, const CUstream_st* t, uint64_t k) {
+  if (t == w.stream) return k >= w.op;
+  const auto it = w.first.find(t);
+  return it != w.first.end() && k >= it->second;
+}
+
+// A hash of the memory's contents: every byte up to 1 MiB, beyond that 256 spread 4 KiB samples
+// and the last (a write that misses all of them goes unseen; the simulation's buffers are small).
+uint64_t hash_of(Range r) {
+  const auto* b = static_cast<const unsigned char*>(r.p);
+  uint64_t h = 1469598103934665603ull ^ r.bytes;
+  const auto mix = [&](size_t from, size_t n) {
+    for (size_t i = 0; i < n; ++i) h = (h ^ b[from + i]) * 1099511628211ull;
+  };
+  constexpr size_t kFull = size_t(1) << 20, kSample = 4096, kSamples = 256;
+  if (r.bytes <= kFull) {
+    mix(0, r.bytes);
+  } else {
+    for (size_t i = 0; i < kSamples; ++i) mix((r.bytes - kSample) / (kSamples - 1) * i, kSample);
+  }
+  return h;
+}
+
+// Whether p's allocation is still there (freed by work ordered after the operation: then it is
+// no longer the operation's memory, even once a new allocation has the address).
+bool still_live(const Watch::Part& p) {
+  return device_allocation(p.range.p, p.range.bytes) == p.allocation;
+}
+
+void rehash(Watch& w) {
+  for (Watch::Part& p : w.parts) {
+    if (!p.live) continue;
+    p.live = still_live(p);
+    if (p.live) p.hash = hash_of(p.range);
+  }
+  w.hashed = true;
+}
+
+// After `item` (not ordered after w's operation) ran: did it change or free w's memory?
+void check_concurrent(Watch& w, const char* item, const CUstream_st* stream) {
+  for (Watch::Part& p : w.parts) {
+    if (!p.live) continue;
+    const bool live = still_live(p);
+    const uint64_t h = live ? hash_of(p.range) : 0;
+    if (live && h == p.hash) continue;
+    char where[96];
+    std::snprintf(where, sizeof where, "%zu bytes at %p", p.range.bytes, p.range.p);
+    record_fault(item, std::string(live ? "changed " : "freed ") + where + ", memory of " + w.what +
+                           ", while it may still run: the " + item + " was queued on " +
+                           (stream->flags & cudaStreamNonBlocking ? "a" : "a blocking") +
+                           " stream not ordered after that operation (no event wait and no host "
+                           "synchronisation after it), so on a GPU the two may run at the same "
+                           "time");
+    p.live = live;
+    p.hash = h;
+  }
+}
+
+// Stream s's next item is ordered after stream t's first `point` items (an event wait, or the
+// legacy stream's implicit one; whether or not those items have run yet).
+void learn_order(const CUstream_st* s, const CUstream_st* t, uint64_t point) {
+  if (point == 0 || t == s) return;
+  for (auto& w : streams().watches)
+    if (s != w->stream && !w->first.count(s) && ordered_after(*w, t, point - 1))
+      w->first[s] = s->queued;
+}
+
+// The host has waited for stream t's first `point` items.
+void host_learns(const CUstream_st* t, uint64_t point) {
+  if (point == 0) return;
+  for (auto& w : streams().watches)
+    if (!w->host_knows && ordered_after(*w, t, point - 1)) w->host_knows = true;
+}
+
+// Ends the watches no item can break any more.
+void retire_watches() {
+  Streams& st = streams();
+  if (st.fault != cudaSuccess) {
+    st.watches.clear();
+    return;
+  }
+  const auto done = [&](const std::unique_ptr<Watch>& w) {
+    if (!w->host_knows) return false;
+    for (const CUstream_st* t : st.all) {
+      // Items of t not ordered after the operation: those before first[t], or, with no first[t],
+      // all queued so far (every later one will be: the host knows).
+      const auto it = w->first.find(t);
+      const uint64_t unordered = t == w->stream         ? w->op + 1
+                                 : it != w->first.end() ? it->second
+                                                        : t->queued;
+      if (t->done < unordered) return false;
+    }
+    return true;
+  };
+  st.watches.erase(std::remove_if(st.watches.begin(), st.watches.end(), done), st.watches.end());
+}
+
+// ---- queues -----------------------------------------------------------------------------------
+
 // Runs s's items until `point` of them have run; the caller holds the lock.
 void run_until(CUstream_st* s, uint64_t point) {
   Streams& st = streams();
+  std::vector<Watch*> concurrent;
   while (s->done < point && !s->queue.empty()) {
     CUstream_st::Item item = std::move(s->queue.front());
     s->queue.pop_front();
     if (item.after) run_until(item.after, item.point);
     if (item.work && (item.release || st.fault == cudaSuccess)) {
+      concurrent.clear();
+      for (auto& w : st.watches) {
+        if (s != w->stream && !ordered_after(*w, s, s->done)) {
+          if (!w->hashed) rehash(*w);
+          concurrent.push_back(w.get());
+        } else {
+          w->hashed = false;  // ordered work may change the memory
+        }
+      }
       try {
         item.work();
       } catch (const std::exception& e) {
@@ -93,12 +242,18 @@ void run_until(CUstream_st* s, uint64_t point) {
       } catch (...) {
         record_fault(item.what, "an exception that is not a std::exception");
       }
+      for (Watch* w : concurrent)
+        if (st.fault == cudaSuccess) check_concurrent(*w, item.what, s);
     }
     ++s->done;
   }
 }
 
 void push(CUstream_st* s, CUstream_st::Item item) {
+  // Is the new item the first of s that is ordered after a watched operation?
+  if (item.after) learn_order(s, item.after, item.point);
+  for (auto& w : streams().watches)
+    if (w->host_knows && s != w->stream && !w->first.count(s)) w->first[s] = s->queued;
   s->queue.push_back(std::move(item));
   ++s->queued;
 }
@@ -109,7 +264,9 @@ void push(CUstream_st* s, CUstream_st::Item item) {
 void order_against_legacy(CUstream_st* s) {
   Streams& st = streams();
   const auto wait_for = [&](CUstream_st* other) {
-    if (other != s && other->queued > other->done)
+    if (other == s) return;
+    learn_order(s, other, other->queued);
+    if (other->queued > other->done)
       push(s, CUstream_st::Item{{}, "implicit wait", false, other, other->queued});
   };
   if (s == &st.legacy) {
@@ -139,7 +296,29 @@ void enqueue_release(cudaStream_t s, std::function<void()> release) {
   queue_item(s, "free", std::move(release), true);
 }
 
-void run_stream(cudaStream_t stream) {
+void watch_last_item(cudaStream_t stream, const char* what, std::vector<Range> ranges) {
+  Streams& st = streams();
+  const std::lock_guard<std::recursive_mutex> lock(st.mu);
+  CUstream_st* s = resolve(stream);
+  auto w = std::make_unique<Watch>();
+  for (const Range& r : ranges)
+    if (const uint64_t a = r.bytes > 0 ? device_allocation(r.p, r.bytes) : 0)
+      w->parts.push_back(Watch::Part{r, a});
+  if (s->queued == s->done || w->parts.empty() || st.fault != cudaSuccess) return;
+  w->stream = s;
+  w->op = s->queued - 1;
+  w->what = what;
+  if (st.watches.size() >= kMaxWatches) st.watches.pop_front();
+  st.watches.push_back(std::move(w));
+}
+
+size_t watched_operations() {
+  Streams& st = streams();
+  const std::lock_guard<std::recursive_mutex> lock(st.mu);
+  return st.watches.size();
+}
+
+void run_stream(cudaStream_t stream, bool host_waits) {
   Streams& st = streams();
   const std::lock_guard<std::recursive_mutex> lock(st.mu);
   CUstream_st* s = resolve(stream);
@@ -147,6 +326,8 @@ void run_stream(cudaStream_t stream) {
   // work it is ordered after implicitly: the legacy stream's, or the blocking streams'.
   order_against_legacy(s);
   run_until(s, s->queued);
+  if (host_waits) host_learns(s, s->queued);
+  retire_watches();
 }
 
 void run_device() {
@@ -163,6 +344,8 @@ void run_device() {
       }
     }
   }
+  // Everything has run: nothing queued can break a watched operation any more.
+  st.watches.clear();
 }
 
 cudaError_t device_fault() {
@@ -269,8 +452,11 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t e, unsigned) {
   Streams& st = streams();
   const std::lock_guard<std::recursive_mutex> lock(st.mu);
   CUstream_st* s = resolve(stream);
-  if (e->stream && e->stream != s && e->stream->done < e->point)
-    push(s, CUstream_st::Item{{}, "event wait", false, e->stream, e->point});
+  if (e->stream && e->stream != s) {
+    learn_order(s, e->stream, e->point);  // also when the event has completed already
+    if (e->stream->done < e->point)
+      push(s, CUstream_st::Item{{}, "event wait", false, e->stream, e->point});
+  }
   return cudaSuccess;
 }
 // A pending event answers "not ready" once, as a busy GPU would; asked again by the thread that
@@ -289,13 +475,22 @@ cudaError_t cudaEventQuery(cudaEvent_t e) {
     }
     run_until(e->stream, e->point);
   }
+  // Only the recording thread's queries count as the host waiting (not the watchdog's).
+  if (e->stream && std::this_thread::get_id() == e->recorder) {
+    host_learns(e->stream, e->point);
+    retire_watches();
+  }
   return st.fault;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
   if (!e) return null_handle("synchronize of a null event");
   Streams& st = streams();
   const std::lock_guard<std::recursive_mutex> lock(st.mu);
-  if (e->stream) run_until(e->stream, e->point);
+  if (e->stream) {
+    run_until(e->stream, e->point);
+    host_learns(e->stream, e->point);
+    retire_watches();
+  }
   return st.fault;
 }
 

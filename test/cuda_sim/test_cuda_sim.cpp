@@ -3,6 +3,7 @@
 // Only in the simulated build; rank 0 runs them (the simulation is deterministic).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <nccl.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
@@ -362,4 +363,134 @@ TEST_CASE("simulated GPU: queued work runs when the host or another stream waits
   cudaFree(y);
   cudaStreamDestroy(s1);
   cudaStreamDestroy(s2);
+}
+
+TEST_CASE("simulated GPU: work that may run during a watched operation leaves its memory alone",
+          "[cuda]") {
+  if (test::skip_without_gpu()) return;
+  constexpr int n = 256;
+  cudaStream_t comm = nullptr, compute = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&comm, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking) == cudaSuccess);
+  cudaEvent_t done = nullptr;
+  REQUIRE(cudaEventCreateWithFlags(&done, cudaEventDisableTiming) == cudaSuccess);
+  int* in = device_alloc<int>(n);
+  int* out = device_alloc<int>(n);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  // A 1-rank NCCL communicator (each rank its own): an all-gather of `in` into `out` on `comm`.
+  ncclUniqueId id;
+  REQUIRE(ncclGetUniqueId(&id) == ncclSuccess);
+  ncclComm_t nccl = nullptr;
+  REQUIRE(ncclCommInitRank(&nccl, 1, id, 0) == ncclSuccess);
+  const auto gather = [&] {
+    REQUIRE(ncclAllGather(in, out, n, ncclInt32, nccl, comm) == ncclSuccess);
+    CHECK(sim::watched_operations() == 1);
+  };
+  const auto fault_names = [](const char* item, const char* what) {
+    CHECK_THAT(sim::device_fault_message(),
+               Catch::Contains(item) && Catch::Contains(what) &&
+                   Catch::Contains("not ordered after that operation"));
+    sim::clear_device_fault();
+  };
+
+  SECTION("a kernel that overwrites the input without waiting for the collective: a fault") {
+    gather();
+    RA_LAUNCH(1, n, 0, compute, set_kernel)(in, n, 3);
+    // The order the host synchronises in does not matter: compute's kernel is checked whenever
+    // it runs while the all-gather is watched.
+    SECTION("compute first") {
+      CHECK(cudaStreamSynchronize(compute) == cudaErrorLaunchFailure);
+    }
+    SECTION("communication first") {
+      REQUIRE(cudaStreamSynchronize(comm) == cudaSuccess);
+      CHECK(cudaStreamSynchronize(compute) == cudaErrorLaunchFailure);
+    }
+    fault_names("kernel: changed 1024 bytes", "ncclAllGather (its input or output)");
+  }
+  SECTION("a write queued before the collective, which does not wait for it: a fault too") {
+    REQUIRE(cudaMemsetAsync(in, 0, n * sizeof(int), compute) == cudaSuccess);
+    gather();  // on a GPU it may read `in` before or after the memset
+    CHECK(cudaDeviceSynchronize() == cudaErrorLaunchFailure);
+    fault_names("memset: changed", "ncclAllGather");
+  }
+  SECTION("writing the output, or freeing the input, concurrently: faults") {
+    gather();
+    SECTION("output") {
+      REQUIRE(cudaMemsetAsync(out, 0, n * sizeof(int), compute) == cudaSuccess);
+      CHECK(cudaStreamSynchronize(compute) == cudaErrorLaunchFailure);
+      fault_names("memset: changed", "ncclAllGather");
+    }
+    SECTION("input freed") {
+      REQUIRE(cudaFreeAsync(in, compute) == cudaSuccess);
+      in = nullptr;
+      CHECK(cudaStreamSynchronize(compute) == cudaErrorLaunchFailure);
+      fault_names("free: freed 1024 bytes", "ncclAllGather");
+    }
+  }
+  SECTION("ordered after the collective by an event, the same writes are fine") {
+    gather();
+    REQUIRE(cudaEventRecord(done, comm) == cudaSuccess);
+    SECTION("but not those queued before the wait") {
+      RA_LAUNCH(1, n, 0, compute, set_kernel)(out, n, 4);
+      REQUIRE(cudaStreamWaitEvent(compute, done, 0) == cudaSuccess);
+      CHECK(cudaStreamSynchronize(compute) == cudaErrorLaunchFailure);
+      fault_names("kernel: changed", "ncclAllGather");
+    }
+    SECTION("after the wait") {
+      REQUIRE(cudaStreamWaitEvent(compute, done, 0) == cudaSuccess);
+      RA_LAUNCH(1, n, 0, compute, set_kernel)(in, n, 6);
+      REQUIRE(cudaFreeAsync(out, compute) == cudaSuccess);
+      out = nullptr;
+      CHECK(cudaStreamSynchronize(compute) == cudaSuccess);
+      CHECK(sim::watched_operations() == 0);
+    }
+  }
+  SECTION("a later collective on the same stream does not stand for a host synchronisation") {
+    int* in2 = device_alloc<int>(n);
+    int* out2 = device_alloc<int>(n);
+    gather();
+    // Issuing it runs the communication stream up to it (the first gather included), but the
+    // host would not have waited on a GPU: work queued after it is still concurrent with both.
+    REQUIRE(ncclAllGather(in2, out2, n, ncclInt32, nccl, comm) == ncclSuccess);
+    CHECK(sim::watched_operations() == 2);
+    RA_LAUNCH(1, n, 0, compute, set_kernel)(in, n, 9);
+    CHECK(cudaStreamSynchronize(compute) == cudaErrorLaunchFailure);
+    fault_names("kernel: changed", "ncclAllGather");
+    cudaFree(in2);
+    cudaFree(out2);
+  }
+  SECTION("so are writes queued after the host waited for the collective") {
+    gather();
+    SECTION("stream") {
+      REQUIRE(cudaStreamSynchronize(comm) == cudaSuccess);
+    }
+    SECTION("event") {
+      REQUIRE(cudaEventRecord(done, comm) == cudaSuccess);
+      REQUIRE(cudaEventSynchronize(done) == cudaSuccess);
+    }
+    RA_LAUNCH(1, n, 0, compute, set_kernel)(in, n, 7);
+    CHECK(cudaStreamSynchronize(compute) == cudaSuccess);
+    CHECK(sim::watched_operations() == 0);
+  }
+  SECTION("work that runs beside it and leaves its memory alone is fine") {
+    int* other = device_alloc<int>(n);
+    gather();
+    RA_LAUNCH(1, n, 0, compute, set_kernel)(other, n, 8);
+    // An ordered write first (a later collective's output, say), then concurrent work that does
+    // not touch the memory: the ordered change is not blamed on it.
+    REQUIRE(cudaMemsetAsync(out, 1, n * sizeof(int), comm) == cudaSuccess);
+    REQUIRE(cudaStreamSynchronize(comm) == cudaSuccess);
+    CHECK(sim::watched_operations() == 1);  // compute's kernel may still run beside it
+    CHECK(cudaStreamSynchronize(compute) == cudaSuccess);
+    CHECK(sim::watched_operations() == 0);
+    cudaFree(other);
+  }
+  CHECK(cudaDeviceSynchronize() == cudaSuccess);
+  CHECK(sim::watched_operations() == 0);
+  REQUIRE(ncclCommDestroy(nccl) == ncclSuccess);
+  cudaFree(in);
+  cudaFree(out);
+  cudaEventDestroy(done);
+  cudaStreamDestroy(comm);
+  cudaStreamDestroy(compute);
 }
