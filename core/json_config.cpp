@@ -36,6 +36,42 @@ std::string_view section_of(std::string_view name) {
   return dot == std::string_view::npos ? std::string_view{} : name.substr(0, dot);
 }
 
+// The offset of the first byte that is not part of a well-formed UTF-8 sequence (overlong forms,
+// surrogates and code points past U+10FFFF included), or npos. JSON text is UTF-8, and
+// nlohmann's serializer throws on anything else when the config is written out (config.json in
+// the run directory, checkpoints), so a --set value must be checked when it comes in.
+size_t invalid_utf8_at(std::string_view s) {
+  const auto byte = [&](size_t i) { return static_cast<unsigned char>(s[i]); };
+  for (size_t i = 0; i < s.size();) {
+    const unsigned char c = byte(i);
+    size_t n = 0;
+    unsigned char lo = 0x80, hi = 0xBF;  // the second byte's range
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    if (c >= 0xC2 && c <= 0xDF) {
+      n = 1;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      n = 2;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      n = 3;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else {
+      return i;
+    }
+    for (size_t k = 1; k <= n; ++k) {
+      const unsigned char lo_k = k == 1 ? lo : 0x80, hi_k = k == 1 ? hi : 0xBF;
+      if (i + k >= s.size() || byte(i + k) < lo_k || byte(i + k) > hi_k) return i;
+    }
+    i += n + 1;
+  }
+  return std::string_view::npos;
+}
+
 std::string trim(std::string_view s) {
   size_t b = 0, e = s.size();
   while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
@@ -458,6 +494,11 @@ void JsonConfig::load_object(const json& object, const std::string& prefix,
 }
 
 void JsonConfig::set(std::string_view assignment) {
+  if (const size_t bad = invalid_utf8_at(assignment); bad != std::string_view::npos)
+    RA_FAIL(
+        "--set: byte {} of the assignment (0x{:02X}, after '{}') is not UTF-8; config keys and "
+        "values must be UTF-8 text, as JSON requires (a path with other bytes cannot be set)",
+        bad + 1, static_cast<unsigned char>(assignment[bad]), assignment.substr(0, bad));
   const auto eq = assignment.find('=');
   RA_CHECK(eq != std::string_view::npos && eq > 0,
            "--set '{}': expected KEY=VALUE, such as --set train.seq_len=4096", assignment);

@@ -287,6 +287,25 @@ TEST_CASE("--set parses the value by the key's type", "[config]") {
   CHECK_THAT(set_error("attention.layout=zigzg"), Contains("did you mean 'zigzag'?"));
   CHECK_THAT(set_error("train.seq_len"), Contains("expected KEY=VALUE"));
   CHECK_THAT(set_error("=3"), Contains("expected KEY=VALUE"));
+
+  // Values are UTF-8 (JSON's text; the config is written out as JSON): other bytes are refused
+  // where they come in, naming the byte, not later by the JSON writer (the fuzzer's find).
+  const std::string path = "run_dir=/tmp/caf\xc3\xa9/\xe6\x97\xa5/\xf0\x9f\x9a\x80";
+  const JsonConfig utf8 = load_train_json("", {path});
+  CHECK(utf8.get_string("run_dir") == path.substr(8));
+  CHECK_THAT(utf8.dump(), Contains("caf\xc3\xa9"));
+  CHECK(set_error("run_dir=l.q\xff;") ==
+        "--set: byte 12 of the assignment (0xFF, after 'run_dir=l.q') is not UTF-8; config keys "
+        "and values must be UTF-8 text, as JSON requires (a path with other bytes cannot be set)");
+  for (const char* bad : {"\xc3", "\xc3(", "\xc0\xaf", "\xe0\x80\xaf", "\xed\xa0\x80",
+                          "\xf4\x90\x80\x80", "\xf5\x80\x80\x80", "\x80"}) {
+    CAPTURE(bad);
+    CHECK_THAT(set_error(std::string("run_dir=a") + bad + "b"),
+               Contains("byte 10 of the assignment") && Contains("is not UTF-8"));
+  }
+  CHECK_THAT(set_error("run_\xff"
+                       "dir=x"),
+             Contains("byte 5") && Contains("after 'run_'"));
 }
 
 TEST_CASE("every preset in configs/ loads and validates on a matching world", "[config]") {

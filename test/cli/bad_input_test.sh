@@ -57,6 +57,8 @@ expect_error "out of range (< 1)" "optim.beta1 = 1.5 in .*range.json is out of r
 expect_error "bad choice, with a suggestion" "attention.impl in --set must be one of vanilla, blockwise, ring, found \"rng\"; did you mean 'ring'?" \
   train1 --set attention.impl=rng
 expect_error "--set without =" "expected KEY=VALUE" train1 --set train.steps
+expect_error "--set value not UTF-8" "is not UTF-8; config keys and values must be UTF-8" \
+  train1 --set "run_dir=$tmp/r$(printf '\377')"
 expect_error "missing config file" "cannot open config file '$tmp/none.json'" "$bin" train --config "$tmp/none.json"
 expect_error "cross-key rule" "optim.min_lr = 0.1 must be <= optim.lr = 0.001" train1 --set optim.min_lr=0.1
 
