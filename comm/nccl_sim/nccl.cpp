@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -224,20 +225,20 @@ std::vector<ringattn::sim::Range> memory_of(const Op& op) {
 // The operation is over when its stream gets to it: its results (if any) reach the output buffer
 // then. Until that point is known to be passed, work on other streams must leave its input and
 // output alone: the data moved when it was called, but on a GPU it moves while the stream runs it
-// (core/cuda_sim/sim_streams.h, watch_last_item).
+// (core/cuda_sim/sim_streams.h, enqueue_watched).
 void complete(const Op& op, Bytes data) {
   void* dst = op.recv;
+  std::function<void()> deliver = [] {};
   if (data) {
-    ringattn::sim::enqueue(op.stream, "NCCL result", [dst, data] {
+    deliver = [dst, data] {
       if (!ringattn::sim::device_memory(dst, data->size()))
         throw std::runtime_error("delivered into device memory freed before it arrived");
       std::memcpy(dst, data->data(), data->size());
-    });
-  } else {
-    ringattn::sim::enqueue(op.stream, "NCCL send", [] {});
+    };
   }
-  const std::string what = std::string(name_of(op.kind)) + " (its input or output)";
-  ringattn::sim::watch_last_item(op.stream, what.c_str(), memory_of(op));
+  ringattn::sim::enqueue_watched(op.stream, data ? "NCCL result" : "NCCL send", std::move(deliver),
+                                 std::string(name_of(op.kind)) + " (its input or output)",
+                                 memory_of(op));
 }
 
 bool mpi_ok(int rc) {

@@ -264,6 +264,18 @@ cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, 
   const bool now =
       ds == Side::Pageable || (blocking && ds == Side::Pinned) || (blocking && ss == Side::Pinned);
   if (now) {
+    if (ds == Side::Device) {
+      // Into device memory (the synchronous copy from pinned memory): as an item of its stream,
+      // run at once, so it is ordered and checked like every other write to device memory
+      // (sim_streams.h, enqueue_watched).
+      enqueue(stream, "copy", [dst, src, bytes, ds, ss] {
+        require_live(dst, bytes, ds, "a copy");
+        require_live(src, bytes, ss, "a copy");
+        std::memmove(dst, src, bytes);
+      });
+      run_stream(stream);
+      return device_fault();
+    }
     run_stream(stream);
     if (const cudaError_t e = device_fault()) return e;
     std::memmove(dst, src, bytes);

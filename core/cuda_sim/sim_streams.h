@@ -43,9 +43,10 @@ struct Range {
   size_t bytes;
 };
 
-// Watches the item just queued on s, an operation that reads or writes `ranges` (device memory)
-// at some time before it completes, for work on other streams that is not ordered after it and
-// changes those ranges: on a GPU the two may run at the same time. `what` names it in the fault.
+// Queues `work` on s, as enqueue does, as an operation that reads or writes `ranges` (device
+// memory) at some time before it completes, and watches it for work on other streams that is not
+// ordered after it and changes those ranges: on a GPU the two may run at the same time.
+// `watched_as` names the operation in the fault.
 //
 // The simulated NCCL needs this because it reads an operation's inputs when it is called (its
 // data moves over MPI then), not when its stream reaches it: a kernel that overwrites an input
@@ -60,7 +61,8 @@ struct Range {
 //
 // Precondition: everything the operation is ordered after has run (call it after run_stream(s)),
 // so that any item that runs later is either ordered after the operation or concurrent with it.
-void watch_last_item(cudaStream_t s, const char* what, std::vector<Range> ranges);
+void enqueue_watched(cudaStream_t s, const char* what, std::function<void()> work,
+                     const std::string& watched_as, std::vector<Range> ranges);
 // How many operations are watched now (for the tests of the simulation).
 size_t watched_operations();
 

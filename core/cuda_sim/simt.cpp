@@ -276,6 +276,19 @@ bool release_shuffles(Block& b) {
   return released;
 }
 
+// A block that ends in an error leaves its unfinished threads' frames on their stacks; under ASan
+// their redzones would stay poisoned for the next kernel this host thread runs on those stacks.
+void abandon(Block& b) {
+#ifdef RINGATTN_SIM_ASAN
+  for (int t = 0; t < b.threads; ++t) {
+    Fiber& f = b.fibers[size_t(t)];
+    if (f.state != State::Done) __asan_unpoison_memory_region(f.stack.get(), kStackBytes);
+  }
+#else
+  (void)b;
+#endif
+}
+
 void run_block(Block& b) {
   const int n = b.threads;
   for (int t = 0; t < n; ++t) {
@@ -381,6 +394,7 @@ void execute_kernel(dim3 grid, dim3 block, void (*thread)(const void*), const vo
           run_block(b);
         }
   } catch (...) {
+    abandon(b);
     running = nullptr;
     throw;
   }

@@ -9,7 +9,7 @@
 // covers every queue; work runs under it, on whichever host thread waited, one item at a time,
 // as the launches were already serialised.
 //
-// Watched operations (watch_last_item, for the simulated NCCL): which items are ordered after an
+// Watched operations (enqueue_watched, for the simulated NCCL): which items are ordered after an
 // operation is tracked per operation as, for each stream, the first of its items that is. An
 // event wait (or the legacy stream's implicit wait) on a point at or past an item that is ordered
 // after the operation makes the stream's next items so; a host synchronisation with such a point
@@ -20,10 +20,12 @@
 // operation completed and every item that was not ordered after it has run.
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -114,6 +116,16 @@ void record_fault(const char* what, const std::string& why) {
                st.fault_message.c_str());
 }
 
+// Set while this thread runs an item's work: CUDA forbids CUDA calls in host functions, and the
+// queues must not change under run_until (it holds watches across the work).
+thread_local bool running_item = false;
+
+void refuse_inside_item(const char* call) {
+  if (running_item)
+    throw std::logic_error(std::string(call) +
+                           " called from queued work (a host function): CUDA forbids it");
+}
+
 // ---- watched operations ---------------------------------------------------------------------
 
 // Whether item k of stream t is ordered after w's operation.
@@ -129,8 +141,16 @@ bool ordered_after(const Watch& w, const CUstream_st* t, uint64_t k) {
 uint64_t hash_of(Range r) {
   const auto* b = static_cast<const unsigned char*>(r.p);
   uint64_t h = 1469598103934665603ull ^ r.bytes;
+  // Eight bytes a step (then the tail byte by byte), each mixed in by a multiply and a shift.
   const auto mix = [&](size_t from, size_t n) {
-    for (size_t i = 0; i < n; ++i) h = (h ^ b[from + i]) * 1099511628211ull;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      uint64_t v;
+      std::memcpy(&v, b + from + i, 8);
+      h = (h ^ v) * 0x9e3779b97f4a7c15ull;
+      h ^= h >> 29;
+    }
+    for (; i < n; ++i) h = (h ^ b[from + i]) * 1099511628211ull;
   };
   constexpr size_t kFull = size_t(1) << 20, kSample = 4096, kSamples = 256;
   if (r.bytes <= kFull) {
@@ -177,12 +197,19 @@ void check_concurrent(Watch& w, const char* item, const CUstream_st* stream) {
 }
 
 // Stream s's next item is ordered after stream t's first `point` items (an event wait, or the
-// legacy stream's implicit one; whether or not those items have run yet).
-void learn_order(const CUstream_st* s, const CUstream_st* t, uint64_t point) {
-  if (point == 0 || t == s) return;
+// legacy stream's implicit one; whether or not those items have run yet). True when that orders
+// it after a watched operation it was not ordered after yet: the caller then queues the wait
+// even if t has passed the point already, so that the ordering belongs to an item of s (points
+// taken on s after it, by an event or a host synchronisation, include it).
+bool learn_order(const CUstream_st* s, const CUstream_st* t, uint64_t point) {
+  if (point == 0 || t == s) return false;
+  bool learned = false;
   for (auto& w : streams().watches)
-    if (s != w->stream && !w->first.count(s) && ordered_after(*w, t, point - 1))
+    if (s != w->stream && !w->first.count(s) && ordered_after(*w, t, point - 1)) {
       w->first[s] = s->queued;
+      learned = true;
+    }
+  return learned;
 }
 
 // The host has waited for stream t's first `point` items.
@@ -236,10 +263,14 @@ void run_until(CUstream_st* s, uint64_t point) {
         }
       }
       try {
+        running_item = true;
         item.work();
+        running_item = false;
       } catch (const std::exception& e) {
+        running_item = false;
         record_fault(item.what, e.what());
       } catch (...) {
+        running_item = false;
         record_fault(item.what, "an exception that is not a std::exception");
       }
       for (Watch* w : concurrent)
@@ -265,8 +296,7 @@ void order_against_legacy(CUstream_st* s) {
   Streams& st = streams();
   const auto wait_for = [&](CUstream_st* other) {
     if (other == s) return;
-    learn_order(s, other, other->queued);
-    if (other->queued > other->done)
+    if (learn_order(s, other, other->queued) || other->queued > other->done)
       push(s, CUstream_st::Item{{}, "implicit wait", false, other, other->queued});
   };
   if (s == &st.legacy) {
@@ -278,6 +308,7 @@ void order_against_legacy(CUstream_st* s) {
 }
 
 void queue_item(cudaStream_t stream, const char* what, std::function<void()> work, bool release) {
+  refuse_inside_item(what);
   Streams& st = streams();
   const std::lock_guard<std::recursive_mutex> lock(st.mu);
   CUstream_st* s = resolve(stream);
@@ -296,9 +327,11 @@ void enqueue_release(cudaStream_t s, std::function<void()> release) {
   queue_item(s, "free", std::move(release), true);
 }
 
-void watch_last_item(cudaStream_t stream, const char* what, std::vector<Range> ranges) {
+void enqueue_watched(cudaStream_t stream, const char* what, std::function<void()> work,
+                     const std::string& watched_as, std::vector<Range> ranges) {
   Streams& st = streams();
-  const std::lock_guard<std::recursive_mutex> lock(st.mu);
+  const std::lock_guard<std::recursive_mutex> lock(st.mu);  // the item and its watch as one
+  queue_item(stream, what, std::move(work), false);
   CUstream_st* s = resolve(stream);
   auto w = std::make_unique<Watch>();
   for (const Range& r : ranges)
@@ -307,8 +340,16 @@ void watch_last_item(cudaStream_t stream, const char* what, std::vector<Range> r
   if (s->queued == s->done || w->parts.empty() || st.fault != cudaSuccess) return;
   w->stream = s;
   w->op = s->queued - 1;
-  w->what = what;
-  if (st.watches.size() >= kMaxWatches) st.watches.pop_front();
+  w->what = watched_as;
+  if (st.watches.size() >= kMaxWatches) {
+    static bool told = false;
+    if (!std::exchange(told, true))
+      std::fprintf(stderr,
+                   "[cuda sim] more than %zu NCCL operations in flight without a host "
+                   "synchronisation: the oldest are no longer watched for concurrent writes\n",
+                   kMaxWatches);
+    st.watches.pop_front();
+  }
   st.watches.push_back(std::move(w));
 }
 
@@ -319,6 +360,7 @@ size_t watched_operations() {
 }
 
 void run_stream(cudaStream_t stream, bool host_waits) {
+  refuse_inside_item("a stream synchronisation");
   Streams& st = streams();
   const std::lock_guard<std::recursive_mutex> lock(st.mu);
   CUstream_st* s = resolve(stream);
@@ -331,6 +373,7 @@ void run_stream(cudaStream_t stream, bool host_waits) {
 }
 
 void run_device() {
+  refuse_inside_item("a device synchronisation");
   Streams& st = streams();
   const std::lock_guard<std::recursive_mutex> lock(st.mu);
   // Running one stream may not run another's later items; loop until every queue is empty.
@@ -437,6 +480,7 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) {
 }
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t stream) {
   if (!e) return null_handle("record of a null event");
+  refuse_inside_item("cudaEventRecord");
   Streams& st = streams();
   const std::lock_guard<std::recursive_mutex> lock(st.mu);
   CUstream_st* s = resolve(stream);
@@ -449,14 +493,13 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t stream) {
 }
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t e, unsigned) {
   if (!e) return null_handle("wait on a null event");
+  refuse_inside_item("cudaStreamWaitEvent");
   Streams& st = streams();
   const std::lock_guard<std::recursive_mutex> lock(st.mu);
   CUstream_st* s = resolve(stream);
-  if (e->stream && e->stream != s) {
-    learn_order(s, e->stream, e->point);  // also when the event has completed already
-    if (e->stream->done < e->point)
-      push(s, CUstream_st::Item{{}, "event wait", false, e->stream, e->point});
-  }
+  if (e->stream && e->stream != s &&
+      (learn_order(s, e->stream, e->point) || e->stream->done < e->point))
+    push(s, CUstream_st::Item{{}, "event wait", false, e->stream, e->point});
   return cudaSuccess;
 }
 // A pending event answers "not ready" once, as a busy GPU would; asked again by the thread that
@@ -464,6 +507,7 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t e, unsigned) {
 // only ever see it pending until someone runs it: their polling must not decide when work runs.
 cudaError_t cudaEventQuery(cudaEvent_t e) {
   if (!e) return null_handle("query of a null event");
+  refuse_inside_item("cudaEventQuery");
   Streams& st = streams();
   const std::lock_guard<std::recursive_mutex> lock(st.mu);
   if (e->stream && e->stream->done < e->point) {
@@ -484,6 +528,7 @@ cudaError_t cudaEventQuery(cudaEvent_t e) {
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
   if (!e) return null_handle("synchronize of a null event");
+  refuse_inside_item("cudaEventSynchronize");
   Streams& st = streams();
   const std::lock_guard<std::recursive_mutex> lock(st.mu);
   if (e->stream) {

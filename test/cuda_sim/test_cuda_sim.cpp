@@ -9,6 +9,7 @@
 #include <catch2/catch.hpp>
 #include <numeric>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "core/cuda/cuda_common.cuh"
@@ -485,8 +486,64 @@ TEST_CASE("simulated GPU: work that may run during a watched operation leaves it
     CHECK(sim::watched_operations() == 0);
     cudaFree(other);
   }
-  CHECK(cudaDeviceSynchronize() == cudaSuccess);
-  CHECK(sim::watched_operations() == 0);
+  SECTION("a wait on an event that has completed already orders the stream all the same") {
+    int* in2 = device_alloc<int>(n);
+    int* out2 = device_alloc<int>(n);
+    gather();
+    REQUIRE(cudaEventRecord(done, comm) == cudaSuccess);
+    // Issuing a second collective on `comm` runs the first one's item: `done` has completed.
+    REQUIRE(ncclAllGather(in2, out2, n, ncclInt32, nccl, comm) == ncclSuccess);
+    // (Asked from another thread, which does not count as the host waiting for it.)
+    cudaError_t state = cudaErrorNotReady;
+    std::thread([&] { state = cudaEventQuery(done); }).join();
+    REQUIRE(state == cudaSuccess);
+    REQUIRE(cudaStreamWaitEvent(compute, done, 0) == cudaSuccess);
+    // The host waits for compute, so for the first gather: the legacy stream may write `in`.
+    REQUIRE(cudaStreamSynchronize(compute) == cudaSuccess);
+    REQUIRE(cudaMemset(in, 0, n * sizeof(int)) == cudaSuccess);
+    CHECK(cudaStreamSynchronize(nullptr) == cudaSuccess);
+    // Not `in2`: nothing orders the host after the second gather.
+    REQUIRE(cudaMemset(in2, 0, n * sizeof(int)) == cudaSuccess);
+    CHECK(cudaStreamSynchronize(nullptr) == cudaErrorLaunchFailure);
+    fault_names("memset: changed", "ncclAllGather");
+    cudaFree(in2);
+    cudaFree(out2);
+  }
+  SECTION("a synchronous copy into the memory is checked like queued work") {
+    int* pinned = nullptr;
+    REQUIRE(cudaMallocHost(reinterpret_cast<void**>(&pinned), n * sizeof(int)) == cudaSuccess);
+    std::fill(pinned, pinned + n, 5);
+    gather();
+    // The legacy stream does not order against the non-blocking communication stream.
+    CHECK(cudaMemcpy(in, pinned, n * sizeof(int), cudaMemcpyHostToDevice) ==
+          cudaErrorLaunchFailure);
+    fault_names("copy: changed", "ncclAllGather");
+    gather();
+    REQUIRE(cudaStreamSynchronize(comm) == cudaSuccess);
+    CHECK(cudaMemcpy(in, pinned, n * sizeof(int), cudaMemcpyHostToDevice) == cudaSuccess);
+    REQUIRE(cudaFreeHost(pinned) == cudaSuccess);
+  }
+  SECTION("a send and a receive in one group: the send's input is watched too") {
+    REQUIRE(ncclGroupStart() == ncclSuccess);
+    REQUIRE(ncclSend(in, n, ncclInt32, 0, nccl, comm) == ncclSuccess);
+    REQUIRE(ncclRecv(out, n, ncclInt32, 0, nccl, comm) == ncclSuccess);
+    REQUIRE(ncclGroupEnd() == ncclSuccess);
+    CHECK(sim::watched_operations() == 2);
+    RA_LAUNCH(1, n, 0, compute, set_kernel)(in, n, 10);
+    CHECK(cudaStreamSynchronize(compute) == cudaErrorLaunchFailure);
+    fault_names("kernel: changed", "ncclSend");
+  }
+  SECTION("queued work may not call CUDA") {
+    cudaHostFn_t sync_in_host_fn = [](void* s) {
+      (void)cudaStreamSynchronize(static_cast<cudaStream_t>(s));
+    };
+    REQUIRE(cudaLaunchHostFunc(compute, sync_in_host_fn, comm) == cudaSuccess);
+    CHECK(cudaStreamSynchronize(compute) == cudaErrorLaunchFailure);
+    CHECK_THAT(sim::device_fault_message(),
+               Catch::Contains("host function") && Catch::Contains("CUDA forbids it"));
+    sim::clear_device_fault();
+  }
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);  // no fault left behind
   REQUIRE(ncclCommDestroy(nccl) == ncclSuccess);
   cudaFree(in);
   cudaFree(out);
