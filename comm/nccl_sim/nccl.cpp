@@ -152,6 +152,29 @@ void combine_any(void* acc, const void* v, size_t n, ncclDataType_t t, ncclRedOp
   }
 }
 
+// The memory an operation reads and writes (a part with 0 bytes: none); needs a communicator.
+struct Memory {
+  ringattn::sim::Range send, recv;
+};
+Memory memory_of(const Op& op) {
+  const size_t bytes = op.count * type_bytes(op.type), all = bytes * size_t(op.comm->size);
+  switch (op.kind) {
+    case Kind::AllReduce:
+      return {{op.send, bytes}, {op.recv, bytes}};
+    case Kind::AllGather:
+      return {{op.send, bytes}, {op.recv, all}};
+    case Kind::ReduceScatter:
+      return {{op.send, all}, {op.recv, bytes}};
+    case Kind::Broadcast:
+      return {{op.send, op.comm->rank == op.peer ? bytes : 0}, {op.recv, bytes}};
+    case Kind::Send:
+      return {{op.send, bytes}, {nullptr, 0}};
+    case Kind::Recv:
+      return {{nullptr, 0}, {op.recv, bytes}};
+  }
+  return {};
+}
+
 // What NCCL refuses at the call.
 ncclResult_t check(const Op& op) {
   if (!op.comm) return fail(ncclInvalidArgument, "a null communicator");
@@ -170,15 +193,10 @@ ncclResult_t check(const Op& op) {
   if (all > size_t(INT32_MAX))
     return fail(ncclInvalidArgument, "the simulation moves at most 2 GiB per call");
   if (bytes == 0) return ncclSuccess;
-  size_t send_bytes = bytes, recv_bytes = bytes;
-  if (op.kind == Kind::AllGather) recv_bytes = all;
-  if (op.kind == Kind::ReduceScatter) send_bytes = all;
-  const bool sends =
-      op.kind != Kind::Recv && (op.kind != Kind::Broadcast || op.comm->rank == op.peer);
-  const bool receives = op.kind != Kind::Send;
-  if (sends && !ringattn::sim::device_memory(op.send, send_bytes))
+  const Memory m = memory_of(op);
+  if (m.send.bytes && !ringattn::sim::device_memory(m.send.p, m.send.bytes))
     return fail(ncclInvalidArgument, "the send buffer is not inside one device allocation");
-  if (receives && !ringattn::sim::device_memory(op.recv, recv_bytes))
+  if (m.recv.bytes && !ringattn::sim::device_memory(m.recv.p, m.recv.bytes))
     return fail(ncclInvalidArgument, "the receive buffer is not inside one device allocation");
   return ncclSuccess;
 }
@@ -201,27 +219,6 @@ const char* name_of(Kind k) {
   return "an NCCL operation";
 }
 
-// The memory an operation reads (`send`) and writes (`recv`), in bytes.
-std::vector<ringattn::sim::Range> memory_of(const Op& op) {
-  const size_t bytes = op.count * type_bytes(op.type), n = size_t(op.comm->size);
-  switch (op.kind) {
-    case Kind::AllReduce:
-      return {{op.send, bytes}, {op.recv, bytes}};
-    case Kind::AllGather:
-      return {{op.send, bytes}, {op.recv, bytes * n}};
-    case Kind::ReduceScatter:
-      return {{op.send, bytes * n}, {op.recv, bytes}};
-    case Kind::Broadcast:
-      if (op.comm->rank == op.peer) return {{op.send, bytes}, {op.recv, bytes}};
-      return {{op.recv, bytes}};
-    case Kind::Send:
-      return {{op.send, bytes}};
-    case Kind::Recv:
-      return {{op.recv, bytes}};
-  }
-  return {};
-}
-
 // The operation is over when its stream gets to it: its results (if any) reach the output buffer
 // then. Until that point is known to be passed, work on other streams must leave its input and
 // output alone: the data moved when it was called, but on a GPU it moves while the stream runs it
@@ -236,9 +233,10 @@ void complete(const Op& op, Bytes data) {
       std::memcpy(dst, data->data(), data->size());
     };
   }
+  const Memory m = memory_of(op);
   ringattn::sim::enqueue_watched(op.stream, data ? "NCCL result" : "NCCL send", std::move(deliver),
                                  std::string(name_of(op.kind)) + " (its input or output)",
-                                 memory_of(op));
+                                 {m.send, m.recv});
 }
 
 bool mpi_ok(int rc) {

@@ -259,23 +259,9 @@ cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, 
     std::memmove(dst, src, bytes);
     return cudaSuccess;
   }
-  // To pageable memory the call waits for its stream and copies at once; the synchronous call
-  // also completes copies to pinned memory and from it.
-  const bool now =
-      ds == Side::Pageable || (blocking && ds == Side::Pinned) || (blocking && ss == Side::Pinned);
-  if (now) {
-    if (ds == Side::Device) {
-      // Into device memory (the synchronous copy from pinned memory): as an item of its stream,
-      // run at once, so it is ordered and checked like every other write to device memory
-      // (sim_streams.h, enqueue_watched).
-      enqueue(stream, "copy", [dst, src, bytes, ds, ss] {
-        require_live(dst, bytes, ds, "a copy");
-        require_live(src, bytes, ss, "a copy");
-        std::memmove(dst, src, bytes);
-      });
-      run_stream(stream);
-      return device_fault();
-    }
+  // To host memory the call waits for its stream and copies at once when it must have completed
+  // on return: always to pageable memory, and to pinned memory in the synchronous call.
+  if (ds == Side::Pageable || (blocking && ds == Side::Pinned)) {
     run_stream(stream);
     if (const cudaError_t e = device_fault()) return e;
     std::memmove(dst, src, bytes);
@@ -291,11 +277,18 @@ cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, 
     });
     return cudaSuccess;
   }
+  // Into device memory the copy is an item of its stream, so it is ordered and checked like every
+  // other write there (sim_streams.h, enqueue_watched); the synchronous call from pinned memory
+  // also completes it.
   enqueue(stream, "copy", [dst, src, bytes, ds, ss] {
     require_live(dst, bytes, ds, "a copy");
     require_live(src, bytes, ss, "a copy");
     std::memmove(dst, src, bytes);
   });
+  if (blocking && ss == Side::Pinned) {
+    run_stream(stream);
+    return device_fault();
+  }
   return cudaSuccess;
 }
 
