@@ -219,14 +219,40 @@ const char* name_of(Kind k) {
   return "an NCCL operation";
 }
 
-// The operation is over when its stream gets to it: its results (if any) reach the output buffer
-// then. Until that point is known to be passed, work on other streams must leave its input and
-// output alone: the data moved when it was called, but on a GPU it moves while the stream runs it
-// (core/cuda_sim/sim_streams.h, enqueue_watched).
+// The part of the output that may hold anything but its old contents while the operation runs:
+// all of it, but for the slice an in-place all-gather or a broadcast's root keeps (NCCL copies
+// the input there onto itself).
+struct Unsettled {
+  ringattn::sim::Range before, after;  // around the kept slice (the whole output in `before`)
+};
+Unsettled unsettled(const Op& op, const ringattn::sim::Range& recv) {
+  const auto* r = static_cast<const char*>(recv.p);
+  const auto* s = static_cast<const char*>(op.send);
+  const size_t bytes = op.count * type_bytes(op.type);
+  const bool keeps = (op.kind == Kind::AllGather && s == r + bytes * size_t(op.comm->rank)) ||
+                     (op.kind == Kind::Broadcast && op.comm->rank == op.peer && s == r);
+  if (!keeps) return {recv, {nullptr, 0}};
+  const size_t at = size_t(s - r);
+  return {{r, at}, {s + bytes, recv.bytes - at - bytes}};
+}
+
+// The operation's results land in its output as late as CUDA allows: just before the first work
+// ordered after it runs, or when the host learns it is complete. Until then, work on other streams
+// must leave its input and output alone (the data moved when it was called, but on a GPU it moves
+// while the stream runs it), and the output holds neither its old contents nor the result: it is
+// poisoned at the call (all ones, NaN in every float format, as fresh device memory is). So a
+// reader not ordered after the operation (one that did not wait for it, or a reader of the old
+// contents that the operation did not wait for) reads NaN, whichever order the simulation runs
+// the streams in; on a GPU it would read something between the two (core/cuda_sim/sim_streams.h,
+// enqueue_watched).
 void complete(const Op& op, Bytes data) {
   void* dst = op.recv;
-  std::function<void()> deliver = [] {};
+  std::function<void()> deliver = [] {}, poison;
   if (data) {
+    poison = [u = unsettled(op, {dst, data->size()})] {
+      for (const ringattn::sim::Range& r : {u.before, u.after})
+        if (r.bytes) std::memset(const_cast<void*>(r.p), 0xff, r.bytes);
+    };
     deliver = [dst, data] {
       if (!ringattn::sim::device_memory(dst, data->size()))
         throw std::runtime_error("delivered into device memory freed before it arrived");
@@ -234,9 +260,9 @@ void complete(const Op& op, Bytes data) {
     };
   }
   const Memory m = memory_of(op);
-  ringattn::sim::enqueue_watched(op.stream, data ? "NCCL result" : "NCCL send", std::move(deliver),
+  ringattn::sim::enqueue_watched(op.stream, name_of(op.kind), std::move(deliver),
                                  std::string(name_of(op.kind)) + " (its input or output)",
-                                 {m.send, m.recv});
+                                 {m.send, m.recv}, poison);
 }
 
 bool mpi_ok(int rc) {

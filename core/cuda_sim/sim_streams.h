@@ -43,10 +43,11 @@ struct Range {
   size_t bytes;
 };
 
-// Queues `work` on s, as enqueue does, as an operation that reads or writes `ranges` (device
-// memory) at some time before it completes, and watches it for work on other streams that is not
-// ordered after it and changes those ranges: on a GPU the two may run at the same time.
-// `watched_as` names the operation in the fault.
+// Queues an operation on s that reads or writes `ranges` (device memory) at some time before it
+// completes, and watches it: for work on other streams that is not ordered after it and changes
+// those ranges (on a GPU the two may run at the same time), and for work that reads its results
+// without being ordered after it. `work` is the operation's effect on that memory (the simulated
+// NCCL's results). `watched_as` names the operation in a fault, `what` its item (a literal).
 //
 // The simulated NCCL needs this because it reads an operation's inputs when it is called (its
 // data moves over MPI then), not when its stream reaches it: a kernel that overwrites an input
@@ -59,10 +60,21 @@ struct Range {
 // the first item of each stream that an event wait (or the legacy stream's implicit one) or a
 // host synchronisation placed after it.
 //
+// Its effect lands as late as CUDA allows, not when its item runs: just before the first item
+// ordered after the operation runs (or a run_stream(host_waits=false) on a stream ordered after
+// it returns: the simulated NCCL reads inputs then), or when the watch ends. Until then the memory
+// holds what the operation left at the call: `at_call`, if given, runs at once as part of the
+// operation (the simulated NCCL poisons its outputs with NaN), checked as an item of s would be (it
+// may change the memory of earlier watched operations only if it is ordered after them). So a
+// reader that is not ordered after the operation reads the poison whichever order the simulation
+// runs the streams in, where on a GPU it would read the old contents, the results or a mix. Without
+// anything to watch (no range in device memory), `work` is the item's work.
+//
 // Precondition: everything the operation is ordered after has run (call it after run_stream(s)),
 // so that any item that runs later is either ordered after the operation or concurrent with it.
 void enqueue_watched(cudaStream_t s, const char* what, std::function<void()> work,
-                     const std::string& watched_as, std::vector<Range> ranges);
+                     const std::string& watched_as, std::vector<Range> ranges,
+                     const std::function<void()>& at_call = {});
 // How many operations are watched now (for the tests of the simulation).
 size_t watched_operations();
 

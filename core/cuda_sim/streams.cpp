@@ -16,8 +16,10 @@
 // makes every item queued afterwards so. Items on the operation's own stream are ordered by
 // position. An item that runs while the operation is watched and is not ordered after it was
 // queued concurrently with it (everything the operation was ordered after had run when it was
-// watched); its effect on the operation's memory is checked. A watch ends once the host knows the
-// operation completed and every item that was not ordered after it has run.
+// watched); its effect on the operation's memory is checked. The operation's own effect waits in
+// its watch and lands before the first item ordered after it runs (or the host learns it is
+// complete). A watch ends once the host knows the operation completed and every item that was
+// not ordered after it has run.
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -79,6 +81,12 @@ struct Watch {
   // Per stream, the first item that is ordered after the operation (none yet: not in the map).
   std::unordered_map<const CUstream_st*, uint64_t> first;
   bool host_knows = false;  // the host has synchronised with a point ordered after it
+  // The operation's effect on its memory (the simulated NCCL's results), not yet applied: it
+  // lands just before the first item ordered after the operation runs, or when the watch ends
+  // (whichever stream the simulation happens to run first). The host can only see it through
+  // such items: a copy it queues after learning the operation completed is ordered after it.
+  std::function<void()> landing;
+  const char* item = "";  // the operation's item, naming it in a fault while landing
 };
 
 // More than this many watched operations at once: the oldest is no longer watched.
@@ -134,6 +142,31 @@ bool ordered_after(const Watch& w, const CUstream_st* t, uint64_t k) {
   if (t == w.stream) return k >= w.op;
   const auto it = w.first.find(t);
   return it != w.first.end() && k >= it->second;
+}
+
+// Applies w's effect if it is still pending (its item has run, or is known to be done with).
+void land(Watch& w) {
+  if (!w.landing) return;
+  const std::function<void()> effect = std::exchange(w.landing, nullptr);
+  Streams& st = streams();
+  if (st.fault != cudaSuccess) return;
+  try {
+    running_item = true;
+    effect();
+    running_item = false;
+  } catch (const std::exception& e) {
+    running_item = false;
+    record_fault(w.item, e.what());
+  }
+  // The operation's own change: not to be blamed on the next concurrent item.
+  for (auto& other : st.watches) other->hashed = false;
+}
+
+// Item k of stream t is about to run, or to be read as if it did (the simulated NCCL reading its
+// inputs): land the operations it is ordered after. (An operation's own item lands nothing.)
+void land_before(const CUstream_st* t, uint64_t k) {
+  for (auto& w : streams().watches)
+    if (w->landing && ordered_after(*w, t, k) && !(t == w->stream && k == w->op)) land(*w);
 }
 
 // A hash of the memory's contents: every byte up to 1 MiB, beyond that 256 spread 4 KiB samples
@@ -226,20 +259,28 @@ void retire_watches() {
     st.watches.clear();
     return;
   }
-  const auto done = [&](const std::unique_ptr<Watch>& w) {
-    if (!w->host_knows) return false;
+  const auto done = [&](const Watch& w) {
+    if (!w.host_knows) return false;
     for (const CUstream_st* t : st.all) {
       // Items of t not ordered after the operation: those before first[t], or, with no first[t],
       // all queued so far (every later one will be: the host knows).
-      const auto it = w->first.find(t);
-      const uint64_t unordered = t == w->stream         ? w->op + 1
-                                 : it != w->first.end() ? it->second
-                                                        : t->queued;
+      const auto it = w.first.find(t);
+      const uint64_t unordered = t == w.stream         ? w.op + 1
+                                 : it != w.first.end() ? it->second
+                                                       : t->queued;
       if (t->done < unordered) return false;
     }
     return true;
   };
-  st.watches.erase(std::remove_if(st.watches.begin(), st.watches.end(), done), st.watches.end());
+  std::vector<bool> ended;
+  for (auto& w : st.watches) {
+    ended.push_back(done(*w));
+    if (ended.back()) land(*w);  // if nothing ordered after it has run yet
+  }
+  std::deque<std::unique_ptr<Watch>> kept;
+  for (size_t i = 0; i < ended.size(); ++i)
+    if (!ended[i]) kept.push_back(std::move(st.watches[i]));
+  st.watches.swap(kept);
 }
 
 // ---- queues -----------------------------------------------------------------------------------
@@ -253,6 +294,7 @@ void run_until(CUstream_st* s, uint64_t point) {
     s->queue.pop_front();
     if (item.after) run_until(item.after, item.point);
     if (item.work && (item.release || st.fault == cudaSuccess)) {
+      land_before(s, s->done);
       concurrent.clear();
       for (auto& w : st.watches) {
         if (s != w->stream && !ordered_after(*w, s, s->done)) {
@@ -328,26 +370,54 @@ void enqueue_release(cudaStream_t s, std::function<void()> release) {
 }
 
 void enqueue_watched(cudaStream_t stream, const char* what, std::function<void()> work,
-                     const std::string& watched_as, std::vector<Range> ranges) {
+                     const std::string& watched_as, std::vector<Range> ranges,
+                     const std::function<void()>& at_call) {
   Streams& st = streams();
   const std::lock_guard<std::recursive_mutex> lock(st.mu);  // the item and its watch as one
-  queue_item(stream, what, std::move(work), false);
-  CUstream_st* s = resolve(stream);
   auto w = std::make_unique<Watch>();
   for (const Range& r : ranges)
     if (const uint64_t a = r.bytes > 0 ? device_allocation(r.p, r.bytes) : 0)
       w->parts.push_back(Watch::Part{r, a});
-  if (s->queued == s->done || w->parts.empty() || st.fault != cudaSuccess) return;
+  if (w->parts.empty() || st.fault != cudaSuccess) {
+    // Nothing to watch: the effect is the item's work.
+    if (at_call && st.fault == cudaSuccess) at_call();
+    queue_item(stream, what, std::move(work), false);
+    return;
+  }
+  queue_item(
+      stream, what, [] {}, false);  // the effect lands through the watch
+  CUstream_st* s = resolve(stream);
+  const uint64_t here = s->queued - 1;
+  // The operation reads its memory as an item at its place would: what it is ordered after lands.
+  land_before(s, here);
+  if (at_call) {
+    // As run_until checks an item, at the operation's place in its stream.
+    std::vector<Watch*> concurrent;
+    for (auto& other : st.watches) {
+      if (!ordered_after(*other, s, here)) {
+        if (!other->hashed) rehash(*other);
+        concurrent.push_back(other.get());
+      } else {
+        other->hashed = false;
+      }
+    }
+    at_call();
+    for (Watch* other : concurrent) check_concurrent(*other, what, s);
+  }
   w->stream = s;
-  w->op = s->queued - 1;
+  w->op = here;
   w->what = watched_as;
+  w->item = what;
+  w->landing = std::move(work);
   if (st.watches.size() >= kMaxWatches) {
     static bool told = false;
     if (!std::exchange(told, true))
       std::fprintf(stderr,
                    "[cuda sim] more than %zu NCCL operations in flight without a host "
-                   "synchronisation: the oldest are no longer watched for concurrent writes\n",
+                   "synchronisation: the oldest are no longer watched for concurrent writes (their "
+                   "results land at once)\n",
                    kMaxWatches);
+    land(*st.watches.front());
     st.watches.pop_front();
   }
   st.watches.push_back(std::move(w));
@@ -368,6 +438,9 @@ void run_stream(cudaStream_t stream, bool host_waits) {
   // work it is ordered after implicitly: the legacy stream's, or the blocking streams'.
   order_against_legacy(s);
   run_until(s, s->queued);
+  // The simulated NCCL reads an operation's inputs as s's next item would. (The host reads
+  // device memory only through items it queues next, which land what they are ordered after.)
+  if (!host_waits) land_before(s, s->queued);
   if (host_waits) host_learns(s, s->queued);
   retire_watches();
 }
@@ -388,6 +461,7 @@ void run_device() {
     }
   }
   // Everything has run: nothing queued can break a watched operation any more.
+  for (auto& w : st.watches) land(*w);
   st.watches.clear();
 }
 

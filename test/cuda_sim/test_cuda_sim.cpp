@@ -3,10 +3,12 @@
 // Only in the simulated build; rank 0 runs them (the simulation is deterministic).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <mpi.h>
 #include <nccl.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <cstring>
 #include <numeric>
 #include <stdexcept>
 #include <thread>
@@ -548,6 +550,210 @@ TEST_CASE("simulated GPU: work that may run during a watched operation leaves it
   cudaFree(in);
   cudaFree(out);
   cudaEventDestroy(done);
+  cudaStreamDestroy(comm);
+  cudaStreamDestroy(compute);
+}
+
+namespace {
+
+// Reads n ints of device memory through a synchronous copy (the legacy stream).
+std::vector<int> host_of(const int* p, int n) {
+  std::vector<int> h(size_t(n), 0);
+  REQUIRE(cudaMemcpy(h.data(), p, size_t(n) * sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess);
+  return h;
+}
+
+bool all_equal(const std::vector<int>& v, int x) {
+  return std::all_of(v.begin(), v.end(), [x](int e) { return e == x; });
+}
+
+}  // namespace
+
+TEST_CASE("simulated NCCL: an output reads NaN until work ordered after its operation runs",
+          "[cuda]") {
+  if (test::skip_without_gpu()) return;
+  constexpr int n = 256;
+  constexpr int kPoison = -1;  // all ones, as a float NaN
+  cudaStream_t comm = nullptr, compute = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&comm, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking) == cudaSuccess);
+  cudaEvent_t done = nullptr;
+  REQUIRE(cudaEventCreateWithFlags(&done, cudaEventDisableTiming) == cudaSuccess);
+  int* in = device_alloc<int>(n);
+  int* out = device_alloc<int>(n);
+  int* copy = device_alloc<int>(n);
+  RA_LAUNCH(1, n, 0, nullptr, set_kernel)(in, n, 3);
+  RA_LAUNCH(1, n, 0, nullptr, set_kernel)(out, n, 7);  // the old contents
+  RA_LAUNCH(1, n, 0, nullptr, set_kernel)(copy, n, 0);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  ncclUniqueId id;
+  REQUIRE(ncclGetUniqueId(&id) == ncclSuccess);
+  ncclComm_t nccl = nullptr;
+  REQUIRE(ncclCommInitRank(&nccl, 1, id, 0) == ncclSuccess);
+  const size_t bytes = n * sizeof(int);
+  const auto read_out_on_compute = [&] {
+    REQUIRE(cudaMemcpyAsync(copy, out, bytes, cudaMemcpyDeviceToDevice, compute) == cudaSuccess);
+  };
+
+  SECTION("a reader that does not wait reads NaN, whichever stream the host waits for first") {
+    REQUIRE(ncclAllGather(in, out, n, ncclInt32, nccl, comm) == ncclSuccess);
+    read_out_on_compute();
+    SECTION("compute first") {
+      REQUIRE(cudaStreamSynchronize(compute) == cudaSuccess);
+    }
+    SECTION("communication first") {
+      // The host knows the gather completed, but the copy was queued before it knew.
+      REQUIRE(cudaStreamSynchronize(comm) == cudaSuccess);
+      REQUIRE(cudaStreamSynchronize(compute) == cudaSuccess);
+    }
+    CHECK(host_of(copy, n)[0] == kPoison);
+    CHECK(all_equal(host_of(copy, n), kPoison));
+    REQUIRE(cudaStreamSynchronize(comm) == cudaSuccess);
+    CHECK(all_equal(host_of(out, n), 3));  // queued after the host knew: the result
+    CHECK(sim::watched_operations() == 0);
+  }
+  SECTION("a reader ordered after it by an event reads the result") {
+    REQUIRE(ncclAllGather(in, out, n, ncclInt32, nccl, comm) == ncclSuccess);
+    REQUIRE(cudaEventRecord(done, comm) == cudaSuccess);
+    REQUIRE(cudaStreamWaitEvent(compute, done, 0) == cudaSuccess);
+    read_out_on_compute();
+    REQUIRE(cudaStreamSynchronize(compute) == cudaSuccess);
+    CHECK(all_equal(host_of(copy, n), 3));
+  }
+  SECTION("so does the operation's own stream, and a later operation reading it as its input") {
+    int* out2 = device_alloc<int>(n);
+    REQUIRE(ncclAllGather(in, out, n, ncclInt32, nccl, comm) == ncclSuccess);
+    REQUIRE(ncclAllGather(out, out2, n, ncclInt32, nccl, comm) == ncclSuccess);
+    REQUIRE(cudaMemcpyAsync(copy, out, bytes, cudaMemcpyDeviceToDevice, comm) == cudaSuccess);
+    REQUIRE(cudaStreamSynchronize(comm) == cudaSuccess);
+    CHECK(all_equal(host_of(out2, n), 3));
+    CHECK(all_equal(host_of(copy, n), 3));
+    cudaFree(out2);
+  }
+  SECTION("a reader of the old contents that the operation does not wait for reads NaN too") {
+    read_out_on_compute();
+    SECTION("without an event") {
+      REQUIRE(ncclAllGather(in, out, n, ncclInt32, nccl, comm) == ncclSuccess);
+      REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+      CHECK(all_equal(host_of(copy, n), kPoison));
+    }
+    SECTION("with one, it reads them") {
+      REQUIRE(cudaEventRecord(done, compute) == cudaSuccess);
+      REQUIRE(cudaStreamWaitEvent(comm, done, 0) == cudaSuccess);
+      REQUIRE(ncclAllGather(in, out, n, ncclInt32, nccl, comm) == ncclSuccess);
+      REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+      CHECK(all_equal(host_of(copy, n), 7));
+    }
+    CHECK(all_equal(host_of(out, n), 3));
+  }
+  SECTION("an in-place all-gather or broadcast keeps what its root or rank already holds") {
+    // One rank: this rank's slice is the whole output, so a reader beside it reads it unchanged.
+    SECTION("all-gather") {
+      REQUIRE(ncclAllGather(out, out, n, ncclInt32, nccl, comm) == ncclSuccess);
+    }
+    SECTION("broadcast") {
+      REQUIRE(ncclBroadcast(out, out, n, ncclInt32, 0, nccl, comm) == ncclSuccess);
+    }
+    read_out_on_compute();
+    REQUIRE(cudaStreamSynchronize(compute) == cudaSuccess);
+    CHECK(all_equal(host_of(copy, n), 7));
+    // Not an in-place all-reduce: its output is another value.
+    REQUIRE(ncclAllReduce(out, out, n, ncclInt32, ncclSum, nccl, comm) == ncclSuccess);
+    read_out_on_compute();
+    REQUIRE(cudaStreamSynchronize(compute) == cudaSuccess);
+    CHECK(all_equal(host_of(copy, n), kPoison));
+  }
+  SECTION("an output that is an earlier operation's input") {
+    int* in2 = device_alloc<int>(n);
+    RA_LAUNCH(1, n, 0, nullptr, set_kernel)(in2, n, 5);
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    REQUIRE(ncclAllGather(in, out, n, ncclInt32, nccl, comm) == ncclSuccess);
+    SECTION("on another stream, not ordered after it: a fault at the call") {
+      REQUIRE(ncclAllGather(in2, in, n, ncclInt32, nccl, compute) == ncclSuccess);
+      CHECK_THAT(sim::device_fault_message(),
+                 Catch::Contains("ncclAllGather: changed 1024 bytes") &&
+                     Catch::Contains("memory of ncclAllGather") &&
+                     Catch::Contains("not ordered after that operation"));
+      CHECK(cudaDeviceSynchronize() == cudaErrorLaunchFailure);
+      sim::clear_device_fault();
+    }
+    SECTION("ordered after it, no fault, then or for concurrent work later") {
+      // A kernel beside the first gather runs (so its memory's hash is taken), then a gather
+      // ordered after it overwrites its input at the call, then another kernel beside it runs:
+      // the change is the ordered gather's, not the kernel's.
+      int* other = device_alloc<int>(n);
+      RA_LAUNCH(1, n, 0, compute, set_kernel)(other, n, 1);
+      REQUIRE(cudaStreamSynchronize(compute) == cudaSuccess);
+      REQUIRE(ncclAllGather(in2, in, n, ncclInt32, nccl, comm) == ncclSuccess);
+      RA_LAUNCH(1, n, 0, compute, set_kernel)(other, n, 2);
+      CHECK(cudaStreamSynchronize(compute) == cudaSuccess);
+      REQUIRE(cudaStreamSynchronize(comm) == cudaSuccess);
+      CHECK(all_equal(host_of(in, n), 5));
+      CHECK(all_equal(host_of(out, n), 3));
+      cudaFree(other);
+    }
+    cudaFree(in2);
+  }
+  SECTION("a result lands even when nothing ordered after it runs") {
+    REQUIRE(ncclAllGather(in, out, n, ncclInt32, nccl, comm) == ncclSuccess);
+    REQUIRE(cudaStreamSynchronize(comm) == cudaSuccess);
+    CHECK(sim::watched_operations() == 0);  // the watch ended; its result landed then
+    std::vector<int> h(bytes / sizeof(int));
+    std::memcpy(h.data(), out, bytes);  // (the simulated device's memory is the host's)
+    CHECK(all_equal(h, 3));
+  }
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);  // no fault left behind
+  REQUIRE(ncclCommDestroy(nccl) == ncclSuccess);
+  cudaFree(in);
+  cudaFree(out);
+  cudaFree(copy);
+  cudaEventDestroy(done);
+  cudaStreamDestroy(comm);
+  cudaStreamDestroy(compute);
+}
+
+// On every rank (a [device] test: 1, 2 and 4 ranks), where an all-gather in place has slices of
+// other ranks to poison and one of its own to keep.
+TEST_CASE("simulated NCCL on several ranks: an in-place all-gather keeps this rank's slice",
+          "[device]") {
+  constexpr int n = 64;
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  ncclUniqueId id;
+  if (rank == 0) REQUIRE(ncclGetUniqueId(&id) == ncclSuccess);
+  MPI_Bcast(&id, int(sizeof id), MPI_BYTE, 0, MPI_COMM_WORLD);
+  ncclComm_t nccl = nullptr;
+  REQUIRE(ncclCommInitRank(&nccl, size, id, rank) == ncclSuccess);
+  cudaStream_t comm = nullptr, compute = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&comm, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking) == cudaSuccess);
+  const int all = n * size;
+  int* buf = device_alloc<int>(size_t(all));
+  int* copy = device_alloc<int>(size_t(all));
+  RA_LAUNCH(1, all, 0, nullptr, set_kernel)(buf, all, 7);
+  RA_LAUNCH(1, n, 0, nullptr, set_kernel)(buf + rank * n, n, 100 + rank);  // this rank's input
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+
+  REQUIRE(ncclAllGather(buf + rank * n, buf, n, ncclInt32, nccl, comm) == ncclSuccess);
+  // A reader beside it: this rank's slice, then NaN (all ones) in every other rank's.
+  REQUIRE(cudaMemcpyAsync(copy, buf, size_t(all) * sizeof(int), cudaMemcpyDeviceToDevice,
+                          compute) == cudaSuccess);
+  REQUIRE(cudaStreamSynchronize(compute) == cudaSuccess);
+  const std::vector<int> beside = host_of(copy, all);
+  REQUIRE(cudaStreamSynchronize(comm) == cudaSuccess);
+  const std::vector<int> after = host_of(buf, all);
+  for (int q = 0; q < size; ++q) {
+    INFO("slice of rank " << q << " on rank " << rank);
+    const auto slice = [&](const std::vector<int>& v) {
+      return std::vector<int>(v.begin() + q * n, v.begin() + (q + 1) * n);
+    };
+    CHECK(all_equal(slice(beside), q == rank ? 100 + rank : -1));
+    CHECK(all_equal(slice(after), 100 + q));
+  }
+  REQUIRE(ncclCommDestroy(nccl) == ncclSuccess);
+  cudaFree(buf);
+  cudaFree(copy);
   cudaStreamDestroy(comm);
   cudaStreamDestroy(compute);
 }

@@ -9,13 +9,14 @@
 // up to it, so its inputs are what the GPU would read when the stream reaches it; the data moves
 // between the ranks over MPI at once, blocking the calling thread until the peers have called
 // theirs too (NCCL's rule that every rank issues the same operations in the same order makes this
-// safe); then the results are written into the output buffers by an item queued on the stream. So
-// a reader of an output that does not wait for the operation's stream reads stale data, as it
-// could on a GPU. Reductions run in rank order (deterministic, not NCCL's ring order).
+// safe); then the results are written into the output buffers by an item queued on the stream.
+// Meanwhile the output is poisoned (NaN), so a reader that does not wait for the operation's
+// stream, or one of the output's old contents that the operation did not wait for, reads NaN.
+// Work on other streams not ordered after the operation that changes or frees its input or output
+// is a device fault (core/cuda_sim/sim_streams.h, enqueue_watched). Reductions run in rank order
+// (deterministic, not NCCL's ring order).
 //
-// Not simulated: concurrency between the communication and compute streams (an input overwritten
-// after the operation was queued but before a GPU would have read it), ncclAvg and ncclProd, and
-// anything ringattn does not call.
+// Not simulated: ncclAvg and ncclProd, and anything ringattn does not call.
 #pragma once
 
 #include <cuda_runtime.h>
