@@ -304,3 +304,12 @@ TEST_CASE("NCCL collectives (GPU only; a clear error without one)", "[collective
   SUCCEED("built without CUDA");
 #endif
 }
+
+// Hidden (run by ctest's one_rank_fails_np2, which expects the job to end with test_main.cpp's
+// message): rank 1 fails and leaves the test case; rank 0 waits in a barrier rank 1 never reaches.
+TEST_CASE("a test case failing on one rank ends the job rather than leaving the others waiting",
+          "[.one_rank_fails]") {
+  if (test::world_size() < 2) return;
+  if (test::world_rank() == 1) FAIL("failing on rank 1 alone, on purpose");
+  MPI_Barrier(MPI_COMM_WORLD);
+}

@@ -1,17 +1,79 @@
 // MPI-aware Catch2 main: every rank runs the same tests; the job passes only if every rank
 // passed (the failure count is all-reduced), so a failure on any rank fails ctest. Every rank
 // prints its own report, so a failure names the rank it happened on.
+//
+// A test case that fails on some ranks only can leave the others waiting for ever in a collective
+// the failed ranks left (a test's REQUIRE, an exception between two collectives). Then ctest's
+// timeout would end the job ten minutes later without saying why. So the ranks meet at the end of
+// every test case (a barrier on a communicator of their own); a rank whose test case failed waits
+// there at most RINGATTN_TEST_PEER_WAIT_S seconds (default 60) for the others, then names the
+// test case and ends the job. (Ending it early turns no pass into a failure, since this rank
+// failed; at worst a slow peer's own report is cut short.)
 #define CATCH_CONFIG_RUNNER
 #include <mpi.h>
+
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
 
 #include "comm/mpi_env.h"
+
+namespace {
+
+MPI_Comm test_case_ends = MPI_COMM_NULL;  // the ranks' meeting point, away from the tests' own
+
+double peer_wait_seconds() {
+  const char* v = std::getenv("RINGATTN_TEST_PEER_WAIT_S");
+  if (!v || !*v) return 60;
+  char* end = nullptr;
+  const double s = std::strtod(v, &end);
+  return end && *end == '\0' && s > 0 ? s : 60;
+}
+
+struct RanksMeetAfterEachTestCase : Catch::TestEventListenerBase {
+  using TestEventListenerBase::TestEventListenerBase;
+  void testCaseEnded(const Catch::TestCaseStats& stats) override {
+    if (test_case_ends == MPI_COMM_NULL) return;
+    MPI_Request meet = MPI_REQUEST_NULL;
+    MPI_Ibarrier(test_case_ends, &meet);
+    if (stats.totals.testCases.failed == 0) {
+      MPI_Wait(&meet, MPI_STATUS_IGNORE);  // a slow peer is no reason to give up
+      return;
+    }
+    const double limit = peer_wait_seconds();
+    const auto start = std::chrono::steady_clock::now();
+    for (;;) {
+      int met = 0;
+      MPI_Test(&meet, &met, MPI_STATUS_IGNORE);
+      if (met) return;
+      if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > limit)
+        break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    std::fprintf(stderr,
+                 "rank %d: test case '%s' failed here, and the other ranks did not finish it "
+                 "within %g s (RINGATTN_TEST_PEER_WAIT_S): they are probably waiting in a "
+                 "collective this rank left. Ending the job.\n",
+                 ringattn::MpiEnv::world_rank(), stats.testInfo.name.c_str(), limit);
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+};
+
+}  // namespace
+
+CATCH_REGISTER_LISTENER(RanksMeetAfterEachTestCase)
 
 int main(int argc, char** argv) {
   ringattn::MpiEnv mpi(&argc, &argv);
   Catch::Session session;
   if (int rc = session.applyCommandLine(argc, argv); rc != 0) return rc;
+  MPI_Comm_dup(MPI_COMM_WORLD, &test_case_ends);
   const int failed = session.run();
+  MPI_Comm_free(&test_case_ends);
   int any_failed = 0;
   MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   if (any_failed && failed == 0 && ringattn::MpiEnv::world_rank() == 0)

@@ -236,33 +236,35 @@ Unsettled unsettled(const Op& op, const ringattn::sim::Range& recv) {
   return {{r, at}, {s + bytes, recv.bytes - at - bytes}};
 }
 
-// The operation's results land in its output as late as CUDA allows: just before the first work
-// ordered after it runs, or when the host learns it is complete. Until then, work on other streams
-// must leave its input and output alone (the data moved when it was called, but on a GPU it moves
-// while the stream runs it), and the output holds neither its old contents nor the result: it is
-// poisoned at the call (all ones, NaN in every float format, as fresh device memory is). So a
-// reader not ordered after the operation (one that did not wait for it, or a reader of the old
-// contents that the operation did not wait for) reads NaN, whichever order the simulation runs
-// the streams in; on a GPU it would read something between the two (core/cuda_sim/sim_streams.h,
-// enqueue_watched).
+// The operation's result lands in its output as late as CUDA allows: just before the first work
+// ordered after it runs (or a later operation ordered after it reads or writes that memory), or
+// when the simulation stops watching it. Until then, work on other streams must leave its input
+// and output alone (the data moved when it was called, but on a GPU it moves while the stream
+// runs it), and the output holds neither its old contents nor the result: it is poisoned at the
+// call (all ones, NaN in every float format, as fresh device memory is). So a reader not ordered
+// after the operation (one that did not wait for it, or a reader of the old contents that the
+// operation did not wait for) reads NaN, whichever order the simulation runs the streams in; on a
+// GPU it would read something between the two (core/cuda_sim/sim_streams.h, enqueue_watched).
 void complete(const Op& op, Bytes data) {
-  void* dst = op.recv;
-  std::function<void()> deliver = [] {}, poison;
+  const Memory m = memory_of(op);
+  ringattn::sim::WatchedOperation w;
+  w.item = name_of(op.kind);
+  w.name = std::string(name_of(op.kind)) + " (its input or output)";
+  w.memory = {m.send, m.recv};
   if (data) {
-    poison = [u = unsettled(op, {dst, data->size()})] {
+    void* dst = op.recv;
+    w.output = {dst, data->size()};
+    w.at_call = [u = unsettled(op, w.output)] {
       for (const ringattn::sim::Range& r : {u.before, u.after})
         if (r.bytes) std::memset(const_cast<void*>(r.p), 0xff, r.bytes);
     };
-    deliver = [dst, data] {
+    w.result = [dst, data] {
       if (!ringattn::sim::device_memory(dst, data->size()))
         throw std::runtime_error("delivered into device memory freed before it arrived");
       std::memcpy(dst, data->data(), data->size());
     };
   }
-  const Memory m = memory_of(op);
-  ringattn::sim::enqueue_watched(op.stream, name_of(op.kind), std::move(deliver),
-                                 std::string(name_of(op.kind)) + " (its input or output)",
-                                 {m.send, m.recv}, poison);
+  ringattn::sim::enqueue_watched(op.stream, std::move(w));
 }
 
 bool mpi_ok(int rc) {
@@ -319,7 +321,12 @@ ncclResult_t collective(const Op& op) {
 // A group's operations (or one outside a group): every stream run up to its operation, the sends
 // and receives posted, the collectives run in order, then the receives completed and delivered.
 ncclResult_t run_ops(const std::vector<Op>& ops) {
-  for (const Op& op : ops) ringattn::sim::run_stream(op.stream, /*host_waits=*/false);
+  for (const Op& op : ops) {
+    ringattn::sim::run_stream(op.stream, /*host_waits=*/false);
+    // Earlier operations' results this one reads (or overwrites) are there when it runs.
+    const Memory m = memory_of(op);
+    ringattn::sim::land_into(op.stream, {m.send, m.recv});
+  }
   if (ringattn::sim::device_fault() != cudaSuccess)
     return fail(ncclUnhandledCudaError, "the (simulated) device has faulted");
   std::vector<MPI_Request> requests;

@@ -259,13 +259,18 @@ cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, 
     std::memmove(dst, src, bytes);
     return cudaSuccess;
   }
-  // To host memory the call waits for its stream and copies at once when it must have completed
-  // on return: always to pageable memory, and to pinned memory in the synchronous call.
+  // To host memory the call completes the copy before it returns when it must have completed on
+  // return: always to pageable memory, and to pinned memory in the synchronous call. The copy is
+  // an item of its stream all the same, so it reads what an item there would (an NCCL result
+  // lands before the first item ordered after its operation: sim_streams.h, enqueue_watched).
   if (ds == Side::Pageable || (blocking && ds == Side::Pinned)) {
+    enqueue(stream, "copy to the host", [dst, src, bytes, ds, ss] {
+      require_live(dst, bytes, ds, "a copy");
+      require_live(src, bytes, ss, "a copy");
+      std::memmove(dst, src, bytes);
+    });
     run_stream(stream);
-    if (const cudaError_t e = device_fault()) return e;
-    std::memmove(dst, src, bytes);
-    return cudaSuccess;
+    return device_fault();
   }
   if (ss == Side::Pageable) {          // staged: the source is taken now
     if (blocking) run_stream(stream);  // "a stream sync is performed before the copy is initiated"

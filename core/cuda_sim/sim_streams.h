@@ -43,11 +43,20 @@ struct Range {
   size_t bytes;
 };
 
-// Queues an operation on s that reads or writes `ranges` (device memory) at some time before it
-// completes, and watches it: for work on other streams that is not ordered after it and changes
-// those ranges (on a GPU the two may run at the same time), and for work that reads its results
-// without being ordered after it. `work` is the operation's effect on that memory (the simulated
-// NCCL's results). `watched_as` names the operation in a fault, `what` its item (a literal).
+// An operation for enqueue_watched (the simulated NCCL's).
+struct WatchedOperation {
+  const char* item = "";          // its item's name, in faults (a string literal)
+  std::string name;               // its name in faults, e.g. "ncclAllGather (...)"
+  std::vector<Range> memory;      // device memory it reads or writes
+  Range output{nullptr, 0};       // where `result` writes
+  std::function<void()> at_call;  // its effect at the call (may be empty)
+  std::function<void()> result;   // its effect on completion (may be empty)
+};
+
+// Queues `op` on s, reading or writing `op.memory` at some time before it completes, and watches
+// it: for work on other streams that is not ordered after it and changes that memory (on a GPU
+// the two may run at the same time), and for work that reads its result without being ordered
+// after it.
 //
 // The simulated NCCL needs this because it reads an operation's inputs when it is called (its
 // data moves over MPI then), not when its stream reaches it: a kernel that overwrites an input
@@ -55,26 +64,30 @@ struct Range {
 // stream's event would, on a GPU, race with the transfer; here it would come too late to matter.
 // So while the operation is watched, every item that runs on a stream not ordered after it (no
 // chain of event waits and host synchronisations from the operation's completion to the item)
-// has the ranges hashed before and after it, and a change, or a range freed, is a fault naming
-// both. Ordered work may change them freely. "Ordered after" is tracked per watched operation:
-// the first item of each stream that an event wait (or the legacy stream's implicit one) or a
-// host synchronisation placed after it.
+// has the memory hashed before and after it, and a change, or a range freed, is a fault naming
+// both. Ordered work may change it freely. "Ordered after" is tracked per watched operation: the
+// first item of each stream that an event wait (or the legacy stream's implicit one) or a host
+// synchronisation placed after it.
 //
-// Its effect lands as late as CUDA allows, not when its item runs: just before the first item
-// ordered after the operation runs (or a run_stream(host_waits=false) on a stream ordered after
-// it returns: the simulated NCCL reads inputs then), or when the watch ends. Until then the memory
-// holds what the operation left at the call: `at_call`, if given, runs at once as part of the
-// operation (the simulated NCCL poisons its outputs with NaN), checked as an item of s would be (it
-// may change the memory of earlier watched operations only if it is ordered after them). So a
-// reader that is not ordered after the operation reads the poison whichever order the simulation
-// runs the streams in, where on a GPU it would read the old contents, the results or a mix. Without
-// anything to watch (no range in device memory), `work` is the item's work.
+// `op.result` lands as late as CUDA allows, not when the operation's item runs: just before the
+// first item ordered after the operation runs (any item: a kernel's memory is not known), before
+// a later watched operation ordered after it that touches `op.output` (or land_into for its
+// inputs), or when the watch ends. Until then the output holds what the operation left at the
+// call: `op.at_call` runs at once as part of the operation (the simulated NCCL poisons its output
+// with NaN), checked as an item of s would be (it may change the memory of earlier watched
+// operations only if it is ordered after them). So a reader that is not ordered after the
+// operation reads the poison whichever order the simulation runs the streams in, as long as no
+// other item ordered after the operation has run first (a GPU would have the old contents, the
+// result or a mix there). The host reads device memory only through items (copies to the host
+// are items too), so it sees the result once it has synchronised with the operation. Without
+// anything to watch (no range in device memory), `op.result` is the item's work.
 //
 // Precondition: everything the operation is ordered after has run (call it after run_stream(s)),
 // so that any item that runs later is either ordered after the operation or concurrent with it.
-void enqueue_watched(cudaStream_t s, const char* what, std::function<void()> work,
-                     const std::string& watched_as, std::vector<Range> ranges,
-                     const std::function<void()>& at_call = {});
+void enqueue_watched(cudaStream_t s, WatchedOperation op);
+// Before the simulated NCCL reads an operation's inputs on s (after run_stream(s, false)): the
+// results of the watched operations s is ordered after that write into `ranges` land.
+void land_into(cudaStream_t s, const std::vector<Range>& ranges);
 // How many operations are watched now (for the tests of the simulation).
 size_t watched_operations();
 

@@ -16,10 +16,10 @@
 // makes every item queued afterwards so. Items on the operation's own stream are ordered by
 // position. An item that runs while the operation is watched and is not ordered after it was
 // queued concurrently with it (everything the operation was ordered after had run when it was
-// watched); its effect on the operation's memory is checked. The operation's own effect waits in
-// its watch and lands before the first item ordered after it runs (or the host learns it is
-// complete). A watch ends once the host knows the operation completed and every item that was
-// not ordered after it has run.
+// watched); its effect on the operation's memory is checked. The operation's own result waits in
+// its watch and lands before the first item ordered after it runs, before a later watched
+// operation ordered after it touches its output, or when the watch ends. A watch ends once the host
+// knows the operation completed and every item that was not ordered after it has run.
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -81,12 +81,13 @@ struct Watch {
   // Per stream, the first item that is ordered after the operation (none yet: not in the map).
   std::unordered_map<const CUstream_st*, uint64_t> first;
   bool host_knows = false;  // the host has synchronised with a point ordered after it
-  // The operation's effect on its memory (the simulated NCCL's results), not yet applied: it
-  // lands just before the first item ordered after the operation runs, or when the watch ends
-  // (whichever stream the simulation happens to run first). The host can only see it through
-  // such items: a copy it queues after learning the operation completed is ordered after it.
+  // The operation's result (the simulated NCCL's), not yet applied: it lands just before the
+  // first item ordered after the operation runs, or when the watch ends (whichever stream the
+  // simulation happens to run first). The host sees device memory only through items: a copy it
+  // queues after learning the operation completed is ordered after it.
   std::function<void()> landing;
-  const char* item = "";  // the operation's item, naming it in a fault while landing
+  Range output{nullptr, 0};  // where `landing` writes
+  const char* item = "";     // the operation's item, naming it in a fault while landing
 };
 
 // More than this many watched operations at once: the oldest is no longer watched.
@@ -157,6 +158,9 @@ void land(Watch& w) {
   } catch (const std::exception& e) {
     running_item = false;
     record_fault(w.item, e.what());
+  } catch (...) {
+    running_item = false;
+    record_fault(w.item, "an exception that is not a std::exception");
   }
   // The operation's own change: not to be blamed on the next concurrent item.
   for (auto& other : st.watches) other->hashed = false;
@@ -167,6 +171,22 @@ void land(Watch& w) {
 void land_before(const CUstream_st* t, uint64_t k) {
   for (auto& w : streams().watches)
     if (w->landing && ordered_after(*w, t, k) && !(t == w->stream && k == w->op)) land(*w);
+}
+
+bool overlap(const Range& a, const Range& b) {
+  const auto* pa = static_cast<const char*>(a.p);
+  const auto* pb = static_cast<const char*>(b.p);
+  return a.bytes && b.bytes && pa < pb + b.bytes && pb < pa + a.bytes;
+}
+
+// As land_before, for an operation at item k of t that touches only `ranges` (known memory): the
+// other results stay out, for readers beside them to find the poison.
+void land_overlapping(const CUstream_st* t, uint64_t k, const std::vector<Range>& ranges) {
+  for (auto& w : streams().watches)
+    if (w->landing && ordered_after(*w, t, k) && !(t == w->stream && k == w->op) &&
+        std::any_of(ranges.begin(), ranges.end(),
+                    [&](const Range& r) { return overlap(w->output, r); }))
+      land(*w);
 }
 
 // A hash of the memory's contents: every byte up to 1 MiB, beyond that 256 spread 4 KiB samples
@@ -369,28 +389,26 @@ void enqueue_release(cudaStream_t s, std::function<void()> release) {
   queue_item(s, "free", std::move(release), true);
 }
 
-void enqueue_watched(cudaStream_t stream, const char* what, std::function<void()> work,
-                     const std::string& watched_as, std::vector<Range> ranges,
-                     const std::function<void()>& at_call) {
+void enqueue_watched(cudaStream_t stream, WatchedOperation op) {
   Streams& st = streams();
   const std::lock_guard<std::recursive_mutex> lock(st.mu);  // the item and its watch as one
   auto w = std::make_unique<Watch>();
-  for (const Range& r : ranges)
+  for (const Range& r : op.memory)
     if (const uint64_t a = r.bytes > 0 ? device_allocation(r.p, r.bytes) : 0)
       w->parts.push_back(Watch::Part{r, a});
   if (w->parts.empty() || st.fault != cudaSuccess) {
-    // Nothing to watch: the effect is the item's work.
-    if (at_call && st.fault == cudaSuccess) at_call();
-    queue_item(stream, what, std::move(work), false);
+    // Nothing to watch: the result is the item's work.
+    if (op.at_call && st.fault == cudaSuccess) op.at_call();
+    queue_item(stream, op.item, std::move(op.result), false);
     return;
   }
   queue_item(
-      stream, what, [] {}, false);  // the effect lands through the watch
+      stream, op.item, [] {}, false);  // the result lands through the watch
   CUstream_st* s = resolve(stream);
   const uint64_t here = s->queued - 1;
-  // The operation reads its memory as an item at its place would: what it is ordered after lands.
-  land_before(s, here);
-  if (at_call) {
+  // Earlier results this operation reads or overwrites land first.
+  land_overlapping(s, here, op.memory);
+  if (op.at_call) {
     // As run_until checks an item, at the operation's place in its stream.
     std::vector<Watch*> concurrent;
     for (auto& other : st.watches) {
@@ -401,14 +419,15 @@ void enqueue_watched(cudaStream_t stream, const char* what, std::function<void()
         other->hashed = false;
       }
     }
-    at_call();
-    for (Watch* other : concurrent) check_concurrent(*other, what, s);
+    op.at_call();
+    for (Watch* other : concurrent) check_concurrent(*other, op.item, s);
   }
   w->stream = s;
   w->op = here;
-  w->what = watched_as;
-  w->item = what;
-  w->landing = std::move(work);
+  w->what = std::move(op.name);
+  w->item = op.item;
+  w->landing = std::move(op.result);
+  w->output = op.output;
   if (st.watches.size() >= kMaxWatches) {
     static bool told = false;
     if (!std::exchange(told, true))
@@ -421,6 +440,13 @@ void enqueue_watched(cudaStream_t stream, const char* what, std::function<void()
     st.watches.pop_front();
   }
   st.watches.push_back(std::move(w));
+}
+
+void land_into(cudaStream_t stream, const std::vector<Range>& ranges) {
+  Streams& st = streams();
+  const std::lock_guard<std::recursive_mutex> lock(st.mu);
+  CUstream_st* s = resolve(stream);
+  land_overlapping(s, s->queued, ranges);
 }
 
 size_t watched_operations() {
@@ -438,9 +464,6 @@ void run_stream(cudaStream_t stream, bool host_waits) {
   // work it is ordered after implicitly: the legacy stream's, or the blocking streams'.
   order_against_legacy(s);
   run_until(s, s->queued);
-  // The simulated NCCL reads an operation's inputs as s's next item would. (The host reads
-  // device memory only through items it queues next, which land what they are ordered after.)
-  if (!host_waits) land_before(s, s->queued);
   if (host_waits) host_learns(s, s->queued);
   retire_watches();
 }

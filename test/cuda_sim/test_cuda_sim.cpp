@@ -694,6 +694,98 @@ TEST_CASE("simulated NCCL: an output reads NaN until work ordered after its oper
     }
     cudaFree(in2);
   }
+  SECTION("the host reads the result once it has synchronised, while other streams are busy") {
+    // Unrelated work pending on compute keeps the watch alive: the copies to the host must land
+    // the result themselves.
+    int* other = device_alloc<int>(n);
+    RA_LAUNCH(1, n, 0, compute, set_kernel)(other, n, 1);
+    std::vector<int> h(bytes / sizeof(int), 0);
+    SECTION("a copy to pageable memory on the operation's stream") {
+      REQUIRE(ncclAllGather(in, out, n, ncclInt32, nccl, comm) == ncclSuccess);
+      REQUIRE(cudaMemcpyAsync(h.data(), out, bytes, cudaMemcpyDeviceToHost, comm) == cudaSuccess);
+    }
+    SECTION("a synchronous copy after a stream synchronisation") {
+      REQUIRE(ncclAllGather(in, out, n, ncclInt32, nccl, comm) == ncclSuccess);
+      REQUIRE(cudaStreamSynchronize(comm) == cudaSuccess);
+      REQUIRE(cudaMemcpy(h.data(), out, bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
+    }
+    SECTION("a synchronous copy into pinned memory after an event synchronisation") {
+      int* pinned = nullptr;
+      REQUIRE(cudaMallocHost(reinterpret_cast<void**>(&pinned), bytes) == cudaSuccess);
+      REQUIRE(ncclAllGather(in, out, n, ncclInt32, nccl, comm) == ncclSuccess);
+      REQUIRE(cudaEventRecord(done, comm) == cudaSuccess);
+      REQUIRE(cudaEventSynchronize(done) == cudaSuccess);
+      REQUIRE(cudaMemcpy(pinned, out, bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
+      std::copy(pinned, pinned + n, h.begin());
+      REQUIRE(cudaFreeHost(pinned) == cudaSuccess);
+    }
+    SECTION("a synchronous copy after polling the event") {
+      REQUIRE(ncclAllGather(in, out, n, ncclInt32, nccl, comm) == ncclSuccess);
+      REQUIRE(cudaEventRecord(done, comm) == cudaSuccess);
+      while (cuda::query_event(done) == cudaErrorNotReady) {
+      }
+      REQUIRE(cudaMemcpy(h.data(), out, bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
+    }
+    SECTION("a synchronous copy after an operation on a blocking stream (legacy ordering)") {
+      cudaStream_t blocking = nullptr;
+      REQUIRE(cudaStreamCreate(&blocking) == cudaSuccess);
+      REQUIRE(ncclAllGather(in, out, n, ncclInt32, nccl, blocking) == ncclSuccess);
+      REQUIRE(cudaMemcpy(h.data(), out, bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
+      cudaStreamDestroy(blocking);
+    }
+    CHECK(all_equal(h, 3));
+    CHECK(sim::watched_operations() == 1);  // compute's kernel may still run beside it
+    REQUIRE(cudaStreamSynchronize(compute) == cudaSuccess);
+    cudaFree(other);
+  }
+  SECTION("a later operation on the same stream lands only the results it touches") {
+    int* x = device_alloc<int>(n);
+    int* y = device_alloc<int>(n);
+    REQUIRE(ncclAllGather(in, out, n, ncclInt32, nccl, comm) == ncclSuccess);
+    REQUIRE(ncclAllGather(x, y, n, ncclInt32, nccl, comm) == ncclSuccess);
+    read_out_on_compute();  // without waiting for either
+    REQUIRE(cudaStreamSynchronize(compute) == cudaSuccess);
+    CHECK(all_equal(host_of(copy, n), kPoison));
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    cudaFree(x);
+    cudaFree(y);
+  }
+  SECTION("every kind of operation's output is poisoned for a reader beside it") {
+    SECTION("all-reduce") {
+      REQUIRE(ncclAllReduce(in, out, n, ncclInt32, ncclSum, nccl, comm) == ncclSuccess);
+    }
+    SECTION("reduce-scatter") {
+      REQUIRE(ncclReduceScatter(in, out, n, ncclInt32, ncclSum, nccl, comm) == ncclSuccess);
+    }
+    SECTION("broadcast") {
+      REQUIRE(ncclBroadcast(in, out, n, ncclInt32, 0, nccl, comm) == ncclSuccess);
+    }
+    SECTION("a receive, grouped with its send") {
+      REQUIRE(ncclGroupStart() == ncclSuccess);
+      REQUIRE(ncclSend(in, n, ncclInt32, 0, nccl, comm) == ncclSuccess);
+      REQUIRE(ncclRecv(out, n, ncclInt32, 0, nccl, comm) == ncclSuccess);
+      REQUIRE(ncclGroupEnd() == ncclSuccess);
+    }
+    read_out_on_compute();
+    REQUIRE(cudaStreamSynchronize(compute) == cudaSuccess);
+    CHECK(all_equal(host_of(copy, n), kPoison));
+    REQUIRE(cudaStreamSynchronize(comm) == cudaSuccess);
+    CHECK(all_equal(host_of(out, n), 3));
+  }
+  SECTION("past the cap on watched operations, the oldest result lands at once, not never") {
+    constexpr int kOps = 260;  // more than the simulation watches at once (256)
+    std::vector<int*> outs;
+    for (int i = 0; i < kOps; ++i) {
+      outs.push_back(device_alloc<int>(n));
+      REQUIRE(ncclAllGather(in, outs.back(), n, ncclInt32, nccl, comm) == ncclSuccess);
+    }
+    CHECK(sim::watched_operations() == 256);
+    REQUIRE(cudaStreamSynchronize(comm) == cudaSuccess);
+    for (int* o : outs) {
+      CHECK(all_equal(host_of(o, n), 3));
+      cudaFree(o);
+    }
+  }
   SECTION("a result lands even when nothing ordered after it runs") {
     REQUIRE(ncclAllGather(in, out, n, ncclInt32, nccl, comm) == ncclSuccess);
     REQUIRE(cudaStreamSynchronize(comm) == cudaSuccess);
@@ -751,6 +843,16 @@ TEST_CASE("simulated NCCL on several ranks: an in-place all-gather keeps this ra
     CHECK(all_equal(slice(beside), q == rank ? 100 + rank : -1));
     CHECK(all_equal(slice(after), 100 + q));
   }
+  // An in-place broadcast from rank 0: the root keeps its buffer, the others' is poisoned.
+  RA_LAUNCH(1, n, 0, nullptr, set_kernel)(buf, n, rank == 0 ? 11 : 12);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  REQUIRE(ncclBroadcast(buf, buf, n, ncclInt32, 0, nccl, comm) == ncclSuccess);
+  REQUIRE(cudaMemcpyAsync(copy, buf, size_t(n) * sizeof(int), cudaMemcpyDeviceToDevice, compute) ==
+          cudaSuccess);
+  REQUIRE(cudaStreamSynchronize(compute) == cudaSuccess);
+  CHECK(all_equal(host_of(copy, n), rank == 0 ? 11 : -1));
+  REQUIRE(cudaStreamSynchronize(comm) == cudaSuccess);
+  CHECK(all_equal(host_of(buf, n), 11));
   REQUIRE(ncclCommDestroy(nccl) == ncclSuccess);
   cudaFree(buf);
   cudaFree(copy);

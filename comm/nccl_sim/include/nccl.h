@@ -9,11 +9,13 @@
 // up to it, so its inputs are what the GPU would read when the stream reaches it; the data moves
 // between the ranks over MPI at once, blocking the calling thread until the peers have called
 // theirs too (NCCL's rule that every rank issues the same operations in the same order makes this
-// safe); then the results are written into the output buffers by an item queued on the stream.
-// Meanwhile the output is poisoned (NaN), so a reader that does not wait for the operation's
-// stream, or one of the output's old contents that the operation did not wait for, reads NaN.
-// Work on other streams not ordered after the operation that changes or frees its input or output
-// is a device fault (core/cuda_sim/sim_streams.h, enqueue_watched). Reductions run in rank order
+// safe). The output is poisoned (NaN) at the call, and the result lands in it as late as CUDA
+// allows: just before the first work ordered after the operation runs, or a later operation
+// ordered after it touches that memory. So a reader that does not wait for the operation, or one
+// of the output's old contents that the operation did not wait for, reads NaN, unless other work
+// ordered after the operation has run before it. Work on other streams not ordered after the
+// operation that changes or frees its input or output is a device fault
+// (core/cuda_sim/sim_streams.h, enqueue_watched). Reductions run in rank order
 // (deterministic, not NCCL's ring order).
 //
 // Not simulated: ncclAvg and ncclProd, and anything ringattn does not call.
