@@ -243,8 +243,9 @@ Unsettled unsettled(const Op& op, const ringattn::sim::Range& recv) {
 // runs it), and the output holds neither its old contents nor the result: it is poisoned at the
 // call (all ones, NaN in every float format, as fresh device memory is). So a reader not ordered
 // after the operation (one that did not wait for it, or a reader of the old contents that the
-// operation did not wait for) reads NaN, whichever order the simulation runs the streams in; on a
-// GPU it would read something between the two (core/cuda_sim/sim_streams.h, enqueue_watched).
+// operation did not wait for) reads NaN, in whatever order the simulation runs the streams, as
+// long as no work ordered after the operation ran first; on a GPU it would read something between
+// the two (core/cuda_sim/sim_streams.h, enqueue_watched).
 void complete(const Op& op, Bytes data) {
   const Memory m = memory_of(op);
   ringattn::sim::WatchedOperation w;

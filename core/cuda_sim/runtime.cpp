@@ -12,10 +12,10 @@
 // Copies, memsets and stream-ordered frees are queued on their stream, and what each waits for is
 // what CUDA documents for its kind ("API synchronization behavior"): from pageable host memory the
 // source is taken at the call (staged), then the device write is queued; from pinned memory the
-// source is read when the copy runs; to pageable host memory the call waits for its stream first
-// and copies at once; to pinned memory it is queued. The synchronous cudaMemcpy is the same on
-// the legacy default stream, except that a copy to the host, or from pinned memory, completes
-// before it returns. Host to host copies run at once.
+// source is read when the copy runs; to pageable host memory the call queues the copy and runs
+// its stream, so the copy is done on return; to pinned memory it is queued. The synchronous
+// cudaMemcpy is the same on the legacy default stream, except that a copy to the host, or from
+// pinned memory, completes before it returns. Host to host copies run at once.
 #include <algorithm>
 #include <cstdio>
 #include <cstring>

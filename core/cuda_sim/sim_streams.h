@@ -86,7 +86,8 @@ struct WatchedOperation {
 // so that any item that runs later is either ordered after the operation or concurrent with it.
 void enqueue_watched(cudaStream_t s, WatchedOperation op);
 // Before the simulated NCCL reads an operation's inputs on s (after run_stream(s, false)): the
-// results of the watched operations s is ordered after that write into `ranges` land.
+// results that write into `ranges` of the watched operations that s's next item is ordered after,
+// or that the host knows completed, land.
 void land_into(cudaStream_t s, const std::vector<Range>& ranges);
 // How many operations are watched now (for the tests of the simulation).
 size_t watched_operations();

@@ -81,10 +81,11 @@ struct Watch {
   // Per stream, the first item that is ordered after the operation (none yet: not in the map).
   std::unordered_map<const CUstream_st*, uint64_t> first;
   bool host_knows = false;  // the host has synchronised with a point ordered after it
-  // The operation's result (the simulated NCCL's), not yet applied: it lands just before the
-  // first item ordered after the operation runs, or when the watch ends (whichever stream the
-  // simulation happens to run first). The host sees device memory only through items: a copy it
-  // queues after learning the operation completed is ordered after it.
+  // The operation's result (the simulated NCCL's), not yet applied. It lands just before the
+  // first item ordered after the operation runs, before a later watched operation ordered after
+  // it touches `output` (or the simulated NCCL reads inputs there: land_into), when the watch
+  // ends, or when the cap on watches drops it. The host sees device memory only through items: a
+  // copy it queues after learning the operation completed is ordered after it.
   std::function<void()> landing;
   Range output{nullptr, 0};  // where `landing` writes
   const char* item = "";     // the operation's item, naming it in a fault while landing
@@ -145,7 +146,8 @@ bool ordered_after(const Watch& w, const CUstream_st* t, uint64_t k) {
   return it != w.first.end() && k >= it->second;
 }
 
-// Applies w's effect if it is still pending (its item has run, or is known to be done with).
+// Applies w's result if it is still pending. Its item has run by then (whatever is ordered after
+// the operation runs after it), but for the cap on watches, which lands the oldest early.
 void land(Watch& w) {
   if (!w.landing) return;
   const std::function<void()> effect = std::exchange(w.landing, nullptr);
@@ -166,8 +168,8 @@ void land(Watch& w) {
   for (auto& other : st.watches) other->hashed = false;
 }
 
-// Item k of stream t is about to run, or to be read as if it did (the simulated NCCL reading its
-// inputs): land the operations it is ordered after. (An operation's own item lands nothing.)
+// Item k of stream t is about to run (its memory unknown: a kernel's): land the operations it is
+// ordered after. (An operation's own item lands nothing.)
 void land_before(const CUstream_st* t, uint64_t k) {
   for (auto& w : streams().watches)
     if (w->landing && ordered_after(*w, t, k) && !(t == w->stream && k == w->op)) land(*w);
@@ -180,10 +182,14 @@ bool overlap(const Range& a, const Range& b) {
 }
 
 // As land_before, for an operation at item k of t that touches only `ranges` (known memory): the
-// other results stay out, for readers beside them to find the poison.
-void land_overlapping(const CUstream_st* t, uint64_t k, const std::vector<Range>& ranges) {
+// other results stay out, for readers beside them to find the poison. `host`: the operation reads
+// its inputs on the host now (the simulated NCCL), so it is ordered after everything the host
+// knows completed too (an item queued now would be: push()).
+void land_overlapping(const CUstream_st* t, uint64_t k, const std::vector<Range>& ranges,
+                      bool host) {
   for (auto& w : streams().watches)
-    if (w->landing && ordered_after(*w, t, k) && !(t == w->stream && k == w->op) &&
+    if (w->landing && (ordered_after(*w, t, k) || (host && w->host_knows)) &&
+        !(t == w->stream && k == w->op) &&
         std::any_of(ranges.begin(), ranges.end(),
                     [&](const Range& r) { return overlap(w->output, r); }))
       land(*w);
@@ -229,6 +235,14 @@ void rehash(Watch& w) {
   w.hashed = true;
 }
 
+// Why `item` on `stream` and a watched operation may run at the same time.
+std::string not_ordered(const char* item, const CUstream_st* stream) {
+  return std::string("the ") + item + " was queued on " +
+         (stream->flags & cudaStreamNonBlocking ? "a" : "a blocking") +
+         " stream not ordered after that operation (no event wait and no host synchronisation "
+         "after it), so on a GPU the two may run at the same time";
+}
+
 // After `item` (not ordered after w's operation) ran: did it change or free w's memory?
 void check_concurrent(Watch& w, const char* item, const CUstream_st* stream) {
   for (Watch::Part& p : w.parts) {
@@ -239,11 +253,7 @@ void check_concurrent(Watch& w, const char* item, const CUstream_st* stream) {
     char where[96];
     std::snprintf(where, sizeof where, "%zu bytes at %p", p.range.bytes, p.range.p);
     record_fault(item, std::string(live ? "changed " : "freed ") + where + ", memory of " + w.what +
-                           ", while it may still run: the " + item + " was queued on " +
-                           (stream->flags & cudaStreamNonBlocking ? "a" : "a blocking") +
-                           " stream not ordered after that operation (no event wait and no host "
-                           "synchronisation after it), so on a GPU the two may run at the same "
-                           "time");
+                           ", while it may still run: " + not_ordered(item, stream));
     p.live = live;
     p.hash = h;
   }
@@ -407,20 +417,29 @@ void enqueue_watched(cudaStream_t stream, WatchedOperation op) {
   CUstream_st* s = resolve(stream);
   const uint64_t here = s->queued - 1;
   // Earlier results this operation reads or overwrites land first.
-  land_overlapping(s, here, op.memory);
-  if (op.at_call) {
-    // As run_until checks an item, at the operation's place in its stream.
-    std::vector<Watch*> concurrent;
-    for (auto& other : st.watches) {
-      if (!ordered_after(*other, s, here)) {
-        if (!other->hashed) rehash(*other);
-        concurrent.push_back(other.get());
-      } else {
-        other->hashed = false;
-      }
+  land_overlapping(s, here, op.memory, false);
+  // As run_until checks an item, at the operation's place in its stream: what it writes at the
+  // call, and (before it lands, unchecked) where its result will go.
+  std::vector<Watch*> concurrent;
+  for (auto& other : st.watches) {
+    if (!ordered_after(*other, s, here)) {
+      if (!other->hashed) rehash(*other);
+      concurrent.push_back(other.get());
+    } else {
+      other->hashed = false;
     }
-    op.at_call();
-    for (Watch* other : concurrent) check_concurrent(*other, op.item, s);
+  }
+  if (op.at_call) op.at_call();
+  for (Watch* other : concurrent) {
+    check_concurrent(*other, op.item, s);
+    for (const Watch::Part& p : other->parts)
+      if (p.live && overlap(op.output, p.range)) {
+        char where[96];
+        std::snprintf(where, sizeof where, "%zu bytes at %p", op.output.bytes, op.output.p);
+        record_fault(op.item, std::string("its output, ") + where + ", overlaps memory of " +
+                                  other->what +
+                                  ", which may still run: " + not_ordered(op.item, s));
+      }
   }
   w->stream = s;
   w->op = here;
@@ -446,7 +465,7 @@ void land_into(cudaStream_t stream, const std::vector<Range>& ranges) {
   Streams& st = streams();
   const std::lock_guard<std::recursive_mutex> lock(st.mu);
   CUstream_st* s = resolve(stream);
-  land_overlapping(s, s->queued, ranges);
+  land_overlapping(s, s->queued, ranges, true);
 }
 
 size_t watched_operations() {

@@ -750,6 +750,36 @@ TEST_CASE("simulated NCCL: an output reads NaN until work ordered after its oper
     cudaFree(x);
     cudaFree(y);
   }
+  SECTION("an operation ordered after a result by a host synchronisation alone reads it") {
+    cudaStream_t side = nullptr;
+    REQUIRE(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) == cudaSuccess);
+    int* other = device_alloc<int>(n);
+    int* y = device_alloc<int>(n);
+    RA_LAUNCH(1, n, 0, compute, set_kernel)(other, n, 1);  // keeps the watch alive
+    REQUIRE(ncclAllReduce(in, out, n, ncclInt32, ncclSum, nccl, comm) == ncclSuccess);
+    REQUIRE(cudaStreamSynchronize(comm) == cudaSuccess);
+    REQUIRE(ncclAllReduce(out, y, n, ncclInt32, ncclSum, nccl, side) == ncclSuccess);
+    REQUIRE(cudaStreamSynchronize(side) == cudaSuccess);
+    CHECK(all_equal(host_of(y, n), 3));
+    REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+    cudaFree(other);
+    cudaFree(y);
+    cudaStreamDestroy(side);
+  }
+  SECTION("two operations writing one output from streams not ordered: a fault at the second") {
+    cudaStream_t side = nullptr;
+    REQUIRE(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) == cudaSuccess);
+    REQUIRE(ncclAllGather(in, out, n, ncclInt32, nccl, comm) == ncclSuccess);
+    // (Both outputs hold the poison then: a hash would see no change.)
+    REQUIRE(ncclAllGather(copy, out, n, ncclInt32, nccl, side) == ncclSuccess);
+    CHECK_THAT(sim::device_fault_message(),
+               Catch::Contains("ncclAllGather: its output, 1024 bytes") &&
+                   Catch::Contains("overlaps memory of ncclAllGather") &&
+                   Catch::Contains("not ordered after that operation"));
+    CHECK(cudaDeviceSynchronize() == cudaErrorLaunchFailure);
+    sim::clear_device_fault();
+    cudaStreamDestroy(side);
+  }
   SECTION("every kind of operation's output is poisoned for a reader beside it") {
     SECTION("all-reduce") {
       REQUIRE(ncclAllReduce(in, out, n, ncclInt32, ncclSum, nccl, comm) == ncclSuccess);
