@@ -151,8 +151,8 @@ class NcclRing final : public RingExchange {
         ncclResult_t st = ncclSend(send, bytes, ncclUint8, next_, comm_, stream_);
         if (st == ncclSuccess) st = ncclRecv(recv, bytes, ncclUint8, prev_, comm_, stream_);
         const ncclResult_t end = ncclGroupEnd();
-        NCCL_CHECK(st);
-        NCCL_CHECK(end);
+        NCCL_CHECK_RESULT(st, "ncclSend/ncclRecv (ring exchange)");
+        NCCL_CHECK_RESULT(end, "ncclGroupEnd (ring exchange)");
       });
       bytes_moved_ += bytes;
     }
@@ -181,7 +181,7 @@ class NcclRing final : public RingExchange {
       // NCCL reports a failed peer asynchronously; surface it here rather than as a hang later.
       ncclResult_t async = ncclSuccess;
       NCCL_CHECK(ncclCommGetAsyncError(comm_, &async));
-      NCCL_CHECK(async);
+      NCCL_CHECK_RESULT(async, "ncclCommGetAsyncError (an error NCCL reported asynchronously)");
     } else {
       CUDA_CHECK(cudaEventSynchronize(done_));
     }

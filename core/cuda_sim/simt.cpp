@@ -16,12 +16,19 @@
 // it was, and synchronising calls return cudaErrorLaunchFailure, as a GPU's would.
 // Launch configurations the driver refuses (more than 1024 threads, a grid too large in y or z,
 // an empty grid) leave cudaErrorInvalidConfiguration as the last error and run nothing.
+//
+// For the tests of what the product does when the device faults mid-run: with
+// RINGATTN_SIM_FAULT_AT_LAUNCH=N, the N-th kernel launch of the process (counted from 1) faults
+// when it runs, as a kernel's illegal address would on a GPU; RINGATTN_SIM_FAULT_RANK=R limits it
+// to the process of world rank R (read from the launcher's environment: Open MPI, PMIx, Slurm).
 #include <sys/mman.h>
 #include <ucontext.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <memory>
@@ -401,6 +408,22 @@ void execute_kernel(dim3 grid, dim3 block, void (*thread)(const void*), const vo
   running = nullptr;
 }
 
+// The launch number RINGATTN_SIM_FAULT_AT_LAUNCH names for this process, or 0 for none.
+uint64_t injected_fault_launch() {
+  static const uint64_t at = [] {
+    const char* n = std::getenv("RINGATTN_SIM_FAULT_AT_LAUNCH");
+    if (!n || !*n) return uint64_t(0);
+    if (const char* want = std::getenv("RINGATTN_SIM_FAULT_RANK"); want && *want) {
+      const char* rank = nullptr;
+      for (const char* var : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"})
+        if ((rank = std::getenv(var))) break;
+      if (!rank || std::strcmp(rank, want) != 0) return uint64_t(0);
+    }
+    return uint64_t(std::strtoull(n, nullptr, 10));
+  }();
+  return at;
+}
+
 }  // namespace
 
 void run_kernel(dim3 grid, dim3 block, size_t /*dynamic_smem*/, cudaStream_t stream,
@@ -416,6 +439,14 @@ void run_kernel(dim3 grid, dim3 block, size_t /*dynamic_smem*/, cudaStream_t str
   }
   if (running)  // a kernel cannot launch one (the launch lock and the block are taken)
     throw std::logic_error("simulated kernel: a kernel launch from inside a kernel");
+  static std::atomic<uint64_t> launches{0};
+  if (const uint64_t at = injected_fault_launch(); at && ++launches == at) {
+    enqueue(stream, "kernel", [at] {
+      throw std::runtime_error("an illegal memory access (injected: RINGATTN_SIM_FAULT_AT_LAUNCH=" +
+                               std::to_string(at) + ")");
+    });
+    return;
+  }
   enqueue(stream, "kernel", [grid, block, thread, closure = std::move(closure)] {
     execute_kernel(grid, block, thread, closure.get());
   });

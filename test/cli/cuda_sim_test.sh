@@ -69,4 +69,32 @@ expect_ok "bench train, fused" "$bin" bench train --config "$root/configs/tiny.j
   --set train.seq_len=128 --set train.batch_size=1 --set run_dir="$tmp/bench_train" --steps 2 \
   --json "$tmp/bench_train.json"
 
+# A device fault on one rank mid-run (the simulation's injected illegal address, at the 150th
+# kernel launch of rank 1's resumed run: step 3 or 4 of 4), over each transport: the job ends at
+# once (the peer waits in a collective: rank 1 ends the job), the failing call is named with file
+# and line, and the checkpoint saved before is intact: it resumes to the end.
+tbase=(--config "$root/configs/tiny.json" --set device=cuda --set train.seq_len=128
+  --set train.batch_size=1 --set train.steps=4 --set checkpoint.every=2 --set checkpoint.keep_last=0
+  --set eval.every=0 --set peak_tflops=1)
+for transport in mpi nccl; do
+  run=$tmp/fault_$transport
+  expect_ok "train to step 2 ($transport)" mpirun -np 2 "$bin" train "${tbase[@]}" \
+    --set comm.transport=$transport --set run_dir="$run" --set train.steps=2
+  start=$(date +%s)
+  expect_error "a device fault on rank 1 ends the job ($transport)" \
+    "\[rank 1\] \[error\] [A-Z]* error in .* (at [a-z/_]*\.c[a-z]*:[0-9]*)" \
+    env RINGATTN_SIM_FAULT_AT_LAUNCH=150 RINGATTN_SIM_FAULT_RANK=1 timeout 300 mpirun -np 2 "$bin" \
+    train "${tbase[@]}" --set comm.transport=$transport --set run_dir="$run" --resume
+  took=$(($(date +%s) - start))
+  [ "$took" -lt 60 ] && pass "the fault ended the job in ${took} s ($transport)" ||
+    fail "the fault took ${took} s to end the job ($transport)"
+  [ -f "$run/checkpoints/step_2/COMPLETE" ] && [ ! -e "$run/checkpoints/step_4" ] &&
+    pass "step 2's checkpoint kept, no step 4 ($transport)" ||
+    fail "checkpoints after the fault ($transport): $(ls "$run/checkpoints")"
+  expect_ok "resume after the fault ($transport)" mpirun -np 2 "$bin" train "${tbase[@]}" \
+    --set comm.transport=$transport --set run_dir="$run" --resume
+  [ -f "$run/checkpoints/step_4/COMPLETE" ] && pass "resumed to step 4 ($transport)" ||
+    fail "no step 4 after resuming ($transport)"
+done
+
 cli_summary
