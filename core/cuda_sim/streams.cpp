@@ -136,6 +136,21 @@ void refuse_inside_item(const char* call) {
                            " called from queued work (a host function): CUDA forbids it");
 }
 
+// Runs queued work (an item's, or a watched operation's result): what it throws is a fault.
+void run_work(const char* what, const std::function<void()>& work) {
+  try {
+    running_item = true;
+    work();
+    running_item = false;
+  } catch (const std::exception& e) {
+    running_item = false;
+    record_fault(what, e.what());
+  } catch (...) {
+    running_item = false;
+    record_fault(what, "an exception that is not a std::exception");
+  }
+}
+
 // ---- watched operations ---------------------------------------------------------------------
 
 // Whether item k of stream t is ordered after w's operation.
@@ -153,17 +168,7 @@ void land(Watch& w) {
   const std::function<void()> effect = std::exchange(w.landing, nullptr);
   Streams& st = streams();
   if (st.fault != cudaSuccess) return;
-  try {
-    running_item = true;
-    effect();
-    running_item = false;
-  } catch (const std::exception& e) {
-    running_item = false;
-    record_fault(w.item, e.what());
-  } catch (...) {
-    running_item = false;
-    record_fault(w.item, "an exception that is not a std::exception");
-  }
+  run_work(w.item, effect);
   // The operation's own change: not to be blamed on the next concurrent item.
   for (auto& other : st.watches) other->hashed = false;
 }
@@ -334,17 +339,7 @@ void run_until(CUstream_st* s, uint64_t point) {
           w->hashed = false;  // ordered work may change the memory
         }
       }
-      try {
-        running_item = true;
-        item.work();
-        running_item = false;
-      } catch (const std::exception& e) {
-        running_item = false;
-        record_fault(item.what, e.what());
-      } catch (...) {
-        running_item = false;
-        record_fault(item.what, "an exception that is not a std::exception");
-      }
+      run_work(item.what, item.work);
       for (Watch* w : concurrent)
         if (st.fault == cudaSuccess) check_concurrent(*w, item.what, s);
     }

@@ -368,23 +368,50 @@ TEST_CASE("simulated GPU: queued work runs when the host or another stream waits
   cudaStreamDestroy(s2);
 }
 
+namespace {
+
+// What the simulated NCCL's tests share: a communication and a compute stream (non-blocking, as
+// the CUDA backend's), an event, and an NCCL communicator over `group` (this rank alone by
+// default) whose operations the tests queue on `comm`.
+struct NcclStreams {
+  cudaStream_t comm = nullptr, compute = nullptr;
+  cudaEvent_t done = nullptr;
+  ncclComm_t nccl = nullptr;
+  explicit NcclStreams(MPI_Comm group = MPI_COMM_SELF) {
+    REQUIRE(cudaStreamCreateWithFlags(&comm, cudaStreamNonBlocking) == cudaSuccess);
+    REQUIRE(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking) == cudaSuccess);
+    REQUIRE(cudaEventCreateWithFlags(&done, cudaEventDisableTiming) == cudaSuccess);
+    int rank = 0, size = 1;
+    MPI_Comm_rank(group, &rank);
+    MPI_Comm_size(group, &size);
+    ncclUniqueId id;
+    if (rank == 0) REQUIRE(ncclGetUniqueId(&id) == ncclSuccess);
+    MPI_Bcast(&id, int(sizeof id), MPI_BYTE, 0, group);
+    REQUIRE(ncclCommInitRank(&nccl, size, id, rank) == ncclSuccess);
+  }
+  ~NcclStreams() {
+    (void)ncclCommDestroy(nccl);
+    cudaEventDestroy(done);
+    cudaStreamDestroy(comm);
+    cudaStreamDestroy(compute);
+  }
+  NcclStreams(const NcclStreams&) = delete;
+  NcclStreams& operator=(const NcclStreams&) = delete;
+};
+
+}  // namespace
+
 TEST_CASE("simulated GPU: work that may run during a watched operation leaves its memory alone",
           "[cuda]") {
   if (test::skip_without_gpu()) return;
   constexpr int n = 256;
-  cudaStream_t comm = nullptr, compute = nullptr;
-  REQUIRE(cudaStreamCreateWithFlags(&comm, cudaStreamNonBlocking) == cudaSuccess);
-  REQUIRE(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking) == cudaSuccess);
-  cudaEvent_t done = nullptr;
-  REQUIRE(cudaEventCreateWithFlags(&done, cudaEventDisableTiming) == cudaSuccess);
+  const NcclStreams streams;  // an all-gather of `in` into `out` on `comm`, over this rank alone
+  cudaStream_t comm = streams.comm, compute = streams.compute;
+  cudaEvent_t done = streams.done;
+  ncclComm_t nccl = streams.nccl;
   int* in = device_alloc<int>(n);
   int* out = device_alloc<int>(n);
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-  // A 1-rank NCCL communicator (each rank its own): an all-gather of `in` into `out` on `comm`.
-  ncclUniqueId id;
-  REQUIRE(ncclGetUniqueId(&id) == ncclSuccess);
-  ncclComm_t nccl = nullptr;
-  REQUIRE(ncclCommInitRank(&nccl, 1, id, 0) == ncclSuccess);
   const auto gather = [&] {
     REQUIRE(ncclAllGather(in, out, n, ncclInt32, nccl, comm) == ncclSuccess);
     CHECK(sim::watched_operations() == 1);
@@ -546,12 +573,8 @@ TEST_CASE("simulated GPU: work that may run during a watched operation leaves it
     sim::clear_device_fault();
   }
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);  // no fault left behind
-  REQUIRE(ncclCommDestroy(nccl) == ncclSuccess);
   cudaFree(in);
   cudaFree(out);
-  cudaEventDestroy(done);
-  cudaStreamDestroy(comm);
-  cudaStreamDestroy(compute);
 }
 
 namespace {
@@ -574,11 +597,10 @@ TEST_CASE("simulated NCCL: an output reads NaN until work ordered after its oper
   if (test::skip_without_gpu()) return;
   constexpr int n = 256;
   constexpr int kPoison = -1;  // all ones, as a float NaN
-  cudaStream_t comm = nullptr, compute = nullptr;
-  REQUIRE(cudaStreamCreateWithFlags(&comm, cudaStreamNonBlocking) == cudaSuccess);
-  REQUIRE(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking) == cudaSuccess);
-  cudaEvent_t done = nullptr;
-  REQUIRE(cudaEventCreateWithFlags(&done, cudaEventDisableTiming) == cudaSuccess);
+  const NcclStreams streams;
+  cudaStream_t comm = streams.comm, compute = streams.compute;
+  cudaEvent_t done = streams.done;
+  ncclComm_t nccl = streams.nccl;
   int* in = device_alloc<int>(n);
   int* out = device_alloc<int>(n);
   int* copy = device_alloc<int>(n);
@@ -586,10 +608,6 @@ TEST_CASE("simulated NCCL: an output reads NaN until work ordered after its oper
   RA_LAUNCH(1, n, 0, nullptr, set_kernel)(out, n, 7);  // the old contents
   RA_LAUNCH(1, n, 0, nullptr, set_kernel)(copy, n, 0);
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
-  ncclUniqueId id;
-  REQUIRE(ncclGetUniqueId(&id) == ncclSuccess);
-  ncclComm_t nccl = nullptr;
-  REQUIRE(ncclCommInitRank(&nccl, 1, id, 0) == ncclSuccess);
   const size_t bytes = n * sizeof(int);
   const auto read_out_on_compute = [&] {
     REQUIRE(cudaMemcpyAsync(copy, out, bytes, cudaMemcpyDeviceToDevice, compute) == cudaSuccess);
@@ -825,13 +843,9 @@ TEST_CASE("simulated NCCL: an output reads NaN until work ordered after its oper
     CHECK(all_equal(h, 3));
   }
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);  // no fault left behind
-  REQUIRE(ncclCommDestroy(nccl) == ncclSuccess);
   cudaFree(in);
   cudaFree(out);
   cudaFree(copy);
-  cudaEventDestroy(done);
-  cudaStreamDestroy(comm);
-  cudaStreamDestroy(compute);
 }
 
 // On every rank (a [device] test: 1, 2 and 4 ranks), where an all-gather in place has slices of
@@ -842,14 +856,9 @@ TEST_CASE("simulated NCCL on several ranks: an in-place all-gather keeps this ra
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
-  ncclUniqueId id;
-  if (rank == 0) REQUIRE(ncclGetUniqueId(&id) == ncclSuccess);
-  MPI_Bcast(&id, int(sizeof id), MPI_BYTE, 0, MPI_COMM_WORLD);
-  ncclComm_t nccl = nullptr;
-  REQUIRE(ncclCommInitRank(&nccl, size, id, rank) == ncclSuccess);
-  cudaStream_t comm = nullptr, compute = nullptr;
-  REQUIRE(cudaStreamCreateWithFlags(&comm, cudaStreamNonBlocking) == cudaSuccess);
-  REQUIRE(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking) == cudaSuccess);
+  const NcclStreams streams(MPI_COMM_WORLD);
+  cudaStream_t comm = streams.comm, compute = streams.compute;
+  ncclComm_t nccl = streams.nccl;
   const int all = n * size;
   int* buf = device_alloc<int>(size_t(all));
   int* copy = device_alloc<int>(size_t(all));
@@ -883,9 +892,6 @@ TEST_CASE("simulated NCCL on several ranks: an in-place all-gather keeps this ra
   CHECK(all_equal(host_of(copy, n), rank == 0 ? 11 : -1));
   REQUIRE(cudaStreamSynchronize(comm) == cudaSuccess);
   CHECK(all_equal(host_of(buf, n), 11));
-  REQUIRE(ncclCommDestroy(nccl) == ncclSuccess);
   cudaFree(buf);
   cudaFree(copy);
-  cudaStreamDestroy(comm);
-  cudaStreamDestroy(compute);
 }
