@@ -18,7 +18,9 @@
 // (core/cuda_sim/sim_streams.h, enqueue_watched). Reductions run in rank order
 // (deterministic, not NCCL's ring order).
 //
-// Not simulated: ncclAvg and ncclProd, and anything ringattn does not call.
+// Not simulated: ncclAvg and ncclProd, and anything ringattn does not call. The watch's limits: at
+// most 256 operations in flight are watched (the oldest lands at once beyond that), and buffers
+// over 1 MiB are hashed in samples.
 #pragma once
 
 #include <cuda_runtime.h>
