@@ -254,7 +254,7 @@ void complete(const Op& op, Bytes data) {
   w.memory = {m.send, m.recv};
   if (data) {
     void* dst = op.recv;
-    w.output = {dst, data->size()};
+    w.output = m.recv;  // data->size() bytes
     w.at_call = [u = unsettled(op, w.output)] {
       for (const ringattn::sim::Range& r : {u.before, u.after})
         if (r.bytes) std::memset(const_cast<void*>(r.p), 0xff, r.bytes);

@@ -259,20 +259,7 @@ cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, 
     std::memmove(dst, src, bytes);
     return cudaSuccess;
   }
-  // To host memory the call completes the copy before it returns when it must have completed on
-  // return: always to pageable memory, and to pinned memory in the synchronous call. The copy is
-  // an item of its stream all the same, so it reads what an item there would (an NCCL result
-  // lands before the first item ordered after its operation: sim_streams.h, enqueue_watched).
-  if (ds == Side::Pageable || (blocking && ds == Side::Pinned)) {
-    enqueue(stream, "copy to the host", [dst, src, bytes, ds, ss] {
-      require_live(dst, bytes, ds, "a copy");
-      require_live(src, bytes, ss, "a copy");
-      std::memmove(dst, src, bytes);
-    });
-    run_stream(stream);
-    return device_fault();
-  }
-  if (ss == Side::Pageable) {          // staged: the source is taken now
+  if (ss == Side::Pageable) {          // staged: the source is taken now (into device memory)
     if (blocking) run_stream(stream);  // "a stream sync is performed before the copy is initiated"
     auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src),
                                                       static_cast<const char*>(src) + bytes);
@@ -282,15 +269,18 @@ cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, 
     });
     return cudaSuccess;
   }
-  // Into device memory the copy is an item of its stream, so it is ordered and checked like every
-  // other write there (sim_streams.h, enqueue_watched); the synchronous call from pinned memory
-  // also completes it.
-  enqueue(stream, "copy", [dst, src, bytes, ds, ss] {
+  // Otherwise the copy is an item of its stream, so it is ordered and checked like every other
+  // item there, and reads what an item there would (an NCCL result lands before the first item
+  // ordered after its operation: sim_streams.h, enqueue_watched). The call completes it before it
+  // returns when it must have completed on return: a copy to pageable memory, and the synchronous
+  // call to pinned memory or from it.
+  const bool to_host = ds == Side::Pageable || (blocking && ds == Side::Pinned);
+  enqueue(stream, to_host ? "copy to the host" : "copy", [dst, src, bytes, ds, ss] {
     require_live(dst, bytes, ds, "a copy");
     require_live(src, bytes, ss, "a copy");
     std::memmove(dst, src, bytes);
   });
-  if (blocking && ss == Side::Pinned) {
+  if (to_host || (blocking && ss == Side::Pinned)) {
     run_stream(stream);
     return device_fault();
   }

@@ -173,30 +173,25 @@ void land(Watch& w) {
   for (auto& other : st.watches) other->hashed = false;
 }
 
-// Item k of stream t is about to run (its memory unknown: a kernel's): land the operations it is
-// ordered after. (An operation's own item lands nothing.)
-void land_before(const CUstream_st* t, uint64_t k) {
-  for (auto& w : streams().watches)
-    if (w->landing && ordered_after(*w, t, k) && !(t == w->stream && k == w->op)) land(*w);
-}
-
 bool overlap(const Range& a, const Range& b) {
   const auto* pa = static_cast<const char*>(a.p);
   const auto* pb = static_cast<const char*>(b.p);
   return a.bytes && b.bytes && pa < pb + b.bytes && pb < pa + a.bytes;
 }
 
-// As land_before, for an operation at item k of t that touches only `ranges` (known memory): the
-// other results stay out, for readers beside them to find the poison. `host`: the operation reads
-// its inputs on the host now (the simulated NCCL), so it is ordered after everything the host
-// knows completed too (an item queued now would be: push()).
-void land_overlapping(const CUstream_st* t, uint64_t k, const std::vector<Range>& ranges,
-                      bool host) {
+// Item k of stream t is about to run: land the results of the operations it is ordered after (an
+// operation's own item lands nothing). `ranges`: the memory it touches, when known (an NCCL
+// operation's; null for a kernel's, which may touch anything): the other results stay out, for
+// readers beside them to find the poison. `host`: the simulated NCCL reads the inputs on the host
+// now, so the operation is ordered after everything the host knows completed too (as an item
+// queued now would be: push()).
+void land_before(const CUstream_st* t, uint64_t k, const std::vector<Range>* ranges = nullptr,
+                 bool host = false) {
   for (auto& w : streams().watches)
     if (w->landing && (ordered_after(*w, t, k) || (host && w->host_knows)) &&
         !(t == w->stream && k == w->op) &&
-        std::any_of(ranges.begin(), ranges.end(),
-                    [&](const Range& r) { return overlap(w->output, r); }))
+        (!ranges || std::any_of(ranges->begin(), ranges->end(),
+                                [&](const Range& r) { return overlap(w->output, r); })))
       land(*w);
 }
 
@@ -248,6 +243,29 @@ std::string not_ordered(const char* item, const CUstream_st* stream) {
          "after it), so on a GPU the two may run at the same time";
 }
 
+// The watches whose operations item k of stream s is not ordered after (it may run beside them),
+// with their memory's hashes current, for check_concurrent after the item; the other watches'
+// memory the item may change freely.
+std::vector<Watch*> concurrent_with(const CUstream_st* s, uint64_t k) {
+  std::vector<Watch*> concurrent;
+  for (auto& w : streams().watches) {
+    if (s != w->stream && !ordered_after(*w, s, k)) {
+      if (!w->hashed) rehash(*w);
+      concurrent.push_back(w.get());
+    } else {
+      w->hashed = false;
+    }
+  }
+  return concurrent;
+}
+
+// "N bytes at P", for faults.
+std::string bytes_at(const Range& r) {
+  char where[96];
+  std::snprintf(where, sizeof where, "%zu bytes at %p", r.bytes, r.p);
+  return where;
+}
+
 // After `item` (not ordered after w's operation) ran: did it change or free w's memory?
 void check_concurrent(Watch& w, const char* item, const CUstream_st* stream) {
   for (Watch::Part& p : w.parts) {
@@ -255,9 +273,8 @@ void check_concurrent(Watch& w, const char* item, const CUstream_st* stream) {
     const bool live = still_live(p);
     const uint64_t h = live ? hash_of(p.range) : 0;
     if (live && h == p.hash) continue;
-    char where[96];
-    std::snprintf(where, sizeof where, "%zu bytes at %p", p.range.bytes, p.range.p);
-    record_fault(item, std::string(live ? "changed " : "freed ") + where + ", memory of " + w.what +
+    record_fault(item, std::string(live ? "changed " : "freed ") + bytes_at(p.range) +
+                           ", memory of " + w.what +
                            ", while it may still run: " + not_ordered(item, stream));
     p.live = live;
     p.hash = h;
@@ -323,22 +340,13 @@ void retire_watches() {
 // Runs s's items until `point` of them have run; the caller holds the lock.
 void run_until(CUstream_st* s, uint64_t point) {
   Streams& st = streams();
-  std::vector<Watch*> concurrent;
   while (s->done < point && !s->queue.empty()) {
     CUstream_st::Item item = std::move(s->queue.front());
     s->queue.pop_front();
     if (item.after) run_until(item.after, item.point);
     if (item.work && (item.release || st.fault == cudaSuccess)) {
       land_before(s, s->done);
-      concurrent.clear();
-      for (auto& w : st.watches) {
-        if (s != w->stream && !ordered_after(*w, s, s->done)) {
-          if (!w->hashed) rehash(*w);
-          concurrent.push_back(w.get());
-        } else {
-          w->hashed = false;  // ordered work may change the memory
-        }
-      }
+      const std::vector<Watch*> concurrent = concurrent_with(s, s->done);
       run_work(item.what, item.work);
       for (Watch* w : concurrent)
         if (st.fault == cudaSuccess) check_concurrent(*w, item.what, s);
@@ -412,26 +420,16 @@ void enqueue_watched(cudaStream_t stream, WatchedOperation op) {
   CUstream_st* s = resolve(stream);
   const uint64_t here = s->queued - 1;
   // Earlier results this operation reads or overwrites land first.
-  land_overlapping(s, here, op.memory, false);
+  land_before(s, here, &op.memory);
   // As run_until checks an item, at the operation's place in its stream: what it writes at the
   // call, and (before it lands, unchecked) where its result will go.
-  std::vector<Watch*> concurrent;
-  for (auto& other : st.watches) {
-    if (!ordered_after(*other, s, here)) {
-      if (!other->hashed) rehash(*other);
-      concurrent.push_back(other.get());
-    } else {
-      other->hashed = false;
-    }
-  }
+  const std::vector<Watch*> concurrent = concurrent_with(s, here);
   if (op.at_call) op.at_call();
   for (Watch* other : concurrent) {
     check_concurrent(*other, op.item, s);
     for (const Watch::Part& p : other->parts)
       if (p.live && overlap(op.output, p.range)) {
-        char where[96];
-        std::snprintf(where, sizeof where, "%zu bytes at %p", op.output.bytes, op.output.p);
-        record_fault(op.item, std::string("its output, ") + where + ", overlaps memory of " +
+        record_fault(op.item, "its output, " + bytes_at(op.output) + ", overlaps memory of " +
                                   other->what +
                                   ", which may still run: " + not_ordered(op.item, s));
       }
@@ -460,7 +458,7 @@ void land_into(cudaStream_t stream, const std::vector<Range>& ranges) {
   Streams& st = streams();
   const std::lock_guard<std::recursive_mutex> lock(st.mu);
   CUstream_st* s = resolve(stream);
-  land_overlapping(s, s->queued, ranges, true);
+  land_before(s, s->queued, &ranges, /*host=*/true);
 }
 
 size_t watched_operations() {
