@@ -2,94 +2,11 @@
 
 #include <fmt/format.h>
 
-#include <cstdint>
-#include <limits>
-
 #include "comm/mpi_check.h"
 #include "core/error.h"
 #include "core/log.h"
 
 namespace ringattn {
-
-namespace {
-
-constexpr std::array<Axis, 4> kAxes = {Axis::DP, Axis::FSDP, Axis::SP, Axis::TP};
-
-std::string shape_text(const MeshShape& s) {
-  return fmt::format("dp={} fsdp={} sp={} tp={}", s.dp, s.fsdp, s.sp, s.tp);
-}
-
-}  // namespace
-
-std::string_view axis_name(Axis a) {
-  switch (a) {
-    case Axis::DP:
-      return "dp";
-    case Axis::FSDP:
-      return "fsdp";
-    case Axis::SP:
-      return "sp";
-    case Axis::TP:
-      return "tp";
-  }
-  return "?";
-}
-
-int& MeshShape::operator[](Axis a) {
-  switch (a) {
-    case Axis::DP:
-      return dp;
-    case Axis::FSDP:
-      return fsdp;
-    case Axis::SP:
-      return sp;
-    case Axis::TP:
-      return tp;
-  }
-  RA_FAIL("unknown mesh axis {}", int(a));
-}
-
-int MeshShape::operator[](Axis a) const {
-  return const_cast<MeshShape&>(*this)[a];
-}
-
-MeshShape resolve_mesh(MeshShape requested, int world_size) {
-  RA_CHECK(world_size >= 1, "world size must be >= 1, got {}", world_size);
-  const std::string text = shape_text(requested);
-  int inferred = -1;  // index into kAxes of the -1 axis, if any
-  // 64-bit and saturating, so absurd sizes are reported as a mismatch instead of overflowing.
-  int64_t known = 1;
-  for (size_t i = 0; i < kAxes.size(); ++i) {
-    const int v = requested[kAxes[i]];
-    if (v == -1) {
-      RA_CHECK(inferred < 0,
-               "mesh {}: at most one of mesh.dp, mesh.fsdp, mesh.sp, mesh.tp may be -1 "
-               "(inferred from the world size)",
-               text);
-      inferred = int(i);
-      continue;
-    }
-    RA_CHECK(v >= 1,
-             "mesh {}: mesh.{} must be >= 1 (or -1 to infer it from the world size), got {}", text,
-             axis_name(kAxes[i]), v);
-    known = known > std::numeric_limits<int64_t>::max() / v ? std::numeric_limits<int64_t>::max()
-                                                            : known * v;
-  }
-  if (inferred >= 0) {
-    const Axis a = kAxes[size_t(inferred)];
-    RA_CHECK(known <= world_size && world_size % known == 0,
-             "mesh {}: mesh.{} = -1 cannot be inferred: the other axes multiply to {}, which does "
-             "not divide the job's {} ranks",
-             text, axis_name(a), known, world_size);
-    requested[a] = int(world_size / known);
-    return requested;
-  }
-  RA_CHECK(known == world_size,
-           "mesh {} needs {} ranks but the job has {} (mesh.* in the config must multiply to the "
-           "MPI world size)",
-           text, known, world_size);
-  return requested;
-}
 
 Mesh::Mesh(MeshShape requested, MPI_Comm world, Transport transport) {
   raw_.fill(MPI_COMM_NULL);
@@ -106,7 +23,7 @@ Mesh::Mesh(MeshShape requested, MPI_Comm world, Transport transport) {
   // Coordinates from the documented rank order: tp fastest, then sp, fsdp, dp.
   int r = world_rank_;
   for (int i = 3; i >= 0; --i) {
-    const int n = shape_[kAxes[size_t(i)]];
+    const int n = shape_[kMeshAxes[size_t(i)]];
     coord_[size_t(i)] = r % n;
     r /= n;
   }
@@ -114,13 +31,13 @@ Mesh::Mesh(MeshShape requested, MPI_Comm world, Transport transport) {
   try {
     // A private duplicate of the world so traffic on the mesh never matches the caller's.
     MPI_CHECK(MPI_Comm_dup(world, &raw_[0]));
-    for (size_t i = 0; i < kAxes.size(); ++i) {
+    for (size_t i = 0; i < kMeshAxes.size(); ++i) {
       // Ranks that agree on every other coordinate form this axis' group; the color is the
       // mixed-radix index of those other coordinates, the key this rank's place on the axis.
       int color = 0;
-      for (size_t j = 0; j < kAxes.size(); ++j) {
+      for (size_t j = 0; j < kMeshAxes.size(); ++j) {
         if (j == i) continue;
-        color = color * shape_[kAxes[j]] + coord_[j];
+        color = color * shape_[kMeshAxes[j]] + coord_[j];
       }
       MPI_CHECK(MPI_Comm_split(raw_[0], color, coord_[i], &raw_[1 + i]));
     }
@@ -131,11 +48,12 @@ Mesh::Mesh(MeshShape requested, MPI_Comm world, Transport transport) {
     for (MPI_Comm c : raw_) MPI_CHECK(MPI_Comm_set_errhandler(c, MPI_ERRORS_RETURN));
 
     world_comm_ = make_mpi_communicator(raw_[0]);
-    for (size_t i = 0; i < kAxes.size(); ++i) axis_comm_[i] = make_mpi_communicator(raw_[1 + i]);
+    for (size_t i = 0; i < kMeshAxes.size(); ++i)
+      axis_comm_[i] = make_mpi_communicator(raw_[1 + i]);
     fsdp_sp_comm_ = make_mpi_communicator(raw_[5]);
 #ifdef RINGATTN_WITH_NCCL
     if (transport == Transport::NCCL) {
-      for (size_t i = 0; i < kAxes.size(); ++i)
+      for (size_t i = 0; i < kMeshAxes.size(); ++i)
         device_axis_comm_[i] = make_nccl_communicator(raw_[1 + i]);
       device_fsdp_sp_comm_ = make_nccl_communicator(raw_[5]);
     }
@@ -151,7 +69,7 @@ void Mesh::set_device_transport(
     const std::function<std::unique_ptr<Communicator>(Communicator& host)>& wrap) {
   RA_CHECK(transport_ == Transport::MPI,
            "a device transport can only replace host staging (transport = mpi), not NCCL");
-  for (size_t i = 0; i < kAxes.size(); ++i) device_axis_comm_[i] = wrap(*axis_comm_[i]);
+  for (size_t i = 0; i < kMeshAxes.size(); ++i) device_axis_comm_[i] = wrap(*axis_comm_[i]);
   device_fsdp_sp_comm_ = wrap(*fsdp_sp_comm_);
 }
 

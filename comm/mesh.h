@@ -14,24 +14,9 @@
 #include <string_view>
 
 #include "comm/communicator.h"
+#include "comm/mesh_shape.h"
 
 namespace ringattn {
-
-enum class Axis { DP = 0, FSDP = 1, SP = 2, TP = 3 };
-std::string_view axis_name(Axis a);  // "dp", "fsdp", "sp", "tp"
-
-// Sizes as configured; at most one may be -1 (inferred from the world size).
-struct MeshShape {
-  int dp = 1, fsdp = 1, sp = 1, tp = 1;
-  int& operator[](Axis a);
-  int operator[](Axis a) const;
-};
-
-// Resolves -1 and validates against `world_size`; raises an Error that names both the mesh and
-// the world size when they do not match. A pure function (no MPI).
-MeshShape resolve_mesh(MeshShape requested, int world_size);
-
-enum class Transport { MPI, NCCL };
 
 class Mesh {
  public:

@@ -16,10 +16,10 @@
 #include <string_view>
 #include <vector>
 
-#include "comm/mesh.h"
+#include "comm/mesh_shape.h"
 #include "core/dtype.h"
 #include "core/json_config.h"
-#include "model/attention/attention.h"
+#include "model/attention/attention_options.h"
 #include "model/attention/layout.h"
 #include "model/data/retrieval.h"
 
