@@ -6,6 +6,8 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
 # OpenMPI's shared-memory path named up front (test/CMakeLists.txt says why), unless set already.
 export OMPI_MCA_pml=${OMPI_MCA_pml:-ob1} OMPI_MCA_btl=${OMPI_MCA_btl:-self,vader,tcp}
+# Under the sanitizer stage, ASan's options for these short processes (scripts/test-sanitizers.sh).
+if [ -n "${RINGATTN_CLI_ASAN_OPTIONS:-}" ]; then export ASAN_OPTIONS=$RINGATTN_CLI_ASAN_OPTIONS; fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 failures=0
