@@ -4,18 +4,9 @@
 # docs/reliability.md lists each case with the message. Usage: bad_input_test.sh path/to/ringattn
 set -uo pipefail
 bin=${1:?usage: bad_input_test.sh RINGATTN_BINARY}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OMPI_MCA_btl_base_warn_component_unused=0 OMPI_MCA_hwloc_base_binding_policy=none
-export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
+# shellcheck source=test/cli/lib.sh
+source "$(dirname "$0")/lib.sh"
 unset RINGATTN_DEBUG_FAULTS
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failures=0
-pass() { echo "ok   $1"; }
-fail() {
-  echo "FAIL $1"
-  failures=$((failures + 1))
-}
 
 # expect_error NAME PATTERN CMD...: the command must exit non-zero, print PATTERN, and run no
 # training step (no progress line).
@@ -129,5 +120,4 @@ expect_error "resume with another seed" "was trained with seed 1, this config ha
 expect_error "resume with another model shape" "tensor '.*' has .* elements, this model's shard .* (was the model configured differently?)" \
   train2 --set train.steps=4 --set model.intermediate_size=128 --resume
 
-echo "$failures failure(s)"
-[ "$failures" -eq 0 ]
+cli_summary

@@ -7,24 +7,16 @@
 # Usage: fault_test.sh path/to/ringattn
 set -uo pipefail
 bin=${1:?usage: fault_test.sh RINGATTN_BINARY}
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OMPI_MCA_btl_base_warn_component_unused=0 OMPI_MCA_hwloc_base_binding_policy=none
-export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
+# shellcheck source=test/cli/lib.sh
+source "$(dirname "$0")/lib.sh"
 unset RINGATTN_DEBUG_FAULTS
-tmp=$(mktemp -d)
 cleanup() {
   # Leave no rank behind, whatever failed (only the processes this script started).
   for p in ${bg_pids:-}; do kill -9 "$p" 2>/dev/null; done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-failures=0
 bg_pids=""
-pass() { echo "ok   $1"; }
-fail() {
-  echo "FAIL $1"
-  failures=$((failures + 1))
-}
 check() { # check NAME CONDITION-COMMAND...
   local name=$1
   shift
@@ -206,5 +198,4 @@ rc=$?
   pass "NaN gradient, on_nonfinite = abort: clear error, non-zero exit" || fail "on_nonfinite = abort (exit $rc): $(tail -3 <<<"$out")"
 check "abort: the checkpoint of step 2 is intact" [ -f "$tmp/nan2/checkpoints/step_2/COMPLETE" ]
 
-echo "$failures failure(s)"
-[ "$failures" -eq 0 ]
+cli_summary

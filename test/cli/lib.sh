@@ -3,6 +3,7 @@
 # oversubscription, one BLAS thread per rank), a temporary directory removed on exit, and the
 # pass/fail bookkeeping. A script ends with `cli_summary`, which fails when any check failed.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OMPI_MCA_btl_base_warn_component_unused=0 OMPI_MCA_hwloc_base_binding_policy=none
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
 # OpenMPI's shared-memory path named up front (test/CMakeLists.txt says why), unless set already.
 export OMPI_MCA_pml=${OMPI_MCA_pml:-ob1} OMPI_MCA_btl=${OMPI_MCA_btl:-self,vader,tcp}
