@@ -12,9 +12,15 @@ namespace ringattn {
 namespace {
 
 constexpr const char* kVar = "RINGATTN_DEBUG_FAULTS";
-constexpr const char* kKeys[] = {
-    "nan_grad_step", "nan_grad_rank",         "stop_step", "stop_rank", "checkpoint_crash_step",
-    "step_sleep_ms", "fsdp_communicate_alone"};
+constexpr const char* kKeys[] = {"nan_grad_step",
+                                 "nan_grad_rank",
+                                 "stop_step",
+                                 "stop_rank",
+                                 "checkpoint_crash_step",
+                                 "step_sleep_ms",
+                                 "fsdp_communicate_alone",
+                                 "sim_fault_launch",
+                                 "sim_fault_rank"};
 
 std::map<std::string, int64_t, std::less<>> parse() {
   std::map<std::string, int64_t, std::less<>> out;

@@ -18,6 +18,11 @@
 //                           through the communicator like a larger group, instead of reading and
 //                           adding in place (FlatShard): keeps the collective path (NCCL's on one
 //                           GPU, say) under test, and shows that both give the same bits
+//   sim_fault_launch=N      simulated GPU builds only (core/cuda_sim): the N-th kernel launch of
+//                           the process of world rank sim_fault_rank (default 0; read from the
+//                           launcher's environment) faults when it runs, as an illegal address
+//                           would on a GPU (cli_cuda_sim: a device fault mid-training). The
+//                           variable is read when such a program starts, so a typo ends it there
 //
 // Unset (the normal case) every query is one load of a cached, empty table.
 #pragma once

@@ -18,14 +18,14 @@
 // an empty grid) leave cudaErrorInvalidConfiguration as the last error and run nothing.
 //
 // For the tests of what the product does when the device faults mid-run: with
-// RINGATTN_SIM_FAULT_AT_LAUNCH=N, the N-th kernel launch of the process (counted from 1; launches
-// of our kernels, not cuBLAS calls or the fused attention's host-block body) faults when it runs,
-// as a kernel's illegal address would on a GPU (reported as every fault here is:
-// cudaErrorLaunchFailure, 719, where a GPU says cudaErrorIllegalAddress, 700).
-// RINGATTN_SIM_FAULT_RANK=R limits it to the process of world rank R (read from the launcher's
-// environment: Open MPI, PMIx, PMI, then Slurm; 0 without a launcher). A value that is not a
-// number ends the process (at its start) with a message: a typo must not switch the fault off
-// silently.
+// RINGATTN_DEBUG_FAULTS=sim_fault_launch=N (core/debug_faults.h), the N-th kernel launch of the
+// process (counted from 1; launches of our kernels, not cuBLAS calls or the fused attention's
+// host-block body) faults when it runs, as a kernel's illegal address would on a GPU (reported as
+// every fault here is: cudaErrorLaunchFailure, 719, where a GPU says cudaErrorIllegalAddress,
+// 700). sim_fault_rank=R limits it to the process of world rank R (read from the launcher's
+// environment: Open MPI, PMIx, PMI, then Slurm; 0 without a launcher). The variable is read when
+// the program starts: a malformed one ends it there with the parser's message, so a typo cannot
+// switch the fault off silently.
 #include <sys/mman.h>
 #include <ucontext.h>
 
@@ -45,6 +45,7 @@
 
 #include "core/cuda_sim/sim_asan.h"
 #include "core/cuda_sim/sim_streams.h"
+#include "core/debug_faults.h"
 #include "cuda_runtime.h"
 
 #ifdef RINGATTN_SIM_ASAN
@@ -413,34 +414,23 @@ void execute_kernel(dim3 grid, dim3 block, void (*thread)(const void*), const vo
   running = nullptr;
 }
 
-// The value of environment variable `name` as a number of at least `least`; -1 when unset; a
-// message and exit status 2 when it is set to anything else.
-long long env_number(const char* name, long long least) {
-  const char* v = std::getenv(name);
-  if (!v) return -1;
-  char* end = nullptr;
-  const long long n = std::strtoll(v, &end, 10);
-  if (!*v || *end || n < least) {
-    std::fprintf(stderr, "[cuda sim] %s='%s': expected a whole number of at least %lld\n", name, v,
-                 least);
-    std::fflush(stderr);
-    std::_Exit(2);
-  }
-  return n;
-}
-
-// The launch number RINGATTN_SIM_FAULT_AT_LAUNCH names for this process, or 0 for none.
+// The launch number sim_fault_launch names for this process, or 0 for none.
 uint64_t injected_fault_launch() {
   static const uint64_t at = [] {
-    const long long n = env_number("RINGATTN_SIM_FAULT_AT_LAUNCH", 1);
-    if (n < 0) return uint64_t(0);
-    if (const long long want = env_number("RINGATTN_SIM_FAULT_RANK", 0); want >= 0) {
+    try {
+      const int64_t n = debug_fault("sim_fault_launch", 0);
+      if (n <= 0) return uint64_t(0);
       const char* rank = nullptr;
       for (const char* var : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"})
         if ((rank = std::getenv(var))) break;
-      if ((rank ? std::strtoll(rank, nullptr, 10) : 0) != want) return uint64_t(0);
+      if ((rank ? std::strtoll(rank, nullptr, 10) : 0) != debug_fault("sim_fault_rank", 0))
+        return uint64_t(0);
+      return uint64_t(n);
+    } catch (const std::exception& e) {  // before main: no caller to take an Error
+      std::fprintf(stderr, "[cuda sim] %s\n", e.what());
+      std::fflush(stderr);
+      std::_Exit(2);
     }
-    return uint64_t(n);
   }();
   return at;
 }
@@ -466,8 +456,8 @@ void run_kernel(dim3 grid, dim3 block, size_t /*dynamic_smem*/, cudaStream_t str
   static std::atomic<uint64_t> launches{0};
   if (const uint64_t at = injected_fault_launch(); at && ++launches == at) {
     enqueue(stream, "kernel", [at] {
-      throw std::runtime_error("an illegal memory access (injected: RINGATTN_SIM_FAULT_AT_LAUNCH=" +
-                               std::to_string(at) + ")");
+      throw std::runtime_error(
+          "an illegal memory access (injected: sim_fault_launch=" + std::to_string(at) + ")");
     });
     return;
   }

@@ -81,13 +81,13 @@ for transport in mpi nccl; do
   expect_ok "train to step 2 ($transport)" mpirun -np 2 "$bin" train "${tbase[@]}" \
     --set comm.transport=$transport --set run_dir="$run" --set train.steps=2
   start=$(date +%s)
-  out=$(RINGATTN_SIM_FAULT_AT_LAUNCH=150 RINGATTN_SIM_FAULT_RANK=1 timeout 60 mpirun -np 2 "$bin" \
+  out=$(RINGATTN_DEBUG_FAULTS=sim_fault_launch=150,sim_fault_rank=1 timeout 60 mpirun -np 2 "$bin" \
     train "${tbase[@]}" --set comm.transport=$transport --set run_dir="$run" --resume 2>&1)
   rc=$?
   took=$(($(date +%s) - start))
   if [ $rc -ne 0 ] && [ $rc -ne 124 ] &&
     grep -q "resumed from .*step_2" <<<"$out" &&
-    grep -q "injected: RINGATTN_SIM_FAULT_AT_LAUNCH=150" <<<"$out" &&
+    grep -q "injected: sim_fault_launch=150" <<<"$out" &&
     grep -q "\[rank 1\] \[error\] [A-Z]* error in .* (at [a-z/_]*\.c[a-z]*:[0-9]*)" <<<"$out"; then
     pass "a device fault on rank 1 after resuming ends the job, naming the call ($transport)"
   else
@@ -104,9 +104,15 @@ for transport in mpi nccl; do
     pass "resumed from step 2 to step 4 after the fault ($transport)" ||
     fail "resume after the fault ($transport): $(tail -3 <<<"$out")"
 done
-RINGATTN_SIM_FAULT_AT_LAUNCH=15O "$bin" --version >"$tmp/typo.log" 2>&1
-grep -q "RINGATTN_SIM_FAULT_AT_LAUNCH='15O': expected a whole number" "$tmp/typo.log" &&
-  pass "a typo in the fault's launch number is an error, not a run without the fault" ||
-  fail "typo in RINGATTN_SIM_FAULT_AT_LAUNCH: $(tail -2 "$tmp/typo.log")"
+RINGATTN_DEBUG_FAULTS=sim_fault_launch=15O "$bin" --version >"$tmp/typo.log" 2>&1
+rc=$?
+[ $rc -eq 2 ] && grep -q "RINGATTN_DEBUG_FAULTS: 'sim_fault_launch=15O' is not KEY=INTEGER" "$tmp/typo.log" &&
+  pass "a typo in the fault's launch number ends the program at its start" ||
+  fail "typo in sim_fault_launch (exit $rc): $(tail -2 "$tmp/typo.log")"
+RINGATTN_DEBUG_FAULTS=sim_fault_lunch=150 "$bin" --version >"$tmp/typo.log" 2>&1
+rc=$?
+[ $rc -eq 2 ] && grep -q "RINGATTN_DEBUG_FAULTS: unknown key 'sim_fault_lunch'" "$tmp/typo.log" &&
+  pass "a misspelt fault key ends the program at its start" ||
+  fail "misspelt sim_fault_launch (exit $rc): $(tail -2 "$tmp/typo.log")"
 
 cli_summary
