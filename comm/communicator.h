@@ -3,7 +3,7 @@
 //
 // Async contract:
 //  * Collectives are blocking on both transports: when one returns, its output is complete (on
-//    NCCL it was enqueued on the communicator's own stream, which was then synchronised). Every
+//    NCCL it was enqueued on the GPU's communication stream, which was then synchronised). Every
 //    rank of the group must call the same collectives in the same order with the same counts.
 //  * The ring exchange is asynchronous on both: see RingExchange.
 //  * Buffers live on device(): host memory for MPI, this rank's GPU for NCCL. On NCCL the inputs

@@ -548,6 +548,42 @@ TEST_CASE("stream-ordered collectives read what the compute stream queued before
     }
 }
 
+TEST_CASE("a rank's NCCL communicators queue on one stream, in the order they were called",
+          "[device]") {
+  const auto dut = device_under_test();
+  const int n = world_size(), r = world_rank();
+  // NCCL on every rank needs the simulated GPU (one GPU cannot hold two ranks of a communicator).
+  if (dut.emulated || !nccl_compiled() || (n > 1 && !cuda_simulated())) return;
+  // The sp ring and the fsdp x sp group are two NCCL communicators over the same ranks. Were
+  // their operations on two streams, a GPU could run them in either order, and two GPUs in
+  // different orders: the deadlock of comm/nccl/nccl_communicator.cpp's file comment. On one
+  // stream, a blocking collective on the group returns only after the ring exchange issued
+  // before it on the other communicator. (The simulated GPU runs a stream only when asked to,
+  // so on two streams the exchange would still be pending here.)
+  Mesh mesh(MeshShape{1, 1, n, 1}, MPI_COMM_WORLD, Transport::NCCL);
+  Communicator& sp = *mesh.device_axis(Axis::SP);
+  Communicator& group = *mesh.device_fsdp_sp();
+  const int64_t c = 64;
+  Tensor send = Tensor::empty({c}, DType::F32, Device::CUDA);
+  Tensor recv = Tensor::empty({c}, DType::F32, Device::CUDA);
+  Tensor sum = Tensor::empty({1}, DType::F32, Device::CUDA);
+  Backend& be = *dut.backend;
+  be.fill(send.data<float>(), c, float(r + 1));
+  be.fill(recv.data<float>(), c, -1.0f);
+  be.fill(sum.data<float>(), 1, 1.0f);
+  be.synchronize();
+  std::unique_ptr<RingExchange> ring = sp.make_ring();
+  for (int round = 0; round < 3; ++round) {
+    INFO("round " << round);
+    ring->start(send.raw(), recv.raw(), size_t(c) * sizeof(float));
+    group.all_reduce(sum.raw(), 1, DType::F32, ReduceOp::Sum);
+    CHECK(ring->test());  // complete without waiting: the all-reduce's stream ran it
+    ring->wait();
+    CHECK(to_vector(recv) == std::vector<float>(size_t(c), float((r + n - 1) % n + 1)));
+  }
+  CHECK(to_vector(sum) == std::vector<float>{float(n * n * n)});
+}
+
 TEST_CASE("the emulated NCCL transport catches work that touches an ordered collective's buffers",
           "[device]") {
   const auto dut = device_under_test();

@@ -1,4 +1,14 @@
-// The NCCL communicator: device memory, one communication stream per communicator.
+// The NCCL communicator: device memory, and one communication stream per GPU, shared by every NCCL
+// communicator of the process on it (the mesh's axes and its fsdp x sp group).
+//
+// Why one stream: NCCL kernels wait on the GPU for their peers. Operations of two communicators
+// on two streams may run on one GPU in one order and on a peer in the other; each then holds
+// resources (SMs, a device-wide synchronisation such as a cudaFree) while waiting for an operation
+// that cannot start, a deadlock NCCL's documentation warns of. On one stream every GPU runs its
+// NCCL operations in the order its host issued them, which is the same on every rank (below), so
+// the earliest unfinished operation always has all its ranks at it. The cost: a ring exchange and
+// an FSDP gather no longer overlap each other (both still overlap compute), and they share the
+// links anyway.
 //
 // Contract (see also comm/communicator.h):
 //  * Buffers are device pointers on this rank's GPU (MpiEnv::local_rank() % device count).
@@ -10,7 +20,7 @@
 //  * The ring exchange is asynchronous: start() enqueues ncclSend/ncclRecv (one NCCL group) and
 //    records an event; test() queries it. A ring uses its communicator's NCCL communicator and
 //    stream, so it must not outlive the communicator, and a collective called while an exchange
-//    is in flight runs after that exchange.
+//    is in flight (on any communicator of this GPU) runs after that exchange.
 //  * A ring made with the compute backend (make_ring(&backend)) is ordered by events, never by
 //    the host: start() records `ready` on the compute stream and makes the communication stream
 //    wait for it before the send/receive; wait() makes the compute stream wait for `done`, the
@@ -29,6 +39,10 @@
 
 #include <chrono>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <type_traits>
 
 #include "comm/mesh.h"
 #include "comm/mpi_check.h"
@@ -238,6 +252,29 @@ class NcclPoint final : public StreamPoint {
   bool ordered_ = false;
 };
 
+using StreamHandle = std::shared_ptr<std::remove_pointer_t<cudaStream_t>>;
+
+// The communication stream of GPU `device` (see the file comment), created by the first
+// communicator on it and destroyed with the last.
+StreamHandle communication_stream(int device) {
+  static std::mutex mu;
+  static std::map<int, std::weak_ptr<std::remove_pointer_t<cudaStream_t>>> streams;
+  const std::lock_guard<std::mutex> lock(mu);
+  if (StreamHandle s = streams[device].lock()) return s;
+  DeviceGuard g(device);
+  cudaStream_t raw = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&raw, cudaStreamNonBlocking));
+  StreamHandle s(raw, [device](cudaStream_t st) {
+    int previous = -1;
+    (void)cudaGetDevice(&previous);
+    (void)cudaSetDevice(device);
+    (void)cudaStreamDestroy(st);
+    if (previous >= 0 && previous != device) (void)cudaSetDevice(previous);
+  });
+  streams[device] = s;
+  return s;
+}
+
 class NcclCommunicator final : public Communicator {
  public:
   explicit NcclCommunicator(MPI_Comm comm) {
@@ -282,7 +319,8 @@ class NcclCommunicator final : public Communicator {
     DeviceGuard g(device_);
     try {
       NCCL_CHECK(ncclCommInitRank(&comm_, size_, boot.id, rank_));
-      CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+      shared_stream_ = communication_stream(device_);
+      stream_ = shared_stream_.get();
       CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
       CUDA_CHECK(cudaMalloc(&scratch_, sizeof(float)));
       CUDA_CHECK(cudaMemsetAsync(scratch_, 0, sizeof(float), stream_));
@@ -439,13 +477,14 @@ class NcclCommunicator final : public Communicator {
     scratch_ = nullptr;
     if (ready_) (void)cudaEventDestroy(ready_);
     ready_ = nullptr;
-    if (stream_) (void)cudaStreamDestroy(stream_);
+    shared_stream_.reset();  // destroys the stream after the last communicator on this GPU
     stream_ = nullptr;
   }
 
   int rank_ = 0, size_ = 1, device_ = 0;
   ncclComm_t comm_ = nullptr;
-  cudaStream_t stream_ = nullptr;
+  StreamHandle shared_stream_;
+  cudaStream_t stream_ = nullptr;  // shared_stream_'s
   float* scratch_ = nullptr;
   cudaEvent_t ready_ = nullptr;             // the stream-ordered collectives' start
   std::vector<int> world_;                  // world rank of each rank of the group
