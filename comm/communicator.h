@@ -4,7 +4,9 @@
 // Async contract:
 //  * Collectives are blocking on both transports: when one returns, its output is complete (on
 //    NCCL it was enqueued on the GPU's communication stream, which was then synchronised). Every
-//    rank of the group must call the same collectives in the same order with the same counts.
+//    rank of the group must call the same collectives in the same order with the same counts. On
+//    NCCL, whose communicators of one GPU share that stream, the order must hold across
+//    communicators too (comm/nccl/nccl_communicator.cpp).
 //  * The ring exchange is asynchronous on both: see RingExchange.
 //  * Buffers live on device(): host memory for MPI, this rank's GPU for NCCL. On NCCL the inputs
 //    of a collective must be complete before the call (the communication stream does not wait
@@ -48,8 +50,8 @@ class RingExchange {
   // with a wait() before the next start() (a second start() raises an Error). All ranks pass the
   // same `bytes`. With N == 1 the receive is a copy of the send (send == recv is allowed then).
   // MPI: with MPI_THREAD_MULTIPLE a progress thread moves the data while the caller computes;
-  // without it the data moves only inside test() and wait(). NCCL: enqueued on the
-  // communicator's stream.
+  // without it the data moves only inside test() and wait(). NCCL: enqueued on the GPU's
+  // communication stream (after every NCCL operation issued before it on this rank).
   //
   // Ordering with the compute stream, for a ring made with the backend that computes
   // (Communicator::make_ring(&backend)): the transfer reads `send` only after every operation

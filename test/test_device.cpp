@@ -17,6 +17,7 @@
 
 #include "comm/host_staged_communicator.h"
 #include "comm/mesh.h"
+#include "comm/mpi_env.h"
 #include "core/backend.h"
 #include "core/forwarding_backend.h"
 #include "core/profiling_backend.h"
@@ -548,12 +549,14 @@ TEST_CASE("stream-ordered collectives read what the compute stream queued before
     }
 }
 
-TEST_CASE("a rank's NCCL communicators queue on one stream, in the order they were called",
+TEST_CASE("a ring exchange issued before a collective on another NCCL communicator ends first",
           "[device]") {
   const auto dut = device_under_test();
   const int n = world_size(), r = world_rank();
-  // NCCL on every rank needs the simulated GPU (one GPU cannot hold two ranks of a communicator).
-  if (dut.emulated || !nccl_compiled() || (n > 1 && !cuda_simulated())) return;
+  // NCCL needs a GPU per rank on this node, or the simulated GPU (which the ranks share).
+  if (dut.emulated || !nccl_compiled() ||
+      (!cuda_simulated() && MpiEnv::local_size() > cuda_device_count()))
+    return;
   // The sp ring and the fsdp x sp group are two NCCL communicators over the same ranks. Were
   // their operations on two streams, a GPU could run them in either order, and two GPUs in
   // different orders: the deadlock of comm/nccl/nccl_communicator.cpp's file comment. On one

@@ -5,10 +5,13 @@
 // on two streams may run on one GPU in one order and on a peer in the other; each then holds
 // resources (SMs, a device-wide synchronisation such as a cudaFree) while waiting for an operation
 // that cannot start, a deadlock NCCL's documentation warns of. On one stream every GPU runs its
-// NCCL operations in the order its host issued them, which is the same on every rank (below), so
-// the earliest unfinished operation always has all its ranks at it. The cost: a ring exchange and
-// an FSDP gather no longer overlap each other (both still overlap compute), and they share the
-// links anyway.
+// NCCL operations in the order its host issued them. That order must be one that every rank
+// follows across all its communicators (the contract's last-but-one point below); then the
+// earliest unfinished operation always has all its ranks at it, and nothing waits in a cycle.
+// The cost: a ring exchange and an FSDP transfer no longer run at the same time. Where the model
+// queues a prefetch gather (or a reduce-scatter) before a layer's ring exchanges, the exchanges
+// start after it; they still overlap compute, and the two share the links anyway. Whether the
+// ring waits longer for it has not been measured on GPUs yet (bench train, sp > 1 and fsdp > 1).
 //
 // Contract (see also comm/communicator.h):
 //  * Buffers are device pointers on this rank's GPU (MpiEnv::local_rank() % device count).
@@ -28,7 +31,13 @@
 //    communication stream while step t's tiles run on the compute stream, and the host keeps
 //    queueing. Buffers freed afterwards are safe: the allocator frees in compute-stream order,
 //    which now follows the transfer. Without a compute backend, wait() blocks the host on `done`.
-//  * As with every NCCL communicator, all ranks must issue operations in the same order.
+//  * All ranks must issue their NCCL operations in one order, across communicators: every rank's
+//    sequence of operations on all its communicators must be the same sequence of "slots", each
+//    slot an operation of the same kind on its own group (ringattn's ranks all run the same
+//    program, and the FSDP helper thread never issues NCCL operations). The same order within
+//    each group is not enough: three ranks in pairwise groups could still wait in a cycle. Blocking
+//    collectives synchronise the shared stream, so they wait for the other communicators' queued
+//    operations too.
 //  * Nothing here blocks the host for long except the blocking collectives' stream
 //    synchronisations, and the stream-ordered work blocks nothing: a peer that dies leaves a
 //    collective running for ever on the device. While the comm watchdog is armed every operation
@@ -460,7 +469,8 @@ class NcclCommunicator final : public Communicator {
   // Frees in reverse order of creation; never throws. Graceful (the destructor, reached on every
   // rank alike): finalize, which waits until the communicator is quiet on all ranks, so destroy
   // cuts nothing off. A constructor failing on this rank alone must not wait for the others, so
-  // it aborts.
+  // it aborts. The first synchronisation waits for every communicator's work on the shared stream
+  // (each stuck operation stays watched by its own communicator until that one is released).
   void release(bool graceful) noexcept {
     if (stream_) (void)cudaStreamSynchronize(stream_);
     watched_.reset();  // the watchdog stops querying the communicator before it goes
