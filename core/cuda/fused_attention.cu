@@ -97,6 +97,11 @@ struct DeviceBlock {
   }
 };
 
+// Blocks go to the multiprocessors roughly in order of blockIdx.x (then y), so each kernel numbers
+// its tiles heaviest first and the last wave is made of light blocks, not of the longest ones.
+// Under a causal mask a query tile's work grows with its position (forward and dQ count the tiles
+// down) and a key tile's shrinks (dK/dV count them up); without a mask the order is immaterial.
+//
 // MaxD: the largest head dim the kernel takes (fused::with_max_head_dim picks it). The blocks per
 // multiprocessor that shared memory allows (fused::blocks_per_sm_target) are asked of the register
 // allocator too, so that registers never become the limit.
@@ -104,7 +109,7 @@ template <int MaxD>
 __global__ void __launch_bounds__(fused::kThreads, fused::blocks_per_sm_target(MaxD))
     forward_kernel(fused::Args a) {
   DeviceBlock blk;
-  fused::forward_block<MaxD>(blk, a, blockIdx.x, blockIdx.y);
+  fused::forward_block<MaxD>(blk, a, gridDim.x - 1 - blockIdx.x, blockIdx.y);
 }
 
 template <int MaxD>
@@ -118,7 +123,7 @@ template <int MaxD>
 __global__ void __launch_bounds__(fused::kThreads, fused::blocks_per_sm_target(MaxD))
     backward_dq_kernel(fused::Args a) {
   DeviceBlock blk;
-  fused::backward_dq_block<MaxD>(blk, a, blockIdx.x, blockIdx.y);
+  fused::backward_dq_block<MaxD>(blk, a, gridDim.x - 1 - blockIdx.x, blockIdx.y);
 }
 
 // Kernels with more than 48 KiB of dynamic shared memory must say so first, on each device; the
