@@ -14,6 +14,7 @@
 #define CATCH_CONFIG_RUNNER
 #include <mpi.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
@@ -51,6 +52,8 @@ struct RanksMeetAfterEachTestCase : Catch::TestEventListenerBase {
     const bool passed = stats.totals.assertions.allPassed();
     const double limit = peer_wait_seconds();
     const auto start = std::chrono::steady_clock::now();
+    // Peers usually arrive within microseconds: poll fast at first, then every 20 ms.
+    auto pause = std::chrono::microseconds(50);
     for (bool noted = false;;) {
       int met = 0;
       MPI_Test(&meet, &met, MPI_STATUS_IGNORE);
@@ -62,13 +65,14 @@ struct RanksMeetAfterEachTestCase : Catch::TestEventListenerBase {
         // A slow peer is no reason to give up; but should a peer be stuck in a collective this
         // rank left (the test passed here), the log names the test case before ctest's timeout.
         std::fprintf(stderr,
-                     "rank %d: passed test case '%s' and has waited %g s for the other ranks to "
-                     "finish it (still waiting)\n",
+                     "rank %d: passed test case '%s' and has waited over %g s for the other ranks "
+                     "to finish it (still waiting)\n",
                      ringattn::MpiEnv::world_rank(), stats.testInfo.name.c_str(), limit);
         std::fflush(stderr);
         noted = true;
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(passed ? 20 : 5));
+      std::this_thread::sleep_for(pause);
+      pause = std::min<std::chrono::microseconds>(pause * 2, std::chrono::milliseconds(20));
     }
     std::fprintf(stderr,
                  "rank %d: test case '%s' failed here, and the other ranks did not finish it "

@@ -472,7 +472,9 @@ class NcclCommunicator final : public Communicator {
   // it aborts. The first synchronisation waits for every communicator's work on the shared stream
   // (each stuck operation stays watched by its own communicator until that one is released).
   void release(bool graceful) noexcept {
-    if (stream_) (void)cudaStreamSynchronize(stream_);
+    // Graceful only: the shared stream may hold other communicators' work still waiting for
+    // peers, which a constructor failing on this rank alone must not wait for.
+    if (stream_ && graceful) (void)cudaStreamSynchronize(stream_);
     watched_.reset();  // the watchdog stops querying the communicator before it goes
     if (comm_) {
       // Finalize waits for the other ranks: watched like any blocking wait.

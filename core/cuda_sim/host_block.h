@@ -208,8 +208,9 @@ class HostBlock {
 };
 
 // The grids of the three kernels, as core/cuda/fused_attention.cu launches them, on host memory.
-// Blocks in ascending order, or all in descending order (and threads too) under
-// BlockOrder::Reverse.
+// Blocks in ascending tile order, or all in descending order (and threads too) under
+// BlockOrder::Reverse. (On a GPU the forward and dQ kernels number their query tiles from the last,
+// heaviest first; a block's output depends on its tile alone, which running both orders checks.)
 template <typename Body>
 void run_grid(int64_t tiles, int64_t rows, size_t smem, BlockOrder order, Body body) {
   for (int64_t i = 0; i < tiles * rows; ++i) {

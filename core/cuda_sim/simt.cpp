@@ -22,10 +22,10 @@
 // process (counted from 1; launches of our kernels, not cuBLAS calls or the fused attention's
 // host-block body) faults when it runs, as a kernel's illegal address would on a GPU (reported as
 // every fault here is: cudaErrorLaunchFailure, 719, where a GPU says cudaErrorIllegalAddress,
-// 700). sim_fault_rank=R limits it to the process of world rank R (read from the launcher's
-// environment: Open MPI, PMIx, PMI, then Slurm; 0 without a launcher). The variable is read when
-// the program starts: a malformed one ends it there with the parser's message, so a typo cannot
-// switch the fault off silently.
+// 700), in the process of world rank sim_fault_rank (default 0; the rank is read from the
+// launcher's environment: Open MPI, PMIx, PMI, then Slurm; 0 without a launcher). The variable is
+// read when the program starts: a malformed one, or a launch below 1 or a rank below 0, ends it
+// there with a message, so a typo cannot switch the fault off silently.
 #include <sys/mman.h>
 #include <ucontext.h>
 
@@ -46,6 +46,7 @@
 #include "core/cuda_sim/sim_asan.h"
 #include "core/cuda_sim/sim_streams.h"
 #include "core/debug_faults.h"
+#include "core/error.h"
 #include "cuda_runtime.h"
 
 #ifdef RINGATTN_SIM_ASAN
@@ -418,13 +419,15 @@ void execute_kernel(dim3 grid, dim3 block, void (*thread)(const void*), const vo
 uint64_t injected_fault_launch() {
   static const uint64_t at = [] {
     try {
-      const int64_t n = debug_fault("sim_fault_launch", 0);
-      if (n <= 0) return uint64_t(0);
+      const int64_t n = debug_fault("sim_fault_launch", -1);
+      const int64_t want = debug_fault("sim_fault_rank", 0);
+      if (n == -1) return uint64_t(0);  // absent
+      RA_CHECK(n >= 1, "RINGATTN_DEBUG_FAULTS: sim_fault_launch={} must be at least 1", n);
+      RA_CHECK(want >= 0, "RINGATTN_DEBUG_FAULTS: sim_fault_rank={} must be at least 0", want);
       const char* rank = nullptr;
       for (const char* var : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"})
         if ((rank = std::getenv(var))) break;
-      if ((rank ? std::strtoll(rank, nullptr, 10) : 0) != debug_fault("sim_fault_rank", 0))
-        return uint64_t(0);
+      if ((rank ? std::strtoll(rank, nullptr, 10) : 0) != want) return uint64_t(0);
       return uint64_t(n);
     } catch (const std::exception& e) {  // before main: no caller to take an Error
       std::fprintf(stderr, "[cuda sim] %s\n", e.what());

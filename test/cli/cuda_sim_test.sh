@@ -114,5 +114,10 @@ rc=$?
 [ $rc -eq 2 ] && grep -q "RINGATTN_DEBUG_FAULTS: unknown key 'sim_fault_lunch'" "$tmp/typo.log" &&
   pass "a misspelt fault key ends the program at its start" ||
   fail "misspelt sim_fault_launch (exit $rc): $(tail -2 "$tmp/typo.log")"
+RINGATTN_DEBUG_FAULTS=sim_fault_launch=0 "$bin" --version >"$tmp/typo.log" 2>&1
+rc=$?
+[ $rc -eq 2 ] && grep -q "sim_fault_launch=0 must be at least 1" "$tmp/typo.log" &&
+  pass "a fault at launch 0 (which would never fire) ends the program at its start" ||
+  fail "sim_fault_launch=0 (exit $rc): $(tail -2 "$tmp/typo.log")"
 
 cli_summary
