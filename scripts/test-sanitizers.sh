@@ -44,7 +44,7 @@ export ASAN_OPTIONS="detect_leaks=${RINGATTN_ASAN_LEAKS:-1}:fast_unwind_on_mallo
 # suppressed allocations, each stack matched by library), and the CLI tests start some 300 short
 # processes. What they run is the library's code, which the unit tests' processes leak-check;
 # apps/ itself allocates nothing by hand. Every other check (ASan, UBSan) stays on.
-export RINGATTN_CLI_ASAN_OPTIONS="detect_leaks=0:fast_unwind_on_malloc=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=0:check_initialization_order=1:intercept_tls_get_addr=0"
+export RINGATTN_CLI_ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0:fast_unwind_on_malloc=1" # later flags win
 export LSAN_OPTIONS="suppressions=$root/scripts/sanitizers/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 start=$(date +%s)
