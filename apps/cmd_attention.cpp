@@ -18,6 +18,7 @@
 #include "core/log.h"
 #include "core/random.h"
 #include "core/safetensors.h"
+#include "core/tensor_compare.h"
 #include "model/attention/attention.h"
 #include "model/attention/sequence_shard.h"
 #include "model/trainer.h"
@@ -199,29 +200,30 @@ int run_compare(const AttentionArgs& a) {
   const SafetensorsFile x = SafetensorsFile::open(a.compare.at(0));
   const SafetensorsFile y = SafetensorsFile::open(a.compare.at(1));
   bool ok = true;
+  // A tensor of one file that the other lacks is a mismatch, whichever file holds it.
+  for (const SafetensorsFile* f : {&x, &y}) {
+    const SafetensorsFile& other = f == &x ? y : x;
+    for (const std::string& name : f->names())
+      if (!other.contains(name)) {
+        log::warn("{}: only in {}", name, f->path());
+        ok = false;
+      }
+  }
   for (const std::string& name : x.names()) {
-    if (!y.contains(name)) {
-      log::warn("{}: only in {}", name, x.path());
-      ok = false;
-      continue;
-    }
+    if (!y.contains(name)) continue;
     Tensor tx = x.load_f32(name), ty = y.load_f32(name);
     if (tx.shape() != ty.shape()) {
       log::warn("{}: shapes {} and {} differ", name, shape_str(tx.shape()), shape_str(ty.shape()));
       ok = false;
       continue;
     }
-    double max_abs = 0, max_ref = 0;
-    for (int64_t i = 0; i < tx.numel(); ++i) {
-      const double u = tx.data<float>()[i], w = ty.data<float>()[i];
-      if (std::isinf(u) && std::isinf(w) && (u > 0) == (w > 0)) continue;  // both -inf LSE
-      const double d = std::abs(u - w);
-      max_abs = std::isnan(d) ? INFINITY : std::max(max_abs, d);
-      max_ref = std::max(max_ref, std::abs(w));
-    }
-    const double rel = max_abs / std::max(max_ref, 1e-30);
-    const bool pass = max_abs <= a.tolerance * std::max(1.0, max_ref);
-    log::info("{:4}: max |diff| {:.3g}, relative to max |value| {:.3g}: {}", name, max_abs, rel,
+    const TensorDiff d = compare_tensors(tx, ty);
+    const bool pass = d.within(a.tolerance);
+    log::info("{:4}: max |diff| {:.3g}, relative to max |value| {:.3g}{}: {}", name, d.max_abs,
+              d.relative(),
+              d.nonfinite
+                  ? fmt::format(", {} elements where they disagree on inf or NaN", d.nonfinite)
+                  : std::string(),
               pass ? "ok" : "MISMATCH");
     ok = ok && pass;
   }
@@ -267,7 +269,8 @@ void add_attention_command(CLI::App& parent, Action& run) {
   cmd->add_option("--seed", args->seed, "(--make-input) random seed")->capture_default_str();
   cmd->add_option("--compare", args->compare, "Compare two output files tensor by tensor")
       ->expected(2);
-  cmd->add_option("--tolerance", args->tolerance, "(--compare) max |diff| / max(1, max |value|)")
+  cmd->add_option("--tolerance", args->tolerance,
+                  "(--compare) max |diff| / max(1, max |value| of either); inf or NaN must match")
       ->capture_default_str();
   cmd->callback([&run, args] {
     run = [args] {

@@ -83,12 +83,14 @@ void* Allocator::allocate(size_t bytes, std::string_view what) {
     undo();
     throw;
   }
-  std::lock_guard<std::mutex> lock(mu_);
   if (!p) {
+    const std::string detail = out_of_memory_detail();  // outside the lock: it may ask the driver
+    std::lock_guard<std::mutex> lock(mu_);
     undo();
-    RA_FAIL("out of memory on {}: request '{}' of {} failed with {} live", name_, what,
-            format_bytes(bytes), format_bytes(live_));
+    RA_FAIL("out of memory on {}: request '{}' of {} failed with {} live{}", name_, what,
+            format_bytes(bytes), format_bytes(live_), detail.empty() ? "" : "; " + detail);
   }
+  std::lock_guard<std::mutex> lock(mu_);
   if (generation != 0 && generation == generation_) named_[p] = {std::move(folded), bytes};
   return p;
 }

@@ -74,8 +74,12 @@ class Allocator {
   virtual void zero(void* dst, size_t bytes);
 
  protected:
+  // Null when the memory is not there (the allocator then raises "out of memory", naming the
+  // request and adding out_of_memory_detail()).
   virtual void* raw_allocate(size_t bytes) = 0;
   virtual void raw_free(void* ptr) = 0;
+  // What the device itself says of its memory, for the out-of-memory message ("" for none).
+  virtual std::string out_of_memory_detail() const { return {}; }
 
  private:
   Device device_;

@@ -69,6 +69,8 @@ class Backend {
   // allocator's pool with its cached blocks, the context, cuBLAS' workspace, NCCL's buffers).
   // 0 on the CPU, whose figure is the allocator's alone.
   virtual size_t device_memory_used() { return 0; }
+  // The device's memory as the driver reports it (cudaMemGetInfo's total); 0 on the CPU.
+  virtual size_t device_memory_total() { return 0; }
   // For benchmarks: how many blocks of each fused attention kernel (attention.kernel = fused) a
   // multiprocessor runs at once at this head dim, by the driver's occupancy calculator, e.g.
   // "forward 2, dK/dV 2, dQ 2 blocks of 128 threads per SM". Empty where there are no such

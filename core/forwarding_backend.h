@@ -40,6 +40,7 @@ class ForwardingBackend : public Backend {
   void copy_from_host(void* dst, const void* host_src, size_t bytes) override;
   void synchronize() override;
   size_t device_memory_used() override { return inner_.device_memory_used(); }
+  size_t device_memory_total() override { return inner_.device_memory_total(); }
   void bind_thread() override { inner_.bind_thread(); }
   void* native_stream() override { return inner_.native_stream(); }
   bool calls_complete_on_return() const override { return inner_.calls_complete_on_return(); }

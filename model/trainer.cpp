@@ -82,6 +82,7 @@ Trainer::Trainer(const TrainConfig& cfg, Mesh& mesh, TrainerOptions options)
            "or train.seq_len, set model.checkpointing = layer, use more ranks (mesh.fsdp, "
            "mesh.sp), or raise memory_limit_gb",
            cfg_.memory_limit_gb, memory_plan());
+  if (const std::string w = device_memory_warning(); !w.empty()) log::warn("{}", w);
   state_.seed = cfg_.seed;
   state_.train_steps = cfg_.train.steps;
   state_.warmup_steps = cfg_.train.warmup_steps;
@@ -181,6 +182,24 @@ size_t Trainer::memory_estimate_bytes(std::string* plan) const {
       ring ? fmt::format("ring buffers in flight {}; ", format_bytes(ring)) : std::string(),
       format_bytes(size_t(act)), format_bytes(total));
   return total;
+}
+
+std::string Trainer::device_memory_warning() const {
+  Backend& be = *opt_.backend;
+  const size_t total = be.device_memory_total();
+  if (total == 0) return {};
+  const size_t used = be.device_memory_used();
+  // What the allocator holds now (the model's shards) is part of the plan and of `used`.
+  const size_t available = total - std::min(total, used) + be.allocator().live_bytes();
+  const size_t planned = memory_estimate_bytes();
+  if (planned <= available) return {};
+  return fmt::format(
+      "the memory plan needs about {} per rank, more than {} can give (it has {} free of {}, "
+      "besides the {} already allocated): the first step will probably run out of memory. "
+      "Lower train.batch_size or train.seq_len, set model.checkpointing = layer, or use more "
+      "ranks (mesh.fsdp, mesh.sp)",
+      format_bytes(planned), be.name(), format_bytes(total - std::min(total, used)),
+      format_bytes(total), format_bytes(be.allocator().live_bytes()));
 }
 
 std::string Trainer::memory_plan() const {

@@ -111,6 +111,10 @@ class Trainer {
   // The total of memory_plan() in bytes (its text into *plan when given). The constructor
   // raises an Error with the plan when it exceeds memory_limit_gb.
   size_t memory_estimate_bytes(std::string* plan = nullptr) const;
+  // On a GPU: a warning when the plan exceeds what this rank's allocator holds plus what the
+  // device has free now ("" otherwise, and on the CPU). The constructor logs it (rank 0) rather
+  // than refusing: other processes may end, and the plan may overestimate (up to 1.3x the peak).
+  std::string device_memory_warning() const;
   // True when run() returned early because a stop signal (SIGTERM, SIGUSR1; see
   // model/stop_signal.h) reached some rank: the checkpoint of step() was written.
   bool stopped() const { return stopped_; }

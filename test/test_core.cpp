@@ -1,12 +1,15 @@
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "core/allocator.h"
 #include "core/tensor.h"
+#include "core/tensor_compare.h"
 
 using namespace ringattn;
 
@@ -422,4 +425,44 @@ TEST_CASE("f16 conversion matches an exact reference", "[core]") {
   CHECK(f32_to_f16(std::nextafter(std::ldexp(1.0f, -25), 1.0f)) == 0x0001);
   CHECK(f32_to_f16(std::ldexp(3.0f, -25)) == 0x0002);  // tie 1.5 ulp: to even
   CHECK(std::isnan(f16_to_f32(f32_to_f16(std::numeric_limits<float>::quiet_NaN()))));
+}
+
+TEST_CASE("tensor comparison: symmetric, and inf or NaN agree only when both are the same inf",
+          "[core]") {
+  auto t = [](std::vector<float> v) {
+    Tensor x = Tensor::empty({int64_t(v.size())}, DType::F32, Device::CPU);
+    std::copy(v.begin(), v.end(), x.data<float>());
+    return x;
+  };
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const Tensor ref = t({1.0f, -inf, 3.0f, 0.5f});
+  // Agreement: the same -inf (a fully masked row's LSE), finite values within the tolerance.
+  TensorDiff d = compare_tensors(ref, t({1.0f, -inf, 3.0001f, 0.5f}));
+  CHECK(d.nonfinite == 0);
+  CHECK(d.max_abs == Approx(1e-4).epsilon(1e-2));
+  CHECK(d.max_ref == Approx(3.0001));
+  CHECK(d.within(1e-4));
+  CHECK_FALSE(d.within(1e-5));
+  // An infinity or a NaN against anything else is a mismatch, in either order, whatever the
+  // tolerance (an infinite reference magnitude must not make every difference "small").
+  for (const Tensor& bad : {t({inf, -inf, 3.0f, 0.5f}), t({1.0f, inf, 3.0f, 0.5f}),
+                            t({1.0f, -inf, nan, 0.5f}), t({1.0f, 2.0f, 3.0f, 0.5f})}) {
+    for (const auto& [x, y] : {std::pair{&ref, &bad}, std::pair{&bad, &ref}}) {
+      d = compare_tensors(*x, *y);
+      CHECK(d.nonfinite == 1);
+      CHECK(std::isfinite(d.max_abs));
+      CHECK_FALSE(d.within(1e30));
+    }
+  }
+  CHECK_FALSE(compare_tensors(t({nan}), t({nan})).within(1.0));  // NaN is never a result
+  // Symmetric: the larger magnitude of the two sets the relative scale.
+  const TensorDiff ab = compare_tensors(t({10.0f, 0.0f}), t({10.5f, 0.0f}));
+  const TensorDiff ba = compare_tensors(t({10.5f, 0.0f}), t({10.0f, 0.0f}));
+  CHECK(ab.max_abs == ba.max_abs);
+  CHECK(ab.max_ref == ba.max_ref);
+  CHECK(ab.max_ref == 10.5);
+  CHECK(ab.within(0.51 / 10.5));
+  CHECK_FALSE(ab.within(0.49 / 10.5));
+  CHECK_THROWS_WITH(compare_tensors(t({1.0f}), t({1.0f, 2.0f})), Catch::Contains("one shape"));
 }

@@ -25,6 +25,9 @@
 #include "core/cuda/cuda_check.h"
 #include "core/cuda/pinned_upload.h"
 #endif
+#ifdef RINGATTN_CUDA_SIM
+#include "core/cuda_sim/sim_memory.h"
+#endif
 
 using namespace ringattn;
 using test::check_close;
@@ -499,5 +502,66 @@ TEST_CASE("CUDA: polling a pending event leaves no error for the next launch's c
   cudaStreamDestroy(s);
 #else
   SUCCEED("built without CUDA");
+#endif
+}
+
+// A request larger than the GPU ends with the allocator's error, which names the request and adds
+// the driver's own figures (memory outside the allocator's count: the pool, cuBLAS, NCCL).
+TEST_CASE("CUDA: a request beyond the GPU's memory says what the GPU has", "[cuda]") {
+#if defined(RINGATTN_WITH_CUDA)
+  if (test::skip_without_gpu()) return;
+  Backend& gpu = cuda_backend(0);
+  gpu.bind_thread();
+  size_t free = 0, total = 0;
+  REQUIRE(cudaMemGetInfo(&free, &total) == cudaSuccess);
+  const int64_t floats = int64_t(total / sizeof(float)) + (int64_t(1) << 28);  // 1 GiB more
+  CHECK_THROWS_WITH(Tensor::empty({floats}, DType::F32, Device::CUDA, "too large"),
+                    Catch::Contains("out of memory on cuda:0: request 'too large'") &&
+                        Catch::Contains("the GPU has") && Catch::Contains(" free of "));
+  // Not sticky: the next allocation and launch work.
+  Tensor x = Tensor::empty({64}, DType::F32, Device::CUDA);
+  CHECK_NOTHROW(gpu.fill(x.data<float>(), 64, 2.0f));
+  CHECK(to_host(gpu, x).data<float>()[63] == 2.0f);
+#else
+  SUCCEED("built without CUDA");
+#endif
+}
+
+// The pool cannot reuse memory whose stream-ordered free has not run yet (one queued behind work,
+// or behind another stream). The simulated GPU runs a queued free only when something waits for
+// its stream, so there the second request finds the first one's memory still taken every time:
+// the allocator must wait for the device and try again rather than report "out of memory".
+TEST_CASE("CUDA: a request that fits once queued frees have run is met", "[cuda]") {
+#if defined(RINGATTN_CUDA_SIM)
+  if (test::skip_without_gpu()) return;
+  Backend& gpu = cuda_backend(0);
+  gpu.bind_thread();
+  gpu.synchronize();
+  size_t free = 0, total = 0;
+  REQUIRE(cudaMemGetInfo(&free, &total) == cudaSuccess);
+  constexpr size_t kBlock = size_t(64) << 20;
+  // Room for one block and a half beyond what is in use now.
+  const size_t before = sim::set_device_capacity(total - free + kBlock + kBlock / 2);
+  struct Restore {
+    size_t bytes;
+    ~Restore() { sim::set_device_capacity(bytes); }
+  } restore{before};
+  const int64_t n = int64_t(kBlock / sizeof(float));
+  {
+    Tensor a = Tensor::empty({n}, DType::F32, Device::CUDA, "first block");
+    gpu.fill(a.data<float>(), n, 1.0f);  // queued: the free below is queued behind it
+  }
+  REQUIRE(cudaMemGetInfo(&free, &total) == cudaSuccess);
+  CHECK(free < kBlock);  // the first block's free has not run
+  Tensor b;
+  CHECK_NOTHROW(b = Tensor::empty({n}, DType::F32, Device::CUDA, "second block"));
+  REQUIRE(b.raw() != nullptr);
+  gpu.fill(b.data<float>(), n, 3.0f);
+  CHECK(to_host(gpu, b).data<float>()[n - 1] == 3.0f);
+  // A request that does not fit even then still fails, with the allocator's message.
+  CHECK_THROWS_WITH(Tensor::empty({n}, DType::F32, Device::CUDA, "third block"),
+                    Catch::Contains("out of memory on cuda:0: request 'third block'"));
+#else
+  SUCCEED("needs the simulated GPU (its frees wait for a synchronisation)");
 #endif
 }

@@ -29,6 +29,12 @@
 #include "test/emulated_device.h"
 #include "test_util.h"
 
+#ifdef RINGATTN_CUDA_SIM
+#include <cuda_runtime.h>
+
+#include "core/cuda_sim/sim_memory.h"
+#endif
+
 using namespace ringattn;
 using ringattn::test::device_under_test;
 using ringattn::test::make_emulated_direct_communicator;
@@ -1219,4 +1225,41 @@ TEST_CASE("a checkpoint saved from the device resumes on the CPU", "[device]") {
     CHECK(resumed.loss[1] == Approx(straight.loss[4]).epsilon(1e-4));
     CHECK(dev_resumed.loss[0] == Approx(cpu_resumed.loss[0]).epsilon(1e-4));
   }
+}
+
+// Before the first step, a plan larger than what the GPU can give is warned of (the constructor
+// logs Trainer::device_memory_warning on rank 0): the figures are the plan and the driver's.
+TEST_CASE("a memory plan beyond what the GPU has free is warned of", "[device]") {
+  const auto dut = device_under_test();
+  INFO(dut.backend->name());
+  const int n = world_size();
+  test::SharedTempDir tmp("device_memory");
+  const TrainConfig c = tiny_config(tmp.dir, AttentionImpl::Ring);
+  Mesh mesh(MeshShape{1, 1, n, 1});
+  TrainerOptions o;
+  o.log_steps = false;
+  o.write_metrics = false;
+  o.backend = dut.backend;
+  Trainer t(c, mesh, o);
+  // A tiny model on an 80 GiB GPU (or a device without the driver's figures): nothing to say.
+  CHECK(t.device_memory_warning().empty());
+#ifdef RINGATTN_CUDA_SIM
+  if (dut.emulated) return;
+  size_t free = 0, total = 0;
+  REQUIRE(cudaMemGetInfo(&free, &total) == cudaSuccess);
+  const size_t plan = t.memory_estimate_bytes();
+  // A GPU that has half the plan free beyond what is allocated now.
+  const size_t before = ringattn::sim::set_device_capacity(total - free + plan / 2);
+  struct Restore {
+    size_t bytes;
+    ~Restore() { ringattn::sim::set_device_capacity(bytes); }
+  } restore{before};
+  const std::string w = t.device_memory_warning();
+  CHECK_THAT(w, Catch::Contains("the memory plan needs about " + format_bytes(plan) +
+                                " per rank, more than cuda:0") &&
+                    Catch::Contains("the first step will probably run out of memory"));
+  // And the step itself then ends with the allocator's error and the driver's figures.
+  CHECK_THROWS_WITH(t.train_step(),
+                    Catch::Contains("out of memory on cuda:0") && Catch::Contains("the GPU has"));
+#endif
 }

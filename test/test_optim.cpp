@@ -293,8 +293,15 @@ TEST_CASE("LR schedule: linear warm-up then cosine to min_lr (steps from 1)", "[
   bad.total_steps = 0;
   CHECK_THROWS_WITH(bad.validate(), Catch::Contains("total_steps"));
   bad = s;
-  bad.lr = 0;
+  bad.lr = -1e-3;
   CHECK_THROWS_WITH(bad.validate(), Catch::Contains("lr must be"));
+  bad.lr = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_WITH(bad.validate(), Catch::Contains("lr must be"));
+  // lr = 0 (optim.lr's range is >= 0): a schedule that stays at 0.
+  LrSchedule zero = s;
+  zero.lr = zero.min_lr = 0;
+  CHECK_NOTHROW(zero.validate());
+  for (int64_t t = 0; t <= zero.total_steps + 1; ++t) CHECK(zero.lr_at(t) == 0.0);
 }
 
 // --- gradient clipping

@@ -53,17 +53,34 @@ class CudaAllocator final : public Allocator {
   // used by another stream (NCCL's) is freed only after the compute stream waited for that
   // stream's event (RingExchange::wait, StreamPoint::order for the FSDP collectives) or the host
   // waited for it (the blocking collectives).
+  //
+  // A request the pool cannot meet is tried once more after the device is idle and the pool has
+  // handed back every block it keeps unused: memory freed in stream order but not yet free (a
+  // free queued behind work, or one another stream must reach first) becomes free, and whole
+  // unused blocks return to the driver so that a larger block can be mapped in their place. Only
+  // an out-of-memory path pays for that wait; the usual request never waits.
   void* raw_allocate(size_t bytes) override {
-    void* p = nullptr;
     CUDA_CHECK(cudaSetDevice(device_));  // the caller may be a helper thread
-    const cudaError_t st = cudaMallocAsync(&p, bytes, stream_);
-    if (st == cudaErrorMemoryAllocation) {
-      (void)cudaGetLastError();  // clear it so later calls are not poisoned
-      return nullptr;            // the allocator raises "out of memory", naming the request
+    void* p = try_allocate(bytes);
+    if (!p) {
+      CUDA_CHECK(cudaDeviceSynchronize());
+      CUDA_CHECK(cudaMemPoolTrimTo(pool_, 0));
+      p = try_allocate(bytes);
     }
-    (void)cudaGetLastError();  // a non-sticky error must not surface again at an unrelated check
-    CUDA_CHECK(st);  // anything else (an earlier kernel's sticky fault) is reported as itself
-    return p;
+    return p;  // null: the allocator raises "out of memory", naming the request
+  }
+  // The driver's own figures: other processes, the CUDA context, cuBLAS and NCCL hold memory
+  // outside this allocator's count.
+  std::string out_of_memory_detail() const override {
+    size_t free = 0, total = 0;
+    if (cudaSetDevice(device_) != cudaSuccess || cudaMemGetInfo(&free, &total) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return {};
+    }
+    return fmt::format(
+        "the GPU has {} free of {} (the rest is held by this process's pool, the "
+        "CUDA context, cuBLAS, NCCL or other processes)",
+        format_bytes(free), format_bytes(total));
   }
   // Called from destructors (Storage, scratch buffers), so it never throws: after a device fault
   // every call fails, and the fault is reported by the next checked call, not as a terminate here.
@@ -83,13 +100,23 @@ class CudaAllocator final : public Allocator {
   // The compute stream allocations are ordered on, and the pool kept from shrinking.
   void attach(cudaStream_t stream) {
     stream_ = stream;
-    cudaMemPool_t pool = nullptr;
-    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device_));
+    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool_, device_));
     uint64_t keep = UINT64_MAX;
-    CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+    CUDA_CHECK(cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrReleaseThreshold, &keep));
   }
 
  private:
+  // Null when the device has no room (the error cleared: it is not sticky); any other failure
+  // (an earlier kernel's sticky fault) is raised as itself.
+  void* try_allocate(size_t bytes) {
+    void* p = nullptr;
+    const cudaError_t st = cudaMallocAsync(&p, bytes, stream_);
+    (void)cudaGetLastError();  // a non-sticky error must not surface again at an unrelated check
+    if (st == cudaErrorMemoryAllocation) return nullptr;
+    CUDA_CHECK(st);
+    return p;
+  }
+
   void copy(void* dst, const void* src, size_t bytes) {
     if (!bytes) return;
     CUDA_CHECK(cudaSetDevice(device_));
@@ -100,6 +127,7 @@ class CudaAllocator final : public Allocator {
 
   int device_;
   cudaStream_t stream_ = nullptr;
+  cudaMemPool_t pool_ = nullptr;
   std::atomic<bool> free_failed_{false};
 };
 
@@ -171,6 +199,12 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaSetDevice(device_));
     CUDA_CHECK(cudaMemGetInfo(&free, &total));
     return total - free;
+  }
+  size_t device_memory_total() override {
+    size_t free = 0, total = 0;
+    CUDA_CHECK(cudaSetDevice(device_));
+    CUDA_CHECK(cudaMemGetInfo(&free, &total));
+    return total;
   }
 
   // Attention tiles: core/cuda/cuda_attention.cu (cuBLAS on this stream plus softmax kernels).

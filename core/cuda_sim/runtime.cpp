@@ -27,6 +27,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/cuda_sim/sim_asan.h"
@@ -68,6 +69,7 @@ struct Registry {
   std::deque<std::pair<void*, size_t>> quarantine;
   size_t quarantine_bytes = 0;
   size_t device_bytes = 0;
+  size_t capacity = kTotalBytes;  // what the device holds (set_device_capacity, for tests)
 };
 
 // Never destroyed: device memory may be freed during static destruction.
@@ -99,6 +101,15 @@ cudaError_t allocate(void** p, size_t bytes) {
   if (!p) return fail(cudaErrorInvalidValue, "allocation without a result pointer", p, bytes);
   *p = nullptr;
   if (bytes == 0) return cudaSuccess;
+  {
+    // Full: as on a GPU, a non-sticky error without a message (the caller decides what to say).
+    Registry& r = registry();
+    const std::lock_guard<std::mutex> lock(r.mu);
+    if (bytes > r.capacity - std::min(r.capacity, r.device_bytes)) {
+      last_error = cudaErrorMemoryAllocation;
+      return cudaErrorMemoryAllocation;
+    }
+  }
   void* q = ::operator new(bytes, std::align_val_t(kAlign), std::nothrow);
   if (!q) return fail(cudaErrorMemoryAllocation, "out of (host) memory", nullptr, bytes);
   // Fresh device memory holds what the pool last held on a GPU, never zeros to rely on: here all
@@ -305,6 +316,12 @@ uint64_t device_allocation(const void* p, size_t bytes) {
   return r.serial.at(find(r.device, p)->first);
 }
 
+size_t set_device_capacity(size_t bytes) {
+  Registry& r = registry();
+  const std::lock_guard<std::mutex> lock(r.mu);
+  return std::exchange(r.capacity, bytes);
+}
+
 }  // namespace ringattn::sim
 
 using namespace ringattn::sim;
@@ -376,8 +393,8 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
   Registry& r = registry();
   const std::lock_guard<std::mutex> lock(r.mu);
-  *total = kTotalBytes;
-  *free = kTotalBytes - std::min(kTotalBytes, r.device_bytes);
+  *total = r.capacity;
+  *free = r.capacity - std::min(r.capacity, r.device_bytes);
   return cudaSuccess;
 }
 
@@ -425,6 +442,10 @@ cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int device) {
   return cudaSuccess;
 }
 cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void*) {
+  return cudaSuccess;
+}
+// The simulated pool keeps nothing: every free returns its memory (after the quarantine).
+cudaError_t cudaMemPoolTrimTo(cudaMemPool_t, size_t) {
   return cudaSuccess;
 }
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* p) {

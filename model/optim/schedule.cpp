@@ -8,7 +8,9 @@
 namespace ringattn {
 
 void LrSchedule::validate() const {
-  RA_CHECK(std::isfinite(lr) && lr > 0, "lr schedule: lr must be finite and > 0, got {}", lr);
+  // lr = 0 (with min_lr = 0) is allowed, as optim.lr's range says: a run that measures or
+  // evaluates without moving the weights.
+  RA_CHECK(std::isfinite(lr) && lr >= 0, "lr schedule: lr must be finite and >= 0, got {}", lr);
   RA_CHECK(std::isfinite(min_lr) && min_lr >= 0 && min_lr <= lr,
            "lr schedule: min_lr must be in [0, lr = {}], got {}", lr, min_lr);
   RA_CHECK(total_steps >= 1, "lr schedule: total_steps must be >= 1, got {}", total_steps);

@@ -17,6 +17,15 @@ expect_ok "blockwise on 1 rank" "$bin" attention --input "$tmp/in.safetensors" \
 expect_ok "vanilla on 1 rank" "$bin" attention --input "$tmp/in.safetensors" \
   --output "$tmp/van.safetensors" --impl vanilla --causal
 expect_ok "vanilla == blockwise" "$bin" attention --compare "$tmp/van.safetensors" "$tmp/bw.safetensors" --tolerance 1e-5
+# A result without the gradients does not agree with one that has them, in either order.
+expect_ok "make input without do" "$bin" attention --make-input "$tmp/in_fwd.safetensors" --batch 2 \
+  --seq 64 --heads 4 --kv-heads 2 --head-dim 16 --segments 3
+expect_ok "vanilla forward only" "$bin" attention --input "$tmp/in_fwd.safetensors" \
+  --output "$tmp/fwd.safetensors" --impl vanilla --causal
+expect_error "forward only vs full: dq only in one" "dq: only in .*van.safetensors" "$bin" attention \
+  --compare "$tmp/fwd.safetensors" "$tmp/van.safetensors"
+expect_error "full vs forward only: dq only in one" "dq: only in .*van.safetensors" "$bin" attention \
+  --compare "$tmp/van.safetensors" "$tmp/fwd.safetensors"
 for np in 1 2 4; do
   for layout in contiguous zigzag striped; do
     expect_ok "ring np=$np $layout" mpirun -np $np "$bin" attention --input "$tmp/in.safetensors" \
