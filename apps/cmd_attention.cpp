@@ -3,7 +3,7 @@
 //
 //   mpirun -np N ringattn attention --input IN --output OUT --impl ring --layout zigzag --causal
 //   ringattn attention --make-input IN --seq 4096 --heads 8 --kv-heads 2 --head-dim 64 --with-grad
-//   ringattn attention --compare A.safetensors B.safetensors --tolerance 1e-4
+//   ringattn attention --compare A.safetensors B.safetensors --tolerance 1e-4 [--subset]
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -39,6 +39,7 @@ struct AttentionArgs {
   uint64_t seed = 1;
   // --compare
   std::vector<std::string> compare;
+  bool subset = false;  // A's tensors only: B (a reference with inputs, say) may hold more
   double tolerance = 1e-4;
 };
 
@@ -200,14 +201,20 @@ int run_compare(const AttentionArgs& a) {
   const SafetensorsFile x = SafetensorsFile::open(a.compare.at(0));
   const SafetensorsFile y = SafetensorsFile::open(a.compare.at(1));
   bool ok = true;
-  // A tensor of one file that the other lacks is a mismatch, whichever file holds it.
+  // A tensor of one file that the other lacks is a mismatch, whichever file holds it (with
+  // --subset, only one of the first file's), and a comparison of nothing is not an agreement.
   for (const SafetensorsFile* f : {&x, &y}) {
+    if (a.subset && f == &y) break;
     const SafetensorsFile& other = f == &x ? y : x;
     for (const std::string& name : f->names())
       if (!other.contains(name)) {
         log::warn("{}: only in {}", name, f->path());
         ok = false;
       }
+  }
+  if (x.names().empty()) {
+    log::warn("{} holds no tensors: nothing to compare", x.path());
+    ok = false;
   }
   for (const std::string& name : x.names()) {
     if (!y.contains(name)) continue;
@@ -267,6 +274,9 @@ void add_attention_command(CLI::App& parent, Action& run) {
   cmd->add_flag("--with-grad", args->with_grad, "(--make-input) also write do");
   cmd->add_flag("--bf16", args->bf16, "(--make-input) store bf16");
   cmd->add_option("--seed", args->seed, "(--make-input) random seed")->capture_default_str();
+  cmd->add_flag("--subset", args->subset,
+                "(--compare) only the first file's tensors must be in the second, which may hold "
+                "more (a reference with its inputs)");
   cmd->add_option("--compare", args->compare, "Compare two output files tensor by tensor")
       ->expected(2);
   cmd->add_option("--tolerance", args->tolerance,

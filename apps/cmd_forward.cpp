@@ -72,7 +72,14 @@ int run_forward(const ForwardArgs& a) {
   // batch size only has to satisfy the data-parallel split rule.
   const int world = MpiEnv::world_size();
   const bool ring = cfg.attention.impl == AttentionImpl::Ring;
-  cfg.mesh = MeshConfig{1, ring ? 1 : world, ring ? world : 1, 1};
+  const MeshConfig used{1, ring ? 1 : world, ring ? world : 1, 1};
+  if (!(cfg.mesh == MeshConfig{}) && !(cfg.mesh == used))
+    log::warn(
+        "forward: mesh.* of the config (dp={} fsdp={} sp={} tp={}) is not used: forward "
+        "runs {} over all {} rank(s)",
+        cfg.mesh.dp, cfg.mesh.fsdp, cfg.mesh.sp, cfg.mesh.tp,
+        ring ? "one sequence split by the ring" : "the whole batch, parameters sharded,", world);
+  cfg.mesh = used;
   cfg.train.seq_len = S;
   cfg.train.batch_size = ring ? 1 : world;
   cfg.train.micro_batches = 1;

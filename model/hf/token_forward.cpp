@@ -10,6 +10,7 @@
 
 #include "comm/ordered_sum.h"
 #include "core/error.h"
+#include "core/log.h"
 #include "core/safetensors.h"
 #include "model/attention/sequence_shard.h"
 #include "model/data/token_file.h"
@@ -35,6 +36,9 @@ Tensor read_input_ids(const std::string& path, int64_t seq_len) {
     const int64_t S = seq_len > 0 ? seq_len : n;
     RA_CHECK(n >= S, "token file '{}' holds {} tokens, fewer than one row of {}", path, n, S);
     const int64_t B = n / S;
+    if (n % S != 0)
+      log::warn("token file '{}': {} tokens make {} rows of {}; the last {} tokens are not used",
+                path, n, B, S, n % S);
     Tensor ids = Tensor::empty({B, S}, DType::I32, Device::CPU, "input ids");
     for (int64_t i = 0; i < B * S; ++i) {
       RA_CHECK(all[size_t(i)] <= uint32_t(std::numeric_limits<int32_t>::max()),

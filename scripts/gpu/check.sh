@@ -173,7 +173,7 @@ stage_1() {
 stage_2() {
   # Both the tests and the tool run, whichever fails (the first GPU run lost the tool's check).
   # Then the fused kernels at scale (8K tokens, D = 128, GQA, documents) against the bf16 tiles,
-  # on one rank and as a 2-rank ring. --compare's bound is max |diff| <= tol * max(1, max |ref|);
+  # on one rank and as a 2-rank ring. --compare's bound is max |diff| <= tol * max(1, max |value|);
   # the tests' per-element 4e-3 * (1 + |ref|) gives at most 8e-3 * max(1, max |ref|).
   local in=$out/attn_in.safetensors big=$out/attn_big.safetensors
   stage 2 cuda_tests 180 "rc=0; $tests '[cuda]' || rc=1; $tests 'Fused attention kernels*' || rc=1; \

@@ -24,6 +24,9 @@ expect_ok "vanilla forward only" "$bin" attention --input "$tmp/in_fwd.safetenso
   --output "$tmp/fwd.safetensors" --impl vanilla --causal
 expect_error "forward only vs full: dq only in one" "dq: only in .*van.safetensors" "$bin" attention \
   --compare "$tmp/fwd.safetensors" "$tmp/van.safetensors"
+printf '\x02\x00\x00\x00\x00\x00\x00\x00{}' >"$tmp/empty.safetensors"  # a valid file of no tensors
+expect_error "an empty file agrees with nothing" "holds no tensors" "$bin" attention \
+  --compare "$tmp/empty.safetensors" "$tmp/van.safetensors" --subset
 expect_error "full vs forward only: dq only in one" "dq: only in .*van.safetensors" "$bin" attention \
   --compare "$tmp/van.safetensors" "$tmp/fwd.safetensors"
 for np in 1 2 4; do

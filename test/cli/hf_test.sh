@@ -15,7 +15,7 @@ source "$(dirname "$0")/lib.sh"
 
 ref=$fix/reference.safetensors
 compare() {  # compare NAME OUT TOLERANCE: OUT's tensors (logits, loss) against the reference
-  expect_ok "$1" "$bin" attention --compare "$2" "$ref" --tolerance "$3"
+  expect_ok "$1" "$bin" attention --compare "$2" "$ref" --tolerance "$3" --subset
 }
 
 # forward: every implementation and rank count against transformers (1e-4 relative).
@@ -39,6 +39,13 @@ expect_ok "forward --loss ring np=4" mpirun -np 4 "$bin" forward --init-from "$f
 compare "forward --loss == transformers" "$tmp/loss.safetensors" 1e-4
 expect_ok "forward from a token file" mpirun -np 2 "$bin" forward --init-from "$fix" \
   --tokens "$fix/tokens.ratokens" --seq-len 256 --output "$tmp/tok.safetensors" --loss
+# What forward does not use is said: a token file's tail shorter than a row, and a config mesh.
+expect_output "forward says the token file's tail is not used" "the last 96 tokens are not used" \
+  "$bin" forward --init-from "$fix" --tokens "$fix/tokens.ratokens" --seq-len 100 \
+  --output "$tmp/tail.safetensors" --loss
+expect_output "forward says mesh.* is not used" "mesh.\* of the config (dp=2 fsdp=1 sp=1 tp=1) is not used" \
+  mpirun -np 2 "$bin" forward --init-from "$fix" --tokens "$ref" --output "$tmp/mesh.safetensors" \
+  --loss --set mesh.dp=2 --set mesh.sp=1
 expect_ok "forward on the bf16 shards" mpirun -np 2 "$bin" forward --init-from "$fix/bf16_sharded" \
   --tokens "$ref" --output "$tmp/bf16.safetensors"
 compare "forward on the bf16 shards ~ transformers f32" "$tmp/bf16.safetensors" 5e-2

@@ -39,6 +39,20 @@ expect_error() {
   fi
 }
 
+# expect_output NAME PATTERN CMD...: the command must succeed and print PATTERN (a warning, say).
+expect_output() {
+  local name=$1 pattern=$2
+  shift 2
+  local out rc
+  out=$("$@" 2>&1)
+  rc=$?
+  if [ $rc -eq 0 ] && grep -q -- "$pattern" <<<"$out"; then
+    pass "$name"
+  else
+    fail "$name (exit $rc, expected /$pattern/): $(tail -3 <<<"$out")"
+  fi
+}
+
 cli_summary() {
   echo "$passes passed, $failures failed"
   [ "$failures" -eq 0 ]
