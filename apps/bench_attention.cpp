@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "apps/bench_common.h"
+#include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "comm/host_staged_communicator.h"
 #include "comm/mesh.h"
@@ -51,8 +52,8 @@ int run_bench_attention(const BenchAttentionArgs& a) {
            "bench attention --impl {} runs on one rank; launched on {} (use --impl ring)", a.impl,
            world);
   if (opt.impl == AttentionImpl::Ring) check_layout_split(opt.layout, a.seq, world);
-  RA_CHECK(a.heads % a.kv_heads == 0, "--kv-heads ({}) must divide --heads ({})", a.kv_heads,
-           a.heads);
+  RA_CHECK(a.kv_heads >= 1 && a.heads % a.kv_heads == 0,
+           "--kv-heads ({}) must be at least 1 and divide --heads ({})", a.kv_heads, a.heads);
 
   RA_CHECK(a.device == "cpu" || a.device == "cuda", "--device {}: expected cpu or cuda", a.device);
   Backend& be = backend_for(a.device == "cuda" ? Device::CUDA : Device::CPU);
@@ -205,21 +206,29 @@ void add_bench_attention_command(CLI::App& bench, Action& run) {
   auto* cmd = bench.add_subcommand("attention", "Attention forward / forward+backward throughput");
   cmd->add_option("--impl", a->impl, "vanilla | blockwise | ring")->capture_default_str();
   cmd->add_option("--layout", a->layout, "contiguous | zigzag | striped")->capture_default_str();
-  cmd->add_option("--batch", a->batch, "B")->capture_default_str();
-  cmd->add_option("--seq", a->seq, "S (global)")->capture_default_str();
-  cmd->add_option("--heads", a->heads, "H")->capture_default_str();
-  cmd->add_option("--kv-heads", a->kv_heads, "Hkv")->capture_default_str();
-  cmd->add_option("--head-dim", a->head_dim, "D")->capture_default_str();
+  cmd->add_option("--batch", a->batch, "B")->capture_default_str()->check(positive_count());
+  cmd->add_option("--seq", a->seq, "S (global)")->capture_default_str()->check(positive_count());
+  cmd->add_option("--heads", a->heads, "H")->capture_default_str()->check(positive_count());
+  cmd->add_option("--kv-heads", a->kv_heads, "Hkv")->capture_default_str()->check(positive_count());
+  cmd->add_option("--head-dim", a->head_dim, "D")->capture_default_str()->check(positive_count());
   cmd->add_flag("--causal", a->causal, "Causal mask");
   cmd->add_flag("--bf16", a->bf16,
                 "Tile GEMMs on bf16 operands (model.dtype = bf16); compared with the bf16 GEMM");
   cmd->add_flag("--fused", a->fused,
                 "bf16 with the fused kernels (attention.kernel = fused; implies --bf16; the CPU "
                 "runs its tiles)");
-  cmd->add_option("--q-chunk", a->q_chunk, "Query tile")->capture_default_str();
-  cmd->add_option("--k-chunk", a->k_chunk, "Key tile")->capture_default_str();
-  cmd->add_option("--warmup", a->warmup, "Untimed iterations")->capture_default_str();
-  cmd->add_option("--repeat", a->repeat, "Timed iterations (median)")->capture_default_str();
+  cmd->add_option("--q-chunk", a->q_chunk, "Query tile")
+      ->capture_default_str()
+      ->check(positive_count());
+  cmd->add_option("--k-chunk", a->k_chunk, "Key tile")
+      ->capture_default_str()
+      ->check(positive_count());
+  cmd->add_option("--warmup", a->warmup, "Untimed iterations")
+      ->capture_default_str()
+      ->check(number_in(0));
+  cmd->add_option("--repeat", a->repeat, "Timed iterations (median)")
+      ->capture_default_str()
+      ->check(positive_count());
   cmd->add_option("--threads", a->threads, "Threads per rank (0: cores / ranks on the node)")
       ->capture_default_str();
   cmd->add_option("--device", a->device, "cpu | cuda (GPU local_rank mod GPUs)")

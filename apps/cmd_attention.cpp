@@ -11,6 +11,7 @@
 #include <cmath>
 #include <string>
 
+#include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "comm/host_staged_communicator.h"
 #include "comm/mesh.h"
@@ -92,7 +93,8 @@ int run_check(const AttentionArgs& a) {
   const int64_t B = q.dim(0), S = q.dim(1), H = q.dim(2), D = q.dim(3);
   Tensor k = require(f, "k", {B, S, -1, D}, 4, true);
   Tensor v = require(f, "v", {B, S, k.dim(2), D}, 4, true);
-  RA_CHECK(H % k.dim(2) == 0, "input '{}': kv heads ({}) must divide heads ({})", a.input, k.dim(2),
+  RA_CHECK(k.dim(2) >= 1 && H % k.dim(2) == 0,
+           "input '{}': kv heads ({}) must be at least 1 and divide heads ({})", a.input, k.dim(2),
            H);
   Tensor dout = f.contains("do") ? require(f, "do", {B, S, H, D}, 4, true) : Tensor();
   Tensor seg = f.contains("segment_ids") ? require(f, "segment_ids", {B, S}, 2, false) : Tensor();
@@ -171,6 +173,8 @@ int run_check(const AttentionArgs& a) {
 
 int run_make_input(const AttentionArgs& a) {
   if (MpiEnv::world_rank() != 0) return 0;
+  RA_CHECK(a.heads % a.kv_heads == 0, "--kv-heads ({}) must divide --heads ({})", a.kv_heads,
+           a.heads);
   const DType dt = a.bf16 ? DType::BF16 : DType::F32;
   std::vector<std::pair<std::string, Tensor>> t;
   auto make = [&](const std::string& name, Shape shape, uint64_t salt) {
@@ -259,18 +263,31 @@ void add_attention_command(CLI::App& parent, Action& run) {
   cmd->add_option("--kernel", args->kernel,
                   "tiles | fused: attention.kernel (fused: bf16 only; the CPU runs its tiles)")
       ->capture_default_str();
-  cmd->add_option("--q-chunk", args->q_chunk, "Query tile size")->capture_default_str();
-  cmd->add_option("--k-chunk", args->k_chunk, "Key tile size")->capture_default_str();
+  cmd->add_option("--q-chunk", args->q_chunk, "Query tile size")
+      ->capture_default_str()
+      ->check(positive_count());
+  cmd->add_option("--k-chunk", args->k_chunk, "Key tile size")
+      ->capture_default_str()
+      ->check(positive_count());
   cmd->add_option("--make-input", args->make_input, "Write a random input file instead");
-  cmd->add_option("--batch", args->batch, "(--make-input) batch")->capture_default_str();
-  cmd->add_option("--seq", args->seq, "(--make-input) sequence length")->capture_default_str();
-  cmd->add_option("--heads", args->heads, "(--make-input) query heads")->capture_default_str();
+  cmd->add_option("--batch", args->batch, "(--make-input) batch")
+      ->capture_default_str()
+      ->check(positive_count());
+  cmd->add_option("--seq", args->seq, "(--make-input) sequence length")
+      ->capture_default_str()
+      ->check(positive_count());
+  cmd->add_option("--heads", args->heads, "(--make-input) query heads")
+      ->capture_default_str()
+      ->check(positive_count());
   cmd->add_option("--kv-heads", args->kv_heads, "(--make-input) key/value heads")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(positive_count());
   cmd->add_option("--head-dim", args->head_dim, "(--make-input) head dimension")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(positive_count());
   cmd->add_option("--segments", args->segments, "(--make-input) packed documents per sequence")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(positive_count());
   cmd->add_flag("--with-grad", args->with_grad, "(--make-input) also write do");
   cmd->add_flag("--bf16", args->bf16, "(--make-input) store bf16");
   cmd->add_option("--seed", args->seed, "(--make-input) random seed")->capture_default_str();
@@ -281,6 +298,7 @@ void add_attention_command(CLI::App& parent, Action& run) {
       ->expected(2);
   cmd->add_option("--tolerance", args->tolerance,
                   "(--compare) max |diff| / max(1, max |value| of either); inf or NaN must match")
+      ->check(number_in(0.0))
       ->capture_default_str();
   cmd->callback([&run, args] {
     run = [args] {

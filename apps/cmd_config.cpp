@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "comm/mpi_env.h"
 #include "core/error.h"
@@ -57,7 +58,7 @@ void add_config_command(CLI::App& parent, Action& run) {
       ->allow_extra_args(false);
   cmd->add_option("--world-size", args->world_size,
                   "Validate the mesh for this many ranks (default: the MPI world size)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_count());
   // Hidden (empty group): a maintainer's tool for regenerating docs/config.md.
   cmd->add_flag("--markdown", args->markdown, "Print the key table of docs/config.md")->group("");
   cmd->callback([args, &run] { run = [args] { return run_config(*args); }; });

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 
+#include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "comm/mpi_env.h"
 #include "core/error.h"
@@ -26,6 +27,7 @@ namespace {
 struct ExportArgs {
   std::string checkpoint, to, dtype = "f32", shard_size = "5GB";
   int64_t max_positions = 0;
+  bool overwrite = false;
 };
 
 // "5GB" (10^9, as transformers' max_shard_size counts), "500MiB" (2^20), "123456" (bytes).
@@ -53,6 +55,7 @@ int run_export(const ExportArgs& a) {
   o.dtype = parse_weight_dtype(a.dtype);
   o.shard_bytes = parse_size(a.shard_size);
   o.max_position_embeddings = a.max_positions;
+  o.overwrite = a.overwrite;
   const std::string dir = resolve_checkpoint_dir(a.checkpoint);
   const HfExportResult r = export_checkpoint_to_hf(dir, a.to, o);
   log::info("export: {} -> {}: {} tensors, {} bytes of {} weights in {}", dir, a.to, r.tensors,
@@ -69,7 +72,10 @@ void add_export_command(CLI::App& parent, Action& run) {
   cmd->add_option("--checkpoint", args->checkpoint,
                   "Checkpoint directory (step_N), or a run directory: its newest checkpoint")
       ->required();
-  cmd->add_option("--to", args->to, "Output directory (created)")->required();
+  cmd->add_option("--to", args->to, "Output directory: new or empty (created)")->required();
+  cmd->add_flag("--overwrite", args->overwrite,
+                "Write into a directory that holds files: its config.json and weight files are "
+                "replaced, other files stay (never a checkpoint)");
   cmd->add_option("--dtype", args->dtype, "Weight type: f32 (lossless), bf16 or f16")
       ->capture_default_str();
   cmd->add_option("--shard-size", args->shard_size,
@@ -77,7 +83,8 @@ void add_export_command(CLI::App& parent, Action& run) {
       ->capture_default_str();
   cmd->add_option("--max-position-embeddings", args->max_positions,
                   "config.json's max_position_embeddings (default: the longest sequence length "
-                  "of the checkpoint's config)");
+                  "of the checkpoint's config)")
+      ->check(positive_count());
   cmd->callback([args, &run] { run = [args] { return run_export(*args); }; });
 }
 

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "apps/bench_common.h"
+#include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "comm/mesh.h"
 #include "comm/mpi_env.h"
@@ -133,7 +134,8 @@ void add_forward_command(CLI::App& parent, Action& run) {
   cmd->add_option("--layout", args->layout,
                   "Ring layout: contiguous, zigzag or striped (default: zigzag)");
   cmd->add_option("--seq-len", args->seq_len,
-                  "Tokens per row when reading a RATOKENS file (default: one row of all)");
+                  "Tokens per row when reading a RATOKENS file (default: one row of all)")
+      ->check(positive_count());
   cmd->add_option("--config", args->config,
                   "Trainer config for chunk sizes and the like (the model shape comes from "
                   "config.json)");

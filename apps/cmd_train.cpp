@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "apps/bench_common.h"
+#include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "comm/mesh.h"
 #include "comm/mpi_env.h"
@@ -87,6 +88,14 @@ int run_train(const TrainArgs& a) {
   opt.config_json = s.json.dump();
   opt.peak_flops = peak;
   Trainer trainer(s.cfg, mesh, opt);
+  // A fresh run would prune, replace and start the metrics of the run already there: it is
+  // refused before anything is written (rank 0 decides; its error ends the job).
+  if (!a.resume && mesh.world_rank() == 0)
+    if (const auto latest = find_latest_checkpoint(trainer.checkpoints_dir()))
+      RA_FAIL(
+          "run_dir '{}' already holds a run's checkpoints (the latest: {}); add --resume to "
+          "continue it, or set another run_dir to start a new run (nothing was changed)",
+          s.cfg.run_dir, *latest);
 
   log::info("config:\n{}", s.json.dump());
   log::info("mesh: {}", mesh.describe());
@@ -201,7 +210,7 @@ void add_eval_command(CLI::App& parent, Action& run) {
   cmd->add_option("--min-accuracy", args->min_accuracy,
                   "Exit with status 3 if the exact answer accuracy at any length is below this "
                   "(0 to 1): a pass/fail check for scripts")
-      ->check(CLI::Range(0.0, 1.0));
+      ->check(number_in(0.0, 1.0));
   cmd->add_option("--init-from", args->init_from,
                   "Evaluate a Hugging Face LLaMA directory instead of a checkpoint");
   cmd->callback([args, &run] { run = [args] { return run_eval(*args); }; });

@@ -49,6 +49,18 @@ int64_t step_of(const fs::path& p) {
   return n;
 }
 
+// Deletes a checkpoint directory without ever leaving a partial one under a step_<N> name, where
+// it would look complete if its COMPLETE marker outlived the rest (remove_all's order is the
+// file system's): it is renamed out of those names first (atomic), then removed. A step_<N>.old
+// left by an interruption is removed by the next save, like an interrupted save's step_<N>.tmp.
+void discard_checkpoint(const fs::path& dir) {
+  fs::path old = dir;
+  old += ".old";
+  fs::remove_all(old);
+  fs::rename(dir, old);
+  fs::remove_all(old);
+}
+
 // Complete checkpoints of `dir`, oldest first.
 std::vector<std::pair<int64_t, fs::path>> complete_checkpoints(const std::string& dir) {
   std::vector<std::pair<int64_t, fs::path>> out;
@@ -93,8 +105,8 @@ std::string read_text(const fs::path& path) {
 }
 
 // COMPLETE holds the checksum of state.json ("state.json fnv1a64 <hex>"), so that the one file
-// the others' checksums live in is covered too. An empty COMPLETE (older checkpoints) is
-// accepted without that check.
+// the others' checksums live in is covered too. An empty or other COMPLETE is refused: it would
+// otherwise turn that check off.
 std::string complete_text(const fs::path& state_path) {
   return fmt::format("{} fnv1a64 {}\n", kStateFile, file_checksum(state_path.string()));
 }
@@ -109,10 +121,13 @@ nlohmann::json read_state(const std::string& dir) {
   const fs::path p = fs::path(dir) / kStateFile;
   RA_CHECK(fs::exists(p), "checkpoint file '{}' is missing", p.string());
   const std::string marker = read_text(complete);
-  if (!marker.empty())
-    RA_CHECK(marker == complete_text(p),
-             "checkpoint file '{}' is corrupted: its checksum does not match the one in {}",
-             p.string(), complete.string());
+  RA_CHECK(marker.rfind(fmt::format("{} fnv1a64 ", kStateFile), 0) == 0,
+           "checkpoint file '{}' is damaged: it should hold the checksum of {} ('{} fnv1a64 "
+           "<hex>'){} (remove the checkpoint directory to resume from an earlier one)",
+           complete.string(), kStateFile, kStateFile, marker.empty() ? " and is empty" : "");
+  RA_CHECK(marker == complete_text(p),
+           "checkpoint file '{}' is corrupted: its checksum does not match the one in {}",
+           p.string(), complete.string());
   std::ifstream f(p);
   RA_CHECK(f.good(), "checkpoint '{}': cannot read {}", dir, p.string());
   try {
@@ -196,8 +211,10 @@ std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& mod
     std::error_code ec;
     for (const auto& e : fs::directory_iterator(checkpoints_dir, ec)) {
       const std::string name = e.path().filename().string();
-      if (name.rfind("step_", 0) == 0 && e.path().extension() == ".tmp" && e.is_directory()) {
-        log::warn("removing '{}', left by an interrupted checkpoint save", e.path().string());
+      const auto ext = e.path().extension();
+      if (name.rfind("step_", 0) == 0 && (ext == ".tmp" || ext == ".old") && e.is_directory()) {
+        log::warn("removing '{}', left by an interrupted checkpoint {}", e.path().string(),
+                  ext == ".tmp" ? "save" : "removal");
         fs::remove_all(e.path());
       }
     }
@@ -267,12 +284,13 @@ std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& mod
     // The marker last, and the directory synced, before the rename publishes it.
     write_text(tmp / kCompleteFile, complete_text(tmp / kStateFile));
     sync_path(tmp, true);
-    fs::remove_all(final_dir);  // a checkpoint of the same step from an earlier attempt
+    // A checkpoint of the same step from an earlier attempt.
+    if (fs::exists(final_dir)) discard_checkpoint(final_dir);
     fs::rename(tmp, final_dir);
     sync_path(checkpoints_dir, true);
     if (keep_last > 0) {
       auto all = complete_checkpoints(checkpoints_dir);
-      for (size_t i = 0; i + size_t(keep_last) < all.size(); ++i) fs::remove_all(all[i].second);
+      for (size_t i = 0; i + size_t(keep_last) < all.size(); ++i) discard_checkpoint(all[i].second);
     }
   }
   world.barrier();

@@ -114,6 +114,12 @@ TEST_CASE("COMPLETE holds the checksum of state.json, which is checked at load",
   MPI_Barrier(MPI_COMM_WORLD);
   Trainer u(c, mesh, silent());
   CHECK_THROWS_WITH(u.load(dir), Catch::Contains("state.json' is corrupted"));
+  // An emptied marker does not turn the check off.
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank_of_world() == 0) std::ofstream(dir + "/COMPLETE", std::ios::trunc);
+  MPI_Barrier(MPI_COMM_WORLD);
+  CHECK_THROWS_WITH(u.load(dir),
+                    Catch::Contains("COMPLETE' is damaged") && Catch::Contains("and is empty"));
 }
 
 TEST_CASE("the watchdog arms and disarms; scopes are cheap no-ops when disarmed", "[train]") {

@@ -225,6 +225,8 @@ TEST_CASE("checkpoints: incomplete ones are ignored, keep_last prunes", "[train]
     std::ofstream(ck + "/step_12.tmp/COMPLETE");
   }
   barrier();
+  // What pruning step_1 left: nothing under a step_<N> name, nor a step_1.old.
+  CHECK(!fs::exists(ck + "/step_1.old"));
   CHECK(!fs::exists(ck + "/step_1"));
   CHECK(fs::exists(ck + "/step_2/COMPLETE"));
   CHECK(fs::exists(ck + "/step_3/COMPLETE"));
@@ -236,6 +238,16 @@ TEST_CASE("checkpoints: incomplete ones are ignored, keep_last prunes", "[train]
   REQUIRE(latest.has_value());
   CHECK(fs::path(*latest).filename() == "step_3");
   CHECK(!find_latest_checkpoint(tmp.dir + "/nothing_here").has_value());
+  // A removal that was interrupted (step_3.old, renamed away before its files went) is finished
+  // by the next save, like an interrupted save's step_12.tmp.
+  if (world_rank() == 0) fs::create_directories(ck + "/step_3.old/x");
+  barrier();
+  t.train_step();
+  t.save();
+  CHECK(!fs::exists(ck + "/step_3.old"));
+  CHECK(!fs::exists(ck + "/step_12.tmp"));
+  CHECK(!fs::exists(ck + "/step_2"));
+  CHECK(fs::exists(ck + "/step_4/COMPLETE"));
 }
 
 TEST_CASE("a corrupted or mismatched checkpoint is a clear error", "[train]") {

@@ -81,6 +81,19 @@ HfExportResult write_hf_model(const std::string& out_dir, const TrainConfig& cfg
   }
   RA_CHECK(!shards.empty(), "export: the model has no tensors");
 
+  // Before anything is written: an existing directory's files are someone's (a base model, a
+  // checkpoint), so they are replaced only when asked.
+  std::error_code ec;
+  if (fs::exists(out_dir, ec)) {
+    RA_CHECK(fs::is_directory(out_dir, ec), "export: '{}' exists and is not a directory", out_dir);
+    RA_CHECK(!fs::exists(fs::path(out_dir) / "COMPLETE", ec) &&
+                 !fs::exists(fs::path(out_dir) / "state.json", ec),
+             "export: '{}' is a training checkpoint; export into a new directory", out_dir);
+    RA_CHECK(o.overwrite || fs::is_empty(out_dir, ec),
+             "export: '{}' already exists and is not empty; export into a new directory, or add "
+             "--overwrite to replace its config.json and weight files (its other files stay)",
+             out_dir);
+  }
   fs::create_directories(out_dir);
   for (const auto& e : fs::directory_iterator(out_dir))
     if (e.is_regular_file() && is_weight_file(e.path().filename().string())) fs::remove(e.path());

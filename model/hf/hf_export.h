@@ -21,6 +21,9 @@ struct HfExportOptions {
   DType dtype = DType::F32;                // F32, BF16 or F16
   int64_t shard_bytes = int64_t(5) << 30;  // largest shard (a larger tensor gets its own)
   int64_t max_position_embeddings = 0;     // 0: the config's longest sequence length
+  // Write into a directory that already holds files, replacing its config.json and weight files
+  // (others stay). Without it only a new or empty directory is written. Never a checkpoint.
+  bool overwrite = false;
 };
 
 // What was written.

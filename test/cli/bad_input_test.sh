@@ -106,6 +106,7 @@ expect_error "text shorter than a sequence" "text files: the stream has 5 tokens
   train1 --set data.source=text --set model.vocab_size=257 --set data.text_files="$tmp/short.txt"
 
 # --- Checkpoints ---------------------------------------------------------------------------------
+rm -rf "$tmp/run"  # earlier cases' runs: this one starts afresh
 out=$(train2 --set checkpoint.every=1 2>&1) && pass "a 2-step run to have a checkpoint" || fail "2-step run: $(tail -3 <<<"$out")"
 expect_error "eval of a missing checkpoint" "checkpoint '$tmp/nothere' does not exist" \
   "$bin" eval "${tiny[@]}" --checkpoint "$tmp/nothere"
@@ -119,5 +120,25 @@ expect_error "resume with another seed" "was trained with seed 1, this config ha
   train2 --set train.steps=4 --set seed=7 --resume
 expect_error "resume with another model shape" "tensor '.*' has .* elements, this model's shard .* (was the model configured differently?)" \
   train2 --set train.steps=4 --set model.intermediate_size=128 --resume
+
+# Nothing already saved is lost: a fresh run where one is, or an export over files.
+snapshot() { (cd "$1" && find . -type f -exec cksum {} + | sort); }
+before=$(snapshot "$tmp/run")
+expect_error "a fresh run where a run's checkpoints are" "run_dir '$tmp/run' already holds a run's checkpoints (the latest: .*step_2); add --resume" \
+  train2 --set checkpoint.every=1 --set seed=5
+[ "$(snapshot "$tmp/run")" = "$before" ] && pass "... and the run is untouched" || fail "... the run changed"
+mkdir -p "$tmp/base" && printf '{"model_type": "llama"}' >"$tmp/base/config.json" &&
+  printf 'weights' >"$tmp/base/model-00001-of-00002.safetensors"
+before=$(snapshot "$tmp/base")
+expect_error "export over a directory with files" "export: '$tmp/base' already exists and is not empty; .* add --overwrite" \
+  "$bin" export --checkpoint "$tmp/run" --to "$tmp/base"
+[ "$(snapshot "$tmp/base")" = "$before" ] && pass "... and its files are untouched" || fail "... its files changed"
+before=$(snapshot "$tmp/run")
+expect_error "export over a checkpoint, even with --overwrite" "is a training checkpoint; export into a new directory" \
+  "$bin" export --checkpoint "$tmp/run/checkpoints/step_2" --to "$tmp/run/checkpoints/step_2" --overwrite
+[ "$(snapshot "$tmp/run")" = "$before" ] && pass "... and the checkpoint is untouched" || fail "... the checkpoint changed"
+out=$("$bin" export --checkpoint "$tmp/run" --to "$tmp/base" --overwrite 2>&1) &&
+  [ ! -e "$tmp/base/model-00001-of-00002.safetensors" ] && [ -f "$tmp/base/model.safetensors" ] &&
+  pass "export --overwrite replaces the weight files" || fail "export --overwrite: $(tail -3 <<<"$out")"
 
 cli_summary
