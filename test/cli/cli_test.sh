@@ -60,8 +60,9 @@ expect_error "unknown layout" "expected contiguous, zigzag or striped" "$bin" at
 expect_error "length the layout cannot split" "must be a multiple of 6" mpirun -np 3 "$bin" attention --input "$tmp/in.safetensors" --output "$tmp/o.safetensors" --impl ring --layout zigzag
 expect_error "blockwise on several ranks" "runs on one rank" mpirun -np 2 "$bin" attention --input "$tmp/in.safetensors" --output "$tmp/o.safetensors" --impl blockwise
 expect_error "missing tensor" "has no tensor 'q'" "$bin" attention --input "$tmp/bw.safetensors" --output "$tmp/o.safetensors"
-expect_error "zero chunk" "chunk sizes must be positive" "$bin" attention --input "$tmp/in.safetensors" --output "$tmp/o.safetensors" --impl blockwise --q-chunk 0
-expect_error "bench: bad kv heads" "must divide" "$bin" bench attention --heads 8 --kv-heads 3 --seq 64
+expect_error "zero chunk" "--q-chunk: 0 is not a number >= 1" "$bin" attention --input "$tmp/in.safetensors" --output "$tmp/o.safetensors" --impl blockwise --q-chunk 0
+expect_error "bench: bad kv heads" "--kv-heads (3) must be at least 1 and divide --heads (8)" "$bin" bench attention --heads 8 --kv-heads 3 --seq 64
+expect_error "bench: zero kv heads" "--kv-heads: 0 is not a number >= 1" "$bin" bench attention --heads 8 --kv-heads 0 --seq 64
 
 # Configs: each bad input ends with one clear message naming the key or file.
 cfgdir=$(cd "$(dirname "$0")/../../configs" && pwd)
