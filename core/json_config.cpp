@@ -7,6 +7,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <set>
@@ -439,6 +440,12 @@ JsonConfig::JsonConfig(ConfigSchema schema) : schema_(std::move(schema)) {
 }
 
 void JsonConfig::load_file(const std::string& path) {
+  // Not a regular file: a directory would read as empty text, a FIFO would wait for a writer.
+  std::error_code ec;
+  const std::filesystem::file_status st = std::filesystem::status(path, ec);
+  RA_CHECK(!std::filesystem::exists(st) || std::filesystem::is_regular_file(st),
+           "config file '{}' is {}, not a JSON file", path,
+           std::filesystem::is_directory(st) ? "a directory" : "not a regular file");
   std::ifstream in(path, std::ios::binary);
   RA_CHECK(in, "cannot open config file '{}'", path);
   std::stringstream text;

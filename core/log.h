@@ -1,6 +1,7 @@
 // Rank-aware logging through spdlog. `log::info(...)` and friends print on rank 0 only (messages
 // about the job); `log::rank_info(...)` etc. print on whichever rank calls them, prefixed with
 // the rank (messages about that rank). Call `log::init(rank, world)` once after MPI starts.
+// set_level filters everything but rank_error, which always prints.
 #pragma once
 
 #include <spdlog/spdlog.h>
@@ -32,9 +33,11 @@ template <typename... Args>
 void rank_warn(fmt::format_string<Args...> f, Args&&... args) {
   spdlog::warn(f, std::forward<Args>(args)...);
 }
+// Errors are printed whatever the level (even "off"): a job that ends non-zero says why.
+spdlog::logger& error_logger();
 template <typename... Args>
 void rank_error(fmt::format_string<Args...> f, Args&&... args) {
-  spdlog::error(f, std::forward<Args>(args)...);
+  error_logger().error(f, std::forward<Args>(args)...);
 }
 
 }  // namespace ringattn::log

@@ -239,7 +239,8 @@ uint64_t unsigned_value(const std::string& path, const std::string& name, const 
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
   SafetensorsFile f;
   f.path_ = path;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO would otherwise wait for a writer for ever (no effect on a regular file).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) ST_FAIL(path, "cannot open: {}", errno_str(errno));
   f.fd_ = std::make_shared<Fd>(fd);
   struct stat st {};

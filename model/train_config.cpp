@@ -66,7 +66,8 @@ ConfigSchema make_schema() {
               "Peak TFLOP/s of one rank, for MFU; 0: measured (sgemm) at start.")
       .at_least(0);
   s.add_enum("log_level", d.log_level, {"trace", "debug", "info", "warn", "error", "off"},
-             "Logging verbosity.");
+             "Logging verbosity. Errors print whatever the level (even `off`): a job that ends "
+             "non-zero always says why.");
   s.add_enum("on_nonfinite", std::string(on_nonfinite_name(d.on_nonfinite)),
              names(kNonfinite, on_nonfinite_name),
              "A non-finite loss or gradient: `skip` the step (counted in the metrics) or "

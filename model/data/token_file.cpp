@@ -15,9 +15,11 @@ namespace ringattn {
 
 namespace {
 
-// Opens `path` read-only as a regular file; errors say which kind of file and why.
+// Opens `path` read-only as a regular file; errors say which kind of file and why. O_NONBLOCK:
+// opening a FIFO (a named pipe given by mistake) would otherwise wait for a writer for ever; it
+// changes nothing for a regular file.
 int open_regular(const std::string& kind, const std::string& path, int64_t* size) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   RA_CHECK(fd >= 0, "{} '{}': cannot open: {}", kind, path, std::strerror(errno));
   struct stat st {};
   const bool stat_ok = ::fstat(fd, &st) == 0;

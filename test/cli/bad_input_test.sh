@@ -53,6 +53,12 @@ expect_error "--set value not UTF-8" "is not UTF-8; config keys and values must 
 expect_error "missing config file" "cannot open config file '$tmp/none.json'" "$bin" train --config "$tmp/none.json"
 expect_error "cross-key rule" "optim.min_lr = 0.1 must be <= optim.lr = 0.001" train1 --set optim.min_lr=0.1
 
+mkdir -p "$tmp/adir"
+expect_error "a directory as the config file" "config file '$tmp/adir' is a directory, not a JSON file" \
+  "$bin" train --config "$tmp/adir"
+expect_error "an error prints at log_level = off" "token file '$tmp/none.ratokens': cannot open" \
+  train1 --set log_level=off --set data.source=tokens --set data.token_file="$tmp/none.ratokens"
+
 # --- Mesh, sequence split, memory ------------------------------------------------------------------
 expect_error "mesh does not match the world size" "mesh dp=1 fsdp=1 sp=2 tp=1 needs 2 ranks but the job has 3" \
   mpirun -np 3 "$bin" train "${tiny[@]}" --set run_dir="$tmp/run" --set mesh.sp=2
@@ -104,6 +110,14 @@ expect_error "missing text file" "text file '$tmp/none.txt': cannot open" \
 printf 'short' >"$tmp/short.txt"
 expect_error "text shorter than a sequence" "text files: the stream has 5 tokens, shorter than sequence length + 1 = 129" \
   train1 --set data.source=text --set model.vocab_size=257 --set data.text_files="$tmp/short.txt"
+
+mkfifo "$tmp/fifo"  # a named pipe opened for reading waits for a writer: it must not hang
+expect_error "a FIFO as the token file" "token file '$tmp/fifo': not a regular file" \
+  timeout 60 "$bin" train "${tiny[@]}" --set run_dir="$tmp/run" --set data.source=tokens \
+  --set data.token_file="$tmp/fifo"
+expect_error "a FIFO as a text file" "text file '$tmp/fifo': not a regular file" \
+  timeout 60 "$bin" train "${tiny[@]}" --set run_dir="$tmp/run" --set data.source=text \
+  --set model.vocab_size=257 --set data.text_files="$tmp/fifo"
 
 # --- Checkpoints ---------------------------------------------------------------------------------
 rm -rf "$tmp/run"  # earlier cases' runs: this one starts afresh
