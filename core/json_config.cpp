@@ -455,9 +455,51 @@ void JsonConfig::load_file(const std::string& path) {
 }
 
 void JsonConfig::load_text(std::string_view text, const std::string& source) {
+  // nlohmann keeps the last of two equal keys of one object and drops the first without a word
+  // ({"train": {"steps": 3}, "train": {"seq_len": 64}} would lose train.steps): the parser's
+  // callback sees every key, so a repeated one is an error naming it.
+  struct Container {
+    bool object = false;
+    std::string path;  // "" for the top level, "train" for its section, "x[]" inside arrays
+    std::set<std::string> keys;
+    std::string key;  // the last key read (objects)
+  };
+  std::vector<Container> open;
+  const auto child_path = [&open]() -> std::string {
+    if (open.empty()) return {};
+    const Container& c = open.back();
+    const std::string name = c.object ? c.key : "[]";
+    if (c.path.empty()) return name;
+    return c.object ? c.path + "." + name : c.path + name;
+  };
+  const json::parser_callback_t watch = [&](int, json::parse_event_t event, json& parsed) {
+    switch (event) {
+      case json::parse_event_t::object_start:
+      case json::parse_event_t::array_start: {
+        std::string path = child_path();
+        open.push_back({event == json::parse_event_t::object_start, std::move(path), {}, {}});
+        break;
+      }
+      case json::parse_event_t::object_end:
+      case json::parse_event_t::array_end:
+        if (!open.empty()) open.pop_back();
+        break;
+      case json::parse_event_t::key: {
+        Container& c = open.back();
+        c.key = parsed.get<std::string>();
+        RA_CHECK(c.keys.insert(c.key).second,
+                 "{} is given twice in {} (one object repeats the key '{}'; JSON keeps only one)",
+                 c.path.empty() ? c.key : c.path + "." + c.key, source, c.key);
+        break;
+      }
+      case json::parse_event_t::value:
+        break;
+    }
+    return true;
+  };
   json doc;
   try {
-    doc = json::parse(text.begin(), text.end());
+    doc = json::parse(text.begin(), text.end(), watch);
   } catch (const json::parse_error& e) {
     const auto [line, column] = line_column(text, e.byte);
     RA_FAIL("malformed JSON in {} at line {}, column {}: {}", source, line, column,

@@ -179,6 +179,16 @@ TEST_CASE("unknown keys name the key and suggest the nearest valid one", "[confi
   CHECK_THAT(load_error(R"({"train": 5})"), Contains("'train' in test.json is a section"));
   CHECK(load_error(R"({"train.steps": 1, "train": {"steps": 2}})") ==
         "train.steps is given twice in test.json");
+  // A key repeated within one object, which JSON parsers resolve by dropping one silently: a
+  // whole section, or one value.
+  CHECK(load_error(R"({"train": {"steps": 3}, "train": {"seq_len": 64}})") ==
+        "train is given twice in test.json (one object repeats the key 'train'; JSON keeps only "
+        "one)");
+  CHECK_THAT(load_error(R"({"data": {"retrieval": {"questions": 1, "questions": 2}}})"),
+             Contains("data.retrieval.questions is given twice in test.json"));
+  // The same name in two different objects, or in objects inside an array, is no repetition.
+  CHECK(load_error(R"({"train": {"steps": 3}, "eval": {"every": 3, "seq_lens": [64]}})") ==
+        "(no error)");
 
   CHECK(set_error("train.seq_length=4") ==
         "unknown key 'train.seq_length' in --set; did you mean 'train.seq_len'?");
