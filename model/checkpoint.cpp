@@ -183,6 +183,57 @@ std::string mesh_text(int dp, int fsdp, int sp, int tp) {
   return fmt::format("dp={} fsdp={} sp={} tp={}", dp, fsdp, sp, tp);
 }
 
+// The model a checkpoint was trained as (state.json's config.model) against the one it is loaded
+// into. Element counts alone let a reshaped model through (8 heads of 8 hold what 4 of 16 held),
+// and a tied head would simply leave the checkpoint's lm_head unread. The shape must match; a
+// changed rope_theta or rms_norm_eps is allowed (context-extension experiments change theta)
+// but said. Checkpoints saved without a config (tests) are not checked.
+void check_model(const nlohmann::json& state, const std::string& dir, const ModelDims& now) {
+  const auto config = state.find("config");
+  if (config == state.end() || !config->is_object() || !config->contains("model")) return;
+  const nlohmann::json& m = config->at("model");
+  try {
+    const int64_t heads = m.at("num_heads").get<int64_t>();
+    const int64_t kv = m.value("num_kv_heads", int64_t(0));
+    const int64_t hd = m.value("head_dim", int64_t(0));
+    const int64_t hidden = m.at("hidden_size").get<int64_t>();
+    const struct {
+      const char* key;
+      int64_t saved, now;
+    } shape[] = {
+        {"vocab_size", m.at("vocab_size").get<int64_t>(), now.vocab},
+        {"hidden_size", hidden, now.hidden},
+        {"intermediate_size", m.at("intermediate_size").get<int64_t>(), now.intermediate},
+        {"num_layers", m.at("num_layers").get<int64_t>(), now.layers},
+        {"num_heads", heads, now.heads},
+        {"num_kv_heads", kv > 0 ? kv : heads, now.kv_heads},
+        {"head_dim", hd > 0 ? hd : (heads > 0 ? hidden / heads : 0), now.head_dim},
+        {"tie_embeddings", m.at("tie_embeddings").get<bool>() ? 1 : 0, now.tie_embeddings ? 1 : 0}};
+    for (const auto& k : shape)
+      RA_CHECK(k.saved == k.now,
+               "checkpoint '{}' holds a model with model.{} = {}, but this config has {}; use the "
+               "model it was trained as (its state.json records it)",
+               dir, k.key,
+               k.key == std::string("tie_embeddings") ? (k.saved ? "true" : "false")
+                                                      : std::to_string(k.saved),
+               k.key == std::string("tie_embeddings") ? (k.now ? "true" : "false")
+                                                      : std::to_string(k.now));
+    const struct {
+      const char* key;
+      double saved;
+      float now;
+    } function[] = {{"rope_theta", m.at("rope_theta").get<double>(), now.rope_theta},
+                    {"rms_norm_eps", m.at("rms_norm_eps").get<double>(), now.norm_eps}};
+    for (const auto& k : function)
+      if (float(k.saved) != k.now)
+        log::warn("checkpoint '{}' was trained with model.{} = {}; this run uses {}", dir, k.key,
+                  k.saved, k.now);
+  } catch (const nlohmann::json::exception& e) {
+    RA_FAIL("checkpoint file '{}': its config.model is not a model config: {}",
+            (fs::path(dir) / kStateFile).string(), e.what());
+  }
+}
+
 }  // namespace
 
 std::string file_checksum(const std::string& path) {
@@ -322,6 +373,7 @@ CheckpointState load_checkpoint(const std::string& dir, Transformer& model, Mesh
            "checkpoint '{}' was written by {} ranks with mesh {}, but this run has {} ranks with "
            "mesh {}; resume with the same mesh (optimizer state is sharded per rank)",
            dir, world, saved, mesh.world_size(), now);
+  check_model(j, dir, model.dims());
 
   // Every rank loads its own file; failures are agreed on so that no rank is left waiting in a
   // collective while another has thrown.
@@ -364,6 +416,7 @@ CheckpointState load_checkpoint(const std::string& dir, Transformer& model, Mesh
 
 CheckpointState load_checkpoint_weights(const std::string& dir, Transformer& model) {
   const nlohmann::json j = read_state(dir);
+  check_model(j, dir, model.dims());
   verify_file(dir, j, kModelFile);
   const std::string path = (fs::path(dir) / kModelFile).string();
   SafetensorsFile st = SafetensorsFile::open(path);
