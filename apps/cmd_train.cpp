@@ -96,6 +96,7 @@ int run_train(const TrainArgs& a) {
           "run_dir '{}' already holds a run's checkpoints (the latest: {}); add --resume to "
           "continue it, or set another run_dir to start a new run (nothing was changed)",
           s.cfg.run_dir, *latest);
+  if (mesh.world_rank() == 0) prepare_checkpoints_dir(trainer.checkpoints_dir(), "run_dir");
 
   log::info("config:\n{}", s.json.dump());
   log::info("mesh: {}", mesh.describe());

@@ -348,6 +348,23 @@ std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& mod
   return final_dir.string();
 }
 
+void prepare_checkpoints_dir(const std::string& checkpoints_dir, const std::string& key) {
+  const fs::path dir(checkpoints_dir);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  RA_CHECK(!ec && fs::is_directory(dir), "{}: cannot create the checkpoint directory '{}': {}", key,
+           dir.string(), ec ? ec.message() : "a file of that name is in the way");
+  const fs::path probe = dir / fmt::format(".write_test.{}", ::getpid());
+  {
+    std::ofstream f(probe);
+    f << "ringattn\n";
+    f.flush();
+    RA_CHECK(f.good(), "{}: cannot write in the checkpoint directory '{}' ({})", key, dir.string(),
+             std::strerror(errno));
+  }
+  fs::remove(probe, ec);
+}
+
 std::optional<std::string> find_latest_checkpoint(const std::string& checkpoints_dir) {
   auto all = complete_checkpoints(checkpoints_dir);
   if (all.empty()) return std::nullopt;

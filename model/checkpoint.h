@@ -51,6 +51,12 @@ std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& mod
                             const CheckpointState& state, const std::string& config_json,
                             int64_t keep_last);
 
+// Creates `checkpoints_dir` (and the run directory above it) and checks that a file can be
+// written there: a run learns before its first step, not at its first save hours in, that the
+// directory cannot hold checkpoints (a file in its place, no permission, a read-only mount).
+// `key` names the config key the path comes from, for the error. Not collective.
+void prepare_checkpoints_dir(const std::string& checkpoints_dir, const std::string& key);
+
 // The newest step_<N> directory of `checkpoints_dir` that holds COMPLETE; none when the
 // directory is missing or holds no complete checkpoint.
 std::optional<std::string> find_latest_checkpoint(const std::string& checkpoints_dir);

@@ -482,6 +482,8 @@ TrainConfig to_train_config(const JsonConfig& json) {
 }
 
 MeshShape validate(const TrainConfig& cfg, int world_size) {
+  RA_CHECK(!cfg.run_dir.empty(),
+           "run_dir is empty: set it to the directory for the run's checkpoints and metrics");
   const ModelConfig& m = cfg.model;
   // Model shape.
   RA_CHECK(m.num_heads % m.kv_heads() == 0,

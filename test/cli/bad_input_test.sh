@@ -59,6 +59,11 @@ expect_error "a directory as the config file" "config file '$tmp/adir' is a dire
 expect_error "an error prints at log_level = off" "token file '$tmp/none.ratokens': cannot open" \
   train1 --set log_level=off --set data.source=tokens --set data.token_file="$tmp/none.ratokens"
 
+expect_error "an empty run_dir" "run_dir is empty: set it to the directory" train1 --set run_dir=
+touch "$tmp/afile"
+expect_error "a file where run_dir/checkpoints goes" "run_dir: cannot create the checkpoint directory '$tmp/afile/checkpoints'" \
+  train1 --set run_dir="$tmp/afile"
+
 # --- Mesh, sequence split, memory ------------------------------------------------------------------
 expect_error "mesh does not match the world size" "mesh dp=1 fsdp=1 sp=2 tp=1 needs 2 ranks but the job has 3" \
   mpirun -np 3 "$bin" train "${tiny[@]}" --set run_dir="$tmp/run" --set mesh.sp=2
