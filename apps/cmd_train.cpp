@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,6 +24,7 @@
 #include "model/checkpoint.h"
 #include "model/hf/hf_config.h"
 #include "model/hf/hf_import.h"
+#include "model/run_dir_lock.h"
 #include "model/stop_signal.h"
 #include "model/train_config.h"
 #include "model/trainer.h"
@@ -88,6 +90,9 @@ int run_train(const TrainArgs& a) {
   opt.config_json = s.json.dump();
   opt.peak_flops = peak;
   Trainer trainer(s.cfg, mesh, opt);
+  // One job per run directory, for the whole run (rank 0 holds the lock; its error ends the job).
+  std::optional<RunDirLock> lock;
+  if (mesh.world_rank() == 0) lock.emplace(s.cfg.run_dir);
   // A fresh run would prune, replace and start the metrics of the run already there: it is
   // refused before anything is written (rank 0 decides; its error ends the job).
   if (!a.resume && mesh.world_rank() == 0)

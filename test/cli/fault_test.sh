@@ -77,6 +77,13 @@ for sig in TERM USR1; do
   mp=$!
   bg_pids="$bg_pids $mp"
   wait_lines "$run/metrics.jsonl" 2
+  if [ $sig = TERM ]; then
+    # A second job on the run directory while this one trains is refused, naming the holder.
+    out=$(train 2 "$run" --resume 2>&1)
+    [ $? -ne 0 ] && grep -q "run_dir '$run' is in use by another training job (pid [0-9]* on " <<<"$out" &&
+      pass "a second job on a run_dir in use is refused" ||
+      fail "a second job on a run_dir in use: $(tail -3 <<<"$out")"
+  fi
   if [ $sig = TERM ]; then kill -TERM "$(ranks_of $mp | tail -1)"; else kill -USR1 $mp; fi
   wait $mp
   rc=$?
