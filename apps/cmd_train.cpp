@@ -5,6 +5,7 @@
 //   mpirun -np 4 ringattn train --config configs/finetune_hf.json --init-from HF_DIR
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -32,6 +33,8 @@
 namespace ringattn::apps {
 
 namespace {
+
+namespace fs = std::filesystem;
 
 struct TrainArgs {
   std::string file;
@@ -156,6 +159,16 @@ int run_eval(const EvalArgs& a) {
   std::string dir = a.checkpoint;
   const bool hf = dir.empty() && !a.init_from.empty();  // evaluate the imported weights
   if (hf) dir = a.init_from;
+  // A run directory given as --checkpoint names its newest complete checkpoint (as export
+  // takes it); a checkpoint directory, complete or not, is taken as it is.
+  const fs::path given(dir);
+  if (!hf && !dir.empty() && !fs::exists(given / "state.json") && !fs::exists(given / "COMPLETE") &&
+      fs::is_directory(given / "checkpoints")) {
+    const auto latest = find_latest_checkpoint((given / "checkpoints").string());
+    RA_CHECK(latest.has_value(), "eval: '{}' is a run directory without a complete checkpoint",
+             dir);
+    dir = *latest;
+  }
   if (dir.empty()) {
     const auto latest = find_latest_checkpoint(trainer.checkpoints_dir());
     RA_CHECK(latest.has_value(),

@@ -240,7 +240,9 @@ ConfigSchema make_schema() {
       .at_least(1)
       .at_most(kMaxAnswers);
 
-  s.add_int("checkpoint.every", d.checkpoint.every, "Save a checkpoint every N steps; 0: never.")
+  s.add_int("checkpoint.every", d.checkpoint.every,
+            "Save a checkpoint every N steps; 0: none but those always written, after the last "
+            "step and on a stop signal.")
       .at_least(0);
   s.add_int("checkpoint.keep_last", d.checkpoint.keep_last,
             "Keep the newest K complete checkpoints; 0: keep all.")

@@ -145,7 +145,9 @@ HfConfig parse_hf_config(const json& j, const std::string& source) {
 
 HfConfig read_hf_config(const std::string& dir) {
   const std::string path = (fs::path(dir) / "config.json").string();
-  RA_CHECK(fs::is_directory(dir), "Hugging Face model directory '{}' does not exist", dir);
+  RA_CHECK(
+      fs::is_directory(dir), "Hugging Face model directory '{}' {}", dir,
+      fs::exists(dir) ? "is a file; give the directory that holds config.json" : "does not exist");
   std::ifstream f(path);
   RA_CHECK(f.good(), "Hugging Face model directory '{}' has no config.json ({} cannot be read)",
            dir, path);

@@ -51,7 +51,9 @@ std::string dims_text(const ModelDims& d) {
 }  // namespace
 
 HfWeights HfWeights::open(const std::string& dir) {
-  RA_CHECK(fs::is_directory(dir), "Hugging Face model directory '{}' does not exist", dir);
+  RA_CHECK(
+      fs::is_directory(dir), "Hugging Face model directory '{}' {}", dir,
+      fs::exists(dir) ? "is a file; give the directory that holds config.json" : "does not exist");
   HfWeights w;
   w.dir_ = dir;
   const fs::path index = fs::path(dir) / kIndexFile;

@@ -93,6 +93,10 @@ expect_error "eval of a missing checkpoint dir" "nothere" "$bin" eval "${train_c
 out=$("$bin" eval "${train_cfg[@]}" --set run_dir="$tmp/runA" --seq-lens 128,256 2>&1) &&
   grep -q "seq_len 256: val_loss .* exact answer accuracy" <<<"$out" &&
   pass "eval on 1 rank of a 2-rank checkpoint" || fail "eval on 1 rank of a 2-rank checkpoint: $(tail -3 <<<"$out")"
+out=$("$bin" eval "${train_cfg[@]}" --checkpoint "$tmp/runA" 2>&1) &&
+  grep -q "eval of $tmp/runA/checkpoints/step_6 (step 6)" <<<"$out" &&
+  pass "eval --checkpoint of a run directory takes its newest checkpoint" ||
+  fail "eval --checkpoint of a run directory: $(tail -3 <<<"$out")"
 expect_error "resume on another mesh" "same mesh" "$bin" train "${train_cfg[@]}" --set run_dir="$tmp/runA" --set train.steps=8 --resume
 printf 'x' | dd of="$tmp/runA/checkpoints/step_6/optim_rank1.safetensors" bs=1 seek=100 conv=notrunc 2>/dev/null
 expect_error "corrupted checkpoint names the file" "optim_rank1.safetensors" mpirun -np 2 "$bin" train "${train_cfg[@]}" --set run_dir="$tmp/runA" --set train.steps=8 --resume

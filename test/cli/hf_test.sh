@@ -102,6 +102,8 @@ grep -q '"torch_dtype": "bfloat16"' "$tmp/hf0b/config.json" && pass "bf16 export
 # Bad input.
 expect_error "missing model dir" "does not exist" "$bin" forward --init-from "$tmp/nothere" \
   --tokens "$ref" --output "$tmp/o.safetensors"
+expect_error "a file as the model dir" "is a file; give the directory that holds config.json" "$bin" forward --init-from "$fix/config.json" \
+  --tokens "$ref" --output "$tmp/o.safetensors"
 mkdir -p "$tmp/noweights" && cp "$fix/config.json" "$tmp/noweights/"
 expect_error "no weights" "has neither model.safetensors" "$bin" forward --init-from "$tmp/noweights" \
   --tokens "$ref" --output "$tmp/o.safetensors"
