@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <new>
 
 #include "apps/commands.h"
 #include "comm/launch_check.h"
@@ -72,6 +73,15 @@ int main(int argc, char** argv) {
     log::rank_error("{}", e.describe());
     // The same bad input fails on every rank; a failure of one rank alone must not leave the
     // others waiting forever, so the job is ended as a whole.
+    if (MpiEnv::world_size() > 1) MpiEnv::abort(1);
+    return 1;
+  } catch (const std::bad_alloc&) {
+    // Host memory outside the allocator's count (a container, a library), or a limit (ulimit -v,
+    // a cgroup) below what the allocator's own check allows.
+    log::rank_error(
+        "out of host memory (std::bad_alloc): this process may not allocate what the run needs; "
+        "lower train.batch_size, train.seq_len or the model's size, use more ranks, or raise the "
+        "process's memory limit");
     if (MpiEnv::world_size() > 1) MpiEnv::abort(1);
     return 1;
   } catch (const std::exception& e) {

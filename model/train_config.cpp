@@ -74,17 +74,28 @@ ConfigSchema make_schema() {
              "`abort` the run.");
 
   const ModelConfig& m = d.model;
+  // Model dimensions are GEMM dimensions and 32-bit token ids: larger ones would wrap.
+  constexpr double kMaxDim = 2147483647.0;
   s.add_int("model.vocab_size", m.vocab_size, "Vocabulary size (embedding and LM head rows).")
-      .at_least(2);
-  s.add_int("model.hidden_size", m.hidden_size, "Width of the residual stream.").at_least(1);
-  s.add_int("model.intermediate_size", m.intermediate_size, "Width of the SwiGLU FFN.").at_least(1);
-  s.add_int("model.num_layers", m.num_layers, "Number of transformer blocks.").at_least(1);
-  s.add_int("model.num_heads", m.num_heads, "Query heads.").at_least(1);
+      .at_least(2)
+      .at_most(kMaxDim);
+  s.add_int("model.hidden_size", m.hidden_size, "Width of the residual stream.")
+      .at_least(1)
+      .at_most(kMaxDim);
+  s.add_int("model.intermediate_size", m.intermediate_size, "Width of the SwiGLU FFN.")
+      .at_least(1)
+      .at_most(kMaxDim);
+  s.add_int("model.num_layers", m.num_layers, "Number of transformer blocks.")
+      .at_least(1)
+      .at_most(kMaxDim);
+  s.add_int("model.num_heads", m.num_heads, "Query heads.").at_least(1).at_most(kMaxDim);
   s.add_int("model.num_kv_heads", m.num_kv_heads,
             "Key/value heads (grouped-query attention); 0: `num_heads`.")
-      .at_least(0);
+      .at_least(0)
+      .at_most(kMaxDim);
   s.add_int("model.head_dim", m.head_dim, "Dimension of one head; 0: `hidden_size / num_heads`.")
-      .at_least(0);
+      .at_least(0)
+      .at_most(kMaxDim);
   s.add_float("model.rope_theta", m.rope_theta, "RoPE base frequency.").above(0);
   s.add_float("model.rms_norm_eps", m.rms_norm_eps, "Epsilon of RMSNorm.").above(0);
   s.add_bool("model.tie_embeddings", m.tie_embeddings,
