@@ -219,7 +219,9 @@ stage_4() {
 stage_5() {
   tiny="--config configs/tiny.json --set train.steps=$tiny_steps --set checkpoint.every=0 \
   --set mesh.sp=1"
-  stage 5 trainer 120 "set -e; \
+  # Fresh run directories: a rerun into the same OUT must not meet the last run's checkpoints
+  # (train refuses a fresh run there).
+  stage 5 trainer 120 "set -e; rm -rf $out/tiny_cpu $out/tiny_gpu $out/tiny_nccl; \
   $ra train $tiny --set run_dir=$out/tiny_cpu; \
   $ra train $tiny --set run_dir=$out/tiny_gpu --set device=cuda; \
   RINGATTN_DEBUG_FAULTS=fsdp_communicate_alone=1 \
@@ -237,7 +239,7 @@ assert abs(a - b) <= 1e-3 * abs(a) and abs(a - c) <= 1e-3 * abs(a), 'GPU and CPU
 PY"
 }
 stage_8() {
-  stage 8 demo 420 "/usr/bin/time -v $mpi -np 4 $ra train --config configs/demo.json --set device=cuda \
+  stage 8 demo 420 "rm -rf $out/demo_gpu; /usr/bin/time -v $mpi -np 4 $ra train --config configs/demo.json --set device=cuda \
     --set run_dir=$out/demo_gpu $demo_set 2>&1 | tail -40"
 }
 
