@@ -397,7 +397,13 @@ std::string ConfigSchema::nearest(std::string_view name) const {
     const std::string_view k_leaf = leaf_of(k);
     const size_t other_section = section_of(k) == n_section ? 0 : 1;
     // A typo in the whole path, or the right name in the wrong section ("seq_len" at the top).
-    size_t score = std::min(edit_distance(n, k), edit_distance(n_leaf, k_leaf) + other_section);
+    // A leaf counts only when most of it survives: "bar" is two edits from "lr", but no typo of
+    // it ("train.foo.bar" suggested optim.lr).
+    const size_t leaf_d = edit_distance(n_leaf, k_leaf);
+    const size_t leaf_score = 2 * leaf_d < std::max(n_leaf.size(), k_leaf.size())
+                                  ? leaf_d + other_section
+                                  : std::numeric_limits<size_t>::max();
+    size_t score = std::min(edit_distance(n, k), leaf_score);
     // A shortened or lengthened name ("layers" for "num_layers"), scored behind plain typos.
     const std::string_view shorter = n_leaf.size() < k_leaf.size() ? n_leaf : k_leaf;
     const std::string_view longer = n_leaf.size() < k_leaf.size() ? k_leaf : n_leaf;

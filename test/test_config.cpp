@@ -175,6 +175,8 @@ TEST_CASE("unknown keys name the key and suggest the nearest valid one", "[confi
   CHECK_THAT(far, Contains("unknown key 'zzzzzzzzzz' in test.json"));
   CHECK_THAT(far, !Contains("did you mean"));
   CHECK_THAT(far, Contains("docs/config.md"));
+  // A short leaf a few edits from another short leaf is no typo of it.
+  CHECK_THAT(load_error(R"({"train": {"foo": {"bar": 1}}})"), !Contains("did you mean"));
   // A section given a value instead of an object.
   CHECK_THAT(load_error(R"({"train": 5})"), Contains("'train' in test.json is a section"));
   CHECK(load_error(R"({"train.steps": 1, "train": {"steps": 2}})") ==
