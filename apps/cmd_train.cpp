@@ -16,6 +16,7 @@
 #include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "comm/mesh.h"
+#include "comm/mpi_check.h"
 #include "comm/mpi_env.h"
 #include "comm/watchdog.h"
 #include "core/allocator.h"
@@ -76,10 +77,49 @@ Setup resolve(const std::string& file, const std::vector<std::string>& sets,
   return {std::move(json), std::move(cfg), shape};
 }
 
+// The run directory, claimed by rank 0 before the mesh and the model exist, so that a refusal
+// unwinds nothing that waits for peers (NCCL's finalize would wait for ranks already in their
+// first collective); every rank learns the verdict and raises it.
+//  * A fresh run where a run's checkpoints are would prune and replace them and restart its
+//    metrics: refused, with nothing written.
+//  * One job per run directory, for the whole run (model/run_dir_lock.h).
+//  * The checkpoint directory is created and written to once, so that a file in its way or a
+//    missing permission shows now, not at the first save.
+std::optional<RunDirLock> claim_run_dir(const TrainConfig& cfg, bool resume) {
+  std::optional<RunDirLock> lock;
+  std::string error;
+  std::optional<Error> root_error;
+  if (MpiEnv::world_rank() == 0) {
+    try {
+      const std::string checkpoints = (fs::path(cfg.run_dir) / "checkpoints").string();
+      if (!resume)
+        if (const auto latest = find_latest_checkpoint(checkpoints))
+          RA_FAIL(
+              "run_dir '{}' already holds a run's checkpoints (the latest: {}); add --resume to "
+              "continue it, or set another run_dir to start a new run (nothing was changed)",
+              cfg.run_dir, *latest);
+      lock.emplace(cfg.run_dir);
+      prepare_checkpoints_dir(checkpoints, "run_dir");
+    } catch (const Error& e) {
+      lock.reset();
+      error = e.what();
+      root_error = e;
+    }
+  }
+  int n = int(error.size());
+  MPI_CHECK(MPI_Bcast(&n, 1, MPI_INT, 0, MPI_COMM_WORLD));
+  error.resize(size_t(n));
+  if (n > 0) MPI_CHECK(MPI_Bcast(error.data(), n, MPI_CHAR, 0, MPI_COMM_WORLD));
+  if (root_error) throw *root_error;
+  RA_CHECK(error.empty(), "{}", error);
+  return lock;
+}
+
 int run_train(const TrainArgs& a) {
   // From here on SIGTERM / SIGUSR1 mean "checkpoint after this step and exit 0".
   install_stop_signals();
   Setup s = resolve(a.file, a.sets, a.init_from);
+  const std::optional<RunDirLock> lock = claim_run_dir(s.cfg, a.resume);
   // A dead or stopped rank ends the job after comm.timeout_s instead of hanging it.
   const WatchdogArm watchdog(s.cfg.comm.timeout_s);
   Mesh mesh(s.shape, MPI_COMM_WORLD, s.cfg.comm.transport);
@@ -93,18 +133,6 @@ int run_train(const TrainArgs& a) {
   opt.config_json = s.json.dump();
   opt.peak_flops = peak;
   Trainer trainer(s.cfg, mesh, opt);
-  // One job per run directory, for the whole run (rank 0 holds the lock; its error ends the job).
-  std::optional<RunDirLock> lock;
-  if (mesh.world_rank() == 0) lock.emplace(s.cfg.run_dir);
-  // A fresh run would prune, replace and start the metrics of the run already there: it is
-  // refused before anything is written (rank 0 decides; its error ends the job).
-  if (!a.resume && mesh.world_rank() == 0)
-    if (const auto latest = find_latest_checkpoint(trainer.checkpoints_dir()))
-      RA_FAIL(
-          "run_dir '{}' already holds a run's checkpoints (the latest: {}); add --resume to "
-          "continue it, or set another run_dir to start a new run (nothing was changed)",
-          s.cfg.run_dir, *latest);
-  if (mesh.world_rank() == 0) prepare_checkpoints_dir(trainer.checkpoints_dir(), "run_dir");
 
   log::info("config:\n{}", s.json.dump());
   log::info("mesh: {}", mesh.describe());

@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 #include <new>
 
 #include "apps/commands.h"
@@ -26,6 +27,15 @@ std::string version_text() {
 
 int main(int argc, char** argv) {
   using namespace ringattn;
+  // NCCL (2.22 and later) sets up a collective's connections when it first runs
+  // (NCCL_RUNTIME_CONNECT=1) and allocates their buffers then, with cudaMalloc, outside the
+  // compute stream's memory pool. In training that is after the first backward's peak, which the
+  // pool keeps for reuse (core/cuda/cuda_backend.cu): the dp group's first all-reduce, for one,
+  // would find the GPU full. Connecting as each communicator is created takes that memory before
+  // the pool grows (send/receive, the ring's, still connect at their first use, in the first
+  // forward). Set before MPI or any thread starts (setenv beside threads that read the
+  // environment is unsafe; NCCL reads it once); a value the user set is kept.
+  ::setenv("NCCL_RUNTIME_CONNECT", "0", /*overwrite=*/0);
   MpiEnv mpi(&argc, &argv);
   CLI::App app{"ringattn: exact long-context attention and training with Ring Attention"};
   app.require_subcommand(0, 1);
@@ -79,9 +89,9 @@ int main(int argc, char** argv) {
     // Host memory outside the allocator's count (a container, a library), or a limit (ulimit -v,
     // a cgroup) below what the allocator's own check allows.
     log::rank_error(
-        "out of host memory (std::bad_alloc): this process may not allocate what the run needs; "
-        "lower train.batch_size, train.seq_len or the model's size, use more ranks, or raise the "
-        "process's memory limit");
+        "out of host memory (std::bad_alloc): this process may not allocate what the command "
+        "needs; lower the sizes it works on (batch, sequence length, model), use more ranks, or "
+        "raise the process's memory limit");
     if (MpiEnv::world_size() > 1) MpiEnv::abort(1);
     return 1;
   } catch (const std::exception& e) {

@@ -239,13 +239,17 @@ uint64_t unsigned_value(const std::string& path, const std::string& name, const 
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
   SafetensorsFile f;
   f.path_ = path;
-  // O_NONBLOCK: a FIFO would otherwise wait for a writer for ever (no effect on a regular file).
+  // O_NONBLOCK: a FIFO would otherwise wait for a writer for ever (cleared below for a regular
+  // file).
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) ST_FAIL(path, "cannot open: {}", errno_str(errno));
   f.fd_ = std::make_shared<Fd>(fd);
   struct stat st {};
   if (::fstat(fd, &st) != 0) ST_FAIL(path, "cannot stat: {}", errno_str(errno));
   if (!S_ISREG(st.st_mode)) ST_FAIL(path, "not a regular file");
+  // Blocking again (some network file systems honour O_NONBLOCK on regular files).
+  if (const int flags = ::fcntl(fd, F_GETFL); flags >= 0)
+    (void)::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
   const uint64_t file_size = uint64_t(st.st_size);
   if (file_size < 8)
     ST_FAIL(path, "file is {} bytes, shorter than the 8-byte header length", file_size);

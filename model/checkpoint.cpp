@@ -355,14 +355,16 @@ void prepare_checkpoints_dir(const std::string& checkpoints_dir, const std::stri
   RA_CHECK(!ec && fs::is_directory(dir), "{}: cannot create the checkpoint directory '{}': {}", key,
            dir.string(), ec ? ec.message() : "a file of that name is in the way");
   const fs::path probe = dir / fmt::format(".write_test.{}", ::getpid());
-  {
-    std::ofstream f(probe);
-    f << "ringattn\n";
-    f.flush();
-    RA_CHECK(f.good(), "{}: cannot write in the checkpoint directory '{}' ({})", key, dir.string(),
-             std::strerror(errno));
-  }
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  RA_CHECK(fd >= 0, "{}: cannot write in the checkpoint directory '{}': {}", key, dir.string(),
+           std::strerror(errno));
+  const char text[] = "ringattn\n";
+  const bool wrote = ::write(fd, text, sizeof(text) - 1) == ssize_t(sizeof(text) - 1);
+  const int err = errno;
+  ::close(fd);
   fs::remove(probe, ec);
+  RA_CHECK(wrote, "{}: cannot write in the checkpoint directory '{}': {}", key, dir.string(),
+           std::strerror(err));
 }
 
 std::optional<std::string> find_latest_checkpoint(const std::string& checkpoints_dir) {

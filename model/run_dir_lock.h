@@ -3,7 +3,9 @@
 // started twice) would otherwise remove the first one's save in progress as "left by an
 // interrupted save" and interleave their checkpoints. flock(2) on <run_dir>/.lock: the kernel
 // releases it when the process ends, however it ends (SIGKILL, a crash), so a stale lock cannot
-// block a resume.
+// block a resume. Where the file system has no flock (Lustre mounted noflock, NFS without a lock
+// manager) the run goes on unprotected, with a warning; where its flock is node-local (NFS with
+// local_lock=flock, Lustre localflock) it protects against jobs on the same node only.
 #pragma once
 
 #include <string>
@@ -16,8 +18,10 @@ class RunDirLock {
   // (pid and host, as it wrote them) when another one does.
   explicit RunDirLock(const std::string& run_dir);
   ~RunDirLock();
+  RunDirLock(RunDirLock&& other) noexcept;
   RunDirLock(const RunDirLock&) = delete;
   RunDirLock& operator=(const RunDirLock&) = delete;
+  RunDirLock& operator=(RunDirLock&&) = delete;
 
  private:
   int fd_ = -1;

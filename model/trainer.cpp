@@ -188,6 +188,7 @@ std::string Trainer::device_memory_warning() const {
   Backend& be = *opt_.backend;
   const size_t total = be.device_memory_total();
   if (total == 0) return {};
+  be.allocator().release_cached();  // the pool's cached free blocks are not "used"
   const size_t used = be.device_memory_used();
   // What the allocator holds now (the model's shards) is part of the plan and of `used`.
   const size_t available = total - std::min(total, used) + be.allocator().live_bytes();

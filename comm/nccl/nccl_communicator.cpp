@@ -47,7 +47,6 @@
 #include <mpi.h>
 
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -285,22 +284,9 @@ StreamHandle communication_stream(int device) {
   return s;
 }
 
-// NCCL (2.22 and later) connects peers when an operation first needs them (NCCL_RUNTIME_CONNECT=1)
-// and allocates the connections' buffers then, with cudaMalloc, outside the compute stream's
-// memory pool. In training that is after the first backward's peak, which the pool keeps for
-// reuse (core/cuda/cuda_backend.cu): the dp group's first all-reduce, for one, would find the GPU
-// full. Connecting while each communicator is created takes that memory before the pool grows.
-// Set before the process's first NCCL call (NCCL reads its variables once); a value the user set
-// is kept.
-void connect_at_init() {
-  static std::once_flag once;
-  std::call_once(once, [] { ::setenv("NCCL_RUNTIME_CONNECT", "0", /*overwrite=*/0); });
-}
-
 class NcclCommunicator final : public Communicator {
  public:
   explicit NcclCommunicator(MPI_Comm comm) {
-    connect_at_init();
     MPI_CHECK(MPI_Comm_rank(comm, &rank_));
     MPI_CHECK(MPI_Comm_size(comm, &size_));
     world_ = world_ranks_of(comm);

@@ -63,9 +63,14 @@ class CudaAllocator final : public Allocator {
     CUDA_CHECK(cudaSetDevice(device_));  // the caller may be a helper thread
     void* p = try_allocate(bytes);
     if (!p) {
-      CUDA_CHECK(cudaDeviceSynchronize());
-      CUDA_CHECK(cudaMemPoolTrimTo(pool_, 0));
+      release_cached();
       p = try_allocate(bytes);
+      // Said once: a run that only fits this way waits for the device at its peaks.
+      if (p && !retry_said_.exchange(true))
+        log::rank_warn(
+            "cuda:{}: a request of {} was met only after waiting for the device and trimming the "
+            "memory pool: this run is close to the GPU's memory (further such waits not logged)",
+            device_, format_bytes(bytes));
     }
     return p;  // null: the allocator raises "out of memory", naming the request
   }
@@ -97,6 +102,13 @@ class CudaAllocator final : public Allocator {
   }
 
  public:
+  // The pool's unused blocks back to the driver, once the device is idle (so that memory freed in
+  // stream order is free).
+  void release_cached() override {
+    CUDA_CHECK(cudaSetDevice(device_));
+    CUDA_CHECK(cudaDeviceSynchronize());
+    CUDA_CHECK(cudaMemPoolTrimTo(pool_, 0));
+  }
   // The compute stream allocations are ordered on, and the pool kept from shrinking.
   void attach(cudaStream_t stream) {
     stream_ = stream;
@@ -129,6 +141,7 @@ class CudaAllocator final : public Allocator {
   cudaStream_t stream_ = nullptr;
   cudaMemPool_t pool_ = nullptr;
   std::atomic<bool> free_failed_{false};
+  std::atomic<bool> retry_said_{false};
 };
 
 class CudaBackend final : public Backend {

@@ -15,9 +15,9 @@ namespace ringattn {
 
 namespace {
 
-// Opens `path` read-only as a regular file; errors say which kind of file and why. O_NONBLOCK:
-// opening a FIFO (a named pipe given by mistake) would otherwise wait for a writer for ever; it
-// changes nothing for a regular file.
+// Opens `path` read-only as a regular file; errors say which kind of file and why. Opened with
+// O_NONBLOCK: opening a FIFO (a named pipe given by mistake) would otherwise wait for a writer
+// for ever; the flag is cleared once the file is known to be regular.
 int open_regular(const std::string& kind, const std::string& path, int64_t* size) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   RA_CHECK(fd >= 0, "{} '{}': cannot open: {}", kind, path, std::strerror(errno));
@@ -31,6 +31,10 @@ int open_regular(const std::string& kind, const std::string& path, int64_t* size
             : S_ISDIR(st.st_mode) ? std::string("is a directory, not a file")
                                   : std::string("not a regular file"));
   }
+  // Blocking again: some network and FUSE file systems honour O_NONBLOCK on regular files, and
+  // the reads below retry EINTR only.
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags >= 0) (void)::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
   *size = int64_t(st.st_size);
   return fd;
 }

@@ -61,8 +61,11 @@ expect_error "an error prints at log_level = off" "token file '$tmp/none.ratoken
 
 expect_error "an empty run_dir" "run_dir is empty: set it to the directory" train1 --set run_dir=
 touch "$tmp/afile"
-expect_error "a file where run_dir/checkpoints goes" "run_dir: cannot create the checkpoint directory '$tmp/afile/checkpoints'" \
+expect_error "a file as run_dir" "run_dir: cannot create the run directory '$tmp/afile'" \
   train1 --set run_dir="$tmp/afile"
+mkdir -p "$tmp/rd" && touch "$tmp/rd/checkpoints"
+expect_error "a file where run_dir/checkpoints goes" "run_dir: cannot create the checkpoint directory '$tmp/rd/checkpoints'" \
+  train1 --set run_dir="$tmp/rd"
 
 # --- Mesh, sequence split, memory ------------------------------------------------------------------
 expect_error "mesh does not match the world size" "mesh dp=1 fsdp=1 sp=2 tp=1 needs 2 ranks but the job has 3" \
@@ -90,7 +93,7 @@ tokfile() {
 }
 tokfile "$tmp/good.ratokens" 4000
 tok=(--set data.source=tokens)
-expect_ok_tokens=$(train1 "${tok[@]}" --set data.token_file="$tmp/good.ratokens" 2>&1) &&
+expect_ok_tokens=$(train1 "${tok[@]}" --set data.token_file="$tmp/good.ratokens" --set run_dir="$tmp/tokrun" 2>&1) &&
   pass "a valid token file trains" || fail "a valid token file trains: $(tail -3 <<<"$expect_ok_tokens")"
 expect_error "missing token file" "token file '$tmp/none.ratokens': cannot open: No such file or directory" \
   train1 "${tok[@]}" --set data.token_file="$tmp/none.ratokens"

@@ -67,6 +67,22 @@ train 2 "$run" --resume >"$tmp/resume.log" 2>&1 && pass "resume after stop" || f
 check "resume after stop: weights == uninterrupted (bitwise)" same_weights "$run"
 check "resume after stop: losses == uninterrupted" same_losses "$run"
 
+# A second job on a run directory while a job trains there is refused, naming the holder; the
+# first one goes on (then stops at SIGUSR1, slow steps so that it is still running meanwhile).
+run=$tmp/locked
+RINGATTN_DEBUG_FAULTS=step_sleep_ms=400 mpirun -np 2 "$bin" train "${base[@]}" --set run_dir="$run" \
+  >"$tmp/locked.log" 2>&1 &
+mp=$!
+bg_pids="$bg_pids $mp"
+wait_lines "$run/metrics.jsonl" 1
+out=$(train 2 "$run" --resume 2>&1)
+[ $? -ne 0 ] && grep -q "run_dir '$run' is in use by another training job (pid [0-9]* on " <<<"$out" &&
+  pass "a second job on a run_dir in use is refused" ||
+  fail "a second job on a run_dir in use: $(tail -3 <<<"$out")"
+kill -USR1 $mp
+wait $mp
+check "... and the first job goes on to its stop, exit 0" [ $? -eq 0 ]
+
 # Real signals while training runs (slow steps so the signal lands mid-run): SIGTERM to one rank
 # process, SIGUSR1 to mpirun (which forwards it to every rank).
 for sig in TERM USR1; do
@@ -77,13 +93,6 @@ for sig in TERM USR1; do
   mp=$!
   bg_pids="$bg_pids $mp"
   wait_lines "$run/metrics.jsonl" 2
-  if [ $sig = TERM ]; then
-    # A second job on the run directory while this one trains is refused, naming the holder.
-    out=$(train 2 "$run" --resume 2>&1)
-    [ $? -ne 0 ] && grep -q "run_dir '$run' is in use by another training job (pid [0-9]* on " <<<"$out" &&
-      pass "a second job on a run_dir in use is refused" ||
-      fail "a second job on a run_dir in use: $(tail -3 <<<"$out")"
-  fi
   if [ $sig = TERM ]; then kill -TERM "$(ranks_of $mp | tail -1)"; else kill -USR1 $mp; fi
   wait $mp
   rc=$?
