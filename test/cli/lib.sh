@@ -25,33 +25,28 @@ expect_ok() {
   if out=$("$@" 2>&1); then pass "$name"; else fail "$name: $(tail -5 <<<"$out")"; fi
 }
 
-# expect_error NAME PATTERN CMD...: the command must exit non-zero and print PATTERN.
-expect_error() {
-  local name=$1 pattern=$2
-  shift 2
+# expect_status NAME ok|error PATTERN CMD...: the command must succeed (ok) or fail (error), and
+# print PATTERN.
+expect_status() {
+  local name=$1 want=$2 pattern=$3
+  shift 3
   local out rc
   out=$("$@" 2>&1)
   rc=$?
-  if [ $rc -ne 0 ] && grep -q -- "$pattern" <<<"$out"; then
-    pass "$name"
-  else
-    fail "$name (exit $rc, expected /$pattern/): $(tail -3 <<<"$out")"
+  if { [ "$want" = ok ] && [ $rc -eq 0 ]; } || { [ "$want" = error ] && [ $rc -ne 0 ]; }; then
+    if grep -q -- "$pattern" <<<"$out"; then
+      pass "$name"
+      return
+    fi
   fi
+  fail "$name (exit $rc, expected /$pattern/): $(tail -3 <<<"$out")"
 }
 
+# expect_error NAME PATTERN CMD...: the command must exit non-zero and print PATTERN.
+expect_error() { expect_status "$1" error "$2" "${@:3}"; }
+
 # expect_output NAME PATTERN CMD...: the command must succeed and print PATTERN (a warning, say).
-expect_output() {
-  local name=$1 pattern=$2
-  shift 2
-  local out rc
-  out=$("$@" 2>&1)
-  rc=$?
-  if [ $rc -eq 0 ] && grep -q -- "$pattern" <<<"$out"; then
-    pass "$name"
-  else
-    fail "$name (exit $rc, expected /$pattern/): $(tail -3 <<<"$out")"
-  fi
-}
+expect_output() { expect_status "$1" ok "$2" "${@:3}"; }
 
 cli_summary() {
   echo "$passes passed, $failures failed"
