@@ -267,8 +267,9 @@ ConfigSchema make_schema() {
 
   s.add_float("comm.timeout_s", d.comm.timeout_s,
               "Seconds without progress before a collective is declared hung (names the rank "
-              "and operation, then exits non-zero).")
-      .above(0);
+              "and operation, then exits non-zero); at least 1 (a healthy job's steps and "
+              "startup take longer than less).")
+      .at_least(1);
   s.add_enum("comm.transport", std::string(transport_name(d.comm.transport)),
              names(kTransports, transport_name), "`mpi` (host memory) or `nccl` (GPU builds).");
   return s;
