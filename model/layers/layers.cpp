@@ -360,7 +360,13 @@ void LmHead::logits(const Weights& w, const float* x, int64_t n, float* logits) 
   Tensor inv = activation(be_, {n}, "final norm inv_rms");
   Tensor xn = activation(be_, {n, d_.hidden}, "final norm output");
   norm_.forward(be_, w.norm, x, n, xn.data<float>(), inv.data<float>());
-  head_.forward(be_, w.head, xn.data<float>(), n, logits);
+  // loss_chunk rows per GEMM, as the loss runs: one GEMM's output then stays far below 2^31
+  // elements (cuBLAS's int sizes), which all the logits pass at long sequences and large
+  // vocabularies (32K tokens x 128K entries is 4.2e9).
+  const int64_t c = loss_chunk_ > 0 ? std::min(loss_chunk_, n) : n;
+  for (int64_t r0 = 0; r0 < n; r0 += c)
+    head_.forward(be_, w.head, xn.data<float>() + r0 * d_.hidden, std::min(c, n - r0),
+                  logits + r0 * d_.vocab);
 }
 
 LossStats LmHead::run(const Weights& w, const Grads* g, const float* x, const int32_t* targets,

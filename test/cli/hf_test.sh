@@ -22,6 +22,10 @@ compare() {  # compare NAME OUT TOLERANCE: OUT's tensors (logits, loss) against 
 expect_ok "forward vanilla np=1" "$bin" forward --init-from "$fix" --tokens "$ref" \
   --output "$tmp/van.safetensors" --impl vanilla
 compare "forward vanilla np=1 == transformers" "$tmp/van.safetensors" 1e-4
+# The logits in GEMMs of model.loss_chunk rows (7: the last chunk shorter).
+expect_ok "forward, logits 7 rows at a time" "$bin" forward --init-from "$fix" --tokens "$ref" \
+  --output "$tmp/chunked.safetensors" --impl vanilla --set model.loss_chunk=7
+compare "forward, logits 7 rows at a time == transformers" "$tmp/chunked.safetensors" 1e-4
 for np in 2 4; do
   expect_ok "forward blockwise np=$np" mpirun -np $np "$bin" forward --init-from "$fix" \
     --tokens "$ref" --output "$tmp/bw.safetensors" --impl blockwise --set attention.q_chunk=8 \
