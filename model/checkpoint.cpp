@@ -433,6 +433,41 @@ CheckpointState load_checkpoint(const std::string& dir, Transformer& model, Mesh
   return state_from_json(j, dir);
 }
 
+std::vector<std::string> config_changes(const std::string& dir, const std::string& config_json) {
+  std::vector<std::string> out;
+  if (config_json.empty()) return out;
+  const nlohmann::json state = read_state(dir);
+  const auto saved = state.find("config");
+  if (saved == state.end() || !saved->is_object()) return out;
+  const nlohmann::json now = nlohmann::json::parse(config_json);
+  // Keys (or sections, by prefix) that do not change what is trained.
+  static const char* const kIgnored[] = {
+      "run_dir", "log_level", "memory_limit_gb", "peak_tflops",        "checkpoint.",
+      "eval.",   "comm.",     "train.steps",     "train.warmup_steps", "train.log_every"};
+  const auto ignored = [](const std::string& key) {
+    for (const char* k : kIgnored) {
+      const std::string_view p(k);
+      if (p.back() == '.' ? key.rfind(p, 0) == 0 : key == p) return true;
+    }
+    return false;
+  };
+  const nlohmann::json a = saved->flatten(), b = now.flatten();  // "/train/seq_len" -> value
+  auto dotted = [](std::string pointer) {
+    std::replace(pointer.begin(), pointer.end(), '/', '.');
+    return pointer.substr(1);
+  };
+  for (const auto& [pointer, value] : b.items()) {
+    const std::string key = dotted(pointer);
+    if (ignored(key)) continue;
+    const auto old = a.find(pointer);
+    if (old == a.end())
+      out.push_back(fmt::format("{}: (not set) -> {}", key, value.dump()));
+    else if (*old != value)
+      out.push_back(fmt::format("{}: {} -> {}", key, old->dump(), value.dump()));
+  }
+  return out;
+}
+
 CheckpointState load_checkpoint_weights(const std::string& dir, Transformer& model) {
   const nlohmann::json j = read_state(dir);
   check_model(j, dir, model.dims());

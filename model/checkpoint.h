@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "comm/mesh.h"
 #include "model/transformer.h"
@@ -65,6 +66,13 @@ std::optional<std::string> find_latest_checkpoint(const std::string& checkpoints
 // same Error on every rank when the checkpoint's world size or mesh differ from `mesh`, or when
 // any rank's file fails its checksum (the message names the file). Collective over the world.
 CheckpointState load_checkpoint(const std::string& dir, Transformer& model, Mesh& mesh);
+
+// The config keys whose values differ between the run that wrote checkpoint `dir` (state.json's
+// config) and `config_json` (this run's resolved config), as "key: old -> new", leaving out those
+// that do not change what is trained (run_dir, logging, limits, checkpoint and eval cadence,
+// communication, train.steps and warmup_steps, which Trainer::load reports itself). Empty when
+// either config is missing. Not collective.
+std::vector<std::string> config_changes(const std::string& dir, const std::string& config_json);
 
 // Loads only the full weights (model.safetensors) into `model`, whatever mesh wrote them: what
 // eval uses. Checks the file's checksum against state.json. Not collective.

@@ -170,5 +170,8 @@ expect_error "export over a checkpoint, even with --overwrite" "is a training ch
 out=$("$bin" export --checkpoint "$tmp/run" --to "$tmp/base" --overwrite 2>&1) &&
   [ ! -e "$tmp/base/model-00001-of-00002.safetensors" ] && [ -f "$tmp/base/model.safetensors" ] &&
   pass "export --overwrite replaces the weight files" || fail "export --overwrite: $(tail -3 <<<"$out")"
+expect_output "a resume with another config says what changed" \
+  "differs from the one it was trained with: attention.layout: \"zigzag\" -> \"striped\"" \
+  train2 --set train.steps=3 --set attention.layout=striped --resume
 
 cli_summary
