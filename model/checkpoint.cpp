@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -146,6 +147,7 @@ CheckpointState state_from_json(const nlohmann::json& j, const std::string& dir)
     s.seed = j.at("seed").get<uint64_t>();
     s.train_steps = j.value("train_steps", int64_t(0));
     s.warmup_steps = j.value("warmup_steps", int64_t(0));
+    if (const auto c = j.find("config"); c != j.end() && c->is_object()) s.config_json = c->dump();
     return s;
   } catch (const nlohmann::json::exception& e) {
     RA_FAIL("checkpoint file '{}' lacks a field or has one of the wrong type: {}",
@@ -209,15 +211,15 @@ void check_model(const nlohmann::json& state, const std::string& dir, const Mode
         {"num_kv_heads", kv > 0 ? kv : heads, now.kv_heads},
         {"head_dim", hd > 0 ? hd : (heads > 0 ? hidden / heads : 0), now.head_dim},
         {"tie_embeddings", m.at("tie_embeddings").get<bool>() ? 1 : 0, now.tie_embeddings ? 1 : 0}};
+    // As the config writes it: tie_embeddings is a bool there.
+    const auto shown = [](std::string_view key, int64_t v) {
+      return key == "tie_embeddings" ? std::string(v ? "true" : "false") : std::to_string(v);
+    };
     for (const auto& k : shape)
       RA_CHECK(k.saved == k.now,
                "checkpoint '{}' holds a model with model.{} = {}, but this config has {}; use the "
                "model it was trained as (its state.json records it)",
-               dir, k.key,
-               k.key == std::string("tie_embeddings") ? (k.saved ? "true" : "false")
-                                                      : std::to_string(k.saved),
-               k.key == std::string("tie_embeddings") ? (k.now ? "true" : "false")
-                                                      : std::to_string(k.now));
+               dir, k.key, shown(k.key, k.saved), shown(k.key, k.now));
     const struct {
       const char* key;
       double saved;
@@ -433,13 +435,9 @@ CheckpointState load_checkpoint(const std::string& dir, Transformer& model, Mesh
   return state_from_json(j, dir);
 }
 
-std::vector<std::string> config_changes(const std::string& dir, const std::string& config_json) {
+std::vector<std::string> config_changes(const std::string& saved, const std::string& now) {
   std::vector<std::string> out;
-  if (config_json.empty()) return out;
-  const nlohmann::json state = read_state(dir);
-  const auto saved = state.find("config");
-  if (saved == state.end() || !saved->is_object()) return out;
-  const nlohmann::json now = nlohmann::json::parse(config_json);
+  if (saved.empty() || now.empty()) return out;
   // Keys (or sections, by prefix) that do not change what is trained.
   static const char* const kIgnored[] = {
       "run_dir", "log_level", "memory_limit_gb", "peak_tflops",        "checkpoint.",
@@ -451,7 +449,9 @@ std::vector<std::string> config_changes(const std::string& dir, const std::strin
     }
     return false;
   };
-  const nlohmann::json a = saved->flatten(), b = now.flatten();  // "/train/seq_len" -> value
+  // "/train/seq_len" -> value
+  const nlohmann::json a = nlohmann::json::parse(saved).flatten();
+  const nlohmann::json b = nlohmann::json::parse(now).flatten();
   auto dotted = [](std::string pointer) {
     std::replace(pointer.begin(), pointer.end(), '/', '.');
     return pointer.substr(1);

@@ -40,6 +40,8 @@ struct CheckpointState {
   // train.steps and train.warmup_steps of the run that wrote it: the learning-rate schedule
   // depends on both, so a resume that changes them does not continue the same curve.
   int64_t train_steps = 0, warmup_steps = 0;
+  // The resolved config of the run that wrote it, as JSON text ("" when it recorded none).
+  std::string config_json;
 };
 
 // FNV-1a 64 of a whole file, as 16 hex digits (an Error naming the file when unreadable).
@@ -67,12 +69,12 @@ std::optional<std::string> find_latest_checkpoint(const std::string& checkpoints
 // any rank's file fails its checksum (the message names the file). Collective over the world.
 CheckpointState load_checkpoint(const std::string& dir, Transformer& model, Mesh& mesh);
 
-// The config keys whose values differ between the run that wrote checkpoint `dir` (state.json's
-// config) and `config_json` (this run's resolved config), as "key: old -> new", leaving out those
-// that do not change what is trained (run_dir, logging, limits, checkpoint and eval cadence,
-// communication, train.steps and warmup_steps, which Trainer::load reports itself). Empty when
-// either config is missing. Not collective.
-std::vector<std::string> config_changes(const std::string& dir, const std::string& config_json);
+// The config keys whose values differ between `saved` (CheckpointState::config_json, the run
+// that wrote a checkpoint) and `now` (this run's resolved config), as "key: old -> new", leaving
+// out those that do not change what is trained (run_dir, logging, limits, checkpoint and eval
+// cadence, communication, train.steps and warmup_steps, which Trainer::load reports itself).
+// Empty when either is "".
+std::vector<std::string> config_changes(const std::string& saved, const std::string& now);
 
 // Loads only the full weights (model.safetensors) into `model`, whatever mesh wrote them: what
 // eval uses. Checks the file's checksum against state.json. Not collective.

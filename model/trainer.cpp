@@ -431,7 +431,7 @@ void Trainer::load(const std::string& dir) {
         dir, s.train_steps, s.warmup_steps, cfg_.train.steps, cfg_.train.warmup_steps);
   // Other changes may be meant (a longer context, new data) or not: each is said.
   if (mesh_.world_rank() == 0)
-    if (const auto changed = config_changes(dir, opt_.config_json); !changed.empty())
+    if (const auto changed = config_changes(s.config_json, opt_.config_json); !changed.empty())
       log::warn("resuming {} with a config that differs from the one it was trained with: {}", dir,
                 fmt::join(changed, "; "));
   state_.step = s.step;
