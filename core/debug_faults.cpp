@@ -18,6 +18,8 @@ constexpr const char* kKeys[] = {"nan_grad_step",
                                  "stop_rank",
                                  "checkpoint_crash_step",
                                  "step_sleep_ms",
+                                 "checkpoint_free_kib",
+                                 "checkpoint_write_fail_rank",
                                  "fsdp_communicate_alone",
                                  "sim_fault_launch",
                                  "sim_fault_rank"};

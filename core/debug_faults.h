@@ -12,6 +12,10 @@
 //   checkpoint_crash_step=S while saving the checkpoint of step S, rank 0 kills itself
 //                           (SIGKILL) after writing model.safetensors into the temporary
 //                           directory: a writer that dies mid-save
+//   checkpoint_free_kib=K   a checkpoint save sees K KiB free where checkpoints go (its check
+//                           for room before writing, and the warning before the first step)
+//   checkpoint_write_fail_rank=R  rank R fails to write its optimizer file in every checkpoint
+//                           save, as a write error (a full disk, an I/O error) would
 //   step_sleep_ms=N         every training step sleeps N ms first (slow steps, so that a test
 //                           can signal, kill or stop a rank while training is under way)
 //   fsdp_communicate_alone=1  an FSDP group of one runs its gathers and reduce-scatters

@@ -15,10 +15,13 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <csignal>
 
+#include "comm/agreed_error.h"
+#include "core/allocator.h"
 #include "core/debug_faults.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -252,31 +255,126 @@ std::string file_checksum(const std::string& path) {
   return fmt::format("{:016x}", h);
 }
 
+namespace {
+
+// Bytes this process may still write on the file system of `dir` (root may use the blocks the
+// file system reserves for it); none when it cannot be asked. Test-only fault: the debug fault
+// checkpoint_free_kib sets the answer.
+std::optional<uint64_t> free_bytes(const fs::path& dir) {
+  if (const int64_t kib = debug_fault("checkpoint_free_kib"); kib >= 0) return uint64_t(kib) * 1024;
+  struct statvfs s {};
+  if (::statvfs(dir.c_str(), &s) != 0) return std::nullopt;
+  const uint64_t blocks = ::geteuid() == 0 ? s.f_bfree : s.f_bavail;
+  return uint64_t(blocks) * uint64_t(s.f_frsize);
+}
+
+// What this rank writes into a checkpoint: model.safetensors on rank 0 (the full weights), and
+// on every rank its optimizer file (parameter, m and v of its shards). Tensor data plus a
+// generous allowance for the safetensors headers.
+uint64_t bytes_written(const Transformer& model, bool root) {
+  uint64_t bytes = 0, tensors = 0;
+  for (const ModelUnit& u : model.units()) {
+    bytes += 3 * uint64_t(u.shard->layout().shard_numel) * sizeof(float);
+    tensors += 3;
+    if (root) {
+      bytes += uint64_t(u.layout.numel()) * sizeof(float);
+      tensors += u.layout.entries().size();
+    }
+  }
+  return bytes + tensors * 256 + 64 * 1024;  // + state.json and COMPLETE
+}
+
+// "the newest complete checkpoint, '<dir>', is kept" or that there is none.
+std::string newest_kept(const std::string& checkpoints_dir) {
+  const auto all = complete_checkpoints(checkpoints_dir);
+  if (all.empty()) return "there is no earlier complete checkpoint";
+  return fmt::format("the newest complete checkpoint, '{}', is kept", all.back().second.string());
+}
+
+std::string message_of(const std::exception& e) {
+  return e.what();  // the cause, without ringattn::Error's location (the caller adds context)
+}
+
+}  // namespace
+
+uint64_t checkpoint_bytes(const Transformer& model, const Mesh& mesh) {
+  // Rank 0's files plus every other rank's optimizer file (shards are padded to one size).
+  return bytes_written(model, true) + uint64_t(mesh.world_size() - 1) * bytes_written(model, false);
+}
+
+std::optional<uint64_t> checkpoint_free_bytes(const std::string& checkpoints_dir) {
+  return free_bytes(checkpoints_dir);
+}
+
 std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& model, Mesh& mesh,
                             const CheckpointState& state, const std::string& config_json,
                             int64_t keep_last) {
   Communicator& world = mesh.world();
-  const bool root = mesh.world_rank() == 0;
+  const int rank = mesh.world_rank();
+  const bool root = rank == 0;
   const fs::path final_dir = fs::path(checkpoints_dir) / fmt::format("step_{}", state.step);
   const fs::path tmp = fs::path(checkpoints_dir) / fmt::format("step_{}.tmp", state.step);
+  // A save that fails on any rank fails on all of them together (no rank is left in a
+  // collective), removes its partial directory (a full disk stays usable) and names what is
+  // kept: nothing published is touched before the new checkpoint is complete.
+  std::string error;
+  const auto fail_together = [&](const char* stage) {
+    const std::string what = fmt::format("checkpoint of step {} not saved", state.step);
+    const auto after = [&] {
+      return fmt::format("{}; make room or fix the directory, then continue with --resume",
+                         newest_kept(checkpoints_dir));
+    };
+    try {
+      raise_if_any_rank_failed(
+          world, error.empty() ? "" : fmt::format("{}: {}; {}", what, error, after()), [&](int r) {
+            return fmt::format("{}: rank {} failed while {} (its message says why); {}", what, r,
+                               stage, after());
+          });
+    } catch (...) {
+      // Every rank is past its writes: the partial directory can go.
+      std::error_code ec;
+      if (root) fs::remove_all(tmp, ec);
+      throw;
+    }
+  };
+
+  // 1. Leftovers of saves that were interrupted (never loaded: they lack the step_<N> name), then
+  //    room for this rank's files, checked before anything is written.
   if (root) {
-    // Leftovers of saves that were interrupted (never loaded: they lack the step_<N> name).
-    std::error_code ec;
-    for (const auto& e : fs::directory_iterator(checkpoints_dir, ec)) {
-      const std::string name = e.path().filename().string();
-      const auto ext = e.path().extension();
-      if (name.rfind("step_", 0) == 0 && (ext == ".tmp" || ext == ".old") && e.is_directory()) {
-        log::warn("removing '{}', left by an interrupted checkpoint {}", e.path().string(),
-                  ext == ".tmp" ? "save" : "removal");
-        fs::remove_all(e.path());
+    try {
+      std::error_code ec;
+      for (const auto& e : fs::directory_iterator(checkpoints_dir, ec)) {
+        const std::string name = e.path().filename().string();
+        const auto ext = e.path().extension();
+        if (name.rfind("step_", 0) == 0 && (ext == ".tmp" || ext == ".old") && e.is_directory()) {
+          log::warn("removing '{}', left by an interrupted checkpoint {}", e.path().string(),
+                    ext == ".tmp" ? "save" : "removal");
+          fs::remove_all(e.path());
+        }
+      }
+    } catch (const std::exception& e) {
+      error = message_of(e);
+    }
+  }
+  fail_together("removing an interrupted save");
+  {
+    const uint64_t need = bytes_written(model, root);
+    const std::optional<uint64_t> have = free_bytes(checkpoints_dir);
+    if (have && *have < need)
+      error = fmt::format("rank {} needs about {} in '{}', and the file system has {} free", rank,
+                          format_bytes(size_t(need)), checkpoints_dir, format_bytes(size_t(*have)));
+    if (root && error.empty()) {
+      try {
+        fs::create_directories(tmp);
+      } catch (const std::exception& e) {
+        error = message_of(e);
       }
     }
-    fs::create_directories(tmp);
   }
-  world.barrier();
+  fail_together("checking for room");
 
-  // Full weights, gathered one unit at a time (collective over fsdp x sp); only rank 0 keeps
-  // them, so the other ranks hold at most one unit's full copy at a time.
+  // 2. Full weights, gathered one unit at a time (collective over fsdp x sp); only rank 0 keeps
+  //    them, so the other ranks hold at most one unit's full copy at a time.
   {
     std::vector<std::pair<std::string, Tensor>> named;
     for (size_t u = 0; u < model.units().size(); ++u) {
@@ -284,7 +382,13 @@ std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& mod
       if (root)
         for (auto& p : part) named.push_back(std::move(p));
     }
-    if (root) save_safetensors((tmp / kModelFile).string(), named, {{"format", "pt"}});
+    if (root) {
+      try {
+        save_safetensors((tmp / kModelFile).string(), named, {{"format", "pt"}});
+      } catch (const std::exception& e) {
+        error = message_of(e);
+      }
+    }
   }
   // Test-only fault (core/debug_faults.h): the writer dies in the middle of the save.
   if (root && state.step == debug_fault("checkpoint_crash_step")) {
@@ -297,56 +401,77 @@ std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& mod
   }
 
   // This rank's shards, padding included, so loading is a plain copy back.
-  {
-    std::vector<std::pair<std::string, Tensor>> mine;
-    for (ModelUnit& unit : model.units()) {
-      FlatShard& s = *unit.shard;
-      AdamWState& opt = s.optimizer_state();
-      // Downloads when the shards live on a device (no copy on the CPU).
-      mine.emplace_back(unit.name + ".param", s.params().to_device(Device::CPU, "checkpoint"));
-      mine.emplace_back(unit.name + ".m", opt.m.to_device(Device::CPU, "checkpoint"));
-      mine.emplace_back(unit.name + ".v", opt.v.to_device(Device::CPU, "checkpoint"));
+  if (error.empty()) {
+    try {
+      std::vector<std::pair<std::string, Tensor>> mine;
+      for (ModelUnit& unit : model.units()) {
+        FlatShard& s = *unit.shard;
+        AdamWState& opt = s.optimizer_state();
+        // Downloads when the shards live on a device (no copy on the CPU).
+        mine.emplace_back(unit.name + ".param", s.params().to_device(Device::CPU, "checkpoint"));
+        mine.emplace_back(unit.name + ".m", opt.m.to_device(Device::CPU, "checkpoint"));
+        mine.emplace_back(unit.name + ".v", opt.v.to_device(Device::CPU, "checkpoint"));
+      }
+      const std::string path = (tmp / optim_file(rank)).string();
+      RA_CHECK(rank != debug_fault("checkpoint_write_fail_rank"),
+               "safetensors file '{}.tmp': write failed: injected by RINGATTN_DEBUG_FAULTS", path);
+      save_safetensors(path, mine);
+    } catch (const std::exception& e) {
+      error = message_of(e);
     }
-    save_safetensors((tmp / optim_file(mesh.world_rank())).string(), mine);
   }
-  world.barrier();
+  fail_together("writing its files");
 
+  // 3. Rank 0 describes and publishes it, then prunes.
   if (root) {
-    nlohmann::ordered_json j;
-    j["step"] = state.step;
-    j["updates"] = state.updates;
-    j["skipped"] = state.skipped;
-    j["data_position"] = state.step;  // batches are a pure function of the step
-    j["seed"] = state.seed;
-    j["train_steps"] = state.train_steps;
-    j["warmup_steps"] = state.warmup_steps;
-    const MeshShape& m = mesh.shape();
-    j["mesh"] = {{"dp", m.dp}, {"fsdp", m.fsdp}, {"sp", m.sp}, {"tp", m.tp}};
-    j["world_size"] = mesh.world_size();
-    j["config"] =
-        config_json.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json::parse(config_json);
-    std::vector<std::string> files{kModelFile};
-    for (int r = 0; r < mesh.world_size(); ++r) files.push_back(optim_file(r));
-    nlohmann::ordered_json fj = nlohmann::ordered_json::object();
-    for (const std::string& f : files) {
-      const fs::path p = tmp / f;
-      fj[f] = {{"bytes", fs::file_size(p)}, {"fnv1a64", file_checksum(p.string())}};
+    try {
+      nlohmann::ordered_json j;
+      j["step"] = state.step;
+      j["updates"] = state.updates;
+      j["skipped"] = state.skipped;
+      j["data_position"] = state.step;  // batches are a pure function of the step
+      j["seed"] = state.seed;
+      j["train_steps"] = state.train_steps;
+      j["warmup_steps"] = state.warmup_steps;
+      const MeshShape& m = mesh.shape();
+      j["mesh"] = {{"dp", m.dp}, {"fsdp", m.fsdp}, {"sp", m.sp}, {"tp", m.tp}};
+      j["world_size"] = mesh.world_size();
+      j["config"] = config_json.empty() ? nlohmann::ordered_json()
+                                        : nlohmann::ordered_json::parse(config_json);
+      std::vector<std::string> files{kModelFile};
+      for (int r = 0; r < mesh.world_size(); ++r) files.push_back(optim_file(r));
+      nlohmann::ordered_json fj = nlohmann::ordered_json::object();
+      for (const std::string& f : files) {
+        const fs::path p = tmp / f;
+        fj[f] = {{"bytes", fs::file_size(p)}, {"fnv1a64", file_checksum(p.string())}};
+      }
+      j["files"] = fj;
+      write_text(tmp / kStateFile, j.dump(2) + "\n");
+      // The marker last, and the directory synced, before the rename publishes it.
+      write_text(tmp / kCompleteFile, complete_text(tmp / kStateFile));
+      sync_path(tmp, true);
+      // A checkpoint of the same step from an earlier attempt.
+      if (fs::exists(final_dir)) discard_checkpoint(final_dir);
+      fs::rename(tmp, final_dir);
+      sync_path(checkpoints_dir, true);
+    } catch (const std::exception& e) {
+      error = message_of(e);
     }
-    j["files"] = fj;
-    write_text(tmp / kStateFile, j.dump(2) + "\n");
-    // The marker last, and the directory synced, before the rename publishes it.
-    write_text(tmp / kCompleteFile, complete_text(tmp / kStateFile));
-    sync_path(tmp, true);
-    // A checkpoint of the same step from an earlier attempt.
-    if (fs::exists(final_dir)) discard_checkpoint(final_dir);
-    fs::rename(tmp, final_dir);
-    sync_path(checkpoints_dir, true);
-    if (keep_last > 0) {
-      auto all = complete_checkpoints(checkpoints_dir);
-      for (size_t i = 0; i + size_t(keep_last) < all.size(); ++i) discard_checkpoint(all[i].second);
+    if (error.empty() && keep_last > 0) {
+      // Published: a failure to prune older checkpoints costs space, not this one.
+      try {
+        auto all = complete_checkpoints(checkpoints_dir);
+        for (size_t i = 0; i + size_t(keep_last) < all.size(); ++i)
+          discard_checkpoint(all[i].second);
+      } catch (const std::exception& e) {
+        log::warn(
+            "checkpoint of step {} saved, but older checkpoints were not all removed "
+            "(checkpoint.keep_last = {}): {}",
+            state.step, keep_last, message_of(e));
+      }
     }
   }
-  world.barrier();
+  fail_together("publishing it");
   return final_dir.string();
 }
 
@@ -373,6 +498,10 @@ std::optional<std::string> find_latest_checkpoint(const std::string& checkpoints
   auto all = complete_checkpoints(checkpoints_dir);
   if (all.empty()) return std::nullopt;
   return all.back().second.string();
+}
+
+size_t complete_checkpoint_count(const std::string& checkpoints_dir) {
+  return complete_checkpoints(checkpoints_dir).size();
 }
 
 CheckpointState load_checkpoint(const std::string& dir, Transformer& model, Mesh& mesh) {
@@ -424,14 +553,10 @@ CheckpointState load_checkpoint(const std::string& dir, Transformer& model, Mesh
   } catch (const std::exception& e) {
     error = e.what();
   }
-  const int n = mesh.world_size();
-  std::vector<int32_t> failed(size_t(n), 0);
-  const int32_t mine = error.empty() ? 0 : 1;
-  mesh.world().all_gather(&mine, failed.data(), 1, DType::I32);
-  if (!error.empty()) RA_FAIL("{}", error);
-  for (int r = 0; r < n; ++r)
-    RA_CHECK(!failed[size_t(r)], "checkpoint file '{}' could not be loaded (rank {} says why)",
-             (fs::path(dir) / optim_file(r)).string(), r);
+  raise_if_any_rank_failed(mesh.world(), error, [&](int r) {
+    return fmt::format("checkpoint file '{}' could not be loaded (rank {} says why)",
+                       (fs::path(dir) / optim_file(r)).string(), r);
+  });
   return state_from_json(j, dir);
 }
 

@@ -49,10 +49,19 @@ std::string file_checksum(const std::string& path);
 
 // Writes <checkpoints_dir>/step_<state.step>/ (see above) and keeps only the newest `keep_last`
 // complete checkpoints (0: all). `config_json` is the resolved config, stored as is (may be
-// empty). Collective over the mesh's world. Returns the directory.
+// empty). Collective over the mesh's world. Returns the directory. A failure on any rank (no
+// room, a write error) raises an Error on every rank, naming the newest complete checkpoint,
+// which is kept; the partial step_<N>.tmp is removed.
 std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& model, Mesh& mesh,
                             const CheckpointState& state, const std::string& config_json,
                             int64_t keep_last);
+
+// About how many bytes one checkpoint of `model` on `mesh` takes (all ranks' files), and the
+// bytes this process may still write where checkpoints go (none when the file system cannot
+// say). A save checks each rank's own files against the space left before writing anything, and
+// fails on every rank, with nothing published touched, when they do not fit.
+uint64_t checkpoint_bytes(const Transformer& model, const Mesh& mesh);
+std::optional<uint64_t> checkpoint_free_bytes(const std::string& checkpoints_dir);
 
 // Creates `checkpoints_dir` (and the run directory above it) and checks that a file can be
 // written there: a run learns before its first step, not at its first save hours in, that the
@@ -63,6 +72,9 @@ void prepare_checkpoints_dir(const std::string& checkpoints_dir, const std::stri
 // The newest step_<N> directory of `checkpoints_dir` that holds COMPLETE; none when the
 // directory is missing or holds no complete checkpoint.
 std::optional<std::string> find_latest_checkpoint(const std::string& checkpoints_dir);
+
+// How many step_<N> directories of `checkpoints_dir` hold COMPLETE (0 when it is missing).
+size_t complete_checkpoint_count(const std::string& checkpoints_dir);
 
 // Restores this rank's shards, optimizer state and the loop position from `dir`. Raises the
 // same Error on every rank when the checkpoint's world size or mesh differ from `mesh`, or when

@@ -7,6 +7,7 @@
 #include <bit>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -341,7 +342,41 @@ void Trainer::write_metrics(const StepMetrics& m, const std::vector<EvalResult>&
   const fs::path p = fs::path(cfg_.run_dir) / "metrics.jsonl";
   std::ofstream f(p, std::ios::app);
   RA_CHECK(f.good(), "cannot write '{}'", p.string());
+  if (metrics_failing_) f << "\n";  // after a torn line, so that this one stands alone
   f << j.dump() << "\n";
+  f.flush();
+  // A full disk loses this line, not the run (the checkpoint saves say so themselves); said once,
+  // and again once lines are written again. A torn line is skipped when a resume reads the file.
+  if (!f.good() && !metrics_failing_)
+    log::warn(
+        "could not append step {} to '{}' ({}); training goes on, but the metrics of the "
+        "steps until it can write again are not recorded there",
+        m.step, p.string(), std::strerror(errno));
+  else if (f.good() && metrics_failing_)
+    log::info("'{}' is written again, from step {}", p.string(), m.step);
+  metrics_failing_ = !f.good();
+}
+
+std::string Trainer::checkpoint_space_warning(int64_t last) const {
+  const int64_t every = cfg_.checkpoint.every, keep = cfg_.checkpoint.keep_last;
+  const int64_t remaining = last - state_.step;
+  if (remaining <= 0) return {};
+  // Saves still to come (every `every` steps and the last), of which at most keep_last + 1 exist
+  // at once: the newest keep_last and the one being written. Checkpoints already there count.
+  const int64_t saves =
+      every > 0 ? last / every - state_.step / every + (last % every != 0 ? 1 : 0) : 1;
+  const int64_t existing = int64_t(complete_checkpoint_count(checkpoints_dir()));
+  const int64_t at_once = keep > 0 ? std::min(saves + existing, keep + 1) : saves + existing;
+  const int64_t new_copies = std::max<int64_t>(1, at_once - existing);
+  const uint64_t one = checkpoint_bytes(*model_, mesh_);
+  const std::optional<uint64_t> free = checkpoint_free_bytes(checkpoints_dir());
+  if (!free || *free >= uint64_t(new_copies) * one) return {};
+  return fmt::format(
+      "'{}' has {} free, and this run will need about {} there ({} more checkpoint{} of about {}; "
+      "checkpoint.keep_last = {}): a save will probably fail for lack of space. Make room, lower "
+      "checkpoint.keep_last, or choose another run_dir",
+      checkpoints_dir(), format_bytes(size_t(*free)), format_bytes(size_t(new_copies * one)),
+      new_copies, new_copies == 1 ? "" : "s", format_bytes(size_t(one)), keep);
 }
 
 void Trainer::run(int64_t last) {
@@ -362,9 +397,27 @@ void Trainer::run(int64_t last) {
           keep.push_back(line);
       }
     }
-    std::ofstream out(p, std::ios::trunc);
-    for (const std::string& line : keep) out << line << "\n";
+    // Rewritten beside and renamed over, so that a full disk cannot leave the earlier steps'
+    // lines half written.
+    fs::path tmp = p;
+    tmp += ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      for (const std::string& line : keep) out << line << "\n";
+      out.flush();
+      if (!out.good()) {
+        const int err = errno;
+        out.close();
+        std::error_code ec;
+        fs::remove(tmp, ec);
+        RA_FAIL("cannot write '{}': {}; '{}' is left as it was", tmp.string(), std::strerror(err),
+                p.string());
+      }
+    }
+    fs::rename(tmp, p);
   }
+  if (mesh_.world_rank() == 0)
+    if (const std::string w = checkpoint_space_warning(last); !w.empty()) log::warn("{}", w);
   Progress progress(state_.step, last);
   while (state_.step < last) {
     const StepMetrics m = train_step();

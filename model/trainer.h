@@ -115,6 +115,9 @@ class Trainer {
   // device has free now ("" otherwise, and on the CPU). The constructor logs it (rank 0) rather
   // than refusing: other processes may end, and the plan may overestimate (up to 1.3x the peak).
   std::string device_memory_warning() const;
+  // Rank 0, before the first step: "" when the checkpoint directory has room for the saves of a
+  // run to step `last`, else what to do about it.
+  std::string checkpoint_space_warning(int64_t last) const;
   // True when run() returned early because a stop signal (SIGTERM, SIGUSR1; see
   // model/stop_signal.h) reached some rank: the checkpoint of step() was written.
   bool stopped() const { return stopped_; }
@@ -130,7 +133,8 @@ class Trainer {
   CheckpointState state_;
   int64_t last_saved_ = -1;
   bool stopped_ = false;
-  bool stop_agreed();  // collective: did any rank get a stop signal?
+  bool metrics_failing_ = false;  // the last append to metrics.jsonl failed (said once)
+  bool stop_agreed();             // collective: did any rank get a stop signal?
   std::vector<StepMetrics> history_;
 };
 

@@ -173,6 +173,40 @@ grep -q "resumed from $run/checkpoints/step_2 " <<<"$out" && pass "resume ignore
 check "the next save removed the partial checkpoint" [ ! -e "$run/checkpoints/step_4.tmp" ]
 check "resumed after the crash: weights == uninterrupted (bitwise)" same_weights "$run"
 
+# --- A full disk ---------------------------------------------------------------------------------
+# No room for the save of step 6 (RINGATTN_DEBUG_FAULTS=checkpoint_free_kib: what the file system
+# reports): warned before the first step, then refused before anything is written, on every rank
+# together; the checkpoint of step 4 and the metrics stay, and a resume with room is bit-exact.
+# (A real full tmpfs gives the same messages: docs/reliability.md.)
+run=$tmp/full
+RINGATTN_DEBUG_FAULTS=stop_step=4 train 2 "$run" >"$tmp/full.log" 2>&1
+check "full disk: a run stopped after step 4" [ -f "$run/checkpoints/step_4/COMPLETE" ]
+out=$(RINGATTN_DEBUG_FAULTS=checkpoint_free_kib=100 train 2 "$run" --resume 2>&1)
+rc=$?
+check "full disk: job fails" [ $rc -ne 0 ]
+check "full disk: warned before the first step" grep -q "'$run/checkpoints' has 100.0 KiB free, and this run will need about .* (2 more checkpoints of about .*): a save will probably fail for lack of space" <<<"$out"
+check "full disk: the error names the room needed and what is kept" grep -q "checkpoint of step 6 not saved: rank 0 needs about .* in '$run/checkpoints', and the file system has 100.0 KiB free; the newest complete checkpoint, '$run/checkpoints/step_4', is kept; make room or fix the directory, then continue with --resume" <<<"$out"
+check "full disk: nothing of step 6 is left" [ ! -e "$run/checkpoints/step_6" -a ! -e "$run/checkpoints/step_6.tmp" ]
+check "full disk: step 4 intact" [ -f "$run/checkpoints/step_4/COMPLETE" ]
+check "full disk: metrics up to step 6 kept" [ "$(lines "$run/metrics.jsonl")" -eq 6 ]
+out=$(train 2 "$run" --resume 2>&1)
+grep -q "resumed from $run/checkpoints/step_4 " <<<"$out" && pass "full disk: resumes once there is room" ||
+  fail "full disk: resume: $(tail -3 <<<"$out")"
+check "full disk: resumed: weights == uninterrupted (bitwise)" same_weights "$run"
+check "full disk: resumed: losses == uninterrupted" same_losses "$run"
+
+# A write that fails on rank 1 only (RINGATTN_DEBUG_FAULTS=checkpoint_write_fail_rank): every
+# rank fails together (none waits for the others until the watchdog), rank 1 says why, rank 0
+# points at it, the partial step_2.tmp is removed.
+run=$tmp/writefail
+out=$(RINGATTN_DEBUG_FAULTS=checkpoint_write_fail_rank=1 timeout 60 mpirun -np 2 "$bin" train "${base[@]}" \
+  --set run_dir="$run" --set comm.timeout_s=600 2>&1)
+rc=$?
+check "write error on one rank: job fails, before the watchdog" [ $rc -ne 0 -a $rc -ne 124 ]
+check "write error on one rank: that rank says why" grep -q "checkpoint of step 2 not saved: safetensors file '$run/checkpoints/step_2.tmp/optim_rank1.safetensors.tmp': write failed: injected by RINGATTN_DEBUG_FAULTS; there is no earlier complete checkpoint" <<<"$out"
+check "write error on one rank: the others point at it" grep -q "checkpoint of step 2 not saved: rank 1 failed while writing its files (its message says why)" <<<"$out"
+check "write error on one rank: no partial directory left" [ ! -e "$run/checkpoints/step_2.tmp" -a ! -e "$run/checkpoints/step_2" ]
+
 # --- Corrupted and truncated checkpoint files ----------------------------------------------------
 # Byte flips and truncation in each kind of file: the load names the file.
 corrupt() { # corrupt NAME FILE-IN-STEP_8 HOW PATTERN
