@@ -230,7 +230,8 @@ void add_bench_attention_command(CLI::App& bench, Action& run) {
       ->capture_default_str()
       ->check(positive_count());
   cmd->add_option("--threads", a->threads, "Threads per rank (0: cores / ranks on the node)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(number_in(0));
   cmd->add_option("--device", a->device, "cpu | cuda (GPU local_rank mod GPUs)")
       ->capture_default_str();
   cmd->add_option("--json", a->json, "Write the results as one JSON object");

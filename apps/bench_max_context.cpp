@@ -14,6 +14,7 @@
 
 #include "apps/bench_common.h"
 #include "apps/bench_max_context_search.h"
+#include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "comm/mpi_env.h"
 #include "core/allocator.h"
@@ -94,14 +95,18 @@ void add_bench_max_context_command(CLI::App& bench, Action& run) {
       ->delimiter(',')
       ->capture_default_str();
   cmd->add_option("--start", a->search.start, "First length tried (0: the smallest valid)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(number_in(0));
   cmd->add_option("--max-seq-len", a->search.max_seq_len, "Never try longer sequences")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(positive_count());
   cmd->add_option("--resolution", a->search.resolution,
                   "Stop bisecting at this fraction of the result (0: exact to the length grid)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(number_in(0, 1));
   cmd->add_option("--threads", a->threads, "Threads per rank (0: cores / ranks on the node)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(number_in(0));
   cmd->add_option("--out", a->out, "Directory for max_context.json/.csv (default: run_dir)");
   cmd->callback([&run, a] { run = [a] { return run_bench_max_context(*a); }; });
 }

@@ -16,21 +16,6 @@ namespace ringattn::apps {
 
 namespace {
 
-// Lifts the allocator limit for its lifetime (see the header: trials must never hit it).
-class LimitLifted {
- public:
-  explicit LimitLifted(Allocator& alloc) : alloc_(alloc), saved_(alloc_.limit()) {
-    alloc_.set_limit(0);
-  }
-  ~LimitLifted() { alloc_.set_limit(saved_); }
-  LimitLifted(const LimitLifted&) = delete;
-  LimitLifted& operator=(const LimitLifted&) = delete;
-
- private:
-  Allocator& alloc_;
-  size_t saved_;
-};
-
 int64_t round_up(int64_t x, int64_t unit) {
   return (x + unit - 1) / unit * unit;
 }

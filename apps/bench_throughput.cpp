@@ -14,6 +14,7 @@
 #include "apps/bench_common.h"
 #include "apps/bench_train_run.h"
 #include "apps/bench_variants.h"
+#include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "comm/mesh.h"
 #include "comm/mpi_env.h"
@@ -115,14 +116,17 @@ void add_bench_throughput_command(CLI::App& bench, Action& run) {
   cmd->add_option("--set", a->sets, "Override one key (repeatable)")->allow_extra_args(false);
   cmd->add_option("--seq-lens", a->seq_lens, "Global sequence lengths")
       ->delimiter(',')
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(positive_count());
   cmd->add_option("--impls", a->impls, "vanilla, blockwise, blockwise_ffn, ring")
       ->delimiter(',')
       ->capture_default_str();
   cmd->add_option("--steps", a->steps, "Steps per point; the first is an untimed warm-up (>= 2)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(number_in(2));
   cmd->add_option("--threads", a->threads, "Threads per rank (0: cores / ranks on the node)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(number_in(0));
   cmd->add_option("--out", a->out, "Directory for throughput.json/.csv (default: run_dir)");
   cmd->callback([&run, a] { run = [a] { return run_bench_throughput(*a); }; });
 }

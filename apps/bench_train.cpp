@@ -12,6 +12,7 @@
 
 #include "apps/bench_common.h"
 #include "apps/bench_train_run.h"
+#include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "comm/mesh.h"
 #include "comm/mpi_env.h"
@@ -73,9 +74,11 @@ void add_bench_train_command(CLI::App& bench, Action& run) {
   cmd->add_option("--set", a->sets, "Override one key: --set train.seq_len=8192 (repeatable)")
       ->allow_extra_args(false);
   cmd->add_option("--steps", a->steps, "Steps to run; the first is an untimed warm-up (>= 2)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(number_in(2));
   cmd->add_option("--threads", a->threads, "Threads per rank (0: cores / ranks on the node)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(number_in(0));
   cmd->add_option("--json", a->json, "Write every figure as one JSON object");
   cmd->callback([&run, a] { run = [a] { return run_bench_train(*a); }; });
 }

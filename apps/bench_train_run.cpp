@@ -241,8 +241,7 @@ std::string format_report(const TrainMeasurement& m, const std::string& title) {
       "1 warm-up\n"
       "  step {:.3f} s   tokens/s {:.0f}   MFU {:.1f}% (of {} {:.1f} GFLOP/s, same cores, same "
       "run)   loss {:.4f}\n"
-      "  peak bytes per rank: max {}   per rank [{}]{}\n"
-      "  where the time goes (mean over ranks, per step):\n",
+      "  peak bytes per rank: max {}   per rank [{}]{}\n",
       title, m.ranks, m.threads_per_rank, m.seq_len, m.tokens_per_step, double(m.parameters) / 1e6,
       m.timed_steps, m.step_s, m.tokens_per_s, 100 * m.mfu, m.peak_gemm, m.peak_gflops, m.loss,
       format_bytes(m.peak_bytes),
@@ -281,6 +280,7 @@ std::string format_report(const TrainMeasurement& m, const std::string& title) {
         "  host memory held in large blocks (the allocator's block cache included, max over "
         "ranks): {}\n",
         format_bytes(m.host_memory_held_bytes));
+  out += "  where the time goes (mean over ranks, per step):\n";
   out += row("GEMM (projections, FFN, LM head)", b.gemm_s);
   out += row("attention kernels", b.attention_s);
   out += row("elementwise (norms, RoPE, SwiGLU, loss)", b.elementwise_s);

@@ -233,7 +233,7 @@ int run_compare(const AttentionArgs& a) {
     log::info("{:4}: max |diff| {:.3g}, relative to max |value| {:.3g}{}: {}", name, d.max_abs,
               d.relative(),
               d.nonfinite
-                  ? fmt::format(", {} elements where they disagree on inf or NaN", d.nonfinite)
+                  ? fmt::format(", {} elements where they disagree on inf or hold NaN", d.nonfinite)
                   : std::string(),
               pass ? "ok" : "MISMATCH");
     ok = ok && pass;
@@ -297,7 +297,8 @@ void add_attention_command(CLI::App& parent, Action& run) {
   cmd->add_option("--compare", args->compare, "Compare two output files tensor by tensor")
       ->expected(2);
   cmd->add_option("--tolerance", args->tolerance,
-                  "(--compare) max |diff| / max(1, max |value| of either); inf or NaN must match")
+                  "(--compare) max |diff| / max(1, max |value| of either); an inf must match, a "
+                  "NaN never does")
       ->check(number_in(0.0))
       ->capture_default_str();
   cmd->callback([&run, args] {

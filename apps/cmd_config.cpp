@@ -14,6 +14,7 @@
 #include "apps/commands.h"
 #include "comm/mpi_env.h"
 #include "core/error.h"
+#include "model/data/make_source.h"
 #include "model/train_config.h"
 
 namespace ringattn::apps {
@@ -35,13 +36,23 @@ int run_config(const ConfigArgs& a) {
   }
   const JsonConfig json = load_train_json(a.file, a.sets);
   const int world = a.world_size > 0 ? a.world_size : MpiEnv::world_size();
+  const TrainConfig cfg = to_train_config(json);
   try {
-    validate(to_train_config(json), world);
+    validate(cfg, world);
   } catch (const Error& e) {
     // Presets name their mesh, so checking one from a single process needs the job's size.
     if (a.world_size > 0) throw;
     RA_FAIL("{} (checked for the {} rank{} of this launch; pass --world-size N to check for N)",
             e.what(), world, world == 1 ? "" : "s");
+  }
+  // The generated task needs no file: its checks (the vocabulary it needs, room for its records
+  // at every length trained and evaluated) run here as they do when training starts. Files
+  // (text, tokens) are checked when train opens them, on the nodes that read them.
+  if (cfg.data.source == DataSource::Retrieval) {
+    const auto src = make_batch_source(cfg);
+    src->check_seq_len(cfg.train.seq_len);
+    for (int64_t s : cfg.train.curriculum_seq_lens) src->check_seq_len(s);
+    for (int64_t s : cfg.eval_seq_lens()) src->check_seq_len(s);
   }
   if (printer) std::printf("%s\n", json.dump().c_str());
   return 0;

@@ -130,9 +130,11 @@ void add_forward_command(CLI::App& parent, Action& run) {
   cmd->add_option("--output", args->output, "Output safetensors: 'logits' and 'loss'")->required();
   cmd->add_flag("--loss", args->loss_only,
                 "Write only the loss (blockwise head, no [tokens, vocab] logits buffer)");
-  cmd->add_option("--impl", args->impl, "Attention: vanilla, blockwise or ring (default: ring)");
+  cmd->add_option("--impl", args->impl, "Attention: vanilla, blockwise or ring (default: ring)")
+      ->check(CLI::IsMember({"vanilla", "blockwise", "ring"}));
   cmd->add_option("--layout", args->layout,
-                  "Ring layout: contiguous, zigzag or striped (default: zigzag)");
+                  "Ring layout: contiguous, zigzag or striped (default: zigzag)")
+      ->check(CLI::IsMember({"contiguous", "zigzag", "striped"}));
   cmd->add_option("--seq-len", args->seq_len,
                   "Tokens per row when reading a RATOKENS file (default: one row of all)")
       ->check(positive_count());

@@ -3,6 +3,8 @@
 //   mpirun -np 4 ringattn train --config configs/demo.json [--set train.steps=50] [--resume]
 //   mpirun -np 4 ringattn eval --config configs/demo.json [--checkpoint DIR] [--seq-lens 2048,4096]
 //   mpirun -np 4 ringattn train --config configs/finetune_hf.json --init-from HF_DIR
+#include <fmt/ranges.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -68,6 +70,35 @@ Setup resolve(const std::string& file, const std::vector<std::string>& sets,
   TrainConfig cfg = to_train_config(json);
   const MeshShape shape = validate(cfg, MpiEnv::world_size());
   log::set_level(cfg.log_level);
+  // Often a short trial of a preset (--set train.steps=50): legal, but it trains only the
+  // curriculum's first lengths, never seq_len, which nothing else would say.
+  int64_t curriculum = 0;
+  std::vector<int64_t> lengths;  // those the run reaches
+  for (size_t i = 0; i < cfg.train.curriculum_steps.size(); ++i) {
+    if (curriculum < cfg.train.steps) lengths.push_back(cfg.train.curriculum_seq_lens[i]);
+    curriculum += cfg.train.curriculum_steps[i];
+  }
+  if (curriculum > 0 && cfg.train.steps <= curriculum)
+    log::warn(
+        "train.steps = {} ends within the sequence-length curriculum (its stages take {} "
+        "steps): this run trains at {} only, never at train.seq_len = {}",
+        cfg.train.steps, curriculum, fmt::join(lengths, ", "), cfg.train.seq_len);
+  // The cuBLAS tile path launches a few GEMMs and kernels per (query chunk, key chunk) pair and
+  // builds their pointer arrays on the host: at long context with small chunks, launches, not
+  // arithmetic, set the speed (S = 128K per rank at 256: 262,144 pairs per ring step).
+  if (cfg.device == Device::CUDA && cfg.attention.kernel == AttentionKernel::Tiles &&
+      cfg.attention.impl != AttentionImpl::Vanilla) {
+    const int64_t local = cfg.train.seq_len / std::max(shape.sp, 1);
+    const auto chunks = [&](int64_t c) { return c > 0 ? (local + c - 1) / c : 1; };
+    const int64_t pairs = chunks(cfg.attention.q_chunk) * chunks(cfg.attention.k_chunk);
+    if (pairs > 4096)
+      log::warn(
+          "attention.kernel = tiles with q_chunk = {} and k_chunk = {} cuts the {} tokens "
+          "of a rank into {} tile pairs per attention call, each a few cuBLAS and kernel "
+          "launches: launches will dominate at this length. Raise attention.q_chunk and "
+          "k_chunk (1024 or more), or set attention.kernel = fused (bf16)",
+          cfg.attention.q_chunk, cfg.attention.k_chunk, local, pairs);
+  }
   // The limit applies where the model lives (the GPU's memory with device = cuda).
   backend_for(cfg).allocator().set_limit(cfg.memory_limit_bytes());
   // An explicit OPENBLAS_NUM_THREADS (or OMP_NUM_THREADS) wins (the tests pin it to 1);
@@ -253,7 +284,9 @@ void add_eval_command(CLI::App& parent, Action& run) {
   cmd->add_option("--set", args->sets, "Override one key (repeatable)")->allow_extra_args(false);
   cmd->add_option("--checkpoint", args->checkpoint,
                   "Checkpoint directory (default: the newest complete one in run_dir)");
-  cmd->add_option("--seq-lens", args->seq_lens, "Context lengths, e.g. 2048,4096")->delimiter(',');
+  cmd->add_option("--seq-lens", args->seq_lens, "Context lengths, e.g. 2048,4096")
+      ->delimiter(',')
+      ->check(positive_count());
   cmd->add_option("--min-accuracy", args->min_accuracy,
                   "Exit with status 3 if the exact answer accuracy at any length is below this "
                   "(0 to 1): a pass/fail check for scripts")

@@ -42,8 +42,10 @@ int main(int argc, char** argv) {
   bool show_version = false;
   std::string log_level = "info";
   app.add_flag("--version", show_version, "Print version, build type and compiled-in backends");
-  app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
-      ->capture_default_str();
+  CLI::Option* log_level_option =
+      app.add_option("--log-level", log_level,
+                     "trace|debug|info|warn|error|off (overrides the config's log_level)")
+          ->capture_default_str();
 
   apps::Action run;
   apps::add_attention_command(app, run);
@@ -67,7 +69,10 @@ int main(int argc, char** argv) {
 
   int code = 0;
   try {
-    log::set_level(log_level);
+    if (log_level_option->count() > 0)
+      log::pin_level(log_level);
+    else
+      log::set_level(log_level);
     if (show_version) {
       if (MpiEnv::world_rank() == 0) std::fputs(version_text().c_str(), stdout);
       return 0;

@@ -108,6 +108,22 @@ void register_allocator(Device device, Allocator* allocator);
 
 // "1.50 GiB", "12.0 MiB", "512 B".
 std::string format_bytes(size_t bytes);
+// Lifts an allocator's limit for its lifetime, restoring it however the scope ends: for work that
+// is not the run's (a GEMM speed probe) or that must see past the limit (a benchmark's trials).
+class LimitLifted {
+ public:
+  explicit LimitLifted(Allocator& alloc) : alloc_(alloc), saved_(alloc.limit()) {
+    alloc_.set_limit(0);
+  }
+  ~LimitLifted() { alloc_.set_limit(saved_); }
+  LimitLifted(const LimitLifted&) = delete;
+  LimitLifted& operator=(const LimitLifted&) = delete;
+
+ private:
+  Allocator& alloc_;
+  size_t saved_;
+};
+
 // memory_limit_gb (GiB, as in configs) to bytes; <= 0 means no limit.
 size_t gib_to_bytes(double gib);
 

@@ -38,7 +38,18 @@ int rank() {
   return g_rank;
 }
 
+namespace {
+bool g_level_pinned = false;
+}  // namespace
+
+void pin_level(const std::string& level) {
+  g_level_pinned = false;
+  set_level(level);
+  g_level_pinned = true;
+}
+
 void set_level(const std::string& level) {
+  if (g_level_pinned) return;
   auto lv = spdlog::level::from_str(level);
   RA_CHECK(lv != spdlog::level::off || level == "off",
            "log level '{}' is not one of trace, debug, info, warn, error, off", level);

@@ -12,6 +12,9 @@ void init(int rank, int world_size);
 int rank();
 // "trace" | "debug" | "info" | "warn" | "error" | "off"; unknown names raise an Error.
 void set_level(const std::string& level);
+// The level the user gave on the command line (ringattn --log-level): set now, and later
+// set_level calls (a config's log_level) leave it alone.
+void pin_level(const std::string& level);
 
 template <typename... Args>
 void info(fmt::format_string<Args...> f, Args&&... args) {

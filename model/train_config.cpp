@@ -66,8 +66,8 @@ ConfigSchema make_schema() {
               "Peak TFLOP/s of one rank, for MFU; 0: measured (sgemm) at start.")
       .at_least(0);
   s.add_enum("log_level", d.log_level, {"trace", "debug", "info", "warn", "error", "off"},
-             "Logging verbosity. Errors print whatever the level (even `off`): a job that ends "
-             "non-zero always says why.");
+             "Logging verbosity (`ringattn --log-level` overrides it). Errors print whatever the "
+             "level (even `off`): a job that ends non-zero always says why.");
   s.add_enum("on_nonfinite", std::string(on_nonfinite_name(d.on_nonfinite)),
              names(kNonfinite, on_nonfinite_name),
              "A non-finite loss or gradient: `skip` the step (counted in the metrics) or "
@@ -259,7 +259,7 @@ ConfigSchema make_schema() {
             "Keep the newest K complete checkpoints; 0: keep all.")
       .at_least(0);
 
-  s.add_int("eval.every", d.eval.every, "Evaluate every N steps; 0: never.").at_least(0);
+  s.add_int("eval.every", d.eval.every, "Evaluate every N steps and after the last step; 0: never.").at_least(0);
   s.add_int("eval.batches", d.eval.batches, "Held-out batches per evaluation.").at_least(1);
   s.add_int_list("eval.seq_lens", d.eval.seq_lens,
                  "Context lengths to evaluate at; empty: `train.seq_len`.")

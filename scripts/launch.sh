@@ -4,10 +4,11 @@
 #
 #   scripts/launch.sh [options] CONFIG [ringattn options...]
 #
-#   scripts/launch.sh configs/demo.json --set train.steps=50                  # this node, 1 rank per GPU
+#   scripts/launch.sh -n 4 configs/demo.json --set train.steps=50              # the demo: 4 ranks
 #   scripts/launch.sh -n 4 configs/tiny.json --resume                          # 4 CPU ranks here
 #   scripts/launch.sh -n 8 -H gpu01,gpu02 --run-dir runs/exp1 configs/7b.json  # 16 ranks, 2 nodes
 #   scripts/launch.sh -n 8 --hostfile hosts.txt --nccl-ifname eth0 --dry-run configs/7b.json
+#   scripts/launch.sh -n 4 --command "bench train" configs/demo.json --steps 3  # its step time
 #
 # Options:
 #   -n, --ranks-per-node N  ranks on each node (default: the GPUs nvidia-smi lists here, else 1)
@@ -15,7 +16,9 @@
 #       --hostfile FILE     the nodes, one per line (# comments and "slots=" are ignored)
 #       --bind WHAT         mpirun --bind-to: none (default), core, socket or numa
 #       --run-dir DIR       the run directory (--set run_dir=DIR; default: the config's run_dir)
-#       --command CMD       the ringattn subcommand (default: train; eval, bench, ... work too)
+#       --command CMD       the ringattn subcommand, split into words at spaces (default: train;
+#                           eval, forward, "bench train", "bench throughput", "bench max-context"
+#                           work too: every one that takes --config)
 #       --nccl-debug LEVEL  NCCL_DEBUG for every rank (e.g. WARN, INFO)
 #       --nccl-ifname IF    NCCL_SOCKET_IFNAME (the network interface NCCL uses between nodes)
 #       --nccl-ib-hca HCA   NCCL_IB_HCA (which InfiniBand adapters NCCL uses)
@@ -47,7 +50,7 @@ hosts=""
 hostfile=""
 bind=none
 run_dir=""
-command=train
+command=(train)
 dry_run=0
 env_args=()
 mpirun_extra=()
@@ -58,7 +61,7 @@ while [ $# -gt 0 ]; do
     --hostfile) need_value "$@"; hostfile=$2; shift 2 ;;
     --bind) need_value "$@"; bind=$2; shift 2 ;;
     --run-dir) need_value "$@"; run_dir=$2; shift 2 ;;
-    --command) need_value "$@"; command=$2; shift 2 ;;
+    --command) need_value "$@"; read -r -a command <<<"$2"; shift 2 ;;
     --nccl-debug) need_value "$@"; env_args+=("NCCL_DEBUG=$2"); shift 2 ;;
     --nccl-ifname) need_value "$@"; env_args+=("NCCL_SOCKET_IFNAME=$2"); shift 2 ;;
     --nccl-ib-hca) need_value "$@"; env_args+=("NCCL_IB_HCA=$2"); shift 2 ;;
@@ -118,7 +121,8 @@ done
 mapfile -t forward < <(printf '%s\n' "${forward[@]}" | awk '!seen[$0]++')
 for name in "${forward[@]}"; do mpirun_args+=(-x "$name"); done
 
-ringattn_args=("$command" --config "$config")
+[ ${#command[@]} -gt 0 ] || die "--command needs a subcommand (train, eval, \"bench train\", ...)"
+ringattn_args=("${command[@]}" --config "$config")
 [ -z "$run_dir" ] || ringattn_args+=(--set "run_dir=$run_dir")
 cmd=("${MPIRUN:-mpirun}" "${mpirun_args[@]}" "${mpirun_extra[@]}" "$RINGATTN_BUILD/bin/ringattn"
   "${ringattn_args[@]}" "$@")

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Writes a ringattn token file (the `token_files` data source) from text or from integers.
+"""Writes a ringattn token file from text or from integers: the file `data.token_file` names when
+`data.source = tokens`.
 
 Format (model/data/token_file.h; all integers little-endian):
   offset 0   8 bytes  magic b"RATOKENS"

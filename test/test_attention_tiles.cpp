@@ -503,6 +503,24 @@ TEST_CASE("attention tiles: causal tiles are skipped, computed or masked as expe
         CHECK(r.fwd.flops == Approx(4.0 * (2 * c) * (2 * c) * 16 / 2));
       }
   }
+  SECTION("a key block that starts at its zigzag jump is cut at the jump") {
+    // Rank 0 of 4 at S = 256 holds positions 0..31 and 224..255. A ring piece of a block may
+    // start on the last token of its first half: keys 31, 224..255. Cut at the jump, the key
+    // chunks are {31} and 224..255: (0..31, {31}) masked, (224..255, {31}) full, (0..31,
+    // 224..255) skipped, the diagonal masked. Taking the first gap as the step made every later
+    // gap a break and the block one run: chunk 31..254 straddled the jump, masked twice.
+    const int64_t S = 256;
+    Inputs in = make_inputs(1, S, S, 1, 1, 16, true, 89);
+    in.p.sq = S / 4;
+    in.q.resize(size_t(in.p.sq * 16));
+    in.p.q_pos = layout_positions(RingLayout::Zigzag, S, 4, 0);
+    std::vector<int64_t> keys{31};
+    for (int64_t p = 224; p < S; ++p) keys.push_back(p);
+    const Result r = run_tiles(in, 32, 32, {keys}, false);
+    CHECK(r.fwd.tiles_computed == 3);
+    CHECK(r.fwd.tiles_masked == 2);
+    CHECK(r.fwd.tiles_skipped == 1);
+  }
   SECTION("striped: the triangle in local index space") {
     Inputs in = make_inputs(1, 64, 128, 1, 1, 16, true, 83);
     in.p.q_pos = layout_positions(RingLayout::Striped, 128, 2, 0);

@@ -77,6 +77,24 @@ expect_error "chunk that does not tile a rank's runs" "attention.q_chunk = 24 do
 expect_error "model that does not fit memory_limit_gb (the estimate)" \
   "the model does not fit memory_limit_gb = 0.002 GiB per rank: memory plan per rank: .* LM head and loss chunk .* total about [0-9.]* MiB" \
   train1 --set memory_limit_gb=0.002
+expect_error "memory_limit_gb below the GEMM speed probe's operands: the plan says what does not fit" \
+  "the model does not fit memory_limit_gb = 0.002 GiB per rank: memory plan per rank" \
+  train1 --set memory_limit_gb=0.002 --set peak_tflops=0
+expect_error "config: a retrieval task beyond the vocabulary" \
+  "model.vocab_size = 256 is smaller than the vocabulary of the data, 317" \
+  "$bin" config --config "$cfgdir/tiny.json" --set data.retrieval.key_vocab=300
+expect_output "a run that ends within the curriculum is warned of" \
+  "train.steps = 2 ends within the sequence-length curriculum (its stages take 5 steps): this run trains at 64 only, never at train.seq_len = 128" \
+  train1 --set train.curriculum_seq_lens=64 --set train.curriculum_steps=5 --set run_dir="$tmp/curriculum"
+out=$("$bin" --log-level warn train "${tiny[@]}" --set run_dir="$tmp/quiet" 2>&1)
+[ $? -eq 0 ] && ! grep -q "\[info\]" <<<"$out" && pass "--log-level warn overrides the config's log_level" ||
+  fail "--log-level warn overrides the config's log_level: $(head -3 <<<"$out")"
+# The warning comes from the config alone, before the backend (no GPU is visible: the run then
+# ends there).
+expect_error "tiny tiles on a GPU are warned of (launches dominate)" \
+  "attention.kernel = tiles with q_chunk = 1 and k_chunk = 2 cuts the 128 tokens of a rank into 8192 tile pairs per attention call" \
+  env CUDA_VISIBLE_DEVICES= "$bin" train "${tiny[@]}" --set run_dir="$tmp/run" --set device=cuda \
+  --set attention.q_chunk=1 --set attention.k_chunk=2
 expect_error "model whose shards alone do not fit memory_limit_gb" \
   "the model does not fit memory_limit_gb = 0.0001 GiB per rank: building it failed: memory limit exceeded" \
   train1 --set memory_limit_gb=0.0001

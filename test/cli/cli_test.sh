@@ -63,6 +63,13 @@ expect_error "missing tensor" "has no tensor 'q'" "$bin" attention --input "$tmp
 expect_error "zero chunk" "--q-chunk: 0 is not a number >= 1" "$bin" attention --input "$tmp/in.safetensors" --output "$tmp/o.safetensors" --impl blockwise --q-chunk 0
 expect_error "bench: bad kv heads" "--kv-heads (3) must be at least 1 and divide --heads (8)" "$bin" bench attention --heads 8 --kv-heads 3 --seq 64
 expect_error "bench: zero kv heads" "--kv-heads: 0 is not a number >= 1" "$bin" bench attention --heads 8 --kv-heads 0 --seq 64
+expect_error "bench: negative threads" "--threads: -1 is not a number >= 0" "$bin" bench train --threads -1
+expect_error "bench: one step" "--steps: 1 is not a number >= 2" "$bin" bench train --steps 1
+expect_error "bench: zero max length" "--max-seq-len: 0 is not a number >= 1" "$bin" bench max-context --max-seq-len 0
+expect_error "bench: negative start" "--start: -5 is not a number >= 0" "$bin" bench max-context --start -5
+expect_error "bench: zero length" "--seq-lens: 0 is not a number >= 1" "$bin" bench throughput --seq-lens 0
+expect_error "eval: negative length" "--seq-lens: -8 is not a number >= 1" "$bin" eval --seq-lens -8
+expect_error "forward: unknown impl" "--impl: foo not in {vanilla,blockwise,ring}" "$bin" forward --init-from x --tokens y --output z --impl foo
 
 # Configs: each bad input ends with one clear message naming the key or file.
 cfgdir=$(cd "$(dirname "$0")/../../configs" && pwd)
