@@ -259,7 +259,8 @@ ConfigSchema make_schema() {
             "Keep the newest K complete checkpoints; 0: keep all.")
       .at_least(0);
 
-  s.add_int("eval.every", d.eval.every, "Evaluate every N steps and after the last step; 0: never.").at_least(0);
+  s.add_int("eval.every", d.eval.every, "Evaluate every N steps and after the last step; 0: never.")
+      .at_least(0);
   s.add_int("eval.batches", d.eval.batches, "Held-out batches per evaluation.").at_least(1);
   s.add_int_list("eval.seq_lens", d.eval.seq_lens,
                  "Context lengths to evaluate at; empty: `train.seq_len`.")
