@@ -20,6 +20,7 @@
 #include "comm/host_staged_communicator.h"
 #include "comm/mesh.h"
 #include "comm/mpi_env.h"
+#include "comm/watchdog.h"
 #include "core/log.h"
 #include "core/random.h"
 #include "model/attention/attention.h"
@@ -58,6 +59,8 @@ int run_bench_attention(const BenchAttentionArgs& a) {
   RA_CHECK(a.device == "cpu" || a.device == "cuda", "--device {}: expected cpu or cuda", a.device);
   Backend& be = backend_for(a.device == "cuda" ? Device::CUDA : Device::CPU);
   const Device dev = be.device();
+  // A stopped or dead rank ends the job (comm/watchdog.h) at the default comm.timeout_s.
+  const WatchdogArm watchdog(CommConfig{}.timeout_s);
   Mesh mesh(MeshShape{1, 1, world, 1});
   Communicator& sp = mesh.axis(Axis::SP);
   // The ring's blocks travel through host memory when the backend is a GPU (MPI transport).

@@ -43,10 +43,7 @@ std::vector<double> gather_doubles(Communicator& comm, double x) {
 
 int configure_bench_threads(int requested) {
   int threads = requested;
-  if (threads <= 0) {
-    const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
-    threads = std::max(1, cores / std::max(1, MpiEnv::local_size()));
-  }
+  if (threads <= 0) threads = MpiEnv::cpus_per_rank();
   set_cpu_threads(threads);
   return threads;
 }

@@ -17,6 +17,7 @@
 #include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "comm/mpi_env.h"
+#include "comm/watchdog.h"
 #include "core/allocator.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -45,6 +46,7 @@ int run_bench_max_context(const BenchMaxContextArgs& a) {
            base.memory_limit_gb);
   RA_CHECK(a.search.resolution >= 0, "--resolution = {} must be >= 0", a.search.resolution);
   configure_bench_threads(a.threads);
+  const WatchdogArm watchdog(base.comm.timeout_s);  // a stopped or dead rank ends the job
   log::info("max context within {} per rank on {} rank(s), resolution {}", format_bytes(limit),
             world, a.search.resolution);
 

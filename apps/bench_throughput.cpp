@@ -18,6 +18,7 @@
 #include "apps/commands.h"
 #include "comm/mesh.h"
 #include "comm/mpi_env.h"
+#include "comm/watchdog.h"
 #include "core/allocator.h"
 #include "core/log.h"
 #include "model/trainer.h"
@@ -40,6 +41,7 @@ int run_bench_throughput(const BenchThroughputArgs& a) {
   const int world = MpiEnv::world_size();
   const std::vector<BenchVariant> variants = parse_variants(a.impls);
   configure_bench_threads(a.threads);
+  const WatchdogArm watchdog(base.comm.timeout_s);  // a stopped or dead rank ends the job
   const size_t limit = base.memory_limit_bytes();
   double sgemm = 0;
   {

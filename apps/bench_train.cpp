@@ -16,6 +16,7 @@
 #include "apps/commands.h"
 #include "comm/mesh.h"
 #include "comm/mpi_env.h"
+#include "comm/watchdog.h"
 #include "core/allocator.h"
 #include "core/log.h"
 #include "model/trainer.h"
@@ -35,6 +36,7 @@ int run_bench_train(const BenchTrainArgs& a) {
   const TrainConfig& cfg = bc.cfg;
   const MeshShape shape = validate(cfg, MpiEnv::world_size());
   configure_bench_threads(a.threads);
+  const WatchdogArm watchdog(cfg.comm.timeout_s);  // a stopped or dead rank ends the job
   Mesh mesh(shape, MPI_COMM_WORLD, cfg.comm.transport);
   const double sgemm = measure_gemm_gflops(mesh.world(), backend_for(cfg), cfg.model.dtype);
   // The config's limit holds, as in `ringattn train`: a step that does not fit ends the job

@@ -16,6 +16,7 @@
 #include "comm/host_staged_communicator.h"
 #include "comm/mesh.h"
 #include "comm/mpi_env.h"
+#include "comm/watchdog.h"
 #include "core/log.h"
 #include "core/random.h"
 #include "core/safetensors.h"
@@ -100,6 +101,8 @@ int run_check(const AttentionArgs& a) {
   Tensor seg = f.contains("segment_ids") ? require(f, "segment_ids", {B, S}, 2, false) : Tensor();
   if (opt.impl == AttentionImpl::Ring) check_layout_split(opt.layout, S, world);
 
+  // A stopped or dead rank ends the job (comm/watchdog.h) at the default comm.timeout_s.
+  const WatchdogArm watchdog(CommConfig{}.timeout_s);
   Mesh mesh(MeshShape{1, 1, world, 1});
   Communicator& sp = mesh.axis(Axis::SP);
   const std::vector<int64_t> pos =

@@ -28,6 +28,7 @@
 #include "apps/commands.h"
 #include "comm/mesh.h"
 #include "comm/mpi_env.h"
+#include "comm/watchdog.h"
 #include "core/backend.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -91,6 +92,7 @@ int run_forward(const ForwardArgs& a) {
   } catch (const Error& e) {
     RA_FAIL("forward: {} tokens per row on {} rank(s): {}", S, world, e.what());
   }
+  const WatchdogArm watchdog(cfg.comm.timeout_s);  // a stopped or dead rank ends the job
   Mesh mesh(shape, MPI_COMM_WORLD, cfg.comm.transport);
   Transformer model(cfg, mesh, backend_for(cfg));
   const HfWeights weights = HfWeights::open(a.init_from);

@@ -138,21 +138,26 @@ std::optional<RunDirLock> claim_run_dir(const TrainConfig& cfg, bool resume) {
     }
   }
   int n = int(error.size());
-  MPI_CHECK(MPI_Bcast(&n, 1, MPI_INT, 0, MPI_COMM_WORLD));
-  error.resize(size_t(n));
-  if (n > 0) MPI_CHECK(MPI_Bcast(error.data(), n, MPI_CHAR, 0, MPI_COMM_WORLD));
+  {
+    const WatchdogScope watch("run directory check (rank 0's verdict)", 0);
+    MPI_CHECK(MPI_Bcast(&n, 1, MPI_INT, 0, MPI_COMM_WORLD));
+    error.resize(size_t(n));
+    if (n > 0) MPI_CHECK(MPI_Bcast(error.data(), n, MPI_CHAR, 0, MPI_COMM_WORLD));
+  }
   if (root_error) throw *root_error;
   RA_CHECK(error.empty(), "{}", error);
   return lock;
 }
 
 int run_train(const TrainArgs& a) {
-  // From here on SIGTERM / SIGUSR1 mean "checkpoint after this step and exit 0".
-  install_stop_signals();
   Setup s = resolve(a.file, a.sets, a.init_from);
-  const std::optional<RunDirLock> lock = claim_run_dir(s.cfg, a.resume);
-  // A dead or stopped rank ends the job after comm.timeout_s instead of hanging it.
+  // A dead or stopped rank ends the job after comm.timeout_s instead of hanging it (from the run
+  // directory's check on, and until MPI_Finalize: comm/mpi_env.h).
   const WatchdogArm watchdog(s.cfg.comm.timeout_s);
+  const std::optional<RunDirLock> lock = claim_run_dir(s.cfg, a.resume);
+  // From here on SIGTERM / SIGUSR1 mean "checkpoint after this step and exit 0". Before, with
+  // nothing to save, they end the process as usual (a run stuck reading its inputs included).
+  install_stop_signals();
   Mesh mesh(s.shape, MPI_COMM_WORLD, s.cfg.comm.transport);
   double peak = s.cfg.peak_tflops * 1e12;
   bool measured = false;

@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <new>
@@ -10,6 +11,7 @@
 #include "comm/launch_check.h"
 #include "comm/mpi_env.h"
 #include "core/backend.h"
+#include "core/debug_faults.h"
 #include "core/error.h"
 #include "core/log.h"
 
@@ -84,6 +86,14 @@ int main(int argc, char** argv) {
     // Before any work: N singletons from a launcher/MPI mismatch must not each train alone.
     check_launch_size(MpiEnv::world_size());
     code = run();
+    // Test-only fault (core/debug_faults.h): a rank that stops after the command's last
+    // collective, before MPI_Finalize (comm/mpi_env.h: the watchdog ends the job).
+    if (MpiEnv::world_rank() == debug_fault("exit_stop_rank")) {
+      log::rank_error("RINGATTN_DEBUG_FAULTS: rank {} stops before MPI_Finalize",
+                      MpiEnv::world_rank());
+      spdlog::default_logger()->flush();
+      std::raise(SIGSTOP);
+    }
   } catch (const Error& e) {
     log::rank_error("{}", e.describe());
     // The same bad input fails on every rank; a failure of one rank alone must not leave the

@@ -19,6 +19,9 @@ class MpiEnv {
   // Index of this rank among the ranks on its node (MPI_Comm_split_type SHARED); picks the GPU.
   static int local_rank();
   static int local_size();
+  // The CPUs this rank may use: those of its affinity mask, shared evenly with the node's other
+  // ranks whose masks overlap it (at least 1). The default thread count of every command.
+  static int cpus_per_rank();
   static bool thread_multiple();  // true when MPI granted MPI_THREAD_MULTIPLE
   // Ends every rank of the job with `code` (used when one rank fails alone).
   [[noreturn]] static void abort(int code);

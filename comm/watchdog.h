@@ -52,6 +52,7 @@ class Watchdog {
   // Stops the thread (waits for it). Scopes opened afterwards are not watched.
   static void disarm();
   static bool armed();
+  // The timeout of the last arm(), kept after disarm() (0 when never armed).
   static double timeout_s();
 
   // Registers a source (idle while disarmed). remove_source returns only once no overdue() call

@@ -20,6 +20,7 @@ constexpr const char* kKeys[] = {"nan_grad_step",
                                  "step_sleep_ms",
                                  "checkpoint_free_kib",
                                  "checkpoint_write_fail_rank",
+                                 "exit_stop_rank",
                                  "fsdp_communicate_alone",
                                  "sim_fault_launch",
                                  "sim_fault_rank"};

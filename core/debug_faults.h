@@ -16,6 +16,8 @@
 //                           for room before writing, and the warning before the first step)
 //   checkpoint_write_fail_rank=R  rank R fails to write its optimizer file in every checkpoint
 //                           save, as a write error (a full disk, an I/O error) would
+//   exit_stop_rank=R        rank R stops itself (SIGSTOP) once its command has returned, before
+//                           MPI_Finalize: a rank hung after the job's last collective
 //   step_sleep_ms=N         every training step sleeps N ms first (slow steps, so that a test
 //                           can signal, kill or stop a rank while training is under way)
 //   fsdp_communicate_alone=1  an FSDP group of one runs its gathers and reduce-scatters

@@ -13,6 +13,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/regular_file.h"
 
 // Tensor bytes go between memory and the file unchanged, and safetensors stores little-endian.
 static_assert(std::endian::native == std::endian::little,
@@ -239,18 +240,12 @@ uint64_t unsigned_value(const std::string& path, const std::string& name, const 
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
   SafetensorsFile f;
   f.path_ = path;
-  // O_NONBLOCK: a FIFO would otherwise wait for a writer for ever (cleared below for a regular
-  // file).
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) ST_FAIL(path, "cannot open: {}", errno_str(errno));
+  int64_t size = 0;
+  std::string why;
+  const int fd = open_regular_file(path, &size, &why);  // never waits on a FIFO
+  if (fd < 0) ST_FAIL(path, "{}", why);
   f.fd_ = std::make_shared<Fd>(fd);
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) ST_FAIL(path, "cannot stat: {}", errno_str(errno));
-  if (!S_ISREG(st.st_mode)) ST_FAIL(path, "not a regular file");
-  // Blocking again (some network file systems honour O_NONBLOCK on regular files).
-  if (const int flags = ::fcntl(fd, F_GETFL); flags >= 0)
-    (void)::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-  const uint64_t file_size = uint64_t(st.st_size);
+  const uint64_t file_size = uint64_t(size);
   if (file_size < 8)
     ST_FAIL(path, "file is {} bytes, shorter than the 8-byte header length", file_size);
 

@@ -150,6 +150,7 @@ CheckpointState state_from_json(const nlohmann::json& j, const std::string& dir)
     s.seed = j.at("seed").get<uint64_t>();
     s.train_steps = j.value("train_steps", int64_t(0));
     s.warmup_steps = j.value("warmup_steps", int64_t(0));
+    s.cpu_threads = j.value("cpu_threads", int64_t(0));
     if (const auto c = j.find("config"); c != j.end() && c->is_object()) s.config_json = c->dump();
     return s;
   } catch (const nlohmann::json::exception& e) {
@@ -164,6 +165,12 @@ void verify_file(const std::string& dir, const nlohmann::json& state, const std:
   const std::string path = (fs::path(dir) / file).string();
   RA_CHECK(state.contains("files") && state.at("files").contains(file),
            "checkpoint '{}': state.json lists no file '{}'", dir, file);
+  // A checkpoint pruned (checkpoint.keep_last) by a training run while this reads it is gone as a
+  // whole, or renamed step_<N>.old on its way out: not damage, and the next read finds a newer one.
+  RA_CHECK(fs::exists(dir),
+           "checkpoint '{}' was removed while it was being read (a training run "
+           "pruning it, checkpoint.keep_last?); read it again, or a newer one",
+           dir);
   RA_CHECK(fs::exists(path), "checkpoint file '{}' is missing", path);
   const auto& entry = state.at("files").at(file);
   RA_CHECK(entry.contains("fnv1a64") && entry.at("fnv1a64").is_string(),
@@ -433,6 +440,7 @@ std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& mod
       j["seed"] = state.seed;
       j["train_steps"] = state.train_steps;
       j["warmup_steps"] = state.warmup_steps;
+      if (state.cpu_threads > 0) j["cpu_threads"] = state.cpu_threads;
       const MeshShape& m = mesh.shape();
       j["mesh"] = {{"dp", m.dp}, {"fsdp", m.fsdp}, {"sp", m.sp}, {"tp", m.tp}};
       j["world_size"] = mesh.world_size();
@@ -563,10 +571,12 @@ CheckpointState load_checkpoint(const std::string& dir, Transformer& model, Mesh
 std::vector<std::string> config_changes(const std::string& saved, const std::string& now) {
   std::vector<std::string> out;
   if (saved.empty() || now.empty()) return out;
-  // Keys (or sections, by prefix) that do not change what is trained.
+  // Keys (or sections, by prefix) that do not change what is trained. mesh.* too: another
+  // resolved mesh is refused by load_checkpoint, and another spelling of the same one (sp = -1
+  // or 2 on 2 ranks) changes nothing.
   static const char* const kIgnored[] = {
-      "run_dir", "log_level", "memory_limit_gb", "peak_tflops",        "checkpoint.",
-      "eval.",   "comm.",     "train.steps",     "train.warmup_steps", "train.log_every"};
+      "run_dir", "log_level", "memory_limit_gb", "peak_tflops",        "checkpoint.",    "eval.",
+      "comm.",   "mesh.",     "train.steps",     "train.warmup_steps", "train.log_every"};
   const auto ignored = [](const std::string& key) {
     for (const char* k : kIgnored) {
       const std::string_view p(k);

@@ -40,6 +40,10 @@ struct CheckpointState {
   // train.steps and train.warmup_steps of the run that wrote it: the learning-rate schedule
   // depends on both, so a resume that changes them does not continue the same curve.
   int64_t train_steps = 0, warmup_steps = 0;
+  // CPU threads per rank of the run that wrote it, with device = cpu (0: another device, or not
+  // recorded): the sums of a threaded GEMM and of the attention's parallel backward depend on
+  // the count, so a resume with another count does not continue bit-exactly.
+  int64_t cpu_threads = 0;
   // The resolved config of the run that wrote it, as JSON text ("" when it recorded none).
   std::string config_json;
 };
@@ -84,7 +88,8 @@ CheckpointState load_checkpoint(const std::string& dir, Transformer& model, Mesh
 // The config keys whose values differ between `saved` (CheckpointState::config_json, the run
 // that wrote a checkpoint) and `now` (this run's resolved config), as "key: old -> new", leaving
 // out those that do not change what is trained (run_dir, logging, limits, checkpoint and eval
-// cadence, communication, train.steps and warmup_steps, which Trainer::load reports itself).
+// cadence, communication, train.steps and warmup_steps, which Trainer::load reports itself, and
+// mesh.*, which load_checkpoint checks as resolved).
 // Empty when either is "".
 std::vector<std::string> config_changes(const std::string& saved, const std::string& now);
 

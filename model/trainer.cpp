@@ -87,6 +87,7 @@ Trainer::Trainer(const TrainConfig& cfg, Mesh& mesh, TrainerOptions options)
   state_.seed = cfg_.seed;
   state_.train_steps = cfg_.train.steps;
   state_.warmup_steps = cfg_.train.warmup_steps;
+  state_.cpu_threads = cfg_.device == Device::CPU ? cpu_threads() : 0;
   if (opt_.peak_flops <= 0) opt_.peak_flops = cfg_.peak_tflops * 1e12;
 }
 
@@ -482,6 +483,12 @@ void Trainer::load(const std::string& dir) {
         "run has {} and {}: the learning-rate schedule changes, so the result will differ from "
         "an uninterrupted run",
         dir, s.train_steps, s.warmup_steps, cfg_.train.steps, cfg_.train.warmup_steps);
+  if (s.cpu_threads > 0 && state_.cpu_threads > 0 && s.cpu_threads != state_.cpu_threads)
+    log::warn(
+        "checkpoint '{}' was trained with {} CPU thread{} per rank, this run has {}: sums are "
+        "split differently, so the result will differ in the last bits from an uninterrupted "
+        "run (OPENBLAS_NUM_THREADS={} continues it exactly)",
+        dir, s.cpu_threads, s.cpu_threads == 1 ? "" : "s", state_.cpu_threads, s.cpu_threads);
   // Other changes may be meant (a longer context, new data) or not: each is said.
   if (mesh_.world_rank() == 0)
     if (const auto changed = config_changes(s.config_json, opt_.config_json); !changed.empty())

@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
+
 #include "comm/mesh.h"
 #include "core/backend.h"
 #include "core/error.h"
@@ -354,7 +356,11 @@ TEST_CASE("hf import: bad directories give errors naming the file and the tensor
   SECTION("config.json") {
     FixtureCopy c;
     fs::remove(c.dir.path + "/config.json");
-    CHECK_THROWS_WITH(read_hf_config(c.dir.path), Contains("has no config.json"));
+    CHECK_THROWS_WITH(read_hf_config(c.dir.path), Contains("has no readable config.json"));
+    // A named pipe is refused at once (it waited for a writer for ever, deaf to a first SIGTERM).
+    REQUIRE(::mkfifo((c.dir.path + "/config.json").c_str(), 0600) == 0);
+    CHECK_THROWS_WITH(read_hf_config(c.dir.path), Contains("config.json': not a regular file"));
+    fs::remove(c.dir.path + "/config.json");
     write_text(c.dir.path + "/config.json", "{\"hidden_size\": 64,");
     CHECK_THROWS_WITH(read_hf_config(c.dir.path), Contains("config.json' is not valid JSON"));
     auto bad = [&](const char* key, const nlohmann::json& value, const char* message) {

@@ -315,7 +315,8 @@ TEST_CASE("safetensors rejects malformed headers with clear errors", "[safetenso
   SECTION("not a file") {
     const std::string dir = p + ".dir";
     std::filesystem::create_directory(dir);
-    CHECK_THROWS_WITH(SafetensorsFile::open(dir), Contains(dir) && Contains("not a regular file"));
+    CHECK_THROWS_WITH(SafetensorsFile::open(dir),
+                      Contains(dir) && Contains("is a directory, not a file"));
     std::filesystem::remove(dir);
     CHECK_THROWS_WITH(SafetensorsFile::open(p + ".missing"),
                       Contains(p + ".missing") && Contains("cannot open"));

@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "core/regular_file.h"
 
 namespace ringattn {
 
@@ -19,23 +20,9 @@ namespace {
 // O_NONBLOCK: opening a FIFO (a named pipe given by mistake) would otherwise wait for a writer
 // for ever; the flag is cleared once the file is known to be regular.
 int open_regular(const std::string& kind, const std::string& path, int64_t* size) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  RA_CHECK(fd >= 0, "{} '{}': cannot open: {}", kind, path, std::strerror(errno));
-  struct stat st {};
-  const bool stat_ok = ::fstat(fd, &st) == 0;
-  const int err = errno;
-  if (!stat_ok || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    RA_FAIL("{} '{}': {}", kind, path,
-            !stat_ok              ? fmt::format("cannot stat: {}", std::strerror(err))
-            : S_ISDIR(st.st_mode) ? std::string("is a directory, not a file")
-                                  : std::string("not a regular file"));
-  }
-  // Blocking again: some network and FUSE file systems honour O_NONBLOCK on regular files, and
-  // the reads below retry EINTR only.
-  const int flags = ::fcntl(fd, F_GETFL);
-  if (flags >= 0) (void)::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-  *size = int64_t(st.st_size);
+  std::string why;
+  const int fd = open_regular_file(path, size, &why);
+  RA_CHECK(fd >= 0, "{} '{}': {}", kind, path, why);
   return fd;
 }
 

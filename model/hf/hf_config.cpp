@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "core/regular_file.h"
 
 namespace ringattn {
 
@@ -148,12 +149,13 @@ HfConfig read_hf_config(const std::string& dir) {
   RA_CHECK(
       fs::is_directory(dir), "Hugging Face model directory '{}' {}", dir,
       fs::exists(dir) ? "is a file; give the directory that holds config.json" : "does not exist");
-  std::ifstream f(path);
-  RA_CHECK(f.good(), "Hugging Face model directory '{}' has no config.json ({} cannot be read)",
-           dir, path);
+  std::string text, why;
+  RA_CHECK(read_regular_file(path, &text, &why),
+           "Hugging Face model directory '{}' has no readable config.json ('{}': {})", dir, path,
+           why);
   json j;
   try {
-    j = json::parse(f);
+    j = json::parse(text);
   } catch (const std::exception& e) {
     RA_FAIL("Hugging Face config '{}' is not valid JSON: {}", path, e.what());
   }

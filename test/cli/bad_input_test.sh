@@ -191,5 +191,25 @@ out=$("$bin" export --checkpoint "$tmp/run" --to "$tmp/base" --overwrite 2>&1) &
 expect_output "a resume with another config says what changed" \
   "differs from the one it was trained with: attention.layout: \"zigzag\" -> \"striped\"" \
   train2 --set train.steps=3 --set attention.layout=striped --resume
+out=$(train2 --set train.steps=4 --set attention.layout=striped --set mesh.sp=2 --resume 2>&1)
+[ $? -eq 0 ] && ! grep -q "differs from the one it was trained with" <<<"$out" &&
+  pass "a resume with another spelling of the same mesh (sp -1 -> 2) says nothing" ||
+  fail "a resume with another spelling of the same mesh: $(grep -m1 differs <<<"$out")"
+# Another CPU thread count splits the sums differently: a resume with one is warned of.
+if [ "$(getconf _NPROCESSORS_ONLN)" -ge 2 ]; then
+  env OPENBLAS_NUM_THREADS=1 "$bin" train "${tiny[@]}" --set run_dir="$tmp/threads" >/dev/null 2>&1
+  expect_output "a resume with another CPU thread count is warned of" \
+    "was trained with 1 CPU thread per rank, this run has 2: sums are split differently, so the result will differ in the last bits from an uninterrupted run (OPENBLAS_NUM_THREADS=1 continues it exactly)" \
+    env OPENBLAS_NUM_THREADS=2 "$bin" train "${tiny[@]}" --set run_dir="$tmp/threads" --set train.steps=3 --resume
+else
+  echo "skip a resume with another CPU thread count: one processor"
+fi
+# Without OPENBLAS_NUM_THREADS or OMP_NUM_THREADS a rank takes the CPUs of its affinity mask.
+if command -v taskset >/dev/null && [ "$(getconf _NPROCESSORS_ONLN)" -ge 2 ]; then
+  expect_output "a rank bound to one CPU runs one thread" "threads per rank: 1$" \
+    env -u OPENBLAS_NUM_THREADS -u OMP_NUM_THREADS taskset -c 0 "$bin" train "${tiny[@]}" --set run_dir="$tmp/bound"
+else
+  echo "skip a rank bound to one CPU: no taskset or one processor"
+fi
 
 cli_summary

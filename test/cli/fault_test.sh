@@ -154,6 +154,17 @@ for sig in KILL STOP; do
   grep -q "resumed from $last" <<<"$out" && pass "SIG$sig: resumes from it" || fail "SIG$sig: resume: $(tail -3 <<<"$out")"
 done
 
+# A rank that stops after the job's last collective (its checkpoint saved), before MPI_Finalize:
+# the others wait in MPI_Finalize, which the watchdog watches too (it hung for ever).
+run=$tmp/exitstop
+start=$SECONDS
+out=$(RINGATTN_DEBUG_FAULTS=exit_stop_rank=1 timeout 60 mpirun -np 2 "$bin" train "${base[@]}" --set run_dir="$run" 2>&1)
+rc=$?
+check "a rank stopped before MPI_Finalize: the job ends, failed" [ $rc -ne 0 -a $rc -ne 124 ]
+check "... within the timeout and a margin" [ $((SECONDS - start)) -lt 45 ]
+check "... the watchdog names the wait" grep -q "MPI_Finalize (waiting for every rank to end) blocked for" <<<"$out"
+check "... the final checkpoint was saved" [ -f "$run/checkpoints/step_8/COMPLETE" ]
+
 # --- A writer killed in the middle of a checkpoint save -------------------------------------------
 run=$tmp/crash
 out=$(RINGATTN_DEBUG_FAULTS=checkpoint_crash_step=4 train 2 "$run" 2>&1)
