@@ -15,6 +15,7 @@
 #include "apps/commands.h"
 #include "comm/host_staged_communicator.h"
 #include "comm/mesh.h"
+#include "comm/mpi_check.h"
 #include "comm/mpi_env.h"
 #include "comm/watchdog.h"
 #include "core/log.h"
@@ -171,6 +172,9 @@ int run_check(const AttentionArgs& a) {
                       {"causal", a.causal ? "true" : "false"}});
     log::info("wrote {} ({} tensors)", a.output, results.size());
   }
+  // Rank 0 writes alone, which may take long: the others wait for it here, not in the watched
+  // MPI_Finalize (comm/mpi_env.h), whose timeout is for ranks that stopped answering.
+  MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
   return 0;
 }
 

@@ -27,6 +27,7 @@
 #include "apps/cli_checks.h"
 #include "apps/commands.h"
 #include "comm/mesh.h"
+#include "comm/mpi_check.h"
 #include "comm/mpi_env.h"
 #include "comm/watchdog.h"
 #include "core/backend.h"
@@ -114,6 +115,9 @@ int run_forward(const ForwardArgs& a) {
                       {"init_from", a.init_from}});
     log::info("forward: wrote {}", a.output);
   }
+  // Rank 0 writes alone, which may take long: the others wait for it here, not in the watched
+  // MPI_Finalize (comm/mpi_env.h), whose timeout is for ranks that stopped answering.
+  MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
   return 0;
 }
 

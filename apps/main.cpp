@@ -10,6 +10,7 @@
 #include "apps/commands.h"
 #include "comm/launch_check.h"
 #include "comm/mpi_env.h"
+#include "comm/watchdog.h"
 #include "core/backend.h"
 #include "core/debug_faults.h"
 #include "core/error.h"
@@ -86,6 +87,8 @@ int main(int argc, char** argv) {
     // Before any work: N singletons from a launcher/MPI mismatch must not each train alone.
     check_launch_size(MpiEnv::world_size());
     code = run();
+    // The command's comm.timeout_s (if it armed the watchdog) also bounds MPI_Finalize's wait.
+    if (Watchdog::timeout_s() > 0) MpiEnv::watch_finalize(Watchdog::timeout_s());
     // Test-only fault (core/debug_faults.h): a rank that stops after the command's last
     // collective, before MPI_Finalize (comm/mpi_env.h: the watchdog ends the job).
     if (MpiEnv::world_rank() == debug_fault("exit_stop_rank")) {

@@ -17,6 +17,7 @@ namespace ringattn {
 namespace {
 int g_rank = 0, g_size = 1, g_local_rank = 0, g_local_size = 1, g_cpus_per_rank = 1;
 bool g_thread_multiple = false;
+double g_finalize_timeout_s = 0;  // watch_finalize's; 0: MPI_Finalize unwatched
 // The CPUs this rank may run on (its affinity mask: a launcher that binds ranks, or taskset,
 // narrows it), divided among the ranks of its node whose masks overlap it. Counting the node's
 // cores instead gave a rank bound to one core (`mpirun -np 1` binds to a core) two threads on it.
@@ -70,8 +71,8 @@ MpiEnv::~MpiEnv() {
   if (finalized) return;
   // MPI_Finalize waits for every rank: one stopped or hung after the last collective of a
   // command (its checkpoint saved, the job done) would hold the job, and its allocation, for
-  // ever. A command that armed the watchdog (its comm.timeout_s) has it watch this wait too.
-  const double timeout_s = Watchdog::timeout_s();
+  // ever. The program may have the watchdog watch this wait too (watch_finalize).
+  const double timeout_s = g_finalize_timeout_s;
   if (timeout_s <= 0) {
     MPI_Finalize();
     return;
@@ -95,6 +96,9 @@ int MpiEnv::local_rank() {
 }
 int MpiEnv::local_size() {
   return g_local_size;
+}
+void MpiEnv::watch_finalize(double timeout_s) {
+  g_finalize_timeout_s = timeout_s;
 }
 int MpiEnv::cpus_per_rank() {
   return g_cpus_per_rank;

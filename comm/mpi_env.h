@@ -10,7 +10,12 @@ class MpiEnv {
   // Initialises MPI (asking for MPI_THREAD_MULTIPLE so a progress thread may drive the ring),
   // sets MPI_ERRORS_RETURN on the world, finds the rank's node-local index, and starts logging.
   MpiEnv(int* argc, char*** argv);
-  ~MpiEnv();  // MPI_Finalize
+  ~MpiEnv();  // MPI_Finalize, watched by the watchdog after watch_finalize
+  // Has the destructor's MPI_Finalize watched with this timeout (> 0; comm/watchdog.h): a rank
+  // stopped or hung after the program's last collective then ends the job instead of holding it
+  // for ever. The apps call it with the timeout their command armed; the tests do not (their
+  // watchdog tests arm fractions of a second).
+  static void watch_finalize(double timeout_s);
   MpiEnv(const MpiEnv&) = delete;
   MpiEnv& operator=(const MpiEnv&) = delete;
 

@@ -13,18 +13,19 @@ namespace {
 // Splits [0, n) into chunks of `chunk` tokens (<= 0: as large as possible) that never straddle a
 // break in the positions: a zigzag shard is two separate position ranges, and a tile across the
 // jump would cover both sides of the diagonal and need the element mask everywhere. A break is a
-// gap unlike the shard's step (contiguous: 1, striped: N): the gap most of its first three gaps
-// share, since a zigzag shard, or a ring piece of one, may start right at its jump (the first
-// gap alone then made every later gap a break). Shards with many breaks are not a layout this
-// project produces; they are chunked as if they had none (still exact, just masked).
+// gap unlike the shard's step (contiguous: 1, striped: N): the smallest of its first three gaps,
+// as a break skips positions and so is wider than the step, and a zigzag shard, or a ring piece
+// of one, has one break, which may come first (the first gap taken as the step then made every
+// later gap a break). Shards with many breaks are not a layout this project produces; they are
+// chunked as if they had none (still exact, just masked).
 std::vector<TileChunk> make_chunks(const std::vector<int64_t>& pos, int64_t chunk) {
   constexpr size_t kMaxRuns = 8;
   const int64_t n = int64_t(pos.size());
   std::vector<int64_t> starts{0};
   if (n > 2) {
     const auto gap = [&](int64_t i) { return pos[size_t(i + 1)] - pos[size_t(i)]; };
-    // Two of three gaps agree unless the shard has two breaks within its first four tokens.
-    const int64_t step = n > 3 && gap(0) != gap(1) && gap(1) == gap(2) ? gap(1) : gap(0);
+    int64_t step = gap(0);
+    for (int64_t i = 1; i < 3 && i + 1 < n; ++i) step = std::min(step, gap(i));
     for (int64_t i = 0; i + 1 < n && starts.size() <= kMaxRuns; ++i)
       if (gap(i) != step) starts.push_back(i + 1);
     if (starts.size() > kMaxRuns) starts.assign(1, 0);

@@ -22,6 +22,7 @@
 
 #include "comm/agreed_error.h"
 #include "core/allocator.h"
+#include "core/backend.h"
 #include "core/debug_faults.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -264,15 +265,15 @@ std::string file_checksum(const std::string& path) {
 
 namespace {
 
-// Bytes this process may still write on the file system of `dir` (root may use the blocks the
-// file system reserves for it); none when it cannot be asked. Test-only fault: the debug fault
+// Bytes this process may still write on the file system of `dir`: f_bavail, also for root (the
+// blocks reserved for root need CAP_SYS_RESOURCE, which a container's root often lacks); none when
+// it cannot be asked. Test-only fault: the debug fault
 // checkpoint_free_kib sets the answer.
 std::optional<uint64_t> free_bytes(const fs::path& dir) {
   if (const int64_t kib = debug_fault("checkpoint_free_kib"); kib >= 0) return uint64_t(kib) * 1024;
   struct statvfs s {};
   if (::statvfs(dir.c_str(), &s) != 0) return std::nullopt;
-  const uint64_t blocks = ::geteuid() == 0 ? s.f_bfree : s.f_bavail;
-  return uint64_t(blocks) * uint64_t(s.f_frsize);
+  return uint64_t(s.f_bavail) * uint64_t(s.f_frsize);
 }
 
 // What this rank writes into a checkpoint: model.safetensors on rank 0 (the full weights), and
@@ -292,10 +293,15 @@ uint64_t bytes_written(const Transformer& model, bool root) {
 }
 
 // "the newest complete checkpoint, '<dir>', is kept" or that there is none.
+// Never throws: it builds an error message, before the ranks agree.
 std::string newest_kept(const std::string& checkpoints_dir) {
-  const auto all = complete_checkpoints(checkpoints_dir);
-  if (all.empty()) return "there is no earlier complete checkpoint";
-  return fmt::format("the newest complete checkpoint, '{}', is kept", all.back().second.string());
+  try {
+    const auto all = complete_checkpoints(checkpoints_dir);
+    if (all.empty()) return "there is no earlier complete checkpoint";
+    return fmt::format("the newest complete checkpoint, '{}', is kept", all.back().second.string());
+  } catch (const std::exception&) {
+    return "the complete checkpoints already there are kept";
+  }
 }
 
 std::string message_of(const std::exception& e) {
@@ -321,6 +327,7 @@ std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& mod
   const bool root = rank == 0;
   const fs::path final_dir = fs::path(checkpoints_dir) / fmt::format("step_{}", state.step);
   const fs::path tmp = fs::path(checkpoints_dir) / fmt::format("step_{}.tmp", state.step);
+  const fs::path replaced = fs::path(checkpoints_dir) / fmt::format("step_{}.old", state.step);
   // A save that fails on any rank fails on all of them together (no rank is left in a
   // collective), removes its partial directory (a full disk stays usable) and names what is
   // kept: nothing published is touched before the new checkpoint is complete.
@@ -381,7 +388,10 @@ std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& mod
   fail_together("checking for room");
 
   // 2. Full weights, gathered one unit at a time (collective over fsdp x sp); only rank 0 keeps
-  //    them, so the other ranks hold at most one unit's full copy at a time.
+  //    them, so the other ranks hold at most one unit's full copy at a time. These host copies
+  //    are the save's, not the model's: memory_limit_gb (the training plan) does not hold them,
+  //    so that no rank fails alone inside the gathers' collectives.
+  const LimitLifted host_copies(cpu_backend().allocator());
   {
     std::vector<std::pair<std::string, Tensor>> named;
     for (size_t u = 0; u < model.units().size(); ++u) {
@@ -458,23 +468,37 @@ std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& mod
       // The marker last, and the directory synced, before the rename publishes it.
       write_text(tmp / kCompleteFile, complete_text(tmp / kStateFile));
       sync_path(tmp, true);
-      // A checkpoint of the same step from an earlier attempt.
-      if (fs::exists(final_dir)) discard_checkpoint(final_dir);
-      fs::rename(tmp, final_dir);
-      sync_path(checkpoints_dir, true);
+      // A checkpoint of the same step from an earlier attempt is set aside (an atomic rename)
+      // and put back should the new one fail to take its name.
+      if (fs::exists(final_dir)) {
+        fs::remove_all(replaced);
+        fs::rename(final_dir, replaced);
+      }
+      try {
+        fs::rename(tmp, final_dir);
+      } catch (...) {
+        std::error_code ec;
+        if (fs::exists(replaced, ec)) fs::rename(replaced, final_dir, ec);
+        throw;
+      }
     } catch (const std::exception& e) {
       error = message_of(e);
     }
-    if (error.empty() && keep_last > 0) {
-      // Published: a failure to prune older checkpoints costs space, not this one.
+    if (error.empty()) {
+      // Published: what fails from here on costs space or durability, not this checkpoint.
       try {
-        auto all = complete_checkpoints(checkpoints_dir);
-        for (size_t i = 0; i + size_t(keep_last) < all.size(); ++i)
-          discard_checkpoint(all[i].second);
+        sync_path(checkpoints_dir, true);
+        if (fs::exists(replaced)) fs::remove_all(replaced);
+        if (keep_last > 0) {
+          auto all = complete_checkpoints(checkpoints_dir);
+          for (size_t i = 0; i + size_t(keep_last) < all.size(); ++i)
+            discard_checkpoint(all[i].second);
+        }
       } catch (const std::exception& e) {
         log::warn(
-            "checkpoint of step {} saved, but older checkpoints were not all removed "
-            "(checkpoint.keep_last = {}): {}",
+            "checkpoint of step {} saved, but tidying after it failed (older checkpoints of "
+            "checkpoint.keep_last = {} or a replaced one may remain; the next save removes "
+            "leftovers): {}",
             state.step, keep_last, message_of(e));
       }
     }

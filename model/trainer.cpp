@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "comm/agreed_error.h"
 #include "comm/mpi_env.h"
 #include "comm/ordered_sum.h"
 #include "core/allocator.h"
@@ -385,38 +386,48 @@ void Trainer::run(int64_t last) {
   // A fresh run starts a fresh metrics file; a resumed one appends after its own earlier lines.
   // Lines of steps after the checkpoint (written before an interruption) are dropped, as those
   // steps run again.
+  // Rank 0 alone rewrites it; a failure there is raised on every rank (comm/agreed_error.h), so
+  // that no rank waits for it in the first step's collectives.
+  std::string metrics_error;
   if (opt_.write_metrics && mesh_.world_rank() == 0) {
-    fs::create_directories(cfg_.run_dir);
-    const fs::path p = fs::path(cfg_.run_dir) / "metrics.jsonl";
-    std::vector<std::string> keep;
-    if (state_.step > 0) {
-      std::ifstream in(p);
-      std::string line;
-      while (std::getline(in, line)) {
-        const auto j = nlohmann::json::parse(line, nullptr, false);
-        if (!j.is_discarded() && j.is_object() && j.value("step", int64_t(0)) <= state_.step)
-          keep.push_back(line);
+    try {
+      fs::create_directories(cfg_.run_dir);
+      const fs::path p = fs::path(cfg_.run_dir) / "metrics.jsonl";
+      std::vector<std::string> keep;
+      if (state_.step > 0) {
+        std::ifstream in(p);
+        std::string line;
+        while (std::getline(in, line)) {
+          const auto j = nlohmann::json::parse(line, nullptr, false);
+          if (!j.is_discarded() && j.is_object() && j.value("step", int64_t(0)) <= state_.step)
+            keep.push_back(line);
+        }
       }
-    }
-    // Rewritten beside and renamed over, so that a full disk cannot leave the earlier steps'
-    // lines half written.
-    fs::path tmp = p;
-    tmp += ".tmp";
-    {
-      std::ofstream out(tmp, std::ios::trunc);
-      for (const std::string& line : keep) out << line << "\n";
-      out.flush();
-      if (!out.good()) {
-        const int err = errno;
-        out.close();
-        std::error_code ec;
-        fs::remove(tmp, ec);
-        RA_FAIL("cannot write '{}': {}; '{}' is left as it was", tmp.string(), std::strerror(err),
-                p.string());
+      // Rewritten beside and renamed over, so that a full disk cannot leave the earlier steps'
+      // lines half written.
+      fs::path tmp = p;
+      tmp += ".tmp";
+      {
+        std::ofstream out(tmp, std::ios::trunc);
+        for (const std::string& line : keep) out << line << "\n";
+        out.flush();
+        if (!out.good()) {
+          const int err = errno;
+          out.close();
+          std::error_code ec;
+          fs::remove(tmp, ec);
+          RA_FAIL("cannot write '{}': {}; '{}' is left as it was", tmp.string(), std::strerror(err),
+                  p.string());
+        }
       }
+      fs::rename(tmp, p);
+    } catch (const std::exception& e) {
+      metrics_error = e.what();
     }
-    fs::rename(tmp, p);
   }
+  raise_if_any_rank_failed(mesh_.world(), metrics_error, [](int r) {
+    return fmt::format("rank {} could not prepare metrics.jsonl (its message says why)", r);
+  });
   if (mesh_.world_rank() == 0)
     if (const std::string w = checkpoint_space_warning(last); !w.empty()) log::warn("{}", w);
   Progress progress(state_.step, last);

@@ -520,6 +520,11 @@ TEST_CASE("attention tiles: causal tiles are skipped, computed or masked as expe
     CHECK(r.fwd.tiles_computed == 3);
     CHECK(r.fwd.tiles_masked == 2);
     CHECK(r.fwd.tiles_skipped == 1);
+    // The shortest such piece, three keys (31, 224, 225): the same four tiles.
+    const Result three = run_tiles(in, 32, 32, {{31, 224, 225}}, false);
+    CHECK(three.fwd.tiles_computed == 3);
+    CHECK(three.fwd.tiles_masked == 2);
+    CHECK(three.fwd.tiles_skipped == 1);
   }
   SECTION("striped: the triangle in local index space") {
     Inputs in = make_inputs(1, 64, 128, 1, 1, 16, true, 83);

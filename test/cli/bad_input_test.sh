@@ -89,12 +89,12 @@ expect_output "a run that ends within the curriculum is warned of" \
 out=$("$bin" --log-level warn train "${tiny[@]}" --set run_dir="$tmp/quiet" 2>&1)
 [ $? -eq 0 ] && ! grep -q "\[info\]" <<<"$out" && pass "--log-level warn overrides the config's log_level" ||
   fail "--log-level warn overrides the config's log_level: $(head -3 <<<"$out")"
-# The warning comes from the config alone, before the backend (no GPU is visible: the run then
-# ends there).
+# The warning comes from the config alone, before the backend; the run then ends, at the missing
+# GPU or (a simulated GPU, which CUDA_VISIBLE_DEVICES does not hide) at the memory limit.
 expect_error "tiny tiles on a GPU are warned of (launches dominate)" \
   "attention.kernel = tiles with q_chunk = 1 and k_chunk = 2 cuts the 128 tokens of a rank into 8192 tile pairs per attention call" \
   env CUDA_VISIBLE_DEVICES= "$bin" train "${tiny[@]}" --set run_dir="$tmp/run" --set device=cuda \
-  --set attention.q_chunk=1 --set attention.k_chunk=2
+  --set attention.q_chunk=1 --set attention.k_chunk=2 --set memory_limit_gb=0.0001
 expect_error "model whose shards alone do not fit memory_limit_gb" \
   "the model does not fit memory_limit_gb = 0.0001 GiB per rank: building it failed: memory limit exceeded" \
   train1 --set memory_limit_gb=0.0001
@@ -205,9 +205,10 @@ else
   echo "skip a resume with another CPU thread count: one processor"
 fi
 # Without OPENBLAS_NUM_THREADS or OMP_NUM_THREADS a rank takes the CPUs of its affinity mask.
+first_cpu() { taskset -pc $$ | sed 's/.*: *//; s/[-,].*//'; }
 if command -v taskset >/dev/null && [ "$(getconf _NPROCESSORS_ONLN)" -ge 2 ]; then
   expect_output "a rank bound to one CPU runs one thread" "threads per rank: 1$" \
-    env -u OPENBLAS_NUM_THREADS -u OMP_NUM_THREADS taskset -c 0 "$bin" train "${tiny[@]}" --set run_dir="$tmp/bound"
+    env -u OPENBLAS_NUM_THREADS -u OMP_NUM_THREADS taskset -c "$(first_cpu)" "$bin" train "${tiny[@]}" --set run_dir="$tmp/bound"
 else
   echo "skip a rank bound to one CPU: no taskset or one processor"
 fi
