@@ -62,14 +62,9 @@ struct Setup {
   MeshShape shape;
 };
 
-Setup resolve(const std::string& file, const std::vector<std::string>& sets,
-              const std::string& init_from = "") {
-  JsonConfig json = load_train_json(file, sets);
-  // The Hugging Face config sets the model shape (model/hf/hf_config.h), over file and --set.
-  if (!init_from.empty()) apply_hf_config(read_hf_config(init_from), json);
-  TrainConfig cfg = to_train_config(json);
-  const MeshShape shape = validate(cfg, MpiEnv::world_size());
-  log::set_level(cfg.log_level);
+// What a training run's config makes likely to disappoint, said before it starts (and before
+// the backend is picked, which fails without a GPU). Train only: eval shares resolve().
+void warn_about_training_plan(const TrainConfig& cfg, const MeshShape& shape) {
   // Often a short trial of a preset (--set train.steps=50): legal, but it trains only the
   // curriculum's first lengths, never seq_len, which nothing else would say.
   int64_t curriculum = 0;
@@ -99,6 +94,17 @@ Setup resolve(const std::string& file, const std::vector<std::string>& sets,
           "k_chunk (1024 or more), or set attention.kernel = fused (bf16)",
           cfg.attention.q_chunk, cfg.attention.k_chunk, local, pairs);
   }
+}
+
+Setup resolve(const std::string& file, const std::vector<std::string>& sets,
+              const std::string& init_from = "", bool training = false) {
+  JsonConfig json = load_train_json(file, sets);
+  // The Hugging Face config sets the model shape (model/hf/hf_config.h), over file and --set.
+  if (!init_from.empty()) apply_hf_config(read_hf_config(init_from), json);
+  TrainConfig cfg = to_train_config(json);
+  const MeshShape shape = validate(cfg, MpiEnv::world_size());
+  log::set_level(cfg.log_level);
+  if (training) warn_about_training_plan(cfg, shape);
   // The limit applies where the model lives (the GPU's memory with device = cuda).
   backend_for(cfg).allocator().set_limit(cfg.memory_limit_bytes());
   // An explicit OPENBLAS_NUM_THREADS (or OMP_NUM_THREADS) wins (the tests pin it to 1);
@@ -150,7 +156,7 @@ std::optional<RunDirLock> claim_run_dir(const TrainConfig& cfg, bool resume) {
 }
 
 int run_train(const TrainArgs& a) {
-  Setup s = resolve(a.file, a.sets, a.init_from);
+  Setup s = resolve(a.file, a.sets, a.init_from, /*training=*/true);
   // A dead or stopped rank ends the job after comm.timeout_s instead of hanging it (from the run
   // directory's check on, and until MPI_Finalize: comm/mpi_env.h).
   const WatchdogArm watchdog(s.cfg.comm.timeout_s);
