@@ -263,18 +263,16 @@ std::string file_checksum(const std::string& path) {
   return fmt::format("{:016x}", h);
 }
 
-namespace {
-
-// Bytes this process may still write on the file system of `dir`: f_bavail, also for root (the
-// blocks reserved for root need CAP_SYS_RESOURCE, which a container's root often lacks); none when
-// it cannot be asked. Test-only fault: the debug fault
-// checkpoint_free_kib sets the answer.
-std::optional<uint64_t> free_bytes(const fs::path& dir) {
+// f_bavail, also for root (the blocks reserved for root need CAP_SYS_RESOURCE, which a
+// container's root often lacks). Test-only fault: checkpoint_free_kib sets the answer.
+std::optional<uint64_t> checkpoint_free_bytes(const std::string& dir) {
   if (const int64_t kib = debug_fault("checkpoint_free_kib"); kib >= 0) return uint64_t(kib) * 1024;
   struct statvfs s {};
   if (::statvfs(dir.c_str(), &s) != 0) return std::nullopt;
   return uint64_t(s.f_bavail) * uint64_t(s.f_frsize);
 }
+
+namespace {
 
 // What this rank writes into a checkpoint: model.safetensors on rank 0 (the full weights), and
 // on every rank its optimizer file (parameter, m and v of its shards). Tensor data plus a
@@ -313,10 +311,6 @@ std::string message_of(const std::exception& e) {
 uint64_t checkpoint_bytes(const Transformer& model, const Mesh& mesh) {
   // Rank 0's files plus every other rank's optimizer file (shards are padded to one size).
   return bytes_written(model, true) + uint64_t(mesh.world_size() - 1) * bytes_written(model, false);
-}
-
-std::optional<uint64_t> checkpoint_free_bytes(const std::string& checkpoints_dir) {
-  return free_bytes(checkpoints_dir);
 }
 
 std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& model, Mesh& mesh,
@@ -373,7 +367,7 @@ std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& mod
   fail_together("removing an interrupted save");
   {
     const uint64_t need = bytes_written(model, root);
-    const std::optional<uint64_t> have = free_bytes(checkpoints_dir);
+    const std::optional<uint64_t> have = checkpoint_free_bytes(checkpoints_dir);
     if (have && *have < need)
       error = fmt::format("rank {} needs about {} in '{}', and the file system has {} free", rank,
                           format_bytes(size_t(need)), checkpoints_dir, format_bytes(size_t(*have)));
