@@ -28,6 +28,9 @@
 #include "test/attention_sequence.h"
 #include "test/close_vectors.h"
 #include "test/reference_attention.h"
+#ifdef RINGATTN_CUDA_SIM
+#include "core/cuda_sim/sim_streams.h"
+#endif
 
 using namespace ringattn;
 using ringattn::test::iota;
@@ -258,6 +261,40 @@ TEST_CASE("CUDA attention: ring layouts (local queries against every rank's bloc
     c.blocks.push_back(layout_positions(layout, S, ranks, (rank - t + ranks) % ranks));
   compare_backends(c);
 }
+
+TEST_CASE("CUDA attention: many small chunks match the CPU (wavefronts of uneven chunk pairs)",
+          "[cuda]") {
+  if (test::skip_without_gpu()) return;
+  // 23 x 13 chunk pairs of 5 x 9 queries and keys, the last of each shorter: wavefronts mix
+  // shapes; two kv groups of 3 query heads (the backward's launches per head of a group).
+  const bool causal = GENERATE(false, true);
+  INFO("causal " << causal);
+  Case c = make_case(2, 113, 113, 6, 2, 16, causal, 5, 9, 7000);
+  c.blocks = {iota(113)};
+  compare_backends(c);
+  c.bf16 = true;
+  compare_backends(c);
+}
+
+#ifdef RINGATTN_CUDA_SIM
+TEST_CASE("CUDA attention: the tile path's launches grow with the chunk count, not its square",
+          "[cuda]") {
+  // A call of nq x nk chunk pairs runs nq + nk - 1 wavefronts of launches (plan_launches in
+  // core/cuda/cuda_attention.cu), not nq * nk: halving the chunks doubles the launches (and a
+  // bit: the wavefronts' shape runs), where one run per pair would quadruple them.
+  auto launches = [](int64_t chunk) {
+    Case c = make_case(1, 128, 128, 2, 1, 16, false, chunk, chunk, 7100);
+    (void)run(cuda_backend(0), c, false);  // the first call's one-time work out of the count
+    const size_t before = sim::work_queued_so_far();
+    (void)run(cuda_backend(0), c, false);
+    return double(sim::work_queued_so_far() - before);
+  };
+  const double coarse = launches(16), fine = launches(8);  // 8 x 8 and 16 x 16 chunk pairs
+  INFO("queued work: " << coarse << " with chunks of 16, " << fine << " with chunks of 8");
+  CHECK(fine < 2.5 * coarse);
+  CHECK(fine > 1.5 * coarse);
+}
+#endif
 
 TEST_CASE("CUDA attention: score workspace comes from the CUDA allocator", "[cuda]") {
   if (test::skip_without_gpu()) return;

@@ -1,6 +1,7 @@
 // CUDA attention tiles. The host plans the tiles exactly as the CPU backend does (the same chunks,
-// the same skip / full / masked classification, the same statistics); the device runs, for each
-// (query chunk, key chunk) pair, the tiles of every (batch row, head) that is not skipped:
+// the same skip / full / masked classification, the same statistics); the device runs them in
+// wavefronts of (query chunk, key chunk) pairs (plan_launches below), each launch holding the
+// tiles of every (batch row, head) that is not skipped of several pairs:
 //
 //   forward    S = scale Q K^T            cublasSgemmBatched, into workspace from the allocator
 //              mask, online softmax       forward_softmax_kernel: P = exp(S - m'), rescales acc
@@ -16,10 +17,12 @@
 // AttentionTileProblem::fused (bf16) replaces all of that by the fused kernels of
 // core/cuda/fused_attention.cu: the same plan and statistics, positions uploaded, one launch.
 //
-// A batched GEMM must never have two of its problems write the same output: in the forward every
-// tile owns its (batch, query head) rows of acc; in the backward the query heads of one group
-// share dK and dV, so a backward launch holds only one query head per kv head (the group's heads
-// go in separate launches, one after the other on the stream).
+// A batched GEMM must never have two of its problems write the same output: a launch holds at
+// most one pair per query chunk and per key chunk, so in the forward every tile owns its (batch,
+// query head) rows of acc; in the backward the query heads of one group share dK and dV, so a
+// backward launch holds only one query head per kv head (the group's heads go in separate
+// launches, one after the other on the stream). The GEMMs' pointer arrays are written on the
+// device, per launch, from the tiles' items (tile_pointers_kernel).
 //
 // The element mask (causal by global positions, segment ids) is applied to every computed tile of
 // a problem that has one, so the result never depends on the classification; the classification
@@ -90,9 +93,17 @@ struct Plan : TilePlan {
   int64_t tile_floats() const { return max_q * ld_s; }
 };
 
-// The tiles of one (query chunk, key chunk) pair that run together: items[first, first + count).
+// One computed tile: batch row b, query head h, the first query of its query chunk (in the shard)
+// and the first key of its key chunk (in the block), and `slot`, its place in its launch (its
+// score tile is slot * tile_stride into the launch's workspace, and it is blockIdx.y there).
+struct TileItem {
+  int b = 0, h = 0, q_begin = 0, k_begin = 0, slot = 0;
+};
+
+// The tiles that run together: items[first, first + count), all of one shape nq x nk (a batched
+// GEMM has one shape), of chunk pairs no two of which share a query chunk or a key chunk.
 struct Launch {
-  size_t qi = 0, ki = 0;
+  int64_t nq = 0, nk = 0;
   size_t first = 0;
   int count = 0;
 };
@@ -102,42 +113,71 @@ int64_t max_tiles_per_launch(const Plan& pl) {
                              kMaxTilesPerLaunch);
 }
 
-// The computed tiles of one call, as (batch row, query head) items, cut into launches.
+// The computed tiles of one call, as items, cut into launches.
 struct TileWork {
-  std::vector<int2> items;
+  std::vector<TileItem> items;
   std::vector<Launch> launches;
   int widest = 0;  // most tiles in one launch
 };
 
-// Tiles in (query chunk, key chunk) order. Per chunk pair, `groups` runs of launches, group g
-// holding the heads head_of(g, j) for j < heads_per_group of every batch row; a launch never mixes
-// groups or chunk pairs and holds at most max_tiles_per_launch tiles. Counts every tile (skipped
-// ones too) into `stats` with flops_per_elem * nq * nk * D flops.
+// Tiles in wavefronts: wavefront w holds the chunk pairs (qi, ki) with qi + ki = w. A query chunk
+// then meets its key chunks in ascending order, one wavefront after another, as in the CPU's loop
+// (the online softmax and dQ's sums see them in that order), and a key chunk its query chunks in
+// ascending order (dK's and dV's sums); and no two pairs of a wavefront share a query chunk or a
+// key chunk, so they run in the same launches: a call of nq x nk chunk pairs is nq + nk - 1
+// wavefronts, not nq * nk steps of a few launches each (at S = 128K and chunks of 256 that was
+// millions of launches per call). Per wavefront, `groups` runs of launches, group g holding the
+// heads head_of(g, j) for j < heads_per_group of every batch row, and of its pairs those of one
+// shape (chunks cut at a break or at the end are shorter); a launch holds at most
+// max_tiles_per_launch tiles. Counts every tile (skipped ones too) into `stats` with
+// flops_per_elem * nq * nk * D flops.
 template <typename HeadOf>
 TileWork plan_launches(const Plan& pl, int64_t groups, int64_t heads_per_group, HeadOf head_of,
                        double flops_per_elem, AttentionTileStats* stats) {
   const size_t max_tiles = size_t(max_tiles_per_launch(pl));
+  const size_t nqc = pl.qc.size(), nkc = pl.kc.size();
   TileWork w;
   AttentionTileStats counted;
-  for (size_t qi = 0; qi < pl.qc.size(); ++qi)
-    for (size_t ki = 0; ki < pl.kc.size(); ++ki) {
-      const double flops =
-          flops_per_elem * double(pl.qc[qi].size()) * double(pl.kc[ki].size()) * double(pl.D);
-      for (int64_t g = 0; g < groups; ++g) {
+  struct Pair {
+    size_t qi, ki;
+    int64_t nq, nk;
+  };
+  std::vector<Pair> pairs;
+  for (size_t wave = 0; nqc > 0 && nkc > 0 && wave + 1 < nqc + nkc; ++wave) {
+    pairs.clear();
+    for (size_t qi = wave >= nkc ? wave - (nkc - 1) : 0; qi <= std::min(wave, nqc - 1); ++qi)
+      pairs.push_back({qi, wave - qi, pl.qc[qi].size(), pl.kc[wave - qi].size()});
+    // Pairs of one shape side by side, each shape's in ascending qi (the order is free: no two
+    // pairs of a wavefront touch the same rows).
+    std::stable_sort(pairs.begin(), pairs.end(), [](const Pair& x, const Pair& y) {
+      return x.nq != y.nq ? x.nq < y.nq : x.nk < y.nk;
+    });
+    for (int64_t g = 0; g < groups; ++g)
+      for (size_t s = 0, e = 0; s < pairs.size(); s = e) {
+        for (e = s; e < pairs.size() && pairs[e].nq == pairs[s].nq && pairs[e].nk == pairs[s].nk;)
+          ++e;
         const size_t start = w.items.size();
-        for (int64_t b = 0; b < pl.p.batch; ++b)
-          for (int64_t j = 0; j < heads_per_group; ++j) {
-            const TileKind kind = pl.classify(b, qi, ki);
-            count_tile(counted, kind, flops);
-            if (kind != TileKind::Skip) w.items.push_back(make_int2(int(b), int(head_of(g, j))));
-          }
+        const double flops =
+            flops_per_elem * double(pairs[s].nq) * double(pairs[s].nk) * double(pl.D);
+        for (size_t x = s; x < e; ++x) {
+          const Pair& pr = pairs[x];
+          for (int64_t b = 0; b < pl.p.batch; ++b)
+            for (int64_t j = 0; j < heads_per_group; ++j) {
+              const TileKind kind = pl.classify(b, pr.qi, pr.ki);
+              count_tile(counted, kind, flops);
+              if (kind != TileKind::Skip)
+                w.items.push_back({int(b), int(head_of(g, j)), int(pl.qc[pr.qi].begin),
+                                   int(pl.kc[pr.ki].begin), 0});
+            }
+        }
         for (size_t at = start; at < w.items.size(); at += max_tiles) {
           const int count = int(std::min(w.items.size() - at, max_tiles));
-          w.launches.push_back({qi, ki, at, count});
+          for (int t = 0; t < count; ++t) w.items[at + size_t(t)].slot = t;
+          w.launches.push_back({pairs[s].nq, pairs[s].nk, at, count});
           w.widest = std::max(w.widest, count);
         }
       }
-    }
+  }
   add_tile_stats(stats, counted);
   return w;
 }
@@ -177,8 +217,7 @@ void tile_gemm(bool bf16, cublasHandle_t h, bool ta, bool tb, int64_t m, int64_t
 
 // AttentionTileProblem::bf16: q, k, v (and dout) rounded to bf16 once per call, and one bf16 tile
 // buffer (`tiles` tiles of `tile_stride`) that P and dS are rounded into before their GEMMs.
-// Empty (no allocation) for a float32 problem. An address `off` elements into an operand is
-// stored in the float* pointer arrays as is: cuBLAS reads it as bf16 (gemm_batched_bf16).
+// Empty (no allocation) for a float32 problem.
 struct Bf16Operands {
   DeviceScratch mem;
   uint16_t *q = nullptr, *k = nullptr, *v = nullptr, *dout = nullptr, *tile = nullptr;
@@ -232,63 +271,108 @@ struct Bf16Operands {
     }
     if (dout_in) to_bf16(stream, dout_in, dout, nq);
   }
-  // The address `off` elements into a bf16 operand, as the pointer arrays store it.
-  static float* addr(uint16_t* base, int64_t off) { return reinterpret_cast<float*>(base + off); }
-  // The address `off` elements into an operand for the GEMMs: its rounded copy (`rounded`, one of
-  // q, k, v, dout above) under bf16, else the float32 operand itself.
-  static float* pick(uint16_t* rounded, const float* f32, int64_t off) {
-    return rounded ? addr(rounded, off) : const_cast<float*>(f32) + off;
-  }
 };
 
-// Where one item (batch row b, query head h) of chunk pair (q, k) starts, in elements: its query
-// rows in q, dq, dout and acc; its key rows (kv head h / G) in k, v, dk and dv.
-struct ItemOffsets {
-  int64_t q = 0, k = 0;
-  ItemOffsets(const Plan& pl, const TileChunk& qc, const TileChunk& kc, int2 item) {
-    const int64_t b = item.x, h = item.y;
-    q = (b * pl.p.sq + qc.begin) * pl.ldq + h * pl.D;
-    k = (b * pl.p.sk + kc.begin) * pl.ldk + h / pl.G * pl.D;
-  }
-};
-
-// Positions, segment ids, tile items and GEMM pointer arrays for one call: built on the host,
-// uploaded in one copy. Also the device addresses of each section.
+// Positions, segment ids and tile items for one call: built on the host, uploaded in one copy.
+// Also the device addresses of each section.
 struct Staging {
   Layout lay;
-  size_t q_pos_at = 0, k_pos_at = 0, q_seg_at = 0, k_seg_at = 0, items_at = 0, ptrs_at = 0;
+  size_t q_pos_at = 0, k_pos_at = 0, q_seg_at = 0, k_seg_at = 0, items_at = 0;
   std::vector<unsigned char> host;
 
-  Staging(const Plan& pl, size_t items, size_t ptrs) {
+  Staging(const Plan& pl, const std::vector<TileItem>& items) {
     q_pos_at = lay.add(pl.q_pos.size() * sizeof(int64_t));
     k_pos_at = lay.add(pl.k_pos.size() * sizeof(int64_t));
     q_seg_at = lay.add(pl.q_seg.size() * sizeof(int32_t));
     k_seg_at = lay.add(pl.k_seg.size() * sizeof(int32_t));
-    items_at = lay.add(items * sizeof(int2));
-    ptrs_at = lay.add(ptrs * sizeof(float*));
+    items_at = lay.add(items.size() * sizeof(TileItem));
     host.assign(lay.bytes(), 0);
     copy_in(q_pos_at, pl.q_pos);
     copy_in(k_pos_at, pl.k_pos);
     copy_in(q_seg_at, pl.q_seg);
     copy_in(k_seg_at, pl.k_seg);
+    copy_in(items_at, items);
   }
   template <typename T>
   void copy_in(size_t at, const std::vector<T>& v) {
     if (!v.empty()) std::memcpy(host.data() + at, v.data(), v.size() * sizeof(T));
   }
-  template <typename T>
-  T* host_at(size_t at) {
-    return reinterpret_cast<T*>(host.data() + at);
+};
+
+// ---- the GEMMs' pointer arrays ------------------------------------------------------------------
+
+// What one pointer array of a launch holds for each tile: base + offset * elem_bytes, the offset
+// being where the tile's rows start in a [B, S, heads, D] operand: its query rows (q, dout, acc,
+// dq: batch row b, query head h) or its key rows (k, v, dk, dv: kv head h / G); or its score tile
+// in a workspace (slot * tile_stride). bf16 operands (elem_bytes 2) are stored as float* all the
+// same: cuBLAS reads them as bf16 (gemm_batched_bf16).
+enum class RowsOf : int { Query, Key, Slot };
+
+struct PointerArray {
+  char* base = nullptr;
+  int elem_bytes = 4;
+  RowsOf rows = RowsOf::Query;
+};
+
+constexpr int kMaxPointerArrays = 10;
+
+struct PointerSpec {
+  PointerArray arrays[kMaxPointerArrays];
+  int count = 0;
+  int64_t sq = 0, sk = 0, ldq = 0, ldk = 0, D = 0, G = 1, tile_stride = 0;
+
+  PointerSpec(const Plan& pl, int64_t tile_floats)
+      : sq(pl.p.sq),
+        sk(pl.p.sk),
+        ldq(pl.ldq),
+        ldk(pl.ldk),
+        D(pl.D),
+        G(pl.G),
+        tile_stride(tile_floats) {}
+  // Adds an array and returns its index: array i of a launch of n tiles starts at i * n.
+  int add(const float* f32, RowsOf rows) { return add(f32, nullptr, rows); }
+  int add(uint16_t* bf16, RowsOf rows) { return add(nullptr, bf16, rows); }
+  // The operand's rounded bf16 copy when there is one, else the float32 operand.
+  int add(const float* f32, uint16_t* bf16, RowsOf rows) {
+    RA_CHECK(count < kMaxPointerArrays, "attention tile: too many pointer arrays");
+    arrays[count] = bf16 ? PointerArray{reinterpret_cast<char*>(bf16), 2, rows}
+                         : PointerArray{reinterpret_cast<char*>(const_cast<float*>(f32)), 4, rows};
+    return count++;
   }
 };
 
+// Thread t < n writes tile t's entry of every array (array i at out[i * n + t]).
+__global__ void tile_pointers_kernel(PointerSpec s, const TileItem* items, int n, char** out) {
+  for (int64_t t = global_thread(); t < n; t += grid_stride()) {
+    const TileItem it = items[t];
+    const int64_t q = (int64_t(it.b) * s.sq + it.q_begin) * s.ldq + int64_t(it.h) * s.D;
+    const int64_t k = (int64_t(it.b) * s.sk + it.k_begin) * s.ldk + int64_t(it.h) / s.G * s.D;
+    const int64_t tile = int64_t(it.slot) * s.tile_stride;
+    for (int i = 0; i < s.count; ++i) {
+      const PointerArray& a = s.arrays[i];
+      const int64_t off = a.rows == RowsOf::Query ? q : a.rows == RowsOf::Key ? k : tile;
+      out[int64_t(i) * n + t] = a.base + off * a.elem_bytes;
+    }
+  }
+}
+
+// The pointer arrays of one launch, in `out` (room for spec.count * L.count pointers), written in
+// stream order: after the previous launch's GEMMs have read theirs from the same buffer.
+float** write_pointers(cudaStream_t stream, const PointerSpec& spec, const TileItem* items,
+                       const Launch& L, const DeviceScratch& out) {
+  RA_LAUNCH(grid_for(L.count), kThreads, 0, stream, tile_pointers_kernel)
+  (spec, items + L.first, L.count, out.at<char*>());
+  CUDA_CHECK(cudaGetLastError());
+  return out.at<float*>();
+}
+
 // ---- kernels ------------------------------------------------------------------------------------
 
-// What the mask of one chunk pair needs, all in device memory.
+// What the mask of one launch's tiles needs, all in device memory (where each tile's chunks begin
+// is its item's).
 struct MaskArgs {
-  int64_t sq = 0, sk = 0;            // shard and block lengths (rows of positions and segment ids)
-  int64_t q_begin = 0, k_begin = 0;  // this chunk pair's first query and first key
-  int64_t nq = 0, nk = 0;
+  int64_t sq = 0, sk = 0;  // shard and block lengths (rows of positions and segment ids)
+  int64_t nq = 0, nk = 0;  // the launch's tile shape
   bool causal = false;
   const int64_t* q_pos = nullptr;  // [sq]
   const int64_t* k_pos = nullptr;  // [sk]
@@ -296,11 +380,11 @@ struct MaskArgs {
   const int32_t* k_seg = nullptr;  // [B, sk] or null
 };
 
-// Key j of the chunk (0-based) is visible to a query at qpos with segment qseg in batch row b.
+// Key `key` of the block is visible to a query at qpos with segment qseg in batch row b.
 __device__ inline bool visible(const MaskArgs& a, int64_t b, int64_t qpos, int32_t qseg,
-                               int64_t j) {
-  if (a.causal && a.k_pos[a.k_begin + j] > qpos) return false;
-  if (a.q_seg && a.k_seg[b * a.sk + a.k_begin + j] != qseg) return false;
+                               int64_t key) {
+  if (a.causal && a.k_pos[key] > qpos) return false;
+  if (a.q_seg && a.k_seg[b * a.sk + key] != qseg) return false;
   return true;
 }
 
@@ -315,24 +399,24 @@ __device__ inline bool visible(const MaskArgs& a, int64_t b, int64_t qpos, int32
 // gets the same m_new and takes the same branches. Under bf16 (`rounded` not null) P goes, rounded,
 // into `rounded` instead (the same layout), which the P V GEMM reads: no float32 P and no second
 // rounding pass; l sums the unrounded P as before.
-__global__ void forward_softmax_kernel(MaskArgs a, const int2* items, float* scores,
+__global__ void forward_softmax_kernel(MaskArgs a, const TileItem* items, float* scores,
                                        int64_t tile_stride, int64_t ld_s, int heads, int head_dim,
                                        float* m, float* l, float* acc, uint16_t* rounded) {
   const int lane = int(threadIdx.x % 32);
   const int64_t warps = blockDim.x / 32;  // kWarps
-  const int2 item = items[blockIdx.y];
-  const int64_t b = item.x, h = item.y;
+  const TileItem item = items[blockIdx.y];
+  const int64_t b = item.b, h = item.h;
   float* tile = scores + int64_t(blockIdx.y) * tile_stride;
   uint16_t* tile16 = rounded ? rounded + int64_t(blockIdx.y) * tile_stride : nullptr;
   for (int64_t r = blockIdx.x * warps + threadIdx.x / 32; r < a.nq; r += gridDim.x * warps) {
-    const int64_t i = a.q_begin + r;
+    const int64_t i = item.q_begin + r;
     const int64_t qpos = a.q_pos[i];
     const int32_t qseg = a.q_seg ? a.q_seg[b * a.sq + i] : 0;
     float* row = tile + r * ld_s;
     uint16_t* row16 = tile16 ? tile16 + r * ld_s : nullptr;
     float mx = kMaskedScore;
     for (int64_t j = lane; j < a.nk; j += 32) {
-      const float s = visible(a, b, qpos, qseg, j) ? row[j] : kMaskedScore;
+      const float s = visible(a, b, qpos, qseg, item.k_begin + j) ? row[j] : kMaskedScore;
       row[j] = s;
       mx = fmaxf(mx, s);
     }
@@ -421,15 +505,15 @@ __global__ void backward_delta_kernel(const float* dout, const float* o, float* 
 // P = exp(S - lse) in place, 0 where masked and on rows with lse = -inf (no key anywhere: never
 // exp(S + inf)). Under bf16 (`rounded` not null) also rounded into `rounded` for the dV GEMM; dS
 // below needs P unrounded.
-__global__ void backward_probs_kernel(MaskArgs a, const int2* items, float* probs,
+__global__ void backward_probs_kernel(MaskArgs a, const TileItem* items, float* probs,
                                       int64_t tile_stride, int64_t ld_s, int heads,
                                       const float* lse, uint16_t* rounded) {
-  const int2 item = items[blockIdx.y];
-  const int64_t b = item.x, h = item.y;
+  const TileItem item = items[blockIdx.y];
+  const int64_t b = item.b, h = item.h;
   float* tile = probs + int64_t(blockIdx.y) * tile_stride;
   uint16_t* tile16 = rounded ? rounded + int64_t(blockIdx.y) * tile_stride : nullptr;
   for (int64_t r = blockIdx.x; r < a.nq; r += gridDim.x) {
-    const int64_t i = a.q_begin + r;
+    const int64_t i = item.q_begin + r;
     const int64_t qpos = a.q_pos[i];
     const int32_t qseg = a.q_seg ? a.q_seg[b * a.sq + i] : 0;
     const float lr = lse[(b * heads + h) * a.sq + i];
@@ -437,7 +521,8 @@ __global__ void backward_probs_kernel(MaskArgs a, const int2* items, float* prob
     float* row = tile + r * ld_s;
     uint16_t* row16 = tile16 ? tile16 + r * ld_s : nullptr;
     for (int64_t j = threadIdx.x; j < a.nk; j += blockDim.x) {
-      const float pj = sees_any && visible(a, b, qpos, qseg, j) ? expf(row[j] - lr) : 0.0f;
+      const float pj =
+          sees_any && visible(a, b, qpos, qseg, item.k_begin + j) ? expf(row[j] - lr) : 0.0f;
       row[j] = pj;
       if (row16) row16[j] = round_to_bf16(pj);
     }
@@ -448,17 +533,17 @@ __global__ void backward_probs_kernel(MaskArgs a, const int2* items, float* prob
 // if dP there were not finite. Under bf16 (`rounded` not null) dS goes, rounded, into `rounded`
 // instead (the dQ and dK GEMMs read that; dP's buffer is not needed afterwards). The caller orders
 // this after the GEMM that read the rounded P from the same buffer (one stream).
-__global__ void backward_dscores_kernel(const int2* items, const float* probs, float* dprobs,
+__global__ void backward_dscores_kernel(const TileItem* items, const float* probs, float* dprobs,
                                         int64_t tile_stride, int64_t ld_s, int64_t nq, int64_t nk,
-                                        int heads, int64_t sq, int64_t q_begin, const float* delta,
+                                        int heads, int64_t sq, const float* delta,
                                         uint16_t* rounded) {
-  const int2 item = items[blockIdx.y];
-  const int64_t b = item.x, h = item.y;
+  const TileItem item = items[blockIdx.y];
+  const int64_t b = item.b, h = item.h;
   const float* ptile = probs + int64_t(blockIdx.y) * tile_stride;
   float* dtile = dprobs + int64_t(blockIdx.y) * tile_stride;
   uint16_t* tile16 = rounded ? rounded + int64_t(blockIdx.y) * tile_stride : nullptr;
   for (int64_t r = blockIdx.x; r < nq; r += gridDim.x) {
-    const float dl = delta[(b * heads + h) * sq + q_begin + r];
+    const float dl = delta[(b * heads + h) * sq + item.q_begin + r];
     const float* prow = ptile + r * ld_s;
     float* drow = dtile + r * ld_s;
     uint16_t* row16 = tile16 ? tile16 + r * ld_s : nullptr;
@@ -477,10 +562,8 @@ MaskArgs mask_args(const Plan& pl, const Staging& sg, const DeviceScratch& dev, 
   MaskArgs a;
   a.sq = pl.p.sq;
   a.sk = pl.p.sk;
-  a.q_begin = pl.qc[L.qi].begin;
-  a.k_begin = pl.kc[L.ki].begin;
-  a.nq = pl.qc[L.qi].size();
-  a.nk = pl.kc[L.ki].size();
+  a.nq = L.nq;
+  a.nk = L.nk;
   a.causal = pl.p.causal;
   a.q_pos = dev.at<int64_t>(sg.q_pos_at);
   a.k_pos = dev.at<int64_t>(sg.k_pos_at);
@@ -501,7 +584,7 @@ void run_fused(cudaStream_t stream, const Plan& pl, fused::Args a, double flops_
       plan_stats(pl, pl.p.batch, pl.p.heads, pl.p.head_dim, flops_per_elem);
   add_tile_stats(stats, ps);
   if (ps.tiles_computed == 0) return;
-  Staging sg(pl, 0, 0);
+  Staging sg(pl, {});
   DeviceScratch dev(stream, sg.lay.bytes(), "attention positions");
   upload_async(stream, dev.at<void>(), sg.host.data(), sg.host.size());
   a.p.q_pos = dev.at<int64_t>(sg.q_pos_at);
@@ -531,67 +614,47 @@ void attention_forward_block(cudaStream_t stream, cublasHandle_t cublas,
     return run_fused(stream, pl, fused::Args{p, st, {}}, 4.0, stats, launch_fused_forward);
   CUBLAS_CHECK(cublasSetStream(cublas, stream));
 
-  // Every (batch, head) tile of a chunk pair in one run of launches.
+  // Every (batch, head) tile of a wavefront's pairs of one shape in one run of launches.
   const TileWork w = plan_launches(
       pl, 1, p.heads, [](int64_t, int64_t h) { return h; }, 4.0, stats);
   if (w.launches.empty()) return;
-  const std::vector<int2>& items = w.items;
-  const std::vector<Launch>& launches = w.launches;
-  const int widest = w.widest;
 
-  // Pointer arrays, per launch: Q, K, S, V, ACC, and under bf16 the rounded P tiles (PB), `count`
-  // entries each. Under bf16, Q, K and V point into the rounded copies.
+  // Pointer arrays, per launch: Q, K, S, V, ACC, and under bf16 the rounded P tiles (PB). Under
+  // bf16, Q, K and V point into the rounded copies.
   const bool bf16 = p.bf16;
-  const size_t kArrays = bf16 ? 6 : 5;
   const int64_t tile_stride = pl.tile_floats();
-  DeviceScratch scores(stream, size_t(widest) * size_t(tile_stride) * sizeof(float),
+  DeviceScratch scores(stream, size_t(w.widest) * size_t(tile_stride) * sizeof(float),
                        "attention scores");
-  const Bf16Operands ops(stream, p, nullptr, size_t(widest) * size_t(tile_stride));
-  Staging sg(pl, items.size(), items.size() * kArrays);
+  const Bf16Operands ops(stream, p, nullptr, size_t(w.widest) * size_t(tile_stride));
+  Staging sg(pl, w.items);
   DeviceScratch dev(stream, sg.lay.bytes(), "attention tile plan");
-  std::memcpy(sg.host_at<int2>(sg.items_at), items.data(), items.size() * sizeof(int2));
-  float** ptrs = sg.host_at<float*>(sg.ptrs_at);
-  for (const Launch& L : launches) {
-    const TileChunk& q = pl.qc[L.qi];
-    const TileChunk& k = pl.kc[L.ki];
-    float** arr = ptrs + L.first * kArrays;
-    for (int t = 0; t < L.count; ++t) {
-      const ItemOffsets off(pl, q, k, items[L.first + size_t(t)]);
-      arr[0 * L.count + t] = Bf16Operands::pick(ops.q, p.q, off.q);
-      arr[1 * L.count + t] = Bf16Operands::pick(ops.k, p.k, off.k);
-      arr[2 * L.count + t] = scores.at<float>() + int64_t(t) * tile_stride;
-      arr[3 * L.count + t] = Bf16Operands::pick(ops.v, p.v, off.k);
-      arr[4 * L.count + t] = st.acc + off.q;
-      if (bf16) arr[5 * L.count + t] = Bf16Operands::addr(ops.tile, int64_t(t) * tile_stride);
-    }
-  }
   upload_async(stream, dev.at<void>(), sg.host.data(), sg.host.size());
 
-  float** dptrs = dev.at<float*>(sg.ptrs_at);
-  const int2* ditems = dev.at<int2>(sg.items_at);
-  for (const Launch& L : launches) {
-    const int64_t nq = pl.qc[L.qi].size(), nk = pl.kc[L.ki].size();
-    float** arr = dptrs + L.first * kArrays;
-    float** Q = arr;
-    float** K = arr + L.count;
-    float** S = arr + 2 * L.count;
-    float** V = arr + 3 * L.count;
-    float** ACC = arr + 4 * L.count;
-    tile_gemm(bf16, cublas, false, true, nq, nk, pl.D, p.scale, Q, pl.ldq, K, pl.ldk, 0.0f, S,
-              pl.ld_s, L.count);
-    const dim3 grid(grid_for_rows((nq + kWarps - 1) / kWarps), unsigned(L.count));
+  PointerSpec spec(pl, tile_stride);
+  const int iQ = spec.add(p.q, ops.q, RowsOf::Query);
+  const int iK = spec.add(p.k, ops.k, RowsOf::Key);
+  const int iS = spec.add(scores.at<float>(), RowsOf::Slot);
+  const int iV = spec.add(p.v, ops.v, RowsOf::Key);
+  const int iACC = spec.add(st.acc, RowsOf::Query);
+  const int iPB = bf16 ? spec.add(ops.tile, RowsOf::Slot) : iS;
+  DeviceScratch ptrs(stream, size_t(w.widest) * size_t(spec.count) * sizeof(float*),
+                     "attention tile pointers");
+
+  const TileItem* ditems = dev.at<TileItem>(sg.items_at);
+  for (const Launch& L : w.launches) {
+    float** arr = write_pointers(stream, spec, ditems, L, ptrs);
+    auto array = [&](int i) { return arr + int64_t(i) * L.count; };
+    tile_gemm(bf16, cublas, false, true, L.nq, L.nk, pl.D, p.scale, array(iQ), pl.ldq, array(iK),
+              pl.ldk, 0.0f, array(iS), pl.ld_s, L.count);
+    const dim3 grid(grid_for_rows((L.nq + kWarps - 1) / kWarps), unsigned(L.count));
     RA_LAUNCH(grid, kThreads, 0, stream, forward_softmax_kernel)
     (mask_args(pl, sg, dev, L), ditems + L.first, scores.at<float>(), tile_stride, pl.ld_s, p.heads,
      p.head_dim, st.m, st.l, st.acc, bf16 ? ops.tile : nullptr);
     CUDA_CHECK(cudaGetLastError());
-    if (bf16) {
-      // acc += bf16(P) V: the kernel rounded P into ops.tile after summing it into l unrounded.
-      gemm_batched_bf16(cublas, false, false, nq, pl.D, nk, 1.0f, arr + 5 * L.count, pl.ld_s, V,
-                        pl.ldk, 1.0f, ACC, pl.ldq, L.count);
-    } else {
-      gemm_batched(cublas, false, false, nq, pl.D, nk, 1.0f, S, pl.ld_s, V, pl.ldk, 1.0f, ACC,
-                   pl.ldq, L.count);
-    }
+    // acc += P V; under bf16 the P the kernel rounded into ops.tile after summing it into l
+    // unrounded.
+    tile_gemm(bf16, cublas, false, false, L.nq, pl.D, L.nk, 1.0f, array(iPB), pl.ld_s, array(iV),
+              pl.ldk, 1.0f, array(iACC), pl.ldq, L.count);
   }
   // Leaving without waiting: the scratch buffers are freed in stream order after the queued
   // kernels and GEMMs, and the upload was taken from a pinned copy (sg's host buffer may go).
@@ -626,90 +689,71 @@ void attention_backward_block(cudaStream_t stream, cublasHandle_t cublas,
     return run_fused(stream, pl, fused::Args{p, {}, a}, 10.0, stats, launch_fused_backward);
   CUBLAS_CHECK(cublasSetStream(cublas, stream));
 
-  // Per chunk pair, one group of launches per query head index g within the kv groups: a launch
+  // Per wavefront, one group of launches per query head index g within the kv groups: a launch
   // then holds at most one query head per kv head, so no two of its tiles add into the same dK, dV.
   const int64_t G = pl.G;
   const TileWork w = plan_launches(
       pl, G, p.kv_heads, [G](int64_t g, int64_t hk) { return hk * G + g; }, 10.0, stats);
   if (w.launches.empty()) return;
-  const std::vector<int2>& items = w.items;
-  const std::vector<Launch>& launches = w.launches;
-  const int widest = w.widest;
 
   // Pointer arrays, per launch: Q, K, V, dO, P, dP, dQ, dK, dV, and under bf16 the rounded P or
-  // dS tiles (XB), `count` entries each. Under bf16, Q, K, V and dO point into rounded copies.
+  // dS tiles (XB). Under bf16, Q, K, V and dO point into rounded copies.
   const bool bf16 = p.bf16;
-  const size_t kArrays = bf16 ? 10 : 9;
   const int64_t tile_stride = pl.tile_floats();
-  const size_t buffer_floats = size_t(widest) * size_t(tile_stride);
+  const size_t buffer_floats = size_t(w.widest) * size_t(tile_stride);
   DeviceScratch work(stream, 2 * buffer_floats * sizeof(float), "attention backward scores");
   float* probs = work.at<float>();
   float* dprobs = probs + buffer_floats;
   const Bf16Operands ops(stream, p, a.dout, buffer_floats);
-  Staging sg(pl, items.size(), items.size() * kArrays);
+  Staging sg(pl, w.items);
   DeviceScratch dev(stream, sg.lay.bytes(), "attention tile plan");
-  std::memcpy(sg.host_at<int2>(sg.items_at), items.data(), items.size() * sizeof(int2));
-  float** ptrs = sg.host_at<float*>(sg.ptrs_at);
-  for (const Launch& L : launches) {
-    const TileChunk& q = pl.qc[L.qi];
-    const TileChunk& k = pl.kc[L.ki];
-    float** arr = ptrs + L.first * kArrays;
-    for (int t = 0; t < L.count; ++t) {
-      const ItemOffsets off(pl, q, k, items[L.first + size_t(t)]);
-      arr[0 * L.count + t] = Bf16Operands::pick(ops.q, p.q, off.q);
-      arr[1 * L.count + t] = Bf16Operands::pick(ops.k, p.k, off.k);
-      arr[2 * L.count + t] = Bf16Operands::pick(ops.v, p.v, off.k);
-      arr[3 * L.count + t] = Bf16Operands::pick(ops.dout, a.dout, off.q);
-      if (bf16) arr[9 * L.count + t] = Bf16Operands::addr(ops.tile, int64_t(t) * tile_stride);
-      arr[4 * L.count + t] = probs + int64_t(t) * tile_stride;
-      arr[5 * L.count + t] = dprobs + int64_t(t) * tile_stride;
-      arr[6 * L.count + t] = a.dq + off.q;
-      arr[7 * L.count + t] = a.dk + off.k;
-      arr[8 * L.count + t] = a.dv + off.k;
-    }
-  }
   upload_async(stream, dev.at<void>(), sg.host.data(), sg.host.size());
 
-  float** dptrs = dev.at<float*>(sg.ptrs_at);
-  const int2* ditems = dev.at<int2>(sg.items_at);
-  for (const Launch& L : launches) {
-    const int64_t nq = pl.qc[L.qi].size(), nk = pl.kc[L.ki].size();
-    float** arr = dptrs + L.first * kArrays;
-    float** Q = arr;
-    float** K = arr + L.count;
-    float** V = arr + 2 * L.count;
-    float** dO = arr + 3 * L.count;
-    float** P = arr + 4 * L.count;
-    float** dP = arr + 5 * L.count;
-    float** dQ = arr + 6 * L.count;
-    float** dK = arr + 7 * L.count;
-    float** dV = arr + 8 * L.count;
+  PointerSpec spec(pl, tile_stride);
+  const int iQ = spec.add(p.q, ops.q, RowsOf::Query);
+  const int iK = spec.add(p.k, ops.k, RowsOf::Key);
+  const int iV = spec.add(p.v, ops.v, RowsOf::Key);
+  const int idO = spec.add(a.dout, ops.dout, RowsOf::Query);
+  const int iP = spec.add(probs, RowsOf::Slot);
+  const int idP = spec.add(dprobs, RowsOf::Slot);
+  const int idQ = spec.add(a.dq, RowsOf::Query);
+  const int idK = spec.add(a.dk, RowsOf::Key);
+  const int idV = spec.add(a.dv, RowsOf::Key);
+  // Under bf16 the P and dS GEMMs read their rounded copies in the bf16 tile buffer (XB).
+  const int iXB = bf16 ? spec.add(ops.tile, RowsOf::Slot) : -1;
+  DeviceScratch ptrs(stream, size_t(w.widest) * size_t(spec.count) * sizeof(float*),
+                     "attention tile pointers");
+
+  const TileItem* ditems = dev.at<TileItem>(sg.items_at);
+  for (const Launch& L : w.launches) {
+    float** arr = write_pointers(stream, spec, ditems, L, ptrs);
+    auto array = [&](int i) { return arr + int64_t(i) * L.count; };
+    const int64_t nq = L.nq, nk = L.nk;
     const dim3 grid(grid_for_rows(nq), unsigned(L.count));
-    // Under bf16 the P and dS GEMMs read their rounded copies in the bf16 tile buffer (XB).
-    float** XB = bf16 ? arr + 9 * L.count : nullptr;
     // P = exp(scale Q K^T - lse), masked.
-    tile_gemm(bf16, cublas, false, true, nq, nk, pl.D, p.scale, Q, pl.ldq, K, pl.ldk, 0.0f, P,
-              pl.ld_s, L.count);
+    tile_gemm(bf16, cublas, false, true, nq, nk, pl.D, p.scale, array(iQ), pl.ldq, array(iK),
+              pl.ldk, 0.0f, array(iP), pl.ld_s, L.count);
     RA_LAUNCH(grid, kThreads, 0, stream, backward_probs_kernel)
     (mask_args(pl, sg, dev, L), ditems + L.first, probs, tile_stride, pl.ld_s, p.heads, a.lse,
      bf16 ? ops.tile : nullptr);
     CUDA_CHECK(cudaGetLastError());
     // dV += P^T dO (bf16: the rounded P the kernel wrote; dS below needs P unrounded)
-    tile_gemm(bf16, cublas, true, false, nk, pl.D, nq, 1.0f, bf16 ? XB : P, pl.ld_s, dO, pl.ldq,
-              1.0f, dV, pl.ldk, L.count);
+    tile_gemm(bf16, cublas, true, false, nk, pl.D, nq, 1.0f, array(bf16 ? iXB : iP), pl.ld_s,
+              array(idO), pl.ldq, 1.0f, array(idV), pl.ldk, L.count);
     // dP = dO V^T, then dS = P (dP - delta) in its place.
-    tile_gemm(bf16, cublas, false, true, nq, nk, pl.D, 1.0f, dO, pl.ldq, V, pl.ldk, 0.0f, dP,
-              pl.ld_s, L.count);
+    tile_gemm(bf16, cublas, false, true, nq, nk, pl.D, 1.0f, array(idO), pl.ldq, array(iV), pl.ldk,
+              0.0f, array(idP), pl.ld_s, L.count);
     RA_LAUNCH(grid, kThreads, 0, stream, backward_dscores_kernel)
-    (ditems + L.first, probs, dprobs, tile_stride, pl.ld_s, nq, nk, p.heads, p.sq,
-     pl.qc[L.qi].begin, a.delta, bf16 ? ops.tile : nullptr);
+    (ditems + L.first, probs, dprobs, tile_stride, pl.ld_s, nq, nk, p.heads, p.sq, a.delta,
+     bf16 ? ops.tile : nullptr);
     CUDA_CHECK(cudaGetLastError());
     // dQ += scale dS K; dK += scale dS^T Q (bf16: the rounded dS the kernel wrote over the
     // rounded P, whose GEMM is earlier on the same stream)
-    tile_gemm(bf16, cublas, false, false, nq, pl.D, nk, p.scale, bf16 ? XB : dP, pl.ld_s, K, pl.ldk,
-              1.0f, dQ, pl.ldq, L.count);
-    tile_gemm(bf16, cublas, true, false, nk, pl.D, nq, p.scale, bf16 ? XB : dP, pl.ld_s, Q, pl.ldq,
-              1.0f, dK, pl.ldk, L.count);
+    const int iDS = bf16 ? iXB : idP;
+    tile_gemm(bf16, cublas, false, false, nq, pl.D, nk, p.scale, array(iDS), pl.ld_s, array(iK),
+              pl.ldk, 1.0f, array(idQ), pl.ldq, L.count);
+    tile_gemm(bf16, cublas, true, false, nk, pl.D, nq, p.scale, array(iDS), pl.ld_s, array(iQ),
+              pl.ldq, 1.0f, array(idK), pl.ldk, L.count);
   }
 }
 

@@ -108,5 +108,8 @@ cudaError_t device_fault();
 std::string device_fault_message();
 void clear_device_fault();
 size_t queued_work();
+// How many items (kernels, copies, cuBLAS calls; frees left out) were ever queued: a GPU's launch
+// count, for tests that bound the launches of an operation.
+size_t work_queued_so_far();
 
 }  // namespace ringattn::sim

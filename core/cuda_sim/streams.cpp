@@ -103,6 +103,7 @@ struct Streams {
   cudaError_t fault = cudaSuccess;
   std::string fault_message;
   std::deque<std::unique_ptr<Watch>> watches;
+  size_t queued_total = 0;  // items ever queued, frees left out
 };
 
 // Never destroyed: streams may be used during static destruction.
@@ -389,6 +390,7 @@ void queue_item(cudaStream_t stream, const char* what, std::function<void()> wor
   CUstream_st* s = resolve(stream);
   order_against_legacy(s);
   push(s, CUstream_st::Item{std::move(work), what, release, nullptr, 0});
+  if (!release) ++st.queued_total;
   // A GPU runs ahead of the host as well: the oldest half goes once the queue is full.
   if (s->queue.size() > kMaxQueued) run_until(s, s->done + kMaxQueued / 2);
 }
@@ -517,6 +519,12 @@ void clear_device_fault() {
   const std::lock_guard<std::recursive_mutex> lock(st.mu);
   st.fault = cudaSuccess;
   st.fault_message.clear();
+}
+
+size_t work_queued_so_far() {
+  Streams& st = streams();
+  const std::lock_guard<std::recursive_mutex> lock(st.mu);
+  return st.queued_total;
 }
 
 size_t queued_work() {
