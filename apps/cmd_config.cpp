@@ -12,6 +12,7 @@
 
 #include "apps/cli_checks.h"
 #include "apps/commands.h"
+#include "comm/agreed_error.h"
 #include "comm/mpi_env.h"
 #include "core/error.h"
 #include "model/data/make_source.h"
@@ -34,27 +35,31 @@ int run_config(const ConfigArgs& a) {
     if (printer) std::fputs(train_schema().markdown().c_str(), stdout);
     return 0;
   }
-  const JsonConfig json = load_train_json(a.file, a.sets);
-  const int world = a.world_size > 0 ? a.world_size : MpiEnv::world_size();
-  const TrainConfig cfg = to_train_config(json);
-  try {
-    validate(cfg, world);
-  } catch (const Error& e) {
-    // Presets name their mesh, so checking one from a single process needs the job's size.
-    if (a.world_size > 0) throw;
-    RA_FAIL("{} (checked for the {} rank{} of this launch; pass --world-size N to check for N)",
-            e.what(), world, world == 1 ? "" : "s");
-  }
-  // The generated task needs no file: its checks (the vocabulary it needs, room for its records
-  // at every length trained and evaluated) run here as they do when training starts. Files
-  // (text, tokens) are checked when train opens them, on the nodes that read them.
-  if (cfg.data.source == DataSource::Retrieval) {
-    const auto src = make_batch_source(cfg);
-    src->check_seq_len(cfg.train.seq_len);
-    for (int64_t s : cfg.train.curriculum_seq_lens) src->check_seq_len(s);
-    for (int64_t s : cfg.eval_seq_lens()) src->check_seq_len(s);
-  }
-  if (printer) std::printf("%s\n", json.dump().c_str());
+  // Every rank checks the same files alike: one message for all of them (comm/agreed_error.h).
+  const JsonConfig resolved = agreed_across_ranks("checking the config", [&] {
+    JsonConfig json = load_train_json(a.file, a.sets);
+    const int world = a.world_size > 0 ? a.world_size : MpiEnv::world_size();
+    const TrainConfig cfg = to_train_config(json);
+    try {
+      validate(cfg, world);
+    } catch (const Error& e) {
+      // Presets name their mesh, so checking one from a single process needs the job's size.
+      if (a.world_size > 0) throw;
+      RA_FAIL("{} (checked for the {} rank{} of this launch; pass --world-size N to check for N)",
+              e.what(), world, world == 1 ? "" : "s");
+    }
+    // The generated task needs no file: its checks (the vocabulary it needs, room for its records
+    // at every length trained and evaluated) run here as they do when training starts. Files
+    // (text, tokens) are checked when train opens them, on the nodes that read them.
+    if (cfg.data.source == DataSource::Retrieval) {
+      const auto src = make_batch_source(cfg);
+      src->check_seq_len(cfg.train.seq_len);
+      for (int64_t s : cfg.train.curriculum_seq_lens) src->check_seq_len(s);
+      for (int64_t s : cfg.eval_seq_lens()) src->check_seq_len(s);
+    }
+    return json;
+  });
+  if (printer) std::printf("%s\n", resolved.dump().c_str());
   return 0;
 }
 

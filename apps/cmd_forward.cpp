@@ -26,6 +26,7 @@
 #include "apps/bench_common.h"
 #include "apps/cli_checks.h"
 #include "apps/commands.h"
+#include "comm/agreed_error.h"
 #include "comm/mesh.h"
 #include "comm/mpi_check.h"
 #include "comm/mpi_env.h"
@@ -52,47 +53,64 @@ struct ForwardArgs {
   bool loss_only = false;
 };
 
-int run_forward(const ForwardArgs& a) {
-  RA_CHECK(!a.init_from.empty() && !a.tokens.empty() && !a.output.empty(),
-           "forward: --init-from, --tokens and --output are required");
-  JsonConfig json = load_train_json(a.config, a.sets);
-  if (!a.impl.empty()) json.set("attention.impl=" + a.impl);
-  if (!a.layout.empty()) json.set("attention.layout=" + a.layout);
-  apply_hf_config(read_hf_config(a.init_from), json);
-  TrainConfig cfg = to_train_config(json);
-  log::set_level(cfg.log_level);
-  if (cpu_threads_from_environment() == 0) configure_bench_threads(0);
-
-  const Tensor ids = read_input_ids(a.tokens, a.seq_len);
-  const int64_t B = ids.dim(0), S = ids.dim(1);
-  for (int64_t i = 0; i < ids.numel(); ++i)
-    RA_CHECK(ids.data<int32_t>()[i] < cfg.model.vocab_size,
-             "forward: token {} (row {}, position {}) of '{}' is outside the model's vocabulary "
-             "of {} tokens",
-             ids.data<int32_t>()[i], i / S, i % S, a.tokens, cfg.model.vocab_size);
-
-  // The mesh and lengths the config rules check: every rank runs the whole batch, so the
-  // batch size only has to satisfy the data-parallel split rule.
-  const int world = MpiEnv::world_size();
-  const bool ring = cfg.attention.impl == AttentionImpl::Ring;
-  const MeshConfig used{1, ring ? 1 : world, ring ? world : 1, 1};
-  if (!(cfg.mesh == MeshConfig{}) && !(cfg.mesh == used))
-    log::warn(
-        "forward: mesh.* of the config (dp={} fsdp={} sp={} tp={}) is not used: forward "
-        "runs {} over all {} rank(s)",
-        cfg.mesh.dp, cfg.mesh.fsdp, cfg.mesh.sp, cfg.mesh.tp,
-        ring ? "one sequence split by the ring" : "the whole batch, parameters sharded,", world);
-  cfg.mesh = used;
-  cfg.train.seq_len = S;
-  cfg.train.batch_size = ring ? 1 : world;
-  cfg.train.micro_batches = 1;
-  cfg.eval.seq_lens.clear();
+// What forward works on, read and checked alike by every rank before any communication.
+struct ForwardInputs {
+  TrainConfig cfg;
+  Tensor ids;  // [B, S] int32, host
   MeshShape shape;
-  try {
-    shape = validate(cfg, world);
-  } catch (const Error& e) {
-    RA_FAIL("forward: {} tokens per row on {} rank(s): {}", S, world, e.what());
-  }
+};
+
+int run_forward(const ForwardArgs& a) {
+  // One message for all ranks when they fail alike (comm/agreed_error.h).
+  ForwardInputs in = agreed_across_ranks("reading forward's inputs", [&] {
+    RA_CHECK(!a.init_from.empty() && !a.tokens.empty() && !a.output.empty(),
+             "forward: --init-from, --tokens and --output are required");
+    ForwardInputs got;
+    JsonConfig json = load_train_json(a.config, a.sets);
+    if (!a.impl.empty()) json.set("attention.impl=" + a.impl);
+    if (!a.layout.empty()) json.set("attention.layout=" + a.layout);
+    apply_hf_config(read_hf_config(a.init_from), json);
+    TrainConfig& cfg = got.cfg;
+    cfg = to_train_config(json);
+    log::set_level(cfg.log_level);
+    if (cpu_threads_from_environment() == 0) configure_bench_threads(0);
+
+    got.ids = read_input_ids(a.tokens, a.seq_len);
+    const Tensor& ids = got.ids;
+    const int64_t S = ids.dim(1);
+    for (int64_t i = 0; i < ids.numel(); ++i)
+      RA_CHECK(ids.data<int32_t>()[i] < cfg.model.vocab_size,
+               "forward: token {} (row {}, position {}) of '{}' is outside the model's vocabulary "
+               "of {} tokens",
+               ids.data<int32_t>()[i], i / S, i % S, a.tokens, cfg.model.vocab_size);
+
+    // The mesh and lengths the config rules check: every rank runs the whole batch, so the
+    // batch size only has to satisfy the data-parallel split rule.
+    const int world = MpiEnv::world_size();
+    const bool ring = cfg.attention.impl == AttentionImpl::Ring;
+    const MeshConfig used{1, ring ? 1 : world, ring ? world : 1, 1};
+    if (!(cfg.mesh == MeshConfig{}) && !(cfg.mesh == used))
+      log::warn(
+          "forward: mesh.* of the config (dp={} fsdp={} sp={} tp={}) is not used: forward "
+          "runs {} over all {} rank(s)",
+          cfg.mesh.dp, cfg.mesh.fsdp, cfg.mesh.sp, cfg.mesh.tp,
+          ring ? "one sequence split by the ring" : "the whole batch, parameters sharded,", world);
+    cfg.mesh = used;
+    cfg.train.seq_len = S;
+    cfg.train.batch_size = ring ? 1 : world;
+    cfg.train.micro_batches = 1;
+    cfg.eval.seq_lens.clear();
+    try {
+      got.shape = validate(cfg, world);
+    } catch (const Error& e) {
+      RA_FAIL("forward: {} tokens per row on {} rank(s): {}", S, world, e.what());
+    }
+    return got;
+  });
+  TrainConfig& cfg = in.cfg;
+  const Tensor& ids = in.ids;
+  const int64_t B = ids.dim(0), S = ids.dim(1);
+  const MeshShape& shape = in.shape;
   const WatchdogArm watchdog(cfg.comm.timeout_s);  // a stopped or dead rank ends the job
   Mesh mesh(shape, MPI_COMM_WORLD, cfg.comm.transport);
   Transformer model(cfg, mesh, backend_for(cfg));

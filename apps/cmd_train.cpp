@@ -17,6 +17,7 @@
 #include "apps/bench_common.h"
 #include "apps/cli_checks.h"
 #include "apps/commands.h"
+#include "comm/agreed_error.h"
 #include "comm/mesh.h"
 #include "comm/mpi_check.h"
 #include "comm/mpi_env.h"
@@ -78,20 +79,23 @@ void warn_about_training_plan(const TrainConfig& cfg, const MeshShape& shape) {
         "train.steps = {} ends within the sequence-length curriculum (its stages take {} "
         "steps): this run trains at {} only, never at train.seq_len = {}",
         cfg.train.steps, curriculum, fmt::join(lengths, ", "), cfg.train.seq_len);
-  // The cuBLAS tile path launches a few GEMMs and kernels per (query chunk, key chunk) pair and
-  // builds their pointer arrays on the host: at long context with small chunks, launches, not
-  // arithmetic, set the speed (S = 128K per rank at 256: 262,144 pairs per ring step).
+  // The cuBLAS tile path runs each (batch row, head, query chunk, key chunk) tile as one problem
+  // of a batched GEMM: tiles much smaller than cuBLAS's own (128 x 128) leave the GPU idle, and
+  // every tile is planned and staged on the host. Said only where it costs something: many tiles.
   if (cfg.device == Device::CUDA && cfg.attention.kernel == AttentionKernel::Tiles &&
       cfg.attention.impl != AttentionImpl::Vanilla) {
     const int64_t local = cfg.train.seq_len / std::max(shape.sp, 1);
-    const auto chunks = [&](int64_t c) { return c > 0 ? (local + c - 1) / c : 1; };
+    const auto chunk = [&](int64_t c) { return c > 0 ? std::min(c, local) : local; };
+    const auto chunks = [&](int64_t c) {
+      return (local + chunk(c) - 1) / std::max<int64_t>(chunk(c), 1);
+    };
     const int64_t pairs = chunks(cfg.attention.q_chunk) * chunks(cfg.attention.k_chunk);
-    if (pairs > 4096)
+    if (pairs > 4096 && chunk(cfg.attention.q_chunk) * chunk(cfg.attention.k_chunk) < 128 * 128)
       log::warn(
           "attention.kernel = tiles with q_chunk = {} and k_chunk = {} cuts the {} tokens "
-          "of a rank into {} tile pairs per attention call, each a few cuBLAS and kernel "
-          "launches: launches will dominate at this length. Raise attention.q_chunk and "
-          "k_chunk (1024 or more), or set attention.kernel = fused (bf16)",
+          "of a rank into {} tile pairs per attention call, each a GEMM smaller than cuBLAS's "
+          "own 128 x 128 tile: the GPU will mostly wait. Raise attention.q_chunk and k_chunk "
+          "(256 or more), or set attention.kernel = fused (bf16)",
           cfg.attention.q_chunk, cfg.attention.k_chunk, local, pairs);
   }
 }
@@ -150,13 +154,15 @@ std::optional<RunDirLock> claim_run_dir(const TrainConfig& cfg, bool resume) {
     error.resize(size_t(n));
     if (n > 0) MPI_CHECK(MPI_Bcast(error.data(), n, MPI_CHAR, 0, MPI_COMM_WORLD));
   }
-  if (root_error) throw *root_error;
-  RA_CHECK(error.empty(), "{}", error);
+  // Rank 0 says why; the others end with it, silently (core/error.h: AgreedError).
+  if (root_error) throw AgreedError(*root_error, /*own=*/true);
+  if (!error.empty()) throw AgreedError(Error(error, __FILE__, __LINE__), /*own=*/false);
   return lock;
 }
 
 int run_train(const TrainArgs& a) {
-  Setup s = resolve(a.file, a.sets, a.init_from, /*training=*/true);
+  Setup s = agreed_across_ranks("reading the config",
+                                [&] { return resolve(a.file, a.sets, a.init_from, true); });
   // A dead or stopped rank ends the job after comm.timeout_s instead of hanging it (from the run
   // directory's check on, and until MPI_Finalize: comm/mpi_env.h).
   const WatchdogArm watchdog(s.cfg.comm.timeout_s);
@@ -219,7 +225,8 @@ int run_train(const TrainArgs& a) {
 }
 
 int run_eval(const EvalArgs& a) {
-  Setup s = resolve(a.file, a.sets, a.init_from);
+  Setup s = agreed_across_ranks("reading the config",
+                                [&] { return resolve(a.file, a.sets, a.init_from); });
   const WatchdogArm watchdog(s.cfg.comm.timeout_s);
   if (!a.seq_lens.empty()) s.cfg.eval.seq_lens = a.seq_lens;
   Mesh mesh(s.shape, MPI_COMM_WORLD, s.cfg.comm.transport);

@@ -8,6 +8,7 @@
 #include <new>
 
 #include "apps/commands.h"
+#include "comm/agreed_error.h"
 #include "comm/launch_check.h"
 #include "comm/mpi_env.h"
 #include "comm/watchdog.h"
@@ -97,6 +98,14 @@ int main(int argc, char** argv) {
       spdlog::default_logger()->flush();
       std::raise(SIGSTOP);
     }
+  } catch (const AgreedError& e) {
+    // Every rank raised it at the same point (a config every rank read alike, a checkpoint that
+    // could not be saved): none waits in a collective, so each message is said once and the job
+    // ends as usual, without MPI_Abort. Bounded all the same, should a rank not arrive.
+    const double timeout_s = Watchdog::timeout_s() > 0 ? Watchdog::timeout_s() : 300;
+    report_agreed_error(e, timeout_s);
+    MpiEnv::watch_finalize(timeout_s);
+    return 1;
   } catch (const Error& e) {
     log::rank_error("{}", e.describe());
     // The same bad input fails on every rank; a failure of one rank alone must not leave the

@@ -24,6 +24,18 @@ class Error : public std::runtime_error {
   int line_;
 };
 
+// An error every rank of the job raised at the same point (comm/agreed_error.h): no rank waits
+// in a collective for another, so the program ends normally (no MPI_Abort) and says each distinct
+// message once. `own`: this rank's own failure; otherwise a pointer at another rank's.
+class AgreedError : public Error {
+ public:
+  AgreedError(const Error& e, bool own) : Error(e.what(), e.file(), e.line()), own_(own) {}
+  bool own() const { return own_; }
+
+ private:
+  bool own_;
+};
+
 [[noreturn]] void throw_error(const char* file, int line, std::string message);
 
 }  // namespace ringattn

@@ -66,10 +66,14 @@ Backend& backend_for(Device device) {
 Trainer::Trainer(const TrainConfig& cfg, Mesh& mesh, TrainerOptions options)
     : cfg_(cfg), mesh_(mesh), opt_(std::move(options)) {
   if (!opt_.backend) opt_.backend = &backend_for(cfg_);
-  source_ = make_batch_source(cfg_);
-  source_->check_seq_len(cfg_.train.seq_len);
-  for (int64_t s : cfg_.train.curriculum_seq_lens) source_->check_seq_len(s);
-  for (int64_t s : cfg_.eval_seq_lens()) source_->check_seq_len(s);
+  // Every rank opens the data alike (a missing file is missing for all): one message for all of
+  // them, or the one rank's that failed (comm/agreed_error.h). No collective inside.
+  agreed_across_ranks(&mesh_.world(), "opening the training data", [&] {
+    source_ = make_batch_source(cfg_);
+    source_->check_seq_len(cfg_.train.seq_len);
+    for (int64_t s : cfg_.train.curriculum_seq_lens) source_->check_seq_len(s);
+    for (int64_t s : cfg_.eval_seq_lens()) source_->check_seq_len(s);
+  });
   try {
     model_ = std::make_unique<Transformer>(cfg_, mesh_, *opt_.backend);
   } catch (const Error& e) {
@@ -78,12 +82,15 @@ Trainer::Trainer(const TrainConfig& cfg, Mesh& mesh, TrainerOptions options)
             cfg_.memory_limit_gb, e.what());
   }
   // A model that cannot fit is said before the first step, with the estimate behind the verdict.
+  // Ranks may differ (their shards do): agreed, so that none goes on alone.
   const size_t limit = cfg_.memory_limit_bytes();
-  RA_CHECK(limit == 0 || memory_estimate_bytes() <= limit,
-           "the model does not fit memory_limit_gb = {} GiB per rank: {}. Lower train.batch_size "
-           "or train.seq_len, set model.checkpointing = layer, use more ranks (mesh.fsdp, "
-           "mesh.sp), or raise memory_limit_gb",
-           cfg_.memory_limit_gb, memory_plan());
+  agreed_across_ranks(&mesh_.world(), "checking its memory plan", [&] {
+    RA_CHECK(limit == 0 || memory_estimate_bytes() <= limit,
+             "the model does not fit memory_limit_gb = {} GiB per rank: {}. Lower "
+             "train.batch_size or train.seq_len, set model.checkpointing = layer, use more ranks "
+             "(mesh.fsdp, mesh.sp), or raise memory_limit_gb",
+             cfg_.memory_limit_gb, memory_plan());
+  });
   if (const std::string w = device_memory_warning(); !w.empty()) log::warn("{}", w);
   state_.seed = cfg_.seed;
   state_.train_steps = cfg_.train.steps;

@@ -53,6 +53,28 @@ expect_error "--set value not UTF-8" "is not UTF-8; config keys and values must 
 expect_error "missing config file" "cannot open config file '$tmp/none.json'" "$bin" train --config "$tmp/none.json"
 expect_error "cross-key rule" "optim.min_lr = 0.1 must be <= optim.lr = 0.001" train1 --set optim.min_lr=0.1
 
+# Every rank reads the config (or the data) alike and fails alike: the message once, the job ended
+# without MPI_Abort (comm/agreed_error.h), exit 1.
+expect_said_once() {
+  local name=$1 pattern=$2
+  shift 2
+  local out rc said
+  out=$("$@" 2>&1)
+  rc=$?
+  said=$(grep -c -- "$pattern" <<<"$out")
+  if [ $rc -ne 0 ] && [ "$said" -eq 1 ] && ! grep -q "MPI_ABORT" <<<"$out"; then
+    pass "$name"
+  else
+    fail "$name (exit $rc, said $said times): $(head -5 <<<"$out")"
+  fi
+}
+expect_said_once "a config error on 4 ranks is said once, without MPI_Abort" \
+  "unknown key 'train.stepz' in --set; did you mean 'train.steps'?" \
+  mpirun -np 4 "$bin" train "${tiny[@]}" --set run_dir="$tmp/run" --set train.stepz=3
+expect_said_once "a missing token file on 2 ranks is said once" \
+  "token file '$tmp/none.ratokens': cannot open" \
+  train2 --set data.source=tokens --set data.token_file="$tmp/none.ratokens"
+
 mkdir -p "$tmp/adir"
 expect_error "a directory as the config file" "config file '$tmp/adir' is a directory, not a JSON file" \
   "$bin" train --config "$tmp/adir"
