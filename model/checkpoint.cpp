@@ -20,6 +20,8 @@
 
 #include <csignal>
 
+#include <mpi.h>
+
 #include "comm/agreed_error.h"
 #include "core/allocator.h"
 #include "core/backend.h"
@@ -302,6 +304,35 @@ std::string newest_kept(const std::string& checkpoints_dir) {
   }
 }
 
+// Where a rank writes, as far as the ranks can tell one file system from another: its node (a
+// hash of the processor name) and statvfs's file-system id. Ranks of one node writing to one file
+// system share its free space; a network file system shared by several nodes is not recognised
+// (its ranks are counted per node).
+int64_t node_id() {
+  char name[MPI_MAX_PROCESSOR_NAME] = {};
+  int len = 0;
+  if (MPI_Get_processor_name(name, &len) != MPI_SUCCESS) return 0;
+  return int64_t(std::hash<std::string_view>{}(std::string_view(name, size_t(len))));
+}
+int64_t file_system_id(const std::string& dir) {
+  struct statvfs s {};
+  return ::statvfs(dir.c_str(), &s) == 0 ? int64_t(s.f_fsid) : -1;
+}
+
+// "rank 3 needs" or "ranks 0-3, 6 need ... in all", for the ranks that share a file system.
+std::string ranks_that_need(const std::vector<int>& ranks, const std::string& amount) {
+  if (ranks.size() == 1) return fmt::format("rank {} needs about {}", ranks[0], amount);
+  std::string list;
+  for (size_t i = 0; i < ranks.size();) {
+    size_t j = i;
+    while (j + 1 < ranks.size() && ranks[j + 1] == ranks[j] + 1) ++j;
+    if (!list.empty()) list += ", ";
+    list += j == i ? fmt::format("{}", ranks[i]) : fmt::format("{}-{}", ranks[i], ranks[j]);
+    i = j + 1;
+  }
+  return fmt::format("ranks {} need about {} in all", list, amount);
+}
+
 std::string message_of(const std::exception& e) {
   return e.what();  // the cause, without ringattn::Error's location (the caller adds context)
 }
@@ -366,11 +397,27 @@ std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& mod
   }
   fail_together("removing an interrupted save");
   {
+    // Each rank's need counted against its file system with those of the other ranks that write
+    // there (all of them, when one node holds the job): one rank's share alone fitted while the
+    // sum did not. Every rank of a file system says the same message (said once, core/error.h).
     const uint64_t need = bytes_written(model, root);
     const std::optional<uint64_t> have = checkpoint_free_bytes(checkpoints_dir);
-    if (have && *have < need)
-      error = fmt::format("rank {} needs about {} in '{}', and the file system has {} free", rank,
-                          format_bytes(size_t(need)), checkpoints_dir, format_bytes(size_t(*have)));
+    const int64_t mine[3] = {node_id(), file_system_id(checkpoints_dir), int64_t(need)};
+    std::vector<int64_t> all(3 * size_t(world.size()), 0);
+    world.all_gather(mine, all.data(), 3, DType::I64);
+    uint64_t total = 0;
+    std::vector<int> sharers;
+    for (int r = 0; r < world.size(); ++r) {
+      const int64_t* other = &all[3 * size_t(r)];
+      if (r == rank || (mine[1] != -1 && other[0] == mine[0] && other[1] == mine[1])) {
+        total += uint64_t(other[2]);
+        sharers.push_back(r);
+      }
+    }
+    if (have && *have < total)
+      error = fmt::format("{} in '{}', and the file system has {} free",
+                          ranks_that_need(sharers, format_bytes(size_t(total))), checkpoints_dir,
+                          format_bytes(size_t(*have)));
     if (root && error.empty()) {
       try {
         fs::create_directories(tmp);

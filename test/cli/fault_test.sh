@@ -196,7 +196,8 @@ out=$(RINGATTN_DEBUG_FAULTS=checkpoint_free_kib=100 train 2 "$run" --resume 2>&1
 rc=$?
 check "full disk: job fails" [ $rc -ne 0 ]
 check "full disk: warned before the first step" grep -q "'$run/checkpoints' has 100.0 KiB free, and this run will need about .* (2 more checkpoints of about .*): a save will probably fail for lack of space" <<<"$out"
-check "full disk: the error names the room needed and what is kept" grep -q "checkpoint of step 6 not saved: rank 0 needs about .* in '$run/checkpoints', and the file system has 100.0 KiB free; the newest complete checkpoint, '$run/checkpoints/step_4', is kept; make room or fix the directory, then continue with --resume" <<<"$out"
+check "full disk: the error names the room needed and what is kept" grep -q "checkpoint of step 6 not saved: ranks 0-1 need about .* in all in '$run/checkpoints', and the file system has 100.0 KiB free; the newest complete checkpoint, '$run/checkpoints/step_4', is kept; make room or fix the directory, then continue with --resume" <<<"$out"
+check "full disk: said once for the two ranks that share the file system" [ "$(grep -c "checkpoint of step 6 not saved" <<<"$out")" -eq 1 ]
 check "full disk: nothing of step 6 is left" [ ! -e "$run/checkpoints/step_6" -a ! -e "$run/checkpoints/step_6.tmp" ]
 check "full disk: step 4 intact" [ -f "$run/checkpoints/step_4/COMPLETE" ]
 check "full disk: metrics up to step 6 kept" [ "$(lines "$run/metrics.jsonl")" -eq 6 ]
