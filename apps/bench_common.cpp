@@ -8,6 +8,7 @@
 #include <fstream>
 #include <thread>
 
+#include "comm/agreed_config.h"
 #include "comm/agreed_error.h"
 #include "comm/mpi_env.h"
 #include "core/backend.h"
@@ -100,12 +101,14 @@ double measure_gemm_gflops(Communicator& comm, Backend& be, DType operands) {
 }
 
 BenchConfig load_bench_config(const std::string& file, const std::vector<std::string>& sets) {
-  return agreed_across_ranks("reading the config", [&] {
+  BenchConfig bc = agreed_across_ranks("reading the config", [&] {
     JsonConfig json = load_train_json(file, sets);
     TrainConfig cfg = to_train_config(json);
     log::set_level(cfg.log_level);
     return BenchConfig{std::move(json), std::move(cfg)};
   });
+  require_same_config_on_every_rank(bc.json.dump());
+  return bc;
 }
 
 void write_text_file(const std::string& path, const std::string& text) {

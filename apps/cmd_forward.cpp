@@ -26,6 +26,7 @@
 #include "apps/bench_common.h"
 #include "apps/cli_checks.h"
 #include "apps/commands.h"
+#include "comm/agreed_config.h"
 #include "comm/agreed_error.h"
 #include "comm/mesh.h"
 #include "comm/mpi_check.h"
@@ -56,7 +57,8 @@ struct ForwardArgs {
 // What forward works on, read and checked alike by every rank before any communication.
 struct ForwardInputs {
   TrainConfig cfg;
-  Tensor ids;  // [B, S] int32, host
+  std::string config_json;  // the resolved config, for the check that every rank has the same
+  Tensor ids;               // [B, S] int32, host
   MeshShape shape;
 };
 
@@ -72,6 +74,7 @@ int run_forward(const ForwardArgs& a) {
     apply_hf_config(read_hf_config(a.init_from), json);
     TrainConfig& cfg = got.cfg;
     cfg = to_train_config(json);
+    got.config_json = json.dump();
     log::set_level(cfg.log_level);
     if (cpu_threads_from_environment() == 0) configure_bench_threads(0);
 
@@ -107,6 +110,7 @@ int run_forward(const ForwardArgs& a) {
     }
     return got;
   });
+  require_same_config_on_every_rank(in.config_json);
   TrainConfig& cfg = in.cfg;
   const Tensor& ids = in.ids;
   const int64_t B = ids.dim(0), S = ids.dim(1);

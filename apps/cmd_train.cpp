@@ -17,6 +17,7 @@
 #include "apps/bench_common.h"
 #include "apps/cli_checks.h"
 #include "apps/commands.h"
+#include "comm/agreed_config.h"
 #include "comm/agreed_error.h"
 #include "comm/mesh.h"
 #include "comm/mpi_check.h"
@@ -163,6 +164,7 @@ std::optional<RunDirLock> claim_run_dir(const TrainConfig& cfg, bool resume) {
 int run_train(const TrainArgs& a) {
   Setup s = agreed_across_ranks("reading the config",
                                 [&] { return resolve(a.file, a.sets, a.init_from, true); });
+  require_same_config_on_every_rank(s.json.dump());
   // A dead or stopped rank ends the job after comm.timeout_s instead of hanging it (from the run
   // directory's check on, and until MPI_Finalize: comm/mpi_env.h).
   const WatchdogArm watchdog(s.cfg.comm.timeout_s);
@@ -227,6 +229,7 @@ int run_train(const TrainArgs& a) {
 int run_eval(const EvalArgs& a) {
   Setup s = agreed_across_ranks("reading the config",
                                 [&] { return resolve(a.file, a.sets, a.init_from); });
+  require_same_config_on_every_rank(s.json.dump());
   const WatchdogArm watchdog(s.cfg.comm.timeout_s);
   if (!a.seq_lens.empty()) s.cfg.eval.seq_lens = a.seq_lens;
   Mesh mesh(s.shape, MPI_COMM_WORLD, s.cfg.comm.transport);

@@ -102,8 +102,14 @@ int main(int argc, char** argv) {
     // Every rank raised it at the same point (a config every rank read alike, a checkpoint that
     // could not be saved): none waits in a collective, so each message is said once and the job
     // ends as usual, without MPI_Abort. Bounded all the same, should a rank not arrive.
-    const double timeout_s = Watchdog::timeout_s() > 0 ? Watchdog::timeout_s() : 300;
-    report_agreed_error(e, timeout_s);
+    const double timeout_s = Watchdog::timeout_s() > 0 ? Watchdog::timeout_s() : kAgreementTimeoutS;
+    try {
+      report_agreed_error(e, timeout_s);
+    } catch (const std::exception& report) {  // the report's collective failed: say both, abort
+      log::rank_error("{} (and reporting it failed: {})", e.describe(), report.what());
+      MpiEnv::abort(1);
+      return 1;
+    }
     MpiEnv::watch_finalize(timeout_s);
     return 1;
   } catch (const Error& e) {

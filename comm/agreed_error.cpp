@@ -46,8 +46,20 @@ void raise_if_any_rank_failed(Communicator* comm, const Error* mine,
     int size = 1;
     MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size));
     failed.assign(size_t(size), 0);
-    const WatchdogScope watch("agreeing on an error (every rank's verdict)", -1, "all ranks");
-    MPI_CHECK(MPI_Allgather(&flag, 1, MPI_INT32_T, failed.data(), 1, MPI_INT32_T, MPI_COMM_WORLD));
+    // Before a command arms the watchdog (its config is what is being read): a rank stuck reading
+    // its inputs must not hold the others here for ever, and should the wait end the job, this
+    // rank's own verdict is in the watchdog's report.
+    const bool arm = !Watchdog::armed();
+    if (arm) Watchdog::arm(kAgreementTimeoutS);
+    {
+      const WatchdogScope watch(
+          mine ? "agreeing with the other ranks after this rank failed: " + mine->describe()
+               : std::string("agreeing with the other ranks that this rank succeeded"),
+          -1, "all ranks");
+      MPI_CHECK(
+          MPI_Allgather(&flag, 1, MPI_INT32_T, failed.data(), 1, MPI_INT32_T, MPI_COMM_WORLD));
+    }
+    if (arm) Watchdog::disarm();
   }
   if (any(failed)) raise(failed, mine, others);
 }
@@ -78,7 +90,10 @@ void report_agreed_error(const AgreedError& e, double timeout_s) {
     anyone_failed = anyone_failed || own;
     if (r < rank && own && all[2 * size_t(r) + 1] == mine[1]) said_by_lower_rank = true;
   }
-  if (e.own() ? !said_by_lower_rank : rank == 0 || !anyone_failed) log::rank_error("{}", text);
+  // A pointer at another rank's message names no place in the code: it is not where anything
+  // went wrong.
+  if (e.own() ? !said_by_lower_rank : rank == 0 || !anyone_failed)
+    log::rank_error("{}", e.own() ? text : std::string(e.what()));
 }
 
 }  // namespace ringattn

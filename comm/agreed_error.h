@@ -26,6 +26,10 @@ namespace ringattn {
 void raise_if_any_rank_failed(Communicator& comm, const std::string& error,
                               const std::function<std::string(int failed_rank)>& others);
 
+// How long a rank waits at an agreement over MPI_COMM_WORLD (before a command has armed the
+// watchdog with its config's comm.timeout_s) for the others to arrive, before the job is ended.
+inline constexpr double kAgreementTimeoutS = 300;
+
 // The same with this rank's error as it was raised (null when it succeeded), which keeps its
 // file and line: over `comm` (spanning every rank of the job), or, with comm null, over
 // MPI_COMM_WORLD, for work before any communicator exists.

@@ -10,6 +10,7 @@
 #include <functional>
 #include <string>
 
+#include "comm/agreed_config.h"
 #include "core/error.h"
 #include "core/json_config.h"
 #include "model/data/make_source.h"
@@ -606,4 +607,19 @@ TEST_CASE("docs/config.md holds the table the schema generates", "[config]") {
   // Regenerate with: build/bin/ringattn config --markdown
   CHECK(doc.find(table) != std::string::npos);
   for (const ConfigKey& k : train_schema().keys()) CHECK_THAT(table, Contains("`" + k.name + "`"));
+}
+
+TEST_CASE("the first key in which two ranks' configs differ is named", "[config]") {
+  const std::string a = R"({"train": {"steps": 3, "seq_len": 128}, "seed": 1})";
+  CHECK(first_config_difference(a, a).empty());
+  CHECK(first_config_difference(R"({"train": {"steps": 3, "seq_len": 256}, "seed": 1})", a) ==
+        "train.seq_len is 256 here and 128 on rank 0");
+  CHECK(first_config_difference(R"({"train": {"steps": 3}, "seed": 1})", a) ==
+        "train.seq_len is not set here and is 128 on rank 0");
+  CHECK(first_config_difference(R"({"train": {"steps": 3, "seq_len": 128}, "seed": 1, "x": "y"})",
+                                a) == "x is \"y\" here and not set on rank 0");
+  // The same keys and values in another order are the same config.
+  CHECK(
+      first_config_difference(R"({"seed": 1, "train": {"seq_len": 128, "steps": 3}})", a).empty());
+  CHECK(first_config_difference("not json", a) == "the two differ");
 }

@@ -47,10 +47,14 @@ namespace ringattn::cuda {
 
 namespace {
 
-// Score workspace per buffer (forward: S; backward: P and dP): the tiles of one chunk pair run as
-// one batched GEMM when they fit, in several launches otherwise. Whole-shard tiles (vanilla) of
-// one head are never split: a single tile may exceed this.
-constexpr int64_t kMaxScoreFloats = int64_t(1) << 26;  // 256 MiB of floats
+// Score workspace per buffer (forward: S; backward: P and dP). A launch holds the tiles of one
+// group of heads of one chunk pair at least (B x H forward, B x Hkv backward: what a launch held
+// when it ran one pair), more of its wavefront's pairs while they fit in kWavefrontScoreFloats,
+// and never more than kMaxScoreFloats (beyond, that pair's tiles go in several launches). Whole-
+// shard tiles (vanilla) of one head are never split: a single tile may exceed both. The memory
+// plan does not count this workspace (model/trainer.cpp): a wavefront's share stays small.
+constexpr int64_t kMaxScoreFloats = int64_t(1) << 26;        // 256 MiB of floats
+constexpr int64_t kWavefrontScoreFloats = int64_t(1) << 23;  // 32 MiB of floats
 // The grid's y dimension indexes the tiles of a launch.
 constexpr int64_t kMaxTilesPerLaunch = 65535;
 
@@ -108,9 +112,11 @@ struct Launch {
   int count = 0;
 };
 
-int64_t max_tiles_per_launch(const Plan& pl) {
-  return std::clamp<int64_t>(kMaxScoreFloats / std::max<int64_t>(pl.tile_floats(), 1), 1,
-                             kMaxTilesPerLaunch);
+// `pair_tiles`: the tiles of one group of heads of one chunk pair (B x heads_per_group).
+int64_t max_tiles_per_launch(const Plan& pl, int64_t pair_tiles) {
+  const int64_t tile = std::max<int64_t>(pl.tile_floats(), 1);
+  const int64_t tiles = std::max(pair_tiles, kWavefrontScoreFloats / tile);
+  return std::clamp<int64_t>(std::min(tiles, kMaxScoreFloats / tile), 1, kMaxTilesPerLaunch);
 }
 
 // The computed tiles of one call, as items, cut into launches.
@@ -134,7 +140,7 @@ struct TileWork {
 template <typename HeadOf>
 TileWork plan_launches(const Plan& pl, int64_t groups, int64_t heads_per_group, HeadOf head_of,
                        double flops_per_elem, AttentionTileStats* stats) {
-  const size_t max_tiles = size_t(max_tiles_per_launch(pl));
+  const size_t max_tiles = size_t(max_tiles_per_launch(pl, pl.p.batch * heads_per_group));
   const size_t nqc = pl.qc.size(), nkc = pl.kc.size();
   TileWork w;
   AttentionTileStats counted;

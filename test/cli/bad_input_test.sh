@@ -74,6 +74,12 @@ expect_said_once "a config error on 4 ranks is said once, without MPI_Abort" \
 expect_said_once "a missing token file on 2 ranks is said once" \
   "token file '$tmp/none.ratokens': cannot open" \
   train2 --set data.source=tokens --set data.token_file="$tmp/none.ratokens"
+# Ranks given different configs (an MPMD launch here; a config file edited on one node only):
+# refused before any collective could mismatch, naming the first key that differs.
+expect_said_once "ranks with different configs are refused, naming the key" \
+  "this rank resolved another config than rank 0: train.warmup_steps is 1 here and 2 on rank 0" \
+  mpirun -np 1 "$bin" train "${tiny[@]}" --set run_dir="$tmp/run" --set train.warmup_steps=2 : \
+  -np 1 "$bin" train "${tiny[@]}" --set run_dir="$tmp/run" --set train.warmup_steps=1
 
 mkdir -p "$tmp/adir"
 expect_error "a directory as the config file" "config file '$tmp/adir' is a directory, not a JSON file" \

@@ -1,0 +1,84 @@
+#include "comm/agreed_config.h"
+
+#include <mpi.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "comm/agreed_error.h"
+#include "comm/mpi_check.h"
+#include "comm/watchdog.h"
+
+namespace ringattn {
+
+namespace {
+
+// "/train/seq_len" (a flattened JSON pointer) as the config spells it: "train.seq_len".
+std::string dotted(const std::string& pointer) {
+  std::string key = pointer.size() > 1 ? pointer.substr(1) : pointer;
+  for (char& c : key)
+    if (c == '/') c = '.';
+  return key;
+}
+
+}  // namespace
+
+std::string first_config_difference(const std::string& mine, const std::string& rank0) {
+  if (mine == rank0) return "";
+  try {
+    const nlohmann::json a = nlohmann::json::parse(mine).flatten();
+    const nlohmann::json b = nlohmann::json::parse(rank0).flatten();
+    if (a == b) return "";  // the same keys and values, written in another order
+    for (auto it = b.begin(); it != b.end(); ++it) {
+      const auto here = a.find(it.key());
+      if (here == a.end())
+        return fmt::format("{} is not set here and is {} on rank 0", dotted(it.key()),
+                           it.value().dump());
+      if (*here != it.value())
+        return fmt::format("{} is {} here and {} on rank 0", dotted(it.key()), here->dump(),
+                           it.value().dump());
+    }
+    for (auto it = a.begin(); it != a.end(); ++it)
+      if (!b.contains(it.key()))
+        return fmt::format("{} is {} here and not set on rank 0", dotted(it.key()),
+                           it.value().dump());
+  } catch (const nlohmann::json::exception&) {
+  }
+  return "the two differ";  // one of them is not JSON
+}
+
+void require_same_config_on_every_rank(const std::string& config_json) {
+  int rank = 0, size = 1;
+  MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+  MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size));
+  if (size == 1) return;
+  std::string root = rank == 0 ? config_json : std::string();
+  {
+    const bool arm = !Watchdog::armed();
+    if (arm) Watchdog::arm(kAgreementTimeoutS);
+    {
+      const WatchdogScope watch("receiving rank 0's config (to check every rank runs the same)", 0,
+                                "all ranks");
+      unsigned long long n = root.size();
+      MPI_CHECK(MPI_Bcast(&n, 1, MPI_UNSIGNED_LONG_LONG, 0, MPI_COMM_WORLD));
+      root.resize(size_t(n));
+      if (n > 0) MPI_CHECK(MPI_Bcast(root.data(), int(n), MPI_CHAR, 0, MPI_COMM_WORLD));
+    }
+    if (arm) Watchdog::disarm();
+  }
+  const std::string difference = rank == 0 ? "" : first_config_difference(config_json, root);
+  const Error mine(
+      // Without this rank's number: ranks that differ alike say it once (comm/agreed_error.h).
+      fmt::format("this rank resolved another config than rank 0: {}; every rank must be given "
+                  "the same config file contents and --set options",
+                  difference),
+      __FILE__, __LINE__);
+  raise_if_any_rank_failed(nullptr, difference.empty() ? nullptr : &mine, [](int r) {
+    return fmt::format(
+        "rank {} resolved another config than rank 0 (its message names the key); every rank "
+        "must be given the same config file contents and --set options",
+        r);
+  });
+}
+
+}  // namespace ringattn
