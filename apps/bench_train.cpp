@@ -14,6 +14,7 @@
 #include "apps/bench_train_run.h"
 #include "apps/cli_checks.h"
 #include "apps/commands.h"
+#include "comm/agreed_error.h"
 #include "comm/mesh.h"
 #include "comm/mpi_env.h"
 #include "comm/watchdog.h"
@@ -34,7 +35,8 @@ struct BenchTrainArgs {
 int run_bench_train(const BenchTrainArgs& a) {
   BenchConfig bc = load_bench_config(a.file, a.sets);
   const TrainConfig& cfg = bc.cfg;
-  const MeshShape shape = validate(cfg, MpiEnv::world_size());
+  const MeshShape shape = agreed_across_ranks("checking the config",
+                                              [&] { return validate(cfg, MpiEnv::world_size()); });
   configure_bench_threads(a.threads);
   const WatchdogArm watchdog(cfg.comm.timeout_s);  // a stopped or dead rank ends the job
   Mesh mesh(shape, MPI_COMM_WORLD, cfg.comm.transport);

@@ -8,8 +8,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -119,6 +121,48 @@ Setup resolve(const std::string& file, const std::vector<std::string>& sets,
   return {std::move(json), std::move(cfg), shape};
 }
 
+// Every rank writes its optimizer shard into the checkpoint directory, so every rank must see the
+// one rank 0 prepared, not a namesake of its own (a node-local or relative run_dir on several
+// nodes: before, such a run trained to its first save and lost everything there), and be able to
+// write in it. Rank 0 leaves a marker of a name no other run uses; the others look for it.
+// Collective over MPI_COMM_WORLD; a failure on any rank ends every rank together.
+void check_every_rank_sees(const std::string& checkpoints, const std::string& run_dir) {
+  if (MpiEnv::world_size() == 1) return;
+  const bool root = MpiEnv::world_rank() == 0;
+  uint64_t nonce = 0;
+  if (root) nonce = (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
+  {
+    const WatchdogScope watch("run directory check (rank 0's marker name)", 0);
+    MPI_CHECK(MPI_Bcast(&nonce, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD));
+  }
+  const fs::path marker = fs::path(checkpoints) / fmt::format(".shared_check.{:016x}", nonce);
+  struct RemoveMarker {  // rank 0's, however the check ends
+    const fs::path* path;
+    ~RemoveMarker() {
+      std::error_code ec;
+      if (path) fs::remove(*path, ec);
+    }
+  } remove{root ? &marker : nullptr};
+  agreed_across_ranks("leaving a marker in the checkpoint directory", [&] {
+    if (!root) return;
+    std::ofstream f(marker);
+    f << "ringattn: every rank of a run must see this file\n";
+    f.close();
+    RA_CHECK(f.good(), "cannot write '{}'", marker.string());
+  });
+  agreed_across_ranks("checking that it sees the checkpoint directory", [&] {
+    if (root) return;
+    std::error_code ec;
+    // Without this rank's number: ranks that fail alike say it once (core/error.h).
+    RA_CHECK(fs::exists(marker, ec),
+             "this rank does not see the checkpoint directory that rank 0 prepared ('{}' here has "
+             "no '{}'): run_dir '{}' must be one directory every rank shares (a shared file "
+             "system; an absolute path when the ranks start in different directories)",
+             fs::absolute(checkpoints, ec).string(), marker.filename().string(), run_dir);
+    prepare_checkpoints_dir(checkpoints, "run_dir");
+  });
+}
+
 // The run directory, claimed by rank 0 before the mesh and the model exist, so that a refusal
 // unwinds nothing that waits for peers (NCCL's finalize would wait for ranks already in their
 // first collective); every rank learns the verdict and raises it.
@@ -158,6 +202,7 @@ std::optional<RunDirLock> claim_run_dir(const TrainConfig& cfg, bool resume) {
   // Rank 0 says why; the others end with it, silently (core/error.h: AgreedError).
   if (root_error) throw AgreedError(*root_error, /*own=*/true);
   if (!error.empty()) throw AgreedError(Error(error, __FILE__, __LINE__), /*own=*/false);
+  check_every_rank_sees((fs::path(cfg.run_dir) / "checkpoints").string(), cfg.run_dir);
   return lock;
 }
 
@@ -236,30 +281,33 @@ int run_eval(const EvalArgs& a) {
   TrainerOptions opt;
   opt.write_metrics = false;
   Trainer trainer(s.cfg, mesh, opt);
-  std::string dir = a.checkpoint;
-  const bool hf = dir.empty() && !a.init_from.empty();  // evaluate the imported weights
-  if (hf) dir = a.init_from;
-  // A run directory given as --checkpoint names its newest complete checkpoint (as export
-  // takes it); a checkpoint directory, complete or not, is taken as it is.
-  const fs::path given(dir);
-  if (!hf && !dir.empty() && !fs::exists(given / "state.json") && !fs::exists(given / "COMPLETE") &&
-      fs::is_directory(given / "checkpoints")) {
-    const auto latest = find_latest_checkpoint((given / "checkpoints").string());
-    RA_CHECK(latest.has_value(), "eval: '{}' is a run directory without a complete checkpoint",
-             dir);
-    dir = *latest;
-  }
-  if (dir.empty()) {
-    const auto latest = find_latest_checkpoint(trainer.checkpoints_dir());
-    RA_CHECK(latest.has_value(),
-             "eval: no complete checkpoint in '{}' (train first, or pass --checkpoint DIR)",
-             trainer.checkpoints_dir());
-    dir = *latest;
-  }
-  if (hf)
-    init_from_hf(dir, trainer.model());
-  else
-    trainer.load_weights(dir);
+  // Every rank finds and reads the weights alike (local work): one message for all of them.
+  const bool hf = a.checkpoint.empty() && !a.init_from.empty();  // evaluate the imported weights
+  const std::string dir = agreed_across_ranks("loading the weights to evaluate", [&] {
+    std::string dir = hf ? a.init_from : a.checkpoint;
+    // A run directory given as --checkpoint names its newest complete checkpoint (as export
+    // takes it); a checkpoint directory, complete or not, is taken as it is.
+    const fs::path given(dir);
+    if (!hf && !dir.empty() && !fs::exists(given / "state.json") &&
+        !fs::exists(given / "COMPLETE") && fs::is_directory(given / "checkpoints")) {
+      const auto latest = find_latest_checkpoint((given / "checkpoints").string());
+      RA_CHECK(latest.has_value(), "eval: '{}' is a run directory without a complete checkpoint",
+               dir);
+      dir = *latest;
+    }
+    if (dir.empty()) {
+      const auto latest = find_latest_checkpoint(trainer.checkpoints_dir());
+      RA_CHECK(latest.has_value(),
+               "eval: no complete checkpoint in '{}' (train first, or pass --checkpoint DIR)",
+               trainer.checkpoints_dir());
+      dir = *latest;
+    }
+    if (hf)
+      init_from_hf(dir, trainer.model());
+    else
+      trainer.load_weights(dir);
+    return dir;
+  });
   log::info("eval of {} (step {}) on {}; {} batches of {} sequences per length", dir,
             trainer.step(), mesh.describe(), s.cfg.eval.batches, s.cfg.train.batch_size);
   int below = 0;

@@ -1,5 +1,7 @@
 #include "core/allocator.h"
 
+#include <cmath>
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -229,7 +231,8 @@ std::string format_bytes(size_t bytes) {
 
 size_t gib_to_bytes(double gib) {
   if (!(gib > 0)) return 0;
-  return size_t(gib * 1024.0 * 1024.0 * 1024.0);
+  // Rounded up: a positive limit below one byte (5e-10) is a limit of one byte, not none.
+  return size_t(std::ceil(gib * 1024.0 * 1024.0 * 1024.0));
 }
 
 }  // namespace ringattn

@@ -21,6 +21,10 @@ namespace {
 
 using nlohmann::json;
 
+// What a config file may be: far beyond any real one (a few KB, three levels deep).
+constexpr size_t kMaxConfigBytes = size_t(16) << 20;
+constexpr int kMaxConfigDepth = 32;
+
 std::string lower(std::string_view s) {
   std::string out(s);
   for (char& c : out) c = char(std::tolower(static_cast<unsigned char>(c)));
@@ -453,10 +457,21 @@ void JsonConfig::load_file(const std::string& path) {
            "config file '{}' is a directory, not a JSON file", path);
   std::ifstream in(path, std::ios::binary);
   RA_CHECK(in, "cannot open config file '{}'", path);
-  std::stringstream text;
-  text << in.rdbuf();
+  // Bounded: /dev/zero or a mistaken data file must not fill the memory before the parser speaks.
+  std::string text;
+  char chunk[65536];
+  while (in.read(chunk, sizeof chunk) || in.gcount() > 0) {
+    text.append(chunk, size_t(in.gcount()));
+    RA_CHECK(text.size() <= kMaxConfigBytes,
+             "config file '{}' is larger than {} MiB: not a config file", path,
+             kMaxConfigBytes >> 20);
+  }
   RA_CHECK(!in.bad(), "cannot read config file '{}'", path);
-  load_text(text.str(), path);
+  RA_CHECK(!text.empty() || std::filesystem::is_regular_file(path, ec),
+           "config file '{}' gave no text (a pipe or standard input that was empty here; under "
+           "mpirun only rank 0 reads standard input: give every rank a file)",
+           path);
+  load_text(text, path);
 }
 
 void JsonConfig::load_text(std::string_view text, const std::string& source) {
@@ -477,10 +492,20 @@ void JsonConfig::load_text(std::string_view text, const std::string& source) {
     if (c.path.empty()) return name;
     return c.object ? c.path + "." + name : c.path + name;
   };
-  const json::parser_callback_t watch = [&](int, json::parse_event_t event, json& parsed) {
+  // A NUL ends the parser's input early: what follows would be ignored, not refused.
+  if (const size_t nul = text.find('\0'); nul != std::string_view::npos) {
+    const auto [line, column] = line_column(text, nul);
+    RA_FAIL("malformed JSON in {} at line {}, column {}: a NUL byte (not JSON text)", source, line,
+            column);
+  }
+  const json::parser_callback_t watch = [&](int depth, json::parse_event_t event, json& parsed) {
     switch (event) {
       case json::parse_event_t::object_start:
       case json::parse_event_t::array_start: {
+        // A config nests three levels; thousands would cost memory quadratic in the depth here.
+        RA_CHECK(depth < kMaxConfigDepth,
+                 "malformed config in {}: objects and arrays nested more than {} deep", source,
+                 kMaxConfigDepth);
         std::string path = child_path();
         open.push_back({event == json::parse_event_t::object_start, std::move(path), {}, {}});
         break;

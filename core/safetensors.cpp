@@ -179,7 +179,14 @@ ojson parse_header(const std::string& path, const std::string& text) {
   std::vector<std::set<std::string>> keys;  // one set per open object
   std::string duplicate;
   bool duplicate_is_tensor = false;
-  ojson::parser_callback_t cb = [&](int, ojson::parse_event_t ev, ojson& parsed) {
+  ojson::parser_callback_t cb = [&](int depth, ojson::parse_event_t ev, ojson& parsed) {
+    // A header is three levels deep: a deeper one is not a safetensors header (and a deep enough
+    // one would cost the parser memory for nothing).
+    if ((ev == ojson::parse_event_t::object_start || ev == ojson::parse_event_t::array_start) &&
+        depth >= 16)
+      ST_FAIL(path,
+              "header is not a safetensors header: objects and arrays nested more than 16 "
+              "deep");
     switch (ev) {
       case ojson::parse_event_t::object_start:
         keys.emplace_back();

@@ -578,25 +578,31 @@ size_t complete_checkpoint_count(const std::string& checkpoints_dir) {
 }
 
 CheckpointState load_checkpoint(const std::string& dir, Transformer& model, Mesh& mesh) {
-  const nlohmann::json j = read_state(dir);
-  int world = 0;
-  std::string saved;
-  try {
-    world = j.at("world_size").get<int>();
-    const auto& jm = j.at("mesh");
-    saved = mesh_text(jm.at("dp").get<int>(), jm.at("fsdp").get<int>(), jm.at("sp").get<int>(),
-                      jm.at("tp").get<int>());
-  } catch (const nlohmann::json::exception& e) {
-    RA_FAIL("checkpoint file '{}' has no valid world_size and mesh: {}",
-            (fs::path(dir) / kStateFile).string(), e.what());
-  }
-  const MeshShape& m = mesh.shape();
-  const std::string now = mesh_text(m.dp, m.fsdp, m.sp, m.tp);
-  RA_CHECK(world == mesh.world_size() && saved == now,
-           "checkpoint '{}' was written by {} ranks with mesh {}, but this run has {} ranks with "
-           "mesh {}; resume with the same mesh (optimizer state is sharded per rank)",
-           dir, world, saved, mesh.world_size(), now);
-  check_model(j, dir, model.dims());
+  // Every rank reads the same state.json and checks it alike: one message for all of them.
+  const nlohmann::json j =
+      agreed_across_ranks(&mesh.world(), "reading the checkpoint's state", [&] {
+        const nlohmann::json j = read_state(dir);
+        int world = 0;
+        std::string saved;
+        try {
+          world = j.at("world_size").get<int>();
+          const auto& jm = j.at("mesh");
+          saved = mesh_text(jm.at("dp").get<int>(), jm.at("fsdp").get<int>(),
+                            jm.at("sp").get<int>(), jm.at("tp").get<int>());
+        } catch (const nlohmann::json::exception& e) {
+          RA_FAIL("checkpoint file '{}' has no valid world_size and mesh: {}",
+                  (fs::path(dir) / kStateFile).string(), e.what());
+        }
+        const MeshShape& m = mesh.shape();
+        const std::string now = mesh_text(m.dp, m.fsdp, m.sp, m.tp);
+        RA_CHECK(
+            world == mesh.world_size() && saved == now,
+            "checkpoint '{}' was written by {} ranks with mesh {}, but this run has {} ranks with "
+            "mesh {}; resume with the same mesh (optimizer state is sharded per rank)",
+            dir, world, saved, mesh.world_size(), now);
+        check_model(j, dir, model.dims());
+        return j;
+      });
 
   // Every rank loads its own file; failures are agreed on so that no rank is left waiting in a
   // collective while another has thrown.

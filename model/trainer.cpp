@@ -55,9 +55,9 @@ Backend& backend_for(Device device) {
            "a machine with nvcc)");
   const int gpus = cuda_device_count();
   RA_CHECK(gpus > 0,
-           "device = cuda, but rank {} sees no usable CUDA device (no GPU, or the driver is "
-           "missing or too old)",
-           MpiEnv::world_rank());
+           // Without the rank's number (the log line has it): ranks that fail alike say it once.
+           "device = cuda, but this rank sees no usable CUDA device (no GPU, or the driver is "
+           "missing or too old)");
   // One rank per GPU when there are enough; ranks beyond that share GPUs (MPI transport only:
   // NCCL refuses two ranks on one device).
   return cuda_backend(MpiEnv::local_rank() % gpus);
@@ -74,13 +74,16 @@ Trainer::Trainer(const TrainConfig& cfg, Mesh& mesh, TrainerOptions options)
     for (int64_t s : cfg_.train.curriculum_seq_lens) source_->check_seq_len(s);
     for (int64_t s : cfg_.eval_seq_lens()) source_->check_seq_len(s);
   });
-  try {
-    model_ = std::make_unique<Transformer>(cfg_, mesh_, *opt_.backend);
-  } catch (const Error& e) {
-    if (cfg_.memory_limit_gb <= 0) throw;
-    RA_FAIL("the model does not fit memory_limit_gb = {} GiB per rank: building it failed: {}",
-            cfg_.memory_limit_gb, e.what());
-  }
+  // Building the model is local (no collective): a failure, alike on every rank or not, is agreed.
+  agreed_across_ranks(&mesh_.world(), "building the model", [&] {
+    try {
+      model_ = std::make_unique<Transformer>(cfg_, mesh_, *opt_.backend);
+    } catch (const Error& e) {
+      if (cfg_.memory_limit_gb <= 0) throw;
+      RA_FAIL("the model does not fit memory_limit_gb = {} GiB per rank: building it failed: {}",
+              cfg_.memory_limit_gb, e.what());
+    }
+  });
   // A model that cannot fit is said before the first step, with the estimate behind the verdict.
   // Ranks may differ (their shards do): agreed, so that none goes on alone.
   const size_t limit = cfg_.memory_limit_bytes();
@@ -491,10 +494,12 @@ std::string Trainer::save() {
 
 void Trainer::load(const std::string& dir) {
   const CheckpointState s = load_checkpoint(dir, *model_, mesh_);
-  RA_CHECK(s.seed == cfg_.seed,
-           "checkpoint '{}' was trained with seed {}, this config has seed {}; the data would "
-           "not continue where it stopped",
-           dir, s.seed, cfg_.seed);
+  agreed_across_ranks(&mesh_.world(), "checking the checkpoint's seed", [&] {
+    RA_CHECK(s.seed == cfg_.seed,
+             "checkpoint '{}' was trained with seed {}, this config has seed {}; the data would "
+             "not continue where it stopped",
+             dir, s.seed, cfg_.seed);
+  });
   if (s.train_steps != cfg_.train.steps || s.warmup_steps != cfg_.train.warmup_steps)
     log::warn(
         "checkpoint '{}' was written by a run with train.steps = {}, warmup_steps = {}; this "
@@ -519,10 +524,18 @@ void Trainer::load(const std::string& dir) {
 }
 
 bool Trainer::resume_latest() {
-  const auto dir = find_latest_checkpoint(checkpoints_dir());
-  if (!dir) return false;
-  load(*dir);
-  log::info("resumed from {} (step {}, {} updates)", *dir, state_.step, state_.updates);
+  // Rank 0's choice for every rank: one whose listing differs (a file system's cache, another
+  // node's copy of the directory) must not resume from another step, or start afresh while the
+  // others resume (which met in mismatched collectives). load() checks every rank's files.
+  std::string dir;
+  if (mesh_.world_rank() == 0) dir = find_latest_checkpoint(checkpoints_dir()).value_or("");
+  int64_t n = int64_t(dir.size());
+  mesh_.world().broadcast(&n, 1, DType::I64, 0);
+  dir.resize(size_t(n));
+  if (n > 0) mesh_.world().broadcast(dir.data(), size_t(n), DType::U8, 0);
+  if (dir.empty()) return false;
+  load(dir);
+  log::info("resumed from {} (step {}, {} updates)", dir, state_.step, state_.updates);
   return true;
 }
 

@@ -80,6 +80,26 @@ expect_said_once "ranks with different configs are refused, naming the key" \
   "this rank resolved another config than rank 0: train.warmup_steps is 1 here and 2 on rank 0" \
   mpirun -np 1 "$bin" train "${tiny[@]}" --set run_dir="$tmp/run" --set train.warmup_steps=2 : \
   -np 1 "$bin" train "${tiny[@]}" --set run_dir="$tmp/run" --set train.warmup_steps=1
+# A relative run_dir on ranks that start in different directories (as a node-local one on several
+# nodes): rank 1 does not see rank 0's checkpoint directory; refused before the first step (before,
+# the run trained and lost everything at its first save).
+mkdir -p "$tmp/w0" "$tmp/w1"
+expect_said_once "a run_dir that not every rank sees is refused before training" \
+  "this rank does not see the checkpoint directory that rank 0 prepared ('$tmp/w1/rel/checkpoints' here has no '.shared_check" \
+  mpirun -np 1 --wdir "$tmp/w0" "$bin" train "${tiny[@]}" --set run_dir=rel : \
+  -np 1 --wdir "$tmp/w1" "$bin" train "${tiny[@]}" --set run_dir=rel
+
+python3 -c "print('{\"train\": {\"steps\": ' + '[' * 100000 + ']' * 100000 + '}}')" >"$tmp/deep.json"
+expect_error "a config nested thousands deep is refused at once" \
+  "malformed config in $tmp/deep.json: objects and arrays nested more than 32 deep" \
+  timeout 60 "$bin" train --config "$tmp/deep.json"
+expect_error "an endless config file (/dev/zero) is refused" \
+  "config file '/dev/zero' is larger than 16 MiB: not a config file" timeout 60 "$bin" train --config /dev/zero
+printf '{"train": {"steps": 3}}\0garbage' >"$tmp/nul.json"
+expect_error "a NUL byte in a config is refused, not the end of it" \
+  "malformed JSON in $tmp/nul.json at line 1, column 23: a NUL byte" "$bin" config --config "$tmp/nul.json"
+expect_error "memory_limit_gb below one byte is a limit, not none" \
+  "the model does not fit memory_limit_gb = 5e-10 GiB per rank" train1 --set memory_limit_gb=5e-10
 
 mkdir -p "$tmp/adir"
 expect_error "a directory as the config file" "config file '$tmp/adir' is a directory, not a JSON file" \
