@@ -117,11 +117,19 @@ int run_forward(const ForwardArgs& a) {
   const MeshShape& shape = in.shape;
   const WatchdogArm watchdog(cfg.comm.timeout_s);  // a stopped or dead rank ends the job
   Mesh mesh(shape, MPI_COMM_WORLD, cfg.comm.transport);
-  Transformer model(cfg, mesh, backend_for(cfg));
-  const HfWeights weights = HfWeights::open(a.init_from);
-  const HfLoadSummary loaded = load_hf_weights(weights, model);
+  // Building the model and reading the weights are local, and fail alike on every rank.
+  std::unique_ptr<Transformer> built;
+  HfLoadSummary loaded;
+  std::string weights_text;
+  agreed_across_ranks(&mesh.world(), "loading the model", [&] {
+    built = std::make_unique<Transformer>(cfg, mesh, backend_for(cfg));
+    const HfWeights weights = HfWeights::open(a.init_from);
+    loaded = load_hf_weights(weights, *built);
+    weights_text = weights.describe();
+  });
+  Transformer& model = *built;
   log::info("forward: {} from {} ({}); {} x {} tokens; attention {} on {}", loaded.describe(),
-            a.init_from, weights.describe(), B, S, impl_name(cfg.attention.impl), mesh.describe());
+            a.init_from, weights_text, B, S, impl_name(cfg.attention.impl), mesh.describe());
 
   const TokenForward r = forward_tokens(model, mesh, ids, cfg.attention.layout, !a.loss_only);
   log::info("forward: loss {:.8f} over {} predictions", r.loss(), int64_t(r.tokens));

@@ -153,8 +153,10 @@ void check_every_rank_sees(const std::string& checkpoints, const std::string& ru
   agreed_across_ranks("checking that it sees the checkpoint directory", [&] {
     if (root) return;
     std::error_code ec;
+    const bool seen = fs::exists(marker, ec);
+    RA_CHECK(!ec, "cannot look into the checkpoint directory '{}': {}", checkpoints, ec.message());
     // Without this rank's number: ranks that fail alike say it once (core/error.h).
-    RA_CHECK(fs::exists(marker, ec),
+    RA_CHECK(seen,
              "this rank does not see the checkpoint directory that rank 0 prepared ('{}' here has "
              "no '{}'): run_dir '{}' must be one directory every rank shares (a shared file "
              "system; an absolute path when the ranks start in different directories)",
@@ -254,7 +256,9 @@ int run_train(const TrainArgs& a) {
                 trainer.checkpoints_dir());
   }
   // A resumed run continues from its checkpoint; a fresh one starts from the imported weights.
-  if (!a.init_from.empty() && trainer.step() == 0) init_from_hf(a.init_from, trainer.model());
+  if (!a.init_from.empty() && trainer.step() == 0)
+    agreed_across_ranks("loading the --init-from weights",
+                        [&] { init_from_hf(a.init_from, trainer.model()); });
   if (trainer.step() >= s.cfg.train.steps) {
     log::info("already at step {} of train.steps = {}; nothing to do", trainer.step(),
               s.cfg.train.steps);
@@ -283,7 +287,8 @@ int run_eval(const EvalArgs& a) {
   Trainer trainer(s.cfg, mesh, opt);
   // Every rank finds and reads the weights alike (local work): one message for all of them.
   const bool hf = a.checkpoint.empty() && !a.init_from.empty();  // evaluate the imported weights
-  const std::string dir = agreed_across_ranks("loading the weights to evaluate", [&] {
+  // Rank 0's choice of checkpoint for every rank (one whose listing differed loaded another).
+  const std::string found = agreed_across_ranks("finding the checkpoint to evaluate", [&] {
     std::string dir = hf ? a.init_from : a.checkpoint;
     // A run directory given as --checkpoint names its newest complete checkpoint (as export
     // takes it); a checkpoint directory, complete or not, is taken as it is.
@@ -302,11 +307,14 @@ int run_eval(const EvalArgs& a) {
                trainer.checkpoints_dir());
       dir = *latest;
     }
+    return dir;
+  });
+  const std::string dir = broadcast_text(mesh.world(), found, 0);
+  agreed_across_ranks("loading the weights to evaluate", [&] {
     if (hf)
       init_from_hf(dir, trainer.model());
     else
       trainer.load_weights(dir);
-    return dir;
   });
   log::info("eval of {} (step {}) on {}; {} batches of {} sequences per length", dir,
             trainer.step(), mesh.describe(), s.cfg.eval.batches, s.cfg.train.batch_size);

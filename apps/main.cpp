@@ -6,8 +6,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <new>
+#include <string>
+#include <vector>
 
 #include "apps/commands.h"
+#include "comm/agreed_config.h"
 #include "comm/agreed_error.h"
 #include "comm/launch_check.h"
 #include "comm/mpi_env.h"
@@ -87,6 +90,8 @@ int main(int argc, char** argv) {
     }
     // Before any work: N singletons from a launcher/MPI mismatch must not each train alone.
     check_launch_size(MpiEnv::world_size());
+    // Flags outside the config (--resume, --checkpoint) decide what the ranks do together too.
+    require_same_command_line(std::vector<std::string>(argv + 1, argv + argc));
     code = run();
     // The command's comm.timeout_s (if it armed the watchdog) also bounds MPI_Finalize's wait.
     if (Watchdog::timeout_s() > 0) MpiEnv::watch_finalize(Watchdog::timeout_s());

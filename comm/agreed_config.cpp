@@ -2,6 +2,8 @@
 
 #include <mpi.h>
 
+#include <algorithm>
+
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -21,7 +23,59 @@ std::string dotted(const std::string& pointer) {
   return key;
 }
 
+// Rank 0's `text` on every rank of MPI_COMM_WORLD, bounded like an agreement.
+std::string rank0_text(const std::string& text) {
+  int rank = 0;
+  MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+  std::string root = rank == 0 ? text : std::string();
+  const bool arm = !Watchdog::armed();
+  if (arm) Watchdog::arm(kAgreementTimeoutS);
+  {
+    const WatchdogScope watch(
+        "receiving rank 0's command line or config (to check every rank runs the same)", 0,
+        "all ranks");
+    unsigned long long n = root.size();
+    MPI_CHECK(MPI_Bcast(&n, 1, MPI_UNSIGNED_LONG_LONG, 0, MPI_COMM_WORLD));
+    root.resize(size_t(n));
+    if (n > 0) MPI_CHECK(MPI_Bcast(root.data(), int(n), MPI_CHAR, 0, MPI_COMM_WORLD));
+  }
+  if (arm) Watchdog::disarm();
+  return root;
+}
+
 }  // namespace
+
+void require_same_command_line(const std::vector<std::string>& args) {
+  int size = 1;
+  MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size));
+  if (size == 1) return;
+  // As JSON: arguments may hold any bytes but NUL, and the list keeps their boundaries.
+  // (Bytes that are not UTF-8 are replaced alike on every rank, so they compare as they came.)
+  const std::string text =
+      nlohmann::json(args).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  const nlohmann::json mine = nlohmann::json::parse(text);
+  const nlohmann::json root = nlohmann::json::parse(rank0_text(text));
+  std::string difference;
+  for (size_t i = 0; difference.empty() && i < std::max(mine.size(), root.size()); ++i) {
+    const auto quoted = [](const nlohmann::json& list, size_t k) {
+      return k < list.size() ? fmt::format("'{}'", list[k].get<std::string>())
+                             : std::string("missing");
+    };
+    const std::string here = quoted(mine, i), there = quoted(root, i);
+    if (here != there)
+      difference = fmt::format("argument {} is {} here and {} on rank 0", i + 1, here, there);
+  }
+  const Error own(fmt::format("this rank was started with other arguments than rank 0: {}; every "
+                              "rank must be started with the same command line",
+                              difference),
+                  __FILE__, __LINE__);
+  raise_if_any_rank_failed(nullptr, difference.empty() ? nullptr : &own, [](int r) {
+    return fmt::format(
+        "rank {} was started with other arguments than rank 0 (its message says which); every "
+        "rank must be started with the same command line",
+        r);
+  });
+}
 
 std::string first_config_difference(const std::string& mine, const std::string& rank0) {
   if (mine == rank0) return "";
@@ -52,20 +106,7 @@ void require_same_config_on_every_rank(const std::string& config_json) {
   MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
   MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size));
   if (size == 1) return;
-  std::string root = rank == 0 ? config_json : std::string();
-  {
-    const bool arm = !Watchdog::armed();
-    if (arm) Watchdog::arm(kAgreementTimeoutS);
-    {
-      const WatchdogScope watch("receiving rank 0's config (to check every rank runs the same)", 0,
-                                "all ranks");
-      unsigned long long n = root.size();
-      MPI_CHECK(MPI_Bcast(&n, 1, MPI_UNSIGNED_LONG_LONG, 0, MPI_COMM_WORLD));
-      root.resize(size_t(n));
-      if (n > 0) MPI_CHECK(MPI_Bcast(root.data(), int(n), MPI_CHAR, 0, MPI_COMM_WORLD));
-    }
-    if (arm) Watchdog::disarm();
-  }
+  const std::string root = rank0_text(config_json);
   const std::string difference = rank == 0 ? "" : first_config_difference(config_json, root);
   const Error mine(
       // Without this rank's number: ranks that differ alike say it once (comm/agreed_error.h).

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace ringattn {
 
@@ -13,6 +14,12 @@ namespace ringattn {
 // key, defaults filled: JsonConfig::dump). Returns when every rank's equals rank 0's; otherwise
 // raises an AgreedError on every rank.
 void require_same_config_on_every_rank(const std::string& config_json);
+
+// The same for the command line (the arguments after the program's name): flags outside the
+// config (--resume, eval's --checkpoint, bench options) decide what the ranks do together too.
+// Collective over MPI_COMM_WORLD; an AgreedError on every rank naming the first argument that
+// differs.
+void require_same_command_line(const std::vector<std::string>& args);
 
 // "train.seq_len is 128 here and 256 on rank 0" for the first key (in rank 0's order) whose
 // values differ, "" when the two configs hold the same keys and values. For the message above,

@@ -7,6 +7,14 @@
 
 namespace ringattn {
 
+std::string broadcast_text(Communicator& comm, std::string text, int root) {
+  int64_t n = comm.rank() == root ? int64_t(text.size()) : 0;
+  comm.broadcast(&n, 1, DType::I64, root);
+  text.resize(size_t(n));
+  if (n > 0) comm.broadcast(text.data(), size_t(n), DType::U8, root);
+  return text;
+}
+
 RingDrain::~RingDrain() {
   try {
     ring_.wait();

@@ -159,4 +159,7 @@ class Communicator {
   virtual std::unique_ptr<RingExchange> make_ring(Backend* compute = nullptr) = 0;
 };
 
+// Rank `root`'s text on every rank of `comm` (host memory: an MPI communicator). Collective.
+std::string broadcast_text(Communicator& comm, std::string text, int root);
+
 }  // namespace ringattn

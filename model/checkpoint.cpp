@@ -511,7 +511,12 @@ std::string save_checkpoint(const std::string& checkpoints_dir, Transformer& mod
       sync_path(tmp, true);
       // A checkpoint of the same step from an earlier attempt is set aside (an atomic rename)
       // and put back should the new one fail to take its name.
+      // Anything else of that name is not ours to remove.
       if (fs::exists(final_dir)) {
+        RA_CHECK(fs::is_directory(final_dir) && fs::exists(final_dir / kCompleteFile),
+                 "'{}' is in the way and is not a complete checkpoint (it has no {} marker); it "
+                 "was left as it is: move it away",
+                 final_dir.string(), kCompleteFile);
         fs::remove_all(replaced);
         fs::rename(final_dir, replaced);
       }
@@ -601,6 +606,7 @@ CheckpointState load_checkpoint(const std::string& dir, Transformer& model, Mesh
             "mesh {}; resume with the same mesh (optimizer state is sharded per rank)",
             dir, world, saved, mesh.world_size(), now);
         check_model(j, dir, model.dims());
+        (void)state_from_json(j, dir);  // its fields too, here where every rank agrees
         return j;
       });
 

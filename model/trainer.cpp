@@ -403,6 +403,10 @@ void Trainer::run(int64_t last) {
     try {
       fs::create_directories(cfg_.run_dir);
       const fs::path p = fs::path(cfg_.run_dir) / "metrics.jsonl";
+      std::error_code ec;
+      RA_CHECK(!fs::exists(p, ec) || fs::is_regular_file(p, ec),
+               "'{}' is in the way: the metrics file must be a regular file (move it away)",
+               p.string());
       std::vector<std::string> keep;
       if (state_.step > 0) {
         std::ifstream in(p);
@@ -529,10 +533,7 @@ bool Trainer::resume_latest() {
   // others resume (which met in mismatched collectives). load() checks every rank's files.
   std::string dir;
   if (mesh_.world_rank() == 0) dir = find_latest_checkpoint(checkpoints_dir()).value_or("");
-  int64_t n = int64_t(dir.size());
-  mesh_.world().broadcast(&n, 1, DType::I64, 0);
-  dir.resize(size_t(n));
-  if (n > 0) mesh_.world().broadcast(dir.data(), size_t(n), DType::U8, 0);
+  dir = broadcast_text(mesh_.world(), dir, 0);
   if (dir.empty()) return false;
   load(dir);
   log::info("resumed from {} (step {}, {} updates)", dir, state_.step, state_.updates);

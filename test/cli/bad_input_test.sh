@@ -3,7 +3,7 @@
 # the key or file and what was expected) and a non-zero exit, before any training step runs.
 # docs/reliability.md lists each case with the message. Usage: bad_input_test.sh path/to/ringattn
 set -uo pipefail
-bin=${1:?usage: bad_input_test.sh RINGATTN_BINARY}
+bin=$(realpath "${1:?usage: bad_input_test.sh RINGATTN_BINARY}")  # absolute: some runs start elsewhere (--wdir)
 # shellcheck source=test/cli/lib.sh
 source "$(dirname "$0")/lib.sh"
 unset RINGATTN_DEBUG_FAULTS
@@ -74,12 +74,23 @@ expect_said_once "a config error on 4 ranks is said once, without MPI_Abort" \
 expect_said_once "a missing token file on 2 ranks is said once" \
   "token file '$tmp/none.ratokens': cannot open" \
   train2 --set data.source=tokens --set data.token_file="$tmp/none.ratokens"
-# Ranks given different configs (an MPMD launch here; a config file edited on one node only):
-# refused before any collective could mismatch, naming the first key that differs.
-expect_said_once "ranks with different configs are refused, naming the key" \
-  "this rank resolved another config than rank 0: train.warmup_steps is 1 here and 2 on rank 0" \
+# Ranks started with different arguments (an MPMD launch; a wrapper script that differs per
+# node): refused before anything else, naming the argument (--resume on one rank only, say,
+# started it afresh while the others resumed).
+expect_said_once "ranks started with different arguments are refused, naming the argument" \
+  "this rank was started with other arguments than rank 0: argument [0-9]* is 'train.warmup_steps=1' here and 'train.warmup_steps=2' on rank 0" \
   mpirun -np 1 "$bin" train "${tiny[@]}" --set run_dir="$tmp/run" --set train.warmup_steps=2 : \
   -np 1 "$bin" train "${tiny[@]}" --set run_dir="$tmp/run" --set train.warmup_steps=1
+# Ranks given different config files under one name (a copy edited on one node only; here each
+# rank starts in its own directory): refused, naming the first key that differs.
+mkdir -p "$tmp/c0" "$tmp/c1"
+cp "$cfgdir/tiny.json" "$tmp/c0/c.json"
+sed 's/"warmup_steps": 2/"warmup_steps": 1/' "$cfgdir/tiny.json" >"$tmp/c1/c.json"
+same_args=(train --config c.json --set train.seq_len=128 --set train.steps=2 --set eval.every=0
+  --set comm.timeout_s=20 --set run_dir="$tmp/run")
+expect_said_once "ranks with different config files are refused, naming the key" \
+  "this rank resolved another config than rank 0: train.warmup_steps is 1 here and 2 on rank 0" \
+  mpirun -np 1 --wdir "$tmp/c0" "$bin" "${same_args[@]}" : -np 1 --wdir "$tmp/c1" "$bin" "${same_args[@]}"
 # A relative run_dir on ranks that start in different directories (as a node-local one on several
 # nodes): rank 1 does not see rank 0's checkpoint directory; refused before the first step (before,
 # the run trained and lost everything at its first save).
