@@ -127,7 +127,19 @@ TEST_CASE("host block cache: threads allocating and freeing at once", "[core]") 
   CHECK_FALSE(failed);
   const HostBlockCache::Stats s = cache.stats();
   CHECK(s.out == 0);
-  CHECK(s.hits > 0);  // the sizes repeat
   CHECK(s.hits + s.misses == 400);
   CHECK(s.cached <= s.high_water);
+  // Still a working cache afterwards: a block freed now is what the next request of its size
+  // gets. How many of the threads' requests hit depends on how they interleave, so it is not
+  // asserted: run one after the other (a loaded CI machine did), this size pattern never hits,
+  // as the cap at the high water releases each freed block before its size comes again (a model
+  // of the policy gives 0 of 400 serialized, 196 interleaved).
+  void* a = cache.allocate(2 * MiB);
+  REQUIRE(a != nullptr);
+  cache.free(a);
+  const int64_t hits = cache.stats().hits;
+  void* b = cache.allocate(2 * MiB);
+  CHECK(b != nullptr);
+  CHECK(cache.stats().hits == hits + 1);
+  cache.free(b);
 }
