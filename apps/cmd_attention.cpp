@@ -13,6 +13,7 @@
 
 #include "apps/cli_checks.h"
 #include "apps/commands.h"
+#include "comm/agreed_error.h"
 #include "comm/host_staged_communicator.h"
 #include "comm/mesh.h"
 #include "comm/mpi_check.h"
@@ -68,40 +69,58 @@ Tensor require(const SafetensorsFile& f, const std::string& name, const Shape& e
   return f.load(name);
 }
 
-int run_check(const AttentionArgs& a) {
-  RA_CHECK(!a.input.empty() && !a.output.empty(), "attention: --input and --output are required");
+// What run_check works on, read and checked alike by every rank before any communication.
+struct Inputs {
   AttentionOptions opt;
-  opt.impl = parse_impl(a.impl);
-  opt.layout = parse_layout(a.layout);
-  opt.causal = a.causal;
-  opt.q_chunk = a.q_chunk;
-  opt.k_chunk = a.k_chunk;
-  RA_CHECK(a.precision == "f32" || a.precision == "bf16", "--precision {}: expected f32 or bf16",
-           a.precision);
-  RA_CHECK(a.kernel == "tiles" || a.kernel == "fused", "--kernel {}: expected tiles or fused",
-           a.kernel);
-  opt.bf16 = a.precision == "bf16";
-  opt.kernel = a.kernel == "fused" ? AttentionKernel::Fused : AttentionKernel::Tiles;
-  RA_CHECK(opt.kernel == AttentionKernel::Tiles || opt.bf16,
-           "--kernel fused runs bf16 kernels: it needs --precision bf16");
+  Tensor q, k, v, dout, seg;  // host, as the input file holds them; dout and seg may be undefined
+};
+
+int run_check(const AttentionArgs& a) {
+  // One message for all ranks when they fail alike (comm/agreed_error.h).
+  const Inputs inputs = agreed_across_ranks("reading the attention input", [&] {
+    RA_CHECK(!a.input.empty() && !a.output.empty(), "attention: --input and --output are required");
+    Inputs got;
+    AttentionOptions& opt = got.opt;
+    opt.impl = parse_impl(a.impl);
+    opt.layout = parse_layout(a.layout);
+    opt.causal = a.causal;
+    opt.q_chunk = a.q_chunk;
+    opt.k_chunk = a.k_chunk;
+    RA_CHECK(a.precision == "f32" || a.precision == "bf16", "--precision {}: expected f32 or bf16",
+             a.precision);
+    RA_CHECK(a.kernel == "tiles" || a.kernel == "fused", "--kernel {}: expected tiles or fused",
+             a.kernel);
+    opt.bf16 = a.precision == "bf16";
+    opt.kernel = a.kernel == "fused" ? AttentionKernel::Fused : AttentionKernel::Tiles;
+    RA_CHECK(opt.kernel == AttentionKernel::Tiles || opt.bf16,
+             "--kernel fused runs bf16 kernels: it needs --precision bf16");
+    const int world = MpiEnv::world_size();
+    RA_CHECK(opt.impl == AttentionImpl::Ring || world == 1,
+             "--impl {} runs on one rank; launched on {} ranks (use --impl ring to split the "
+             "sequence)",
+             a.impl, world);
+
+    const SafetensorsFile f = SafetensorsFile::open(a.input);
+    got.q = require(f, "q", {}, 4, true);
+    const Tensor& q = got.q;
+    const int64_t B = q.dim(0), S = q.dim(1), H = q.dim(2), D = q.dim(3);
+    got.k = require(f, "k", {B, S, -1, D}, 4, true);
+    const Tensor& k = got.k;
+    got.v = require(f, "v", {B, S, k.dim(2), D}, 4, true);
+    RA_CHECK(k.dim(2) >= 1 && H % k.dim(2) == 0,
+             "input '{}': kv heads ({}) must be at least 1 and divide heads ({})", a.input,
+             k.dim(2), H);
+    if (f.contains("do")) got.dout = require(f, "do", {B, S, H, D}, 4, true);
+    if (f.contains("segment_ids")) got.seg = require(f, "segment_ids", {B, S}, 2, false);
+    if (opt.impl == AttentionImpl::Ring) check_layout_split(opt.layout, S, world);
+    RA_CHECK(a.device == "cpu" || a.device == "cuda", "--device {}: expected cpu or cuda",
+             a.device);
+    return got;
+  });
+  const AttentionOptions& opt = inputs.opt;
+  const Tensor &q = inputs.q, &k = inputs.k, &v = inputs.v, &dout = inputs.dout, &seg = inputs.seg;
+  const int64_t S = q.dim(1);
   const int world = MpiEnv::world_size();
-  RA_CHECK(opt.impl == AttentionImpl::Ring || world == 1,
-           "--impl {} runs on one rank; launched on {} ranks (use --impl ring to split the "
-           "sequence)",
-           a.impl, world);
-
-  const SafetensorsFile f = SafetensorsFile::open(a.input);
-  Tensor q = require(f, "q", {}, 4, true);
-  const int64_t B = q.dim(0), S = q.dim(1), H = q.dim(2), D = q.dim(3);
-  Tensor k = require(f, "k", {B, S, -1, D}, 4, true);
-  Tensor v = require(f, "v", {B, S, k.dim(2), D}, 4, true);
-  RA_CHECK(k.dim(2) >= 1 && H % k.dim(2) == 0,
-           "input '{}': kv heads ({}) must be at least 1 and divide heads ({})", a.input, k.dim(2),
-           H);
-  Tensor dout = f.contains("do") ? require(f, "do", {B, S, H, D}, 4, true) : Tensor();
-  Tensor seg = f.contains("segment_ids") ? require(f, "segment_ids", {B, S}, 2, false) : Tensor();
-  if (opt.impl == AttentionImpl::Ring) check_layout_split(opt.layout, S, world);
-
   // A stopped or dead rank ends the job (comm/watchdog.h) at the default comm.timeout_s.
   const WatchdogArm watchdog(CommConfig{}.timeout_s);
   Mesh mesh(MeshShape{1, 1, world, 1});
@@ -112,7 +131,6 @@ int run_check(const AttentionArgs& a) {
 
   // On a GPU the shards are uploaded (as float32: dtype conversion is a host operation), the
   // ring's blocks are staged through host memory, and the results come back for the gather.
-  RA_CHECK(a.device == "cpu" || a.device == "cuda", "--device {}: expected cpu or cuda", a.device);
   Backend& be = backend_for(a.device == "cuda" ? Device::CUDA : Device::CPU);
   const Device dev = be.device();
   std::unique_ptr<Communicator> staged;

@@ -74,6 +74,9 @@ expect_said_once "a config error on 4 ranks is said once, without MPI_Abort" \
 expect_said_once "a missing token file on 2 ranks is said once" \
   "token file '$tmp/none.ratokens': cannot open" \
   train2 --set data.source=tokens --set data.token_file="$tmp/none.ratokens"
+expect_said_once "a missing attention input on 2 ranks is said once" \
+  "safetensors file '$tmp/none.safetensors'" \
+  mpirun -np 2 "$bin" attention --input "$tmp/none.safetensors" --output "$tmp/none_out.safetensors"
 # Ranks started with different arguments (an MPMD launch; a wrapper script that differs per
 # node): refused before anything else, naming the argument (--resume on one rank only, say,
 # started it afresh while the others resumed).
