@@ -10,18 +10,11 @@
 #include "comm/agreed_error.h"
 #include "comm/mpi_check.h"
 #include "comm/watchdog.h"
+#include "core/json_config.h"
 
 namespace ringattn {
 
 namespace {
-
-// "/train/seq_len" (a flattened JSON pointer) as the config spells it: "train.seq_len".
-std::string dotted(const std::string& pointer) {
-  std::string key = pointer.size() > 1 ? pointer.substr(1) : pointer;
-  for (char& c : key)
-    if (c == '/') c = '.';
-  return key;
-}
 
 // Rank 0's `text` on every rank of MPI_COMM_WORLD, bounded like an agreement.
 std::string rank0_text(const std::string& text) {
@@ -86,15 +79,15 @@ std::string first_config_difference(const std::string& mine, const std::string& 
     for (auto it = b.begin(); it != b.end(); ++it) {
       const auto here = a.find(it.key());
       if (here == a.end())
-        return fmt::format("{} is not set here and is {} on rank 0", dotted(it.key()),
-                           it.value().dump());
+        return fmt::format("{} is not set here and is {} on rank 0",
+                           config_key_of_pointer(it.key()), it.value().dump());
       if (*here != it.value())
-        return fmt::format("{} is {} here and {} on rank 0", dotted(it.key()), here->dump(),
-                           it.value().dump());
+        return fmt::format("{} is {} here and {} on rank 0", config_key_of_pointer(it.key()),
+                           here->dump(), it.value().dump());
     }
     for (auto it = a.begin(); it != a.end(); ++it)
       if (!b.contains(it.key()))
-        return fmt::format("{} is {} here and not set on rank 0", dotted(it.key()),
+        return fmt::format("{} is {} here and not set on rank 0", config_key_of_pointer(it.key()),
                            it.value().dump());
   } catch (const nlohmann::json::exception&) {
   }

@@ -442,6 +442,12 @@ std::string ConfigSchema::markdown() const {
 
 // ---- JsonConfig -------------------------------------------------------------------------------
 
+std::string config_key_of_pointer(const std::string& pointer) {
+  std::string key = pointer.size() > 1 ? pointer.substr(1) : pointer;
+  std::replace(key.begin(), key.end(), '/', '.');
+  return key;
+}
+
 JsonConfig::JsonConfig(ConfigSchema schema) : schema_(std::move(schema)) {
   for (const ConfigKey& k : schema_.keys()) {
     values_.push_back(checked_value(k, k.default_value, "the schema's defaults"));

@@ -71,6 +71,9 @@ class ConfigSchema {
   std::map<std::string, size_t, std::less<>> index_;
 };
 
+// The config key a flattened JSON pointer names: "/train/seq_len" -> "train.seq_len".
+std::string config_key_of_pointer(const std::string& pointer);
+
 class JsonConfig {
  public:
   // Starts from the schema's defaults (each checked against its own type and range).

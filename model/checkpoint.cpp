@@ -27,6 +27,7 @@
 #include "core/backend.h"
 #include "core/debug_faults.h"
 #include "core/error.h"
+#include "core/json_config.h"
 #include "core/log.h"
 #include "core/safetensors.h"
 
@@ -664,12 +665,8 @@ std::vector<std::string> config_changes(const std::string& saved, const std::str
   // "/train/seq_len" -> value
   const nlohmann::json a = nlohmann::json::parse(saved).flatten();
   const nlohmann::json b = nlohmann::json::parse(now).flatten();
-  auto dotted = [](std::string pointer) {
-    std::replace(pointer.begin(), pointer.end(), '/', '.');
-    return pointer.substr(1);
-  };
   for (const auto& [pointer, value] : b.items()) {
-    const std::string key = dotted(pointer);
+    const std::string key = config_key_of_pointer(pointer);
     if (ignored(key)) continue;
     const auto old = a.find(pointer);
     if (old == a.end())

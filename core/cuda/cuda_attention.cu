@@ -362,15 +362,36 @@ __global__ void tile_pointers_kernel(PointerSpec s, const TileItem* items, int n
   }
 }
 
-// The pointer arrays of one launch, in `out` (room for spec.count * L.count pointers), written in
-// stream order: after the previous launch's GEMMs have read theirs from the same buffer.
-float** write_pointers(cudaStream_t stream, const PointerSpec& spec, const TileItem* items,
-                       const Launch& L, const DeviceScratch& out) {
-  RA_LAUNCH(grid_for(L.count), kThreads, 0, stream, tile_pointers_kernel)
-  (spec, items + L.first, L.count, out.at<char*>());
-  CUDA_CHECK(cudaGetLastError());
-  return out.at<float*>();
-}
+// The pointer arrays of each launch in turn, in one device buffer sized for the widest launch.
+class LaunchPointers {
+ public:
+  // Array i of a launch: its L.count entries.
+  struct Arrays {
+    float** base;
+    int count;
+    float** operator()(int i) const { return base + int64_t(i) * count; }
+  };
+  LaunchPointers(cudaStream_t stream, const PointerSpec& spec, int widest, const TileItem* items)
+      : stream_(stream),
+        spec_(spec),
+        items_(items),
+        mem_(stream, size_t(widest) * size_t(spec.count) * sizeof(float*),
+             "attention tile pointers") {}
+  // Launch L's arrays, written in stream order: after the previous launch's GEMMs have read
+  // theirs from the same buffer.
+  Arrays write(const Launch& L) const {
+    RA_LAUNCH(grid_for(L.count), kThreads, 0, stream_, tile_pointers_kernel)
+    (spec_, items_ + L.first, L.count, mem_.at<char*>());
+    CUDA_CHECK(cudaGetLastError());
+    return {mem_.at<float*>(), L.count};
+  }
+
+ private:
+  cudaStream_t stream_;
+  PointerSpec spec_;
+  const TileItem* items_;
+  DeviceScratch mem_;
+};
 
 // ---- kernels ------------------------------------------------------------------------------------
 
@@ -643,13 +664,11 @@ void attention_forward_block(cudaStream_t stream, cublasHandle_t cublas,
   const int iV = spec.add(p.v, ops.v, RowsOf::Key);
   const int iACC = spec.add(st.acc, RowsOf::Query);
   const int iPB = bf16 ? spec.add(ops.tile, RowsOf::Slot) : iS;
-  DeviceScratch ptrs(stream, size_t(w.widest) * size_t(spec.count) * sizeof(float*),
-                     "attention tile pointers");
-
   const TileItem* ditems = dev.at<TileItem>(sg.items_at);
+  const LaunchPointers pointers(stream, spec, w.widest, ditems);
+
   for (const Launch& L : w.launches) {
-    float** arr = write_pointers(stream, spec, ditems, L, ptrs);
-    auto array = [&](int i) { return arr + int64_t(i) * L.count; };
+    const LaunchPointers::Arrays array = pointers.write(L);
     tile_gemm(bf16, cublas, false, true, L.nq, L.nk, pl.D, p.scale, array(iQ), pl.ldq, array(iK),
               pl.ldk, 0.0f, array(iS), pl.ld_s, L.count);
     const dim3 grid(grid_for_rows((L.nq + kWarps - 1) / kWarps), unsigned(L.count));
@@ -727,13 +746,11 @@ void attention_backward_block(cudaStream_t stream, cublasHandle_t cublas,
   const int idV = spec.add(a.dv, RowsOf::Key);
   // Under bf16 the P and dS GEMMs read their rounded copies in the bf16 tile buffer (XB).
   const int iXB = bf16 ? spec.add(ops.tile, RowsOf::Slot) : -1;
-  DeviceScratch ptrs(stream, size_t(w.widest) * size_t(spec.count) * sizeof(float*),
-                     "attention tile pointers");
-
   const TileItem* ditems = dev.at<TileItem>(sg.items_at);
+  const LaunchPointers pointers(stream, spec, w.widest, ditems);
+
   for (const Launch& L : w.launches) {
-    float** arr = write_pointers(stream, spec, ditems, L, ptrs);
-    auto array = [&](int i) { return arr + int64_t(i) * L.count; };
+    const LaunchPointers::Arrays array = pointers.write(L);
     const int64_t nq = L.nq, nk = L.nk;
     const dim3 grid(grid_for_rows(nq), unsigned(L.count));
     // P = exp(scale Q K^T - lse), masked.
